@@ -4,7 +4,7 @@
 
 namespace shardserve {
 
-std::optional<DType> ParseDType(std::string_view name) {
+std::optional<DType> ParseDType(absl::string_view name) {
   if (name == "F32" || name == "f32" || name == "float32") return DType::kF32;
   if (name == "F16" || name == "f16" || name == "float16") return DType::kF16;
   if (name == "BF16" || name == "bf16" || name == "bfloat16") return DType::kBF16;

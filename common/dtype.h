@@ -9,7 +9,7 @@
 #include <cstdint>
 #include <cstring>
 #include <optional>
-#include <string_view>
+#include "absl/strings/string_view.h"
 
 namespace shardserve {
 
@@ -27,7 +27,7 @@ inline size_t DTypeSize(DType t) {
   return 0;
 }
 
-inline std::string_view DTypeName(DType t) {
+inline absl::string_view DTypeName(DType t) {
   switch (t) {
     case DType::kF32:
       return "F32";
@@ -43,7 +43,7 @@ inline std::string_view DTypeName(DType t) {
 
 // Accepts safetensors names (F32, F16, BF16, I32) and lower-case flag spellings
 // (f32, float32, f16, float16, bf16, bfloat16).
-std::optional<DType> ParseDType(std::string_view name);
+std::optional<DType> ParseDType(absl::string_view name);
 
 inline float Bf16ToF32(uint16_t h) {
   uint32_t bits = static_cast<uint32_t>(h) << 16;

@@ -34,7 +34,7 @@
 namespace shardserve {
 
 // Prefixes a status message with context, keeping the code: "loading layer 3: <message>".
-inline absl::Status Annotate(const absl::Status& s, std::string_view context) {
+inline absl::Status Annotate(const absl::Status& s, absl::string_view context) {
   if (s.ok()) return s;
   return absl::Status(s.code(), absl::StrCat(context, ": ", s.message()));
 }

@@ -1,0 +1,225 @@
+// AVX2/FMA/F16C fast paths. This file alone is compiled with -mavx2 -mfma -mf16c; the backend
+// calls into it only when CpuHasAvx2Fma() is true, so the binary still runs on older CPUs.
+#include <immintrin.h>
+
+#include <cmath>
+
+#include "kernels/cpu/kernels.h"
+
+namespace shardserve::cpu {
+namespace {
+
+inline float HorizontalSum(__m256 v) {
+  __m128 lo = _mm256_castps256_ps128(v);
+  __m128 hi = _mm256_extractf128_ps(v, 1);
+  lo = _mm_add_ps(lo, hi);
+  __m128 shuf = _mm_movehdup_ps(lo);
+  __m128 sums = _mm_add_ps(lo, shuf);
+  shuf = _mm_movehl_ps(shuf, sums);
+  sums = _mm_add_ss(sums, shuf);
+  return _mm_cvtss_f32(sums);
+}
+
+template <DType T>
+struct WeightLoader;
+
+template <>
+struct WeightLoader<DType::kF32> {
+  using Elem = float;
+  static __m256 Load8(const float* p) { return _mm256_loadu_ps(p); }
+  static float Load1(const float* p) { return *p; }
+};
+
+template <>
+struct WeightLoader<DType::kF16> {
+  using Elem = uint16_t;
+  static __m256 Load8(const uint16_t* p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  }
+  static float Load1(const uint16_t* p) { return F16ToF32(*p); }
+};
+
+template <>
+struct WeightLoader<DType::kBF16> {
+  using Elem = uint16_t;
+  static __m256 Load8(const uint16_t* p) {
+    const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
+  }
+  static float Load1(const uint16_t* p) { return Bf16ToF32(*p); }
+};
+
+// Four weight rows against up to two inputs at a time: four independent memory streams per
+// thread, and each weight vector loaded once per input pair (re-reads hit L1/L2).
+template <DType T>
+void GemvRowsT(const GemvArgs& a, int64_t j0, int64_t j1) {
+  using L = WeightLoader<T>;
+  using E = typename L::Elem;
+  const E* w = static_cast<const E*>(a.w);
+  const int64_t k = a.k;
+  const int64_t k8 = k & ~int64_t{7};
+  int64_t j = j0;
+  for (; j + 4 <= j1; j += 4) {
+    const E* w0 = w + (j + 0) * k;
+    const E* w1 = w + (j + 1) * k;
+    const E* w2 = w + (j + 2) * k;
+    const E* w3 = w + (j + 3) * k;
+    int64_t i = 0;
+    for (; i + 2 <= a.n; i += 2) {
+      const float* xa = a.x + i * a.x_stride;
+      const float* xb = xa + a.x_stride;
+      __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(),
+             a3 = _mm256_setzero_ps();
+      __m256 b0 = _mm256_setzero_ps(), b1 = _mm256_setzero_ps(), b2 = _mm256_setzero_ps(),
+             b3 = _mm256_setzero_ps();
+      for (int64_t c = 0; c < k8; c += 8) {
+        const __m256 va = _mm256_loadu_ps(xa + c);
+        const __m256 vb = _mm256_loadu_ps(xb + c);
+        const __m256 r0 = L::Load8(w0 + c);
+        const __m256 r1 = L::Load8(w1 + c);
+        const __m256 r2 = L::Load8(w2 + c);
+        const __m256 r3 = L::Load8(w3 + c);
+        a0 = _mm256_fmadd_ps(r0, va, a0);
+        a1 = _mm256_fmadd_ps(r1, va, a1);
+        a2 = _mm256_fmadd_ps(r2, va, a2);
+        a3 = _mm256_fmadd_ps(r3, va, a3);
+        b0 = _mm256_fmadd_ps(r0, vb, b0);
+        b1 = _mm256_fmadd_ps(r1, vb, b1);
+        b2 = _mm256_fmadd_ps(r2, vb, b2);
+        b3 = _mm256_fmadd_ps(r3, vb, b3);
+      }
+      float sa[4] = {HorizontalSum(a0), HorizontalSum(a1), HorizontalSum(a2), HorizontalSum(a3)};
+      float sb[4] = {HorizontalSum(b0), HorizontalSum(b1), HorizontalSum(b2), HorizontalSum(b3)};
+      const E* rows[4] = {w0, w1, w2, w3};
+      for (int r = 0; r < 4; ++r) {
+        for (int64_t c = k8; c < k; ++c) {
+          const float wv = L::Load1(rows[r] + c);
+          sa[r] += wv * xa[c];
+          sb[r] += wv * xb[c];
+        }
+        const float bias = a.bias != nullptr ? a.bias[j + r] : 0.0f;
+        a.out[i * a.out_stride + j + r] = sa[r] + bias;
+        a.out[(i + 1) * a.out_stride + j + r] = sb[r] + bias;
+      }
+    }
+    for (; i < a.n; ++i) {
+      const float* xa = a.x + i * a.x_stride;
+      __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(),
+             a3 = _mm256_setzero_ps();
+      for (int64_t c = 0; c < k8; c += 8) {
+        const __m256 va = _mm256_loadu_ps(xa + c);
+        a0 = _mm256_fmadd_ps(L::Load8(w0 + c), va, a0);
+        a1 = _mm256_fmadd_ps(L::Load8(w1 + c), va, a1);
+        a2 = _mm256_fmadd_ps(L::Load8(w2 + c), va, a2);
+        a3 = _mm256_fmadd_ps(L::Load8(w3 + c), va, a3);
+      }
+      float sa[4] = {HorizontalSum(a0), HorizontalSum(a1), HorizontalSum(a2), HorizontalSum(a3)};
+      const E* rows[4] = {w0, w1, w2, w3};
+      for (int r = 0; r < 4; ++r) {
+        for (int64_t c = k8; c < k; ++c) sa[r] += L::Load1(rows[r] + c) * xa[c];
+        a.out[i * a.out_stride + j + r] = sa[r] + (a.bias != nullptr ? a.bias[j + r] : 0.0f);
+      }
+    }
+  }
+  for (; j < j1; ++j) {
+    const E* wr = w + j * k;
+    for (int64_t i = 0; i < a.n; ++i) {
+      const float* xa = a.x + i * a.x_stride;
+      __m256 acc = _mm256_setzero_ps();
+      for (int64_t c = 0; c < k8; c += 8) {
+        acc = _mm256_fmadd_ps(L::Load8(wr + c), _mm256_loadu_ps(xa + c), acc);
+      }
+      float s = HorizontalSum(acc);
+      for (int64_t c = k8; c < k; ++c) s += L::Load1(wr + c) * xa[c];
+      a.out[i * a.out_stride + j] = s + (a.bias != nullptr ? a.bias[j] : 0.0f);
+    }
+  }
+}
+
+template <DType T>
+void ConvertRowsT(const void* wv, int64_t k, int64_t r0, int64_t r1, float* dst) {
+  using L = WeightLoader<T>;
+  using E = typename L::Elem;
+  const E* w = static_cast<const E*>(wv);
+  const int64_t total = (r1 - r0) * k;
+  const E* src = w + r0 * k;
+  int64_t c = 0;
+  for (; c + 8 <= total; c += 8) _mm256_storeu_ps(dst + c, L::Load8(src + c));
+  for (; c < total; ++c) dst[c] = L::Load1(src + c);
+}
+
+inline float Dot(const float* a, const float* b, int64_t n) {
+  int64_t d = 0;
+  __m256 acc = _mm256_setzero_ps();
+  for (; d + 8 <= n; d += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + d), _mm256_loadu_ps(b + d), acc);
+  float s = HorizontalSum(acc);
+  for (; d < n; ++d) s += a[d] * b[d];
+  return s;
+}
+
+}  // namespace
+
+void Avx2GemvRows(const GemvArgs& a, int64_t j0, int64_t j1) {
+  switch (a.wt) {
+    case DType::kF32:
+      return GemvRowsT<DType::kF32>(a, j0, j1);
+    case DType::kF16:
+      return GemvRowsT<DType::kF16>(a, j0, j1);
+    case DType::kBF16:
+      return GemvRowsT<DType::kBF16>(a, j0, j1);
+    default:
+      return;
+  }
+}
+
+void Avx2ConvertRows(const void* w, DType wt, int64_t k, int64_t r0, int64_t r1, float* dst) {
+  switch (wt) {
+    case DType::kF32:
+      return ConvertRowsT<DType::kF32>(w, k, r0, r1, dst);
+    case DType::kF16:
+      return ConvertRowsT<DType::kF16>(w, k, r0, r1, dst);
+    case DType::kBF16:
+      return ConvertRowsT<DType::kBF16>(w, k, r0, r1, dst);
+    default:
+      return;
+  }
+}
+
+void Avx2AttentionHead(const AttentionArgs& a) {
+  float max_score = -INFINITY;
+  for (int64_t t = 0; t < a.len; ++t) {
+    const int64_t slot = a.block_table[t / a.block_size] * a.block_size + t % a.block_size;
+    const float s = Dot(a.q, a.k_base + slot * a.kv_stride, a.head_dim);
+    a.scores[t] = s;
+    max_score = std::max(max_score, s);
+  }
+  float sum = 0.0f;
+  for (int64_t t = 0; t < a.len; ++t) {
+    a.scores[t] = std::exp(a.scores[t] - max_score);
+    sum += a.scores[t];
+  }
+  const float inv = 1.0f / sum;
+  const int64_t hd = a.head_dim;
+  const int64_t hd8 = hd & ~int64_t{7};
+  for (int64_t d = 0; d < hd; ++d) a.out[d] = 0.0f;
+  for (int64_t t = 0; t < a.len; ++t) {
+    const int64_t slot = a.block_table[t / a.block_size] * a.block_size + t % a.block_size;
+    const float* value = a.v_base + slot * a.kv_stride;
+    const float p = a.scores[t] * inv;
+    const __m256 vp = _mm256_set1_ps(p);
+    int64_t d = 0;
+    for (; d < hd8; d += 8) {
+      _mm256_storeu_ps(a.out + d,
+                       _mm256_fmadd_ps(vp, _mm256_loadu_ps(value + d), _mm256_loadu_ps(a.out + d)));
+    }
+    for (; d < hd; ++d) a.out[d] += p * value[d];
+  }
+}
+
+bool CpuHasAvx2Fma() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+         __builtin_cpu_supports("f16c");
+}
+
+}  // namespace shardserve::cpu

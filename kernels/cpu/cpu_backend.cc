@@ -1,0 +1,265 @@
+// The CPU backend: every op on host memory, split across one ThreadPool. Large-batch matmuls
+// (prefill) go to OpenBLAS sgemm, one single-threaded call per thread on its own column panel,
+// with 16-bit weights widened panel by panel; small batches (decode) use the GEMV kernels,
+// which stream the weights once in their stored dtype.
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "common/logging.h"
+#include "common/thread_pool.h"
+#include "kernels/backend.h"
+#include "kernels/cpu/kernels.h"
+
+namespace shardserve {
+namespace {
+
+// Batches of at least this many rows take the GEMM path.
+constexpr int64_t kGemmMinRows = 12;
+// Weight rows widened to F32 per sgemm call on the GEMM path.
+constexpr int64_t kPanelRows = 128;
+
+class HostBuffer : public Buffer {
+ public:
+  explicit HostBuffer(size_t bytes) : size_(bytes) {
+    data_ = std::aligned_alloc(64, std::max<size_t>(64, (bytes + 63) & ~size_t{63}));
+  }
+  ~HostBuffer() override { std::free(data_); }
+  void* data() override { return data_; }
+  size_t size() const override { return size_; }
+  bool ok() const { return data_ != nullptr; }
+
+ private:
+  void* data_;
+  size_t size_;
+};
+
+class HostView : public Buffer {
+ public:
+  HostView(const void* data, size_t size) : data_(const_cast<void*>(data)), size_(size) {}
+  void* data() override { return data_; }
+  size_t size() const override { return size_; }
+
+ private:
+  void* data_;
+  size_t size_;
+};
+
+class CpuBackend : public Backend {
+ public:
+  explicit CpuBackend(const CpuBackendOptions& o)
+      : pool_(o.threads), fast_(!o.reference && cpu::CpuHasAvx2Fma()) {
+    // Parallelism comes from our pool; each sgemm call runs on the thread that makes it.
+    openblas_set_num_threads(1);
+  }
+
+  absl::string_view name() const override { return fast_ ? "cpu-avx2" : "cpu-reference"; }
+
+  bool SupportsOp(Op op, DType weight_dtype) const override {
+    return weight_dtype == DType::kF32 || weight_dtype == DType::kF16 ||
+           weight_dtype == DType::kBF16;
+  }
+
+  absl::StatusOr<std::unique_ptr<Buffer>> Allocate(size_t bytes) override {
+    auto b = std::make_unique<HostBuffer>(bytes);
+    if (!b->ok()) {
+      return absl::ResourceExhaustedError(absl::StrCat("cannot allocate ", bytes, " bytes"));
+    }
+    return std::unique_ptr<Buffer>(std::move(b));
+  }
+
+  absl::StatusOr<std::unique_ptr<Buffer>> UploadWeights(const void* host, size_t bytes) override {
+    return std::unique_ptr<Buffer>(std::make_unique<HostView>(host, bytes));
+  }
+
+  absl::Status Synchronize() override { return absl::OkStatus(); }
+
+  void Embedding(const Tensor& table, absl::Span<const int32_t> ids, Tensor out) override {
+    for (size_t i = 0; i < ids.size(); ++i) {
+      const char* src = static_cast<const char*>(table.data) +
+                        static_cast<int64_t>(ids[i]) * table.stride * DTypeSize(table.dtype);
+      Convert(src, table.dtype, table.cols, out.row(static_cast<int64_t>(i)));
+    }
+  }
+
+  void RmsNorm(const Tensor& x, const Tensor& weight, float eps, Tensor out) override {
+    const float* w = weight.f32();
+    pool_.ParallelFor(x.rows, 1, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const float* in = x.row(r);
+        float* o = out.row(r);
+        float ss = 0.0f;
+        for (int64_t c = 0; c < x.cols; ++c) ss += in[c] * in[c];
+        const float scale = 1.0f / std::sqrt(ss / static_cast<float>(x.cols) + eps);
+        for (int64_t c = 0; c < x.cols; ++c) o[c] = w[c] * (in[c] * scale);
+      }
+    });
+  }
+
+  void MatMul(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor out) override {
+    cpu::GemvArgs args{x.f32(), x.rows,  x.stride, w.data, w.dtype, w.cols,
+                       bias != nullptr ? bias->f32() : nullptr, out.f32(), out.stride};
+    if (!fast_) {
+      pool_.ParallelFor(w.rows, 4, [&](int64_t j0, int64_t j1) { cpu::RefGemvRows(args, j0, j1); });
+      return;
+    }
+    if (x.rows < kGemmMinRows) {
+      pool_.ParallelFor(w.rows, 4, [&](int64_t j0, int64_t j1) { cpu::Avx2GemvRows(args, j0, j1); });
+      return;
+    }
+    pool_.ParallelFor(w.rows, 16, [&](int64_t j0, int64_t j1) { GemmPanel(args, j0, j1); });
+  }
+
+  void Rope(Tensor x, int64_t head_dim, absl::Span<const int32_t> positions,
+            absl::Span<const float> inv_freq) override {
+    const int64_t half = head_dim / 2;
+    const int64_t heads = x.cols / head_dim;
+    pool_.ParallelFor(x.rows, 1, [&](int64_t r0, int64_t r1) {
+      std::vector<float> cos_v(half), sin_v(half);
+      for (int64_t r = r0; r < r1; ++r) {
+        const float pos = static_cast<float>(positions[r]);
+        for (int64_t i = 0; i < half; ++i) {
+          const float angle = pos * inv_freq[i];
+          cos_v[i] = std::cos(angle);
+          sin_v[i] = std::sin(angle);
+        }
+        float* row = x.row(r);
+        for (int64_t h = 0; h < heads; ++h) {
+          float* v = row + h * head_dim;
+          for (int64_t i = 0; i < half; ++i) {
+            const float a = v[i], b = v[i + half];
+            v[i] = a * cos_v[i] - b * sin_v[i];
+            v[i + half] = b * cos_v[i] + a * sin_v[i];
+          }
+        }
+      }
+    });
+  }
+
+  void PagedAttention(const Tensor& q, const Tensor& k, const Tensor& v,
+                      absl::Span<const AttentionSeq> seqs, const AttentionShape& shape,
+                      KvLayer cache, Tensor out) override {
+    const int64_t kv_width = shape.num_kv_heads * shape.head_dim;
+    // 1. Store the new keys and values in their slots.
+    for (const AttentionSeq& s : seqs) {
+      for (int64_t t = 0; t < s.num_tokens; ++t) {
+        const int64_t pos = s.start_pos + t;
+        const int64_t slot =
+            static_cast<int64_t>(s.block_table[pos / shape.block_size]) * shape.block_size +
+            pos % shape.block_size;
+        std::memcpy(cache.k + slot * kv_width, k.row(s.row_begin + t), kv_width * sizeof(float));
+        std::memcpy(cache.v + slot * kv_width, v.row(s.row_begin + t), kv_width * sizeof(float));
+      }
+    }
+    // 2. One work item per (token row, head).
+    std::vector<std::pair<const AttentionSeq*, int64_t>> row_seq;  // row -> (seq, t)
+    row_seq.reserve(q.rows);
+    int64_t max_len = 0;
+    for (const AttentionSeq& s : seqs) {
+      for (int64_t t = 0; t < s.num_tokens; ++t) row_seq.emplace_back(&s, t);
+      max_len = std::max(max_len, s.start_pos + s.num_tokens);
+    }
+    const int64_t group = shape.num_heads / shape.num_kv_heads;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(shape.head_dim));
+    const int64_t items = static_cast<int64_t>(row_seq.size()) * shape.num_heads;
+    pool_.ParallelFor(items, 1, [&](int64_t i0, int64_t i1) {
+      std::vector<float> scores(max_len);
+      std::vector<float> qs(shape.head_dim);
+      for (int64_t item = i0; item < i1; ++item) {
+        const int64_t idx = item / shape.num_heads;
+        const int64_t h = item % shape.num_heads;
+        const auto [seq, t] = row_seq[idx];
+        const int64_t row = seq->row_begin + t;
+        const float* qh = q.row(row) + h * shape.head_dim;
+        for (int64_t d = 0; d < shape.head_dim; ++d) qs[d] = qh[d] * scale;
+        const int64_t g = h / group;
+        cpu::AttentionArgs a{qs.data(),
+                             cache.k + g * shape.head_dim,
+                             cache.v + g * shape.head_dim,
+                             kv_width,
+                             seq->block_table.data(),
+                             shape.block_size,
+                             shape.head_dim,
+                             seq->start_pos + t + 1,
+                             scores.data(),
+                             out.row(row) + h * shape.head_dim};
+        if (fast_) {
+          cpu::Avx2AttentionHead(a);
+        } else {
+          cpu::RefAttentionHead(a);
+        }
+      }
+    });
+  }
+
+  void SwiGlu(const Tensor& gate_up, Tensor out) override {
+    const int64_t inter = out.cols;
+    pool_.ParallelFor(out.rows, 1, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const float* g = gate_up.row(r);
+        const float* u = g + inter;
+        float* o = out.row(r);
+        for (int64_t j = 0; j < inter; ++j) o[j] = g[j] / (1.0f + std::exp(-g[j])) * u[j];
+      }
+    });
+  }
+
+  void Add(Tensor x, const Tensor& y) override {
+    for (int64_t r = 0; r < x.rows; ++r) {
+      float* a = x.row(r);
+      const float* b = y.row(r);
+      for (int64_t c = 0; c < x.cols; ++c) a[c] += b[c];
+    }
+  }
+
+ private:
+  void Convert(const void* src, DType dt, int64_t n, float* dst) {
+    if (fast_) {
+      cpu::Avx2ConvertRows(src, dt, n, 0, 1, dst);
+    } else {
+      cpu::RefConvertRows(src, dt, n, 0, 1, dst);
+    }
+  }
+
+  // Output columns [j0, j1) through sgemm; 16-bit weights are widened kPanelRows at a time.
+  static void GemmPanel(const cpu::GemvArgs& a, int64_t j0, int64_t j1) {
+    if (a.wt == DType::kF32) {
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(a.n),
+                  static_cast<int>(j1 - j0), static_cast<int>(a.k), 1.0f, a.x,
+                  static_cast<int>(a.x_stride), static_cast<const float*>(a.w) + j0 * a.k,
+                  static_cast<int>(a.k), 0.0f, a.out + j0, static_cast<int>(a.out_stride));
+    } else {
+      thread_local std::vector<float> panel;
+      panel.resize(static_cast<size_t>(kPanelRows * a.k));
+      for (int64_t p = j0; p < j1; p += kPanelRows) {
+        const int64_t pe = std::min(j1, p + kPanelRows);
+        cpu::Avx2ConvertRows(a.w, a.wt, a.k, p, pe, panel.data());
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(a.n),
+                    static_cast<int>(pe - p), static_cast<int>(a.k), 1.0f, a.x,
+                    static_cast<int>(a.x_stride), panel.data(), static_cast<int>(a.k), 0.0f,
+                    a.out + p, static_cast<int>(a.out_stride));
+      }
+    }
+    if (a.bias != nullptr) {
+      for (int64_t i = 0; i < a.n; ++i) {
+        for (int64_t j = j0; j < j1; ++j) a.out[i * a.out_stride + j] += a.bias[j];
+      }
+    }
+  }
+
+  ThreadPool pool_;
+  const bool fast_;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> NewCpuBackend(const CpuBackendOptions& options) {
+  return std::make_unique<CpuBackend>(options);
+}
+
+}  // namespace shardserve

@@ -1,0 +1,57 @@
+// CPU kernel entry points shared by the CPU backend: a plain reference path and AVX2/FMA fast
+// paths (compiled in their own translation unit with -mavx2 -mfma -mf16c and chosen at run time
+// by the backend). Each function works on a range so the backend can split it across threads;
+// none of them allocates or synchronises.
+#ifndef SHARDSERVE_KERNELS_CPU_KERNELS_H_
+#define SHARDSERVE_KERNELS_CPU_KERNELS_H_
+
+#include <cstdint>
+
+#include "common/dtype.h"
+
+namespace shardserve::cpu {
+
+// Rows [j0, j1) of out = x * w^T (+ bias): out[i * out_stride + j] for i in [0, n).
+// x: n rows of k floats, x_stride apart; w: rows of k elements of `wt`, contiguous.
+struct GemvArgs {
+  const float* x;
+  int64_t n;
+  int64_t x_stride;
+  const void* w;
+  DType wt;
+  int64_t k;
+  const float* bias;  // may be null
+  float* out;
+  int64_t out_stride;
+};
+void RefGemvRows(const GemvArgs& a, int64_t j0, int64_t j1);
+void Avx2GemvRows(const GemvArgs& a, int64_t j0, int64_t j1);
+
+// Converts rows [r0, r1) of a k-column weight matrix to F32 at dst (row r at dst + (r - r0) * k).
+void RefConvertRows(const void* w, DType wt, int64_t k, int64_t r0, int64_t r1, float* dst);
+void Avx2ConvertRows(const void* w, DType wt, int64_t k, int64_t r0, int64_t r1, float* dst);
+
+// Attention of one query head over `len` cached positions of one sequence.
+// q: head_dim floats (already scaled by 1/sqrt(head_dim)); keys/values of position t live at
+// k_base/v_base + slot(t) * kv_stride, where slot(t) = block_table[t / block_size] * block_size
+// + t % block_size. scores: scratch of >= len floats. out: head_dim floats.
+struct AttentionArgs {
+  const float* q;
+  const float* k_base;
+  const float* v_base;
+  int64_t kv_stride;  // floats between consecutive slots (num_kv_heads * head_dim)
+  const int32_t* block_table;
+  int64_t block_size;
+  int64_t head_dim;
+  int64_t len;
+  float* scores;
+  float* out;
+};
+void RefAttentionHead(const AttentionArgs& a);
+void Avx2AttentionHead(const AttentionArgs& a);
+
+bool CpuHasAvx2Fma();
+
+}  // namespace shardserve::cpu
+
+#endif  // SHARDSERVE_KERNELS_CPU_KERNELS_H_

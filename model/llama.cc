@@ -1,0 +1,348 @@
+#include "model/llama.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "common/logging.h"
+#include "common/status.h"
+
+namespace shardserve {
+namespace {
+
+// A weight matrix or vector resident on the backend.
+struct Weight {
+  std::unique_ptr<Buffer> buffer;
+  Tensor t;
+};
+
+struct LayerWeights {
+  Weight input_norm, post_norm;
+  Weight q, k, v, o;
+  Weight q_bias, k_bias, v_bias;
+  Weight gate, up, down;
+};
+
+// Grows on demand; activations of one step.
+struct Workspace {
+  int64_t capacity = 0;
+  std::unique_ptr<Buffer> x, h, q, k, v, attn, gate_up, act;
+};
+
+class LlamaStage : public ModelStage {
+ public:
+  LlamaStage(const ModelConfig& c, std::unique_ptr<WeightSource> weights, const StageSpec& spec,
+             const KvCacheSpec& kv, Backend* backend)
+      : config_(c), weights_(std::move(weights)), backend_(backend), kv_(kv) {
+    begin_ = spec.layer_begin;
+    end_ = spec.layer_end < 0 ? c.num_layers : spec.layer_end;
+    inv_freq_ = c.RopeInvFreq();
+  }
+
+  absl::Status Load() {
+    const ModelConfig& c = config_;
+    if (begin_ < 0 || begin_ >= end_ || end_ > c.num_layers) {
+      return absl::InvalidArgumentError(absl::StrCat("layer range [", begin_, ", ", end_,
+                                                     ") is not inside [0, ", c.num_layers, ")"));
+    }
+    const int64_t H = c.hidden_size, I = c.intermediate_size, D = c.head_dim;
+    if (is_first()) {
+      ASSIGN_OR_RETURN(embed_, Matrix("model.embed_tokens.weight", c.vocab_size, H));
+    }
+    for (int64_t l = begin_; l < end_; ++l) {
+      const std::string p = absl::StrCat("model.layers.", l, ".");
+      LayerWeights w;
+      ASSIGN_OR_RETURN(w.input_norm, Vector(p + "input_layernorm.weight", H));
+      ASSIGN_OR_RETURN(w.post_norm, Vector(p + "post_attention_layernorm.weight", H));
+      ASSIGN_OR_RETURN(w.q, Matrix(p + "self_attn.q_proj.weight", c.num_heads * D, H));
+      ASSIGN_OR_RETURN(w.k, Matrix(p + "self_attn.k_proj.weight", c.num_kv_heads * D, H));
+      ASSIGN_OR_RETURN(w.v, Matrix(p + "self_attn.v_proj.weight", c.num_kv_heads * D, H));
+      ASSIGN_OR_RETURN(w.o, Matrix(p + "self_attn.o_proj.weight", H, c.num_heads * D));
+      if (c.qkv_bias) {
+        ASSIGN_OR_RETURN(w.q_bias, Vector(p + "self_attn.q_proj.bias", c.num_heads * D));
+        ASSIGN_OR_RETURN(w.k_bias, Vector(p + "self_attn.k_proj.bias", c.num_kv_heads * D));
+        ASSIGN_OR_RETURN(w.v_bias, Vector(p + "self_attn.v_proj.bias", c.num_kv_heads * D));
+      }
+      ASSIGN_OR_RETURN(w.gate, Matrix(p + "mlp.gate_proj.weight", I, H));
+      ASSIGN_OR_RETURN(w.up, Matrix(p + "mlp.up_proj.weight", I, H));
+      ASSIGN_OR_RETURN(w.down, Matrix(p + "mlp.down_proj.weight", H, I));
+      layers_.push_back(std::move(w));
+    }
+    if (is_last()) {
+      ASSIGN_OR_RETURN(final_norm_, Vector("model.norm.weight", H));
+      if (c.tie_word_embeddings && !weights_->Has("lm_head.weight")) {
+        ASSIGN_OR_RETURN(lm_head_, Matrix("model.embed_tokens.weight", c.vocab_size, H));
+      } else {
+        ASSIGN_OR_RETURN(lm_head_, Matrix("lm_head.weight", c.vocab_size, H));
+      }
+    }
+    if (kv_.block_size <= 0 || kv_.block_size > 4096) {
+      return absl::InvalidArgumentError(absl::StrCat("KV block size ", kv_.block_size,
+                                                     " outside [1, 4096]"));
+    }
+    if (kv_.num_blocks <= 0) {
+      kv_.num_blocks = (c.max_position_embeddings + kv_.block_size - 1) / kv_.block_size;
+    }
+    const size_t layer_bytes = static_cast<size_t>(kv_.num_blocks * kv_.block_size) *
+                               c.num_kv_heads * D * sizeof(float);
+    for (int64_t l = begin_; l < end_; ++l) {
+      ASSIGN_OR_RETURN(auto kb, backend_->Allocate(layer_bytes));
+      ASSIGN_OR_RETURN(auto vb, backend_->Allocate(layer_bytes));
+      std::memset(kb->data(), 0, layer_bytes);
+      std::memset(vb->data(), 0, layer_bytes);
+      kv_cache_.push_back(KvLayer{static_cast<float*>(kb->data()), static_cast<float*>(vb->data())});
+      kv_buffers_.push_back(std::move(kb));
+      kv_buffers_.push_back(std::move(vb));
+    }
+    return absl::OkStatus();
+  }
+
+  const ModelConfig& config() const override { return config_; }
+  int64_t layer_begin() const override { return begin_; }
+  int64_t layer_end() const override { return end_; }
+  const KvCacheSpec& kv_spec() const override { return kv_; }
+  int64_t KvBytesPerToken() const override {
+    return (end_ - begin_) * 2 * config_.num_kv_heads * config_.head_dim *
+           static_cast<int64_t>(sizeof(float));
+  }
+
+  absl::StatusOr<StepOutput> Forward(absl::Span<const SequenceStep> batch,
+                                     absl::Span<const float> hidden_in) override {
+    const ModelConfig& c = config_;
+    const int64_t H = c.hidden_size;
+    ASSIGN_OR_RETURN(const int64_t total, Validate(batch, hidden_in));
+    RETURN_IF_ERROR(Reserve(total));
+
+    // Row bookkeeping shared by every layer.
+    std::vector<int32_t> positions;
+    std::vector<AttentionSeq> seqs;
+    positions.reserve(total);
+    int64_t row = 0;
+    for (const SequenceStep& s : batch) {
+      const int64_t n = static_cast<int64_t>(s.tokens.size());
+      seqs.push_back({row, n, s.start_pos, absl::MakeConstSpan(s.block_table)});
+      for (int64_t t = 0; t < n; ++t) positions.push_back(static_cast<int32_t>(s.start_pos + t));
+      row += n;
+    }
+
+    Tensor x = Tensor::Of(ws_.x->data(), DType::kF32, total, H);
+    if (is_first()) {
+      std::vector<int32_t> ids;
+      ids.reserve(total);
+      for (const SequenceStep& s : batch) ids.insert(ids.end(), s.tokens.begin(), s.tokens.end());
+      backend_->Embedding(embed_.t, ids, x);
+    } else {
+      std::memcpy(x.data, hidden_in.data(), static_cast<size_t>(total * H) * sizeof(float));
+    }
+    for (size_t l = 0; l < layers_.size(); ++l) RunLayer(l, x, total, positions, seqs);
+
+    StepOutput out;
+    if (!is_last()) {
+      out.rows = total;
+      out.cols = H;
+      out.data.assign(x.f32(), x.f32() + total * H);
+      return out;
+    }
+    // Logits only for the rows that need sampling.
+    std::vector<int64_t> rows;
+    for (const AttentionSeq& s : seqs) {
+      if (batch[&s - seqs.data()].compute_logits) rows.push_back(s.row_begin + s.num_tokens - 1);
+    }
+    out.rows = static_cast<int64_t>(rows.size());
+    out.cols = c.vocab_size;
+    if (rows.empty()) return out;
+    Tensor h = Tensor::Of(ws_.h->data(), DType::kF32, out.rows, H);
+    for (size_t i = 0; i < rows.size(); ++i) {
+      std::memcpy(h.row(static_cast<int64_t>(i)), x.row(rows[i]), H * sizeof(float));
+    }
+    backend_->RmsNorm(h, final_norm_.t, static_cast<float>(c.rms_norm_eps), h);
+    out.data.resize(static_cast<size_t>(out.rows * out.cols));
+    backend_->MatMul(h, lm_head_.t, nullptr,
+                     Tensor::Of(out.data.data(), DType::kF32, out.rows, out.cols));
+    RETURN_IF_ERROR(backend_->Synchronize());
+    return out;
+  }
+
+ private:
+  bool is_first() const { return begin_ == 0; }
+  bool is_last() const { return end_ == config_.num_layers; }
+
+  void RunLayer(size_t l, Tensor x, int64_t total, const std::vector<int32_t>& positions,
+                const std::vector<AttentionSeq>& seqs) {
+    const ModelConfig& c = config_;
+    const LayerWeights& w = layers_[l];
+    const int64_t H = c.hidden_size, D = c.head_dim, I = c.intermediate_size;
+    const float eps = static_cast<float>(c.rms_norm_eps);
+    Tensor h = Tensor::Of(ws_.h->data(), DType::kF32, total, H);
+    Tensor q = Tensor::Of(ws_.q->data(), DType::kF32, total, c.num_heads * D);
+    Tensor k = Tensor::Of(ws_.k->data(), DType::kF32, total, c.num_kv_heads * D);
+    Tensor v = Tensor::Of(ws_.v->data(), DType::kF32, total, c.num_kv_heads * D);
+    Tensor attn = Tensor::Of(ws_.attn->data(), DType::kF32, total, c.num_heads * D);
+    Tensor gate_up = Tensor::Of(ws_.gate_up->data(), DType::kF32, total, 2 * I);
+    Tensor act = Tensor::Of(ws_.act->data(), DType::kF32, total, I);
+
+    backend_->RmsNorm(x, w.input_norm.t, eps, h);
+    backend_->MatMul(h, w.q.t, c.qkv_bias ? &w.q_bias.t : nullptr, q);
+    backend_->MatMul(h, w.k.t, c.qkv_bias ? &w.k_bias.t : nullptr, k);
+    backend_->MatMul(h, w.v.t, c.qkv_bias ? &w.v_bias.t : nullptr, v);
+    backend_->Rope(q, D, positions, inv_freq_);
+    backend_->Rope(k, D, positions, inv_freq_);
+    AttentionShape shape{c.num_heads, c.num_kv_heads, D, kv_.block_size, kv_.num_blocks};
+    const KvLayer& cache = kv_cache_[l];
+    backend_->PagedAttention(q, k, v, seqs, shape, cache, attn);
+    backend_->MatMul(attn, w.o.t, nullptr, h);
+    backend_->Add(x, h);
+
+    backend_->RmsNorm(x, w.post_norm.t, eps, h);
+    // gate and up write the two halves of one [total, 2I] matrix for SwiGlu.
+    Tensor gate_half{gate_up.data, DType::kF32, total, I, 2 * I};
+    Tensor up_half{gate_up.f32() + I, DType::kF32, total, I, 2 * I};
+    backend_->MatMul(h, w.gate.t, nullptr, gate_half);
+    backend_->MatMul(h, w.up.t, nullptr, up_half);
+    backend_->SwiGlu(gate_up, act);
+    backend_->MatMul(act, w.down.t, nullptr, h);
+    backend_->Add(x, h);
+  }
+
+  absl::StatusOr<int64_t> Validate(absl::Span<const SequenceStep> batch,
+                                   absl::Span<const float> hidden_in) const {
+    const ModelConfig& c = config_;
+    if (batch.empty()) return absl::InvalidArgumentError("step has no sequences");
+    int64_t total = 0;
+    for (size_t i = 0; i < batch.size(); ++i) {
+      const SequenceStep& s = batch[i];
+      auto bad = [&](absl::string_view what) {
+        return absl::InvalidArgumentError(absl::StrCat("sequence ", i, ": ", what));
+      };
+      const int64_t n = static_cast<int64_t>(s.tokens.size());
+      if (n == 0) return bad("no tokens");
+      if (s.start_pos < 0) return bad(absl::StrCat("start_pos ", s.start_pos, " is negative"));
+      const int64_t end = s.start_pos + n;
+      if (end > c.max_position_embeddings) {
+        return bad(absl::StrCat("positions up to ", end, " exceed the context length ",
+                                c.max_position_embeddings));
+      }
+      const int64_t blocks_needed = (end + kv_.block_size - 1) / kv_.block_size;
+      if (static_cast<int64_t>(s.block_table.size()) < blocks_needed) {
+        return bad(absl::StrCat("block table has ", s.block_table.size(), " blocks, positions up to ",
+                                end, " need ", blocks_needed));
+      }
+      for (int32_t b : s.block_table) {
+        if (b < 0 || b >= kv_.num_blocks) {
+          return bad(absl::StrCat("block id ", b, " outside [0, ", kv_.num_blocks, ")"));
+        }
+      }
+      if (is_first()) {
+        for (int32_t t : s.tokens) {
+          if (t < 0 || t >= c.vocab_size) {
+            return bad(absl::StrCat("token id ", t, " outside [0, ", c.vocab_size, ")"));
+          }
+        }
+      }
+      total += n;
+    }
+    if (!is_first() && static_cast<int64_t>(hidden_in.size()) != total * c.hidden_size) {
+      return absl::InvalidArgumentError(absl::StrCat("hidden states have ", hidden_in.size(),
+                                                     " values, expected ", total, " x ",
+                                                     c.hidden_size));
+    }
+    return total;
+  }
+
+  absl::Status Reserve(int64_t total) {
+    if (total <= ws_.capacity) return absl::OkStatus();
+    const ModelConfig& c = config_;
+    const int64_t cap = std::max<int64_t>(total, 16);
+    auto alloc = [&](std::unique_ptr<Buffer>* b, int64_t cols) -> absl::Status {
+      ASSIGN_OR_RETURN(*b, backend_->Allocate(static_cast<size_t>(cap * cols) * sizeof(float)));
+      return absl::OkStatus();
+    };
+    RETURN_IF_ERROR(alloc(&ws_.x, c.hidden_size));
+    RETURN_IF_ERROR(alloc(&ws_.h, std::max(c.hidden_size, c.num_heads * c.head_dim)));
+    RETURN_IF_ERROR(alloc(&ws_.q, c.num_heads * c.head_dim));
+    RETURN_IF_ERROR(alloc(&ws_.k, c.num_kv_heads * c.head_dim));
+    RETURN_IF_ERROR(alloc(&ws_.v, c.num_kv_heads * c.head_dim));
+    RETURN_IF_ERROR(alloc(&ws_.attn, c.num_heads * c.head_dim));
+    RETURN_IF_ERROR(alloc(&ws_.gate_up, 2 * c.intermediate_size));
+    RETURN_IF_ERROR(alloc(&ws_.act, c.intermediate_size));
+    ws_.capacity = cap;
+    return absl::OkStatus();
+  }
+
+  // A [rows, cols] matrix in the config's dtype, used in place.
+  absl::StatusOr<Weight> Matrix(const std::string& name, int64_t rows, int64_t cols) {
+    ASSIGN_OR_RETURN(TensorRef t, weights_->GetWithShape(name, {rows, cols}));
+    if (t.dtype != config_.dtype) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tensor '", name, "' is ", DTypeName(t.dtype), " but config.json says torch_dtype ",
+          DTypeName(config_.dtype)));
+    }
+    Weight w;
+    ASSIGN_OR_RETURN(w.buffer, backend_->UploadWeights(t.data, t.nbytes));
+    w.t = Tensor::Of(w.buffer->data(), t.dtype, rows, cols);
+    return w;
+  }
+
+  // A vector (norm weight or bias), widened to F32.
+  absl::StatusOr<Weight> Vector(const std::string& name, int64_t n) {
+    ASSIGN_OR_RETURN(TensorRef t, weights_->GetWithShape(name, {n}));
+    if (t.dtype == DType::kI32) {
+      return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' is I32, expected a float type"));
+    }
+    std::vector<float> host(n);
+    for (int64_t i = 0; i < n; ++i) {
+      const auto* p = static_cast<const uint8_t*>(t.data);
+      switch (t.dtype) {
+        case DType::kF32: {
+          float f;
+          std::memcpy(&f, p + 4 * i, 4);
+          host[i] = f;
+          break;
+        }
+        case DType::kF16:
+        case DType::kBF16: {
+          uint16_t u;
+          std::memcpy(&u, p + 2 * i, 2);
+          host[i] = t.dtype == DType::kF16 ? F16ToF32(u) : Bf16ToF32(u);
+          break;
+        }
+        default:
+          break;
+      }
+      if (!std::isfinite(host[i])) {
+        return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' holds a non-finite value at ", i));
+      }
+    }
+    Weight w;
+    ASSIGN_OR_RETURN(w.buffer, backend_->Allocate(n * sizeof(float)));
+    std::memcpy(w.buffer->data(), host.data(), n * sizeof(float));
+    w.t = Tensor::Of(w.buffer->data(), DType::kF32, 1, n);
+    return w;
+  }
+
+  ModelConfig config_;
+  std::unique_ptr<WeightSource> weights_;
+  Backend* backend_;
+  KvCacheSpec kv_;
+  int64_t begin_ = 0, end_ = 0;
+  std::vector<float> inv_freq_;
+  Weight embed_, final_norm_, lm_head_;
+  std::vector<LayerWeights> layers_;
+  std::vector<std::unique_ptr<Buffer>> kv_buffers_;
+  std::vector<KvLayer> kv_cache_;
+  Workspace ws_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<ModelStage>> LoadLlamaStage(const ModelConfig& config,
+                                                           std::unique_ptr<WeightSource> weights,
+                                                           const StageSpec& spec,
+                                                           const KvCacheSpec& kv,
+                                                           Backend* backend) {
+  auto stage = std::make_unique<LlamaStage>(config, std::move(weights), spec, kv, backend);
+  RETURN_IF_ERROR(stage->Load());
+  return std::unique_ptr<ModelStage>(std::move(stage));
+}
+
+}  // namespace shardserve

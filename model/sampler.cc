@@ -1,0 +1,151 @@
+#include "model/sampler.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <unordered_map>
+
+#include "absl/strings/str_cat.h"
+
+namespace shardserve {
+namespace {
+
+uint64_t SplitMix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+void ApplyPenalties(std::vector<float>& logits, const SamplingParams& p,
+                    absl::Span<const int32_t> history) {
+  if (p.repetition_penalty == 1.0f && p.presence_penalty == 0.0f && p.frequency_penalty == 0.0f) {
+    return;
+  }
+  std::unordered_map<int32_t, int> counts;
+  for (int32_t t : history) {
+    if (t >= 0 && t < static_cast<int32_t>(logits.size())) ++counts[t];
+  }
+  for (const auto& [t, n] : counts) {
+    float& l = logits[t];
+    if (p.repetition_penalty != 1.0f) l = l > 0 ? l / p.repetition_penalty : l * p.repetition_penalty;
+    l -= p.presence_penalty + p.frequency_penalty * static_cast<float>(n);
+  }
+}
+
+float LogSumExp(const std::vector<float>& v) {
+  const float m = *std::max_element(v.begin(), v.end());
+  double s = 0;
+  for (float x : v) s += std::exp(static_cast<double>(x - m));
+  return m + static_cast<float>(std::log(s));
+}
+
+}  // namespace
+
+absl::Status ValidateSamplingParams(const SamplingParams& p) {
+  auto bad = [](absl::string_view field, absl::string_view why) {
+    return absl::InvalidArgumentError(absl::StrCat(field, " ", why));
+  };
+  if (!(p.temperature >= 0.0f) || !std::isfinite(p.temperature)) {
+    return bad("temperature", "must be a finite number >= 0");
+  }
+  if (p.top_k < 0) return bad("top_k", "must be >= 0 (0 disables it)");
+  if (!(p.top_p > 0.0f && p.top_p <= 1.0f)) return bad("top_p", "must be in (0, 1]");
+  if (!(p.min_p >= 0.0f && p.min_p <= 1.0f)) return bad("min_p", "must be in [0, 1]");
+  if (!(p.repetition_penalty > 0.0f) || !std::isfinite(p.repetition_penalty)) {
+    return bad("repetition_penalty", "must be a finite number > 0");
+  }
+  if (!std::isfinite(p.presence_penalty) || std::fabs(p.presence_penalty) > 2.0f) {
+    return bad("presence_penalty", "must be in [-2, 2]");
+  }
+  if (!std::isfinite(p.frequency_penalty) || std::fabs(p.frequency_penalty) > 2.0f) {
+    return bad("frequency_penalty", "must be in [-2, 2]");
+  }
+  return absl::OkStatus();
+}
+
+double SamplingUniform(uint64_t seed, int64_t position) {
+  const uint64_t h = SplitMix64(SplitMix64(seed) ^ static_cast<uint64_t>(position));
+  return static_cast<double>(h >> 11) * 0x1.0p-53;
+}
+
+SampleResult Sample(absl::Span<const float> raw, const SamplingParams& p, int64_t position,
+                    absl::Span<const int32_t> history) {
+  std::vector<float> logits(raw.begin(), raw.end());
+  ApplyPenalties(logits, p, history);
+  const int32_t vocab = static_cast<int32_t>(logits.size());
+  if (p.temperature == 0.0f) {
+    int32_t best = 0;
+    for (int32_t i = 1; i < vocab; ++i) {
+      if (logits[i] > logits[best]) best = i;
+    }
+    return {best, logits[best] - LogSumExp(logits)};
+  }
+  for (float& l : logits) l /= p.temperature;
+  std::vector<int32_t> order(vocab);
+  std::iota(order.begin(), order.end(), 0);
+  auto by_logit = [&](int32_t a, int32_t b) {
+    return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+  };
+  int32_t keep = vocab;
+  if (p.top_k > 0 && p.top_k < vocab) {
+    keep = p.top_k;
+    std::partial_sort(order.begin(), order.begin() + keep, order.end(), by_logit);
+  } else {
+    std::sort(order.begin(), order.end(), by_logit);
+  }
+  const float max_logit = logits[order[0]];
+  std::vector<double> probs(keep);
+  double total = 0;
+  for (int32_t i = 0; i < keep; ++i) {
+    probs[i] = std::exp(static_cast<double>(logits[order[i]] - max_logit));
+    total += probs[i];
+  }
+  // min_p: relative to the most likely token.
+  if (p.min_p > 0.0f) {
+    int32_t n = 0;
+    while (n < keep && probs[n] >= p.min_p * probs[0]) ++n;
+    keep = std::max(n, 1);
+  }
+  // top_p: the smallest prefix whose mass reaches top_p.
+  if (p.top_p < 1.0f) {
+    double all = 0;
+    for (int32_t i = 0; i < keep; ++i) all += probs[i];
+    double cum = 0;
+    int32_t n = 0;
+    while (n < keep) {
+      cum += probs[n++];
+      if (cum >= p.top_p * all) break;
+    }
+    keep = std::max(n, 1);
+  }
+  double kept = 0;
+  for (int32_t i = 0; i < keep; ++i) kept += probs[i];
+  const double u = SamplingUniform(p.seed, position) * kept;
+  double cum = 0;
+  int32_t chosen = keep - 1;
+  for (int32_t i = 0; i < keep; ++i) {
+    cum += probs[i];
+    if (u < cum) {
+      chosen = i;
+      break;
+    }
+  }
+  (void)total;
+  return {order[chosen], static_cast<float>(std::log(probs[chosen] / kept))};
+}
+
+std::vector<std::pair<int32_t, float>> TopLogprobs(absl::Span<const float> logits, int n) {
+  std::vector<float> v(logits.begin(), logits.end());
+  const float lse = LogSumExp(v);
+  std::vector<int32_t> order(v.size());
+  std::iota(order.begin(), order.end(), 0);
+  n = std::min<int>(n, static_cast<int>(v.size()));
+  std::partial_sort(order.begin(), order.begin() + n, order.end(),
+                    [&](int32_t a, int32_t b) { return v[a] > v[b] || (v[a] == v[b] && a < b); });
+  std::vector<std::pair<int32_t, float>> out;
+  for (int i = 0; i < n; ++i) out.emplace_back(order[i], v[order[i]] - lse);
+  return out;
+}
+
+}  // namespace shardserve

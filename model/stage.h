@@ -1,0 +1,80 @@
+// One pipeline stage of a model: layers [layer_begin, layer_end) plus, on the first stage, the
+// token embedding and, on the last, the final norm and LM head.
+//
+// A stage holds its weights and its share of the paged KV cache (the same block ids on every
+// stage; the caller, normally the router, owns the block tables). Forward() runs one step: a
+// batch of sequences, each contributing a prompt chunk or one decode token, at any positions.
+//
+// Threading: Forward() calls must not overlap on one stage (a worker runs them in step order).
+// The stage never trusts a StepBatch: Forward() validates ids, positions and block tables and
+// returns INVALID_ARGUMENT instead of touching memory out of range.
+#ifndef SHARDSERVE_MODEL_STAGE_H_
+#define SHARDSERVE_MODEL_STAGE_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "kernels/backend.h"
+#include "model/config.h"
+
+namespace shardserve {
+
+struct StageSpec {
+  int64_t layer_begin = 0;
+  int64_t layer_end = -1;  // -1: num_layers
+  // Derived from the range when unset: first = (layer_begin == 0), last = (layer_end == num_layers).
+  bool is_first() const { return layer_begin == 0; }
+  bool is_last(const ModelConfig& c) const { return layer_end == c.num_layers; }
+};
+
+struct KvCacheSpec {
+  int64_t block_size = 16;
+  int64_t num_blocks = 0;  // 0: enough for max_position_embeddings of one sequence
+};
+
+// One sequence's part of a step.
+struct SequenceStep {
+  // New token ids (used by the first stage; other stages get hidden states instead but still
+  // need the count, so tokens.size() is the number of rows this sequence contributes).
+  std::vector<int32_t> tokens;
+  int64_t start_pos = 0;             // position of tokens[0]
+  std::vector<int32_t> block_table;  // covers positions [0, start_pos + tokens.size())
+  bool compute_logits = false;       // last stage: logits for this sequence's last token
+};
+
+struct StepOutput {
+  // Non-last stage: hidden states [total_tokens, hidden_size], rows in batch order.
+  // Last stage: logits [number of sequences with compute_logits, vocab_size], in batch order.
+  std::vector<float> data;
+  int64_t rows = 0;
+  int64_t cols = 0;
+};
+
+class ModelStage {
+ public:
+  virtual ~ModelStage() = default;
+  virtual const ModelConfig& config() const = 0;
+  virtual int64_t layer_begin() const = 0;
+  virtual int64_t layer_end() const = 0;
+  virtual const KvCacheSpec& kv_spec() const = 0;
+  // Bytes of KV cache per token for this stage's layers.
+  virtual int64_t KvBytesPerToken() const = 0;
+
+  // hidden_in: [total_tokens, hidden_size] from the previous stage; empty on the first stage.
+  virtual absl::StatusOr<StepOutput> Forward(absl::Span<const SequenceStep> batch,
+                                             absl::Span<const float> hidden_in) = 0;
+};
+
+// Loads a stage of the model at `path` (a Hugging Face folder) onto `backend`, which must
+// outlive the stage. Dispatches on the config's architecture.
+absl::StatusOr<std::unique_ptr<ModelStage>> LoadStage(const std::string& path,
+                                                      const StageSpec& spec,
+                                                      const KvCacheSpec& kv, Backend* backend);
+
+}  // namespace shardserve
+
+#endif  // SHARDSERVE_MODEL_STAGE_H_
