@@ -1,6 +1,7 @@
 #include "model/safetensors.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <set>
@@ -179,6 +180,42 @@ class ShardedSafetensors : public WeightSource {
 };
 
 }  // namespace
+
+size_t TensorSpec::nbytes() const {
+  size_t n = DTypeSize(dtype);
+  for (int64_t d : shape) n *= static_cast<size_t>(d);
+  return n;
+}
+
+absl::Status WriteSafetensors(const std::string& path, const std::vector<TensorSpec>& specs,
+                              const std::function<void(size_t, uint8_t*)>& fill,
+                              const std::map<std::string, std::string>& metadata) {
+  json header = json::object();
+  if (!metadata.empty()) header["__metadata__"] = metadata;
+  size_t offset = 0;
+  for (const TensorSpec& s : specs) {
+    header[s.name] = {{"dtype", std::string(DTypeName(s.dtype))},
+                      {"shape", s.shape},
+                      {"data_offsets", {offset, offset + s.nbytes()}}};
+    offset += s.nbytes();
+  }
+  std::string text = header.dump();
+  // Pad with spaces so the data section starts 8-byte aligned, as the reference writer does.
+  while ((8 + text.size()) % 8 != 0) text.push_back(' ');
+  std::FILE* f = std::fopen(path.c_str(), "wb");
+  if (f == nullptr) return absl::PermissionDeniedError(absl::StrCat("cannot create ", path));
+  const uint64_t len = text.size();
+  bool ok = std::fwrite(&len, 8, 1, f) == 1 && std::fwrite(text.data(), 1, text.size(), f) == text.size();
+  std::vector<uint8_t> buf;
+  for (size_t i = 0; ok && i < specs.size(); ++i) {
+    buf.resize(specs[i].nbytes());
+    fill(i, buf.data());
+    ok = std::fwrite(buf.data(), 1, buf.size(), f) == buf.size();
+  }
+  ok = (std::fclose(f) == 0) && ok;
+  if (!ok) return absl::DataLossError(absl::StrCat("error writing ", path));
+  return absl::OkStatus();
+}
 
 absl::StatusOr<std::unique_ptr<WeightSource>> OpenSafetensorsFolder(const std::string& dir) {
   namespace fs = std::filesystem;

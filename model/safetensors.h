@@ -8,6 +8,7 @@
 #ifndef SHARDSERVE_MODEL_SAFETENSORS_H_
 #define SHARDSERVE_MODEL_SAFETENSORS_H_
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -38,6 +39,20 @@ class SafetensorsFile : public WeightSource {
   std::unique_ptr<MappedFile> file_;
   std::map<std::string, Entry> entries_;
 };
+
+struct TensorSpec {
+  std::string name;
+  DType dtype = DType::kF32;
+  std::vector<int64_t> shape;
+  size_t nbytes() const;
+};
+
+// Writes a safetensors file of `specs`, in order; `fill(i, dst)` writes tensor i's bytes
+// (specs[i].nbytes() of them) into dst. Tensors are produced one at a time, so peak memory is
+// the largest tensor. `metadata` goes into the header's __metadata__.
+absl::Status WriteSafetensors(const std::string& path, const std::vector<TensorSpec>& specs,
+                              const std::function<void(size_t, uint8_t*)>& fill,
+                              const std::map<std::string, std::string>& metadata = {});
 
 }  // namespace shardserve
 

@@ -1,0 +1,168 @@
+#include "cli/generate.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <thread>
+
+#include "CLI/CLI.hpp"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+#include "common/status.h"
+#include "kernels/backend.h"
+#include "model/generator.h"
+#include "model/stage.h"
+#include "model/synth.h"
+#include "model/tokenizer/tokenizer.h"
+#include "nlohmann/json.hpp"
+
+namespace shardserve {
+namespace {
+
+int Fail(const absl::Status& s) {
+  std::fprintf(stderr, "error: %s\n", std::string(s.message()).c_str());
+  return s.code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
+}
+
+absl::StatusOr<std::vector<int32_t>> ParseIds(const std::string& text) {
+  std::vector<int32_t> ids;
+  for (absl::string_view part : absl::StrSplit(text, absl::ByAnyChar(", "), absl::SkipEmpty())) {
+    int32_t id;
+    if (!absl::SimpleAtoi(part, &id)) {
+      return absl::InvalidArgumentError(absl::StrCat("--prompt-ids: '", part, "' is not an integer"));
+    }
+    ids.push_back(id);
+  }
+  if (ids.empty()) return absl::InvalidArgumentError("--prompt-ids is empty");
+  return ids;
+}
+
+}  // namespace
+
+int GenerateMain(int argc, char** argv) {
+  CLI::App app{"Generates text from a model in this process: no network, the reference path.",
+               "shardserve generate"};
+  std::string model, prompt, prompt_ids_text;
+  int64_t max_tokens = 128;
+  SamplingParams sp;
+  sp.temperature = 0.8f;
+  int threads = 0;
+  bool json = false, ignore_eos = false, no_bos = false;
+  app.add_option("--model", model, "Hugging Face model folder")->required();
+  app.add_option("--prompt", prompt, "prompt text");
+  app.add_option("--prompt-ids", prompt_ids_text, "prompt as token ids, comma-separated");
+  app.add_option("--max-tokens", max_tokens, "tokens to generate")->capture_default_str();
+  app.add_option("--temperature", sp.temperature, "0 for greedy")->capture_default_str();
+  app.add_option("--top-k", sp.top_k, "0 disables")->capture_default_str();
+  app.add_option("--top-p", sp.top_p, "nucleus mass in (0, 1]")->capture_default_str();
+  app.add_option("--min-p", sp.min_p, "relative probability floor")->capture_default_str();
+  app.add_option("--repetition-penalty", sp.repetition_penalty)->capture_default_str();
+  app.add_option("--presence-penalty", sp.presence_penalty)->capture_default_str();
+  app.add_option("--frequency-penalty", sp.frequency_penalty)->capture_default_str();
+  app.add_option("--seed", sp.seed, "sampling seed")->capture_default_str();
+  app.add_option("--threads", threads, "compute threads (0: all CPUs)")->capture_default_str();
+  app.add_flag("--json", json, "print one JSON object instead of streaming text");
+  app.add_flag("--ignore-eos", ignore_eos, "keep generating past end-of-sequence tokens");
+  app.add_flag("--no-bos", no_bos, "do not prepend the BOS token to --prompt");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  if (prompt.empty() == prompt_ids_text.empty()) {
+    return Fail(absl::InvalidArgumentError("give exactly one of --prompt and --prompt-ids"));
+  }
+  if (max_tokens <= 0) return Fail(absl::InvalidArgumentError("--max-tokens must be positive"));
+  if (threads < 0) return Fail(absl::InvalidArgumentError("--threads must be >= 0"));
+  if (absl::Status s = ValidateSamplingParams(sp); !s.ok()) {
+    return Fail(absl::InvalidArgumentError(absl::StrCat("--", s.message())));
+  }
+  auto tokenizer = Tokenizer::Load(model);
+  if (!tokenizer.ok()) return Fail(tokenizer.status());
+  std::vector<int32_t> prompt_ids;
+  if (!prompt_ids_text.empty()) {
+    auto ids = ParseIds(prompt_ids_text);
+    if (!ids.ok()) return Fail(ids.status());
+    prompt_ids = *ids;
+  } else {
+    prompt_ids = (*tokenizer)->Encode(prompt, !no_bos);
+  }
+  auto backend = NewCpuBackend({.threads = threads});
+  auto stage = LoadStage(model, {}, {}, backend.get());
+  if (!stage.ok()) return Fail(stage.status());
+
+  GenerateOptions options;
+  options.max_tokens = max_tokens;
+  options.sampling = sp;
+  if (!ignore_eos) {
+    options.stop_ids = (*stage)->config().eos_token_ids;
+    for (int32_t id : (*tokenizer)->eos_ids()) options.stop_ids.push_back(id);
+  }
+  StreamingDecoder decoder(**tokenizer);
+  auto on_token = [&](int32_t id) {
+    if (!json) {
+      const std::string piece = decoder.Add(id);
+      std::fwrite(piece.data(), 1, piece.size(), stdout);
+      std::fflush(stdout);
+    }
+    return true;
+  };
+  auto result = Generate(**stage, prompt_ids, options, on_token);
+  if (!result.ok()) return Fail(result.status());
+  if (!json) {
+    const std::string rest = decoder.Flush();
+    std::fwrite(rest.data(), 1, rest.size(), stdout);
+    std::fputc('\n', stdout);
+    return 0;
+  }
+  nlohmann::json out;
+  out["prompt_ids"] = prompt_ids;
+  out["ids"] = result->ids;
+  out["text"] = (*tokenizer)->Decode(result->ids);
+  out["finish_reason"] = result->finish_reason;
+  out["prefill_tokens_per_s"] =
+      result->prefill_seconds > 0 ? prompt_ids.size() / result->prefill_seconds : 0.0;
+  out["decode_tokens_per_s"] = result->decode_seconds > 0 && result->ids.size() > 1
+                                   ? (result->ids.size() - 1) / result->decode_seconds
+                                   : 0.0;
+  std::cout << out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << std::endl;
+  return 0;
+}
+
+int SynthMain(int argc, char** argv) {
+  CLI::App app{"Writes a random-weight model folder in Hugging Face layout.", "shardserve synth"};
+  std::string like, config_path, dtype_name = "f32", out;
+  SynthOptions options;
+  auto* like_opt = app.add_option("--like", like, "a known shape");
+  app.add_option("--config", config_path, "a config.json to take the shape from")->excludes(like_opt);
+  app.add_option("--dtype", dtype_name, "f32, f16 or bf16")->capture_default_str();
+  app.add_option("--out", out, "output folder")->required();
+  app.add_option("--seed", options.seed, "random seed")->capture_default_str();
+  app.add_option("--threads", options.threads, "threads (0: all CPUs)")->capture_default_str();
+  app.footer("Known shapes: llama-110m, tinyllama-1.1b, llama3-8b, qwen2-0.5b, mistral-7b, "
+             "tiny-llama, tiny-llama-8l, tiny-qwen2, tiny-llama3");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  auto dtype = ParseDType(dtype_name);
+  if (!dtype.has_value() || *dtype == DType::kI32) {
+    return Fail(absl::InvalidArgumentError(absl::StrCat("--dtype '", dtype_name, "' is not f32, f16 or bf16")));
+  }
+  options.dtype = *dtype;
+  options.progress = true;
+  absl::StatusOr<ModelConfig> config = like.empty() && config_path.empty()
+                                           ? absl::InvalidArgumentError("give --like or --config")
+                                       : like.empty() ? ModelConfig::FromFile(config_path)
+                                                      : SynthConfigByName(like);
+  if (!config.ok()) return Fail(config.status());
+  if (absl::Status s = WriteSynthModel(*config, out, options); !s.ok()) return Fail(s);
+  std::fprintf(stderr, "wrote %s\n", out.c_str());
+  return 0;
+}
+
+}  // namespace shardserve

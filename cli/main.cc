@@ -1,0 +1,64 @@
+// The `shardserve` command: dispatches to one subcommand per verb.
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+#include "cli/generate.h"
+#ifdef SHARDSERVE_HAVE_INSPECT
+#include "cli/inspect.h"
+#endif
+#ifdef SHARDSERVE_HAVE_CLUSTER_CLI
+#include "cli/bench.h"
+#include "cli/complete.h"
+#include "cli/up.h"
+#endif
+
+namespace {
+
+struct Command {
+  const char* name;
+  int (*main)(int, char**);
+  const char* help;
+};
+
+const Command kCommands[] = {
+    {"generate", shardserve::GenerateMain, "generate text in this process (no network)"},
+    {"synth", shardserve::SynthMain, "write a random-weight model of a given shape"},
+#ifdef SHARDSERVE_HAVE_INSPECT
+    {"inspect", shardserve::InspectMain, "model metadata and tokenization"},
+#endif
+#ifdef SHARDSERVE_HAVE_CLUSTER_CLI
+    {"up", shardserve::UpMain, "start a local router and workers"},
+    {"complete", shardserve::CompleteMain, "stream a completion from a server"},
+    {"chat", shardserve::ChatMain, "interactive chat with a server"},
+    {"bench", shardserve::BenchMain, "load-test a server"},
+#endif
+};
+
+void Usage(FILE* out) {
+  std::fprintf(out, "usage: shardserve <command> [flags]   (shardserve <command> --help)\n\ncommands:\n");
+  for (const Command& c : kCommands) std::fprintf(out, "  %-10s %s\n", c.name, c.help);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    Usage(stderr);
+    return 2;
+  }
+  const std::string verb = argv[1];
+  if (verb == "--help" || verb == "-h" || verb == "help") {
+    Usage(stdout);
+    return 0;
+  }
+  for (const Command& c : kCommands) {
+    if (verb == c.name) {
+      std::string name = std::string("shardserve ") + c.name;
+      argv[1] = name.data();
+      return c.main(argc - 1, argv + 1);
+    }
+  }
+  std::fprintf(stderr, "error: unknown command '%s' (run 'shardserve --help')\n", verb.c_str());
+  return 2;
+}

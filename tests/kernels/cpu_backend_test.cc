@@ -1,0 +1,159 @@
+// Every fast CPU op against the plain reference op, with a tolerance scaled to the work done.
+#include <cmath>
+#include <numeric>
+#include <random>
+
+#include "gtest/gtest.h"
+#include "kernels/backend.h"
+
+namespace shardserve {
+namespace {
+
+std::vector<float> Random(size_t n, uint32_t seed, float scale = 1.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> d(0.0f, scale);
+  std::vector<float> v(n);
+  for (float& x : v) x = d(rng);
+  return v;
+}
+
+std::vector<uint16_t> ToHalf(const std::vector<float>& v, DType dt) {
+  std::vector<uint16_t> h(v.size());
+  for (size_t i = 0; i < v.size(); ++i) h[i] = dt == DType::kF16 ? F32ToF16(v[i]) : F32ToBf16(v[i]);
+  return h;
+}
+
+float MaxAbsDiff(const std::vector<float>& a, const std::vector<float>& b) {
+  float m = 0;
+  for (size_t i = 0; i < a.size(); ++i) m = std::max(m, std::fabs(a[i] - b[i]));
+  return m;
+}
+
+struct MatMulCase {
+  DType dtype;
+  int64_t n, m, k;
+  bool bias;
+};
+
+class MatMulTest : public ::testing::TestWithParam<MatMulCase> {};
+
+TEST_P(MatMulTest, FastMatchesReference) {
+  const MatMulCase c = GetParam();
+  auto fast = NewCpuBackend({.threads = 2});
+  auto ref = NewCpuBackend({.threads = 2, .reference = true});
+  ASSERT_NE(fast->name(), ref->name());
+  std::vector<float> x = Random(c.n * c.k, 1);
+  std::vector<float> wf = Random(c.m * c.k, 2, 0.05f);
+  std::vector<uint16_t> wh = ToHalf(wf, c.dtype);
+  std::vector<float> bias = Random(c.m, 3);
+  void* wdata = c.dtype == DType::kF32 ? static_cast<void*>(wf.data()) : wh.data();
+  Tensor w = Tensor::Of(wdata, c.dtype, c.m, c.k);
+  Tensor xt = Tensor::Of(x.data(), DType::kF32, c.n, c.k);
+  Tensor bt = Tensor::Of(bias.data(), DType::kF32, 1, c.m);
+  std::vector<float> out_fast(c.n * c.m, NAN), out_ref(c.n * c.m, NAN);
+  fast->MatMul(xt, w, c.bias ? &bt : nullptr, Tensor::Of(out_fast.data(), DType::kF32, c.n, c.m));
+  ref->MatMul(xt, w, c.bias ? &bt : nullptr, Tensor::Of(out_ref.data(), DType::kF32, c.n, c.m));
+  // Both sum the same products in F32, in different orders: error grows like sqrt(k) * eps.
+  const float tol = 4e-6f * std::sqrt(static_cast<float>(c.k)) * 4.0f;
+  EXPECT_LE(MaxAbsDiff(out_fast, out_ref), tol);
+  for (float v : out_fast) ASSERT_TRUE(std::isfinite(v));
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, MatMulTest,
+    ::testing::Values(MatMulCase{DType::kF32, 1, 37, 64, false}, MatMulCase{DType::kF32, 3, 64, 172, true},
+                      MatMulCase{DType::kF32, 40, 130, 96, true}, MatMulCase{DType::kF16, 1, 33, 200, false},
+                      MatMulCase{DType::kF16, 5, 64, 64, true}, MatMulCase{DType::kF16, 64, 300, 128, false},
+                      MatMulCase{DType::kBF16, 1, 35, 72, true}, MatMulCase{DType::kBF16, 2, 17, 13, false},
+                      MatMulCase{DType::kBF16, 33, 257, 160, true}));
+
+TEST(CpuBackendTest, StridedOutputLeavesOtherColumnsAlone) {
+  auto fast = NewCpuBackend({.threads = 2});
+  for (int64_t n : {1, 20}) {
+    std::vector<float> x = Random(n * 16, 4), w = Random(8 * 16, 5);
+    std::vector<float> out(n * 16, 7.0f);
+    Tensor half{out.data(), DType::kF32, n, 8, 16};
+    fast->MatMul(Tensor::Of(x.data(), DType::kF32, n, 16), Tensor::Of(w.data(), DType::kF32, 8, 16),
+                 nullptr, half);
+    for (int64_t r = 0; r < n; ++r) {
+      for (int64_t c = 8; c < 16; ++c) EXPECT_EQ(out[r * 16 + c], 7.0f);
+      EXPECT_NE(out[r * 16], 7.0f);
+    }
+  }
+}
+
+TEST(CpuBackendTest, PagedAttentionFastMatchesReference) {
+  AttentionShape shape{.num_heads = 8, .num_kv_heads = 2, .head_dim = 24, .block_size = 4, .num_blocks = 32};
+  const int64_t kvw = shape.num_kv_heads * shape.head_dim;
+  // Three sequences: a prefill chunk continuing at position 5, a decode at 17, a fresh prompt.
+  std::vector<std::vector<int32_t>> tables = {{3, 9, 1, 0}, {4, 5, 6, 7, 8}, {31, 30}};
+  std::vector<AttentionSeq> seqs = {{0, 6, 5, tables[0]}, {6, 1, 17, tables[1]}, {7, 5, 0, tables[2]}};
+  const int64_t rows = 12;
+  std::vector<float> q = Random(rows * shape.num_heads * shape.head_dim, 6);
+  std::vector<float> k = Random(rows * kvw, 7), v = Random(rows * kvw, 8);
+  std::vector<float> out_fast(q.size()), out_ref(q.size());
+  const size_t pool = shape.num_blocks * shape.block_size * kvw;
+  // Positions before each sequence's start_pos already hold keys/values from earlier steps.
+  std::vector<float> k_init = Random(pool, 9), v_init = Random(pool, 10);
+  for (bool reference : {false, true}) {
+    auto b = NewCpuBackend({.threads = 2, .reference = reference});
+    std::vector<float> kc = k_init, vc = v_init;
+    auto& out = reference ? out_ref : out_fast;
+    b->PagedAttention(Tensor::Of(q.data(), DType::kF32, rows, 8 * 24),
+                      Tensor::Of(k.data(), DType::kF32, rows, kvw),
+                      Tensor::Of(v.data(), DType::kF32, rows, kvw), seqs, shape,
+                      KvLayer{kc.data(), vc.data()}, Tensor::Of(out.data(), DType::kF32, rows, 8 * 24));
+    // The new keys landed in their slots: sequence 1's token at position 17 -> block 8, slot 1.
+    EXPECT_EQ(kc[(8 * 4 + 1) * kvw], k[6 * kvw]);
+  }
+  EXPECT_LE(MaxAbsDiff(out_fast, out_ref), 1e-5f);
+  // The first row of sequence 2 attends only to itself: output equals its value rows.
+  for (int64_t h = 0; h < 8; ++h) {
+    for (int64_t d = 0; d < 24; ++d) {
+      EXPECT_NEAR(out_fast[7 * 192 + h * 24 + d], v[7 * kvw + (h / 4) * 24 + d], 1e-6f);
+    }
+  }
+}
+
+TEST(CpuBackendTest, ElementwiseOpsAreCorrect) {
+  auto b = NewCpuBackend({.threads = 2});
+  std::vector<float> x = {1, 2, 3, 4}, w = {1, 1, 2, 2}, out(4);
+  b->RmsNorm(Tensor::Of(x.data(), DType::kF32, 1, 4), Tensor::Of(w.data(), DType::kF32, 1, 4), 0.0f,
+             Tensor::Of(out.data(), DType::kF32, 1, 4));
+  const float rms = std::sqrt((1 + 4 + 9 + 16) / 4.0f);
+  EXPECT_NEAR(out[0], 1 / rms, 1e-6);
+  EXPECT_NEAR(out[3], 8 / rms, 1e-6);
+  std::vector<float> gu = {1.0f, -2.0f, 3.0f, 4.0f}, act(2);
+  b->SwiGlu(Tensor::Of(gu.data(), DType::kF32, 1, 4), Tensor::Of(act.data(), DType::kF32, 1, 2));
+  EXPECT_NEAR(act[0], 1.0f / (1 + std::exp(-1.0f)) * 3.0f, 1e-6);
+  EXPECT_NEAR(act[1], -2.0f / (1 + std::exp(2.0f)) * 4.0f, 1e-6);
+  // RoPE at position p rotates pair (i, i + half) by p * inv_freq[i].
+  std::vector<float> r = {1, 0, 0, 1};
+  std::vector<int32_t> pos = {3};
+  std::vector<float> inv = {0.5f, 0.25f};
+  b->Rope(Tensor::Of(r.data(), DType::kF32, 1, 4), 4, pos, inv);
+  EXPECT_NEAR(r[0], std::cos(1.5f), 1e-6);
+  EXPECT_NEAR(r[2], std::sin(1.5f), 1e-6);
+  EXPECT_NEAR(r[1], -std::sin(0.75f), 1e-6);
+  EXPECT_NEAR(r[3], std::cos(0.75f), 1e-6);
+  // Embedding widens 16-bit rows.
+  std::vector<uint16_t> table = {F32ToBf16(1.5f), F32ToBf16(-2.0f), F32ToBf16(0.25f), F32ToBf16(8.0f)};
+  std::vector<int32_t> ids = {1, 0};
+  std::vector<float> emb(4);
+  b->Embedding(Tensor::Of(table.data(), DType::kBF16, 2, 2), ids, Tensor::Of(emb.data(), DType::kF32, 2, 2));
+  EXPECT_EQ(emb, (std::vector<float>{0.25f, 8.0f, 1.5f, -2.0f}));
+}
+
+TEST(DTypeTest, HalfConversionsRoundTrip) {
+  for (float f : {0.0f, 1.0f, -2.5f, 65504.0f, 6.1035156e-05f, 5.9604645e-08f, 0.1f}) {
+    EXPECT_NEAR(F16ToF32(F32ToF16(f)), f, std::fabs(f) * 1e-3f) << f;
+  }
+  EXPECT_EQ(F32ToF16(1e6f), 0x7c00);  // overflow -> inf
+  EXPECT_EQ(F16ToF32(0x3c00), 1.0f);
+  EXPECT_EQ(F16ToF32(0x0001), 5.9604645e-08f);  // smallest subnormal
+  EXPECT_EQ(Bf16ToF32(F32ToBf16(1.0f + 1.0f / 256)), 1.0f);  // ties to even
+  EXPECT_EQ(Bf16ToF32(F32ToBf16(3.0f)), 3.0f);
+}
+
+}  // namespace
+}  // namespace shardserve
