@@ -1,0 +1,195 @@
+#include "router/inference_service.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/logging.h"
+#include "common/status.h"
+
+namespace shardserve {
+namespace {
+
+grpc::Status ToGrpc(const absl::Status& s) {
+  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
+}
+
+}  // namespace
+
+InferenceServiceImpl::InferenceServiceImpl(std::string model_name, ModelConfig config,
+                                           const Tokenizer* tokenizer,
+                                           std::optional<ChatTemplate> chat_template,
+                                           std::vector<Replica*> replicas)
+    : model_name_(std::move(model_name)),
+      config_(std::move(config)),
+      tokenizer_(tokenizer),
+      chat_template_(std::move(chat_template)),
+      replicas_(std::move(replicas)) {
+  limits_.name = model_name_;
+  limits_.context = config_.max_position_embeddings;
+  limits_.vocab_size = static_cast<int32_t>(config_.vocab_size);
+  eos_ids_ = config_.eos_token_ids;
+  for (int32_t id : tokenizer_->eos_ids()) eos_ids_.push_back(id);
+}
+
+bool InferenceServiceImpl::serving() const {
+  return std::any_of(replicas_.begin(), replicas_.end(), [](Replica* r) { return r->ready(); });
+}
+
+absl::StatusOr<Replica*> InferenceServiceImpl::PickReplica() const {
+  Replica* best = nullptr;
+  std::vector<std::string> why;
+  for (Replica* r : replicas_) {
+    if (!r->ready()) {
+      why.push_back(absl::StrCat("pipeline ", r->index(), ": ", r->last_error()));
+      continue;
+    }
+    if (best == nullptr || r->load() < best->load()) best = r;
+  }
+  if (best == nullptr) {
+    return absl::UnavailableError(absl::StrCat("no pipeline is ready; ", absl::StrJoin(why, "; ")));
+  }
+  return best;
+}
+
+absl::StatusOr<std::vector<int32_t>> InferenceServiceImpl::PromptIds(
+    const v1::GenerateRequest& r) const {
+  switch (r.prompt_case()) {
+    case v1::GenerateRequest::kText:
+      return tokenizer_->Encode(r.text(), /*add_bos=*/true);
+    case v1::GenerateRequest::kTokenIds:
+      return std::vector<int32_t>(r.token_ids().ids().begin(), r.token_ids().ids().end());
+    case v1::GenerateRequest::kChat: {
+      if (!chat_template_.has_value()) {
+        return absl::FailedPreconditionError("chat: this model has no chat template");
+      }
+      std::vector<ChatMessage> messages;
+      for (const v1::ChatMessage& m : r.chat().messages())
+        messages.push_back({m.role(), m.content()});
+      auto text = chat_template_->Render(messages, /*add_generation_prompt=*/true);
+      if (!text.ok()) {
+        return absl::InvalidArgumentError(absl::StrCat("chat.messages: ", text.status().message()));
+      }
+      return tokenizer_->Encode(*text, /*add_bos=*/false);
+    }
+    default:
+      return absl::InvalidArgumentError("prompt: empty");
+  }
+}
+
+grpc::Status InferenceServiceImpl::Generate(grpc::ServerContext* context,
+                                            const v1::GenerateRequest* request,
+                                            grpc::ServerWriter<v1::GenerateResponse>* writer) {
+  if (absl::Status s = ValidateGenerateRequest(*request, limits_); !s.ok()) return ToGrpc(s);
+  auto prompt = PromptIds(*request);
+  if (!prompt.ok()) return ToGrpc(prompt.status());
+  if (absl::Status s = ValidatePromptLength(prompt->size(), request->max_tokens(), limits_);
+      !s.ok()) {
+    return ToGrpc(s);
+  }
+  auto replica = PickReplica();
+  if (!replica.ok()) return ToGrpc(replica.status());
+
+  auto seq = std::make_shared<Sequence>();
+  seq->id = next_sequence_id_++;
+  seq->prompt_len = prompt->size();
+  seq->tokens = std::move(*prompt);
+  seq->max_tokens = request->max_tokens();
+  if (!request->ignore_eos()) seq->stop_ids.insert(eos_ids_.begin(), eos_ids_.end());
+  seq->stop_ids.insert(request->stop_token_ids().begin(), request->stop_token_ids().end());
+  seq->sampling = ResolveSampling(*request);
+  const std::string request_id =
+      request->request_id().empty() ? absl::StrCat("req-", seq->id) : request->request_id();
+  auto sink = std::make_shared<RequestSink>();
+  std::vector<std::string> stops(request->stop().begin(), request->stop().end());
+  if (absl::Status s = (*replica)->Submit(seq, sink, std::move(stops)); !s.ok()) return ToGrpc(s);
+
+  const auto deadline = context->deadline();
+  while (true) {
+    v1::GenerateResponse response;
+    bool done = false;
+    absl::Status error;
+    if (sink->Take(absl::Milliseconds(50), &response, &done, &error) &&
+        response.ByteSizeLong() > 0) {
+      response.set_request_id(request_id);
+      if (!writer->Write(response)) {
+        (*replica)->Cancel(seq->id);
+        return grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
+      }
+    }
+    if (done) return error.ok() ? grpc::Status::OK : ToGrpc(error);
+    const bool late = std::chrono::system_clock::now() >= deadline;
+    if (late || context->IsCancelled()) {
+      (*replica)->Cancel(seq->id);
+      if (late) {
+        return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                            absl::StrCat("deadline passed after ", seq->generated(), " tokens"));
+      }
+      return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client");
+    }
+  }
+}
+
+grpc::Status InferenceServiceImpl::Tokenize(grpc::ServerContext*, const v1::TokenizeRequest* req,
+                                            v1::TokenizeResponse* resp) {
+  if (absl::Status s = ValidateModelName(req->model(), limits_); !s.ok()) return ToGrpc(s);
+  if (req->text().size() > (64u << 20)) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "text: longer than 64 MiB");
+  }
+  for (int32_t id : tokenizer_->Encode(req->text(), req->add_bos())) resp->add_ids(id);
+  return grpc::Status::OK;
+}
+
+grpc::Status InferenceServiceImpl::Detokenize(grpc::ServerContext*,
+                                              const v1::DetokenizeRequest* req,
+                                              v1::DetokenizeResponse* resp) {
+  if (absl::Status s = ValidateModelName(req->model(), limits_); !s.ok()) return ToGrpc(s);
+  for (int i = 0; i < req->ids_size(); ++i) {
+    if (req->ids(i) < 0 || req->ids(i) >= tokenizer_->vocab_size()) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          absl::StrCat("ids[", i, "]: ", req->ids(i), " is outside [0, ",
+                                       tokenizer_->vocab_size(), ")"));
+    }
+  }
+  std::vector<int32_t> ids(req->ids().begin(), req->ids().end());
+  resp->set_text(tokenizer_->Decode(ids, req->skip_special_tokens()));
+  return grpc::Status::OK;
+}
+
+grpc::Status InferenceServiceImpl::ListModels(grpc::ServerContext*, const v1::ListModelsRequest*,
+                                              v1::ListModelsResponse* resp) {
+  v1::ModelSummary* m = resp->add_models();
+  m->set_name(model_name_);
+  m->set_architecture(std::string(ArchitectureName(config_.architecture)));
+  m->set_context_length(config_.max_position_embeddings);
+  return grpc::Status::OK;
+}
+
+grpc::Status InferenceServiceImpl::GetModelInfo(grpc::ServerContext*,
+                                                const v1::GetModelInfoRequest* req,
+                                                v1::GetModelInfoResponse* resp) {
+  if (absl::Status s = ValidateModelName(req->model(), limits_); !s.ok()) return ToGrpc(s);
+  resp->set_name(model_name_);
+  resp->set_architecture(std::string(ArchitectureName(config_.architecture)));
+  resp->set_num_layers(config_.num_layers);
+  resp->set_hidden_size(config_.hidden_size);
+  resp->set_vocab_size(config_.vocab_size);
+  resp->set_context_length(config_.max_position_embeddings);
+  resp->set_bos_token_id(tokenizer_->bos_id());
+  for (int32_t id : eos_ids_) resp->add_eos_token_ids(id);
+  for (Replica* r : replicas_) {
+    v1::PipelineLayout* p = resp->add_pipelines();
+    p->set_ready(r->ready());
+    for (const StageEndpoint& s : r->stages()) {
+      v1::StageLayout* st = p->add_stages();
+      st->set_worker_address(s.address);
+      st->set_layer_begin(s.layers.begin);
+      st->set_layer_end(s.layers.end);
+      st->set_ready(r->ready());
+    }
+    resp->set_kv_blocks_per_pipeline(r->kv_blocks());
+  }
+  return grpc::Status::OK;
+}
+
+}  // namespace shardserve

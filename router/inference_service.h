@@ -1,0 +1,64 @@
+// InferenceService: the router's public gRPC API over its pipeline replicas.
+//
+// Generate validates the request (INVALID_ARGUMENT naming the field), turns the prompt into
+// token ids (text, ids, or chat messages through the model's chat template), hands the
+// sequence to the least-loaded ready replica and streams what its RequestSink collects. A
+// client cancel or a passed deadline cancels the sequence, which frees its KV blocks on the
+// router and, with the next plan, on every stage. No ready replica: UNAVAILABLE saying why
+// (naming the unreachable worker).
+//
+// Thread-safe; the replicas and tokenizer must outlive the service.
+#ifndef SHARDSERVE_ROUTER_INFERENCE_SERVICE_H_
+#define SHARDSERVE_ROUTER_INFERENCE_SERVICE_H_
+
+#include <atomic>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "model/config.h"
+#include "model/tokenizer/chat_template.h"
+#include "model/tokenizer/tokenizer.h"
+#include "router/replica.h"
+#include "router/validation.h"
+#include "shardserve/v1/inference.grpc.pb.h"
+
+namespace shardserve {
+
+class InferenceServiceImpl final : public v1::InferenceService::Service {
+ public:
+  InferenceServiceImpl(std::string model_name, ModelConfig config, const Tokenizer* tokenizer,
+                       std::optional<ChatTemplate> chat_template, std::vector<Replica*> replicas);
+
+  grpc::Status Generate(grpc::ServerContext* context, const v1::GenerateRequest* request,
+                        grpc::ServerWriter<v1::GenerateResponse>* writer) override;
+  grpc::Status Tokenize(grpc::ServerContext*, const v1::TokenizeRequest*,
+                        v1::TokenizeResponse*) override;
+  grpc::Status Detokenize(grpc::ServerContext*, const v1::DetokenizeRequest*,
+                          v1::DetokenizeResponse*) override;
+  grpc::Status ListModels(grpc::ServerContext*, const v1::ListModelsRequest*,
+                          v1::ListModelsResponse*) override;
+  grpc::Status GetModelInfo(grpc::ServerContext*, const v1::GetModelInfoRequest*,
+                            v1::GetModelInfoResponse*) override;
+
+  // True while at least one replica can take requests.
+  bool serving() const;
+
+ private:
+  absl::StatusOr<std::vector<int32_t>> PromptIds(const v1::GenerateRequest& request) const;
+  absl::StatusOr<Replica*> PickReplica() const;
+
+  const std::string model_name_;
+  const ModelConfig config_;
+  const Tokenizer* const tokenizer_;
+  const std::optional<ChatTemplate> chat_template_;
+  const std::vector<Replica*> replicas_;
+  ModelLimits limits_;
+  std::vector<int32_t> eos_ids_;
+  std::atomic<uint64_t> next_sequence_id_{1};
+};
+
+}  // namespace shardserve
+
+#endif  // SHARDSERVE_ROUTER_INFERENCE_SERVICE_H_

@@ -1,0 +1,200 @@
+// shardserve-router: the public gRPC API in front of pipeline replicas of workers.
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <thread>
+
+#include "CLI/CLI.hpp"
+#include "absl/strings/str_split.h"
+#include "common/logging.h"
+#include "router/inference_service.h"
+#include "router/placement.h"
+#include "router/replica.h"
+#include "worker/grpc_link.h"
+
+namespace shardserve {
+namespace {
+
+int Fail(const std::string& message) {
+  std::fprintf(stderr, "shardserve-router: %s\n", message.c_str());
+  return 2;
+}
+
+int RouterMain(int argc, char** argv) {
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  CLI::App app{"shardserve-router: serves a model split into pipeline stages across workers"};
+  std::string listen, workers_flag, model, layers_flag, chat_template_name;
+  int stages = 0, replicas = 1, max_seqs = 64, kv_block_size = 16;
+  int64_t max_batch_tokens = 256, kv_blocks = 0;
+  app.add_option("--listen", listen, "host:port for the public gRPC API")->required();
+  app.add_option("--workers", workers_flag, "worker addresses host:port,... (stage order)")
+      ->required();
+  app.add_option("--model", model, "model folder (readable by every worker at the same path)")
+      ->required();
+  app.add_option("--stages", stages, "stages per pipeline (default: workers / replicas)")
+      ->check(CLI::Range(1, 1024));
+  app.add_option("--layers", layers_flag, "manual split, inclusive ranges: 0-2,3-4");
+  app.add_option("--replicas", replicas, "pipeline replicas")->check(CLI::Range(1, 1024));
+  app.add_option("--max-batch-tokens", max_batch_tokens, "tokens per micro-batch")
+      ->check(CLI::Range(1, 65536))
+      ->capture_default_str();
+  app.add_option("--max-seqs", max_seqs, "sequences running at once per pipeline")
+      ->check(CLI::Range(1, 65536))
+      ->capture_default_str();
+  app.add_option("--kv-blocks", kv_blocks, "KV blocks per pipeline (0: sized from --max-seqs)")
+      ->check(CLI::Range(int64_t{0}, int64_t{1} << 22));
+  app.add_option("--kv-block-size", kv_block_size, "tokens per KV block")
+      ->check(CLI::Range(1, 1024))
+      ->capture_default_str();
+  app.add_option("--chat-template", chat_template_name,
+                 "llama2, llama3, chatml, deepseek-v3, deepseek-r1 or mistral (default: detect)");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+
+  auto config = ModelConfig::FromFile(model + "/config.json");
+  if (!config.ok()) return Fail(std::string(config.status().message()));
+  auto tokenizer = Tokenizer::Load(model);
+  if (!tokenizer.ok()) return Fail(std::string(tokenizer.status().message()));
+
+  std::vector<std::string> workers = absl::StrSplit(workers_flag, ',', absl::SkipEmpty());
+  std::vector<LayerRange> ranges;
+  if (!layers_flag.empty()) {
+    auto parsed = ParseLayerRanges(layers_flag, config->num_layers);
+    if (!parsed.ok()) return Fail(std::string(parsed.status().message()));
+    ranges = *parsed;
+    if (stages != 0 && stages != static_cast<int>(ranges.size())) {
+      return Fail("--layers names " + std::to_string(ranges.size()) + " stages but --stages is " +
+                  std::to_string(stages));
+    }
+    stages = ranges.size();
+  }
+  if (stages == 0) stages = std::max<int>(1, workers.size() / replicas);
+  if (static_cast<int>(workers.size()) != stages * replicas) {
+    return Fail("--workers lists " + std::to_string(workers.size()) + " addresses; " +
+                std::to_string(stages) + " stages x " + std::to_string(replicas) +
+                " replicas need " + std::to_string(stages * replicas));
+  }
+  if (ranges.empty()) {
+    auto balanced = BalancedPlacement(*config, stages);
+    if (!balanced.ok()) return Fail(std::string(balanced.status().message()));
+    ranges = *balanced;
+  }
+
+  const int64_t context = config->max_position_embeddings;
+  const int64_t blocks_per_context = (context + kv_block_size - 1) / kv_block_size;
+  if (kv_blocks == 0) {
+    // Enough for max_seqs full contexts, capped at 4 GiB of KV on the largest stage.
+    int64_t widest = 0;
+    for (const LayerRange& r : ranges) widest = std::max(widest, r.end - r.begin);
+    const int64_t bytes_per_block =
+        2 * config->num_kv_heads * config->head_dim * 4 * kv_block_size * widest;
+    const int64_t cap = (int64_t{4} << 30) / std::max<int64_t>(1, bytes_per_block);
+    kv_blocks = std::max(blocks_per_context, std::min(max_seqs * blocks_per_context, cap));
+  }
+  if (kv_blocks < blocks_per_context) {
+    return Fail("--kv-blocks " + std::to_string(kv_blocks) + " cannot hold one full context (" +
+                std::to_string(blocks_per_context) + " blocks)");
+  }
+
+  std::optional<ChatTemplate> chat_template;
+  {
+    auto t = chat_template_name.empty()
+                 ? ChatTemplate::Detect((*tokenizer)->chat_template(), (*tokenizer)->bos_token(),
+                                        (*tokenizer)->eos_token())
+                 : ChatTemplate::FromName(chat_template_name, (*tokenizer)->bos_token(),
+                                          (*tokenizer)->eos_token());
+    if (t.ok()) {
+      chat_template = *t;
+    } else if (!chat_template_name.empty()) {
+      return Fail(std::string(t.status().message()));
+    } else {
+      auto fallback =
+          ChatTemplate::FromName("chatml", (*tokenizer)->bos_token(), (*tokenizer)->eos_token());
+      if (fallback.ok()) chat_template = *fallback;
+      LOG(INFO) << "no chat template detected (" << t.status().message() << "); using chatml";
+    }
+  }
+
+  ReplicaOptions options;
+  options.pipeline.model_path = std::filesystem::absolute(model).string();
+  options.pipeline.num_layers = config->num_layers;
+  options.pipeline.kv_block_size = kv_block_size;
+  options.pipeline.kv_num_blocks = static_cast<int32_t>(kv_blocks);
+  options.pipeline.max_step_tokens = static_cast<int32_t>(max_batch_tokens);
+  options.scheduler.max_batch_tokens = max_batch_tokens;
+  options.scheduler.max_seqs = max_seqs;
+  options.scheduler.max_in_flight = stages;
+  options.scheduler.vocab_size = config->vocab_size;
+  options.tokenizer = tokenizer->get();
+
+  std::vector<std::unique_ptr<Replica>> owned;
+  std::vector<Replica*> replica_ptrs;
+  for (int r = 0; r < replicas; ++r) {
+    std::vector<StageEndpoint> endpoints;
+    for (int s = 0; s < stages; ++s) endpoints.push_back({workers[r * stages + s], ranges[s]});
+    owned.push_back(std::make_unique<Replica>(r, std::move(endpoints), options));
+    replica_ptrs.push_back(owned.back().get());
+  }
+  std::string name = std::filesystem::path(model).lexically_normal().filename().string();
+  if (name.empty()) name = std::filesystem::path(model).lexically_normal().parent_path().filename();
+  InferenceServiceImpl service(name, *config, tokenizer->get(), chat_template, replica_ptrs);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
+  builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0) return Fail("cannot listen on " + listen);
+  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
+  health->SetServingStatus(false);
+  for (auto& r : owned) r->Start();
+  LOG(INFO) << "shardserve-router on " << listen << " (port " << port << "): model " << name << ", "
+            << replicas << " x " << stages << " stages, layers " << FormatLayerRanges(ranges)
+            << ", " << kv_blocks << " KV blocks per pipeline";
+
+  std::atomic<bool> stopping{false};
+  std::thread health_thread([&] {
+    bool last = false;
+    bool first = true;
+    while (!stopping) {
+      const bool serving = service.serving();
+      if (serving != last || first) {
+        health->SetServingStatus(serving);
+        LOG(INFO) << "health: " << (serving ? "SERVING" : "NOT_SERVING");
+        last = serving;
+        first = false;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+  });
+
+  int sig = 0;
+  sigwait(&signals, &sig);
+  LOG(INFO) << "shardserve-router: signal " << sig << ", shutting down";
+  stopping = true;
+  health_thread.join();
+  health->SetServingStatus(false);
+  for (auto& r : owned) r->Stop();
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  return 0;
+}
+
+}  // namespace
+}  // namespace shardserve
+
+int main(int argc, char** argv) { return shardserve::RouterMain(argc, argv); }

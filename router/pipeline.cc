@@ -1,0 +1,170 @@
+#include "router/pipeline.h"
+
+#include <future>
+
+#include "absl/strings/str_cat.h"
+#include "common/logging.h"
+#include "common/status.h"
+#include "worker/grpc_link.h"
+
+namespace shardserve {
+namespace {
+
+void SetDeadline(grpc::ClientContext* context, absl::Duration timeout) {
+  context->set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+}
+
+}  // namespace
+
+std::unique_ptr<v1::WorkerService::Stub> NewWorkerStub(const std::string& address) {
+  grpc::ChannelArguments args;
+  args.SetMaxSendMessageSize(kMaxMessageBytes);
+  args.SetMaxReceiveMessageSize(kMaxMessageBytes);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5000);
+  // Reconnect quickly after a worker restarts.
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 200);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+  return v1::WorkerService::NewStub(
+      grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args));
+}
+
+Pipeline::Pipeline(std::vector<StageEndpoint> stages, PipelineOptions options)
+    : stages_(std::move(stages)), options_(std::move(options)) {
+  for (const StageEndpoint& s : stages_) stubs_.push_back(NewWorkerStub(s.address));
+}
+
+Pipeline::~Pipeline() { Close(); }
+
+absl::Status Pipeline::WorkerError(int stage, absl::string_view what, const grpc::Status& s) const {
+  return absl::UnavailableError(absl::StrCat("worker ", stages_[stage].address, " (stage ", stage,
+                                             ") ", what, ": ", s.error_message()));
+}
+
+absl::Status Pipeline::Connect(ResultFn on_result, FailureFn on_failure) {
+  Close();
+  on_result_ = std::move(on_result);
+  on_failure_ = std::move(on_failure);
+  failed_ = false;
+  closing_ = false;
+  const int n = static_cast<int>(stages_.size());
+  for (int i = 0; i < n; ++i) {
+    grpc::ClientContext context;
+    SetDeadline(&context, options_.rpc_timeout);
+    v1::DescribeResponse info;
+    grpc::Status s = stubs_[i]->Describe(&context, v1::DescribeRequest(), &info);
+    if (!s.ok()) return WorkerError(i, "is unreachable", s);
+  }
+  // Stages load in parallel: each reads only its own tensors.
+  std::vector<std::future<grpc::Status>> loads;
+  for (int i = 0; i < n; ++i) {
+    loads.push_back(std::async(std::launch::async, [this, i, n] {
+      v1::LoadShardRequest req;
+      req.set_model_path(options_.model_path);
+      req.set_layer_begin(stages_[i].layers.begin);
+      req.set_layer_end(stages_[i].layers.end);
+      req.set_is_first(i == 0);
+      req.set_is_last(i == n - 1);
+      req.set_dtype("auto");
+      req.set_kv_block_size(options_.kv_block_size);
+      req.set_kv_num_blocks(options_.kv_num_blocks);
+      req.set_max_step_tokens(options_.max_step_tokens);
+      grpc::ClientContext context;
+      SetDeadline(&context, options_.load_timeout);
+      v1::LoadShardResponse resp;
+      return stubs_[i]->LoadShard(&context, req, &resp);
+    }));
+  }
+  absl::Status first_error;
+  for (int i = 0; i < n; ++i) {
+    grpc::Status s = loads[i].get();
+    if (!s.ok() && first_error.ok()) first_error = WorkerError(i, "cannot load its shard", s);
+  }
+  RETURN_IF_ERROR(first_error);
+  for (int i = 0; i < n; ++i) {
+    v1::ConnectNextRequest req;
+    if (i + 1 < n) req.set_next_address(stages_[i + 1].address);
+    grpc::ClientContext context;
+    SetDeadline(&context, options_.rpc_timeout);
+    v1::ConnectNextResponse resp;
+    grpc::Status s = stubs_[i]->ConnectNext(&context, req, &resp);
+    if (!s.ok()) return WorkerError(i, "cannot link to the next stage", s);
+  }
+  streams_.resize(n);
+  for (int i = 0; i < n; ++i) {
+    streams_[i].context = std::make_unique<grpc::ClientContext>();
+    // The control stream lives as long as the pipeline; Close() cancels it.
+    streams_[i].stream = stubs_[i]->Steps(streams_[i].context.get());
+  }
+  for (int i = 0; i < n; ++i) streams_[i].reader = std::thread([this, i] { ReadLoop(i); });
+  LOG(INFO) << "pipeline ready: " << n << " stages";
+  return absl::OkStatus();
+}
+
+void Pipeline::Fail(const absl::Status& status) {
+  if (closing_ || failed_.exchange(true)) return;
+  LOG(WARNING) << "pipeline failed: " << status;
+  if (on_failure_) on_failure_(status);
+}
+
+void Pipeline::ReadLoop(int stage) {
+  Stream& st = streams_[stage];
+  v1::StepsResponse resp;
+  const bool last = stage + 1 == static_cast<int>(stages_.size());
+  while (st.stream->Read(&resp)) {
+    if (resp.error_code() != 0) {
+      Fail(absl::UnavailableError(absl::StrCat("worker ", stages_[stage].address, " (stage ", stage,
+                                               ") failed step ", resp.step_id(), ": ",
+                                               resp.error_message())));
+      continue;
+    }
+    if (!last) {
+      Fail(absl::UnavailableError(absl::StrCat("worker ", stages_[stage].address, " (stage ", stage,
+                                               ") sent a result but is not the last stage")));
+      continue;
+    }
+    if (!failed_ && on_result_) on_result_(resp);
+  }
+  // Finish() runs in Close(), once no write can race with it.
+  Fail(WorkerError(stage, "closed its control stream",
+                   grpc::Status(grpc::StatusCode::UNAVAILABLE, "connection lost")));
+}
+
+absl::Status Pipeline::Send(const v1::StepPlan& plan) {
+  v1::StepsRequest req;
+  *req.mutable_plan() = plan;
+  for (size_t i = 0; i < streams_.size(); ++i) {
+    if (!streams_[i].stream->Write(req)) {
+      absl::Status s = absl::UnavailableError(
+          absl::StrCat("worker ", stages_[i].address, " (stage ", i, ") control stream is broken"));
+      Fail(s);
+      return s;
+    }
+  }
+  return absl::OkStatus();
+}
+
+void Pipeline::Close() {
+  closing_ = true;
+  for (Stream& st : streams_) {
+    if (st.context) st.context->TryCancel();
+  }
+  for (Stream& st : streams_) {
+    if (st.reader.joinable()) st.reader.join();
+    if (st.stream) (void)st.stream->Finish();
+  }
+  streams_.clear();
+}
+
+absl::StatusOr<std::vector<v1::StatsResponse>> Pipeline::Stats() const {
+  std::vector<v1::StatsResponse> out(stages_.size());
+  for (size_t i = 0; i < stages_.size(); ++i) {
+    grpc::ClientContext context;
+    SetDeadline(&context, options_.rpc_timeout);
+    grpc::Status s = stubs_[i]->Stats(&context, v1::StatsRequest(), &out[i]);
+    if (!s.ok()) return WorkerError(i, "Stats failed", s);
+  }
+  return out;
+}
+
+}  // namespace shardserve

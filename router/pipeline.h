@@ -1,0 +1,91 @@
+// Pipeline: the router's one fan-out primitive to the stages of one pipeline replica.
+//
+// Connect() checks every worker (Describe), loads each stage's layer range (LoadShard), wires
+// the activation links stage to stage (ConnectNext) and opens one Steps control stream per
+// worker, with a reader thread each. Send() writes a StepPlan to every stage in stage order.
+// The last stage's results go to `on_result`; the first failure anywhere (an error result, a
+// broken stream) goes once to `on_failure` with UNAVAILABLE naming the worker's address and
+// stage. Callers do not know or care what device a stage runs on.
+//
+// Unary calls carry deadlines; the Steps streams live as long as the pipeline and are torn down
+// by Close(). Threading: Connect, Send and Close are called from one thread (the replica's
+// loop); the callbacks run on reader threads and must not call Close.
+#ifndef SHARDSERVE_ROUTER_PIPELINE_H_
+#define SHARDSERVE_ROUTER_PIPELINE_H_
+
+#include <grpcpp/grpcpp.h>
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "router/placement.h"
+#include "shardserve/v1/worker.grpc.pb.h"
+
+namespace shardserve {
+
+struct StageEndpoint {
+  std::string address;
+  LayerRange layers;
+};
+
+struct PipelineOptions {
+  std::string model_path;
+  int64_t num_layers = 0;
+  int32_t kv_block_size = 16;
+  int32_t kv_num_blocks = 0;
+  int32_t max_step_tokens = 256;
+  absl::Duration rpc_timeout = absl::Seconds(5);
+  absl::Duration load_timeout = absl::Seconds(300);
+};
+
+// A stub with the channel settings every router-to-worker call uses.
+std::unique_ptr<v1::WorkerService::Stub> NewWorkerStub(const std::string& address);
+
+class Pipeline {
+ public:
+  using ResultFn = std::function<void(const v1::StepsResponse&)>;
+  using FailureFn = std::function<void(const absl::Status&)>;
+
+  Pipeline(std::vector<StageEndpoint> stages, PipelineOptions options);
+  ~Pipeline();
+
+  absl::Status Connect(ResultFn on_result, FailureFn on_failure);
+  absl::Status Send(const v1::StepPlan& plan);
+  void Close();
+
+  // Each stage's Stats, in stage order.
+  absl::StatusOr<std::vector<v1::StatsResponse>> Stats() const;
+
+  const std::vector<StageEndpoint>& stages() const { return stages_; }
+
+ private:
+  struct Stream {
+    std::unique_ptr<grpc::ClientContext> context;
+    std::unique_ptr<grpc::ClientReaderWriter<v1::StepsRequest, v1::StepsResponse>> stream;
+    std::thread reader;
+  };
+
+  absl::Status WorkerError(int stage, absl::string_view what, const grpc::Status& s) const;
+  void ReadLoop(int stage);
+  void Fail(const absl::Status& status);
+
+  const std::vector<StageEndpoint> stages_;
+  const PipelineOptions options_;
+  std::vector<std::unique_ptr<v1::WorkerService::Stub>> stubs_;
+  std::vector<Stream> streams_;
+  ResultFn on_result_;
+  FailureFn on_failure_;
+  std::atomic<bool> failed_{false};
+  std::atomic<bool> closing_{false};
+};
+
+}  // namespace shardserve
+
+#endif  // SHARDSERVE_ROUTER_PIPELINE_H_

@@ -1,0 +1,215 @@
+#include "router/replica.h"
+
+#include "absl/strings/str_cat.h"
+#include "common/logging.h"
+
+namespace shardserve {
+
+void RequestSink::Push(const std::string& text, const v1::SampledToken* token, bool logprobs,
+                       v1::FinishReason finish, const v1::Usage* usage) {
+  absl::MutexLock lock(&mu_);
+  pending_.mutable_text()->append(text);
+  if (token != nullptr) {
+    pending_.add_token_ids(token->token_id());
+    if (logprobs) {
+      v1::TokenLogprob* lp = pending_.add_logprobs();
+      lp->set_token_id(token->token_id());
+      lp->set_logprob(token->logprob());
+      for (const v1::TokenProb& t : token->top()) {
+        v1::TopLogprob* top = lp->add_top();
+        top->set_token_id(t.token_id());
+        top->set_logprob(t.logprob());
+      }
+    }
+  }
+  if (finish != v1::FINISH_REASON_UNSPECIFIED) {
+    pending_.set_finish_reason(finish);
+    if (usage != nullptr) *pending_.mutable_usage() = *usage;
+    done_ = true;
+  }
+  has_pending_ = true;
+}
+
+void RequestSink::Fail(const absl::Status& status) {
+  absl::MutexLock lock(&mu_);
+  error_ = status;
+  done_ = true;
+}
+
+bool RequestSink::Take(absl::Duration timeout, v1::GenerateResponse* out, bool* done,
+                       absl::Status* error) {
+  absl::MutexLock lock(&mu_);
+  auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return has_pending_ || done_; };
+  mu_.AwaitWithTimeout(absl::Condition(&ready), timeout);
+  *done = done_;
+  *error = error_;
+  if (!has_pending_) return done_;
+  out->Swap(&pending_);
+  pending_.Clear();
+  has_pending_ = false;
+  return true;
+}
+
+Replica::Replica(int index, std::vector<StageEndpoint> stages, ReplicaOptions options)
+    : index_(index),
+      stages_(std::move(stages)),
+      options_(std::move(options)),
+      pipeline_(std::make_unique<Pipeline>(stages_, options_.pipeline)),
+      allocator_(options_.pipeline.kv_num_blocks, options_.pipeline.kv_block_size),
+      scheduler_(options_.scheduler, &allocator_) {}
+
+Replica::~Replica() { Stop(); }
+
+void Replica::Start() {
+  loop_ = std::thread([this] { Loop(); });
+}
+
+void Replica::Stop() {
+  {
+    absl::MutexLock lock(&mu_);
+    stop_ = true;
+  }
+  if (loop_.joinable()) loop_.join();
+}
+
+std::string Replica::last_error() const {
+  absl::MutexLock lock(&mu_);
+  return last_error_;
+}
+
+void Replica::Loop() {
+  bool sent = false;
+  std::string logged_error;
+  while (true) {
+    if (!ready_) {
+      absl::Status s = pipeline_->Connect([this](const v1::StepsResponse& r) { OnResult(r); },
+                                          [this](const absl::Status& e) { OnFailure(e); });
+      absl::MutexLock lock(&mu_);
+      if (stop_) break;
+      if (!s.ok()) {
+        last_error_ = std::string(s.message());
+        if (last_error_ != logged_error) {
+          LOG(WARNING) << "pipeline " << index_ << " not ready: " << last_error_;
+          logged_error = last_error_;
+        }
+        auto stopping = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stop_; };
+        mu_.AwaitWithTimeout(absl::Condition(&stopping), absl::Seconds(1));
+        continue;
+      }
+      failure_ = absl::OkStatus();
+      last_error_.clear();
+      logged_error.clear();
+      ready_ = true;
+      LOG(INFO) << "pipeline " << index_ << " is serving";
+    }
+    std::optional<v1::StepPlan> plan;
+    bool failed = false;
+    {
+      absl::MutexLock lock(&mu_);
+      if (!sent) {
+        auto wake = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+          return wake_ || stop_ || !failure_.ok();
+        };
+        mu_.AwaitWithTimeout(absl::Condition(&wake), absl::Milliseconds(100));
+      }
+      wake_ = false;
+      if (stop_) break;
+      if (!failure_.ok()) {
+        FailAllLocked(failure_);
+        last_error_ = std::string(failure_.message());
+        ready_ = false;
+        failed = true;
+      } else {
+        plan = scheduler_.NextPlan();
+        load_ = scheduler_.load();
+      }
+    }
+    if (failed) {
+      pipeline_->Close();
+      continue;
+    }
+    sent = plan.has_value();
+    if (plan) pipeline_->Send(*plan).IgnoreError();  // a failure arrives through OnFailure
+  }
+  pipeline_->Close();
+  absl::MutexLock lock(&mu_);
+  FailAllLocked(absl::UnavailableError("router is shutting down"));
+}
+
+void Replica::OnResult(const v1::StepsResponse& result) {
+  absl::MutexLock lock(&mu_);
+  wake_ = true;
+  auto events = scheduler_.Complete(result);
+  if (!events.ok()) {
+    if (failure_.ok()) failure_ = absl::UnavailableError(events.status().message());
+    return;
+  }
+  for (TokenEvent& ev : *events) {
+    auto it = clients_.find(ev.sequence->id);
+    if (it == clients_.end()) continue;
+    Client& c = it->second;
+    std::string text = c.text->Add(ev.token.token_id());
+    v1::FinishReason finish = ev.finish;
+    if (c.text->stopped() && finish == v1::FINISH_REASON_UNSPECIFIED) {
+      finish = v1::FINISH_REASON_STOP;
+      scheduler_.Finish(ev.sequence->id);
+    }
+    v1::Usage usage;
+    if (finish != v1::FINISH_REASON_UNSPECIFIED) {
+      text += c.text->Finish();
+      usage.set_prompt_tokens(ev.sequence->prompt_len);
+      usage.set_completion_tokens(ev.sequence->generated());
+    }
+    c.sink->Push(text, &ev.token, ev.sequence->sampling.logprobs(), finish, &usage);
+    if (finish != v1::FINISH_REASON_UNSPECIFIED) clients_.erase(it);
+  }
+  load_ = scheduler_.load();
+}
+
+void Replica::OnFailure(const absl::Status& status) {
+  absl::MutexLock lock(&mu_);
+  if (failure_.ok()) failure_ = status;
+  wake_ = true;
+}
+
+void Replica::FailAllLocked(const absl::Status& status) {
+  for (const auto& s : scheduler_.AbandonAll()) {
+    auto it = clients_.find(s->id);
+    if (it != clients_.end()) it->second.sink->Fail(status);
+  }
+  for (auto& [id, c] : clients_) c.sink->Fail(status);
+  clients_.clear();
+  load_ = 0;
+}
+
+absl::Status Replica::Submit(std::shared_ptr<Sequence> sequence, std::shared_ptr<RequestSink> sink,
+                             std::vector<std::string> stop_strings) {
+  absl::MutexLock lock(&mu_);
+  if (!ready_ || !failure_.ok()) {
+    return absl::UnavailableError(absl::StrCat(
+        "pipeline ", index_, " is not ready: ", failure_.ok() ? last_error_ : failure_.message()));
+  }
+  Client c;
+  c.sequence = sequence;
+  c.sink = std::move(sink);
+  c.text = std::make_unique<TextStream>(*options_.tokenizer, std::move(stop_strings));
+  clients_.emplace(sequence->id, std::move(c));
+  scheduler_.Enqueue(std::move(sequence));
+  load_ = scheduler_.load();
+  wake_ = true;
+  return absl::OkStatus();
+}
+
+void Replica::Cancel(uint64_t sequence_id) {
+  absl::MutexLock lock(&mu_);
+  scheduler_.Cancel(sequence_id);
+  clients_.erase(sequence_id);
+  load_ = scheduler_.load();
+  wake_ = true;
+}
+
+absl::StatusOr<std::vector<v1::StatsResponse>> Replica::WorkerStats() const {
+  return pipeline_->Stats();
+}
+
+}  // namespace shardserve

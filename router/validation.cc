@@ -1,0 +1,151 @@
+#include "router/validation.h"
+
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "common/status.h"
+#include "worker/stage_runtime.h"
+
+namespace shardserve {
+namespace {
+
+absl::Status Invalid(absl::string_view field, absl::string_view what) {
+  return absl::InvalidArgumentError(absl::StrCat(field, ": ", what));
+}
+
+absl::Status CheckRange(absl::string_view field, float v, float lo, float hi, bool lo_open) {
+  if (std::isnan(v)) return Invalid(field, "is NaN");
+  if ((lo_open ? v <= lo : v < lo) || v > hi) {
+    return Invalid(field, absl::StrCat(v, " is outside ", lo_open ? "(" : "[", lo, ", ", hi, "]"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status ValidateModelName(const std::string& model, const ModelLimits& limits) {
+  if (model.empty() || model == limits.name) return absl::OkStatus();
+  return Invalid(
+      "model", absl::StrCat("unknown model '", model, "'; this router serves '", limits.name, "'"));
+}
+
+absl::Status ValidateGenerateRequest(const v1::GenerateRequest& r, const ModelLimits& limits) {
+  RETURN_IF_ERROR(ValidateModelName(r.model(), limits));
+  if (r.request_id().size() > kMaxRequestIdBytes) {
+    return Invalid("request_id", absl::StrCat("longer than ", kMaxRequestIdBytes, " bytes"));
+  }
+  switch (r.prompt_case()) {
+    case v1::GenerateRequest::PROMPT_NOT_SET:
+      return Invalid("prompt", "empty: set text, token_ids or chat");
+    case v1::GenerateRequest::kText:
+      if (r.text().empty()) return Invalid("prompt", "empty text");
+      break;
+    case v1::GenerateRequest::kTokenIds: {
+      if (r.token_ids().ids().empty()) return Invalid("prompt", "empty token_ids");
+      for (int i = 0; i < r.token_ids().ids_size(); ++i) {
+        const int32_t id = r.token_ids().ids(i);
+        if (id < 0 || id >= limits.vocab_size) {
+          return Invalid(absl::StrCat("token_ids.ids[", i, "]"),
+                         absl::StrCat(id, " is outside [0, ", limits.vocab_size, ")"));
+        }
+      }
+      break;
+    }
+    case v1::GenerateRequest::kChat: {
+      const auto& messages = r.chat().messages();
+      if (messages.empty()) return Invalid("prompt", "empty chat: no messages");
+      if (messages.size() > kMaxChatMessages) {
+        return Invalid("chat.messages", absl::StrCat("more than ", kMaxChatMessages));
+      }
+      for (int i = 0; i < messages.size(); ++i) {
+        const std::string& role = messages[i].role();
+        if (role != "system" && role != "user" && role != "assistant") {
+          return Invalid(absl::StrCat("chat.messages[", i, "].role"),
+                         absl::StrCat("'", role, "' is not system, user or assistant"));
+        }
+      }
+      if (messages[messages.size() - 1].role() == "assistant") {
+        return Invalid(absl::StrCat("chat.messages[", messages.size() - 1, "].role"),
+                       "the last message must not be the assistant's");
+      }
+      break;
+    }
+  }
+  if (r.max_tokens() <= 0)
+    return Invalid("max_tokens", absl::StrCat(r.max_tokens(), " is not positive"));
+  if (r.max_tokens() >= limits.context) {
+    return Invalid("max_tokens",
+                   absl::StrCat(r.max_tokens(), " is past the context of ", limits.context));
+  }
+  if (r.stop_size() > kMaxStopStrings) {
+    return Invalid("stop", absl::StrCat(r.stop_size(), " stop strings; at most ", kMaxStopStrings));
+  }
+  for (int i = 0; i < r.stop_size(); ++i) {
+    if (r.stop(i).empty() || r.stop(i).size() > kMaxStopStringBytes) {
+      return Invalid(absl::StrCat("stop[", i, "]"),
+                     absl::StrCat("must have 1 to ", kMaxStopStringBytes, " bytes"));
+    }
+  }
+  for (int i = 0; i < r.stop_token_ids_size(); ++i) {
+    if (r.stop_token_ids(i) < 0 || r.stop_token_ids(i) >= limits.vocab_size) {
+      return Invalid(absl::StrCat("stop_token_ids[", i, "]"),
+                     absl::StrCat(r.stop_token_ids(i), " is outside [0, ", limits.vocab_size, ")"));
+    }
+  }
+  const v1::SamplingParameters& s = r.sampling();
+  if (s.has_temperature()) {
+    if (std::isnan(s.temperature())) return Invalid("sampling.temperature", "is NaN");
+    if (s.temperature() < 0 || s.temperature() > 100) {
+      return Invalid("sampling.temperature", absl::StrCat(s.temperature(), " is outside [0, 100]"));
+    }
+  }
+  if (s.has_top_p()) RETURN_IF_ERROR(CheckRange("sampling.top_p", s.top_p(), 0, 1, true));
+  if (s.top_k() < 0) return Invalid("sampling.top_k", "is negative");
+  RETURN_IF_ERROR(CheckRange("sampling.min_p", s.min_p(), 0, 1, false));
+  if (s.has_repetition_penalty()) {
+    RETURN_IF_ERROR(
+        CheckRange("sampling.repetition_penalty", s.repetition_penalty(), 0, 100, true));
+  }
+  RETURN_IF_ERROR(CheckRange("sampling.presence_penalty", s.presence_penalty(), -100, 100, false));
+  RETURN_IF_ERROR(
+      CheckRange("sampling.frequency_penalty", s.frequency_penalty(), -100, 100, false));
+  if (r.top_logprobs() < 0 || r.top_logprobs() > kMaxTopLogprobs) {
+    return Invalid("top_logprobs",
+                   absl::StrCat(r.top_logprobs(), " is outside [0, ", kMaxTopLogprobs, "]"));
+  }
+  if (r.top_logprobs() > 0 && !r.logprobs()) return Invalid("top_logprobs", "needs logprobs");
+  return absl::OkStatus();
+}
+
+absl::Status ValidatePromptLength(int64_t prompt_tokens, int32_t max_tokens,
+                                  const ModelLimits& limits) {
+  if (prompt_tokens <= 0) return Invalid("prompt", "encodes to no tokens");
+  if (prompt_tokens >= limits.context) {
+    return Invalid("prompt", absl::StrCat(prompt_tokens, " tokens is longer than the context of ",
+                                          limits.context, " allows (one token must fit after it)"));
+  }
+  if (prompt_tokens + max_tokens > limits.context) {
+    return Invalid("max_tokens",
+                   absl::StrCat("prompt of ", prompt_tokens, " tokens + max_tokens ", max_tokens,
+                                " is past the context of ", limits.context));
+  }
+  return absl::OkStatus();
+}
+
+v1::StepSampling ResolveSampling(const v1::GenerateRequest& r) {
+  const v1::SamplingParameters& s = r.sampling();
+  v1::StepSampling out;
+  out.set_temperature(s.has_temperature() ? s.temperature() : 1.0f);
+  out.set_top_p(s.has_top_p() ? s.top_p() : 1.0f);
+  out.set_top_k(s.top_k());
+  out.set_min_p(s.min_p());
+  out.set_repetition_penalty(s.has_repetition_penalty() ? s.repetition_penalty() : 1.0f);
+  out.set_presence_penalty(s.presence_penalty());
+  out.set_frequency_penalty(s.frequency_penalty());
+  out.set_seed(s.has_seed() ? s.seed() : 0);
+  out.set_logprobs(r.logprobs());
+  out.set_top_logprobs(r.logprobs() ? r.top_logprobs() : 0);
+  return out;
+}
+
+}  // namespace shardserve

@@ -1,0 +1,103 @@
+#include "worker/grpc_link.h"
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "common/logging.h"
+#include "common/status.h"
+#include "shardserve/v1/worker.grpc.pb.h"
+
+namespace shardserve {
+namespace {
+
+namespace v1 = ::shardserve::v1;
+
+class GrpcSendLink : public ActivationLink {
+ public:
+  GrpcSendLink(std::string peer, std::shared_ptr<grpc::Channel> channel)
+      : peer_(std::move(peer)), stub_(v1::WorkerService::NewStub(channel)) {}
+
+  ~GrpcSendLink() override { Close(absl::CancelledError("link closed")); }
+
+  absl::Status Open() {
+    absl::MutexLock lock(&mu_);
+    context_ = std::make_unique<grpc::ClientContext>();
+    // A long-lived stream: liveness comes from keepalive and from the receiver's Recv timeout.
+    writer_ = stub_->Activations(context_.get(), &response_);
+    if (writer_ == nullptr) return absl::UnavailableError("cannot open activation stream");
+    return absl::OkStatus();
+  }
+
+  absl::Status Send(uint64_t step, ActivationTensor tensor) override {
+    v1::ActivationsRequest msg;
+    msg.set_step_id(step);
+    msg.set_rows(tensor.rows);
+    msg.set_cols(tensor.cols);
+    msg.set_data(reinterpret_cast<const char*>(tensor.data.data()),
+                 tensor.data.size() * sizeof(float));
+    absl::MutexLock lock(&mu_);
+    if (!closed_.ok()) return closed_;
+    if (!writer_->Write(msg)) {
+      closed_ = absl::UnavailableError(
+          absl::StrCat("activation link to next stage ", peer_, " is broken"));
+      return closed_;
+    }
+    counters_.messages++;
+    counters_.bytes += msg.data().size();
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<ActivationTensor> Recv(uint64_t) override {
+    return absl::FailedPreconditionError("the sending end of a gRPC link cannot receive");
+  }
+
+  LinkCounters counters() const override {
+    absl::MutexLock lock(&mu_);
+    LinkCounters c = counters_;
+    c.direction = "send";
+    c.peer = peer_;
+    return c;
+  }
+
+  void Close(const absl::Status& reason) override {
+    absl::MutexLock lock(&mu_);
+    if (!closed_.ok()) return;
+    closed_ = reason.ok() ? absl::CancelledError("link closed") : reason;
+    if (writer_ != nullptr) {
+      context_->TryCancel();
+      (void)writer_->Finish();
+    }
+  }
+
+ private:
+  const std::string peer_;
+  std::unique_ptr<v1::WorkerService::Stub> stub_;
+  mutable absl::Mutex mu_;
+  std::unique_ptr<grpc::ClientContext> context_;
+  v1::ActivationsResponse response_;
+  std::unique_ptr<grpc::ClientWriter<v1::ActivationsRequest>> writer_;
+  absl::Status closed_ ABSL_GUARDED_BY(mu_);
+  LinkCounters counters_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<ActivationLink>> NewGrpcSendLink(const std::string& next_address,
+                                                                absl::Duration connect_timeout) {
+  grpc::ChannelArguments args;
+  args.SetMaxSendMessageSize(kMaxMessageBytes);
+  args.SetMaxReceiveMessageSize(kMaxMessageBytes);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5000);
+  auto channel = grpc::CreateCustomChannel(next_address, grpc::InsecureChannelCredentials(), args);
+  if (!channel->WaitForConnected(absl::ToChronoTime(absl::Now() + connect_timeout))) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot connect the activation link to next stage ", next_address));
+  }
+  auto link = std::make_unique<GrpcSendLink>(next_address, channel);
+  RETURN_IF_ERROR(link->Open());
+  return link;
+}
+
+}  // namespace shardserve

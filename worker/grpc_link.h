@@ -1,0 +1,28 @@
+// The sending end of the gRPC activation link: one client stream (WorkerService.Activations)
+// from this stage to the next stage's worker. The receiving end is a local mailbox that the next
+// worker's Activations handler fills (worker/worker_service.cc), so hidden states go straight
+// from worker to worker.
+//
+// Send is thread-safe and blocks under flow control; a broken stream fails every later Send
+// with UNAVAILABLE naming the peer. Recv is not supported on this end.
+#ifndef SHARDSERVE_WORKER_GRPC_LINK_H_
+#define SHARDSERVE_WORKER_GRPC_LINK_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "worker/activation_link.h"
+
+namespace shardserve {
+
+// Connects to `next_address` and opens the stream, waiting at most `connect_timeout`.
+absl::StatusOr<std::unique_ptr<ActivationLink>> NewGrpcSendLink(const std::string& next_address,
+                                                                absl::Duration connect_timeout);
+
+// Channel arguments for large activation and plan messages.
+constexpr int kMaxMessageBytes = 512 << 20;
+
+}  // namespace shardserve
+
+#endif  // SHARDSERVE_WORKER_GRPC_LINK_H_

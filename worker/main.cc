@@ -1,0 +1,83 @@
+// shardserve-worker: hosts one pipeline stage behind WorkerService.
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include <csignal>
+#include <cstdio>
+
+#include "CLI/CLI.hpp"
+#include "common/logging.h"
+#include "kernels/backend.h"
+#include "worker/grpc_link.h"
+#include "worker/worker_service.h"
+
+namespace {
+grpc::Server* g_server = nullptr;
+}  // namespace
+
+int main(int argc, char** argv) {
+  // Block SIGINT/SIGTERM before any thread starts, so only sigwait() below sees them.
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  CLI::App app{"shardserve-worker: one pipeline stage of a shardserve cluster"};
+  std::string listen;
+  std::string backend_name = "cpu";
+  int threads = 1;
+  int recv_timeout_s = 30;
+  int fault_delay_ms = 0;
+  int fault_fail_after = -1;
+  app.add_option("--listen", listen, "host:port to serve on")->required();
+  app.add_option("--backend", backend_name, "compute backend")->check(CLI::IsMember({"cpu"}));
+  app.add_option("--threads", threads, "compute threads")->check(CLI::Range(1, 1024));
+  app.add_option("--recv-timeout-s", recv_timeout_s,
+                 "how long a stage waits for the previous stage's activations")
+      ->check(CLI::Range(1, 3600));
+  app.add_option("--fault-send-delay-ms", fault_delay_ms,
+                 "test hook: delay every activation send by this much")
+      ->check(CLI::Range(0, 60000));
+  app.add_option("--fault-fail-after-sends", fault_fail_after,
+                 "test hook: fail activation sends from this one on")
+      ->check(CLI::Range(-1, 1 << 30));
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+
+  auto backend = shardserve::NewCpuBackend({threads});
+  shardserve::WorkerOptions options;
+  options.threads = threads;
+  options.recv_timeout = absl::Seconds(recv_timeout_s);
+  options.send_faults.send_delay = absl::Milliseconds(fault_delay_ms);
+  options.send_faults.fail_after_sends = fault_fail_after;
+  shardserve::WorkerServiceImpl service(backend.get(), options);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
+  builder.SetMaxReceiveMessageSize(shardserve::kMaxMessageBytes);
+  builder.SetMaxSendMessageSize(shardserve::kMaxMessageBytes);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0) {
+    std::fprintf(stderr, "shardserve-worker: cannot listen on %s\n", listen.c_str());
+    return 1;
+  }
+  g_server = server.get();
+  service.SetHealth(server->GetHealthCheckService());
+  LOG(INFO) << "shardserve-worker listening on " << listen << " (port " << port << "), backend "
+            << backend->name() << ", " << threads << " threads";
+
+  // Every thread inherits the blocked mask; this one waits for the signal.
+  int sig = 0;
+  sigwait(&set, &sig);
+  LOG(INFO) << "shardserve-worker: signal " << sig << ", shutting down";
+  g_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  return 0;
+}

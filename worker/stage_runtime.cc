@@ -1,0 +1,225 @@
+#include "worker/stage_runtime.h"
+
+#include <cmath>
+#include <unordered_set>
+
+#include "absl/strings/str_cat.h"
+#include "common/status.h"
+#include "model/sampler.h"
+
+namespace shardserve {
+namespace {
+
+SamplingParams ToParams(const v1::StepSampling& s) {
+  SamplingParams p;
+  p.temperature = s.temperature();
+  p.top_k = s.top_k();
+  p.top_p = s.top_p();
+  p.min_p = s.min_p();
+  p.repetition_penalty = s.repetition_penalty();
+  p.presence_penalty = s.presence_penalty();
+  p.frequency_penalty = s.frequency_penalty();
+  p.seed = s.seed();
+  return p;
+}
+
+absl::Status Invalid(int index, absl::string_view field, absl::string_view what) {
+  return absl::InvalidArgumentError(absl::StrCat("sequences[", index, "].", field, ": ", what));
+}
+
+}  // namespace
+
+StageRuntime::StageRuntime(std::unique_ptr<ModelStage> stage, int64_t max_step_tokens)
+    : stage_(std::move(stage)), max_step_tokens_(max_step_tokens) {
+  absl::MutexLock lock(&mu_);
+  block_refs_.assign(stage_->kv_spec().num_blocks, 0);
+}
+
+void StageRuntime::SetLinks(ActivationLink* upstream, ActivationLink* downstream) {
+  absl::MutexLock lock(&mu_);
+  upstream_ = upstream;
+  downstream_ = downstream;
+}
+
+absl::Status StageRuntime::Validate(const v1::StepPlan& plan) const {
+  const ModelConfig& config = stage_->config();
+  const KvCacheSpec& kv = stage_->kv_spec();
+  int64_t total = 0;
+  std::unordered_set<uint64_t> seen;
+  for (int i = 0; i < plan.sequences_size(); ++i) {
+    const v1::SequencePlan& s = plan.sequences(i);
+    if (!seen.insert(s.sequence_id()).second) {
+      return Invalid(i, "sequence_id", absl::StrCat(s.sequence_id(), " appears twice"));
+    }
+    if (s.tokens_size() == 0) return Invalid(i, "tokens", "empty");
+    total += s.tokens_size();
+    if (total > max_step_tokens_) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("plan has more than max_step_tokens=", max_step_tokens_, " tokens"));
+    }
+    for (int32_t t : s.tokens()) {
+      if (t < 0 || t >= config.vocab_size) {
+        return Invalid(i, "tokens",
+                       absl::StrCat("id ", t, " outside [0, ", config.vocab_size, ")"));
+      }
+    }
+    const int64_t end = s.start_pos() + s.tokens_size();
+    if (s.start_pos() < 0 || end > config.max_position_embeddings) {
+      return Invalid(i, "start_pos",
+                     absl::StrCat("positions [", s.start_pos(), ", ", end,
+                                  ") outside the context of ", config.max_position_embeddings));
+    }
+    auto it = sequences_.find(s.sequence_id());
+    const int64_t known = it == sequences_.end() ? 0 : it->second.length;
+    if (s.start_pos() != known) {
+      return Invalid(i, "start_pos",
+                     absl::StrCat(s.start_pos(), " but the sequence has ", known, " tokens"));
+    }
+    const int64_t needed = (end + kv.block_size - 1) / kv.block_size;
+    if (s.block_table_size() < needed ||
+        s.block_table_size() >
+            (config.max_position_embeddings + kv.block_size - 1) / kv.block_size) {
+      return Invalid(i, "block_table",
+                     absl::StrCat(s.block_table_size(), " blocks for ", end, " positions"));
+    }
+    for (int32_t b : s.block_table()) {
+      if (b < 0 || b >= kv.num_blocks) {
+        return Invalid(i, "block_table",
+                       absl::StrCat("block ", b, " outside [0, ", kv.num_blocks, ")"));
+      }
+    }
+    if (s.sample()) {
+      if (!is_last()) continue;
+      RETURN_IF_ERROR(Annotate(ValidateSamplingParams(ToParams(s.sampling())),
+                               absl::StrCat("sequences[", i, "].sampling")));
+      if (s.sampling().top_logprobs() < 0 || s.sampling().top_logprobs() > kMaxTopLogprobs) {
+        return Invalid(i, "sampling.top_logprobs",
+                       absl::StrCat("outside [0, ", kMaxTopLogprobs, "]"));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+void StageRuntime::ReleaseLocked(uint64_t id) {
+  auto it = sequences_.find(id);
+  if (it == sequences_.end()) return;
+  for (int32_t b : it->second.blocks) {
+    if (--block_refs_[b] == 0) --blocks_used_;
+  }
+  sequences_.erase(it);
+}
+
+void StageRuntime::Release(absl::Span<const uint64_t> ids) {
+  absl::MutexLock lock(&mu_);
+  for (uint64_t id : ids) ReleaseLocked(id);
+}
+
+absl::StatusOr<v1::StepsResponse> StageRuntime::Execute(const v1::StepPlan& plan) {
+  absl::MutexLock exec_lock(&exec_mu_);
+  std::vector<SequenceStep> batch;
+  ActivationLink* upstream;
+  ActivationLink* downstream;
+  int64_t total_tokens = 0;
+  {
+    absl::MutexLock lock(&mu_);
+    for (uint64_t id : plan.release_sequence_ids()) ReleaseLocked(id);
+    RETURN_IF_ERROR(Validate(plan));
+    upstream = upstream_;
+    downstream = downstream_;
+    batch.reserve(plan.sequences_size());
+    for (const v1::SequencePlan& s : plan.sequences()) {
+      SequenceStep step;
+      step.tokens.assign(s.tokens().begin(), s.tokens().end());
+      step.start_pos = s.start_pos();
+      step.block_table.assign(s.block_table().begin(), s.block_table().end());
+      step.compute_logits = s.sample() && is_last();
+      total_tokens += s.tokens_size();
+      batch.push_back(std::move(step));
+    }
+  }
+  if (batch.empty()) return v1::StepsResponse();
+
+  ActivationTensor input;
+  if (!is_first()) {
+    if (upstream == nullptr)
+      return absl::FailedPreconditionError("no link from the previous stage");
+    ASSIGN_OR_RETURN(input, upstream->Recv(plan.step_id()));
+    const int64_t hidden = stage_->config().hidden_size;
+    if (input.rows != total_tokens || input.cols != hidden ||
+        static_cast<int64_t>(input.data.size()) != total_tokens * hidden) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("activations for step ", plan.step_id(), " are [", input.rows, ", ",
+                       input.cols, "], expected [", total_tokens, ", ", hidden, "]"));
+    }
+  }
+  ASSIGN_OR_RETURN(StepOutput out, stage_->Forward(batch, input.data));
+
+  v1::StepsResponse response;
+  response.set_step_id(plan.step_id());
+  absl::MutexLock lock(&mu_);
+  // Record tokens and blocks before sampling: the penalties see this step's tokens.
+  for (const v1::SequencePlan& s : plan.sequences()) {
+    SequenceState& state = sequences_[s.sequence_id()];
+    state.length += s.tokens_size();
+    if (is_last()) state.history.insert(state.history.end(), s.tokens().begin(), s.tokens().end());
+    for (int32_t b : s.block_table()) {
+      bool held = false;
+      for (int32_t h : state.blocks) held = held || h == b;
+      if (held) continue;
+      state.blocks.push_back(b);
+      if (block_refs_[b]++ == 0) ++blocks_used_;
+    }
+  }
+  ++steps_;
+  tokens_ += total_tokens;
+
+  if (!is_last()) {
+    if (downstream == nullptr) return absl::FailedPreconditionError("no link to the next stage");
+    ActivationTensor t{out.rows, out.cols, std::move(out.data)};
+    mu_.Unlock();
+    absl::Status sent = downstream->Send(plan.step_id(), std::move(t));
+    mu_.Lock();
+    RETURN_IF_ERROR(sent);
+    return response;
+  }
+
+  int64_t row = 0;
+  const int64_t vocab = stage_->config().vocab_size;
+  for (const v1::SequencePlan& s : plan.sequences()) {
+    if (!s.sample()) continue;
+    if (row >= out.rows || out.cols != vocab) {
+      return absl::InternalError("stage returned fewer logits rows than sequences to sample");
+    }
+    absl::Span<const float> logits(out.data.data() + row * vocab, vocab);
+    ++row;
+    const SequenceState& state = sequences_[s.sequence_id()];
+    SampleResult r = Sample(logits, ToParams(s.sampling()),
+                            SamplePosition(s.start_pos() + s.tokens_size()), state.history);
+    v1::SampledToken* tok = response.add_tokens();
+    tok->set_sequence_id(s.sequence_id());
+    tok->set_token_id(r.token);
+    tok->set_logprob(r.logprob);
+    if (s.sampling().top_logprobs() > 0) {
+      for (auto [id, lp] : TopLogprobs(logits, s.sampling().top_logprobs())) {
+        v1::TokenProb* p = tok->add_top();
+        p->set_token_id(id);
+        p->set_logprob(lp);
+      }
+    }
+  }
+  return response;
+}
+
+StageStats StageRuntime::Stats() const {
+  absl::MutexLock lock(&mu_);
+  StageStats s;
+  s.kv_blocks_total = stage_->kv_spec().num_blocks;
+  s.kv_blocks_used = blocks_used_;
+  s.live_sequences = sequences_.size();
+  s.steps = steps_;
+  s.tokens = tokens_;
+  return s;
+}
+
+}  // namespace shardserve

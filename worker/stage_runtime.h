@@ -1,0 +1,91 @@
+// StageRuntime: runs the StepPlans of one pipeline stage.
+//
+// It owns the loaded ModelStage, validates every plan against the shard (token ids, positions,
+// block ids, sizes, sampling parameters) before anything touches the model, receives the
+// previous stage's hidden states and sends its own on over ActivationLinks, and on the last
+// stage samples with each sequence's parameters. It also keeps the bookkeeping the router's
+// block tables imply: which KV blocks live sequences hold (for Stats) and each sequence's token
+// history (for repetition penalties).
+//
+// Threading: Execute() calls are serialised internally, in arrival order. Stats() may be called
+// from any thread. The links are not owned and must outlive the runtime or be replaced first.
+#ifndef SHARDSERVE_WORKER_STAGE_RUNTIME_H_
+#define SHARDSERVE_WORKER_STAGE_RUNTIME_H_
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <unordered_map>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "model/stage.h"
+#include "shardserve/v1/worker.pb.h"
+#include "worker/activation_link.h"
+
+namespace shardserve {
+
+struct StageStats {
+  int64_t kv_blocks_total = 0;
+  int64_t kv_blocks_used = 0;
+  int64_t live_sequences = 0;
+  uint64_t steps = 0;
+  uint64_t tokens = 0;
+};
+
+class StageRuntime {
+ public:
+  // max_step_tokens bounds the tokens of one plan.
+  StageRuntime(std::unique_ptr<ModelStage> stage, int64_t max_step_tokens);
+
+  bool is_first() const { return stage_->layer_begin() == 0; }
+  bool is_last() const { return stage_->layer_end() == stage_->config().num_layers; }
+  const ModelStage& stage() const { return *stage_; }
+
+  // upstream: where a non-first stage receives; downstream: where a non-last stage sends.
+  void SetLinks(ActivationLink* upstream, ActivationLink* downstream);
+
+  // Runs one plan. On the last stage the response carries one SampledToken per sequence with
+  // `sample` set; other stages return an empty response. Validation failures are
+  // INVALID_ARGUMENT naming the field; link failures keep the link's status.
+  absl::StatusOr<v1::StepsResponse> Execute(const v1::StepPlan& plan);
+
+  // Drops sequences' histories and releases their blocks.
+  void Release(absl::Span<const uint64_t> sequence_ids);
+
+  StageStats Stats() const;
+
+ private:
+  struct SequenceState {
+    int64_t length = 0;            // tokens seen so far
+    std::vector<int32_t> history;  // last stage only
+    std::vector<int32_t> blocks;   // distinct block ids this sequence holds
+  };
+
+  absl::Status Validate(const v1::StepPlan& plan) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ReleaseLocked(uint64_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const std::unique_ptr<ModelStage> stage_;
+  const int64_t max_step_tokens_;
+  absl::Mutex exec_mu_;  // serialises Execute
+  mutable absl::Mutex mu_;
+  ActivationLink* upstream_ ABSL_GUARDED_BY(mu_) = nullptr;
+  ActivationLink* downstream_ ABSL_GUARDED_BY(mu_) = nullptr;
+  std::unordered_map<uint64_t, SequenceState> sequences_ ABSL_GUARDED_BY(mu_);
+  std::vector<int32_t> block_refs_ ABSL_GUARDED_BY(mu_);
+  int64_t blocks_used_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t steps_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t tokens_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+// The position argument the sampler gets for a chunk ending at `end_pos` (exclusive): shared by
+// every path that samples, so that a pipeline and the single-process reference agree.
+inline int64_t SamplePosition(int64_t end_pos) { return end_pos; }
+
+// Largest top_logprobs a request may ask for.
+constexpr int kMaxTopLogprobs = 20;
+
+}  // namespace shardserve
+
+#endif  // SHARDSERVE_WORKER_STAGE_RUNTIME_H_

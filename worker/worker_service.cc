@@ -1,0 +1,304 @@
+#include "worker/worker_service.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include "absl/strings/str_cat.h"
+#include "common/logging.h"
+#include "common/status.h"
+#include "model/config.h"
+#include "worker/grpc_link.h"
+
+namespace shardserve {
+namespace {
+
+constexpr char kServiceName[] = "shardserve.v1.WorkerService";
+constexpr int64_t kMaxBlocks = 1 << 22;
+constexpr int64_t kMaxStepTokens = 1 << 16;
+
+grpc::Status ToGrpc(const absl::Status& s) {
+  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
+}
+
+grpc::Status Invalid(absl::string_view field, absl::string_view what) {
+  return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, absl::StrCat(field, ": ", what));
+}
+
+uint64_t AvailableMemoryBytes() {
+  std::ifstream meminfo("/proc/meminfo");
+  std::string key;
+  uint64_t kb = 0;
+  std::string unit;
+  while (meminfo >> key >> kb >> unit) {
+    if (key == "MemAvailable:") return kb * 1024;
+  }
+  return static_cast<uint64_t>(sysconf(_SC_AVPHYS_PAGES)) * sysconf(_SC_PAGESIZE);
+}
+
+// A short single-threaded multiply-add loop: enough to rank workers for placement.
+double MeasureGflops() {
+  constexpr int n = 96;
+  std::vector<float> a(n * n, 1.0f), b(n * n, 0.5f), c(n * n, 0.0f);
+  auto start = std::chrono::steady_clock::now();
+  int reps = 0;
+  do {
+    for (int i = 0; i < n; ++i)
+      for (int k = 0; k < n; ++k) {
+        const float x = a[i * n + k];
+        for (int j = 0; j < n; ++j) c[i * n + j] += x * b[k * n + j];
+      }
+    ++reps;
+  } while (std::chrono::steady_clock::now() - start < std::chrono::milliseconds(20));
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  volatile float sink = c[0];
+  (void)sink;
+  return 2.0 * n * n * n * reps / seconds / 1e9;
+}
+
+}  // namespace
+
+WorkerServiceImpl::WorkerServiceImpl(Backend* backend, WorkerOptions options)
+    : backend_(backend), options_(options), speed_gflops_(MeasureGflops()) {}
+
+WorkerServiceImpl::~WorkerServiceImpl() {
+  auto shard = current();
+  if (shard != nullptr) {
+    if (shard->inbox) shard->inbox->Close(absl::CancelledError("worker shutting down"));
+    if (shard->next) shard->next->Close(absl::CancelledError("worker shutting down"));
+  }
+}
+
+void WorkerServiceImpl::SetHealth(grpc::HealthCheckServiceInterface* health) {
+  absl::MutexLock lock(&mu_);
+  health_ = health;
+  UpdateHealth();
+}
+
+void WorkerServiceImpl::UpdateHealth() {
+  if (health_ == nullptr) return;
+  health_->SetServingStatus("", !draining_);
+  health_->SetServingStatus(kServiceName, shard_ != nullptr && !draining_);
+}
+
+std::shared_ptr<WorkerServiceImpl::Shard> WorkerServiceImpl::current() const {
+  absl::MutexLock lock(&mu_);
+  return shard_;
+}
+
+grpc::Status WorkerServiceImpl::Describe(grpc::ServerContext*, const v1::DescribeRequest*,
+                                         v1::DescribeResponse* response) {
+  response->set_device(v1::DEVICE_KIND_CPU);
+  response->set_device_name(std::string(backend_->name()));
+  response->set_threads(options_.threads);
+  response->set_free_memory_bytes(AvailableMemoryBytes());
+  response->set_speed_gflops(speed_gflops_ * std::max(1, options_.threads));
+  auto shard = current();
+  if (shard != nullptr) {
+    response->set_loaded(true);
+    response->set_model_path(shard->model_path);
+    response->set_layer_begin(shard->runtime->stage().layer_begin());
+    response->set_layer_end(shard->runtime->stage().layer_end());
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status WorkerServiceImpl::LoadShard(grpc::ServerContext*, const v1::LoadShardRequest* req,
+                                          v1::LoadShardResponse* response) {
+  absl::MutexLock load_lock(&load_mu_);
+  const auto start = std::chrono::steady_clock::now();
+  if (req->model_path().empty()) return Invalid("model_path", "empty");
+  std::error_code ec;
+  if (!std::filesystem::is_directory(req->model_path(), ec)) {
+    return Invalid("model_path",
+                   absl::StrCat(req->model_path(), " is not a folder on this worker"));
+  }
+  auto config = ModelConfig::FromFile(req->model_path() + "/config.json");
+  if (!config.ok()) return ToGrpc(config.status());
+  const int64_t layers = config->num_layers;
+  if (req->layer_begin() < 0 || req->layer_begin() >= req->layer_end() ||
+      req->layer_end() > layers) {
+    return Invalid("layer_begin/layer_end",
+                   absl::StrCat("[", req->layer_begin(), ", ", req->layer_end(),
+                                ") is not a range of ", layers, " layers"));
+  }
+  if (req->is_first() != (req->layer_begin() == 0))
+    return Invalid("is_first", "disagrees with layer_begin");
+  if (req->is_last() != (req->layer_end() == layers))
+    return Invalid("is_last", "disagrees with layer_end");
+  if (!req->dtype().empty() && req->dtype() != "auto") {
+    return Invalid("dtype", absl::StrCat("'", req->dtype(), "' is not supported; use auto"));
+  }
+  if (req->kv_block_size() < 1 || req->kv_block_size() > 1024)
+    return Invalid("kv_block_size", "outside [1, 1024]");
+  if (req->kv_num_blocks() < 1 || req->kv_num_blocks() > kMaxBlocks) {
+    return Invalid("kv_num_blocks", absl::StrCat("outside [1, ", kMaxBlocks, "]"));
+  }
+  if (req->max_step_tokens() < 1 || req->max_step_tokens() > kMaxStepTokens) {
+    return Invalid("max_step_tokens", absl::StrCat("outside [1, ", kMaxStepTokens, "]"));
+  }
+
+  // Unload first: the old shard's links fail, so nothing waits on them.
+  std::shared_ptr<Shard> old;
+  {
+    absl::MutexLock lock(&mu_);
+    old = std::move(shard_);
+    shard_ = nullptr;
+    UpdateHealth();
+  }
+  if (old != nullptr) {
+    if (old->inbox) old->inbox->Close(absl::AbortedError("shard unloaded"));
+    if (old->next) old->next->Close(absl::AbortedError("shard unloaded"));
+    old.reset();
+  }
+
+  StageSpec spec{req->layer_begin(), req->layer_end()};
+  KvCacheSpec kv{req->kv_block_size(), req->kv_num_blocks()};
+  auto stage = LoadStage(req->model_path(), spec, kv, backend_);
+  if (!stage.ok()) return ToGrpc(Annotate(stage.status(), "loading shard"));
+  auto shard = std::make_shared<Shard>();
+  shard->model_path = req->model_path();
+  response->set_kv_bytes_per_token((*stage)->KvBytesPerToken());
+  response->set_num_layers(layers);
+  response->set_hidden_size(config->hidden_size);
+  response->set_vocab_size(config->vocab_size);
+  shard->runtime = std::make_unique<StageRuntime>(std::move(*stage), req->max_step_tokens());
+  shard->inbox = NewLocalLink("previous stage", options_.recv_timeout);
+  shard->runtime->SetLinks(shard->inbox.get(), nullptr);
+  response->set_load_seconds(
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  LOG(INFO) << "loaded layers [" << req->layer_begin() << ", " << req->layer_end() << ") of "
+            << req->model_path() << " with " << req->kv_num_blocks() << " KV blocks in "
+            << response->load_seconds() << " s";
+  absl::MutexLock lock(&mu_);
+  shard_ = std::move(shard);
+  draining_ = false;
+  UpdateHealth();
+  return grpc::Status::OK;
+}
+
+grpc::Status WorkerServiceImpl::ConnectNext(grpc::ServerContext*, const v1::ConnectNextRequest* req,
+                                            v1::ConnectNextResponse*) {
+  auto shard = current();
+  if (shard == nullptr)
+    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "no shard loaded");
+  if (req->next_address().size() > 255) return Invalid("next_address", "longer than 255 bytes");
+  if (req->next_address().empty() != shard->runtime->is_last()) {
+    return Invalid("next_address", shard->runtime->is_last() ? "set on the last stage"
+                                                             : "empty on a stage that is not last");
+  }
+  if (req->next_address().empty()) return grpc::Status::OK;
+  auto link = NewGrpcSendLink(req->next_address(), absl::Seconds(5));
+  if (!link.ok()) return ToGrpc(link.status());
+  if (shard->next) shard->next->Close(absl::AbortedError("replaced"));
+  shard->next = std::shared_ptr<ActivationLink>(std::move(*link));
+  ActivationLink* downstream = shard->next.get();
+  const FaultOptions& f = options_.send_faults;
+  if (f.send_delay > absl::ZeroDuration() || f.fail_after_sends >= 0 || f.corrupt_shape) {
+    shard->next_faulty = NewFaultyLink(downstream, f);
+    downstream = shard->next_faulty.get();
+  }
+  shard->runtime->SetLinks(shard->inbox.get(), downstream);
+  return grpc::Status::OK;
+}
+
+grpc::Status WorkerServiceImpl::Activations(grpc::ServerContext* context,
+                                            grpc::ServerReader<v1::ActivationsRequest>* reader,
+                                            v1::ActivationsResponse*) {
+  v1::ActivationsRequest msg;
+  while (reader->Read(&msg)) {
+    auto shard = current();
+    if (shard == nullptr)
+      return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "no shard loaded");
+    const int64_t hidden = shard->runtime->stage().config().hidden_size;
+    if (msg.cols() != hidden || msg.rows() < 1 || msg.rows() > kMaxStepTokens ||
+        msg.data().size() != static_cast<size_t>(msg.rows() * msg.cols() * sizeof(float))) {
+      return Invalid("activations",
+                     absl::StrCat("step ", msg.step_id(), ": [", msg.rows(), ", ", msg.cols(),
+                                  "] with ", msg.data().size(), " bytes, hidden size ", hidden));
+    }
+    ActivationTensor t;
+    t.rows = msg.rows();
+    t.cols = msg.cols();
+    t.data.resize(t.rows * t.cols);
+    std::memcpy(t.data.data(), msg.data().data(), msg.data().size());
+    absl::Status s = shard->inbox->Send(msg.step_id(), std::move(t));
+    if (!s.ok()) return ToGrpc(s);
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status WorkerServiceImpl::Steps(
+    grpc::ServerContext* context,
+    grpc::ServerReaderWriter<v1::StepsResponse, v1::StepsRequest>* stream) {
+  v1::StepsRequest req;
+  while (stream->Read(&req)) {
+    auto shard = current();
+    bool draining;
+    {
+      absl::MutexLock lock(&mu_);
+      draining = draining_;
+    }
+    absl::StatusOr<v1::StepsResponse> result;
+    if (shard == nullptr) {
+      result = absl::FailedPreconditionError("no shard loaded");
+    } else if (draining && req.plan().sequences_size() > 0) {
+      result = absl::UnavailableError("worker is draining");
+    } else {
+      result = shard->runtime->Execute(req.plan());
+    }
+    v1::StepsResponse response;
+    if (!result.ok()) {
+      LOG(WARNING) << "step " << req.plan().step_id() << " failed: " << result.status();
+      response.set_step_id(req.plan().step_id());
+      response.set_error_code(static_cast<int>(result.status().code()));
+      response.set_error_message(std::string(result.status().message()));
+    } else if (shard->runtime->is_last() && req.plan().sequences_size() > 0) {
+      response = std::move(*result);
+    } else {
+      continue;
+    }
+    if (!stream->Write(response)) break;
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status WorkerServiceImpl::Drain(grpc::ServerContext*, const v1::DrainRequest*,
+                                      v1::DrainResponse*) {
+  absl::MutexLock lock(&mu_);
+  draining_ = true;
+  UpdateHealth();
+  return grpc::Status::OK;
+}
+
+grpc::Status WorkerServiceImpl::Stats(grpc::ServerContext*, const v1::StatsRequest*,
+                                      v1::StatsResponse* response) {
+  auto shard = current();
+  if (shard == nullptr) return grpc::Status::OK;
+  StageStats s = shard->runtime->Stats();
+  response->set_loaded(true);
+  response->set_layer_begin(shard->runtime->stage().layer_begin());
+  response->set_layer_end(shard->runtime->stage().layer_end());
+  response->set_kv_blocks_total(s.kv_blocks_total);
+  response->set_kv_blocks_used(s.kv_blocks_used);
+  response->set_kv_blocks_free(s.kv_blocks_total - s.kv_blocks_used);
+  response->set_live_sequences(s.live_sequences);
+  response->set_steps(s.steps);
+  response->set_tokens(s.tokens);
+  for (const auto& link : {shard->inbox, shard->next}) {
+    if (link == nullptr) continue;
+    LinkCounters c = link->counters();
+    v1::LinkStats* out = response->add_links();
+    out->set_direction(c.direction);
+    out->set_peer(c.peer);
+    out->set_messages(c.messages);
+    out->set_bytes(c.bytes);
+  }
+  return grpc::Status::OK;
+}
+
+}  // namespace shardserve

@@ -1,0 +1,81 @@
+// WorkerService: the gRPC face of one pipeline stage.
+//
+// Holds at most one loaded shard (a StageRuntime) at a time; LoadShard replaces it. The
+// previous stage's Activations stream fills a local mailbox that the runtime receives from;
+// ConnectNext opens the gRPC stream to the next stage. Steps runs plans in arrival order on the
+// calling stream's thread. Health: the default service ("") is SERVING once the server runs
+// (it can take a shard); "shardserve.v1.WorkerService" is SERVING only while a shard is loaded
+// and the worker is not draining.
+//
+// All methods are thread-safe.
+#ifndef SHARDSERVE_WORKER_WORKER_SERVICE_H_
+#define SHARDSERVE_WORKER_WORKER_SERVICE_H_
+
+#include <grpcpp/grpcpp.h>
+
+#include <memory>
+#include <string>
+
+#include "absl/synchronization/mutex.h"
+#include "kernels/backend.h"
+#include "shardserve/v1/worker.grpc.pb.h"
+#include "worker/activation_link.h"
+#include "worker/stage_runtime.h"
+
+namespace shardserve {
+
+struct WorkerOptions {
+  int threads = 1;
+  absl::Duration recv_timeout = absl::Seconds(30);
+  // Test hooks: faults injected on the link to the next stage.
+  FaultOptions send_faults;
+};
+
+class WorkerServiceImpl final : public v1::WorkerService::Service {
+ public:
+  // `backend` must outlive the service.
+  WorkerServiceImpl(Backend* backend, WorkerOptions options);
+  ~WorkerServiceImpl() override;
+
+  // Lets the service flip its health entries; call once the server is built.
+  void SetHealth(grpc::HealthCheckServiceInterface* health);
+
+  grpc::Status Describe(grpc::ServerContext*, const v1::DescribeRequest*,
+                        v1::DescribeResponse*) override;
+  grpc::Status LoadShard(grpc::ServerContext*, const v1::LoadShardRequest*,
+                         v1::LoadShardResponse*) override;
+  grpc::Status ConnectNext(grpc::ServerContext*, const v1::ConnectNextRequest*,
+                           v1::ConnectNextResponse*) override;
+  grpc::Status Activations(grpc::ServerContext*, grpc::ServerReader<v1::ActivationsRequest>*,
+                           v1::ActivationsResponse*) override;
+  grpc::Status Steps(grpc::ServerContext*,
+                     grpc::ServerReaderWriter<v1::StepsResponse, v1::StepsRequest>*) override;
+  grpc::Status Drain(grpc::ServerContext*, const v1::DrainRequest*, v1::DrainResponse*) override;
+  grpc::Status Stats(grpc::ServerContext*, const v1::StatsRequest*, v1::StatsResponse*) override;
+
+ private:
+  // Everything tied to one loaded shard; replaced as a unit.
+  struct Shard {
+    std::string model_path;
+    std::unique_ptr<StageRuntime> runtime;
+    std::shared_ptr<ActivationLink> inbox;        // filled by Activations
+    std::shared_ptr<ActivationLink> next;         // to the next stage
+    std::shared_ptr<ActivationLink> next_faulty;  // wraps `next` when faults are injected
+  };
+
+  std::shared_ptr<Shard> current() const;
+  void UpdateHealth() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  Backend* const backend_;
+  const WorkerOptions options_;
+  const double speed_gflops_;
+  absl::Mutex load_mu_;  // serialises LoadShard
+  mutable absl::Mutex mu_;
+  std::shared_ptr<Shard> shard_ ABSL_GUARDED_BY(mu_);
+  bool draining_ ABSL_GUARDED_BY(mu_) = false;
+  grpc::HealthCheckServiceInterface* health_ ABSL_GUARDED_BY(mu_) = nullptr;
+};
+
+}  // namespace shardserve
+
+#endif  // SHARDSERVE_WORKER_WORKER_SERVICE_H_
