@@ -17,8 +17,10 @@ inline void CpuRelax() {
 #endif
 }
 
-// About 50-100 microseconds of spinning before a worker sleeps on the futex.
-constexpr int kSpinIterations = 20000;
+// Waiters spin with pause for a few microseconds, then yield the core (another thread of the
+// pool may be waiting for it), then sleep on the futex.
+constexpr int kSpinIterations = 2000;
+constexpr int kYieldIterations = 2100;
 
 }  // namespace
 
@@ -44,6 +46,8 @@ void ThreadPool::WorkerLoop(int index) {
     while ((gen = generation_.load(std::memory_order_acquire)) == seen) {
       if (++spins < kSpinIterations) {
         CpuRelax();
+      } else if (spins < kYieldIterations) {
+        std::this_thread::yield();
       } else {
         generation_.wait(seen, std::memory_order_acquire);
       }
@@ -71,6 +75,8 @@ void ThreadPool::Run(const std::function<void(int, int)>& fn) {
   while ((left = pending_.load(std::memory_order_acquire)) != 0) {
     if (++spins < kSpinIterations) {
       CpuRelax();
+    } else if (spins < kYieldIterations) {
+      std::this_thread::yield();
     } else {
       pending_.wait(left, std::memory_order_acquire);
     }
@@ -78,12 +84,17 @@ void ThreadPool::Run(const std::function<void(int, int)>& fn) {
   job_ = nullptr;
 }
 
+int ThreadPool::ThreadsFor(int64_t work) const {
+  return static_cast<int>(std::clamp<int64_t>(work / 65536, 1, num_threads_));
+}
+
 void ThreadPool::ParallelFor(int64_t n, int64_t align,
-                             const std::function<void(int64_t, int64_t)>& fn) {
+                             const std::function<void(int64_t, int64_t)>& fn, int max_threads) {
   if (n <= 0) return;
   align = std::max<int64_t>(align, 1);
   const int64_t units = (n + align - 1) / align;
-  const int threads = static_cast<int>(std::min<int64_t>(num_threads_, units));
+  const int threads =
+      static_cast<int>(std::min<int64_t>(std::min(num_threads_, std::max(1, max_threads)), units));
   if (threads <= 1) {
     fn(0, n);
     return;

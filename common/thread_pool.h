@@ -29,9 +29,14 @@ class ThreadPool {
   // Calls fn(thread_index, num_threads) once on every thread.
   void Run(const std::function<void(int, int)>& fn);
 
-  // Splits [0, n) into size() contiguous ranges, rounded to multiples of `align`, and calls
-  // fn(begin, end) for each non-empty one.
-  void ParallelFor(int64_t n, int64_t align, const std::function<void(int64_t, int64_t)>& fn);
+  // Splits [0, n) into up to min(size(), max_threads) contiguous ranges, rounded to multiples of
+  // `align`, and calls fn(begin, end) for each non-empty one. Small jobs should pass a small
+  // max_threads: a fan-out costs microseconds, more when other processes hold the cores.
+  void ParallelFor(int64_t n, int64_t align, const std::function<void(int64_t, int64_t)>& fn,
+                   int max_threads = 1 << 30);
+
+  // Threads worth using for `work` units of arithmetic (about one per 64K multiply-adds).
+  int ThreadsFor(int64_t work) const;
 
  private:
   void WorkerLoop(int index);

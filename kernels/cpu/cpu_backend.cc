@@ -89,56 +89,73 @@ class CpuBackend : public Backend {
 
   void RmsNorm(const Tensor& x, const Tensor& weight, float eps, Tensor out) override {
     const float* w = weight.f32();
-    pool_.ParallelFor(x.rows, 1, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const float* in = x.row(r);
-        float* o = out.row(r);
-        float ss = 0.0f;
-        for (int64_t c = 0; c < x.cols; ++c) ss += in[c] * in[c];
-        const float scale = 1.0f / std::sqrt(ss / static_cast<float>(x.cols) + eps);
-        for (int64_t c = 0; c < x.cols; ++c) o[c] = w[c] * (in[c] * scale);
-      }
-    });
+    pool_.ParallelFor(
+        x.rows, 1,
+        [&](int64_t r0, int64_t r1) {
+          for (int64_t r = r0; r < r1; ++r) {
+            const float* in = x.row(r);
+            float* o = out.row(r);
+            float ss = 0.0f;
+            for (int64_t c = 0; c < x.cols; ++c) ss += in[c] * in[c];
+            const float scale = 1.0f / std::sqrt(ss / static_cast<float>(x.cols) + eps);
+            for (int64_t c = 0; c < x.cols; ++c) o[c] = w[c] * (in[c] * scale);
+          }
+        },
+        pool_.ThreadsFor(x.rows * x.cols * 4));
   }
 
   void MatMul(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor out) override {
-    cpu::GemvArgs args{x.f32(), x.rows,  x.stride, w.data, w.dtype, w.cols,
-                       bias != nullptr ? bias->f32() : nullptr, out.f32(), out.stride};
+    cpu::GemvArgs args{x.f32(),
+                       x.rows,
+                       x.stride,
+                       w.data,
+                       w.dtype,
+                       w.cols,
+                       bias != nullptr ? bias->f32() : nullptr,
+                       out.f32(),
+                       out.stride};
+    const int threads = pool_.ThreadsFor(x.rows * w.rows * w.cols);
     if (!fast_) {
-      pool_.ParallelFor(w.rows, 4, [&](int64_t j0, int64_t j1) { cpu::RefGemvRows(args, j0, j1); });
+      pool_.ParallelFor(
+          w.rows, 4, [&](int64_t j0, int64_t j1) { cpu::RefGemvRows(args, j0, j1); }, threads);
       return;
     }
     if (x.rows < kGemmMinRows) {
-      pool_.ParallelFor(w.rows, 4, [&](int64_t j0, int64_t j1) { cpu::Avx2GemvRows(args, j0, j1); });
+      pool_.ParallelFor(
+          w.rows, 4, [&](int64_t j0, int64_t j1) { cpu::Avx2GemvRows(args, j0, j1); }, threads);
       return;
     }
-    pool_.ParallelFor(w.rows, 16, [&](int64_t j0, int64_t j1) { GemmPanel(args, j0, j1); });
+    pool_.ParallelFor(
+        w.rows, 16, [&](int64_t j0, int64_t j1) { GemmPanel(args, j0, j1); }, threads);
   }
 
   void Rope(Tensor x, int64_t head_dim, absl::Span<const int32_t> positions,
             absl::Span<const float> inv_freq) override {
     const int64_t half = head_dim / 2;
     const int64_t heads = x.cols / head_dim;
-    pool_.ParallelFor(x.rows, 1, [&](int64_t r0, int64_t r1) {
-      std::vector<float> cos_v(half), sin_v(half);
-      for (int64_t r = r0; r < r1; ++r) {
-        const float pos = static_cast<float>(positions[r]);
-        for (int64_t i = 0; i < half; ++i) {
-          const float angle = pos * inv_freq[i];
-          cos_v[i] = std::cos(angle);
-          sin_v[i] = std::sin(angle);
-        }
-        float* row = x.row(r);
-        for (int64_t h = 0; h < heads; ++h) {
-          float* v = row + h * head_dim;
-          for (int64_t i = 0; i < half; ++i) {
-            const float a = v[i], b = v[i + half];
-            v[i] = a * cos_v[i] - b * sin_v[i];
-            v[i + half] = b * cos_v[i] + a * sin_v[i];
+    pool_.ParallelFor(
+        x.rows, 1,
+        [&](int64_t r0, int64_t r1) {
+          std::vector<float> cos_v(half), sin_v(half);
+          for (int64_t r = r0; r < r1; ++r) {
+            const float pos = static_cast<float>(positions[r]);
+            for (int64_t i = 0; i < half; ++i) {
+              const float angle = pos * inv_freq[i];
+              cos_v[i] = std::cos(angle);
+              sin_v[i] = std::sin(angle);
+            }
+            float* row = x.row(r);
+            for (int64_t h = 0; h < heads; ++h) {
+              float* v = row + h * head_dim;
+              for (int64_t i = 0; i < half; ++i) {
+                const float a = v[i], b = v[i + half];
+                v[i] = a * cos_v[i] - b * sin_v[i];
+                v[i + half] = b * cos_v[i] + a * sin_v[i];
+              }
+            }
           }
-        }
-      }
-    });
+        },
+        pool_.ThreadsFor(x.rows * x.cols * 16));
   }
 
   void PagedAttention(const Tensor& q, const Tensor& k, const Tensor& v,
@@ -167,46 +184,52 @@ class CpuBackend : public Backend {
     const int64_t group = shape.num_heads / shape.num_kv_heads;
     const float scale = 1.0f / std::sqrt(static_cast<float>(shape.head_dim));
     const int64_t items = static_cast<int64_t>(row_seq.size()) * shape.num_heads;
-    pool_.ParallelFor(items, 1, [&](int64_t i0, int64_t i1) {
-      std::vector<float> scores(max_len);
-      std::vector<float> qs(shape.head_dim);
-      for (int64_t item = i0; item < i1; ++item) {
-        const int64_t idx = item / shape.num_heads;
-        const int64_t h = item % shape.num_heads;
-        const auto [seq, t] = row_seq[idx];
-        const int64_t row = seq->row_begin + t;
-        const float* qh = q.row(row) + h * shape.head_dim;
-        for (int64_t d = 0; d < shape.head_dim; ++d) qs[d] = qh[d] * scale;
-        const int64_t g = h / group;
-        cpu::AttentionArgs a{qs.data(),
-                             cache.k + g * shape.head_dim,
-                             cache.v + g * shape.head_dim,
-                             kv_width,
-                             seq->block_table.data(),
-                             shape.block_size,
-                             shape.head_dim,
-                             seq->start_pos + t + 1,
-                             scores.data(),
-                             out.row(row) + h * shape.head_dim};
-        if (fast_) {
-          cpu::Avx2AttentionHead(a);
-        } else {
-          cpu::RefAttentionHead(a);
-        }
-      }
-    });
+    pool_.ParallelFor(
+        items, 1,
+        [&](int64_t i0, int64_t i1) {
+          std::vector<float> scores(max_len);
+          std::vector<float> qs(shape.head_dim);
+          for (int64_t item = i0; item < i1; ++item) {
+            const int64_t idx = item / shape.num_heads;
+            const int64_t h = item % shape.num_heads;
+            const auto [seq, t] = row_seq[idx];
+            const int64_t row = seq->row_begin + t;
+            const float* qh = q.row(row) + h * shape.head_dim;
+            for (int64_t d = 0; d < shape.head_dim; ++d) qs[d] = qh[d] * scale;
+            const int64_t g = h / group;
+            cpu::AttentionArgs a{qs.data(),
+                                 cache.k + g * shape.head_dim,
+                                 cache.v + g * shape.head_dim,
+                                 kv_width,
+                                 seq->block_table.data(),
+                                 shape.block_size,
+                                 shape.head_dim,
+                                 seq->start_pos + t + 1,
+                                 scores.data(),
+                                 out.row(row) + h * shape.head_dim};
+            if (fast_) {
+              cpu::Avx2AttentionHead(a);
+            } else {
+              cpu::RefAttentionHead(a);
+            }
+          }
+        },
+        pool_.ThreadsFor(items * max_len * shape.head_dim));
   }
 
   void SwiGlu(const Tensor& gate_up, Tensor out) override {
     const int64_t inter = out.cols;
-    pool_.ParallelFor(out.rows, 1, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const float* g = gate_up.row(r);
-        const float* u = g + inter;
-        float* o = out.row(r);
-        for (int64_t j = 0; j < inter; ++j) o[j] = g[j] / (1.0f + std::exp(-g[j])) * u[j];
-      }
-    });
+    pool_.ParallelFor(
+        out.rows, 1,
+        [&](int64_t r0, int64_t r1) {
+          for (int64_t r = r0; r < r1; ++r) {
+            const float* g = gate_up.row(r);
+            const float* u = g + inter;
+            float* o = out.row(r);
+            for (int64_t j = 0; j < inter; ++j) o[j] = g[j] / (1.0f + std::exp(-g[j])) * u[j];
+          }
+        },
+        pool_.ThreadsFor(out.rows * out.cols * 16));
   }
 
   void Add(Tensor x, const Tensor& y) override {
