@@ -1,0 +1,140 @@
+// Chat templates: literal renderings derived from each family's published Jinja template.
+#include "model/tokenizer/chat_template.h"
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "model/tokenizer/tokenizer.h"
+#include "tests/model/tokenizer/test_util.h"
+
+namespace shardserve {
+namespace {
+
+using ::testing::HasSubstr;
+
+std::string RenderOrDie(const ChatTemplate& t, const std::vector<ChatMessage>& m, bool gen) {
+  absl::StatusOr<std::string> s = t.Render(m, gen);
+  EXPECT_TRUE(s.ok()) << s.status();
+  return s.ok() ? *s : "";
+}
+
+const std::vector<ChatMessage> kConversation = {
+    {"system", "You are helpful."},
+    {"user", "Hi!  "},
+    {"assistant", "Hello."},
+    {"user", "How are you?"},
+};
+
+TEST(ChatTemplateTest, Llama3) {
+  ChatTemplate t(ChatTemplateKind::kLlama3, "<|begin_of_text|>", "<|eot_id|>");
+  // meta-llama/Meta-Llama-3-8B-Instruct: bos once, content | trim, header per message.
+  EXPECT_EQ(RenderOrDie(t, kConversation, true),
+            "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nYou are "
+            "helpful.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nHi!<|eot_id|><|start_"
+            "header_id|>assistant<|end_header_id|>\n\nHello.<|eot_id|><|start_header_id|>user<|"
+            "end_header_id|>\n\nHow are you?<|eot_id|><|start_header_id|>assistant<|end_header_"
+            "id|>\n\n");
+  EXPECT_EQ(RenderOrDie(t, {{"user", "x"}}, false),
+            "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nx<|eot_id|>");
+}
+
+TEST(ChatTemplateTest, ChatML) {
+  ChatTemplate t(ChatTemplateKind::kChatML, "", "<|im_end|>");
+  // Qwen3 for conversations without tools or reasoning; no default system turn.
+  EXPECT_EQ(RenderOrDie(t, kConversation, true),
+            "<|im_start|>system\nYou are helpful.<|im_end|>\n<|im_start|>user\nHi!  "
+            "<|im_end|>\n<|im_start|>assistant\nHello.<|im_end|>\n<|im_start|>user\nHow are "
+            "you?<|im_end|>\n<|im_start|>assistant\n");
+  // Qwen2-Instruct adds "You are a helpful assistant." when there is no system message.
+  absl::StatusOr<ChatTemplate> qwen2 = ChatTemplate::FromName("qwen2", "", "<|im_end|>");
+  ASSERT_TRUE(qwen2.ok());
+  EXPECT_EQ(RenderOrDie(*qwen2, {{"user", "Hi"}}, true),
+            "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nHi<|im_"
+            "end|>\n<|im_start|>assistant\n");
+  EXPECT_EQ(RenderOrDie(*qwen2, {{"system", "S"}, {"user", "Hi"}}, false),
+            "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n");
+}
+
+TEST(ChatTemplateTest, DeepSeekV3AndR1) {
+  const std::string bos = "<｜begin▁of▁sentence｜>";
+  ChatTemplate v3(ChatTemplateKind::kDeepSeekV3, bos, "<｜end▁of▁sentence｜>");
+  EXPECT_EQ(RenderOrDie(v3, kConversation, true),
+            "<｜begin▁of▁sentence｜>You are helpful.<｜User｜>Hi!  <｜Assistant｜>Hello.<｜end▁of▁"
+            "sentence｜><｜User｜>How are you?<｜Assistant｜>");
+  EXPECT_EQ(RenderOrDie(v3, {{"system", "A"}, {"system", "B"}, {"user", "u"}}, false),
+            "<｜begin▁of▁sentence｜>A\n\nB<｜User｜>u");
+  ChatTemplate r1(ChatTemplateKind::kDeepSeekR1, bos, "<｜end▁of▁sentence｜>");
+  EXPECT_EQ(RenderOrDie(r1, {{"user", "q"}, {"assistant", "<think>\nhmm\n</think>\n\nA"},
+                             {"user", "q2"}},
+                        true),
+            "<｜begin▁of▁sentence｜><｜User｜>q<｜Assistant｜>\n\nA<｜end▁of▁sentence｜><｜User｜>q2<"
+            "｜Assistant｜><think>\n");
+}
+
+TEST(ChatTemplateTest, Llama2) {
+  ChatTemplate t(ChatTemplateKind::kLlama2, "<s>", "</s>");
+  // meta-llama/Llama-2-7b-chat-hf: system folded into the first user turn, content.strip().
+  EXPECT_EQ(RenderOrDie(t, {{"system", "S"}, {"user", " U1 "}, {"assistant", "A1"}, {"user", "U2"}},
+                        true),
+            "<s>[INST] <<SYS>>\nS\n<</SYS>>\n\n U1 [/INST] A1 </s><s>[INST] U2 [/INST]");
+  EXPECT_EQ(RenderOrDie(t, {{"user", "hello"}}, false), "<s>[INST] hello [/INST]");
+  absl::StatusOr<std::string> bad = t.Render({{"user", "a"}, {"user", "b"}}, true);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(bad.status().message()), HasSubstr("alternate"));
+}
+
+TEST(ChatTemplateTest, Mistral) {
+  ChatTemplate t(ChatTemplateKind::kMistral, "<s>", "</s>");
+  // Mistral-7B-Instruct-v0.2: bos once, "[INST] " + content + " [/INST]", content + eos.
+  EXPECT_EQ(RenderOrDie(t, {{"user", "U1"}, {"assistant", "A1"}, {"user", "U2"}}, true),
+            "<s>[INST] U1 [/INST]A1</s>[INST] U2 [/INST]");
+  EXPECT_FALSE(t.Render({{"system", "S"}, {"user", "U"}}, true).ok());
+}
+
+TEST(ChatTemplateTest, DetectFromPublishedTemplates) {
+  struct Case {
+    std::string dir;
+    ChatTemplateKind kind;
+  };
+  for (const Case& c : {Case{"llama3", ChatTemplateKind::kLlama3},
+                        Case{"qwen3", ChatTemplateKind::kChatML},
+                        Case{"deepseek_v3", ChatTemplateKind::kDeepSeekV3}}) {
+    const std::string dir = testing::NpmTokenizerDir(c.dir);
+    ASSERT_FALSE(dir.empty());
+    auto tok = Tokenizer::Load(dir);
+    ASSERT_TRUE(tok.ok()) << tok.status();
+    absl::StatusOr<ChatTemplate> t =
+        ChatTemplate::Detect((*tok)->chat_template(), (*tok)->bos_token(), (*tok)->eos_token());
+    ASSERT_TRUE(t.ok()) << c.dir << ": " << t.status();
+    EXPECT_EQ(t->kind(), c.kind) << c.dir;
+  }
+  const std::string llama2 =
+      "{% if messages[0]['role'] == 'system' %}...{{ bos_token + '[INST] ' + content.strip() + ' "
+      "[/INST]' }}...'<<SYS>>\\n' + system_message";
+  EXPECT_EQ(ChatTemplate::Detect(llama2, "<s>", "</s>")->kind(), ChatTemplateKind::kLlama2);
+  EXPECT_EQ(ChatTemplate::Detect("{{ '[INST] ' + message['content'] + ' [/INST]' }}", "<s>",
+                                 "</s>")
+                ->kind(),
+            ChatTemplateKind::kMistral);
+  EXPECT_EQ(ChatTemplate::Detect("{{'<｜User｜>' + c}}{{'</think>'}}", "", "")->kind(),
+            ChatTemplateKind::kDeepSeekR1);
+}
+
+TEST(ChatTemplateTest, ErrorsNameTheFlag) {
+  absl::StatusOr<ChatTemplate> none = ChatTemplate::Detect("", "", "");
+  EXPECT_EQ(none.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(std::string(none.status().message()), HasSubstr("--chat-template"));
+  absl::StatusOr<ChatTemplate> odd = ChatTemplate::Detect("{{ 'User: ' + m }}", "", "");
+  EXPECT_EQ(odd.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(odd.status().message()), HasSubstr("--chat-template"));
+  absl::StatusOr<ChatTemplate> bad_name = ChatTemplate::FromName("vicuna", "", "");
+  EXPECT_EQ(bad_name.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(bad_name.status().message()), HasSubstr("--chat-template"));
+  for (const char* name : {"llama2", "llama3", "chatml", "deepseek-v3", "deepseek-r1", "mistral"}) {
+    absl::StatusOr<ChatTemplate> t = ChatTemplate::FromName(name, "", "");
+    ASSERT_TRUE(t.ok()) << name;
+    EXPECT_EQ(ChatTemplateName(t->kind()), name);
+  }
+}
+
+}  // namespace
+}  // namespace shardserve
