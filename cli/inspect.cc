@@ -26,7 +26,8 @@ int Tokenize(int argc, char** argv, int first) {
     absl::string_view arg = argv[i];
     absl::string_view value;
     bool inline_value = false;
-    if (const size_t eq = arg.find('='); arg.substr(0, 2) == "--" && eq != absl::string_view::npos) {
+    if (const size_t eq = arg.find('=');
+        arg.substr(0, 2) == "--" && eq != absl::string_view::npos) {
       value = arg.substr(eq + 1);
       arg = arg.substr(0, eq);
       inline_value = true;

@@ -19,16 +19,16 @@ constexpr uint32_t kMaxDims = 4;
 constexpr int kMaxArrayNesting = 4;
 
 const GgmlTypeInfo kGgmlTypes[] = {
-    {"f32", 1, 4},       {"f16", 1, 2},       {"q4_0", 32, 18},    {"q4_1", 32, 20},
-    {nullptr, 0, 0},     {nullptr, 0, 0},     {"q5_0", 32, 22},    {"q5_1", 32, 24},
-    {"q8_0", 32, 34},    {"q8_1", 32, 36},    {"q2_K", 256, 84},   {"q3_K", 256, 110},
-    {"q4_K", 256, 144},  {"q5_K", 256, 176},  {"q6_K", 256, 210},  {"q8_K", 256, 292},
+    {"f32", 1, 4},        {"f16", 1, 2},       {"q4_0", 32, 18},     {"q4_1", 32, 20},
+    {nullptr, 0, 0},      {nullptr, 0, 0},     {"q5_0", 32, 22},     {"q5_1", 32, 24},
+    {"q8_0", 32, 34},     {"q8_1", 32, 36},    {"q2_K", 256, 84},    {"q3_K", 256, 110},
+    {"q4_K", 256, 144},   {"q5_K", 256, 176},  {"q6_K", 256, 210},   {"q8_K", 256, 292},
     {"iq2_xxs", 256, 66}, {"iq2_xs", 256, 74}, {"iq3_xxs", 256, 98}, {"iq1_s", 256, 50},
-    {"iq4_nl", 32, 18},  {"iq3_s", 256, 110}, {"iq2_s", 256, 82},  {"iq4_xs", 256, 136},
-    {"i8", 1, 1},        {"i16", 1, 2},       {"i32", 1, 4},       {"i64", 1, 8},
-    {"f64", 1, 8},       {"iq1_m", 256, 56},  {"bf16", 1, 2},      {nullptr, 0, 0},
-    {nullptr, 0, 0},     {nullptr, 0, 0},     {"tq1_0", 256, 54},  {"tq2_0", 256, 66},
-    {nullptr, 0, 0},     {nullptr, 0, 0},     {nullptr, 0, 0},     {"mxfp4", 32, 17},
+    {"iq4_nl", 32, 18},   {"iq3_s", 256, 110}, {"iq2_s", 256, 82},   {"iq4_xs", 256, 136},
+    {"i8", 1, 1},         {"i16", 1, 2},       {"i32", 1, 4},        {"i64", 1, 8},
+    {"f64", 1, 8},        {"iq1_m", 256, 56},  {"bf16", 1, 2},       {nullptr, 0, 0},
+    {nullptr, 0, 0},      {nullptr, 0, 0},     {"tq1_0", 256, 54},   {"tq2_0", 256, 66},
+    {nullptr, 0, 0},      {nullptr, 0, 0},     {nullptr, 0, 0},      {"mxfp4", 32, 17},
 };
 
 // Bounds-checked little-endian cursor over the file image.
@@ -190,8 +190,8 @@ bool MulOverflows(uint64_t a, uint64_t b, uint64_t* out) {
 }
 
 absl::Status TypeError(absl::string_view key, const GgufValue& v, absl::string_view want) {
-  return absl::InvalidArgumentError(absl::StrCat("GGUF key ", key, " has type ",
-                                                 GgufTypeName(v.type), ", want ", want));
+  return absl::InvalidArgumentError(
+      absl::StrCat("GGUF key ", key, " has type ", GgufTypeName(v.type), ", want ", want));
 }
 
 absl::StatusOr<int64_t> ValueAsInt(absl::string_view key, const GgufValue& v) {
@@ -209,19 +209,32 @@ absl::StatusOr<int64_t> ValueAsInt(absl::string_view key, const GgufValue& v) {
 
 absl::string_view GgufTypeName(GgufType type) {
   switch (type) {
-    case GgufType::kUint8: return "uint8";
-    case GgufType::kInt8: return "int8";
-    case GgufType::kUint16: return "uint16";
-    case GgufType::kInt16: return "int16";
-    case GgufType::kUint32: return "uint32";
-    case GgufType::kInt32: return "int32";
-    case GgufType::kFloat32: return "float32";
-    case GgufType::kBool: return "bool";
-    case GgufType::kString: return "string";
-    case GgufType::kArray: return "array";
-    case GgufType::kUint64: return "uint64";
-    case GgufType::kInt64: return "int64";
-    case GgufType::kFloat64: return "float64";
+    case GgufType::kUint8:
+      return "uint8";
+    case GgufType::kInt8:
+      return "int8";
+    case GgufType::kUint16:
+      return "uint16";
+    case GgufType::kInt16:
+      return "int16";
+    case GgufType::kUint32:
+      return "uint32";
+    case GgufType::kInt32:
+      return "int32";
+    case GgufType::kFloat32:
+      return "float32";
+    case GgufType::kBool:
+      return "bool";
+    case GgufType::kString:
+      return "string";
+    case GgufType::kArray:
+      return "array";
+    case GgufType::kUint64:
+      return "uint64";
+    case GgufType::kInt64:
+      return "int64";
+    case GgufType::kFloat64:
+      return "float64";
   }
   return "unknown";
 }
@@ -234,8 +247,7 @@ const GgmlTypeInfo* GgmlType(uint32_t type_id) {
 
 absl::StatusOr<std::unique_ptr<GgufFile>> GgufFile::Open(const std::string& path) {
   ASSIGN_OR_RETURN(std::unique_ptr<MappedFile> mapping, MappedFile::Open(path));
-  ASSIGN_OR_RETURN(std::unique_ptr<GgufFile> file,
-                   Parse(mapping->data(), mapping->size(), path));
+  ASSIGN_OR_RETURN(std::unique_ptr<GgufFile> file, Parse(mapping->data(), mapping->size(), path));
   file->mapping_ = std::move(mapping);
   return file;
 }
@@ -337,9 +349,9 @@ absl::StatusOr<std::unique_ptr<GgufFile>> GgufFile::Parse(const uint8_t* data, s
     uint64_t end = 0;
     if (__builtin_add_overflow(data_start, t.offset, &begin) ||
         __builtin_add_overflow(begin, t.size_bytes, &end) || end > size) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          f->name_, ": invalid GGUF: tensor ", t.name, " (offset ", t.offset, ", ",
-          t.size_bytes, " bytes) runs past the end of the file (", size, " bytes)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(f->name_, ": invalid GGUF: tensor ", t.name, " (offset ", t.offset, ", ",
+                       t.size_bytes, " bytes) runs past the end of the file (", size, " bytes)"));
     }
     t.data = data + begin;
   }

@@ -71,8 +71,8 @@ absl::StatusOr<std::unique_ptr<BpeModel>> BpeModel::Create(
   m->options_ = options;
   m->pieces_ = std::move(pieces);
   if (options.use_scores && scores.size() != m->pieces_.size()) {
-    return absl::InvalidArgumentError(absl::StrCat("scores has ", scores.size(),
-                                                   " entries for ", m->pieces_.size(), " pieces"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("scores has ", scores.size(), " entries for ", m->pieces_.size(), " pieces"));
   }
   m->scores_ = std::move(scores);
   m->piece_to_id_.reserve(m->pieces_.size());
@@ -83,8 +83,8 @@ absl::StatusOr<std::unique_ptr<BpeModel>> BpeModel::Create(
   }
   m->byte_ids_.fill(-1);
   for (int b = 0; b < 256; ++b) {
-    const std::string key = options.byte_level ? std::string(1, static_cast<char>(b))
-                                               : absl::StrFormat("<0x%02X>", b);
+    const std::string key =
+        options.byte_level ? std::string(1, static_cast<char>(b)) : absl::StrFormat("<0x%02X>", b);
     m->byte_ids_[b] = m->Find(key);
   }
   if (!options.use_scores) {
@@ -141,8 +141,8 @@ void BpeModel::EncodeWord(absl::string_view word, std::vector<int32_t>* out) con
 void BpeModel::InitialSymbols(absl::string_view word, std::vector<Symbol>* syms) const {
   auto push = [&](int32_t id, size_t begin, size_t len) {
     const auto idx = static_cast<int32_t>(syms->size());
-    syms->push_back(Symbol{id, static_cast<uint32_t>(begin), static_cast<uint32_t>(len), idx - 1,
-                           idx + 1});
+    syms->push_back(
+        Symbol{id, static_cast<uint32_t>(begin), static_cast<uint32_t>(len), idx - 1, idx + 1});
   };
   if (options_.byte_level) {
     for (size_t i = 0; i < word.size(); ++i) {

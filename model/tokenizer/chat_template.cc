@@ -28,12 +28,18 @@ absl::Status Alternation() {
 
 absl::string_view ChatTemplateName(ChatTemplateKind kind) {
   switch (kind) {
-    case ChatTemplateKind::kLlama2: return "llama2";
-    case ChatTemplateKind::kLlama3: return "llama3";
-    case ChatTemplateKind::kChatML: return "chatml";
-    case ChatTemplateKind::kDeepSeekV3: return "deepseek-v3";
-    case ChatTemplateKind::kDeepSeekR1: return "deepseek-r1";
-    case ChatTemplateKind::kMistral: return "mistral";
+    case ChatTemplateKind::kLlama2:
+      return "llama2";
+    case ChatTemplateKind::kLlama3:
+      return "llama3";
+    case ChatTemplateKind::kChatML:
+      return "chatml";
+    case ChatTemplateKind::kDeepSeekV3:
+      return "deepseek-v3";
+    case ChatTemplateKind::kDeepSeekR1:
+      return "deepseek-r1";
+    case ChatTemplateKind::kMistral:
+      return "mistral";
   }
   return "unknown";
 }
@@ -43,7 +49,8 @@ absl::StatusOr<ChatTemplate> ChatTemplate::FromName(absl::string_view name, std:
   for (ChatTemplateKind k :
        {ChatTemplateKind::kLlama2, ChatTemplateKind::kLlama3, ChatTemplateKind::kChatML,
         ChatTemplateKind::kDeepSeekV3, ChatTemplateKind::kDeepSeekR1, ChatTemplateKind::kMistral}) {
-    if (name == ChatTemplateName(k)) return ChatTemplate(k, std::move(bos_token), std::move(eos_token));
+    if (name == ChatTemplateName(k))
+      return ChatTemplate(k, std::move(bos_token), std::move(eos_token));
   }
   if (name == "qwen" || name == "qwen2") {
     return ChatTemplate(ChatTemplateKind::kChatML, std::move(bos_token), std::move(eos_token),
@@ -56,9 +63,8 @@ absl::StatusOr<ChatTemplate> ChatTemplate::FromName(absl::string_view name, std:
 absl::StatusOr<ChatTemplate> ChatTemplate::Detect(absl::string_view jinja, std::string bos_token,
                                                   std::string eos_token) {
   if (Strip(jinja).empty()) {
-    return absl::NotFoundError(
-        absl::StrCat("the model has no chat template (tokenizer_config.json chat_template): ",
-                     kFlagHelp));
+    return absl::NotFoundError(absl::StrCat(
+        "the model has no chat template (tokenizer_config.json chat_template): ", kFlagHelp));
   }
   ChatTemplateKind kind;
   std::string default_system;

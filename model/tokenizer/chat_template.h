@@ -11,8 +11,8 @@
 #define SHARDSERVE_MODEL_TOKENIZER_CHAT_TEMPLATE_H_
 
 #include <string>
-#include "absl/strings/string_view.h"
 #include <vector>
+#include "absl/strings/string_view.h"
 
 #include "absl/status/statusor.h"
 

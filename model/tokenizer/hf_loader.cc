@@ -129,7 +129,8 @@ absl::Status ParsePreTokenizer(const Context& ctx, const Json& j,
   } else if (type == "WhitespaceSplit") {
     step.kind = PreTokenizerStep::kWhitespaceSplit;
   } else {
-    return ctx.Error("pre_tokenizer.type", absl::StrCat("unsupported pre-tokenizer \"", type, "\""));
+    return ctx.Error("pre_tokenizer.type",
+                     absl::StrCat("unsupported pre-tokenizer \"", type, "\""));
   }
   out->push_back(std::move(step));
   return absl::OkStatus();
@@ -183,10 +184,14 @@ int ByteFallbackValue(absl::string_view piece) {
   for (int i = 3; i < 5; ++i) {
     const char c = piece[i];
     v <<= 4;
-    if (c >= '0' && c <= '9') v |= c - '0';
-    else if (c >= 'A' && c <= 'F') v |= c - 'A' + 10;
-    else if (c >= 'a' && c <= 'f') v |= c - 'a' + 10;
-    else return -1;
+    if (c >= '0' && c <= '9')
+      v |= c - '0';
+    else if (c >= 'A' && c <= 'F')
+      v |= c - 'A' + 10;
+    else if (c >= 'a' && c <= 'f')
+      v |= c - 'a' + 10;
+    else
+      return -1;
   }
   return v;
 }
@@ -251,8 +256,8 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> ParseImpl(const Context& ctx, const J
   const Json& model = tj.at("model");
   const std::string model_type = StringOr(model, "type", "BPE");
   if (model_type != "BPE") {
-    return ctx.Error("model.type", absl::StrCat("unsupported model \"", model_type,
-                                                "\" (supported: BPE)"));
+    return ctx.Error("model.type",
+                     absl::StrCat("unsupported model \"", model_type, "\" (supported: BPE)"));
   }
   if (!StringOr(model, "continuing_subword_prefix", "").empty() ||
       !StringOr(model, "end_of_word_suffix", "").empty()) {
@@ -263,8 +268,8 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> ParseImpl(const Context& ctx, const J
   RETURN_IF_ERROR(ParseNormalizer(ctx, tj.value("normalizer", Json()), &norm_steps));
   std::vector<PreTokenizerStep> pre_steps;
   bool byte_level = false;
-  RETURN_IF_ERROR(ParsePreTokenizer(ctx, tj.value("pre_tokenizer", Json()), &pre_steps,
-                                    &byte_level));
+  RETURN_IF_ERROR(
+      ParsePreTokenizer(ctx, tj.value("pre_tokenizer", Json()), &pre_steps, &byte_level));
   DecoderSpec decoder;
   RETURN_IF_ERROR(ParseDecoder(ctx, tj.value("decoder", Json()), &decoder));
   byte_level = byte_level || decoder.byte_level;
@@ -279,7 +284,8 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> ParseImpl(const Context& ctx, const J
   for (auto it = vocab.begin(); it != vocab.end(); ++it) {
     const int64_t id = it.value().get<int64_t>();
     if (id < 0 || id >= (1 << 24)) {
-      return ctx.Error("model.vocab", absl::StrCat("id ", id, " of \"", it.key(), "\" is out of range"));
+      return ctx.Error("model.vocab",
+                       absl::StrCat("id ", id, " of \"", it.key(), "\" is out of range"));
     }
     max_id = std::max(max_id, id);
   }
@@ -351,8 +357,8 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> ParseImpl(const Context& ctx, const J
   }
 
   bool has_template = false;
-  RETURN_IF_ERROR(ParsePostProcessor(ctx, tj.value("post_processor", Json()), state.get(),
-                                     &has_template));
+  RETURN_IF_ERROR(
+      ParsePostProcessor(ctx, tj.value("post_processor", Json()), state.get(), &has_template));
 
   // tokenizer_config.json: BOS/EOS and the chat template.
   auto id_of = [&](const std::string& text) -> int32_t {
@@ -371,13 +377,15 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> ParseImpl(const Context& ctx, const J
       state->chat_template = ct.get<std::string>();
     } else if (ct.is_array()) {
       for (const Json& e : ct) {
-        if (StringOr(e, "name", "") == "default") state->chat_template = StringOr(e, "template", "");
+        if (StringOr(e, "name", "") == "default")
+          state->chat_template = StringOr(e, "template", "");
       }
     }
   }
   state->bos_id = id_of(state->bos_token);
   if (state->bos_id < 0 && !state->prefix_ids.empty()) state->bos_id = state->prefix_ids[0];
-  if (state->bos_token.empty() && state->bos_id >= 0) state->bos_token = raw.size() > size_t(state->bos_id) ? raw[state->bos_id] : "";
+  if (state->bos_token.empty() && state->bos_id >= 0)
+    state->bos_token = raw.size() > size_t(state->bos_id) ? raw[state->bos_id] : "";
   const int32_t eos = id_of(state->eos_token);
   if (eos >= 0) state->eos_ids.push_back(eos);
   if (!has_template && config.is_object()) {

@@ -20,7 +20,7 @@ absl::StatusOr<std::shared_ptr<const Regex>> Regex::Compile(absl::string_view pa
     PCRE2_UCHAR msg[256];
     pcre2_get_error_message(err, msg, sizeof(msg));
     return absl::InvalidArgumentError(absl::StrCat("bad split regex at offset ", err_offset, ": ",
-                                                    reinterpret_cast<const char*>(msg)));
+                                                   reinterpret_cast<const char*>(msg)));
   }
   // JIT is an optimisation: without it (unsupported platform) matching still works.
   pcre2_jit_compile(code, PCRE2_JIT_COMPLETE);
@@ -41,9 +41,9 @@ void Regex::FreeMatchData(void* md) { pcre2_match_data_free(static_cast<pcre2_ma
 bool Regex::Next(absl::string_view text, size_t start, void* match_data, size_t* begin,
                  size_t* end) const {
   auto* md = static_cast<pcre2_match_data*>(match_data);
-  const int rc = pcre2_match(static_cast<pcre2_code*>(code_),
-                             reinterpret_cast<PCRE2_SPTR>(text.data()), text.size(), start,
-                             PCRE2_NO_UTF_CHECK, md, nullptr);
+  const int rc =
+      pcre2_match(static_cast<pcre2_code*>(code_), reinterpret_cast<PCRE2_SPTR>(text.data()),
+                  text.size(), start, PCRE2_NO_UTF_CHECK, md, nullptr);
   if (rc < 0) return false;  // no match, or a resource limit: the rest stays one piece
   const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md);
   *begin = ov[0];
@@ -57,11 +57,20 @@ std::string IcuNormalize(absl::string_view text, NormalizerKind kind) {
   UErrorCode status = U_ZERO_ERROR;
   const icu::Normalizer2* n = nullptr;
   switch (kind) {
-    case NormalizerKind::kNfc: n = icu::Normalizer2::getNFCInstance(status); break;
-    case NormalizerKind::kNfkc: n = icu::Normalizer2::getNFKCInstance(status); break;
-    case NormalizerKind::kNfd: n = icu::Normalizer2::getNFDInstance(status); break;
-    case NormalizerKind::kNfkd: n = icu::Normalizer2::getNFKDInstance(status); break;
-    default: return std::string(text);
+    case NormalizerKind::kNfc:
+      n = icu::Normalizer2::getNFCInstance(status);
+      break;
+    case NormalizerKind::kNfkc:
+      n = icu::Normalizer2::getNFKCInstance(status);
+      break;
+    case NormalizerKind::kNfd:
+      n = icu::Normalizer2::getNFDInstance(status);
+      break;
+    case NormalizerKind::kNfkd:
+      n = icu::Normalizer2::getNFKDInstance(status);
+      break;
+    default:
+      return std::string(text);
   }
   if (U_FAILURE(status) || n == nullptr) return std::string(text);
   bool ascii = true;
@@ -185,9 +194,8 @@ void PreTokenizer::Split(absl::string_view text, bool first_segment,
         case PreTokenizerStep::kSplit: {
           std::vector<Piece> pieces;
           if (step.regex != nullptr) {
-            pieces = Partition(word, step.invert, [&](auto&& emit) {
-              step.regex->ForEachMatch(word, emit);
-            });
+            pieces = Partition(word, step.invert,
+                               [&](auto&& emit) { step.regex->ForEachMatch(word, emit); });
           } else {
             pieces = Partition(word, step.invert, [&](auto&& emit) {
               if (step.literal.empty()) return;
@@ -206,9 +214,8 @@ void PreTokenizer::Split(absl::string_view text, bool first_segment,
           if (step.regex == nullptr) {
             next.push_back(std::move(word));
           } else {
-            step.regex->ForEachMatch(word, [&](size_t b, size_t e) {
-              next.emplace_back(word.substr(b, e - b));
-            });
+            step.regex->ForEachMatch(
+                word, [&](size_t b, size_t e) { next.emplace_back(word.substr(b, e - b)); });
           }
           break;
         }

@@ -52,8 +52,8 @@ absl::Status TokenizerState::Finish() {
   if (bos_id >= size) return absl::InvalidArgumentError("BOS id out of range");
   // End-of-generation tokens: the configured ones plus the well-known end-of-turn names.
   static constexpr absl::string_view kEndNames[] = {
-      "<|eot_id|>",   "<|eom_id|>", "<|end_of_text|>",         "<|im_end|>",
-      "<|endoftext|>", "</s>",      "<｜end▁of▁sentence｜>", "<end_of_turn>",
+      "<|eot_id|>",    "<|eom_id|>", "<|end_of_text|>",       "<|im_end|>",
+      "<|endoftext|>", "</s>",       "<｜end▁of▁sentence｜>", "<end_of_turn>",
       "<|end|>"};
   for (absl::string_view name : kEndNames) {
     auto it = added_to_id.find(name);
@@ -89,10 +89,10 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& pa
       if (entry.path().extension() == ".gguf") ggufs.push_back(entry.path());
     }
     if (ggufs.size() == 1) return tokenizer_internal::LoadGgufTokenizer(ggufs[0].string());
-    return absl::NotFoundError(absl::StrCat(
-        "no tokenizer in ", path,
-        ggufs.empty() ? ": expected tokenizer.json or a .gguf file"
-                      : ": no tokenizer.json and several .gguf files (name one)"));
+    return absl::NotFoundError(
+        absl::StrCat("no tokenizer in ", path,
+                     ggufs.empty() ? ": expected tokenizer.json or a .gguf file"
+                                   : ": no tokenizer.json and several .gguf files (name one)"));
   }
   if (absl::EndsWith(path, ".json")) {
     return tokenizer_internal::LoadHfTokenizer(fs::path(path).parent_path().string(), path);

@@ -60,7 +60,7 @@ class Tokenizer {
   // -1 when `piece` is neither a vocabulary piece nor an added token.
   int32_t PieceToId(absl::string_view piece) const;
   int32_t vocab_size() const;
-  int32_t bos_id() const;               // -1 if none
+  int32_t bos_id() const;                // -1 if none
   std::vector<int32_t> eos_ids() const;  // all end-of-generation ids, sorted
   bool IsSpecial(int32_t id) const;
 

@@ -63,11 +63,11 @@ TEST(ChatTemplateTest, DeepSeekV3AndR1) {
   EXPECT_EQ(RenderOrDie(v3, {{"system", "A"}, {"system", "B"}, {"user", "u"}}, false),
             "<｜begin▁of▁sentence｜>A\n\nB<｜User｜>u");
   ChatTemplate r1(ChatTemplateKind::kDeepSeekR1, bos, "<｜end▁of▁sentence｜>");
-  EXPECT_EQ(RenderOrDie(r1, {{"user", "q"}, {"assistant", "<think>\nhmm\n</think>\n\nA"},
-                             {"user", "q2"}},
-                        true),
-            "<｜begin▁of▁sentence｜><｜User｜>q<｜Assistant｜>\n\nA<｜end▁of▁sentence｜><｜User｜>q2<"
-            "｜Assistant｜><think>\n");
+  EXPECT_EQ(
+      RenderOrDie(r1, {{"user", "q"}, {"assistant", "<think>\nhmm\n</think>\n\nA"}, {"user", "q2"}},
+                  true),
+      "<｜begin▁of▁sentence｜><｜User｜>q<｜Assistant｜>\n\nA<｜end▁of▁sentence｜><｜User｜>q2<"
+      "｜Assistant｜><think>\n");
 }
 
 TEST(ChatTemplateTest, Llama2) {
@@ -95,9 +95,9 @@ TEST(ChatTemplateTest, DetectFromPublishedTemplates) {
     std::string dir;
     ChatTemplateKind kind;
   };
-  for (const Case& c : {Case{"llama3", ChatTemplateKind::kLlama3},
-                        Case{"qwen3", ChatTemplateKind::kChatML},
-                        Case{"deepseek_v3", ChatTemplateKind::kDeepSeekV3}}) {
+  for (const Case& c :
+       {Case{"llama3", ChatTemplateKind::kLlama3}, Case{"qwen3", ChatTemplateKind::kChatML},
+        Case{"deepseek_v3", ChatTemplateKind::kDeepSeekV3}}) {
     const std::string dir = testing::NpmTokenizerDir(c.dir);
     ASSERT_FALSE(dir.empty());
     auto tok = Tokenizer::Load(dir);
@@ -111,8 +111,7 @@ TEST(ChatTemplateTest, DetectFromPublishedTemplates) {
       "{% if messages[0]['role'] == 'system' %}...{{ bos_token + '[INST] ' + content.strip() + ' "
       "[/INST]' }}...'<<SYS>>\\n' + system_message";
   EXPECT_EQ(ChatTemplate::Detect(llama2, "<s>", "</s>")->kind(), ChatTemplateKind::kLlama2);
-  EXPECT_EQ(ChatTemplate::Detect("{{ '[INST] ' + message['content'] + ' [/INST]' }}", "<s>",
-                                 "</s>")
+  EXPECT_EQ(ChatTemplate::Detect("{{ '[INST] ' + message['content'] + ' [/INST]' }}", "<s>", "</s>")
                 ->kind(),
             ChatTemplateKind::kMistral);
   EXPECT_EQ(ChatTemplate::Detect("{{'<｜User｜>' + c}}{{'</think>'}}", "", "")->kind(),

@@ -31,7 +31,7 @@ Result RunInspect(std::vector<std::string> args) {
 
 TEST(InspectTest, TokenizeJsonFromModelFolder) {
   Result r = RunInspect({"tokenize", "--model", "../shared/models/stories260K", "--text",
-                  "Once upon a time", "--json"});
+                         "Once upon a time", "--json"});
   ASSERT_EQ(r.code, 0) << r.err;
   const auto j = nlohmann::json::parse(r.out);
   EXPECT_EQ(j.at("ids").get<std::vector<int>>(), (std::vector<int>{1, 403, 407, 261, 378}));
@@ -41,7 +41,7 @@ TEST(InspectTest, TokenizeJsonFromModelFolder) {
 
 TEST(InspectTest, NoBosAndGguf) {
   Result r = RunInspect({"tokenize", "--model", "../shared/tokenizers/ggml-vocab-llama-spm.gguf",
-                  "--text=Hello world", "--no-bos", "--json"});
+                         "--text=Hello world", "--no-bos", "--json"});
   ASSERT_EQ(r.code, 0) << r.err;
   const auto j = nlohmann::json::parse(r.out);
   EXPECT_EQ(j.at("ids").get<std::vector<int>>(), (std::vector<int>{15043, 3186}));

@@ -21,11 +21,21 @@ std::string RandomUnicode(std::mt19937& rng) {
   for (int i = 0; i < len; ++i) {
     char32_t cp;
     switch (kind_dist(rng)) {
-      case 0: cp = std::uniform_int_distribution<int>(0x20, 0x7E)(rng); break;
-      case 1: cp = std::string_view(" \n\t\r  ")[rng() % 6]; break;
-      case 2: cp = std::uniform_int_distribution<int>(0xA0, 0x24F)(rng); break;
-      case 3: cp = std::uniform_int_distribution<int>(0x4E00, 0x9FFF)(rng); break;
-      case 4: cp = std::uniform_int_distribution<int>(0x1F300, 0x1FAFF)(rng); break;
+      case 0:
+        cp = std::uniform_int_distribution<int>(0x20, 0x7E)(rng);
+        break;
+      case 1:
+        cp = std::string_view(" \n\t\r  ")[rng() % 6];
+        break;
+      case 2:
+        cp = std::uniform_int_distribution<int>(0xA0, 0x24F)(rng);
+        break;
+      case 3:
+        cp = std::uniform_int_distribution<int>(0x4E00, 0x9FFF)(rng);
+        break;
+      case 4:
+        cp = std::uniform_int_distribution<int>(0x1F300, 0x1FAFF)(rng);
+        break;
       default: {
         do {
           cp = std::uniform_int_distribution<uint32_t>(1, 0x10FFFF)(rng);
@@ -46,7 +56,8 @@ TEST_P(RoundTripTest, DecodeEncodeIsIdentityOnRandomUnicode) {
   auto tok = Tokenizer::Load(path);
   ASSERT_TRUE(tok.ok()) << tok.status();
   const bool nfc = GetParam() == "npm:qwen3";
-  const tokenizer_internal::Normalizer normalizer({{tokenizer_internal::NormalizerKind::kNfc, "", ""}});
+  const tokenizer_internal::Normalizer normalizer(
+      {{tokenizer_internal::NormalizerKind::kNfc, "", ""}});
   std::mt19937 rng(1234);
   int ok = 0;
   for (int i = 0; i < 1000; ++i) {
@@ -77,7 +88,10 @@ TEST(InvalidUtf8Test, ReplacedByReplacementCharacter) {
   // A stray continuation byte, a truncated 3-byte sequence and an overlong encoding: each maximal
   // invalid part is one U+FFFD.
   const std::string bad = std::string("a\x80") + "b\xE2\x82" + "c\xC0\xAF";
-  EXPECT_EQ(utf8::Sanitize(bad), "a\xEF\xBF\xBD" "b\xEF\xBF\xBD" "c\xEF\xBF\xBD\xEF\xBF\xBD");
+  EXPECT_EQ(utf8::Sanitize(bad),
+            "a\xEF\xBF\xBD"
+            "b\xEF\xBF\xBD"
+            "c\xEF\xBF\xBD\xEF\xBF\xBD");
   EXPECT_EQ((*tok)->Encode(bad), (*tok)->Encode(utf8::Sanitize(bad)));
   EXPECT_EQ((*tok)->Decode((*tok)->Encode(bad)), utf8::Sanitize(bad));
   EXPECT_EQ(utf8::Sanitize("ok \xF0\x9F\x98\x80"), "ok \xF0\x9F\x98\x80");
@@ -89,7 +103,8 @@ TEST(InvalidUtf8Test, DecodeOfPartialCharacterIsReplaced) {
   ASSERT_FALSE(dir.empty());
   auto tok = Tokenizer::Load(dir);
   ASSERT_TRUE(tok.ok()) << tok.status();
-  const std::vector<int32_t> ids = (*tok)->Encode("\xF0\x9F\xA6\x99", false);  // 🦙: several tokens
+  const std::vector<int32_t> ids =
+      (*tok)->Encode("\xF0\x9F\xA6\x99", false);  // 🦙: several tokens
   ASSERT_GT(ids.size(), 1u);
   EXPECT_EQ((*tok)->Decode({ids[0]}), "\xEF\xBF\xBD");
   StreamingDecoder stream(**tok);

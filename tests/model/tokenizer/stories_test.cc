@@ -57,8 +57,8 @@ class StoriesCasesTest : public ::testing::TestWithParam<std::string> {};
 TEST_P(StoriesCasesTest, AllCasesMatch) {
   auto tok = LoadOrDie(GetParam());
   ASSERT_NE(tok, nullptr);
-  const auto cases = nlohmann::json::parse(ReadAll(std::string(kGoldenDir) +
-                                                   "/tokenizer_cases.json"));
+  const auto cases =
+      nlohmann::json::parse(ReadAll(std::string(kGoldenDir) + "/tokenizer_cases.json"));
   ASSERT_EQ(cases.at("n_cases").get<int>(), 473);
   int matched = 0;
   for (const auto& c : cases.at("cases")) {

@@ -98,11 +98,13 @@ std::string WriteGpt2Gguf(const std::string& dir, const std::string& pre, int32_
   const auto j = nlohmann::json::parse(ReadAll(dir + "/tokenizer.json"));
   const auto& vocab = j.at("model").at("vocab");
   int32_t n = 0;
-  for (auto it = vocab.begin(); it != vocab.end(); ++it) n = std::max(n, it.value().get<int32_t>() + 1);
+  for (auto it = vocab.begin(); it != vocab.end(); ++it)
+    n = std::max(n, it.value().get<int32_t>() + 1);
   for (const auto& a : j.at("added_tokens")) n = std::max(n, a.at("id").get<int32_t>() + 1);
   std::vector<std::string> tokens(n);
   std::vector<int32_t> types(n, 1);
-  for (auto it = vocab.begin(); it != vocab.end(); ++it) tokens[it.value().get<int32_t>()] = it.key();
+  for (auto it = vocab.begin(); it != vocab.end(); ++it)
+    tokens[it.value().get<int32_t>()] = it.key();
   for (const auto& a : j.at("added_tokens")) {
     const int32_t id = a.at("id").get<int32_t>();
     tokens[id] = a.at("content").get<std::string>();
@@ -194,9 +196,7 @@ TEST(GgufGpt2Test, OtherPreTypesSplitByTheirRules) {
     const auto ids = tok->Encode("Hi!\n12345", false);
     EXPECT_EQ(piece_texts(*tok, ids), (V{"Hi", "!", "\n", "123", "45"}));
   }
-  {
-    EXPECT_FALSE(Tokenizer::Load(WriteGpt2Gguf(dir, "no-such-pre", -1, "bad.vocab.gguf")).ok());
-  }
+  { EXPECT_FALSE(Tokenizer::Load(WriteGpt2Gguf(dir, "no-such-pre", -1, "bad.vocab.gguf")).ok()); }
 }
 
 }  // namespace
