@@ -59,6 +59,25 @@ void GemvRowsT(const GemvArgs& a, int64_t j0, int64_t j1) {
   const int64_t k = a.k;
   const int64_t k8 = k & ~int64_t{7};
   int64_t j = j0;
+  if (a.n == 1) {
+    // Decode: eight rows at once, eight memory streams per thread.
+    const float* xa = a.x;
+    for (; j + 8 <= j1; j += 8) {
+      const E* r[8];
+      for (int q = 0; q < 8; ++q) r[q] = w + (j + q) * k;
+      __m256 acc[8];
+      for (auto& v : acc) v = _mm256_setzero_ps();
+      for (int64_t c = 0; c < k8; c += 8) {
+        const __m256 va = _mm256_loadu_ps(xa + c);
+        for (int q = 0; q < 8; ++q) acc[q] = _mm256_fmadd_ps(L::Load8(r[q] + c), va, acc[q]);
+      }
+      for (int q = 0; q < 8; ++q) {
+        float s = HorizontalSum(acc[q]);
+        for (int64_t c = k8; c < k; ++c) s += L::Load1(r[q] + c) * xa[c];
+        a.out[j + q] = s + (a.bias != nullptr ? a.bias[j + q] : 0.0f);
+      }
+    }
+  }
   for (; j + 4 <= j1; j += 4) {
     const E* w0 = w + (j + 0) * k;
     const E* w1 = w + (j + 1) * k;

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh Debian machine: installs the packages, builds, checks
+# formatting, runs every CTest test except those that need a GPU, then the bounded fuzz runs.
+#
+#   scripts/test.sh            everything
+#   scripts/test.sh -R regex   only the matching CTest tests (no format check or fuzzing)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+start=$(date +%s)
+scripts/build.sh
+build=${SHARDSERVE_BUILD_DIR:-build}
+
+if [ $# -gt 0 ]; then
+  ctest --test-dir "$build" -LE gpu --output-on-failure "$@"
+  exit 0
+fi
+
+echo "== clang-format"
+files=$(git ls-files '*.cc' '*.h' '*.cu' '*.cuh' | grep -v '^third_party/' || true)
+if [ -n "$files" ]; then
+  echo "$files" | xargs clang-format --dry-run -Werror
+fi
+
+echo "== ctest (label gpu excluded: this machine has no GPU)"
+ctest --test-dir "$build" -LE gpu --output-on-failure -j2 --timeout 600
+
+if [ -x scripts/fuzz.sh ]; then
+  echo "== fuzz (bounded)"
+  scripts/fuzz.sh
+fi
+if [ -x scripts/lint-proto.sh ]; then
+  echo "== proto lint"
+  scripts/lint-proto.sh
+fi
+echo "test.sh: all passed in $(( $(date +%s) - start ))s"
