@@ -1,0 +1,42 @@
+// `shardserve complete` and `shardserve chat`: gRPC clients of a shardserve router.
+//
+// complete streams one completion to stdout (--json: one object with ids, text, finish_reason
+// and usage). chat reads user turns from stdin and streams the assistant's replies, keeping the
+// conversation. Both exit non-zero with one line on stderr when the server says no.
+#ifndef SHARDSERVE_CLI_COMPLETE_H_
+#define SHARDSERVE_CLI_COMPLETE_H_
+
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "shardserve/v1/inference.pb.h"
+
+namespace shardserve {
+
+int CompleteMain(int argc, char** argv);
+int ChatMain(int argc, char** argv);
+
+struct CompletionResult {
+  std::vector<int32_t> ids;
+  std::string text;
+  v1::FinishReason finish_reason = v1::FINISH_REASON_UNSPECIFIED;
+  v1::Usage usage;
+};
+
+// Runs one Generate call against `server` with a deadline of `timeout`; text deltas are written
+// to `out` as they arrive when it is not null.
+absl::StatusOr<CompletionResult> RunCompletion(const std::string& server,
+                                               const v1::GenerateRequest& request,
+                                               absl::Duration timeout, std::FILE* out);
+
+// True when grpc.health.v1 at `address` answers SERVING for the whole server within `timeout`.
+bool HealthServing(const std::string& address, absl::Duration timeout);
+
+// "stop" / "length" / "" as the JSON output spells them.
+std::string FinishReasonName(v1::FinishReason reason);
+
+}  // namespace shardserve
+
+#endif  // SHARDSERVE_CLI_COMPLETE_H_

@@ -1,0 +1,190 @@
+#include "tests/e2e/cluster_harness.h"
+
+#include <fcntl.h>
+#include <grpcpp/grpcpp.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "nlohmann/json.hpp"
+
+extern char** environ;
+
+namespace shardserve::e2e {
+
+namespace fs = std::filesystem;
+
+std::string BinPath(const std::string& name) {
+  return absl::StrCat(SHARDSERVE_BINARY_DIR, "/bin/", name);
+}
+
+std::string Stories260K() {
+  return fs::weakly_canonical(fs::path(SHARDSERVE_SOURCE_DIR) / "../shared/models/stories260K")
+      .string();
+}
+
+std::string Synthetic8Layer() {
+  const std::string dir = absl::StrCat(SHARDSERVE_BINARY_DIR, "/test-models/tiny-llama-8l");
+  if (!fs::exists(dir + "/config.json")) {
+    const std::string tmp = dir + ".tmp" + std::to_string(getpid());
+    const std::string cmd = absl::StrCat(BinPath("shardserve"), " synth --like tiny-llama-8l",
+                                         " --dtype f32 --seed 7 --out ", tmp, " 2>/dev/null");
+    if (std::system(cmd.c_str()) == 0) fs::rename(tmp, dir);
+  }
+  return dir;
+}
+
+int FreePort() {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(addr);
+  int port = 0;
+  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
+      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
+    port = ntohs(addr.sin_port);
+  }
+  close(fd);
+  return port;
+}
+
+Process::Process(std::vector<std::string> args, std::string log_path) {
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 1, log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_adddup2(&actions, 1, 2);
+  if (posix_spawn(&pid_, argv[0], &actions, nullptr, argv.data(), environ) != 0) pid_ = -1;
+  posix_spawn_file_actions_destroy(&actions);
+}
+
+Process::~Process() {
+  if (pid_ > 0 && !reaped_) {
+    kill(pid_, SIGKILL);
+    waitpid(pid_, nullptr, 0);
+  }
+}
+
+bool Process::alive() {
+  if (pid_ <= 0 || reaped_) return false;
+  if (waitpid(pid_, nullptr, WNOHANG) == pid_) {
+    reaped_ = true;
+    return false;
+  }
+  return true;
+}
+
+void Process::Kill(int sig) {
+  if (pid_ > 0 && !reaped_) kill(pid_, sig);
+}
+
+Cluster::Cluster(ClusterOptions options) {
+  const std::string logs = absl::StrCat(SHARDSERVE_BINARY_DIR, "/test-logs");
+  fs::create_directories(logs);
+  const int n = options.stages * options.replicas;
+  if (!options.worker_addresses.empty()) {
+    worker_addresses_ = options.worker_addresses;
+  } else {
+    for (int i = 0; i < n; ++i) {
+      const std::string addr = absl::StrCat("127.0.0.1:", FreePort());
+      std::vector<std::string> args = {BinPath("shardserve-worker"), "--listen", addr,
+                                       "--threads", "1"};
+      args.insert(args.end(), options.worker_args.begin(), options.worker_args.end());
+      if (i == 0) args.insert(args.end(), options.worker0_args.begin(), options.worker0_args.end());
+      workers_.push_back(std::make_unique<Process>(
+          args, absl::StrCat(logs, "/worker-", addr.substr(addr.find(':') + 1), ".log")));
+      worker_addresses_.push_back(addr);
+    }
+  }
+  router_address_ = absl::StrCat("127.0.0.1:", FreePort());
+  std::vector<std::string> args = {BinPath("shardserve-router"),
+                                   "--listen",
+                                   router_address_,
+                                   "--workers",
+                                   absl::StrJoin(worker_addresses_, ","),
+                                   "--model",
+                                   options.model,
+                                   "--stages",
+                                   std::to_string(options.stages),
+                                   "--replicas",
+                                   std::to_string(options.replicas)};
+  args.insert(args.end(), options.router_args.begin(), options.router_args.end());
+  router_ = std::make_unique<Process>(
+      args, absl::StrCat(logs, "/router-", router_address_.substr(router_address_.find(':') + 1),
+                         ".log"));
+}
+
+absl::Status Cluster::WaitServing(absl::Duration timeout) {
+  const absl::Time give_up = absl::Now() + timeout;
+  while (absl::Now() < give_up) {
+    if (!router_->alive()) return absl::InternalError("router exited");
+    if (HealthServing(router_address_, absl::Milliseconds(500))) return absl::OkStatus();
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  return absl::DeadlineExceededError("router did not become SERVING");
+}
+
+std::unique_ptr<v1::InferenceService::Stub> Cluster::Stub() const {
+  return v1::InferenceService::NewStub(
+      grpc::CreateChannel(router_address_, grpc::InsecureChannelCredentials()));
+}
+
+absl::StatusOr<Reference> RunGenerate(const std::string& model, const std::string& prompt,
+                                      int max_tokens, float temperature, uint64_t seed) {
+  std::string quoted = prompt;
+  for (size_t p = 0; (p = quoted.find('\'', p)) != std::string::npos; p += 4) {
+    quoted.replace(p, 1, "'\\''");
+  }
+  const std::string cmd = absl::StrCat(BinPath("shardserve"), " generate --model ", model,
+                                       " --prompt '", quoted, "' --max-tokens ", max_tokens,
+                                       " --temperature ", temperature, " --seed ", seed,
+                                       " --threads 1 --json");
+  FILE* pipe = popen(cmd.c_str(), "r");
+  if (pipe == nullptr) return absl::InternalError("popen failed");
+  std::string out;
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) out.append(buf.data(), n);
+  if (pclose(pipe) != 0) return absl::InternalError(absl::StrCat("generate failed: ", cmd));
+  auto json = nlohmann::json::parse(out, nullptr, false);
+  if (json.is_discarded()) return absl::InternalError("generate printed no JSON: " + out);
+  Reference ref;
+  ref.ids = json["ids"].get<std::vector<int32_t>>();
+  ref.text = json["text"].get<std::string>();
+  return ref;
+}
+
+v1::GenerateRequest TextRequest(const std::string& prompt, int max_tokens, float temperature,
+                                uint64_t seed) {
+  v1::GenerateRequest r;
+  r.set_text(prompt);
+  r.set_max_tokens(max_tokens);
+  r.mutable_sampling()->set_temperature(temperature);
+  r.mutable_sampling()->set_seed(seed);
+  return r;
+}
+
+absl::StatusOr<v1::StatsResponse> WorkerStats(const std::string& address) {
+  auto stub = v1::WorkerService::NewStub(
+      grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+  v1::StatsResponse resp;
+  grpc::Status s = stub->Stats(&context, v1::StatsRequest(), &resp);
+  if (!s.ok()) return absl::UnavailableError(s.error_message());
+  return resp;
+}
+
+}  // namespace shardserve::e2e

@@ -1,0 +1,81 @@
+// Helpers for end-to-end tests: real shardserve-worker / shardserve-router processes on
+// 127.0.0.1 with free ports, the single-process reference (`shardserve generate --json`), and
+// gRPC calls with deadlines. Processes are killed when their handle goes away.
+#ifndef SHARDSERVE_TESTS_E2E_CLUSTER_HARNESS_H_
+#define SHARDSERVE_TESTS_E2E_CLUSTER_HARNESS_H_
+
+#include <sys/types.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "cli/complete.h"
+#include "shardserve/v1/inference.grpc.pb.h"
+#include "shardserve/v1/worker.grpc.pb.h"
+
+namespace shardserve::e2e {
+
+std::string BinPath(const std::string& name);  // build/bin/<name>
+std::string Stories260K();                     // ../shared/models/stories260K from the repo root
+// A synthetic 8-layer model, written once into the build tree.
+std::string Synthetic8Layer();
+int FreePort();
+
+class Process {
+ public:
+  Process(std::vector<std::string> args, std::string log_path);
+  ~Process();
+  pid_t pid() const { return pid_; }
+  bool alive();
+  void Kill(int sig);
+
+ private:
+  pid_t pid_ = -1;
+  bool reaped_ = false;
+};
+
+struct ClusterOptions {
+  std::string model;
+  int stages = 1;
+  int replicas = 1;
+  std::vector<std::string> worker_args;   // extra flags for every worker
+  std::vector<std::string> worker0_args;  // extra flags for the first worker only
+  std::vector<std::string> router_args;
+  std::vector<std::string> worker_addresses;  // override (e.g. a dead address)
+};
+
+class Cluster {
+ public:
+  explicit Cluster(ClusterOptions options);
+  // Waits until the router's health says SERVING.
+  absl::Status WaitServing(absl::Duration timeout);
+  const std::string& router_address() const { return router_address_; }
+  const std::vector<std::string>& worker_addresses() const { return worker_addresses_; }
+  Process& router() { return *router_; }
+  std::unique_ptr<v1::InferenceService::Stub> Stub() const;
+
+ private:
+  std::vector<std::unique_ptr<Process>> workers_;
+  std::unique_ptr<Process> router_;
+  std::string router_address_;
+  std::vector<std::string> worker_addresses_;
+};
+
+struct Reference {
+  std::vector<int32_t> ids;
+  std::string text;
+};
+absl::StatusOr<Reference> RunGenerate(const std::string& model, const std::string& prompt,
+                                      int max_tokens, float temperature, uint64_t seed);
+
+v1::GenerateRequest TextRequest(const std::string& prompt, int max_tokens, float temperature,
+                                uint64_t seed);
+
+absl::StatusOr<v1::StatsResponse> WorkerStats(const std::string& address);
+
+}  // namespace shardserve::e2e
+
+#endif  // SHARDSERVE_TESTS_E2E_CLUSTER_HARNESS_H_
