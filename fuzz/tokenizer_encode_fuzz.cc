@@ -18,8 +18,9 @@ std::string ByteLevelJson() {
   using shardserve::tokenizer_internal::BytesToByteLevel;
   nlohmann::json vocab = nlohmann::json::object();
   for (int b = 0; b < 256; ++b) vocab[BytesToByteLevel(std::string(1, static_cast<char>(b)))] = b;
-  const char* merges[][2] = {{" ", "t"}, {"h", "e"}, {" t", "he"}, {"i", "n"},  {" ", "a"},
-                             {"e", "r"}, {"o", "n"}, {" a", "n"},  {"an", "d"}, {"1", "2"}};
+  const char* merges[][2] = {{" ", "t"},  {"h", "e"},  {" t", "he"}, {"i", "n"},
+                             {" ", "a"},  {"e", "r"},  {"o", "n"},   {"a", "n"},
+                             {" a", "n"}, {"an", "d"}, {"1", "2"}};
   nlohmann::json jm = nlohmann::json::array();
   int next = 256;
   for (const auto& m : merges) {
@@ -84,11 +85,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string text(reinterpret_cast<const char*>(data), size);
   shardserve::fuzz::ExerciseTokenizer(Spm(), text);
   shardserve::fuzz::ExerciseTokenizer(ByteLevel(), text);
-  // Lossless on valid UTF-8 for the byte-level vocabulary (NFC aside: only check NFC-stable
-  // ASCII text).
+  // Lossless for the byte-level vocabulary on ASCII text (which NFC leaves alone).
   bool ascii = true;
   for (unsigned char c : text) ascii &= c < 0x80;
-  if (ascii) {
+  // "<|user|>" strips the whitespace around it, so texts containing it do not round-trip.
+  if (ascii && text.find("<|user|>") == std::string::npos) {
     const auto& tok = ByteLevel();
     shardserve::fuzz::Check(tok.Decode(tok.Encode(text, false), false) == text,
                             "byte-level round trip");

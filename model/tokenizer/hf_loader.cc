@@ -38,6 +38,19 @@ bool BoolOr(const Json& j, const char* key, bool fallback) {
   return it->get<bool>();
 }
 
+// A token id: an integer in [0, 2^24); -1 for anything else (floats, negatives, huge values).
+int32_t IdValue(const Json& j) {
+  if (j.is_number_unsigned()) {
+    const uint64_t v = j.get<uint64_t>();
+    return v < (1u << 24) ? static_cast<int32_t>(v) : -1;
+  }
+  if (j.is_number_integer()) {
+    const int64_t v = j.get<int64_t>();
+    return v >= 0 && v < (1 << 24) ? static_cast<int32_t>(v) : -1;
+  }
+  return -1;
+}
+
 // A token given as "text" or {"content": "text", ...} (tokenizer_config.json style).
 std::string TokenText(const Json& j) {
   if (j.is_string()) return j.get<std::string>();
@@ -160,7 +173,8 @@ absl::Status ParseDecoder(const Context& ctx, const Json& j, DecoderSpec* d) {
     d->replace.emplace_back(pattern.at("String").get<std::string>(),
                             j.at("content").get<std::string>());
   } else if (type == "Strip") {
-    if (StringOr(j, "content", " ") == " " && j.value("start", 0) > 0) {
+    auto start = j.find("start");
+    if (StringOr(j, "content", " ") == " " && start != j.end() && IdValue(*start) > 0) {
       d->strip_leading_space = true;
     }
   } else if (type == "Metaspace") {
@@ -242,7 +256,9 @@ absl::Status ParsePostProcessor(const Context& ctx, const Json& j, TokenizerStat
                          absl::StrCat("template names unknown token \"", name, "\""));
       }
       for (const Json& id : it->at("ids")) {
-        (after_sequence ? s->suffix_ids : s->prefix_ids).push_back(id.get<int32_t>());
+        const int32_t v = IdValue(id);
+        if (v < 0) return ctx.Error("post_processor.special_tokens", "bad id");
+        (after_sequence ? s->suffix_ids : s->prefix_ids).push_back(v);
       }
     }
   }
@@ -280,17 +296,21 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> ParseImpl(const Context& ctx, const J
   // Vocabulary.
   const Json& vocab = model.at("vocab");
   if (!vocab.is_object()) return ctx.Error("model.vocab", "not an object");
+  // Ids may leave holes, but not absurd ones: they size per-id tables.
+  const Json& added_json = tj.value("added_tokens", Json::array());
+  const int64_t id_limit =
+      static_cast<int64_t>(vocab.size() + (added_json.is_array() ? added_json.size() : 0)) + 65536;
   int64_t max_id = -1;
   for (auto it = vocab.begin(); it != vocab.end(); ++it) {
-    const int64_t id = it.value().get<int64_t>();
-    if (id < 0 || id >= (1 << 24)) {
+    const int64_t id = IdValue(it.value());
+    if (id < 0 || id >= id_limit) {
       return ctx.Error("model.vocab",
                        absl::StrCat("id ", id, " of \"", it.key(), "\" is out of range"));
     }
     max_id = std::max(max_id, id);
   }
   std::vector<std::string> raw(max_id + 1);
-  for (auto it = vocab.begin(); it != vocab.end(); ++it) raw[it.value().get<int64_t>()] = it.key();
+  for (auto it = vocab.begin(); it != vocab.end(); ++it) raw[IdValue(it.value())] = it.key();
   auto internal = [&](const std::string& piece) {
     std::string bytes;
     if (byte_level && ByteLevelToBytes(piece, &bytes)) return bytes;
@@ -328,7 +348,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> ParseImpl(const Context& ctx, const J
   if (!unk.empty()) {
     auto it = vocab.find(unk);
     if (it == vocab.end()) return ctx.Error("model.unk_token", "not in the vocabulary");
-    opt.unk_id = it->get<int32_t>();
+    opt.unk_id = IdValue(*it);
   }
   {
     absl::StatusOr<std::unique_ptr<BpeModel>> m =
@@ -344,12 +364,12 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> ParseImpl(const Context& ctx, const J
   if (tj.contains("added_tokens") && !tj.at("added_tokens").is_null()) {
     for (const Json& a : tj.at("added_tokens")) {
       AddedToken t;
-      t.id = a.at("id").get<int32_t>();
+      t.id = IdValue(a.at("id"));
       t.content = a.at("content").get<std::string>();
       t.special = BoolOr(a, "special", false);
       t.lstrip = BoolOr(a, "lstrip", false);
       t.rstrip = BoolOr(a, "rstrip", false);
-      if (t.id < 0 || t.id >= (1 << 24) || t.content.empty()) {
+      if (t.id < 0 || t.id >= id_limit || t.content.empty()) {
         return ctx.Error("added_tokens", absl::StrCat("bad entry for id ", t.id));
       }
       state->added.push_back(std::move(t));
@@ -367,7 +387,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> ParseImpl(const Context& ctx, const J
       if (t.content == text) return t.id;
     }
     auto it = vocab.find(text);
-    return it == vocab.end() ? -1 : it->get<int32_t>();
+    return it == vocab.end() ? -1 : IdValue(*it);
   };
   if (config.is_object()) {
     state->bos_token = TokenText(config.value("bos_token", Json()));
@@ -395,10 +415,10 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> ParseImpl(const Context& ctx, const J
   }
   if (generation.is_object() && generation.contains("eos_token_id")) {
     const Json& e = generation.at("eos_token_id");
-    if (e.is_number_integer()) state->eos_ids.push_back(e.get<int32_t>());
+    if (IdValue(e) >= 0) state->eos_ids.push_back(IdValue(e));
     if (e.is_array()) {
       for (const Json& x : e) {
-        if (x.is_number_integer()) state->eos_ids.push_back(x.get<int32_t>());
+        if (IdValue(x) >= 0) state->eos_ids.push_back(IdValue(x));
       }
     }
   }

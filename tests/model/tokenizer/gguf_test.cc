@@ -92,7 +92,9 @@ TEST(GgufTest, RejectsEveryTruncation) {
   for (size_t n = 0; n < bytes.size(); ++n) {
     auto f = ParseBytes(bytes.substr(0, n));
     EXPECT_FALSE(f.ok()) << "prefix of " << n << " bytes accepted";
-    if (!f.ok()) EXPECT_EQ(f.status().code(), absl::StatusCode::kInvalidArgument);
+    if (!f.ok()) {
+      EXPECT_EQ(f.status().code(), absl::StatusCode::kInvalidArgument);
+    }
   }
 }
 

@@ -28,7 +28,9 @@ int CheckVectors(const Tokenizer& tok, const std::string& stem, bool expect_roun
     EXPECT_THAT(got, ElementsAreArray(c.ids)) << "text: \"" << c.text << "\"";
     matched += got == c.ids;
     const std::string full = tok.Decode(got);
-    if (expect_roundtrip) EXPECT_EQ(full, c.text);
+    if (expect_roundtrip) {
+      EXPECT_EQ(full, c.text);
+    }
     for (bool skip : {true, false}) {
       StreamingDecoder stream(tok, skip);
       std::string streamed;
