@@ -20,7 +20,8 @@ __attribute__((target("avx2"))) float SumStreams(const float* p, size_t n, int s
   __m256 acc[8];
   for (auto& a : acc) a = _mm256_setzero_ps();
   for (size_t i = 0; i + 8 <= per; i += 8) {
-    for (int s = 0; s < streams; ++s) acc[s] = _mm256_add_ps(acc[s], _mm256_loadu_ps(p + s * per + i));
+    for (int s = 0; s < streams; ++s)
+      acc[s] = _mm256_add_ps(acc[s], _mm256_loadu_ps(p + s * per + i));
   }
   float out[8];
   __m256 t = acc[0];
@@ -37,10 +38,14 @@ int main(int argc, char** argv) {
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string f = argv[i];
     const long v = std::strtol(argv[i + 1], nullptr, 10);
-    if (f == "--mb") mb = v;
-    else if (f == "--threads") threads = static_cast<int>(v);
-    else if (f == "--streams") streams = static_cast<int>(v);
-    else if (f == "--reps") reps = static_cast<int>(v);
+    if (f == "--mb")
+      mb = v;
+    else if (f == "--threads")
+      threads = static_cast<int>(v);
+    else if (f == "--streams")
+      streams = static_cast<int>(v);
+    else if (f == "--reps")
+      reps = static_cast<int>(v);
     else {
       std::fprintf(stderr, "error: unknown flag %s\n", f.c_str());
       return 2;

@@ -32,7 +32,8 @@ absl::StatusOr<std::vector<int32_t>> ParseIds(const std::string& text) {
   for (absl::string_view part : absl::StrSplit(text, absl::ByAnyChar(", "), absl::SkipEmpty())) {
     int32_t id;
     if (!absl::SimpleAtoi(part, &id)) {
-      return absl::InvalidArgumentError(absl::StrCat("--prompt-ids: '", part, "' is not an integer"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("--prompt-ids: '", part, "' is not an integer"));
     }
     ids.push_back(id);
   }
@@ -50,7 +51,7 @@ int GenerateMain(int argc, char** argv) {
   SamplingParams sp;
   sp.temperature = 0.8f;
   int threads = 0;
-  bool json = false, ignore_eos = false, no_bos = false;
+  bool json = false, ignore_eos = false, no_bos = false, mmap_weights = false;
   app.add_option("--model", model, "Hugging Face model folder")->required();
   app.add_option("--prompt", prompt, "prompt text");
   app.add_option("--prompt-ids", prompt_ids_text, "prompt as token ids, comma-separated");
@@ -67,6 +68,8 @@ int GenerateMain(int argc, char** argv) {
   app.add_flag("--json", json, "print one JSON object instead of streaming text");
   app.add_flag("--ignore-eos", ignore_eos, "keep generating past end-of-sequence tokens");
   app.add_flag("--no-bos", no_bos, "do not prepend the BOS token to --prompt");
+  app.add_flag("--mmap-weights", mmap_weights,
+               "compute from the file mapping in place (less memory, slower decode)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -90,7 +93,7 @@ int GenerateMain(int argc, char** argv) {
   } else {
     prompt_ids = (*tokenizer)->Encode(prompt, !no_bos);
   }
-  auto backend = NewCpuBackend({.threads = threads});
+  auto backend = NewCpuBackend({.threads = threads, .copy_weights = !mmap_weights});
   auto stage = LoadStage(model, {}, {}, backend.get());
   if (!stage.ok()) return Fail(stage.status());
 
@@ -137,13 +140,15 @@ int SynthMain(int argc, char** argv) {
   std::string like, config_path, dtype_name = "f32", out;
   SynthOptions options;
   auto* like_opt = app.add_option("--like", like, "a known shape");
-  app.add_option("--config", config_path, "a config.json to take the shape from")->excludes(like_opt);
+  app.add_option("--config", config_path, "a config.json to take the shape from")
+      ->excludes(like_opt);
   app.add_option("--dtype", dtype_name, "f32, f16 or bf16")->capture_default_str();
   app.add_option("--out", out, "output folder")->required();
   app.add_option("--seed", options.seed, "random seed")->capture_default_str();
   app.add_option("--threads", options.threads, "threads (0: all CPUs)")->capture_default_str();
-  app.footer("Known shapes: llama-110m, tinyllama-1.1b, llama3-8b, qwen2-0.5b, mistral-7b, "
-             "tiny-llama, tiny-llama-8l, tiny-qwen2, tiny-llama3");
+  app.footer(
+      "Known shapes: llama-110m, tinyllama-1.1b, llama3-8b, qwen2-0.5b, mistral-7b, "
+      "tiny-llama, tiny-llama-8l, tiny-qwen2, tiny-llama3");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -151,7 +156,8 @@ int SynthMain(int argc, char** argv) {
   }
   auto dtype = ParseDType(dtype_name);
   if (!dtype.has_value() || *dtype == DType::kI32) {
-    return Fail(absl::InvalidArgumentError(absl::StrCat("--dtype '", dtype_name, "' is not f32, f16 or bf16")));
+    return Fail(absl::InvalidArgumentError(
+        absl::StrCat("--dtype '", dtype_name, "' is not f32, f16 or bf16")));
   }
   options.dtype = *dtype;
   options.progress = true;

@@ -36,7 +36,8 @@ const Command kCommands[] = {
 };
 
 void Usage(FILE* out) {
-  std::fprintf(out, "usage: shardserve <command> [flags]   (shardserve <command> --help)\n\ncommands:\n");
+  std::fprintf(
+      out, "usage: shardserve <command> [flags]   (shardserve <command> --help)\n\ncommands:\n");
   for (const Command& c : kCommands) std::fprintf(out, "  %-10s %s\n", c.name, c.help);
 }
 

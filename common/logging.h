@@ -39,17 +39,17 @@ struct LogVoidify {
 #define SHARDSERVE_LOG_LEVEL_ERROR ::shardserve::LogLevel::kError
 #define SHARDSERVE_LOG_LEVEL_FATAL ::shardserve::LogLevel::kFatal
 
-#define LOG(severity)                                                       \
-  (SHARDSERVE_LOG_LEVEL_##severity < ::shardserve::MinLogLevel())           \
-      ? (void)0                                                             \
-      : ::shardserve::LogVoidify() &                                        \
+#define LOG(severity)                                             \
+  (SHARDSERVE_LOG_LEVEL_##severity < ::shardserve::MinLogLevel()) \
+      ? (void)0                                                   \
+      : ::shardserve::LogVoidify() &                              \
             ::shardserve::LogMessage(SHARDSERVE_LOG_LEVEL_##severity, __FILE__, __LINE__).stream()
 
-#define CHECK(cond)                                                                          \
-  (cond) ? (void)0                                                                           \
-         : ::shardserve::LogVoidify() &                                                      \
-               ::shardserve::LogMessage(::shardserve::LogLevel::kFatal, __FILE__, __LINE__) \
-                       .stream()                                                             \
-                   << "Check failed: " #cond " "
+#define CHECK(cond)                                                                               \
+  (cond)                                                                                          \
+      ? (void)0                                                                                   \
+      : ::shardserve::LogVoidify() &                                                              \
+            ::shardserve::LogMessage(::shardserve::LogLevel::kFatal, __FILE__, __LINE__).stream() \
+                << "Check failed: " #cond " "
 
 #endif  // SHARDSERVE_COMMON_LOGGING_H_

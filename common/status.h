@@ -16,9 +16,9 @@
 #define SHARDSERVE_CONCAT_(a, b) SHARDSERVE_CONCAT_INNER_(a, b)
 
 // Returns from the enclosing function if `expr` yields a non-OK status.
-#define RETURN_IF_ERROR(expr)                          \
-  do {                                                 \
-    ::absl::Status shardserve_status_ = (expr);        \
+#define RETURN_IF_ERROR(expr)                                \
+  do {                                                       \
+    ::absl::Status shardserve_status_ = (expr);              \
     if (!shardserve_status_.ok()) return shardserve_status_; \
   } while (0)
 

@@ -21,8 +21,8 @@
 #include <cstdint>
 #include <memory>
 #include <string>
-#include "absl/strings/string_view.h"
 #include <vector>
+#include "absl/strings/string_view.h"
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
@@ -101,8 +101,7 @@ class Backend {
   virtual absl::StatusOr<std::unique_ptr<Buffer>> Allocate(size_t bytes) = 0;
   // Makes `bytes` of host data usable as weights by this backend. The CPU backend may return a
   // view of the host memory (no copy) when `host` outlives the stage.
-  virtual absl::StatusOr<std::unique_ptr<Buffer>> UploadWeights(const void* host,
-                                                                size_t bytes) = 0;
+  virtual absl::StatusOr<std::unique_ptr<Buffer>> UploadWeights(const void* host, size_t bytes) = 0;
   virtual absl::Status Synchronize() = 0;
 
   // out[i, :] = table[ids[i], :] (converted to F32). Ids are validated by the caller.
@@ -127,8 +126,12 @@ class Backend {
 };
 
 struct CpuBackendOptions {
-  int threads = 0;          // 0: all online CPUs
-  bool reference = false;   // plain scalar kernels only (the reference path)
+  int threads = 0;         // 0: all online CPUs
+  bool reference = false;  // plain scalar kernels only (the reference path)
+  // Copy large weight matrices into huge-page memory instead of reading the file mapping in
+  // place: faster decode, at the cost of load time and a second copy while the page cache
+  // holds the file.
+  bool copy_weights = true;
 };
 
 std::unique_ptr<Backend> NewCpuBackend(const CpuBackendOptions& options);

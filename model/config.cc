@@ -59,8 +59,8 @@ class Reader {
 absl::StatusOr<Architecture> DetectArchitecture(const json& j, absl::string_view source,
                                                 std::string* model_type) {
   std::string arch_name;
-  if (auto it = j.find("architectures"); it != j.end() && it->is_array() && !it->empty() &&
-                                         (*it)[0].is_string()) {
+  if (auto it = j.find("architectures");
+      it != j.end() && it->is_array() && !it->empty() && (*it)[0].is_string()) {
     arch_name = (*it)[0].get<std::string>();
   }
   if (auto it = j.find("model_type"); it != j.end() && it->is_string()) {
@@ -79,7 +79,8 @@ absl::StatusOr<RopeScaling> ParseRopeScaling(const json& j, absl::string_view so
   auto it = j.find("rope_scaling");
   if (it == j.end() || it->is_null()) return rs;
   if (!it->is_object()) {
-    return absl::InvalidArgumentError(absl::StrCat(source, ": field 'rope_scaling' must be an object"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(source, ": field 'rope_scaling' must be an object"));
   }
   std::string type;
   for (const char* key : {"rope_type", "type"}) {
@@ -144,13 +145,15 @@ absl::string_view ArchitectureName(Architecture a) {
   return "?";
 }
 
-absl::StatusOr<ModelConfig> ModelConfig::FromJson(absl::string_view text, absl::string_view source) {
+absl::StatusOr<ModelConfig> ModelConfig::FromJson(absl::string_view text,
+                                                  absl::string_view source) {
   json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded()) {
     return absl::InvalidArgumentError(
         absl::StrCat(source, ": not valid JSON (note: NaN and Infinity are not JSON)"));
   }
-  if (!j.is_object()) return absl::InvalidArgumentError(absl::StrCat(source, ": not a JSON object"));
+  if (!j.is_object())
+    return absl::InvalidArgumentError(absl::StrCat(source, ": not a JSON object"));
   ModelConfig c;
   ASSIGN_OR_RETURN(c.architecture, DetectArchitecture(j, source, &c.model_type));
   Reader r(j, source);
@@ -191,7 +194,8 @@ absl::StatusOr<ModelConfig> ModelConfig::FromJson(absl::string_view text, absl::
     c.dtype = *dt;
   }
   if (auto it = j.find("hidden_act"); it != j.end() && it->is_string() && *it != "silu") {
-    return r.Error("hidden_act", absl::StrCat("'", it->get<std::string>(), "' is unsupported (silu)"));
+    return r.Error("hidden_act",
+                   absl::StrCat("'", it->get<std::string>(), "' is unsupported (silu)"));
   }
   return c;
 }
@@ -223,12 +227,12 @@ std::string ModelConfig::ToJson() const {
   } else if (rope_scaling.type == RopeScaling::Type::kLinear) {
     j["rope_scaling"] = {{"rope_type", "linear"}, {"factor", rope_scaling.factor}};
   } else {
-    j["rope_scaling"] = {{"rope_type", "llama3"},
-                         {"factor", rope_scaling.factor},
-                         {"low_freq_factor", rope_scaling.low_freq_factor},
-                         {"high_freq_factor", rope_scaling.high_freq_factor},
-                         {"original_max_position_embeddings",
-                          rope_scaling.original_max_position_embeddings}};
+    j["rope_scaling"] = {
+        {"rope_type", "llama3"},
+        {"factor", rope_scaling.factor},
+        {"low_freq_factor", rope_scaling.low_freq_factor},
+        {"high_freq_factor", rope_scaling.high_freq_factor},
+        {"original_max_position_embeddings", rope_scaling.original_max_position_embeddings}};
   }
   j["tie_word_embeddings"] = tie_word_embeddings;
   if (architecture != Architecture::kQwen2) j["attention_bias"] = qkv_bias;
@@ -239,7 +243,9 @@ std::string ModelConfig::ToJson() const {
   } else if (!eos_token_ids.empty()) {
     j["eos_token_id"] = eos_token_ids;
   }
-  j["torch_dtype"] = dtype == DType::kF32 ? "float32" : dtype == DType::kF16 ? "float16" : "bfloat16";
+  j["torch_dtype"] = dtype == DType::kF32   ? "float32"
+                     : dtype == DType::kF16 ? "float16"
+                                            : "bfloat16";
   return j.dump(2);
 }
 
@@ -247,7 +253,8 @@ std::vector<float> ModelConfig::RopeInvFreq() const {
   const int64_t half = head_dim / 2;
   std::vector<float> inv(half);
   for (int64_t i = 0; i < half; ++i) {
-    double f = 1.0 / std::pow(rope_theta, static_cast<double>(2 * i) / static_cast<double>(head_dim));
+    double f =
+        1.0 / std::pow(rope_theta, static_cast<double>(2 * i) / static_cast<double>(head_dim));
     switch (rope_scaling.type) {
       case RopeScaling::Type::kNone:
         break;

@@ -23,10 +23,11 @@ absl::StatusOr<GenerateResult> Generate(ModelStage& stage, const std::vector<int
       c.max_position_embeddings, stage.kv_spec().num_blocks * stage.kv_spec().block_size);
   const int64_t total = static_cast<int64_t>(prompt.size()) + options.max_tokens;
   if (static_cast<int64_t>(prompt.size()) >= context) {
-    return absl::InvalidArgumentError(absl::StrCat("prompt of ", prompt.size(),
-                                                   " tokens does not fit the context of ", context));
+    return absl::InvalidArgumentError(
+        absl::StrCat("prompt of ", prompt.size(), " tokens does not fit the context of ", context));
   }
-  const int64_t max_tokens = std::min(options.max_tokens, context - static_cast<int64_t>(prompt.size()));
+  const int64_t max_tokens =
+      std::min(options.max_tokens, context - static_cast<int64_t>(prompt.size()));
   (void)total;
 
   SequenceStep step;

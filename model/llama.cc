@@ -77,20 +77,21 @@ class LlamaStage : public ModelStage {
       }
     }
     if (kv_.block_size <= 0 || kv_.block_size > 4096) {
-      return absl::InvalidArgumentError(absl::StrCat("KV block size ", kv_.block_size,
-                                                     " outside [1, 4096]"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("KV block size ", kv_.block_size, " outside [1, 4096]"));
     }
     if (kv_.num_blocks <= 0) {
       kv_.num_blocks = (c.max_position_embeddings + kv_.block_size - 1) / kv_.block_size;
     }
-    const size_t layer_bytes = static_cast<size_t>(kv_.num_blocks * kv_.block_size) *
-                               c.num_kv_heads * D * sizeof(float);
+    const size_t layer_bytes =
+        static_cast<size_t>(kv_.num_blocks * kv_.block_size) * c.num_kv_heads * D * sizeof(float);
     for (int64_t l = begin_; l < end_; ++l) {
       ASSIGN_OR_RETURN(auto kb, backend_->Allocate(layer_bytes));
       ASSIGN_OR_RETURN(auto vb, backend_->Allocate(layer_bytes));
       std::memset(kb->data(), 0, layer_bytes);
       std::memset(vb->data(), 0, layer_bytes);
-      kv_cache_.push_back(KvLayer{static_cast<float*>(kb->data()), static_cast<float*>(vb->data())});
+      kv_cache_.push_back(
+          KvLayer{static_cast<float*>(kb->data()), static_cast<float*>(vb->data())});
       kv_buffers_.push_back(std::move(kb));
       kv_buffers_.push_back(std::move(vb));
     }
@@ -224,8 +225,8 @@ class LlamaStage : public ModelStage {
       }
       const int64_t blocks_needed = (end + kv_.block_size - 1) / kv_.block_size;
       if (static_cast<int64_t>(s.block_table.size()) < blocks_needed) {
-        return bad(absl::StrCat("block table has ", s.block_table.size(), " blocks, positions up to ",
-                                end, " need ", blocks_needed));
+        return bad(absl::StrCat("block table has ", s.block_table.size(),
+                                " blocks, positions up to ", end, " need ", blocks_needed));
       }
       for (int32_t b : s.block_table) {
         if (b < 0 || b >= kv_.num_blocks) {
@@ -273,9 +274,9 @@ class LlamaStage : public ModelStage {
   absl::StatusOr<Weight> Matrix(const std::string& name, int64_t rows, int64_t cols) {
     ASSIGN_OR_RETURN(TensorRef t, weights_->GetWithShape(name, {rows, cols}));
     if (t.dtype != config_.dtype) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "tensor '", name, "' is ", DTypeName(t.dtype), " but config.json says torch_dtype ",
-          DTypeName(config_.dtype)));
+      return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' is ", DTypeName(t.dtype),
+                                                     " but config.json says torch_dtype ",
+                                                     DTypeName(config_.dtype)));
     }
     Weight w;
     ASSIGN_OR_RETURN(w.buffer, backend_->UploadWeights(t.data, t.nbytes));
@@ -287,7 +288,8 @@ class LlamaStage : public ModelStage {
   absl::StatusOr<Weight> Vector(const std::string& name, int64_t n) {
     ASSIGN_OR_RETURN(TensorRef t, weights_->GetWithShape(name, {n}));
     if (t.dtype == DType::kI32) {
-      return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' is I32, expected a float type"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor '", name, "' is I32, expected a float type"));
     }
     std::vector<float> host(n);
     for (int64_t i = 0; i < n; ++i) {
@@ -310,7 +312,8 @@ class LlamaStage : public ModelStage {
           break;
       }
       if (!std::isfinite(host[i])) {
-        return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' holds a non-finite value at ", i));
+        return absl::InvalidArgumentError(
+            absl::StrCat("tensor '", name, "' holds a non-finite value at ", i));
       }
     }
     Weight w;

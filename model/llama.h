@@ -20,8 +20,7 @@ namespace shardserve {
 absl::StatusOr<std::unique_ptr<ModelStage>> LoadLlamaStage(const ModelConfig& config,
                                                            std::unique_ptr<WeightSource> weights,
                                                            const StageSpec& spec,
-                                                           const KvCacheSpec& kv,
-                                                           Backend* backend);
+                                                           const KvCacheSpec& kv, Backend* backend);
 
 }  // namespace shardserve
 

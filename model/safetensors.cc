@@ -39,9 +39,8 @@ absl::StatusOr<TensorRef> WeightSource::GetWithShape(const std::string& name,
                                                      const std::vector<int64_t>& shape) const {
   ASSIGN_OR_RETURN(TensorRef t, Get(name));
   if (t.shape != shape) {
-    return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' has shape ",
-                                                   ShapeString(t.shape), ", expected ",
-                                                   ShapeString(shape)));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tensor '", name, "' has shape ", ShapeString(t.shape), ", expected ", ShapeString(shape)));
   }
   return t;
 }
@@ -53,7 +52,8 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
     return absl::InvalidArgumentError(absl::StrCat(path, ": ", what));
   };
   if (file_size < 8) {
-    return bad(absl::StrCat("truncated: ", file_size, " bytes, too short for a safetensors header"));
+    return bad(
+        absl::StrCat("truncated: ", file_size, " bytes, too short for a safetensors header"));
   }
   uint64_t header_len;
   std::memcpy(&header_len, mapped->data(), 8);  // little-endian on every supported host
@@ -61,7 +61,8 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
     return bad(absl::StrCat("header length ", header_len, " runs past the end of the file (",
                             file_size, " bytes)"));
   }
-  if (header_len > kMaxHeaderBytes) return bad(absl::StrCat("header length ", header_len, " too large"));
+  if (header_len > kMaxHeaderBytes)
+    return bad(absl::StrCat("header length ", header_len, " too large"));
   const char* header = reinterpret_cast<const char*>(mapped->data() + 8);
   json j = json::parse(header, header + header_len, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded() || !j.is_object()) return bad("header is not a JSON object");
@@ -101,7 +102,8 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
     }
     const uint64_t begin = (*off)[0].get<uint64_t>();
     const uint64_t end = (*off)[1].get<uint64_t>();
-    if (begin > end) return tensor_bad(absl::StrCat("data_offsets [", begin, ", ", end, ") are reversed"));
+    if (begin > end)
+      return tensor_bad(absl::StrCat("data_offsets [", begin, ", ", end, ") are reversed"));
     if (end > data_size) {
       return tensor_bad(absl::StrCat("data_offsets [", begin, ", ", end,
                                      ") run past the end of the data (", data_size, " bytes)"));
@@ -205,7 +207,8 @@ absl::Status WriteSafetensors(const std::string& path, const std::vector<TensorS
   std::FILE* f = std::fopen(path.c_str(), "wb");
   if (f == nullptr) return absl::PermissionDeniedError(absl::StrCat("cannot create ", path));
   const uint64_t len = text.size();
-  bool ok = std::fwrite(&len, 8, 1, f) == 1 && std::fwrite(text.data(), 1, text.size(), f) == text.size();
+  bool ok =
+      std::fwrite(&len, 8, 1, f) == 1 && std::fwrite(text.data(), 1, text.size(), f) == text.size();
   std::vector<uint8_t> buf;
   for (size_t i = 0; ok && i < specs.size(); ++i) {
     buf.resize(specs[i].nbytes());

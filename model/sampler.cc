@@ -28,7 +28,8 @@ void ApplyPenalties(std::vector<float>& logits, const SamplingParams& p,
   }
   for (const auto& [t, n] : counts) {
     float& l = logits[t];
-    if (p.repetition_penalty != 1.0f) l = l > 0 ? l / p.repetition_penalty : l * p.repetition_penalty;
+    if (p.repetition_penalty != 1.0f)
+      l = l > 0 ? l / p.repetition_penalty : l * p.repetition_penalty;
     l -= p.presence_penalty + p.frequency_penalty * static_cast<float>(n);
   }
 }

@@ -15,10 +15,10 @@
 namespace shardserve {
 
 struct SamplingParams {
-  float temperature = 0.0f;  // 0: greedy
-  int32_t top_k = 0;         // 0: off
-  float top_p = 1.0f;        // (0, 1]
-  float min_p = 0.0f;        // [0, 1]
+  float temperature = 0.0f;         // 0: greedy
+  int32_t top_k = 0;                // 0: off
+  float top_p = 1.0f;               // (0, 1]
+  float min_p = 0.0f;               // [0, 1]
   float repetition_penalty = 1.0f;  // > 0; 1: off (divides positive logits, multiplies negative)
   float presence_penalty = 0.0f;    // subtracted once per token present in the history
   float frequency_penalty = 0.0f;   // subtracted per occurrence in the history
@@ -40,8 +40,8 @@ struct SampleResult {
 // [vocab], the model's output at position - 1. `history` holds the sequence's tokens so far
 // (prompt and generated) for the penalties. Every caller (generate, the router) uses this
 // convention, so the same seed gives the same text on every path.
-SampleResult Sample(absl::Span<const float> logits, const SamplingParams& params,
-                    int64_t position, absl::Span<const int32_t> history);
+SampleResult Sample(absl::Span<const float> logits, const SamplingParams& params, int64_t position,
+                    absl::Span<const int32_t> history);
 
 // The n most likely tokens with their log-probabilities under the raw logits.
 std::vector<std::pair<int32_t, float>> TopLogprobs(absl::Span<const float> logits, int n);

@@ -26,7 +26,8 @@ namespace shardserve {
 struct StageSpec {
   int64_t layer_begin = 0;
   int64_t layer_end = -1;  // -1: num_layers
-  // Derived from the range when unset: first = (layer_begin == 0), last = (layer_end == num_layers).
+  // Derived from the range when unset: first = (layer_begin == 0), last = (layer_end ==
+  // num_layers).
   bool is_first() const { return layer_begin == 0; }
   bool is_last(const ModelConfig& c) const { return layer_end == c.num_layers; }
 };
@@ -72,8 +73,8 @@ class ModelStage {
 // Loads a stage of the model at `path` (a Hugging Face folder) onto `backend`, which must
 // outlive the stage. Dispatches on the config's architecture.
 absl::StatusOr<std::unique_ptr<ModelStage>> LoadStage(const std::string& path,
-                                                      const StageSpec& spec,
-                                                      const KvCacheSpec& kv, Backend* backend);
+                                                      const StageSpec& spec, const KvCacheSpec& kv,
+                                                      Backend* backend);
 
 }  // namespace shardserve
 

@@ -113,8 +113,8 @@ constexpr size_t kChunk = 1 << 16;  // elements per independent random stream
 }  // namespace
 
 std::vector<std::string> SynthShapeNames() {
-  return {"llama-110m", "tinyllama-1.1b", "llama3-8b",     "qwen2-0.5b", "mistral-7b",
-          "tiny-llama", "tiny-llama-8l",  "tiny-qwen2",    "tiny-llama3"};
+  return {"llama-110m", "tinyllama-1.1b", "llama3-8b",  "qwen2-0.5b", "mistral-7b",
+          "tiny-llama", "tiny-llama-8l",  "tiny-qwen2", "tiny-llama3"};
 }
 
 absl::StatusOr<ModelConfig> SynthConfigByName(const std::string& name) {
@@ -153,7 +153,8 @@ absl::StatusOr<ModelConfig> SynthConfigByName(const std::string& name) {
   }
   std::string known;
   for (const auto& n : SynthShapeNames()) absl::StrAppend(&known, known.empty() ? "" : ", ", n);
-  return absl::InvalidArgumentError(absl::StrCat("unknown --like shape '", name, "' (known: ", known, ")"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown --like shape '", name, "' (known: ", known, ")"));
 }
 
 std::string SynthTokenizerJson(int64_t vocab_size) {
@@ -169,7 +170,8 @@ std::string SynthTokenizerJson(int64_t vocab_size) {
     vocab[buf] = id++;
   }
   // Printable ASCII, alone and after the word-start marker.
-  for (int ch = 33; ch < 127 && id < vocab_size; ++ch) vocab[std::string(1, static_cast<char>(ch))] = id++;
+  for (int ch = 33; ch < 127 && id < vocab_size; ++ch)
+    vocab[std::string(1, static_cast<char>(ch))] = id++;
   vocab["\xe2\x96\x81"] = id++;  // "▁"
   for (int ch = 33; ch < 127 && id < vocab_size; ++ch) {
     vocab["\xe2\x96\x81" + std::string(1, static_cast<char>(ch))] = id++;
@@ -177,14 +179,20 @@ std::string SynthTokenizerJson(int64_t vocab_size) {
   json merges = json::array();
   for (int ch = 33; ch < 127; ++ch) {
     const std::string piece = "\xe2\x96\x81" + std::string(1, static_cast<char>(ch));
-    if (vocab.contains(piece)) merges.push_back("\xe2\x96\x81 " + std::string(1, static_cast<char>(ch)));
+    if (vocab.contains(piece))
+      merges.push_back("\xe2\x96\x81 " + std::string(1, static_cast<char>(ch)));
   }
   while (id < vocab_size) vocab[absl::StrCat("<unused", id, ">")] = id++;
   json added = json::array();
   const char* specials[] = {"<unk>", "<s>", "</s>"};
   for (int i = 0; i < 3; ++i) {
-    added.push_back({{"id", i}, {"content", specials[i]}, {"single_word", false}, {"lstrip", false},
-                     {"rstrip", false}, {"normalized", false}, {"special", true}});
+    added.push_back({{"id", i},
+                     {"content", specials[i]},
+                     {"single_word", false},
+                     {"lstrip", false},
+                     {"rstrip", false},
+                     {"normalized", false},
+                     {"special", true}});
   }
   json tok = {
       {"version", "1.0"},
@@ -199,11 +207,13 @@ std::string SynthTokenizerJson(int64_t vocab_size) {
       {"pre_tokenizer", nullptr},
       {"post_processor",
        {{"type", "TemplateProcessing"},
-        {"single", {{{"SpecialToken", {{"id", "<s>"}, {"type_id", 0}}}},
-                    {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}}},
-        {"pair", {{{"SpecialToken", {{"id", "<s>"}, {"type_id", 0}}}},
-                  {{"Sequence", {{"id", "A"}, {"type_id", 0}}}},
-                  {{"Sequence", {{"id", "B"}, {"type_id", 1}}}}}},
+        {"single",
+         {{{"SpecialToken", {{"id", "<s>"}, {"type_id", 0}}}},
+          {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}}},
+        {"pair",
+         {{{"SpecialToken", {{"id", "<s>"}, {"type_id", 0}}}},
+          {{"Sequence", {{"id", "A"}, {"type_id", 0}}}},
+          {{"Sequence", {{"id", "B"}, {"type_id", 1}}}}}},
         {"special_tokens", {{"<s>", {{"id", "<s>"}, {"ids", {1}}, {"tokens", {"<s>"}}}}}}}},
       {"decoder",
        {{"type", "Sequence"},
@@ -229,12 +239,13 @@ absl::Status WriteSynthModel(const ModelConfig& c, const std::string& out_dir,
                              const SynthOptions& options) {
   namespace fs = std::filesystem;
   if (c.vocab_size < 259 + 94 * 2 + 1) {
-    return absl::InvalidArgumentError(absl::StrCat("vocab_size ", c.vocab_size,
-                                                   " is too small for the synthetic tokenizer (>= 448)"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "vocab_size ", c.vocab_size, " is too small for the synthetic tokenizer (>= 448)"));
   }
   std::error_code ec;
   fs::create_directories(out_dir, ec);
-  if (ec) return absl::PermissionDeniedError(absl::StrCat("cannot create ", out_dir, ": ", ec.message()));
+  if (ec)
+    return absl::PermissionDeniedError(absl::StrCat("cannot create ", out_dir, ": ", ec.message()));
   ModelConfig written = c;
   written.dtype = options.dtype;
 
@@ -310,10 +321,14 @@ absl::Status WriteSynthModel(const ModelConfig& c, const std::string& out_dir,
   };
   RETURN_IF_ERROR(write_text("config.json", written.ToJson()));
   RETURN_IF_ERROR(write_text("tokenizer.json", SynthTokenizerJson(c.vocab_size)));
-  nlohmann::json tc = {{"add_bos_token", true},   {"add_eos_token", false},
-                       {"bos_token", "<s>"},      {"eos_token", "</s>"},
-                       {"unk_token", "<unk>"},    {"model_max_length", c.max_position_embeddings},
-                       {"tokenizer_class", "LlamaTokenizer"}, {"legacy", true}};
+  nlohmann::json tc = {{"add_bos_token", true},
+                       {"add_eos_token", false},
+                       {"bos_token", "<s>"},
+                       {"eos_token", "</s>"},
+                       {"unk_token", "<unk>"},
+                       {"model_max_length", c.max_position_embeddings},
+                       {"tokenizer_class", "LlamaTokenizer"},
+                       {"legacy", true}};
   RETURN_IF_ERROR(write_text("tokenizer_config.json", tc.dump(2)));
   return absl::OkStatus();
 }

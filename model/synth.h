@@ -24,7 +24,7 @@ std::vector<std::string> SynthShapeNames();
 struct SynthOptions {
   DType dtype = DType::kF32;
   uint64_t seed = 0;
-  int threads = 0;  // 0: all CPUs
+  int threads = 0;        // 0: all CPUs
   bool progress = false;  // print progress to stderr
 };
 

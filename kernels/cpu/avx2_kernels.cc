@@ -43,7 +43,8 @@ template <>
 struct WeightLoader<DType::kBF16> {
   using Elem = uint16_t;
   static __m256 Load8(const uint16_t* p) {
-    const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    const __m256i wide =
+        _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
     return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
   }
   static float Load1(const uint16_t* p) { return Bf16ToF32(*p); }
@@ -170,7 +171,8 @@ void ConvertRowsT(const void* wv, int64_t k, int64_t r0, int64_t r1, float* dst)
 inline float Dot(const float* a, const float* b, int64_t n) {
   int64_t d = 0;
   __m256 acc = _mm256_setzero_ps();
-  for (; d + 8 <= n; d += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + d), _mm256_loadu_ps(b + d), acc);
+  for (; d + 8 <= n; d += 8)
+    acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + d), _mm256_loadu_ps(b + d), acc);
   float s = HorizontalSum(acc);
   for (; d < n; ++d) s += a[d] * b[d];
   return s;

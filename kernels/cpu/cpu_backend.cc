@@ -3,6 +3,7 @@
 // with 16-bit weights widened panel by panel; small batches (decode) use the GEMV kernels,
 // which stream the weights once in their stored dtype.
 #include <cblas.h>
+#include <sys/mman.h>
 
 #include <algorithm>
 #include <cmath>
@@ -39,6 +40,28 @@ class HostBuffer : public Buffer {
   size_t size_;
 };
 
+class HugePageBuffer : public Buffer {
+ public:
+  explicit HugePageBuffer(size_t bytes) : size_(bytes) {
+    constexpr size_t kHuge = 2u << 20;
+    mapped_ = (bytes + kHuge - 1) / kHuge * kHuge;
+    void* p = mmap(nullptr, mapped_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    data_ = p == MAP_FAILED ? nullptr : p;
+    if (data_ != nullptr) madvise(data_, mapped_, MADV_HUGEPAGE);
+  }
+  ~HugePageBuffer() override {
+    if (data_ != nullptr) munmap(data_, mapped_);
+  }
+  void* data() override { return data_; }
+  size_t size() const override { return size_; }
+  bool ok() const { return data_ != nullptr; }
+
+ private:
+  void* data_;
+  size_t size_;
+  size_t mapped_;
+};
+
 class HostView : public Buffer {
  public:
   HostView(const void* data, size_t size) : data_(const_cast<void*>(data)), size_(size) {}
@@ -53,7 +76,9 @@ class HostView : public Buffer {
 class CpuBackend : public Backend {
  public:
   explicit CpuBackend(const CpuBackendOptions& o)
-      : pool_(o.threads), fast_(!o.reference && cpu::CpuHasAvx2Fma()) {
+      : pool_(o.threads),
+        fast_(!o.reference && cpu::CpuHasAvx2Fma()),
+        copy_weights_(o.copy_weights) {
     // Parallelism comes from our pool; each sgemm call runs on the thread that makes it.
     openblas_set_num_threads(1);
   }
@@ -74,7 +99,16 @@ class CpuBackend : public Backend {
   }
 
   absl::StatusOr<std::unique_ptr<Buffer>> UploadWeights(const void* host, size_t bytes) override {
-    return std::unique_ptr<Buffer>(std::make_unique<HostView>(host, bytes));
+    if (!copy_weights_ || bytes < (1u << 20)) {
+      return std::unique_ptr<Buffer>(std::make_unique<HostView>(host, bytes));
+    }
+    // Large matrices move to anonymous memory backed by transparent huge pages: decode streams
+    // every weight once per token, and 4 KiB file pages cost a TLB miss every few rows.
+    auto b = std::make_unique<HugePageBuffer>(bytes);
+    if (!b->ok())
+      return absl::ResourceExhaustedError(absl::StrCat("cannot allocate ", bytes, " bytes"));
+    std::memcpy(b->data(), host, bytes);
+    return std::unique_ptr<Buffer>(std::move(b));
   }
 
   absl::Status Synchronize() override { return absl::OkStatus(); }
@@ -277,6 +311,7 @@ class CpuBackend : public Backend {
 
   ThreadPool pool_;
   const bool fast_;
+  const bool copy_weights_;
 };
 
 }  // namespace

@@ -59,13 +59,16 @@ TEST_P(MatMulTest, FastMatchesReference) {
   for (float v : out_fast) ASSERT_TRUE(std::isfinite(v));
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Shapes, MatMulTest,
-    ::testing::Values(MatMulCase{DType::kF32, 1, 37, 64, false}, MatMulCase{DType::kF32, 3, 64, 172, true},
-                      MatMulCase{DType::kF32, 40, 130, 96, true}, MatMulCase{DType::kF16, 1, 33, 200, false},
-                      MatMulCase{DType::kF16, 5, 64, 64, true}, MatMulCase{DType::kF16, 64, 300, 128, false},
-                      MatMulCase{DType::kBF16, 1, 35, 72, true}, MatMulCase{DType::kBF16, 2, 17, 13, false},
-                      MatMulCase{DType::kBF16, 33, 257, 160, true}));
+INSTANTIATE_TEST_SUITE_P(Shapes, MatMulTest,
+                         ::testing::Values(MatMulCase{DType::kF32, 1, 37, 64, false},
+                                           MatMulCase{DType::kF32, 3, 64, 172, true},
+                                           MatMulCase{DType::kF32, 40, 130, 96, true},
+                                           MatMulCase{DType::kF16, 1, 33, 200, false},
+                                           MatMulCase{DType::kF16, 5, 64, 64, true},
+                                           MatMulCase{DType::kF16, 64, 300, 128, false},
+                                           MatMulCase{DType::kBF16, 1, 35, 72, true},
+                                           MatMulCase{DType::kBF16, 2, 17, 13, false},
+                                           MatMulCase{DType::kBF16, 33, 257, 160, true}));
 
 TEST(CpuBackendTest, StridedOutputLeavesOtherColumnsAlone) {
   auto fast = NewCpuBackend({.threads = 2});
@@ -83,11 +86,13 @@ TEST(CpuBackendTest, StridedOutputLeavesOtherColumnsAlone) {
 }
 
 TEST(CpuBackendTest, PagedAttentionFastMatchesReference) {
-  AttentionShape shape{.num_heads = 8, .num_kv_heads = 2, .head_dim = 24, .block_size = 4, .num_blocks = 32};
+  AttentionShape shape{
+      .num_heads = 8, .num_kv_heads = 2, .head_dim = 24, .block_size = 4, .num_blocks = 32};
   const int64_t kvw = shape.num_kv_heads * shape.head_dim;
   // Three sequences: a prefill chunk continuing at position 5, a decode at 17, a fresh prompt.
   std::vector<std::vector<int32_t>> tables = {{3, 9, 1, 0}, {4, 5, 6, 7, 8}, {31, 30}};
-  std::vector<AttentionSeq> seqs = {{0, 6, 5, tables[0]}, {6, 1, 17, tables[1]}, {7, 5, 0, tables[2]}};
+  std::vector<AttentionSeq> seqs = {
+      {0, 6, 5, tables[0]}, {6, 1, 17, tables[1]}, {7, 5, 0, tables[2]}};
   const int64_t rows = 12;
   std::vector<float> q = Random(rows * shape.num_heads * shape.head_dim, 6);
   std::vector<float> k = Random(rows * kvw, 7), v = Random(rows * kvw, 8);
@@ -102,7 +107,8 @@ TEST(CpuBackendTest, PagedAttentionFastMatchesReference) {
     b->PagedAttention(Tensor::Of(q.data(), DType::kF32, rows, 8 * 24),
                       Tensor::Of(k.data(), DType::kF32, rows, kvw),
                       Tensor::Of(v.data(), DType::kF32, rows, kvw), seqs, shape,
-                      KvLayer{kc.data(), vc.data()}, Tensor::Of(out.data(), DType::kF32, rows, 8 * 24));
+                      KvLayer{kc.data(), vc.data()},
+                      Tensor::Of(out.data(), DType::kF32, rows, 8 * 24));
     // The new keys landed in their slots: sequence 1's token at position 17 -> block 8, slot 1.
     EXPECT_EQ(kc[(8 * 4 + 1) * kvw], k[6 * kvw]);
   }
@@ -137,10 +143,12 @@ TEST(CpuBackendTest, ElementwiseOpsAreCorrect) {
   EXPECT_NEAR(r[1], -std::sin(0.75f), 1e-6);
   EXPECT_NEAR(r[3], std::cos(0.75f), 1e-6);
   // Embedding widens 16-bit rows.
-  std::vector<uint16_t> table = {F32ToBf16(1.5f), F32ToBf16(-2.0f), F32ToBf16(0.25f), F32ToBf16(8.0f)};
+  std::vector<uint16_t> table = {F32ToBf16(1.5f), F32ToBf16(-2.0f), F32ToBf16(0.25f),
+                                 F32ToBf16(8.0f)};
   std::vector<int32_t> ids = {1, 0};
   std::vector<float> emb(4);
-  b->Embedding(Tensor::Of(table.data(), DType::kBF16, 2, 2), ids, Tensor::Of(emb.data(), DType::kF32, 2, 2));
+  b->Embedding(Tensor::Of(table.data(), DType::kBF16, 2, 2), ids,
+               Tensor::Of(emb.data(), DType::kF32, 2, 2));
   EXPECT_EQ(emb, (std::vector<float>{0.25f, 8.0f, 1.5f, -2.0f}));
 }
 
@@ -150,7 +158,7 @@ TEST(DTypeTest, HalfConversionsRoundTrip) {
   }
   EXPECT_EQ(F32ToF16(1e6f), 0x7c00);  // overflow -> inf
   EXPECT_EQ(F16ToF32(0x3c00), 1.0f);
-  EXPECT_EQ(F16ToF32(0x0001), 5.9604645e-08f);  // smallest subnormal
+  EXPECT_EQ(F16ToF32(0x0001), 5.9604645e-08f);               // smallest subnormal
   EXPECT_EQ(Bf16ToF32(F32ToBf16(1.0f + 1.0f / 256)), 1.0f);  // ties to even
   EXPECT_EQ(Bf16ToF32(F32ToBf16(3.0f)), 3.0f);
 }

@@ -23,7 +23,8 @@ std::vector<int32_t> Iota(int64_t n) {
 
 std::vector<int32_t> Tokens(int64_t n, int32_t vocab, uint32_t seed) {
   std::vector<int32_t> t(n);
-  for (int64_t i = 0; i < n; ++i) t[i] = static_cast<int32_t>((seed * 2654435761u + i * 40503u) % vocab);
+  for (int64_t i = 0; i < n; ++i)
+    t[i] = static_cast<int32_t>((seed * 2654435761u + i * 40503u) % vocab);
   return t;
 }
 
@@ -79,7 +80,8 @@ TEST_P(ArchitectureTest, MatchesDoublePrecisionReference) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Synthetic, ArchitectureTest,
-                         ::testing::Values("tiny-llama", "tiny-llama-8l", "tiny-qwen2", "tiny-llama3"),
+                         ::testing::Values("tiny-llama", "tiny-llama-8l", "tiny-qwen2",
+                                           "tiny-llama3"),
                          [](const auto& info) {
                            std::string n = info.param;
                            std::replace(n.begin(), n.end(), '-', '_');
@@ -163,7 +165,7 @@ TEST(ConsistencyTest, Bf16AndF16WeightsTrackF32) {
   };
   const double bf16 = rel_error(runs[1], runs[0]);
   const double f16 = rel_error(runs[2], runs[0]);
-  EXPECT_LT(bf16, 8 * 0.0078125);  // 8 x 2^-7
+  EXPECT_LT(bf16, 8 * 0.0078125);    // 8 x 2^-7
   EXPECT_LT(f16, 8 * 0.0009765625);  // 8 x 2^-10
   EXPECT_GT(bf16, f16);  // the coarser format is further off: the two files really differ
 }

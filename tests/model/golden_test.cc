@@ -20,7 +20,8 @@ std::vector<std::string> GoldenFiles() {
   std::vector<std::string> files;
   for (const auto& e : fs::directory_iterator(kGolden)) {
     const std::string name = e.path().filename().string();
-    if (e.path().extension() == ".json" && name != "tokenizer_cases.json") files.push_back(e.path());
+    if (e.path().extension() == ".json" && name != "tokenizer_cases.json")
+      files.push_back(e.path());
   }
   std::sort(files.begin(), files.end());
   return files;
@@ -31,14 +32,20 @@ nlohmann::json ReadJson(const std::string& path) {
   return nlohmann::json::parse(in);
 }
 
-class GoldenTest : public ::testing::TestWithParam<bool> {};
+struct GoldenCase {
+  const char* model;
+  bool reference_kernels;
+};
+
+class GoldenTest : public ::testing::TestWithParam<GoldenCase> {};
 
 TEST_P(GoldenTest, GreedyIdsAndLogitsMatchRunC) {
-  ASSERT_TRUE(fs::exists(kModel)) << "missing " << kModel << " (../shared must be beside the repo)";
+  const std::string model = GetParam().model;
+  ASSERT_TRUE(fs::exists(model)) << "missing " << model << " (../shared must be beside the repo)";
   auto files = GoldenFiles();
   ASSERT_EQ(files.size(), 5u);
-  auto backend = NewCpuBackend({.threads = 2, .reference = GetParam()});
-  auto stage = LoadStage(kModel, {}, {}, backend.get());
+  auto backend = NewCpuBackend({.threads = 2, .reference = GetParam().reference_kernels});
+  auto stage = LoadStage(model, {}, {}, backend.get());
   ASSERT_TRUE(stage.ok()) << stage.status();
   for (const std::string& file : files) {
     SCOPED_TRACE(file);
@@ -64,7 +71,8 @@ TEST_P(GoldenTest, GreedyIdsAndLogitsMatchRunC) {
         const auto ref = g["logits"][key].get<std::vector<float>>();
         ASSERT_EQ(ref.size(), out->data.size());
         float max_diff = 0;
-        for (size_t v = 0; v < ref.size(); ++v) max_diff = std::max(max_diff, std::fabs(ref[v] - out->data[v]));
+        for (size_t v = 0; v < ref.size(); ++v)
+          max_diff = std::max(max_diff, std::fabs(ref[v] - out->data[v]));
         EXPECT_LE(max_diff, 1e-4f) << "logits at position " << pos;
         ++logits_checked;
       }
@@ -85,8 +93,15 @@ TEST_P(GoldenTest, GreedyIdsAndLogitsMatchRunC) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Paths, GoldenTest, ::testing::Values(false, true),
-                         [](const auto& info) { return info.param ? "Reference" : "Fast"; });
+const char kGguf[] = "../shared/models/stories260K/stories260K.gguf";
+
+INSTANTIATE_TEST_SUITE_P(Paths, GoldenTest,
+                         ::testing::Values(GoldenCase{kModel, false}, GoldenCase{kModel, true},
+                                           GoldenCase{kGguf, false}),
+                         [](const auto& info) {
+                           return std::string(info.param.model == kGguf ? "Gguf" : "Safetensors") +
+                                  (info.param.reference_kernels ? "Reference" : "Fast");
+                         });
 
 }  // namespace
 }  // namespace shardserve

@@ -35,7 +35,8 @@ inline std::vector<double> LoadDouble(const WeightSource& w, const std::string& 
 }
 
 // Logits [tokens.size()][vocab] for every position of `tokens`.
-inline std::vector<std::vector<double>> ReferenceForward(const ModelConfig& c, const WeightSource& w,
+inline std::vector<std::vector<double>> ReferenceForward(const ModelConfig& c,
+                                                         const WeightSource& w,
                                                          const std::vector<int32_t>& tokens) {
   const int64_t T = tokens.size(), H = c.hidden_size, D = c.head_dim, NH = c.num_heads,
                 KV = c.num_kv_heads, I = c.intermediate_size;
@@ -128,7 +129,8 @@ inline std::vector<std::vector<double>> ReferenceForward(const ModelConfig& c, c
   const auto norm = LoadDouble(w, "model.norm.weight");
   const auto head = w.Has("lm_head.weight") ? LoadDouble(w, "lm_head.weight") : embed;
   std::vector<std::vector<double>> logits;
-  for (int64_t t = 0; t < T; ++t) logits.push_back(linear(rmsnorm(x[t], norm), head, c.vocab_size, H, nullptr));
+  for (int64_t t = 0; t < T; ++t)
+    logits.push_back(linear(rmsnorm(x[t], norm), head, c.vocab_size, H, nullptr));
   return logits;
 }
 

@@ -4,8 +4,8 @@
 
 #include <cstring>
 
-#include "gtest/gtest.h"
 #include "gmock/gmock.h"
+#include "gtest/gtest.h"
 #include "kernels/backend.h"
 #include "model/stage.h"
 #include "model/synth.h"
@@ -48,8 +48,10 @@ TEST(SafetensorsTest, ReadsWhatItWrites) {
 
 TEST(SafetensorsTest, RejectsTruncatedFile) {
   TempDir dir;
-  ASSERT_TRUE(WriteSafetensors(dir / "m.safetensors", {{"a", DType::kF32, {64}}},
-                               [](size_t, uint8_t* d) { std::memset(d, 0, 256); }).ok());
+  ASSERT_TRUE(
+      WriteSafetensors(dir / "m.safetensors", {{"a", DType::kF32, {64}}}, [](size_t, uint8_t* d) {
+        std::memset(d, 0, 256);
+      }).ok());
   std::string bytes = ReadAll(dir / "m.safetensors");
   WriteAll(dir / "m.safetensors", bytes.substr(0, bytes.size() - 100));
   auto f = SafetensorsFile::Open(dir / "m.safetensors");
@@ -96,9 +98,9 @@ TEST(SafetensorsTest, RejectsOutOfFileOffsets) {
 
 TEST(SafetensorsTest, RejectsSizeThatDisagreesWithShape) {
   TempDir dir;
-  WriteAll(dir / "m.safetensors",
-           Header(R"({"a":{"dtype":"F32","shape":[5],"data_offsets":[0,16]}})") +
-               std::string(16, '\0'));
+  WriteAll(
+      dir / "m.safetensors",
+      Header(R"({"a":{"dtype":"F32","shape":[5],"data_offsets":[0,16]}})") + std::string(16, '\0'));
   auto f = SafetensorsFile::Open(dir / "m.safetensors");
   ASSERT_FALSE(f.ok());
   EXPECT_THAT(std::string(f.status().message()), HasSubstr("needs 20"));
@@ -145,9 +147,9 @@ class ModelLoadTest : public ::testing::Test {
       specs.push_back({n, t->dtype, t->shape});
       if (n == name) specs.back() = {n, dtype, shape};
     }
-    ASSERT_TRUE(WriteSafetensors(dir_ / "new.safetensors", specs,
-                                 [&](size_t i, uint8_t* d) { std::memset(d, 0, specs[i].nbytes()); })
-                    .ok());
+    ASSERT_TRUE(WriteSafetensors(dir_ / "new.safetensors", specs, [&](size_t i, uint8_t* d) {
+                  std::memset(d, 0, specs[i].nbytes());
+                }).ok());
     std::filesystem::rename(dir_ / "new.safetensors", dir_ / "model.safetensors");
   }
   TempDir dir_;
@@ -183,9 +185,9 @@ TEST_F(ModelLoadTest, MissingTensorIsNamed) {
     specs.push_back({n, t->dtype, t->shape});
   }
   f->reset();
-  ASSERT_TRUE(WriteSafetensors(dir_ / "model.safetensors", specs,
-                               [&](size_t i, uint8_t* d) { std::memset(d, 0, specs[i].nbytes()); })
-                  .ok());
+  ASSERT_TRUE(WriteSafetensors(dir_ / "model.safetensors", specs, [&](size_t i, uint8_t* d) {
+                std::memset(d, 0, specs[i].nbytes());
+              }).ok());
   const absl::Status s = Load();
   EXPECT_EQ(s.code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(std::string(s.message()), HasSubstr("model.norm.weight"));

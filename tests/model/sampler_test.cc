@@ -61,7 +61,8 @@ TEST(SamplerTest, TruncationKeepsOnlyTheHead) {
     EXPECT_TRUE(k2 == 3 || k2 == 2);
     EXPECT_EQ(Sample(logits, {.temperature = 1.0f, .top_p = 0.1f, .seed = 3}, pos, {}).token, 3);
     // min_p 0.3: keeps tokens with p >= 0.3 * p(3): ids 3 (1.0) and 2 (e^-1 = 0.37).
-    const int32_t mp = Sample(logits, {.temperature = 1.0f, .min_p = 0.3f, .seed = 3}, pos, {}).token;
+    const int32_t mp =
+        Sample(logits, {.temperature = 1.0f, .min_p = 0.3f, .seed = 3}, pos, {}).token;
     EXPECT_TRUE(mp == 3 || mp == 2);
   }
 }
@@ -75,7 +76,7 @@ TEST(SamplerTest, PenaltiesDiscourageRepeats) {
   p = {.presence_penalty = 0.2f};
   EXPECT_EQ(Sample(logits, p, 0, {1}).token, 2);
   p = {.frequency_penalty = 0.04f};
-  EXPECT_EQ(Sample(logits, p, 0, {1}).token, 1);  // 2.0 - 0.04 > 1.9
+  EXPECT_EQ(Sample(logits, p, 0, {1}).token, 1);        // 2.0 - 0.04 > 1.9
   EXPECT_EQ(Sample(logits, p, 0, {1, 1, 1}).token, 2);  // 2.0 - 0.12 < 1.9
   // A negative logit is multiplied by the repetition penalty, pushing it further down.
   p = {.repetition_penalty = 2.0f};
@@ -84,8 +85,10 @@ TEST(SamplerTest, PenaltiesDiscourageRepeats) {
 
 TEST(SamplerTest, ValidationNamesTheField) {
   EXPECT_TRUE(ValidateSamplingParams({}).ok());
-  EXPECT_THAT(std::string(ValidateSamplingParams({.temperature = -1}).message()), HasSubstr("temperature"));
-  EXPECT_THAT(std::string(ValidateSamplingParams({.temperature = NAN}).message()), HasSubstr("temperature"));
+  EXPECT_THAT(std::string(ValidateSamplingParams({.temperature = -1}).message()),
+              HasSubstr("temperature"));
+  EXPECT_THAT(std::string(ValidateSamplingParams({.temperature = NAN}).message()),
+              HasSubstr("temperature"));
   EXPECT_THAT(std::string(ValidateSamplingParams({.top_p = 0}).message()), HasSubstr("top_p"));
   EXPECT_THAT(std::string(ValidateSamplingParams({.top_p = 1.5f}).message()), HasSubstr("top_p"));
   EXPECT_THAT(std::string(ValidateSamplingParams({.top_k = -2}).message()), HasSubstr("top_k"));

@@ -1,0 +1,31 @@
+// Models stored as GGUF files (llama.cpp's format): the config from the file's metadata and a
+// WeightSource that serves its tensors under Hugging Face names.
+//
+// Architectures `llama` and `qwen2`. llama.cpp stores Llama's q/k projection rows in Meta's
+// interleaved RoPE order; they are permuted back to the rotate_half order on load, so a GGUF
+// model computes exactly what the same safetensors model does. Tensor types F32, F16 and BF16;
+// quantized types are refused by name.
+#ifndef SHARDSERVE_MODEL_GGUF_MODEL_H_
+#define SHARDSERVE_MODEL_GGUF_MODEL_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "model/config.h"
+#include "model/gguf.h"
+#include "model/weights.h"
+
+namespace shardserve {
+
+absl::StatusOr<ModelConfig> ConfigFromGguf(const GgufFile& file);
+
+// Takes shared ownership of the file; `config` must come from ConfigFromGguf(*file).
+std::unique_ptr<WeightSource> NewGgufWeightSource(std::shared_ptr<const GgufFile> file,
+                                                  const ModelConfig& config);
+
+bool IsGgufPath(const std::string& path);
+
+}  // namespace shardserve
+
+#endif  // SHARDSERVE_MODEL_GGUF_MODEL_H_
