@@ -266,9 +266,12 @@ absl::Status ParsePostProcessor(const Context& ctx, const Json& j, TokenizerStat
   return absl::OkStatus();
 }
 
+// `section` names the part being read, for errors raised as JSON exceptions.
 absl::StatusOr<std::unique_ptr<Tokenizer>> ParseImpl(const Context& ctx, const Json& tj,
-                                                     const Json& config, const Json& generation) {
+                                                     const Json& config, const Json& generation,
+                                                     std::string* section) {
   auto state = std::make_unique<TokenizerState>();
+  *section = "model";
   const Json& model = tj.at("model");
   const std::string model_type = StringOr(model, "type", "BPE");
   if (model_type != "BPE") {
@@ -280,12 +283,15 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> ParseImpl(const Context& ctx, const J
     return ctx.Error("model", "continuing_subword_prefix / end_of_word_suffix are not supported");
   }
 
+  *section = "normalizer";
   std::vector<NormalizerStep> norm_steps;
   RETURN_IF_ERROR(ParseNormalizer(ctx, tj.value("normalizer", Json()), &norm_steps));
+  *section = "pre_tokenizer";
   std::vector<PreTokenizerStep> pre_steps;
   bool byte_level = false;
   RETURN_IF_ERROR(
       ParsePreTokenizer(ctx, tj.value("pre_tokenizer", Json()), &pre_steps, &byte_level));
+  *section = "decoder";
   DecoderSpec decoder;
   RETURN_IF_ERROR(ParseDecoder(ctx, tj.value("decoder", Json()), &decoder));
   byte_level = byte_level || decoder.byte_level;
@@ -294,6 +300,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> ParseImpl(const Context& ctx, const J
   state->strip_leading_space = decoder.strip_leading_space;
 
   // Vocabulary.
+  *section = "model.vocab";
   const Json& vocab = model.at("vocab");
   if (!vocab.is_object()) return ctx.Error("model.vocab", "not an object");
   // Ids may leave holes, but not absurd ones: they size per-id tables.
@@ -319,6 +326,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> ParseImpl(const Context& ctx, const J
   std::vector<std::string> internal_pieces(raw.size());
   for (size_t i = 0; i < raw.size(); ++i) internal_pieces[i] = internal(raw[i]);
 
+  *section = "model.merges";
   std::vector<std::pair<std::string, std::string>> merges;
   if (model.contains("merges")) {
     const Json& jm = model.at("merges");
@@ -361,6 +369,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> ParseImpl(const Context& ctx, const J
   for (size_t i = 0; i < raw.size(); ++i) state->decoded[i] = DecodePiece(decoder, raw[i]);
 
   // Added tokens.
+  *section = "added_tokens";
   if (tj.contains("added_tokens") && !tj.at("added_tokens").is_null()) {
     for (const Json& a : tj.at("added_tokens")) {
       AddedToken t;
@@ -376,6 +385,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> ParseImpl(const Context& ctx, const J
     }
   }
 
+  *section = "post_processor";
   bool has_template = false;
   RETURN_IF_ERROR(
       ParsePostProcessor(ctx, tj.value("post_processor", Json()), state.get(), &has_template));
@@ -389,6 +399,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> ParseImpl(const Context& ctx, const J
     auto it = vocab.find(text);
     return it == vocab.end() ? -1 : IdValue(*it);
   };
+  *section = "tokenizer_config.json";
   if (config.is_object()) {
     state->bos_token = TokenText(config.value("bos_token", Json()));
     state->eos_token = TokenText(config.value("eos_token", Json()));
@@ -448,12 +459,13 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> ParseHfTokenizer(absl::string_view to
   }
   Context ctx(name);
   if (!tj.is_object()) return ctx.Error("(root)", "not a JSON object");
+  std::string section = "(root)";
   try {
-    return ParseImpl(ctx, tj, config, generation);
+    return ParseImpl(ctx, tj, config, generation, &section);
   } catch (const Json::exception& e) {
-    return ctx.Error("(field)", absl::StrCat("malformed: ", e.what()));
+    return ctx.Error(section, absl::StrCat("malformed: ", e.what()));
   } catch (const std::exception& e) {
-    return ctx.Error("(field)", absl::StrCat("cannot load: ", e.what()));
+    return ctx.Error(section, absl::StrCat("cannot load: ", e.what()));
   }
 }
 
