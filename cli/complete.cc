@@ -95,9 +95,9 @@ absl::StatusOr<CompletionResult> RunCompletion(const std::string& server,
   }
   grpc::Status s = reader->Finish();
   if (!s.ok()) {
-    return absl::Status(static_cast<absl::StatusCode>(s.error_code()),
-                        s.error_message().empty() ? "connection to " + server + " failed"
-                                                  : s.error_message());
+    return absl::Status(
+        static_cast<absl::StatusCode>(s.error_code()),
+        s.error_message().empty() ? "connection to " + server + " failed" : s.error_message());
   }
   return result;
 }
@@ -127,7 +127,8 @@ bool HealthServing(const std::string& address, absl::Duration timeout) {
   std::vector<grpc::Slice> slices;
   if (!response_buf.Dump(&slices).ok()) return false;
   std::string bytes;
-  for (const grpc::Slice& sl : slices) bytes.append(reinterpret_cast<const char*>(sl.begin()), sl.size());
+  for (const grpc::Slice& sl : slices)
+    bytes.append(reinterpret_cast<const char*>(sl.begin()), sl.size());
   // HealthCheckResponse{status: SERVING (1)}: field 1, varint 1.
   return bytes == std::string("\x08\x01", 2);
 }
@@ -153,8 +154,8 @@ int CompleteMain(int argc, char** argv) {
   request.set_text(prompt);
   request.set_ignore_eos(ignore_eos);
   sampling.Fill(&request);
-  auto result = RunCompletion(server, request, absl::Seconds(sampling.timeout_s),
-                              json ? nullptr : stdout);
+  auto result =
+      RunCompletion(server, request, absl::Seconds(sampling.timeout_s), json ? nullptr : stdout);
   if (!result.ok()) {
     if (!json) std::fputc('\n', stdout);
     return Fail(result.status());
@@ -174,9 +175,10 @@ int CompleteMain(int argc, char** argv) {
 }
 
 int ChatMain(int argc, char** argv) {
-  CLI::App app{"Chats with a model served by a shardserve router (one line per turn; "
-               "empty line or /exit ends).",
-               "shardserve chat"};
+  CLI::App app{
+      "Chats with a model served by a shardserve router (one line per turn; "
+      "empty line or /exit ends).",
+      "shardserve chat"};
   std::string server, system, model;
   SamplingFlags sampling;
   sampling.max_tokens = 256;

@@ -1,7 +1,7 @@
 #include "cli/up.h"
 
-#include <grpcpp/grpcpp.h>
 #include <fcntl.h>
+#include <grpcpp/grpcpp.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <spawn.h>
@@ -45,8 +45,8 @@ bool IsModelFolder(const fs::path& p) {
 std::string FindDefaultModel() {
   if (const char* env = std::getenv("SHARDSERVE_MODEL"); env != nullptr && *env != '\0') return env;
   const fs::path repo = SelfDir().parent_path().parent_path();  // <repo>/build/bin
-  for (const fs::path& p : {fs::path("../shared/models/stories260K"),
-                            repo / "../shared/models/stories260K"}) {
+  for (const fs::path& p :
+       {fs::path("../shared/models/stories260K"), repo / "../shared/models/stories260K"}) {
     if (IsModelFolder(p)) return fs::weakly_canonical(p).string();
   }
   std::error_code ec;
@@ -158,7 +158,8 @@ int UpMain(int argc, char** argv) {
   const std::string worker_bin = (bin / "shardserve-worker").string();
   for (const std::string& b : {router_bin, worker_bin}) {
     if (access(b.c_str(), X_OK) != 0) {
-      std::fprintf(stderr, "error: %s not found next to this executable; build it first\n", b.c_str());
+      std::fprintf(stderr, "error: %s not found next to this executable; build it first\n",
+                   b.c_str());
       return 1;
     }
   }
@@ -205,8 +206,8 @@ int UpMain(int argc, char** argv) {
     children.push_back(p);
     addresses.push_back(addr);
   }
-  std::vector<std::string> router_args = {router_bin, "--listen", listen, "--workers",
-                                          absl::StrJoin(addresses, ","), "--model", model};
+  std::vector<std::string> router_args = {
+      router_bin, "--listen", listen, "--workers", absl::StrJoin(addresses, ","), "--model", model};
   if (!layers.empty()) {
     router_args.push_back("--layers");
     router_args.push_back(layers);

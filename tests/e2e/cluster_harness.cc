@@ -64,7 +64,8 @@ Process::Process(std::vector<std::string> args, std::string log_path) {
   argv.push_back(nullptr);
   posix_spawn_file_actions_t actions;
   posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 1, log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_addopen(&actions, 1, log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC,
+                                   0644);
   posix_spawn_file_actions_adddup2(&actions, 1, 2);
   if (posix_spawn(&pid_, argv[0], &actions, nullptr, argv.data(), environ) != 0) pid_ = -1;
   posix_spawn_file_actions_destroy(&actions);
@@ -99,8 +100,8 @@ Cluster::Cluster(ClusterOptions options) {
   } else {
     for (int i = 0; i < n; ++i) {
       const std::string addr = absl::StrCat("127.0.0.1:", FreePort());
-      std::vector<std::string> args = {BinPath("shardserve-worker"), "--listen", addr,
-                                       "--threads", "1"};
+      std::vector<std::string> args = {BinPath("shardserve-worker"), "--listen", addr, "--threads",
+                                       "1"};
       args.insert(args.end(), options.worker_args.begin(), options.worker_args.end());
       if (i == 0) args.insert(args.end(), options.worker0_args.begin(), options.worker0_args.end());
       workers_.push_back(std::make_unique<Process>(
@@ -147,10 +148,9 @@ absl::StatusOr<Reference> RunGenerate(const std::string& model, const std::strin
   for (size_t p = 0; (p = quoted.find('\'', p)) != std::string::npos; p += 4) {
     quoted.replace(p, 1, "'\\''");
   }
-  const std::string cmd = absl::StrCat(BinPath("shardserve"), " generate --model ", model,
-                                       " --prompt '", quoted, "' --max-tokens ", max_tokens,
-                                       " --temperature ", temperature, " --seed ", seed,
-                                       " --threads 1 --json");
+  const std::string cmd = absl::StrCat(
+      BinPath("shardserve"), " generate --model ", model, " --prompt '", quoted, "' --max-tokens ",
+      max_tokens, " --temperature ", temperature, " --seed ", seed, " --threads 1 --json");
   FILE* pipe = popen(cmd.c_str(), "r");
   if (pipe == nullptr) return absl::InternalError("popen failed");
   std::string out;
@@ -177,8 +177,8 @@ v1::GenerateRequest TextRequest(const std::string& prompt, int max_tokens, float
 }
 
 absl::StatusOr<v1::StatsResponse> WorkerStats(const std::string& address) {
-  auto stub = v1::WorkerService::NewStub(
-      grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  auto stub =
+      v1::WorkerService::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
   grpc::ClientContext context;
   context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
   v1::StatsResponse resp;

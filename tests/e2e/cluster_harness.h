@@ -55,6 +55,7 @@ class Cluster {
   const std::string& router_address() const { return router_address_; }
   const std::vector<std::string>& worker_addresses() const { return worker_addresses_; }
   Process& router() { return *router_; }
+  Process& worker(int i) { return *workers_[i]; }
   std::unique_ptr<v1::InferenceService::Stub> Stub() const;
 
  private:

@@ -65,7 +65,8 @@ TEST(ConcurrentStreams, SixtyFourMixedStreamsEqualTheirSoloOutput) {
   std::vector<std::thread> threads;
   for (size_t i = 0; i < requests.size(); ++i) {
     threads.emplace_back([&, i] {
-      together[i] = RunCompletion(cluster.router_address(), requests[i], absl::Seconds(120), nullptr);
+      together[i] =
+          RunCompletion(cluster.router_address(), requests[i], absl::Seconds(120), nullptr);
     });
   }
   for (auto& t : threads) t.join();
