@@ -172,9 +172,7 @@ absl::StatusOr<std::string> ChatTemplate::Render(const std::vector<ChatMessage>&
           absl::StrAppend(&out, bos_, "[INST] ", Strip(content), " [/INST]");
         } else if (m.role == "assistant") {
           absl::StrAppend(&out, " ", Strip(content), " ", eos_);
-        } else {
-          return Alternation();
-        }
+        }  // the published template renders nothing for other roles
       }
       break;
     }

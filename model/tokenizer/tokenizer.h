@@ -53,7 +53,8 @@ class Tokenizer {
   // template, else BOS per add_bos_token). Special/added tokens in `text` are matched.
   std::vector<int32_t> Encode(std::string_view text, bool add_bos = true) const;
   // Concatenates the tokens' text (byte-level / byte-fallback pieces become bytes) and applies
-  // the decoder's leading-space rule; skip_special drops special tokens.
+  // the decoder's leading-space rule; skip_special drops special tokens. Lossless on purpose:
+  // tokenizer_config.json's clean_up_tokenization_spaces is not applied.
   std::string Decode(absl::Span<const int32_t> ids, bool skip_special = true) const;
   // The raw vocabulary piece ("Ġhello", "▁the", "<0x0A>", "<|eot_id|>"); "" for an unknown id.
   std::string IdToPiece(int32_t id) const;
