@@ -7,7 +7,7 @@ packages=(
   build-essential cmake ninja-build ccache pkg-config git
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev nlohmann-json3-dev libpcre2-dev libcli11-dev libcpp-httplib-dev
-  libopenblas-dev libgtest-dev libgmock-dev
+  libopenblas-dev libgtest-dev libgmock-dev libicu-dev
   clang libclang-rt-14-dev
 )
 
