@@ -1,0 +1,111 @@
+// StageRuntime over local and fault-injecting links, in one process.
+#include "worker/stage_runtime.h"
+
+#include <filesystem>
+
+#include "gtest/gtest.h"
+#include "kernels/backend.h"
+#include "worker/activation_link.h"
+
+namespace shardserve {
+namespace {
+
+const std::string kModel = "../shared/models/stories260K";
+
+std::unique_ptr<StageRuntime> Load(Backend* backend, int begin, int end) {
+  auto stage = LoadStage(kModel, {begin, end}, {16, 64}, backend);
+  EXPECT_TRUE(stage.ok()) << stage.status();
+  return std::make_unique<StageRuntime>(std::move(*stage), 256);
+}
+
+v1::StepPlan Plan(uint64_t step, std::vector<int32_t> tokens, int start, bool sample) {
+  v1::StepPlan p;
+  p.set_step_id(step);
+  auto* s = p.add_sequences();
+  s->set_sequence_id(7);
+  for (int32_t t : tokens) s->add_tokens(t);
+  s->set_start_pos(start);
+  for (int b = 0; b <= (start + static_cast<int>(tokens.size()) - 1) / 16; ++b)
+    s->add_block_table(b);
+  s->set_sample(sample);
+  s->mutable_sampling()->set_top_p(1);
+  s->mutable_sampling()->set_repetition_penalty(1);
+  return p;
+}
+
+class StageRuntimeTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!std::filesystem::exists(kModel + "/config.json")) GTEST_SKIP() << "no " << kModel;
+    backend_ = NewCpuBackend({1});
+  }
+  std::unique_ptr<Backend> backend_;
+};
+
+TEST_F(StageRuntimeTest, TwoStagesOverALocalLinkMatchOneStage) {
+  auto whole = Load(backend_.get(), 0, 5);
+  auto first = Load(backend_.get(), 0, 2);
+  auto last = Load(backend_.get(), 2, 5);
+  auto link = NewLocalLink("stage 0", absl::Seconds(5));
+  first->SetLinks(nullptr, link.get());
+  last->SetLinks(link.get(), nullptr);
+  std::vector<int32_t> prompt = {1, 403, 407, 261, 378};
+  auto a = whole->Execute(Plan(1, prompt, 0, true));
+  ASSERT_TRUE(a.ok()) << a.status();
+  ASSERT_TRUE(first->Execute(Plan(1, prompt, 0, true)).ok());
+  auto b = last->Execute(Plan(1, prompt, 0, true));
+  ASSERT_TRUE(b.ok()) << b.status();
+  ASSERT_EQ(a->tokens_size(), 1);
+  ASSERT_EQ(b->tokens_size(), 1);
+  EXPECT_EQ(a->tokens(0).token_id(), b->tokens(0).token_id());
+  EXPECT_EQ(link->counters().messages, 1u);
+  EXPECT_EQ(first->Stats().kv_blocks_used, 1);
+  first->Release(std::vector<uint64_t>{7});
+  EXPECT_EQ(first->Stats().kv_blocks_used, 0);
+  EXPECT_EQ(first->Stats().live_sequences, 0);
+}
+
+TEST_F(StageRuntimeTest, RejectsBadPlans) {
+  auto whole = Load(backend_.get(), 0, 5);
+  v1::StepPlan p = Plan(1, {1, 2}, 0, true);
+  p.mutable_sequences(0)->set_block_table(0, 64);
+  auto r = whole->Execute(p);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(r.status().message().find("block_table"), std::string::npos);
+  p = Plan(1, {1, 9999}, 0, true);
+  EXPECT_NE(whole->Execute(p).status().message().find("tokens"), std::string::npos);
+  p = Plan(1, {1}, 3, true);  // skips positions
+  EXPECT_NE(whole->Execute(p).status().message().find("start_pos"), std::string::npos);
+  p = Plan(1, {1}, 0, true);
+  p.mutable_sequences(0)->mutable_sampling()->set_top_p(0);
+  EXPECT_FALSE(whole->Execute(p).ok());
+}
+
+TEST_F(StageRuntimeTest, FaultyLinkFailuresReachTheCaller) {
+  auto first = Load(backend_.get(), 0, 2);
+  auto last = Load(backend_.get(), 2, 5);
+  auto link = NewLocalLink("stage 0", absl::Milliseconds(200));
+  auto faulty = NewFaultyLink(link.get(), {.fail_after_sends = 1});
+  first->SetLinks(nullptr, faulty.get());
+  last->SetLinks(link.get(), nullptr);
+  ASSERT_TRUE(first->Execute(Plan(1, {1, 5}, 0, true)).ok());
+  ASSERT_TRUE(last->Execute(Plan(1, {1, 5}, 0, true)).ok());
+  EXPECT_EQ(first->Execute(Plan(2, {6}, 2, true)).status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(last->Execute(Plan(2, {6}, 2, true)).status().code(),
+            absl::StatusCode::kDeadlineExceeded);
+}
+
+TEST_F(StageRuntimeTest, CorruptShapeIsRejected) {
+  auto first = Load(backend_.get(), 0, 2);
+  auto last = Load(backend_.get(), 2, 5);
+  auto link = NewLocalLink("stage 0", absl::Seconds(5));
+  auto faulty = NewFaultyLink(link.get(), {.corrupt_shape = true});
+  first->SetLinks(nullptr, faulty.get());
+  last->SetLinks(link.get(), nullptr);
+  ASSERT_TRUE(first->Execute(Plan(1, {1, 5, 6}, 0, true)).ok());
+  auto r = last->Execute(Plan(1, {1, 5, 6}, 0, true));
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << r.status();
+}
+
+}  // namespace
+}  // namespace shardserve
