@@ -3,7 +3,8 @@
 // A Backend owns device memory and runs ops on it. Activations are F32 row-major
 // [rows, cols] matrices; weights may be F32, F16 or BF16 ([out, in], as nn.Linear stores them).
 // Index arrays (token ids, positions, block tables) are host memory: a device backend copies
-// them as it needs.
+// them as it needs. Buffer contents may live in device memory: callers move data in and out only
+// through CopyToDevice / CopyToHost / CopyOnDevice / Fill, never by dereferencing data().
 //
 // Ownership: Buffers are owned by whoever allocated them and freed by their destructor. Tensors
 // are non-owning views.
@@ -103,6 +104,16 @@ class Backend {
   // view of the host memory (no copy) when `host` outlives the stage.
   virtual absl::StatusOr<std::unique_ptr<Buffer>> UploadWeights(const void* host, size_t bytes) = 0;
   virtual absl::Status Synchronize() = 0;
+
+  // Host <-> backend memory. `device` (and `dst`/`src` of CopyOnDevice) point into Buffers of
+  // this backend; `host` is ordinary host memory. On the CPU backend these are memcpy / memset.
+  // CopyToDevice is queued like an op but has read `host` when it returns, so the caller may
+  // reuse `host` at once. CopyToHost waits for every queued op, then copies; its status carries
+  // any failure of those ops. Fill sets `bytes` bytes to `byte` (0 to clear KV pages).
+  virtual void CopyToDevice(void* device, const void* host, size_t bytes) = 0;
+  virtual absl::Status CopyToHost(void* host, const void* device, size_t bytes) = 0;
+  virtual void CopyOnDevice(void* dst, const void* src, size_t bytes) = 0;
+  virtual void Fill(void* device, uint8_t byte, size_t bytes) = 0;
 
   // out[i, :] = table[ids[i], :] (converted to F32). Ids are validated by the caller.
   virtual void Embedding(const Tensor& table, absl::Span<const int32_t> ids, Tensor out) = 0;

@@ -27,6 +27,8 @@ struct LayerWeights {
 struct Workspace {
   int64_t capacity = 0;
   std::unique_ptr<Buffer> x, h, q, k, v, attn, gate_up, act;
+  int64_t logits_capacity = 0;  // rows of `logits`
+  std::unique_ptr<Buffer> logits;  // [rows, vocab]: the last stage's output before it is copied out
 };
 
 class LlamaStage : public ModelStage {
@@ -88,8 +90,8 @@ class LlamaStage : public ModelStage {
     for (int64_t l = begin_; l < end_; ++l) {
       ASSIGN_OR_RETURN(auto kb, backend_->Allocate(layer_bytes));
       ASSIGN_OR_RETURN(auto vb, backend_->Allocate(layer_bytes));
-      std::memset(kb->data(), 0, layer_bytes);
-      std::memset(vb->data(), 0, layer_bytes);
+      backend_->Fill(kb->data(), 0, layer_bytes);
+      backend_->Fill(vb->data(), 0, layer_bytes);
       kv_cache_.push_back(
           KvLayer{static_cast<float*>(kb->data()), static_cast<float*>(vb->data())});
       kv_buffers_.push_back(std::move(kb));
@@ -133,7 +135,8 @@ class LlamaStage : public ModelStage {
       for (const SequenceStep& s : batch) ids.insert(ids.end(), s.tokens.begin(), s.tokens.end());
       backend_->Embedding(embed_.t, ids, x);
     } else {
-      std::memcpy(x.data, hidden_in.data(), static_cast<size_t>(total * H) * sizeof(float));
+      backend_->CopyToDevice(x.data, hidden_in.data(),
+                             static_cast<size_t>(total * H) * sizeof(float));
     }
     for (size_t l = 0; l < layers_.size(); ++l) RunLayer(l, x, total, positions, seqs);
 
@@ -141,7 +144,9 @@ class LlamaStage : public ModelStage {
     if (!is_last()) {
       out.rows = total;
       out.cols = H;
-      out.data.assign(x.f32(), x.f32() + total * H);
+      out.data.resize(static_cast<size_t>(total * H));
+      RETURN_IF_ERROR(
+          backend_->CopyToHost(out.data.data(), x.data, out.data.size() * sizeof(float)));
       return out;
     }
     // Logits only for the rows that need sampling.
@@ -154,13 +159,15 @@ class LlamaStage : public ModelStage {
     if (rows.empty()) return out;
     Tensor h = Tensor::Of(ws_.h->data(), DType::kF32, out.rows, H);
     for (size_t i = 0; i < rows.size(); ++i) {
-      std::memcpy(h.row(static_cast<int64_t>(i)), x.row(rows[i]), H * sizeof(float));
+      backend_->CopyOnDevice(h.row(static_cast<int64_t>(i)), x.row(rows[i]), H * sizeof(float));
     }
     backend_->RmsNorm(h, final_norm_.t, static_cast<float>(c.rms_norm_eps), h);
+    RETURN_IF_ERROR(ReserveLogits(out.rows));
+    Tensor logits = Tensor::Of(ws_.logits->data(), DType::kF32, out.rows, out.cols);
+    backend_->MatMul(h, lm_head_.t, nullptr, logits);
     out.data.resize(static_cast<size_t>(out.rows * out.cols));
-    backend_->MatMul(h, lm_head_.t, nullptr,
-                     Tensor::Of(out.data.data(), DType::kF32, out.rows, out.cols));
-    RETURN_IF_ERROR(backend_->Synchronize());
+    RETURN_IF_ERROR(
+        backend_->CopyToHost(out.data.data(), logits.data, out.data.size() * sizeof(float)));
     return out;
   }
 
@@ -270,6 +277,15 @@ class LlamaStage : public ModelStage {
     return absl::OkStatus();
   }
 
+  absl::Status ReserveLogits(int64_t rows) {
+    if (rows <= ws_.logits_capacity) return absl::OkStatus();
+    const int64_t cap = std::max<int64_t>(rows, 16);
+    ASSIGN_OR_RETURN(ws_.logits, backend_->Allocate(static_cast<size_t>(cap * config_.vocab_size) *
+                                                    sizeof(float)));
+    ws_.logits_capacity = cap;
+    return absl::OkStatus();
+  }
+
   // A [rows, cols] matrix in the config's dtype, used in place.
   absl::StatusOr<Weight> Matrix(const std::string& name, int64_t rows, int64_t cols) {
     ASSIGN_OR_RETURN(TensorRef t, weights_->GetWithShape(name, {rows, cols}));
@@ -318,7 +334,7 @@ class LlamaStage : public ModelStage {
     }
     Weight w;
     ASSIGN_OR_RETURN(w.buffer, backend_->Allocate(n * sizeof(float)));
-    std::memcpy(w.buffer->data(), host.data(), n * sizeof(float));
+    backend_->CopyToDevice(w.buffer->data(), host.data(), n * sizeof(float));
     w.t = Tensor::Of(w.buffer->data(), DType::kF32, 1, n);
     return w;
   }

@@ -113,6 +113,18 @@ class CpuBackend : public Backend {
 
   absl::Status Synchronize() override { return absl::OkStatus(); }
 
+  void CopyToDevice(void* device, const void* host, size_t bytes) override {
+    std::memcpy(device, host, bytes);
+  }
+  absl::Status CopyToHost(void* host, const void* device, size_t bytes) override {
+    std::memcpy(host, device, bytes);
+    return absl::OkStatus();
+  }
+  void CopyOnDevice(void* dst, const void* src, size_t bytes) override {
+    std::memmove(dst, src, bytes);
+  }
+  void Fill(void* device, uint8_t byte, size_t bytes) override { std::memset(device, byte, bytes); }
+
   void Embedding(const Tensor& table, absl::Span<const int32_t> ids, Tensor out) override {
     for (size_t i = 0; i < ids.size(); ++i) {
       const char* src = static_cast<const char*>(table.data) +
