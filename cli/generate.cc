@@ -68,6 +68,9 @@ int GenerateMain(int argc, char** argv) {
   app.add_flag("--json", json, "print one JSON object instead of streaming text");
   app.add_flag("--ignore-eos", ignore_eos, "keep generating past end-of-sequence tokens");
   app.add_flag("--no-bos", no_bos, "do not prepend the BOS token to --prompt");
+  std::string quantize = "none";
+  app.add_option("--quantize", quantize, "quantize weights at load: none, q8_0 or q4_0")
+      ->capture_default_str();
   app.add_flag("--mmap-weights", mmap_weights,
                "compute from the file mapping in place (less memory, slower decode)");
   try {
@@ -93,8 +96,17 @@ int GenerateMain(int argc, char** argv) {
   } else {
     prompt_ids = (*tokenizer)->Encode(prompt, !no_bos);
   }
+  StageSpec spec;
+  if (quantize != "none") {
+    auto q = ParseDType(quantize);
+    if (!q.has_value() || (*q != DType::kQ8_0 && *q != DType::kQ4_0)) {
+      return Fail(absl::InvalidArgumentError(
+          absl::StrCat("--quantize '", quantize, "' is not none, q8_0 or q4_0")));
+    }
+    spec.quantize = *q;
+  }
   auto backend = NewCpuBackend({.threads = threads, .copy_weights = !mmap_weights});
-  auto stage = LoadStage(model, {}, {}, backend.get());
+  auto stage = LoadStage(model, spec, {}, backend.get());
   if (!stage.ok()) return Fail(stage.status());
 
   GenerateOptions options;
@@ -155,7 +167,7 @@ int SynthMain(int argc, char** argv) {
     return app.exit(e);
   }
   auto dtype = ParseDType(dtype_name);
-  if (!dtype.has_value() || *dtype == DType::kI32) {
+  if (!dtype.has_value() || *dtype == DType::kI32 || IsQuantized(*dtype)) {
     return Fail(absl::InvalidArgumentError(
         absl::StrCat("--dtype '", dtype_name, "' is not f32, f16 or bf16")));
   }

@@ -9,6 +9,10 @@ std::optional<DType> ParseDType(absl::string_view name) {
   if (name == "F16" || name == "f16" || name == "float16") return DType::kF16;
   if (name == "BF16" || name == "bf16" || name == "bfloat16") return DType::kBF16;
   if (name == "I32" || name == "i32" || name == "int32") return DType::kI32;
+  if (name == "Q8_0" || name == "q8_0") return DType::kQ8_0;
+  if (name == "Q4_0" || name == "q4_0") return DType::kQ4_0;
+  if (name == "Q4_K" || name == "q4_k") return DType::kQ4_K;
+  if (name == "Q6_K" || name == "q6_k") return DType::kQ6_K;
   return std::nullopt;
 }
 

@@ -13,9 +13,37 @@
 
 namespace shardserve {
 
-enum class DType : uint8_t { kF32 = 0, kF16 = 1, kBF16 = 2, kI32 = 3 };
+// Q8_0, Q4_0, Q4_K and Q6_K are llama.cpp's block formats, byte for byte: a row of n values is
+// n / DTypeBlockElems() blocks of DTypeBlockBytes() bytes.
+enum class DType : uint8_t {
+  kF32 = 0,
+  kF16 = 1,
+  kBF16 = 2,
+  kI32 = 3,
+  kQ8_0 = 4,
+  kQ4_0 = 5,
+  kQ4_K = 6,
+  kQ6_K = 7,
+};
 
-inline size_t DTypeSize(DType t) {
+inline bool IsQuantized(DType t) { return static_cast<int>(t) >= static_cast<int>(DType::kQ8_0); }
+
+// Values per block: 1 for the plain types.
+inline int64_t DTypeBlockElems(DType t) {
+  switch (t) {
+    case DType::kQ8_0:
+    case DType::kQ4_0:
+      return 32;
+    case DType::kQ4_K:
+    case DType::kQ6_K:
+      return 256;
+    default:
+      return 1;
+  }
+}
+
+// Bytes per block.
+inline size_t DTypeBlockBytes(DType t) {
   switch (t) {
     case DType::kF32:
     case DType::kI32:
@@ -23,8 +51,24 @@ inline size_t DTypeSize(DType t) {
     case DType::kF16:
     case DType::kBF16:
       return 2;
+    case DType::kQ8_0:
+      return 34;
+    case DType::kQ4_0:
+      return 18;
+    case DType::kQ4_K:
+      return 144;
+    case DType::kQ6_K:
+      return 210;
   }
   return 0;
+}
+
+// Bytes per element of the plain types; 0 for block types (use RowBytes).
+inline size_t DTypeSize(DType t) { return IsQuantized(t) ? 0 : DTypeBlockBytes(t); }
+
+// Bytes of n consecutive values; n must be a multiple of the block size.
+inline size_t RowBytes(DType t, int64_t n) {
+  return static_cast<size_t>(n / DTypeBlockElems(t)) * DTypeBlockBytes(t);
 }
 
 inline absl::string_view DTypeName(DType t) {
@@ -37,6 +81,14 @@ inline absl::string_view DTypeName(DType t) {
       return "BF16";
     case DType::kI32:
       return "I32";
+    case DType::kQ8_0:
+      return "Q8_0";
+    case DType::kQ4_0:
+      return "Q4_0";
+    case DType::kQ4_K:
+      return "Q4_K";
+    case DType::kQ6_K:
+      return "Q6_K";
   }
   return "?";
 }

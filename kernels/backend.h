@@ -45,7 +45,7 @@ struct Tensor {
   float* f32() const { return static_cast<float*>(data); }
   float* row(int64_t r) const { return f32() + r * stride; }
   Tensor Rows(int64_t begin, int64_t count) const {
-    return Tensor{static_cast<char*>(data) + begin * stride * DTypeSize(dtype), dtype, count, cols,
+    return Tensor{static_cast<char*>(data) + begin * RowBytes(dtype, stride), dtype, count, cols,
                   stride};
   }
 };

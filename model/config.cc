@@ -188,7 +188,7 @@ absl::StatusOr<ModelConfig> ModelConfig::FromJson(absl::string_view text,
   if (c.bos_token_id >= c.vocab_size) return r.Error("bos_token_id", "is past vocab_size");
   if (auto it = j.find("torch_dtype"); it != j.end() && it->is_string()) {
     auto dt = ParseDType(it->get<std::string>());
-    if (!dt.has_value() || *dt == DType::kI32) {
+    if (!dt.has_value() || *dt == DType::kI32 || IsQuantized(*dt)) {
       return r.Error("torch_dtype", absl::StrCat("is unsupported: ", it->get<std::string>()));
     }
     c.dtype = *dt;

@@ -46,6 +46,8 @@ struct ModelConfig {
   int32_t bos_token_id = -1;
   std::vector<int32_t> eos_token_ids;
   DType dtype = DType::kF32;  // torch_dtype: what the weights are stored as
+  // GGUF files mix tensor types (e.g. Q4_K with Q6_K); safetensors models must match `dtype`.
+  bool mixed_dtypes = false;
 
   // `source` names the file in error messages.
   static absl::StatusOr<ModelConfig> FromJson(absl::string_view json_text,

@@ -17,6 +17,10 @@ namespace {
 constexpr uint32_t kGgmlF32 = 0;
 constexpr uint32_t kGgmlF16 = 1;
 constexpr uint32_t kGgmlBF16 = 30;
+constexpr uint32_t kGgmlQ4_0 = 2;
+constexpr uint32_t kGgmlQ8_0 = 8;
+constexpr uint32_t kGgmlQ4_K = 12;
+constexpr uint32_t kGgmlQ6_K = 14;
 
 class GgufWeights : public WeightSource {
  public:
@@ -47,6 +51,18 @@ class GgufWeights : public WeightSource {
       case kGgmlBF16:
         t.dtype = DType::kBF16;
         break;
+      case kGgmlQ8_0:
+        t.dtype = DType::kQ8_0;
+        break;
+      case kGgmlQ4_0:
+        t.dtype = DType::kQ4_0;
+        break;
+      case kGgmlQ4_K:
+        t.dtype = DType::kQ4_K;
+        break;
+      case kGgmlQ6_K:
+        t.dtype = DType::kQ6_K;
+        break;
       default: {
         const GgmlTypeInfo* ti = GgmlType(info->ggml_type);
         return absl::UnimplementedError(absl::StrCat(
@@ -55,6 +71,11 @@ class GgufWeights : public WeightSource {
       }
     }
     t.shape.assign(info->dims.rbegin(), info->dims.rend());  // GGUF lists the fastest dim first
+    if (!t.shape.empty() && t.shape.back() % DTypeBlockElems(t.dtype) != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(file_->path(), ": tensor '", g, "' rows of ",
+                                                     t.shape.back(), " values do not fill whole ",
+                                                     DTypeName(t.dtype), " blocks"));
+    }
     t.data = info->data;
     t.nbytes = info->size_bytes;
     const int heads = RopePermutedHeads(name);
@@ -127,7 +148,7 @@ class GgufWeights : public WeightSource {
                                                      " heads of even size"));
     }
     const int64_t d = rows / heads;
-    const size_t row_bytes = static_cast<size_t>(cols) * DTypeSize(t.dtype);
+    const size_t row_bytes = RowBytes(t.dtype, cols);
     out->resize(t.nbytes);
     const auto* src = static_cast<const uint8_t*>(t.data);
     for (int64_t h = 0; h < heads; ++h) {
@@ -223,6 +244,7 @@ absl::StatusOr<ModelConfig> ConfigFromGguf(const GgufFile& f) {
   }
   const uint32_t t = embed->ggml_type;
   c.dtype = t == kGgmlF16 ? DType::kF16 : t == kGgmlBF16 ? DType::kBF16 : DType::kF32;
+  c.mixed_dtypes = true;
   return c;
 }
 

@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "common/status.h"
+#include "kernels/cpu/quant.h"
 
 namespace shardserve {
 namespace {
@@ -27,8 +28,8 @@ struct LayerWeights {
 struct Workspace {
   int64_t capacity = 0;
   std::unique_ptr<Buffer> x, h, q, k, v, attn, gate_up, act;
-  int64_t logits_capacity = 0;  // rows of `logits`
-  std::unique_ptr<Buffer> logits;  // [rows, vocab]: the last stage's output before it is copied out
+  int64_t logits_capacity = 0;     // rows of `logits`
+  std::unique_ptr<Buffer> logits;  // [rows, vocab], copied out by Forward
 };
 
 class LlamaStage : public ModelStage {
@@ -38,11 +39,16 @@ class LlamaStage : public ModelStage {
       : config_(c), weights_(std::move(weights)), backend_(backend), kv_(kv) {
     begin_ = spec.layer_begin;
     end_ = spec.layer_end < 0 ? c.num_layers : spec.layer_end;
+    quantize_ = spec.quantize;
     inv_freq_ = c.RopeInvFreq();
   }
 
   absl::Status Load() {
     const ModelConfig& c = config_;
+    if (quantize_ != DType::kF32 && quantize_ != DType::kQ8_0 && quantize_ != DType::kQ4_0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("cannot quantize to ", DTypeName(quantize_), " (supported: q8_0, q4_0)"));
+    }
     if (begin_ < 0 || begin_ >= end_ || end_ > c.num_layers) {
       return absl::InvalidArgumentError(absl::StrCat("layer range [", begin_, ", ", end_,
                                                      ") is not inside [0, ", c.num_layers, ")"));
@@ -344,6 +350,7 @@ class LlamaStage : public ModelStage {
   Backend* backend_;
   KvCacheSpec kv_;
   int64_t begin_ = 0, end_ = 0;
+  DType quantize_ = DType::kF32;
   std::vector<float> inv_freq_;
   Weight embed_, final_norm_, lm_head_;
   std::vector<LayerWeights> layers_;

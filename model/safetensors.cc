@@ -138,7 +138,7 @@ absl::StatusOr<TensorRef> SafetensorsFile::Get(const std::string& name) const {
   }
   const Entry& e = it->second;
   auto dt = ParseDType(e.dtype_name);
-  if (!dt.has_value()) {
+  if (!dt.has_value() || IsQuantized(*dt)) {
     return absl::InvalidArgumentError(absl::StrCat(file_->path(), ": tensor '", name,
                                                    "' has unsupported dtype ", e.dtype_name,
                                                    " (supported: F32, F16, BF16)"));

@@ -26,6 +26,9 @@ namespace shardserve {
 struct StageSpec {
   int64_t layer_begin = 0;
   int64_t layer_end = -1;  // -1: num_layers
+  // Quantize the layer and head matrices at load (kQ8_0 or kQ4_0); kF32 keeps them as stored.
+  // Matrices whose row length is not a multiple of 32 stay as stored.
+  DType quantize = DType::kF32;
   // Derived from the range when unset: first = (layer_begin == 0), last = (layer_end ==
   // num_layers).
   bool is_first() const { return layer_begin == 0; }

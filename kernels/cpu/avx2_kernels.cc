@@ -3,8 +3,10 @@
 #include <immintrin.h>
 
 #include <cmath>
+#include <cstring>
 
 #include "kernels/cpu/kernels.h"
+#include "kernels/cpu/quant.h"
 
 namespace shardserve::cpu {
 namespace {
@@ -241,6 +243,81 @@ bool CpuHasAvx2Fma() {
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
          __builtin_cpu_supports("f16c");
+}
+
+}  // namespace shardserve::cpu
+
+// Quantized weights (Q8_0 / Q4_0) against Q8 activation blocks: integer dot products per block
+// (sign trick + maddubs, as llama.cpp does), four weight rows at a time.
+namespace shardserve::cpu {
+namespace {
+
+inline __m256i LoadQuantBlock(DType dt, const uint8_t* block) {
+  if (dt == DType::kQ8_0) return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(block + 2));
+  const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(block + 2));
+  const __m128i mask = _mm_set1_epi8(0x0F);
+  const __m128i lo = _mm_and_si128(packed, mask);
+  const __m128i hi = _mm_and_si128(_mm_srli_epi16(packed, 4), mask);
+  return _mm256_sub_epi8(_mm256_set_m128i(hi, lo), _mm256_set1_epi8(8));
+}
+
+inline __m256 BlockDot(__m256i w, __m256i x) {
+  const __m256i ax = _mm256_sign_epi8(w, w);
+  const __m256i sy = _mm256_sign_epi8(x, w);
+  const __m256i dot16 = _mm256_maddubs_epi16(ax, sy);
+  return _mm256_cvtepi32_ps(_mm256_madd_epi16(dot16, _mm256_set1_epi16(1)));
+}
+
+inline float HalfToFloat(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return _cvtsh_ss(h);
+}
+
+}  // namespace
+
+void Avx2QuantGemvRows(DType dt, const void* w, int64_t k, const Q8Block* xq, int64_t n,
+                       int64_t xq_stride, const float* bias, float* out, int64_t out_stride,
+                       int64_t j0, int64_t j1) {
+  const size_t bb = DTypeBlockBytes(dt);
+  const int64_t nb = k / 32;
+  const size_t row_bytes = nb * bb;
+  const auto* base = static_cast<const uint8_t*>(w);
+  int64_t j = j0;
+  for (; j + 4 <= j1; j += 4) {
+    const uint8_t* r[4];
+    for (int q = 0; q < 4; ++q) r[q] = base + (j + q) * row_bytes;
+    for (int64_t i = 0; i < n; ++i) {
+      const Q8Block* x = xq + i * xq_stride;
+      __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                       _mm256_setzero_ps()};
+      for (int64_t b = 0; b < nb; ++b) {
+        const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[b].q));
+        for (int q = 0; q < 4; ++q) {
+          const uint8_t* blk = r[q] + b * bb;
+          const __m256 d = _mm256_set1_ps(HalfToFloat(blk) * x[b].d);
+          acc[q] = _mm256_fmadd_ps(d, BlockDot(LoadQuantBlock(dt, blk), xv), acc[q]);
+        }
+      }
+      for (int q = 0; q < 4; ++q) {
+        out[i * out_stride + j + q] = HorizontalSum(acc[q]) + (bias ? bias[j + q] : 0.0f);
+      }
+    }
+  }
+  for (; j < j1; ++j) {
+    const uint8_t* row = base + j * row_bytes;
+    for (int64_t i = 0; i < n; ++i) {
+      const Q8Block* x = xq + i * xq_stride;
+      __m256 acc = _mm256_setzero_ps();
+      for (int64_t b = 0; b < nb; ++b) {
+        const uint8_t* blk = row + b * bb;
+        const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[b].q));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(HalfToFloat(blk) * x[b].d),
+                              BlockDot(LoadQuantBlock(dt, blk), xv), acc);
+      }
+      out[i * out_stride + j] = HorizontalSum(acc) + (bias ? bias[j] : 0.0f);
+    }
+  }
 }
 
 }  // namespace shardserve::cpu

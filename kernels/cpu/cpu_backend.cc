@@ -16,6 +16,7 @@
 #include "common/thread_pool.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/kernels.h"
+#include "kernels/cpu/quant.h"
 
 namespace shardserve {
 namespace {
@@ -85,10 +86,7 @@ class CpuBackend : public Backend {
 
   absl::string_view name() const override { return fast_ ? "cpu-avx2" : "cpu-reference"; }
 
-  bool SupportsOp(Op op, DType weight_dtype) const override {
-    return weight_dtype == DType::kF32 || weight_dtype == DType::kF16 ||
-           weight_dtype == DType::kBF16;
-  }
+  bool SupportsOp(Op op, DType weight_dtype) const override { return weight_dtype != DType::kI32; }
 
   absl::StatusOr<std::unique_ptr<Buffer>> Allocate(size_t bytes) override {
     auto b = std::make_unique<HostBuffer>(bytes);
@@ -128,7 +126,7 @@ class CpuBackend : public Backend {
   void Embedding(const Tensor& table, absl::Span<const int32_t> ids, Tensor out) override {
     for (size_t i = 0; i < ids.size(); ++i) {
       const char* src = static_cast<const char*>(table.data) +
-                        static_cast<int64_t>(ids[i]) * table.stride * DTypeSize(table.dtype);
+                        static_cast<int64_t>(ids[i]) * RowBytes(table.dtype, table.stride);
       Convert(src, table.dtype, table.cols, out.row(static_cast<int64_t>(i)));
     }
   }
@@ -159,8 +157,10 @@ class CpuBackend : public Backend {
                        w.cols,
                        bias != nullptr ? bias->f32() : nullptr,
                        out.f32(),
-                       out.stride};
+                       out.stride,
+                       w.rows};
     const int threads = pool_.ThreadsFor(x.rows * w.rows * w.cols);
+    if (IsQuantized(w.dtype)) return QuantMatMul(args, threads);
     if (!fast_) {
       pool_.ParallelFor(
           w.rows, 4, [&](int64_t j0, int64_t j1) { cpu::RefGemvRows(args, j0, j1); }, threads);
@@ -288,11 +288,48 @@ class CpuBackend : public Backend {
 
  private:
   void Convert(const void* src, DType dt, int64_t n, float* dst) {
-    if (fast_) {
+    if (IsQuantized(dt)) {
+      cpu::DequantizeRow(dt, src, n, dst);
+    } else if (fast_) {
       cpu::Avx2ConvertRows(src, dt, n, 0, 1, dst);
     } else {
       cpu::RefConvertRows(src, dt, n, 0, 1, dst);
     }
+  }
+
+  // Q8_0 / Q4_0 decode: activations quantized to Q8 blocks, integer block dot products.
+  // Prefill, and every batch of K-quant weights, widens weight panels for sgemm instead.
+  void QuantMatMul(const cpu::GemvArgs& a, int threads) {
+    const bool int_dot = a.wt == DType::kQ8_0 || a.wt == DType::kQ4_0;
+    if (!int_dot || (fast_ && a.n >= kGemmMinRows)) {
+      pool_.ParallelFor(
+          a.rows, 16, [&](int64_t j0, int64_t j1) { GemmPanel(a, j0, j1); }, threads);
+      return;
+    }
+    const int64_t nb = a.k / 32;
+    // A member, not thread_local: the worker threads read the caller's blocks.
+    std::vector<cpu::Q8Block>& xq = activation_blocks_;
+    xq.resize(static_cast<size_t>(a.n * nb));
+    for (int64_t i = 0; i < a.n; ++i)
+      cpu::QuantizeActivations(a.x + i * a.x_stride, a.k, &xq[i * nb]);
+    const size_t row_bytes = RowBytes(a.wt, a.k);
+    pool_.ParallelFor(
+        a.rows, 4,
+        [&](int64_t j0, int64_t j1) {
+          if (fast_) {
+            cpu::Avx2QuantGemvRows(a.wt, a.w, a.k, xq.data(), a.n, nb, a.bias, a.out, a.out_stride,
+                                   j0, j1);
+            return;
+          }
+          for (int64_t j = j0; j < j1; ++j) {
+            const void* row = static_cast<const uint8_t*>(a.w) + j * row_bytes;
+            for (int64_t i = 0; i < a.n; ++i) {
+              a.out[i * a.out_stride + j] = cpu::RefQuantDot(a.wt, row, &xq[i * nb], a.k) +
+                                            (a.bias != nullptr ? a.bias[j] : 0.0f);
+            }
+          }
+        },
+        threads);
   }
 
   // Output columns [j0, j1) through sgemm; 16-bit weights are widened kPanelRows at a time.
@@ -307,7 +344,15 @@ class CpuBackend : public Backend {
       panel.resize(static_cast<size_t>(kPanelRows * a.k));
       for (int64_t p = j0; p < j1; p += kPanelRows) {
         const int64_t pe = std::min(j1, p + kPanelRows);
-        cpu::Avx2ConvertRows(a.w, a.wt, a.k, p, pe, panel.data());
+        if (IsQuantized(a.wt)) {
+          const size_t row_bytes = RowBytes(a.wt, a.k);
+          for (int64_t r = p; r < pe; ++r) {
+            cpu::DequantizeRow(a.wt, static_cast<const uint8_t*>(a.w) + r * row_bytes, a.k,
+                               panel.data() + (r - p) * a.k);
+          }
+        } else {
+          cpu::Avx2ConvertRows(a.w, a.wt, a.k, p, pe, panel.data());
+        }
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(a.n),
                     static_cast<int>(pe - p), static_cast<int>(a.k), 1.0f, a.x,
                     static_cast<int>(a.x_stride), panel.data(), static_cast<int>(a.k), 0.0f,
@@ -324,6 +369,7 @@ class CpuBackend : public Backend {
   ThreadPool pool_;
   const bool fast_;
   const bool copy_weights_;
+  std::vector<cpu::Q8Block> activation_blocks_;
 };
 
 }  // namespace

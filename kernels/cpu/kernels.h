@@ -23,6 +23,7 @@ struct GemvArgs {
   const float* bias;  // may be null
   float* out;
   int64_t out_stride;
+  int64_t rows;  // rows of w
 };
 void RefGemvRows(const GemvArgs& a, int64_t j0, int64_t j1);
 void Avx2GemvRows(const GemvArgs& a, int64_t j0, int64_t j1);

@@ -1,0 +1,44 @@
+// llama.cpp's block quantization formats on the CPU: quantizers (for --quantize at load time),
+// dequantizers (reference path, prefill panels, embedding rows) and the Q8 activation blocks
+// that the integer dot products consume.
+//
+// Block layouts are byte-compatible with GGUF files: Q8_0 {f16 d; i8 q[32]}, Q4_0 {f16 d;
+// u8 q[16]} (low nibbles hold values 0-15 of the block, high nibbles 16-31, both offset by 8),
+// Q4_K and Q6_K as in ggml's k-quants (256 values per super-block).
+#ifndef SHARDSERVE_KERNELS_CPU_QUANT_H_
+#define SHARDSERVE_KERNELS_CPU_QUANT_H_
+
+#include <cstdint>
+
+#include "common/dtype.h"
+
+namespace shardserve::cpu {
+
+// An activation block: 32 values as int8 with one float scale (value = d * q).
+struct Q8Block {
+  float d;
+  int8_t q[32];
+};
+
+// x[0, n) -> n / 32 Q8 blocks; n % 32 == 0.
+void QuantizeActivations(const float* x, int64_t n, Q8Block* out);
+
+// n values (a multiple of the type's block) of `src` in format `dt` -> F32.
+void DequantizeRow(DType dt, const void* src, int64_t n, float* dst);
+
+// F32 -> Q8_0 or Q4_0 blocks, as llama.cpp's reference quantizers do; n % 32 == 0.
+void QuantizeRow(DType dt, const float* x, int64_t n, void* dst);
+
+// Dot product of one Q8_0 or Q4_0 weight row (k values) with Q8 activation blocks; the plain
+// scalar reference of the AVX2 kernels.
+float RefQuantDot(DType dt, const void* w_row, const Q8Block* x, int64_t k);
+
+// Rows [j0, j1) of out = x * w^T for Q8_0 / Q4_0 weights (AVX2). x: n rows of k / 32 blocks,
+// xq_stride blocks apart.
+void Avx2QuantGemvRows(DType dt, const void* w, int64_t k, const Q8Block* xq, int64_t n,
+                       int64_t xq_stride, const float* bias, float* out, int64_t out_stride,
+                       int64_t j0, int64_t j1);
+
+}  // namespace shardserve::cpu
+
+#endif  // SHARDSERVE_KERNELS_CPU_QUANT_H_
