@@ -32,7 +32,12 @@ function(shardserve_cc_test)
     SHARDSERVE_SOURCE_DIR="${PROJECT_SOURCE_DIR}"
     SHARDSERVE_BINARY_DIR="${PROJECT_BINARY_DIR}")
   set_target_properties(${A_NAME} PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${PROJECT_BINARY_DIR}/tests)
-  set(labels unit ${A_LABELS})
+  set(labels ${A_LABELS})
+  if(NOT labels)
+    set(labels unit)
+  endif()
+  # gtest_discover_tests takes the property value as one word: escape the list separators.
+  string(REPLACE ";" "\\;" labels "${labels}")
   gtest_discover_tests(${A_NAME}
     WORKING_DIRECTORY ${PROJECT_SOURCE_DIR}
     PROPERTIES LABELS "${labels}"

@@ -182,7 +182,7 @@ std::string SynthTokenizerJson(int64_t vocab_size) {
     if (vocab.contains(piece))
       merges.push_back("\xe2\x96\x81 " + std::string(1, static_cast<char>(ch)));
   }
-  while (id < vocab_size) vocab[absl::StrCat("<unused", id, ">")] = id++;
+  for (; id < vocab_size; ++id) vocab[absl::StrCat("<unused", id, ">")] = id;
   json added = json::array();
   const char* specials[] = {"<unk>", "<s>", "</s>"};
   for (int i = 0; i < 3; ++i) {
