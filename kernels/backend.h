@@ -139,6 +139,7 @@ class Backend {
 struct CpuBackendOptions {
   int threads = 0;         // 0: all online CPUs
   bool reference = false;  // plain scalar kernels only (the reference path)
+  bool avx512 = true;      // use AVX-512 kernels where the CPU has them (else AVX2 only)
   // Copy large weight matrices into huge-page memory instead of reading the file mapping in
   // place: faster decode, at the cost of load time and a second copy while the page cache
   // holds the file.

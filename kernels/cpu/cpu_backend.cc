@@ -79,12 +79,15 @@ class CpuBackend : public Backend {
   explicit CpuBackend(const CpuBackendOptions& o)
       : pool_(o.threads),
         fast_(!o.reference && cpu::CpuHasAvx2Fma()),
+        avx512_(fast_ && o.avx512 && cpu::CpuHasAvx512()),
         copy_weights_(o.copy_weights) {
     // Parallelism comes from our pool; each sgemm call runs on the thread that makes it.
     openblas_set_num_threads(1);
   }
 
-  absl::string_view name() const override { return fast_ ? "cpu-avx2" : "cpu-reference"; }
+  absl::string_view name() const override {
+    return avx512_ ? "cpu-avx512" : fast_ ? "cpu-avx2" : "cpu-reference";
+  }
 
   bool SupportsOp(Op op, DType weight_dtype) const override { return weight_dtype != DType::kI32; }
 
@@ -164,6 +167,11 @@ class CpuBackend : public Backend {
     if (!fast_) {
       pool_.ParallelFor(
           w.rows, 4, [&](int64_t j0, int64_t j1) { cpu::RefGemvRows(args, j0, j1); }, threads);
+      return;
+    }
+    if (x.rows == 1 && avx512_) {
+      pool_.ParallelFor(
+          w.rows, 8, [&](int64_t j0, int64_t j1) { cpu::Avx512GemvRows1(args, j0, j1); }, threads);
       return;
     }
     if (x.rows < kGemmMinRows) {
@@ -368,6 +376,7 @@ class CpuBackend : public Backend {
 
   ThreadPool pool_;
   const bool fast_;
+  const bool avx512_;
   const bool copy_weights_;
   std::vector<cpu::Q8Block> activation_blocks_;
 };

@@ -27,6 +27,9 @@ struct GemvArgs {
 };
 void RefGemvRows(const GemvArgs& a, int64_t j0, int64_t j1);
 void Avx2GemvRows(const GemvArgs& a, int64_t j0, int64_t j1);
+// The same for a.n == 1 and F32/F16/BF16 weights, with AVX-512 (check CpuHasAvx512() first).
+void Avx512GemvRows1(const GemvArgs& a, int64_t j0, int64_t j1);
+bool CpuHasAvx512();
 
 // Converts rows [r0, r1) of a k-column weight matrix to F32 at dst (row r at dst + (r - r0) * k).
 void RefConvertRows(const void* w, DType wt, int64_t k, int64_t r0, int64_t r1, float* dst);
