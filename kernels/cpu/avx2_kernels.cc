@@ -208,26 +208,96 @@ void Avx2ConvertRows(const void* w, DType wt, int64_t k, int64_t r0, int64_t r1,
   }
 }
 
+namespace {
+
+// exp(x) for x <= 0 (softmax inputs after subtracting the max): Cody-Waite range reduction and a
+// degree-6 polynomial, relative error about 2e-7; x below -87 gives 0.
+inline __m256 ExpNonPositive(__m256 x) {
+  const __m256 min_x = _mm256_set1_ps(-87.0f);
+  const __m256 underflow = _mm256_cmp_ps(x, min_x, _CMP_LT_OQ);
+  x = _mm256_max_ps(x, min_x);
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  const __m256i e =
+      _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_andnot_ps(underflow, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
+}
+
+}  // namespace
+
 void Avx2AttentionHead(const AttentionArgs& a) {
-  float max_score = -INFINITY;
-  for (int64_t t = 0; t < a.len; ++t) {
-    const int64_t slot = a.block_table[t / a.block_size] * a.block_size + t % a.block_size;
-    const float s = Dot(a.q, a.k_base + slot * a.kv_stride, a.head_dim);
-    a.scores[t] = s;
-    max_score = std::max(max_score, s);
-  }
-  float sum = 0.0f;
-  for (int64_t t = 0; t < a.len; ++t) {
-    a.scores[t] = std::exp(a.scores[t] - max_score);
-    sum += a.scores[t];
-  }
-  const float inv = 1.0f / sum;
   const int64_t hd = a.head_dim;
   const int64_t hd8 = hd & ~int64_t{7};
+  auto key = [&](int64_t t) {
+    return a.k_base +
+           (a.block_table[t / a.block_size] * a.block_size + t % a.block_size) * a.kv_stride;
+  };
+  // Scores, four keys at a time so the four horizontal sums share one reduction.
+  int64_t t = 0;
+  for (; t + 4 <= a.len; t += 4) {
+    const float* k0 = key(t);
+    const float* k1 = key(t + 1);
+    const float* k2 = key(t + 2);
+    const float* k3 = key(t + 3);
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(),
+           s3 = _mm256_setzero_ps();
+    for (int64_t d = 0; d < hd8; d += 8) {
+      const __m256 qv = _mm256_loadu_ps(a.q + d);
+      s0 = _mm256_fmadd_ps(_mm256_loadu_ps(k0 + d), qv, s0);
+      s1 = _mm256_fmadd_ps(_mm256_loadu_ps(k1 + d), qv, s1);
+      s2 = _mm256_fmadd_ps(_mm256_loadu_ps(k2 + d), qv, s2);
+      s3 = _mm256_fmadd_ps(_mm256_loadu_ps(k3 + d), qv, s3);
+    }
+    const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(s0, s1), _mm256_hadd_ps(s2, s3));
+    __m128 sums = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    float out[4];
+    _mm_storeu_ps(out, sums);
+    for (int64_t d = hd8; d < hd; ++d) {
+      out[0] += a.q[d] * k0[d];
+      out[1] += a.q[d] * k1[d];
+      out[2] += a.q[d] * k2[d];
+      out[3] += a.q[d] * k3[d];
+    }
+    std::memcpy(a.scores + t, out, sizeof(out));
+  }
+  for (; t < a.len; ++t) a.scores[t] = Dot(a.q, key(t), hd);
+
+  __m256 vmax = _mm256_set1_ps(-INFINITY);
+  int64_t i = 0;
+  for (; i + 8 <= a.len; i += 8) vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(a.scores + i));
+  float lanes[8];
+  _mm256_storeu_ps(lanes, vmax);
+  float max_score = lanes[0];
+  for (float v : lanes) max_score = std::max(max_score, v);
+  for (; i < a.len; ++i) max_score = std::max(max_score, a.scores[i]);
+
+  const __m256 vm = _mm256_set1_ps(max_score);
+  __m256 vsum = _mm256_setzero_ps();
+  i = 0;
+  for (; i + 8 <= a.len; i += 8) {
+    const __m256 e = ExpNonPositive(_mm256_sub_ps(_mm256_loadu_ps(a.scores + i), vm));
+    _mm256_storeu_ps(a.scores + i, e);
+    vsum = _mm256_add_ps(vsum, e);
+  }
+  float sum = HorizontalSum(vsum);
+  for (; i < a.len; ++i) {
+    a.scores[i] = std::exp(a.scores[i] - max_score);
+    sum += a.scores[i];
+  }
+
+  const float inv = 1.0f / sum;
   for (int64_t d = 0; d < hd; ++d) a.out[d] = 0.0f;
-  for (int64_t t = 0; t < a.len; ++t) {
-    const int64_t slot = a.block_table[t / a.block_size] * a.block_size + t % a.block_size;
-    const float* value = a.v_base + slot * a.kv_stride;
+  for (t = 0; t < a.len; ++t) {
+    const float* value = a.v_base + (key(t) - a.k_base);
     const float p = a.scores[t] * inv;
     const __m256 vp = _mm256_set1_ps(p);
     int64_t d = 0;

@@ -60,7 +60,8 @@ void Gemv1(const GemvArgs& a, int64_t j0, int64_t j1) {
   for (; j < j1; ++j) {
     const void* row = w + j * k * es;
     __m512 acc = _mm512_setzero_ps();
-    for (int64_t c = 0; c < k16; c += 16) acc = _mm512_fmadd_ps(Load16<T>(row, c), _mm512_loadu_ps(x + c), acc);
+    for (int64_t c = 0; c < k16; c += 16)
+      acc = _mm512_fmadd_ps(Load16<T>(row, c), _mm512_loadu_ps(x + c), acc);
     float s = _mm512_reduce_add_ps(acc);
     for (int64_t c = k16; c < k; ++c) s += Load1<T>(row, c) * x[c];
     a.out[j] = s + (a.bias != nullptr ? a.bias[j] : 0.0f);
