@@ -21,7 +21,8 @@ endif()
 
 if(SHARDSERVE_ENABLE_CUDA AND CMAKE_CUDA_COMPILER)
   enable_language(CUDA)
-  set(CMAKE_CUDA_STANDARD 20)
+  # Device files need no C++20, and CMake 3.25 knows no nvcc flag for it.
+  set(CMAKE_CUDA_STANDARD 17)
   set(CMAKE_CUDA_STANDARD_REQUIRED ON)
   find_package(CUDAToolkit)
   if(CUDAToolkit_FOUND)

@@ -26,8 +26,8 @@ absl::Status CudaStatus(cudaError_t err, absl::string_view what) {
 
 absl::StatusOr<CudaStream> CudaStream::Create() {
   cudaStream_t s = nullptr;
-  absl::Status st = CudaStatus(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking),
-                               "cudaStreamCreateWithFlags");
+  absl::Status st =
+      CudaStatus(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
   if (!st.ok()) return st;
   return CudaStream(s);
 }
