@@ -4,7 +4,9 @@
 // device pointer that only this backend's ops and Copy* calls may touch. All work is queued on
 // one non-blocking stream owned by the backend, in issue order; ops return before the device
 // finishes, and the first failure is kept and reported by Synchronize() / CopyToHost() (every
-// later op is skipped). Index arrays passed as host spans are copied to the device by the op.
+// later op is skipped). Index arrays passed as host spans are copied to the device by the op,
+// only when their contents differ from the previous call's (every layer of a step passes the
+// same positions and block tables).
 //
 // MatMul: cuBLASLt for F16 / BF16 / F32 weights. Activations are F32 in this interface; for
 // 16-bit weights they are rounded to the weight's dtype on the fly and multiplied on tensor
@@ -12,6 +14,9 @@
 // TensorRT-LLM). Batches of at most kMaxGemvRows rows (decode) take a GEMV kernel instead that
 // keeps activations in F32 and reads each weight once. Block-quantized weights are refused
 // (SupportsOp false).
+//
+// Not done yet: CUDA graphs for the decode step (each op is a separate launch) and kernels for
+// block-quantized weights.
 //
 // Thread-safety: as Backend: one issuing thread at a time. The backend binds its device on each
 // call, so the issuing thread may change between calls.
