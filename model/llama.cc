@@ -55,7 +55,7 @@ class LlamaStage : public ModelStage {
     }
     const int64_t H = c.hidden_size, I = c.intermediate_size, D = c.head_dim;
     if (is_first()) {
-      ASSIGN_OR_RETURN(embed_, Matrix("model.embed_tokens.weight", c.vocab_size, H));
+      ASSIGN_OR_RETURN(embed_, Matrix("model.embed_tokens.weight", c.vocab_size, H, false));
     }
     for (int64_t l = begin_; l < end_; ++l) {
       const std::string p = absl::StrCat("model.layers.", l, ".");
@@ -292,15 +292,34 @@ class LlamaStage : public ModelStage {
     return absl::OkStatus();
   }
 
-  // A [rows, cols] matrix in the config's dtype, used in place.
-  absl::StatusOr<Weight> Matrix(const std::string& name, int64_t rows, int64_t cols) {
+  // A [rows, cols] matrix in the config's dtype (any type for GGUF files), used in place or,
+  // with `quantize`, quantized to Q8_0 / Q4_0 at load (rows of a multiple of 32 values only).
+  absl::StatusOr<Weight> Matrix(const std::string& name, int64_t rows, int64_t cols,
+                                bool quantize = true) {
     ASSIGN_OR_RETURN(TensorRef t, weights_->GetWithShape(name, {rows, cols}));
-    if (t.dtype != config_.dtype) {
+    if (t.dtype != config_.dtype && !config_.mixed_dtypes) {
       return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' is ", DTypeName(t.dtype),
                                                      " but config.json says torch_dtype ",
                                                      DTypeName(config_.dtype)));
     }
+    if (t.dtype == DType::kI32) {
+      return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' is I32"));
+    }
     Weight w;
+    if (quantize && quantize_ != DType::kF32 && !IsQuantized(t.dtype) && cols % 32 == 0) {
+      const size_t row_bytes = RowBytes(quantize_, cols);
+      std::vector<uint8_t> host(row_bytes * rows);
+      std::vector<float> row(cols);
+      const auto* src = static_cast<const uint8_t*>(t.data);
+      for (int64_t r = 0; r < rows; ++r) {
+        cpu::DequantizeRow(t.dtype, src + RowBytes(t.dtype, cols) * r, cols, row.data());
+        cpu::QuantizeRow(quantize_, row.data(), cols, host.data() + row_bytes * r);
+      }
+      ASSIGN_OR_RETURN(w.buffer, backend_->Allocate(host.size()));
+      backend_->CopyToDevice(w.buffer->data(), host.data(), host.size());
+      w.t = Tensor::Of(w.buffer->data(), quantize_, rows, cols);
+      return w;
+    }
     ASSIGN_OR_RETURN(w.buffer, backend_->UploadWeights(t.data, t.nbytes));
     w.t = Tensor::Of(w.buffer->data(), t.dtype, rows, cols);
     return w;
