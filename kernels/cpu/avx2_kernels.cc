@@ -354,6 +354,25 @@ void Avx2QuantGemvRows(DType dt, const void* w, int64_t k, const Q8Block* xq, in
   const size_t row_bytes = nb * bb;
   const auto* base = static_cast<const uint8_t*>(w);
   int64_t j = j0;
+  if (n == 1) {  // decode: eight rows, eight memory streams
+    for (; j + 8 <= j1; j += 8) {
+      const uint8_t* r[8];
+      for (int q = 0; q < 8; ++q) r[q] = base + (j + q) * row_bytes;
+      __m256 acc[8];
+      for (auto& v : acc) v = _mm256_setzero_ps();
+      for (int64_t b = 0; b < nb; ++b) {
+        const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq[b].q));
+        const float xd = xq[b].d;
+        for (int q = 0; q < 8; ++q) {
+          const uint8_t* blk = r[q] + b * bb;
+          _mm_prefetch(reinterpret_cast<const char*>(blk) + 640, _MM_HINT_T0);
+          acc[q] = _mm256_fmadd_ps(_mm256_set1_ps(HalfToFloat(blk) * xd),
+                                   BlockDot(LoadQuantBlock(dt, blk), xv), acc[q]);
+        }
+      }
+      for (int q = 0; q < 8; ++q) out[j + q] = HorizontalSum(acc[q]) + (bias ? bias[j + q] : 0.0f);
+    }
+  }
   for (; j + 4 <= j1; j += 4) {
     const uint8_t* r[4];
     for (int q = 0; q < 4; ++q) r[q] = base + (j + q) * row_bytes;

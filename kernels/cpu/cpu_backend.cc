@@ -80,6 +80,7 @@ class CpuBackend : public Backend {
       : pool_(o.threads),
         fast_(!o.reference && cpu::CpuHasAvx2Fma()),
         avx512_(fast_ && o.avx512 && cpu::CpuHasAvx512()),
+        vnni_(avx512_ && cpu::CpuHasAvxVnni()),
         copy_weights_(o.copy_weights) {
     // Parallelism comes from our pool; each sgemm call runs on the thread that makes it.
     openblas_set_num_threads(1);
@@ -92,6 +93,12 @@ class CpuBackend : public Backend {
   bool SupportsOp(Op op, DType weight_dtype) const override { return weight_dtype != DType::kI32; }
 
   absl::StatusOr<std::unique_ptr<Buffer>> Allocate(size_t bytes) override {
+    if (bytes >= (4u << 20)) {  // weights (quantized at load), KV pools: huge pages
+      auto b = std::make_unique<HugePageBuffer>(bytes);
+      if (!b->ok())
+        return absl::ResourceExhaustedError(absl::StrCat("cannot allocate ", bytes, " bytes"));
+      return std::unique_ptr<Buffer>(std::move(b));
+    }
     auto b = std::make_unique<HostBuffer>(bytes);
     if (!b->ok()) {
       return absl::ResourceExhaustedError(absl::StrCat("cannot allocate ", bytes, " bytes"));
@@ -324,6 +331,10 @@ class CpuBackend : public Backend {
     pool_.ParallelFor(
         a.rows, 4,
         [&](int64_t j0, int64_t j1) {
+          if (vnni_ && a.n == 1) {
+            cpu::VnniQuantGemvRows1(a.wt, a.w, a.k, xq.data(), a.bias, a.out, j0, j1);
+            return;
+          }
           if (fast_) {
             cpu::Avx2QuantGemvRows(a.wt, a.w, a.k, xq.data(), a.n, nb, a.bias, a.out, a.out_stride,
                                    j0, j1);
@@ -377,6 +388,7 @@ class CpuBackend : public Backend {
   ThreadPool pool_;
   const bool fast_;
   const bool avx512_;
+  const bool vnni_;  // AVX-VNNI integer dot products (with the other wide-vector paths)
   const bool copy_weights_;
   std::vector<cpu::Q8Block> activation_blocks_;
 };

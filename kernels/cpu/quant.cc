@@ -33,7 +33,11 @@ void QuantizeActivations(const float* x, int64_t n, Q8Block* out) {
     const float d = amax / 127.0f;
     const float id = d != 0 ? 1.0f / d : 0.0f;
     out[b].d = d;
-    for (int i = 0; i < 32; ++i) out[b].q[i] = static_cast<int8_t>(std::nearbyint(v[i] * id));
+    out[b].qsum = 0;
+    for (int i = 0; i < 32; ++i) {
+      out[b].q[i] = static_cast<int8_t>(std::nearbyint(v[i] * id));
+      out[b].qsum += out[b].q[i];
+    }
   }
 }
 

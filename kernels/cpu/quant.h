@@ -17,6 +17,7 @@ namespace shardserve::cpu {
 // An activation block: 32 values as int8 with one float scale (value = d * q).
 struct Q8Block {
   float d;
+  int32_t qsum;  // sum of q, for formats stored with an offset (Q4_0's -8)
   int8_t q[32];
 };
 
@@ -38,6 +39,11 @@ float RefQuantDot(DType dt, const void* w_row, const Q8Block* x, int64_t k);
 void Avx2QuantGemvRows(DType dt, const void* w, int64_t k, const Q8Block* xq, int64_t n,
                        int64_t xq_stride, const float* bias, float* out, int64_t out_stride,
                        int64_t j0, int64_t j1);
+
+// The n == 1 case with AVX-VNNI dot products (check CpuHasAvxVnni() first).
+void VnniQuantGemvRows1(DType dt, const void* w, int64_t k, const Q8Block* xq, const float* bias,
+                        float* out, int64_t j0, int64_t j1);
+bool CpuHasAvxVnni();
 
 }  // namespace shardserve::cpu
 

@@ -99,10 +99,17 @@ TEST(QuantTest, IntegerDotFastEqualsReference) {
     for (int64_t i = 0; i < n; ++i) cpu::QuantizeActivations(&x[i * k], k, &xq[i * k / 32]);
     std::vector<float> out(n * m);
     cpu::Avx2QuantGemvRows(dt, wq.data(), k, xq.data(), n, k / 32, nullptr, out.data(), m, 0, m);
+    std::vector<float> vnni(m);
+    if (cpu::CpuHasAvxVnni()) {
+      cpu::VnniQuantGemvRows1(dt, wq.data(), k, xq.data(), nullptr, vnni.data(), 0, m);
+    }
     for (int64_t i = 0; i < n; ++i) {
       for (int64_t j = 0; j < m; ++j) {
         const float ref = cpu::RefQuantDot(dt, &wq[RowBytes(dt, k) * j], &xq[i * k / 32], k);
         EXPECT_NEAR(out[i * m + j], ref, 1e-4f * (1 + std::fabs(ref))) << DTypeName(dt);
+        if (i == 0 && cpu::CpuHasAvxVnni()) {
+          EXPECT_NEAR(vnni[j], ref, 1e-4f * (1 + std::fabs(ref))) << DTypeName(dt) << " vnni";
+        }
       }
     }
   }
