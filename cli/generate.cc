@@ -13,6 +13,9 @@
 #include "absl/strings/str_split.h"
 #include "common/status.h"
 #include "kernels/backend.h"
+#ifdef SHARDSERVE_HAS_CUDA
+#include "kernels/cuda/cuda_backend.h"
+#endif
 #include "model/generator.h"
 #include "model/stage.h"
 #include "model/synth.h"
@@ -68,6 +71,10 @@ int GenerateMain(int argc, char** argv) {
   app.add_flag("--json", json, "print one JSON object instead of streaming text");
   app.add_flag("--ignore-eos", ignore_eos, "keep generating past end-of-sequence tokens");
   app.add_flag("--no-bos", no_bos, "do not prepend the BOS token to --prompt");
+  std::string backend_name = "cpu";
+  int device = 0;
+  app.add_option("--backend", backend_name, "compute backend: cpu or cuda")->capture_default_str();
+  app.add_option("--device", device, "GPU index with --backend cuda")->capture_default_str();
   std::string quantize = "none";
   app.add_option("--quantize", quantize, "quantize weights at load: none, q8_0 or q4_0")
       ->capture_default_str();
@@ -105,7 +112,23 @@ int GenerateMain(int argc, char** argv) {
     }
     spec.quantize = *q;
   }
-  auto backend = NewCpuBackend({.threads = threads, .copy_weights = !mmap_weights});
+  std::unique_ptr<Backend> backend;
+  if (backend_name == "cpu") {
+    backend = NewCpuBackend({.threads = threads, .copy_weights = !mmap_weights});
+  } else if (backend_name == "cuda") {
+#ifdef SHARDSERVE_HAS_CUDA
+    auto cuda = NewCudaBackend({.device = device});
+    if (!cuda.ok()) return Fail(cuda.status());
+    backend = std::move(*cuda);
+#else
+    return Fail(absl::UnimplementedError(
+        "--backend cuda: this build has no CUDA support (the CUDA toolkit was not found at "
+        "configure time)"));
+#endif
+  } else {
+    return Fail(absl::InvalidArgumentError(
+        absl::StrCat("--backend '", backend_name, "' is not cpu or cuda")));
+  }
   auto stage = LoadStage(model, spec, {}, backend.get());
   if (!stage.ok()) return Fail(stage.status());
 
