@@ -1,5 +1,6 @@
 #include "model/config.h"
 
+#include <algorithm>
 #include <cmath>
 #include <numbers>
 
@@ -33,6 +34,25 @@ class Reader {
     if (v <= 0) return Error(field, absl::StrCat("must be positive, got ", v));
     if (v > (int64_t{1} << 31)) return Error(field, absl::StrCat("is implausibly large: ", v));
     return v;
+  }
+
+  // A non-negative integer field (0 allowed), `fallback` when missing or null.
+  absl::StatusOr<int64_t> NonNegativeInt(const char* field, int64_t fallback) const {
+    auto it = j_.find(field);
+    if (it == j_.end() || it->is_null()) return fallback;
+    if (!it->is_number_integer()) return Error(field, "must be an integer");
+    const int64_t v = it->get<int64_t>();
+    if (v < 0) return Error(field, absl::StrCat("must not be negative, got ", v));
+    if (v > (int64_t{1} << 31)) return Error(field, absl::StrCat("is implausibly large: ", v));
+    return v;
+  }
+
+  // A string field, `fallback` when missing or null.
+  absl::StatusOr<std::string> String(const char* field, const std::string& fallback) const {
+    auto it = j_.find(field);
+    if (it == j_.end() || it->is_null()) return fallback;
+    if (!it->is_string()) return Error(field, "must be a string");
+    return it->get<std::string>();
   }
 
   absl::StatusOr<double> PositiveFloat(const char* field, double fallback) const {
@@ -69,9 +89,16 @@ absl::StatusOr<Architecture> DetectArchitecture(const json& j, absl::string_view
   if (arch_name == "LlamaForCausalLM" || *model_type == "llama") return Architecture::kLlama;
   if (arch_name == "MistralForCausalLM" || *model_type == "mistral") return Architecture::kMistral;
   if (arch_name == "Qwen2ForCausalLM" || *model_type == "qwen2") return Architecture::kQwen2;
+  if (arch_name == "DeepseekV2ForCausalLM" || *model_type == "deepseek_v2") {
+    return Architecture::kDeepseekV2;
+  }
+  if (arch_name == "DeepseekV3ForCausalLM" || *model_type == "deepseek_v3") {
+    return Architecture::kDeepseekV3;
+  }
   return absl::InvalidArgumentError(absl::StrCat(
       source, ": unsupported architecture '", arch_name.empty() ? *model_type : arch_name,
-      "' (supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM)"));
+      "' (supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, "
+      "DeepseekV2ForCausalLM, DeepseekV3ForCausalLM)"));
 }
 
 absl::StatusOr<RopeScaling> ParseRopeScaling(const json& j, absl::string_view source) {
@@ -102,13 +129,97 @@ absl::StatusOr<RopeScaling> ParseRopeScaling(const json& j, absl::string_view so
     if (rs.high_freq_factor <= rs.low_freq_factor) {
       return r.Error("high_freq_factor", "must be greater than low_freq_factor");
     }
+  } else if (type == "yarn") {
+    rs.type = RopeScaling::Type::kYarn;
+    ASSIGN_OR_RETURN(rs.original_max_position_embeddings,
+                     r.PositiveInt("original_max_position_embeddings", 4096));
+    ASSIGN_OR_RETURN(rs.beta_fast, r.PositiveFloat("beta_fast", 32.0));
+    ASSIGN_OR_RETURN(rs.beta_slow, r.PositiveFloat("beta_slow", 1.0));
+    ASSIGN_OR_RETURN(rs.mscale, r.PositiveFloat("mscale", 1.0));
+    if (auto m = it->find("mscale_all_dim");
+        m != it->end() && m->is_number() && m->get<double>() == 0.0) {
+      rs.mscale_all_dim = 0.0;
+    } else {
+      ASSIGN_OR_RETURN(rs.mscale_all_dim, r.PositiveFloat("mscale_all_dim", 0.0));
+    }
   } else {
     return absl::InvalidArgumentError(absl::StrCat(source, ": unsupported rope_scaling type '",
-                                                   type, "' (supported: linear, llama3)"));
+                                                   type, "' (supported: linear, llama3, yarn)"));
   }
   ASSIGN_OR_RETURN(rs.factor, r.PositiveFloat("factor", -1.0));
   if (rs.factor < 0) return r.Error("factor", "is missing");
   return rs;
+}
+
+// The MLA and MoE fields of a deepseek_v2 / deepseek_v3 config, with the defaults of the
+// Hugging Face configuration classes of each version.
+absl::StatusOr<DeepseekConfig> ParseDeepseek(const Reader& r, bool v3, int64_t num_layers) {
+  DeepseekConfig d;
+  ASSIGN_OR_RETURN(d.q_lora_rank, r.NonNegativeInt("q_lora_rank", 0));
+  ASSIGN_OR_RETURN(d.kv_lora_rank, r.PositiveInt("kv_lora_rank"));
+  ASSIGN_OR_RETURN(d.qk_nope_head_dim, r.PositiveInt("qk_nope_head_dim"));
+  ASSIGN_OR_RETURN(d.qk_rope_head_dim, r.PositiveInt("qk_rope_head_dim"));
+  ASSIGN_OR_RETURN(d.v_head_dim, r.PositiveInt("v_head_dim"));
+  if (d.qk_rope_head_dim % 2 != 0) {
+    return r.Error("qk_rope_head_dim", "must be even for rotary embeddings");
+  }
+  ASSIGN_OR_RETURN(d.n_routed_experts, r.NonNegativeInt("n_routed_experts", 0));
+  ASSIGN_OR_RETURN(d.n_shared_experts, r.NonNegativeInt("n_shared_experts", 0));
+  ASSIGN_OR_RETURN(d.first_k_dense_replace, r.NonNegativeInt("first_k_dense_replace", 0));
+  ASSIGN_OR_RETURN(d.moe_layer_freq, r.PositiveInt("moe_layer_freq", 1));
+  ASSIGN_OR_RETURN(d.num_nextn_predict_layers, r.NonNegativeInt("num_nextn_predict_layers", 0));
+  ASSIGN_OR_RETURN(d.routed_scaling_factor,
+                   r.PositiveFloat("routed_scaling_factor", v3 ? 2.5 : 1.0));
+  ASSIGN_OR_RETURN(d.norm_topk_prob, r.Bool("norm_topk_prob", v3));
+  if (d.n_routed_experts > 0) {
+    ASSIGN_OR_RETURN(d.num_experts_per_tok, r.PositiveInt("num_experts_per_tok"));
+    ASSIGN_OR_RETURN(d.moe_intermediate_size, r.PositiveInt("moe_intermediate_size"));
+    if (d.num_experts_per_tok > d.n_routed_experts) {
+      return r.Error("num_experts_per_tok", "exceeds n_routed_experts");
+    }
+    ASSIGN_OR_RETURN(std::string scoring, r.String("scoring_func", v3 ? "sigmoid" : "softmax"));
+    if (scoring == "softmax") {
+      d.scoring = DeepseekConfig::Scoring::kSoftmax;
+    } else if (scoring == "sigmoid") {
+      d.scoring = DeepseekConfig::Scoring::kSigmoid;
+    } else {
+      return r.Error("scoring_func",
+                     absl::StrCat("'", scoring, "' is unsupported (softmax, sigmoid)"));
+    }
+    ASSIGN_OR_RETURN(std::string method, r.String("topk_method", v3 ? "noaux_tc" : "greedy"));
+    if (method == "greedy") {
+      d.topk_method = DeepseekConfig::TopkMethod::kGreedy;
+    } else if (method == "group_limited_greedy") {
+      d.topk_method = DeepseekConfig::TopkMethod::kGroupLimitedGreedy;
+    } else if (method == "noaux_tc") {
+      d.topk_method = DeepseekConfig::TopkMethod::kNoAuxTc;
+    } else {
+      return r.Error(
+          "topk_method",
+          absl::StrCat("'", method, "' is unsupported (greedy, group_limited_greedy, noaux_tc)"));
+    }
+    if (d.topk_method != DeepseekConfig::TopkMethod::kGreedy) {
+      ASSIGN_OR_RETURN(d.n_group, r.PositiveInt("n_group"));
+      ASSIGN_OR_RETURN(d.topk_group, r.PositiveInt("topk_group"));
+      if (d.n_routed_experts % d.n_group != 0) {
+        return r.Error("n_group", "must divide n_routed_experts");
+      }
+      if (d.topk_group > d.n_group) return r.Error("topk_group", "exceeds n_group");
+      const int64_t per_group = d.n_routed_experts / d.n_group;
+      if (d.topk_method == DeepseekConfig::TopkMethod::kNoAuxTc && per_group < 2) {
+        return r.Error("n_group",
+                       "leaves fewer than 2 experts per group (noaux_tc ranks groups "
+                       "by their two best experts)");
+      }
+      if (d.topk_group * per_group < d.num_experts_per_tok) {
+        return r.Error("topk_group", "selects fewer experts than num_experts_per_tok");
+      }
+    }
+  }
+  if (d.first_k_dense_replace > num_layers) {
+    return r.Error("first_k_dense_replace", "exceeds num_hidden_layers");
+  }
+  return d;
 }
 
 absl::StatusOr<std::vector<int32_t>> ParseEos(const json& j, absl::string_view source) {
@@ -141,6 +252,10 @@ absl::string_view ArchitectureName(Architecture a) {
       return "MistralForCausalLM";
     case Architecture::kQwen2:
       return "Qwen2ForCausalLM";
+    case Architecture::kDeepseekV2:
+      return "DeepseekV2ForCausalLM";
+    case Architecture::kDeepseekV3:
+      return "DeepseekV3ForCausalLM";
   }
   return "?";
 }
@@ -162,11 +277,21 @@ absl::StatusOr<ModelConfig> ModelConfig::FromJson(absl::string_view text,
   ASSIGN_OR_RETURN(c.num_layers, r.PositiveInt("num_hidden_layers"));
   ASSIGN_OR_RETURN(c.num_heads, r.PositiveInt("num_attention_heads"));
   ASSIGN_OR_RETURN(c.num_kv_heads, r.PositiveInt("num_key_value_heads", c.num_heads));
-  if (c.hidden_size % c.num_heads != 0 && !j.contains("head_dim")) {
+  if (c.is_deepseek()) {
+    ASSIGN_OR_RETURN(c.deepseek,
+                     ParseDeepseek(r, c.architecture == Architecture::kDeepseekV3, c.num_layers));
+    if (c.num_kv_heads != c.num_heads) {
+      return r.Error("num_key_value_heads", "must equal num_attention_heads for MLA");
+    }
+    // The query/key head: a non-rotary part and a rotary part.
+    c.head_dim = c.deepseek.qk_nope_head_dim + c.deepseek.qk_rope_head_dim;
+  } else if (c.hidden_size % c.num_heads != 0 && !j.contains("head_dim")) {
     return r.Error("num_attention_heads", "must divide hidden_size when head_dim is not given");
   }
-  ASSIGN_OR_RETURN(c.head_dim, r.PositiveInt("head_dim", c.hidden_size / c.num_heads));
-  if (c.head_dim % 2 != 0) return r.Error("head_dim", "must be even for rotary embeddings");
+  if (!c.is_deepseek()) {
+    ASSIGN_OR_RETURN(c.head_dim, r.PositiveInt("head_dim", c.hidden_size / c.num_heads));
+    if (c.head_dim % 2 != 0) return r.Error("head_dim", "must be even for rotary embeddings");
+  }
   if (c.num_heads % c.num_kv_heads != 0) {
     return r.Error("num_key_value_heads", "must divide num_attention_heads");
   }
@@ -208,10 +333,13 @@ absl::StatusOr<ModelConfig> ModelConfig::FromFile(const std::string& path) {
 std::string ModelConfig::ToJson() const {
   json j;
   j["architectures"] = {std::string(ArchitectureName(architecture))};
-  j["model_type"] = model_type.empty() ? (architecture == Architecture::kQwen2     ? "qwen2"
-                                          : architecture == Architecture::kMistral ? "mistral"
-                                                                                   : "llama")
-                                       : model_type;
+  j["model_type"] = model_type.empty()
+                        ? (architecture == Architecture::kQwen2        ? "qwen2"
+                           : architecture == Architecture::kMistral    ? "mistral"
+                           : architecture == Architecture::kDeepseekV2 ? "deepseek_v2"
+                           : architecture == Architecture::kDeepseekV3 ? "deepseek_v3"
+                                                                       : "llama")
+                        : model_type;
   j["hidden_size"] = hidden_size;
   j["intermediate_size"] = intermediate_size;
   j["num_hidden_layers"] = num_layers;
@@ -226,6 +354,15 @@ std::string ModelConfig::ToJson() const {
     j["rope_scaling"] = nullptr;
   } else if (rope_scaling.type == RopeScaling::Type::kLinear) {
     j["rope_scaling"] = {{"rope_type", "linear"}, {"factor", rope_scaling.factor}};
+  } else if (rope_scaling.type == RopeScaling::Type::kYarn) {
+    j["rope_scaling"] = {
+        {"type", "yarn"},
+        {"factor", rope_scaling.factor},
+        {"original_max_position_embeddings", rope_scaling.original_max_position_embeddings},
+        {"beta_fast", rope_scaling.beta_fast},
+        {"beta_slow", rope_scaling.beta_slow},
+        {"mscale", rope_scaling.mscale},
+        {"mscale_all_dim", rope_scaling.mscale_all_dim}};
   } else {
     j["rope_scaling"] = {
         {"rope_type", "llama3"},
@@ -236,6 +373,33 @@ std::string ModelConfig::ToJson() const {
   }
   j["tie_word_embeddings"] = tie_word_embeddings;
   if (architecture != Architecture::kQwen2) j["attention_bias"] = qkv_bias;
+  if (is_deepseek()) {
+    const DeepseekConfig& d = deepseek;
+    j.erase("head_dim");
+    j["q_lora_rank"] = d.q_lora_rank > 0 ? json(d.q_lora_rank) : json(nullptr);
+    j["kv_lora_rank"] = d.kv_lora_rank;
+    j["qk_nope_head_dim"] = d.qk_nope_head_dim;
+    j["qk_rope_head_dim"] = d.qk_rope_head_dim;
+    j["v_head_dim"] = d.v_head_dim;
+    j["n_routed_experts"] = d.n_routed_experts > 0 ? json(d.n_routed_experts) : json(nullptr);
+    j["n_shared_experts"] = d.n_shared_experts;
+    j["first_k_dense_replace"] = d.first_k_dense_replace;
+    j["moe_layer_freq"] = d.moe_layer_freq;
+    j["routed_scaling_factor"] = d.routed_scaling_factor;
+    j["norm_topk_prob"] = d.norm_topk_prob;
+    j["num_nextn_predict_layers"] = d.num_nextn_predict_layers;
+    if (d.n_routed_experts > 0) {
+      j["num_experts_per_tok"] = d.num_experts_per_tok;
+      j["moe_intermediate_size"] = d.moe_intermediate_size;
+      j["scoring_func"] = d.scoring == DeepseekConfig::Scoring::kSigmoid ? "sigmoid" : "softmax";
+      j["topk_method"] = d.topk_method == DeepseekConfig::TopkMethod::kNoAuxTc ? "noaux_tc"
+                         : d.topk_method == DeepseekConfig::TopkMethod::kGroupLimitedGreedy
+                             ? "group_limited_greedy"
+                             : "greedy";
+      j["n_group"] = d.n_group;
+      j["topk_group"] = d.topk_group;
+    }
+  }
   j["hidden_act"] = "silu";
   if (bos_token_id >= 0) j["bos_token_id"] = bos_token_id;
   if (eos_token_ids.size() == 1) {
@@ -249,12 +413,27 @@ std::string ModelConfig::ToJson() const {
   return j.dump(2);
 }
 
-std::vector<float> ModelConfig::RopeInvFreq() const {
-  const int64_t half = head_dim / 2;
+std::vector<float> ModelConfig::RopeInvFreq(int64_t rotary_dim) const {
+  const int64_t half = rotary_dim / 2;
   std::vector<float> inv(half);
+  // YaRN (DeepSeek's yarn_find_correction_range / yarn_linear_ramp_mask): dimensions that turn
+  // fewer than beta_slow times over the original context are interpolated, more than beta_fast
+  // times kept, linear in between.
+  double ramp_low = 0, ramp_high = 0;
+  if (rope_scaling.type == RopeScaling::Type::kYarn) {
+    const double old_ctx = static_cast<double>(rope_scaling.original_max_position_embeddings);
+    auto correction_dim = [&](double rotations) {
+      return rotary_dim * std::log(old_ctx / (rotations * 2 * std::numbers::pi)) /
+             (2 * std::log(rope_theta));
+    };
+    ramp_low = std::max(std::floor(correction_dim(rope_scaling.beta_fast)), 0.0);
+    ramp_high = std::min(std::ceil(correction_dim(rope_scaling.beta_slow)),
+                         static_cast<double>(rotary_dim - 1));
+    if (ramp_low == ramp_high) ramp_high += 0.001;
+  }
   for (int64_t i = 0; i < half; ++i) {
     double f =
-        1.0 / std::pow(rope_theta, static_cast<double>(2 * i) / static_cast<double>(head_dim));
+        1.0 / std::pow(rope_theta, static_cast<double>(2 * i) / static_cast<double>(rotary_dim));
     switch (rope_scaling.type) {
       case RopeScaling::Type::kNone:
         break;
@@ -274,6 +453,13 @@ std::vector<float> ModelConfig::RopeInvFreq() const {
                                 (rope_scaling.high_freq_factor - rope_scaling.low_freq_factor);
           f = (1 - smooth) * f / rope_scaling.factor + smooth * f;
         }
+        break;
+      }
+      case RopeScaling::Type::kYarn: {
+        const double ramp =
+            std::clamp((static_cast<double>(i) - ramp_low) / (ramp_high - ramp_low), 0.0, 1.0);
+        const double extrapolate = 1.0 - ramp;  // weight of the unscaled frequency
+        f = f / rope_scaling.factor * (1.0 - extrapolate) + f * extrapolate;
         break;
       }
     }

@@ -14,17 +14,53 @@
 
 namespace shardserve {
 
-enum class Architecture { kLlama, kMistral, kQwen2 };
+enum class Architecture { kLlama, kMistral, kQwen2, kDeepseekV2, kDeepseekV3 };
 
 absl::string_view ArchitectureName(Architecture a);
 
 struct RopeScaling {
-  enum class Type { kNone, kLinear, kLlama3 };
+  enum class Type { kNone, kLinear, kLlama3, kYarn };
   Type type = Type::kNone;
   double factor = 1.0;
   double low_freq_factor = 1.0;                     // llama3
   double high_freq_factor = 4.0;                    // llama3
-  int64_t original_max_position_embeddings = 8192;  // llama3
+  int64_t original_max_position_embeddings = 8192;  // llama3, yarn
+  double beta_fast = 32.0;                          // yarn
+  double beta_slow = 1.0;                           // yarn
+  double mscale = 1.0;                              // yarn
+  double mscale_all_dim = 0.0;                      // yarn
+};
+
+// DeepSeek-V2/V3: multi-head latent attention (MLA) and DeepSeekMoE, as in the Hugging Face
+// configs of model_type deepseek_v2 / deepseek_v3. Unused (zero) for other architectures.
+struct DeepseekConfig {
+  enum class Scoring { kSoftmax, kSigmoid };
+  // greedy: top-k over all experts (V2-Lite); group_limited_greedy: groups ranked by their best
+  // expert (V2); noaux_tc: groups ranked by their two best biased scores (V3).
+  enum class TopkMethod { kGreedy, kGroupLimitedGreedy, kNoAuxTc };
+  int64_t q_lora_rank = 0;  // 0: a full-rank q_proj (V2-Lite)
+  int64_t kv_lora_rank = 0;
+  int64_t qk_nope_head_dim = 0;
+  int64_t qk_rope_head_dim = 0;
+  int64_t v_head_dim = 0;
+  int64_t n_routed_experts = 0;  // 0: every layer dense
+  int64_t num_experts_per_tok = 0;
+  int64_t n_shared_experts = 0;
+  int64_t moe_intermediate_size = 0;
+  int64_t first_k_dense_replace = 0;
+  int64_t moe_layer_freq = 1;
+  int64_t n_group = 1;
+  int64_t topk_group = 1;
+  Scoring scoring = Scoring::kSoftmax;
+  TopkMethod topk_method = TopkMethod::kGreedy;
+  double routed_scaling_factor = 1.0;
+  bool norm_topk_prob = false;
+  // Multi-token-prediction modules stored after the main layers (model.layers.<num_layers + i>).
+  int64_t num_nextn_predict_layers = 0;
+
+  bool IsMoeLayer(int64_t layer) const {
+    return n_routed_experts > 0 && layer >= first_k_dense_replace && layer % moe_layer_freq == 0;
+  }
 };
 
 struct ModelConfig {
@@ -48,6 +84,11 @@ struct ModelConfig {
   DType dtype = DType::kF32;  // torch_dtype: what the weights are stored as
   // GGUF files mix tensor types (e.g. Q4_K with Q6_K); safetensors models must match `dtype`.
   bool mixed_dtypes = false;
+  DeepseekConfig deepseek;  // architectures kDeepseekV2 / kDeepseekV3 only
+
+  bool is_deepseek() const {
+    return architecture == Architecture::kDeepseekV2 || architecture == Architecture::kDeepseekV3;
+  }
 
   // `source` names the file in error messages.
   static absl::StatusOr<ModelConfig> FromJson(absl::string_view json_text,
@@ -57,7 +98,9 @@ struct ModelConfig {
   std::string ToJson() const;
 
   // Inverse frequencies for RoPE, with rope_scaling applied: head_dim / 2 values.
-  std::vector<float> RopeInvFreq() const;
+  std::vector<float> RopeInvFreq() const { return RopeInvFreq(head_dim); }
+  // The same for a rotary part of `rotary_dim` values (DeepSeek's qk_rope_head_dim).
+  std::vector<float> RopeInvFreq(int64_t rotary_dim) const;
 };
 
 }  // namespace shardserve
