@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
+#include "model/deepseek.h"
 #include "model/gguf_model.h"
 #include "model/llama.h"
 #include "model/weights.h"
@@ -31,6 +32,9 @@ absl::StatusOr<std::unique_ptr<ModelStage>> LoadStage(const std::string& path,
     case Architecture::kMistral:
     case Architecture::kQwen2:
       return LoadLlamaStage(config, std::move(weights), spec, kv, backend);
+    case Architecture::kDeepseekV2:
+    case Architecture::kDeepseekV3:
+      return LoadDeepseekStage(config, std::move(weights), spec, kv, backend);
   }
   return absl::UnimplementedError("unknown architecture");
 }

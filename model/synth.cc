@@ -58,6 +58,38 @@ ModelConfig Llama3Scaled(ModelConfig c) {
   return c;
 }
 
+// A DeepSeek-V2/V3 shape; the MoE and rope fields are set by the caller.
+ModelConfig Deepseek(bool v3, int64_t hidden, int64_t inter, int64_t layers, int64_t heads,
+                     int64_t vocab, int64_t context) {
+  ModelConfig c = Llama(hidden, inter, layers, heads, heads, vocab, context);
+  c.architecture = v3 ? Architecture::kDeepseekV3 : Architecture::kDeepseekV2;
+  c.model_type = v3 ? "deepseek_v3" : "deepseek_v2";
+  c.rms_norm_eps = 1e-6;
+  return c;
+}
+
+void SetMla(ModelConfig& c, int64_t q_lora, int64_t kv_lora, int64_t nope, int64_t rope,
+            int64_t v) {
+  DeepseekConfig& d = c.deepseek;
+  d.q_lora_rank = q_lora;
+  d.kv_lora_rank = kv_lora;
+  d.qk_nope_head_dim = nope;
+  d.qk_rope_head_dim = rope;
+  d.v_head_dim = v;
+  c.head_dim = nope + rope;
+}
+
+void SetYarn(ModelConfig& c, double factor, int64_t original, double mscale,
+             double mscale_all_dim) {
+  c.rope_scaling.type = RopeScaling::Type::kYarn;
+  c.rope_scaling.factor = factor;
+  c.rope_scaling.original_max_position_embeddings = original;
+  c.rope_scaling.beta_fast = 32;
+  c.rope_scaling.beta_slow = 1;
+  c.rope_scaling.mscale = mscale;
+  c.rope_scaling.mscale_all_dim = mscale_all_dim;
+}
+
 struct Rng {  // xoshiro256** seeded by splitmix64
   uint64_t s[4];
   explicit Rng(uint64_t seed) {
@@ -113,8 +145,19 @@ constexpr size_t kChunk = 1 << 16;  // elements per independent random stream
 }  // namespace
 
 std::vector<std::string> SynthShapeNames() {
-  return {"llama-110m", "tinyllama-1.1b", "llama3-8b",  "qwen2-0.5b", "mistral-7b",
-          "tiny-llama", "tiny-llama-8l",  "tiny-qwen2", "tiny-llama3"};
+  return {"llama-110m",
+          "tinyllama-1.1b",
+          "llama3-8b",
+          "qwen2-0.5b",
+          "mistral-7b",
+          "tiny-llama",
+          "tiny-llama-8l",
+          "tiny-qwen2",
+          "tiny-llama3",
+          "deepseek-v3-tiny",
+          "deepseek-v2-tiny",
+          "deepseek-v3-mid",
+          "deepseek-v2-lite-shape"};
 }
 
 absl::StatusOr<ModelConfig> SynthConfigByName(const std::string& name) {
@@ -149,6 +192,84 @@ absl::StatusOr<ModelConfig> SynthConfigByName(const std::string& name) {
   if (name == "tiny-llama3") {
     ModelConfig c = Llama3Scaled(Llama(64, 160, 4, 4, 1, 512, 512));
     c.rope_scaling.original_max_position_embeddings = 128;
+    return c;
+  }
+  if (name == "deepseek-v3-tiny") {
+    // 4 layers (1 dense), 16 routed experts in 4 groups, top-4 from 2 groups, 1 shared expert,
+    // sigmoid scoring with a correction bias, YaRN with distinct mscales, one MTP module.
+    ModelConfig c = Deepseek(true, 64, 128, 4, 4, 512, 512);
+    SetMla(c, 32, 32, 16, 8, 16);
+    SetYarn(c, 4.0, 128, 1.0, 0.8);
+    DeepseekConfig& d = c.deepseek;
+    d.n_routed_experts = 16;
+    d.num_experts_per_tok = 4;
+    d.n_shared_experts = 1;
+    d.moe_intermediate_size = 32;
+    d.first_k_dense_replace = 1;
+    d.n_group = 4;
+    d.topk_group = 2;
+    d.scoring = DeepseekConfig::Scoring::kSigmoid;
+    d.topk_method = DeepseekConfig::TopkMethod::kNoAuxTc;
+    d.routed_scaling_factor = 2.5;
+    d.norm_topk_prob = true;
+    d.num_nextn_predict_layers = 1;
+    return c;
+  }
+  if (name == "deepseek-v2-tiny") {
+    // V2-Lite's layout (no q compression, softmax gating) with V2's group-limited routing.
+    ModelConfig c = Deepseek(false, 64, 128, 3, 4, 512, 512);
+    SetMla(c, 0, 32, 16, 8, 16);
+    SetYarn(c, 4.0, 128, 0.707, 0.707);
+    DeepseekConfig& d = c.deepseek;
+    d.n_routed_experts = 8;
+    d.num_experts_per_tok = 3;
+    d.n_shared_experts = 2;
+    d.moe_intermediate_size = 32;
+    d.first_k_dense_replace = 1;
+    d.n_group = 4;
+    d.topk_group = 2;
+    d.scoring = DeepseekConfig::Scoring::kSoftmax;
+    d.topk_method = DeepseekConfig::TopkMethod::kGroupLimitedGreedy;
+    d.routed_scaling_factor = 2.0;
+    d.norm_topk_prob = false;
+    return c;
+  }
+  if (name == "deepseek-v3-mid") {
+    // About 0.9B parameters, V3's layout scaled down: for benchmarks on one machine.
+    ModelConfig c = Deepseek(true, 1024, 2816, 8, 16, 32000, 4096);
+    SetMla(c, 384, 256, 64, 32, 64);
+    SetYarn(c, 4.0, 1024, 1.0, 1.0);
+    DeepseekConfig& d = c.deepseek;
+    d.n_routed_experts = 32;
+    d.num_experts_per_tok = 4;
+    d.n_shared_experts = 1;
+    d.moe_intermediate_size = 512;
+    d.first_k_dense_replace = 1;
+    d.n_group = 4;
+    d.topk_group = 2;
+    d.scoring = DeepseekConfig::Scoring::kSigmoid;
+    d.topk_method = DeepseekConfig::TopkMethod::kNoAuxTc;
+    d.routed_scaling_factor = 2.5;
+    d.norm_topk_prob = true;
+    return c;
+  }
+  if (name == "deepseek-v2-lite-shape") {
+    // DeepSeek-V2-Lite's published shapes (15.7B parameters, 2.4B active).
+    ModelConfig c = Deepseek(false, 2048, 10944, 27, 16, 102400, 163840);
+    SetMla(c, 0, 512, 128, 64, 128);
+    SetYarn(c, 40.0, 4096, 0.707, 0.707);
+    c.bos_token_id = 100000;
+    c.eos_token_ids = {100001};
+    DeepseekConfig& d = c.deepseek;
+    d.n_routed_experts = 64;
+    d.num_experts_per_tok = 6;
+    d.n_shared_experts = 2;
+    d.moe_intermediate_size = 1408;
+    d.first_k_dense_replace = 1;
+    d.scoring = DeepseekConfig::Scoring::kSoftmax;
+    d.topk_method = DeepseekConfig::TopkMethod::kGreedy;
+    d.routed_scaling_factor = 1.0;
+    d.norm_topk_prob = false;
     return c;
   }
   std::string known;
@@ -251,13 +372,61 @@ absl::Status WriteSynthModel(const ModelConfig& c, const std::string& out_dir,
 
   std::vector<TensorSpec> specs;
   std::vector<bool> is_norm;
-  auto add = [&](const std::string& name, std::vector<int64_t> shape, bool norm = false) {
-    specs.push_back({name, norm ? DType::kF32 : options.dtype, std::move(shape)});
+  auto add = [&](const std::string& name, std::vector<int64_t> shape, bool norm = false,
+                 bool f32 = false) {
+    specs.push_back({name, norm || f32 ? DType::kF32 : options.dtype, std::move(shape)});
     is_norm.push_back(norm);
   };
   const int64_t H = c.hidden_size, D = c.head_dim;
   add("model.embed_tokens.weight", {c.vocab_size, H});
-  for (int64_t l = 0; l < c.num_layers; ++l) {
+  if (c.is_deepseek()) {
+    // Hugging Face DeepSeek-V2/V3 names; MTP modules follow the main layers.
+    const DeepseekConfig& d = c.deepseek;
+    const int64_t NH = c.num_heads, QD = d.qk_nope_head_dim + d.qk_rope_head_dim;
+    auto mlp = [&](const std::string& p, int64_t inter) {
+      add(p + "gate_proj.weight", {inter, H});
+      add(p + "up_proj.weight", {inter, H});
+      add(p + "down_proj.weight", {H, inter});
+    };
+    for (int64_t l = 0; l < c.num_layers + d.num_nextn_predict_layers; ++l) {
+      const std::string p = absl::StrCat("model.layers.", l, ".");
+      add(p + "input_layernorm.weight", {H}, true);
+      if (d.q_lora_rank > 0) {
+        add(p + "self_attn.q_a_proj.weight", {d.q_lora_rank, H});
+        add(p + "self_attn.q_a_layernorm.weight", {d.q_lora_rank}, true);
+        add(p + "self_attn.q_b_proj.weight", {NH * QD, d.q_lora_rank});
+      } else {
+        add(p + "self_attn.q_proj.weight", {NH * QD, H});
+      }
+      add(p + "self_attn.kv_a_proj_with_mqa.weight", {d.kv_lora_rank + d.qk_rope_head_dim, H});
+      add(p + "self_attn.kv_a_layernorm.weight", {d.kv_lora_rank}, true);
+      add(p + "self_attn.kv_b_proj.weight",
+          {NH * (d.qk_nope_head_dim + d.v_head_dim), d.kv_lora_rank});
+      add(p + "self_attn.o_proj.weight", {H, NH * d.v_head_dim});
+      add(p + "post_attention_layernorm.weight", {H}, true);
+      if (d.IsMoeLayer(l)) {
+        add(p + "mlp.gate.weight", {d.n_routed_experts, H});
+        if (d.topk_method == DeepseekConfig::TopkMethod::kNoAuxTc) {
+          add(p + "mlp.gate.e_score_correction_bias", {d.n_routed_experts}, false, true);
+        }
+        for (int64_t e = 0; e < d.n_routed_experts; ++e) {
+          mlp(absl::StrCat(p, "mlp.experts.", e, "."), d.moe_intermediate_size);
+        }
+        if (d.n_shared_experts > 0) {
+          mlp(p + "mlp.shared_experts.", d.moe_intermediate_size * d.n_shared_experts);
+        }
+      } else {
+        mlp(p + "mlp.", c.intermediate_size);
+      }
+      if (l >= c.num_layers) {
+        add(p + "enorm.weight", {H}, true);
+        add(p + "hnorm.weight", {H}, true);
+        add(p + "eh_proj.weight", {H, 2 * H});
+        add(p + "shared_head.norm.weight", {H}, true);
+      }
+    }
+  }
+  for (int64_t l = 0; l < (c.is_deepseek() ? 0 : c.num_layers); ++l) {
     const std::string p = absl::StrCat("model.layers.", l, ".");
     add(p + "input_layernorm.weight", {H}, true);
     add(p + "self_attn.q_proj.weight", {c.num_heads * D, H});
@@ -298,8 +467,9 @@ absl::Status WriteSynthModel(const ModelConfig& c, const std::string& out_dir,
           for (size_t e = e0; e < e1; e += 2) {  // Box-Muller, two values per draw
             const double r = std::sqrt(-2.0 * std::log(rng.Uniform()));
             const double th = 2.0 * M_PI * rng.Uniform();
-            Store(static_cast<float>(0.02 * r * std::cos(th)), s.dtype, dst, e);
-            if (e + 1 < e1) Store(static_cast<float>(0.02 * r * std::sin(th)), s.dtype, dst, e + 1);
+            const double sd = options.stddev;
+            Store(static_cast<float>(sd * r * std::cos(th)), s.dtype, dst, e);
+            if (e + 1 < e1) Store(static_cast<float>(sd * r * std::sin(th)), s.dtype, dst, e + 1);
           }
         }
       });

@@ -17,7 +17,9 @@
 namespace shardserve {
 
 // Shapes known by name: llama-110m, tinyllama-1.1b, llama3-8b, qwen2-0.5b, mistral-7b, and the
-// small test shapes tiny-llama (5 layers), tiny-llama-8l, tiny-qwen2, tiny-llama3.
+// small test shapes tiny-llama (5 layers), tiny-llama-8l, tiny-qwen2, tiny-llama3; DeepSeek:
+// deepseek-v3-tiny, deepseek-v2-tiny (tests), deepseek-v3-mid and deepseek-v2-lite-shape
+// (benchmarks).
 absl::StatusOr<ModelConfig> SynthConfigByName(const std::string& name);
 std::vector<std::string> SynthShapeNames();
 
@@ -26,6 +28,9 @@ struct SynthOptions {
   uint64_t seed = 0;
   int threads = 0;        // 0: all CPUs
   bool progress = false;  // print progress to stderr
+  // Standard deviation of matrix entries; tests raise it so attention and routing are far from
+  // uniform.
+  double stddev = 0.02;
 };
 
 // Creates `out_dir` (and parents) and writes the model there.
