@@ -5,11 +5,13 @@
 #
 #   bench/engine.sh [--build DIR] [--models DIR] [--shapes "llama-110m:f32 ..."] [--prompt 512]
 #                   [--decode 128] [--threads "1 2"]
+#
+# A shape is NAME:DTYPE or NAME:DTYPE:QUANT (QUANT = q8_0 or q4_0, applied at load).
 set -euo pipefail
 
 build=build
 models=${SHARDSERVE_BENCH_MODELS:-/tmp/shardserve-bench}
-shapes="llama-110m:f32 llama-110m:bf16 tinyllama-1.1b:bf16 tinyllama-1.1b:f16"
+shapes="llama-110m:f32 llama-110m:bf16 tinyllama-1.1b:f16 tinyllama-1.1b:bf16 tinyllama-1.1b:f16:q8_0 tinyllama-1.1b:f16:q4_0"
 prompt=512
 decode=128
 threads="1 2"
@@ -31,18 +33,19 @@ mkdir -p "$models"
 bw=$("$build/bin/membw" --threads 2 --streams 8 --reps 5 | python3 -c 'import json,sys; print(json.load(sys.stdin)["read_gb_per_s"])')
 echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores; read bandwidth (2 threads, 8 streams): $bw GB/s"
 echo
-echo "| shape | dtype | threads | prefill tok/s ($prompt-token prompt) | decode tok/s | weight GB/token | decode / roofline |"
+echo "| shape | weights | threads | prefill tok/s ($prompt-token prompt) | decode tok/s | weight GB/token | decode / roofline |"
 echo "| --- | --- | ---: | ---: | ---: | ---: | ---: |"
 ids=$(python3 -c "print(','.join(str(300 + (i * 7919) % 31000) for i in range($prompt)))")
 for sd in $shapes; do
-  shape=${sd%%:*}
-  dtype=${sd##*:}
+  IFS=: read -r shape dtype quant <<<"$sd"
+  quant=${quant:-none}
   dir=$models/$shape-$dtype
   [ -f "$dir/model.safetensors" ] || "$bin" synth --like "$shape" --dtype "$dtype" --out "$dir" >/dev/null 2>&1
   # Bytes read per decoded token: every layer matrix plus the LM head (the embedding is a lookup).
-  gb=$(python3 - "$dir/config.json" "$dtype" <<'PY'
+  gb=$(python3 - "$dir/config.json" "$dtype" "$quant" <<'PY'
 import json, sys
-c = json.load(open(sys.argv[1])); b = 4 if sys.argv[2] == "f32" else 2
+c = json.load(open(sys.argv[1]))
+b = {"q8_0": 34 / 32, "q4_0": 18 / 32}.get(sys.argv[3], 4 if sys.argv[2] == "f32" else 2)
 h, i, l, v = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"], c["vocab_size"]
 d = c.get("head_dim", h // c["num_attention_heads"])
 per_layer = h * d * (2 * c["num_attention_heads"] + 2 * c["num_key_value_heads"]) + 3 * h * i
@@ -51,8 +54,10 @@ PY
 )
   for t in $threads; do
     out=$("$bin" generate --model "$dir" --prompt-ids "$ids" --max-tokens "$decode" --temperature 0 \
-          --ignore-eos --threads "$t" --json)
-    python3 - "$out" "$shape" "$dtype" "$t" "$gb" "$bw" <<'PY'
+          --ignore-eos --threads "$t" --quantize "$quant" --json)
+    label=$dtype
+    [ "$quant" = none ] || label="$quant (from $dtype)"
+    python3 - "$out" "$shape" "$label" "$t" "$gb" "$bw" <<'PY'
 import json, sys
 d = json.loads(sys.argv[1]); shape, dtype, t, gb, bw = sys.argv[2:7]
 dec = d["decode_tokens_per_s"]
