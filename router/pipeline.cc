@@ -130,15 +130,13 @@ void Pipeline::ReadLoop(int stage) {
                    grpc::Status(grpc::StatusCode::UNAVAILABLE, "connection lost")));
 }
 
-absl::Status Pipeline::Send(const v1::StepPlan& plan) {
+absl::Status Pipeline::Send(v1::StepPlan plan) {
   v1::StepsRequest req;
-  *req.mutable_plan() = plan;
+  req.mutable_plan()->Swap(&plan);
   for (size_t i = 0; i < streams_.size(); ++i) {
     if (!streams_[i].stream->Write(req)) {
-      absl::Status s = absl::UnavailableError(
+      return absl::UnavailableError(
           absl::StrCat("worker ", stages_[i].address, " (stage ", i, ") control stream is broken"));
-      Fail(s);
-      return s;
     }
   }
   return absl::OkStatus();

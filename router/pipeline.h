@@ -2,14 +2,17 @@
 //
 // Connect() checks every worker (Describe), loads each stage's layer range (LoadShard), wires
 // the activation links stage to stage (ConnectNext) and opens one Steps control stream per
-// worker, with a reader thread each. Send() writes a StepPlan to every stage in stage order.
+// worker, with a reader thread each. Send() writes a StepPlan to every stage in stage order and
+// returns UNAVAILABLE naming the stage whose stream is broken (it does not call `on_failure`, so
+// a caller may hold its own locks around it).
 // The last stage's results go to `on_result`; the first failure anywhere (an error result, a
 // broken stream) goes once to `on_failure` with UNAVAILABLE naming the worker's address and
 // stage. Callers do not know or care what device a stage runs on.
 //
 // Unary calls carry deadlines; the Steps streams live as long as the pipeline and are torn down
-// by Close(). Threading: Connect, Send and Close are called from one thread (the replica's
-// loop); the callbacks run on reader threads and must not call Close.
+// by Close(). Threading: Connect and Close are called from one thread (the replica's loop);
+// Send may also be called from `on_result`, but never concurrently with another Send or with
+// Connect. The callbacks run on reader threads and must not call Close.
 #ifndef SHARDSERVE_ROUTER_PIPELINE_H_
 #define SHARDSERVE_ROUTER_PIPELINE_H_
 
@@ -57,7 +60,7 @@ class Pipeline {
   ~Pipeline();
 
   absl::Status Connect(ResultFn on_result, FailureFn on_failure);
-  absl::Status Send(const v1::StepPlan& plan);
+  absl::Status Send(v1::StepPlan plan);
   void Close();
 
   // Each stage's Stats, in stage order.

@@ -78,7 +78,7 @@ std::string Replica::last_error() const {
 }
 
 void Replica::Loop() {
-  bool sent = false;
+  bool sent = false;  // a plan went out: look for another before waiting
   std::string logged_error;
   while (true) {
     if (!ready_) {
@@ -102,43 +102,62 @@ void Replica::Loop() {
       ready_ = true;
       LOG(INFO) << "pipeline " << index_ << " is serving";
     }
-    std::optional<v1::StepPlan> plan;
-    bool failed = false;
-    {
-      absl::MutexLock lock(&mu_);
-      if (!sent) {
-        auto wake = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-          return wake_ || stop_ || !failure_.ok();
-        };
-        mu_.AwaitWithTimeout(absl::Condition(&wake), absl::Milliseconds(100));
-      }
-      wake_ = false;
-      if (stop_) break;
-      if (!failure_.ok()) {
-        FailAllLocked(failure_);
-        last_error_ = std::string(failure_.message());
-        ready_ = false;
-        failed = true;
-      } else {
-        plan = scheduler_.NextPlan();
-        load_ = scheduler_.load();
-      }
+    mu_.Lock();
+    if (!sent) {
+      auto wake = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return wake_ || stop_ || !failure_.ok();
+      };
+      mu_.AwaitWithTimeout(absl::Condition(&wake), absl::Milliseconds(100));
     }
-    if (failed) {
+    wake_ = false;
+    if (stop_) {
+      mu_.Unlock();
+      break;
+    }
+    if (!failure_.ok()) {
+      FailAllLocked(failure_);
+      last_error_ = std::string(failure_.message());
+      ready_ = false;
+      mu_.Unlock();
       pipeline_->Close();
       continue;
     }
-    sent = plan.has_value();
-    if (plan) pipeline_->Send(*plan).IgnoreError();  // a failure arrives through OnFailure
+    sent = SendNextPlanAndUnlock();
   }
   pipeline_->Close();
   absl::MutexLock lock(&mu_);
   FailAllLocked(absl::UnavailableError("router is shutting down"));
 }
 
+bool Replica::SendNextPlanAndUnlock() {
+  std::optional<v1::StepPlan> plan = scheduler_.NextPlan();
+  load_ = scheduler_.load();
+  if (!plan.has_value()) {
+    mu_.Unlock();
+    return false;
+  }
+  // Plans leave in the order the scheduler made them: send_mu_ is taken before mu_ is let go.
+  send_mu_.Lock();
+  mu_.Unlock();
+  absl::Status sent = pipeline_->Send(std::move(*plan));
+  send_mu_.Unlock();
+  if (!sent.ok()) OnFailure(sent);
+  return true;
+}
+
 void Replica::OnResult(const v1::StepsResponse& result) {
-  absl::MutexLock lock(&mu_);
-  wake_ = true;
+  mu_.Lock();
+  DeliverLocked(result);
+  if (stop_ || !failure_.ok()) {
+    wake_ = true;
+    mu_.Unlock();
+    return;
+  }
+  // The next micro-batch goes out from this thread: no hand-off to the loop on the hot path.
+  SendNextPlanAndUnlock();
+}
+
+void Replica::DeliverLocked(const v1::StepsResponse& result) {
   auto events = scheduler_.Complete(result);
   if (!events.ok()) {
     if (failure_.ok()) failure_ = absl::UnavailableError(events.status().message());

@@ -89,6 +89,10 @@ class Replica {
 
   void Loop();
   void OnResult(const v1::StepsResponse& result);
+  // Applies a result: advances the scheduler and feeds the requests' sinks.
+  void DeliverLocked(const v1::StepsResponse& result) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Makes the next plan and sends it with mu_ released; returns whether there was one.
+  bool SendNextPlanAndUnlock() ABSL_UNLOCK_FUNCTION(mu_);
   void OnFailure(const absl::Status& status);
   void FailAllLocked(const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
@@ -101,6 +105,8 @@ class Replica {
   std::atomic<int64_t> load_{0};
 
   mutable absl::Mutex mu_;
+  // Orders sends: taken while holding mu_, which is then let go; never held while taking mu_.
+  absl::Mutex send_mu_ ABSL_ACQUIRED_AFTER(mu_);
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   bool wake_ ABSL_GUARDED_BY(mu_) = false;
   absl::Status failure_ ABSL_GUARDED_BY(mu_);
