@@ -9,6 +9,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <poll.h>
+
 #include <array>
 #include <cstdio>
 #include <filesystem>
@@ -185,6 +187,64 @@ absl::StatusOr<v1::StatsResponse> WorkerStats(const std::string& address) {
   grpc::Status s = stub->Stats(&context, v1::StatsRequest(), &resp);
   if (!s.ok()) return absl::UnavailableError(s.error_message());
   return resp;
+}
+
+CommandResult RunCommand(const std::vector<std::string>& args, const std::string& input,
+                         absl::Duration timeout) {
+  CommandResult result;
+  int in[2], out[2], err[2];
+  if (pipe(in) != 0 || pipe(out) != 0 || pipe(err) != 0) return result;
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, in[0], 0);
+  posix_spawn_file_actions_adddup2(&actions, out[1], 1);
+  posix_spawn_file_actions_adddup2(&actions, err[1], 2);
+  for (int fd : {in[0], in[1], out[0], out[1], err[0], err[1]}) {
+    posix_spawn_file_actions_addclose(&actions, fd);
+  }
+  std::vector<std::string> copy = args;
+  std::vector<char*> argv;
+  for (std::string& a : copy) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  pid_t pid = -1;
+  const int spawned = posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  for (int fd : {in[0], out[1], err[1]}) close(fd);
+  if (spawned != 0) {
+    for (int fd : {in[1], out[0], err[0]}) close(fd);
+    result.err = "cannot start " + args[0];
+    return result;
+  }
+  // Small inputs only: they fit the pipe buffer, so writing first cannot deadlock.
+  if (!input.empty()) (void)!write(in[1], input.data(), input.size());
+  close(in[1]);
+  const absl::Time give_up = absl::Now() + timeout;
+  std::array<pollfd, 2> fds = {pollfd{out[0], POLLIN, 0}, pollfd{err[0], POLLIN, 0}};
+  std::array<std::string*, 2> sinks = {&result.out, &result.err};
+  int open_fds = 2;
+  while (open_fds > 0 && absl::Now() < give_up) {
+    if (poll(fds.data(), fds.size(), 100) <= 0) continue;
+    for (size_t i = 0; i < fds.size(); ++i) {
+      if (fds[i].fd < 0 || fds[i].revents == 0) continue;
+      std::array<char, 4096> buf;
+      const ssize_t n = read(fds[i].fd, buf.data(), buf.size());
+      if (n > 0) {
+        sinks[i]->append(buf.data(), n);
+      } else {
+        close(fds[i].fd);
+        fds[i].fd = -1;
+        --open_fds;
+      }
+    }
+  }
+  for (const pollfd& p : fds) {
+    if (p.fd >= 0) close(p.fd);
+  }
+  if (open_fds > 0) kill(pid, SIGKILL);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  if (WIFEXITED(status)) result.exit_code = WEXITSTATUS(status);
+  return result;
 }
 
 }  // namespace shardserve::e2e

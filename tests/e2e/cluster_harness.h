@@ -77,6 +77,16 @@ v1::GenerateRequest TextRequest(const std::string& prompt, int max_tokens, float
 
 absl::StatusOr<v1::StatsResponse> WorkerStats(const std::string& address);
 
+// A finished command: its exit status (-1 when it did not exit normally) and its output.
+struct CommandResult {
+  int exit_code = -1;
+  std::string out;  // stdout
+  std::string err;  // stderr
+};
+// Runs `args` (no shell) with `input` on stdin, killing it after `timeout`.
+CommandResult RunCommand(const std::vector<std::string>& args, const std::string& input,
+                         absl::Duration timeout);
+
 }  // namespace shardserve::e2e
 
 #endif  // SHARDSERVE_TESTS_E2E_CLUSTER_HARNESS_H_
