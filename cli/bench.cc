@@ -47,9 +47,15 @@ int BenchMain(int argc, char** argv) {
   app.add_option("--max-tokens", max_tokens, "tokens generated per request")
       ->check(CLI::Range(1, 1 << 20))
       ->capture_default_str();
-  app.add_option("--requests", requests, "requests in total (default: 2 x concurrency)");
-  app.add_option("--temperature", temperature)->capture_default_str();
-  app.add_option("--timeout-s", timeout_s, "deadline per request")->capture_default_str();
+  app.add_option("--requests", requests, "requests in total (0: 2 x concurrency)")
+      ->check(CLI::Range(0, 1 << 24))
+      ->capture_default_str();
+  app.add_option("--temperature", temperature, "sampling temperature (0: greedy)")
+      ->check(CLI::Range(0.0f, 100.0f))
+      ->capture_default_str();
+  app.add_option("--timeout-s", timeout_s, "deadline per request")
+      ->check(CLI::Range(0.001, 86400.0))
+      ->capture_default_str();
   app.add_flag("--json", json, "print one JSON object");
   try {
     app.parse(argc, argv);

@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -114,6 +115,20 @@ void StopAll(std::vector<pid_t>& pids) {
   pids.clear();
 }
 
+// The last non-empty line of a log file, without the logger's prefix, for one-line errors.
+std::string LastLine(const fs::path& path) {
+  std::ifstream in(path);
+  std::string line, last;
+  while (std::getline(in, line)) {
+    if (!line.empty()) last = line;
+  }
+  // "E 12:00:00.000 file.cc:12] message" -> "message"
+  if (const size_t bracket = last.find("] "); bracket != std::string::npos && bracket < 48) {
+    last = last.substr(bracket + 2);
+  }
+  return last;
+}
+
 // The first child that has exited, or -1.
 pid_t ExitedChild(const std::vector<pid_t>& pids) {
   for (pid_t p : pids) {
@@ -127,18 +142,31 @@ pid_t ExitedChild(const std::vector<pid_t>& pids) {
 int UpMain(int argc, char** argv) {
   CLI::App app{"Starts a local shardserve cluster: a router and N workers.", "shardserve up"};
   int workers = 2, threads = 0, max_tokens = 128;
-  std::string model, listen = "127.0.0.1:50051", prompt, layers;
+  float temperature = 0.8f;
+  std::string model, listen = "127.0.0.1:50051", http_listen, prompt, layers;
   double ready_timeout_s = 300;
   app.add_option("--workers", workers, "pipeline stages (one worker each)")
       ->check(CLI::Range(1, 64))
       ->capture_default_str();
-  app.add_option("--model", model, "model folder (default: the bundled model)");
-  app.add_option("--listen", listen, "router address")->capture_default_str();
-  app.add_option("--threads", threads, "compute threads per worker (0: CPUs / workers)");
-  app.add_option("--layers", layers, "manual layer split, e.g. 0-2,3-4");
+  app.add_option("--model", model,
+                 "Hugging Face model folder (default: $SHARDSERVE_MODEL, "
+                 "../shared/models/stories260K, models/, else a small synthetic model)");
+  app.add_option("--listen", listen, "router gRPC address host:port")->capture_default_str();
+  app.add_option("--http-listen", http_listen,
+                 "router OpenAI-compatible HTTP address host:port (default: no HTTP)");
+  app.add_option("--threads", threads, "compute threads per worker (0: CPUs / workers)")
+      ->check(CLI::Range(0, 1024))
+      ->capture_default_str();
+  app.add_option("--layers", layers, "manual layer split, e.g. 0-2,3-4 (default: balanced)");
   app.add_option("--prompt", prompt, "stream one completion once ready, then stop");
-  app.add_option("--max-tokens", max_tokens, "with --prompt")->capture_default_str();
+  app.add_option("--max-tokens", max_tokens, "tokens to generate for --prompt")
+      ->check(CLI::Range(1, 1 << 20))
+      ->capture_default_str();
+  app.add_option("--temperature", temperature, "sampling temperature for --prompt (0: greedy)")
+      ->check(CLI::Range(0.0f, 100.0f))
+      ->capture_default_str();
   app.add_option("--ready-timeout-s", ready_timeout_s, "how long to wait for SERVING")
+      ->check(CLI::Range(1.0, 86400.0))
       ->capture_default_str();
   try {
     app.parse(argc, argv);
@@ -162,6 +190,13 @@ int UpMain(int argc, char** argv) {
                    b.c_str());
       return 1;
     }
+  }
+  if (!model.empty() && !IsModelFolder(model)) {
+    std::error_code ec;
+    std::fprintf(stderr, "error: --model %s: %s\n", model.c_str(),
+                 fs::exists(model, ec) ? "not a model folder (no config.json in it)"
+                                       : "no such file or folder");
+    return 2;
   }
   char dir_template[] = "/tmp/shardserve-up-XXXXXX";
   if (mkdtemp(dir_template) == nullptr) {
@@ -212,6 +247,10 @@ int UpMain(int argc, char** argv) {
     router_args.push_back("--layers");
     router_args.push_back(layers);
   }
+  if (!http_listen.empty()) {
+    router_args.push_back("--http-listen");
+    router_args.push_back(http_listen);
+  }
   pid_t router = Spawn(router_args, (run_dir / "router.log").string());
   if (router <= 0) {
     std::fprintf(stderr, "error: cannot start %s\n", router_bin.c_str());
@@ -222,9 +261,18 @@ int UpMain(int argc, char** argv) {
 
   const absl::Time give_up = absl::Now() + absl::Seconds(ready_timeout_s);
   while (!HealthServing(listen, absl::Milliseconds(500))) {
-    if (ExitedChild(children) != -1 || absl::Now() > give_up) {
-      std::fprintf(stderr, "error: the cluster did not become ready; logs in %s\n",
+    if (pid_t dead = ExitedChild(children); dead != -1) {
+      children.erase(std::find(children.begin(), children.end(), dead));
+      StopAll(children);
+      const std::string why = dead == router ? LastLine(run_dir / "router.log") : "";
+      std::fprintf(stderr, "error: the %s exited before serving%s%s (logs in %s)\n",
+                   dead == router ? "router" : "worker", why.empty() ? "" : ": ", why.c_str(),
                    run_dir.c_str());
+      return 1;
+    }
+    if (absl::Now() > give_up) {
+      std::fprintf(stderr, "error: the cluster was not serving after %.0f s (logs in %s)\n",
+                   ready_timeout_s, run_dir.c_str());
       StopAll(children);
       return 1;
     }
@@ -240,7 +288,7 @@ int UpMain(int argc, char** argv) {
     v1::GenerateRequest request;
     request.set_text(prompt);
     request.set_max_tokens(max_tokens);
-    request.mutable_sampling()->set_temperature(0.8f);
+    request.mutable_sampling()->set_temperature(temperature);
     std::fwrite(prompt.data(), 1, prompt.size(), stdout);
     auto result = RunCompletion(listen, request, absl::Minutes(10), stdout);
     std::fputc('\n', stdout);
