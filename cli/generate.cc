@@ -2,10 +2,12 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
+#include <optional>
 #include <thread>
 
 #include "CLI/CLI.hpp"
@@ -44,11 +46,24 @@ absl::StatusOr<std::vector<int32_t>> ParseIds(const std::string& text) {
   return ids;
 }
 
+// Parses flags; help prints and exits 0, a parse error prints one line and exits 2.
+std::optional<int> Parse(CLI::App& app, int argc, char** argv) {
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    if (e.get_exit_code() == 0) return app.exit(e);
+    std::fprintf(stderr, "error: %s (see %s --help)\n", e.what(), app.get_name().c_str());
+    return 2;
+  }
+  return std::nullopt;
+}
+
 }  // namespace
 
 int GenerateMain(int argc, char** argv) {
   CLI::App app{"Generates text from a model in this process: no network, the reference path.",
                "shardserve generate"};
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   std::string model, prompt, prompt_ids_text;
   int64_t max_tokens = 128;
   SamplingParams sp;
@@ -80,18 +95,17 @@ int GenerateMain(int argc, char** argv) {
       ->capture_default_str();
   app.add_flag("--mmap-weights", mmap_weights,
                "compute from the file mapping in place (less memory, slower decode)");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    return app.exit(e);
-  }
+  if (auto rc = Parse(app, argc, argv)) return *rc;
   if (prompt.empty() == prompt_ids_text.empty()) {
     return Fail(absl::InvalidArgumentError("give exactly one of --prompt and --prompt-ids"));
   }
   if (max_tokens <= 0) return Fail(absl::InvalidArgumentError("--max-tokens must be positive"));
   if (threads < 0) return Fail(absl::InvalidArgumentError("--threads must be >= 0"));
   if (absl::Status s = ValidateSamplingParams(sp); !s.ok()) {
-    return Fail(absl::InvalidArgumentError(absl::StrCat("--", s.message())));
+    // Name the flag as the user spells it: top_p -> --top-p.
+    std::string message(s.message());
+    std::replace(message.begin(), message.begin() + message.find(' '), '_', '-');
+    return Fail(absl::InvalidArgumentError(absl::StrCat("--", message)));
   }
   auto tokenizer = Tokenizer::Load(model);
   if (!tokenizer.ok()) return Fail(tokenizer.status());
@@ -184,11 +198,7 @@ int SynthMain(int argc, char** argv) {
   app.footer(
       "Known shapes: llama-110m, tinyllama-1.1b, llama3-8b, qwen2-0.5b, mistral-7b, "
       "tiny-llama, tiny-llama-8l, tiny-qwen2, tiny-llama3");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    return app.exit(e);
-  }
+  if (auto rc = Parse(app, argc, argv)) return *rc;
   auto dtype = ParseDType(dtype_name);
   if (!dtype.has_value() || *dtype == DType::kI32 || IsQuantized(*dtype)) {
     return Fail(absl::InvalidArgumentError(
