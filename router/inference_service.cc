@@ -77,53 +77,71 @@ absl::StatusOr<std::vector<int32_t>> InferenceServiceImpl::PromptIds(
   }
 }
 
+absl::StatusOr<InferenceServiceImpl::Generation> InferenceServiceImpl::Start(
+    const v1::GenerateRequest& request) {
+  RETURN_IF_ERROR(ValidateGenerateRequest(request, limits_));
+  ASSIGN_OR_RETURN(std::vector<int32_t> prompt, PromptIds(request));
+  RETURN_IF_ERROR(ValidatePromptLength(prompt.size(), request.max_tokens(), limits_));
+  ASSIGN_OR_RETURN(Replica * replica, PickReplica());
+
+  Generation g;
+  g.replica = replica;
+  g.sequence = std::make_shared<Sequence>();
+  Sequence& seq = *g.sequence;
+  seq.id = next_sequence_id_++;
+  seq.prompt_len = prompt.size();
+  seq.tokens = std::move(prompt);
+  seq.max_tokens = request.max_tokens();
+  if (!request.ignore_eos()) seq.stop_ids.insert(eos_ids_.begin(), eos_ids_.end());
+  seq.stop_ids.insert(request.stop_token_ids().begin(), request.stop_token_ids().end());
+  seq.sampling = ResolveSampling(request);
+  g.request_id = request.request_id().empty() ? absl::StrCat("req-", seq.id) : request.request_id();
+  g.sink = std::make_shared<RequestSink>();
+  std::vector<std::string> stops(request.stop().begin(), request.stop().end());
+  RETURN_IF_ERROR(replica->Submit(g.sequence, g.sink, std::move(stops)));
+  if (metrics_ != nullptr) metrics_->OnStart(g.trace, seq.prompt_len);
+  return g;
+}
+
+bool InferenceServiceImpl::Next(Generation& g, absl::Duration timeout, v1::GenerateResponse* out,
+                                bool* done, absl::Status* error) {
+  const bool got = g.sink->Take(timeout, out, done, error);
+  if (metrics_ != nullptr && got) metrics_->OnOutput(g.trace, out, *done, *error);
+  return got;
+}
+
+void InferenceServiceImpl::Cancel(Generation& g) {
+  g.replica->Cancel(g.sequence->id);
+  if (metrics_ != nullptr) metrics_->OnCancel(g.trace);
+}
+
 grpc::Status InferenceServiceImpl::Generate(grpc::ServerContext* context,
                                             const v1::GenerateRequest* request,
                                             grpc::ServerWriter<v1::GenerateResponse>* writer) {
-  if (absl::Status s = ValidateGenerateRequest(*request, limits_); !s.ok()) return ToGrpc(s);
-  auto prompt = PromptIds(*request);
-  if (!prompt.ok()) return ToGrpc(prompt.status());
-  if (absl::Status s = ValidatePromptLength(prompt->size(), request->max_tokens(), limits_);
-      !s.ok()) {
-    return ToGrpc(s);
-  }
-  auto replica = PickReplica();
-  if (!replica.ok()) return ToGrpc(replica.status());
-
-  auto seq = std::make_shared<Sequence>();
-  seq->id = next_sequence_id_++;
-  seq->prompt_len = prompt->size();
-  seq->tokens = std::move(*prompt);
-  seq->max_tokens = request->max_tokens();
-  if (!request->ignore_eos()) seq->stop_ids.insert(eos_ids_.begin(), eos_ids_.end());
-  seq->stop_ids.insert(request->stop_token_ids().begin(), request->stop_token_ids().end());
-  seq->sampling = ResolveSampling(*request);
-  const std::string request_id =
-      request->request_id().empty() ? absl::StrCat("req-", seq->id) : request->request_id();
-  auto sink = std::make_shared<RequestSink>();
-  std::vector<std::string> stops(request->stop().begin(), request->stop().end());
-  if (absl::Status s = (*replica)->Submit(seq, sink, std::move(stops)); !s.ok()) return ToGrpc(s);
+  auto started = Start(*request);
+  if (!started.ok()) return ToGrpc(started.status());
+  Generation& g = *started;
 
   const auto deadline = context->deadline();
   while (true) {
     v1::GenerateResponse response;
     bool done = false;
     absl::Status error;
-    if (sink->Take(absl::Milliseconds(50), &response, &done, &error) &&
-        response.ByteSizeLong() > 0) {
-      response.set_request_id(request_id);
+    if (Next(g, absl::Milliseconds(50), &response, &done, &error) && response.ByteSizeLong() > 0) {
+      response.set_request_id(g.request_id);
       if (!writer->Write(response)) {
-        (*replica)->Cancel(seq->id);
+        Cancel(g);
         return grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
       }
     }
     if (done) return error.ok() ? grpc::Status::OK : ToGrpc(error);
     const bool late = std::chrono::system_clock::now() >= deadline;
     if (late || context->IsCancelled()) {
-      (*replica)->Cancel(seq->id);
+      Cancel(g);
       if (late) {
-        return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
-                            absl::StrCat("deadline passed after ", seq->generated(), " tokens"));
+        return grpc::Status(
+            grpc::StatusCode::DEADLINE_EXCEEDED,
+            absl::StrCat("deadline passed after ", g.sequence->generated(), " tokens"));
       }
       return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client");
     }

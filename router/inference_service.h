@@ -20,6 +20,7 @@
 #include "model/config.h"
 #include "model/tokenizer/chat_template.h"
 #include "model/tokenizer/tokenizer.h"
+#include "router/metrics.h"
 #include "router/replica.h"
 #include "router/validation.h"
 #include "shardserve/v1/inference.grpc.pb.h"
@@ -45,6 +46,29 @@ class InferenceServiceImpl final : public v1::InferenceService::Service {
   // True while at least one replica can take requests.
   bool serving() const;
 
+  // One admitted generation. Every front end (gRPC Generate, OpenAI HTTP, KServe) streams
+  // through Start, Next and Cancel, so validation, routing and metrics live here only.
+  struct Generation {
+    Replica* replica = nullptr;
+    std::shared_ptr<Sequence> sequence;
+    std::shared_ptr<RequestSink> sink;
+    std::string request_id;
+    RequestTrace trace;
+  };
+  // Validates and tokenizes `request` and submits it to the least-loaded ready replica, with
+  // Generate's errors (INVALID_ARGUMENT naming the field, UNAVAILABLE saying why).
+  absl::StatusOr<Generation> Start(const v1::GenerateRequest& request);
+  // RequestSink::Take for `generation`.
+  bool Next(Generation& generation, absl::Duration timeout, v1::GenerateResponse* out, bool* done,
+            absl::Status* error);
+  // Ends a generation whose client went away or ran out of time.
+  void Cancel(Generation& generation);
+
+  // Optional; set before serving. Must outlive the service.
+  void set_metrics(RouterMetrics* metrics) { metrics_ = metrics; }
+  const std::string& model_name() const { return model_name_; }
+  const std::vector<Replica*>& replicas() const { return replicas_; }
+
  private:
   absl::StatusOr<std::vector<int32_t>> PromptIds(const v1::GenerateRequest& request) const;
   absl::StatusOr<Replica*> PickReplica() const;
@@ -57,6 +81,7 @@ class InferenceServiceImpl final : public v1::InferenceService::Service {
   ModelLimits limits_;
   std::vector<int32_t> eos_ids_;
   std::atomic<uint64_t> next_sequence_id_{1};
+  RouterMetrics* metrics_ = nullptr;
 };
 
 }  // namespace shardserve

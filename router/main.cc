@@ -11,7 +11,10 @@
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_split.h"
 #include "common/logging.h"
+#include "router/http_server.h"
 #include "router/inference_service.h"
+#include "router/kserve_service.h"
+#include "router/metrics.h"
 #include "router/placement.h"
 #include "router/replica.h"
 #include "worker/grpc_link.h"
@@ -55,6 +58,10 @@ int RouterMain(int argc, char** argv) {
   app.add_option("--kv-block-size", kv_block_size, "tokens per KV block")
       ->check(CLI::Range(1, 1024))
       ->capture_default_str();
+  std::string http_listen, api_key;
+  app.add_option("--http-listen", http_listen,
+                 "host:port for the OpenAI-compatible HTTP API and /metrics");
+  app.add_option("--api-key", api_key, "key HTTP clients must send as Authorization: Bearer");
   app.add_option("--chat-template", chat_template_name,
                  "llama2, llama3, chatml, deepseek-v3, deepseek-r1 or mistral (default: detect)");
   try {
@@ -150,6 +157,16 @@ int RouterMain(int argc, char** argv) {
   std::string name = std::filesystem::path(model).lexically_normal().filename().string();
   if (name.empty()) name = std::filesystem::path(model).lexically_normal().parent_path().filename();
   InferenceServiceImpl service(name, *config, tokenizer->get(), chat_template, replica_ptrs);
+  RouterMetrics metrics;
+  service.set_metrics(&metrics);
+  std::unique_ptr<HttpServer> http;
+  if (!http_listen.empty()) {
+    http = std::make_unique<HttpServer>(&service, tokenizer->get(), &metrics,
+                                        HttpServerOptions{.api_key = api_key});
+    if (absl::Status s = http->Start(http_listen); !s.ok()) return Fail(std::string(s.message()));
+    LOG(INFO) << "OpenAI-compatible HTTP and /metrics on " << http_listen << " (port "
+              << http->port() << ")";
+  }
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -158,6 +175,8 @@ int RouterMain(int argc, char** argv) {
   builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
   builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
   builder.RegisterService(&service);
+  KServeService kserve(&service);
+  builder.RegisterService(&kserve);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) return Fail("cannot listen on " + listen);
   grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
@@ -189,6 +208,7 @@ int RouterMain(int argc, char** argv) {
   stopping = true;
   health_thread.join();
   health->SetServingStatus(false);
+  if (http != nullptr) http->Stop();
   for (auto& r : owned) r->Stop();
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   return 0;

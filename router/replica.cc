@@ -118,6 +118,7 @@ void Replica::Loop() {
       FailAllLocked(failure_);
       last_error_ = std::string(failure_.message());
       ready_ = false;
+      ++failures_;
       mu_.Unlock();
       pipeline_->Close();
       continue;
@@ -225,6 +226,17 @@ void Replica::Cancel(uint64_t sequence_id) {
   clients_.erase(sequence_id);
   load_ = scheduler_.load();
   wake_ = true;
+}
+
+ReplicaGauges Replica::Gauges() const {
+  absl::MutexLock lock(&mu_);
+  return {index_,
+          scheduler_.num_waiting(),
+          scheduler_.num_running(),
+          allocator_.num_used(),
+          allocator_.num_blocks(),
+          failures_.load(),
+          ready_.load()};
 }
 
 absl::StatusOr<std::vector<v1::StatsResponse>> Replica::WorkerStats() const {

@@ -22,6 +22,7 @@
 #include "absl/synchronization/mutex.h"
 #include "model/tokenizer/tokenizer.h"
 #include "router/block_allocator.h"
+#include "router/metrics.h"
 #include "router/pipeline.h"
 #include "router/scheduler.h"
 #include "router/text_stream.h"
@@ -78,6 +79,8 @@ class Replica {
   void Cancel(uint64_t sequence_id);
 
   absl::StatusOr<std::vector<v1::StatsResponse>> WorkerStats() const;
+  // Queue, KV and failure counts for /metrics.
+  ReplicaGauges Gauges() const;
   int64_t kv_blocks() const { return options_.pipeline.kv_num_blocks; }
 
  private:
@@ -103,6 +106,7 @@ class Replica {
   std::thread loop_;
   std::atomic<bool> ready_{false};
   std::atomic<int64_t> load_{0};
+  std::atomic<uint64_t> failures_{0};
 
   mutable absl::Mutex mu_;
   // Orders sends: taken while holding mu_, which is then let go; never held while taking mu_.

@@ -9,6 +9,7 @@
 #include "CLI/CLI.hpp"
 #include "common/logging.h"
 #include "kernels/backend.h"
+#include "router/metrics.h"
 #include "worker/grpc_link.h"
 #include "worker/worker_service.h"
 
@@ -42,6 +43,8 @@ int main(int argc, char** argv) {
   app.add_option("--fault-fail-after-sends", fault_fail_after,
                  "test hook: fail activation sends from this one on")
       ->check(CLI::Range(-1, 1 << 30));
+  std::string metrics_listen;
+  app.add_option("--metrics-listen", metrics_listen, "host:port for Prometheus /metrics");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -74,10 +77,25 @@ int main(int argc, char** argv) {
   LOG(INFO) << "shardserve-worker listening on " << listen << " (port " << port << "), backend "
             << backend->name() << ", " << threads << " threads";
 
+  shardserve::MetricsServer metrics;
+  if (!metrics_listen.empty()) {
+    absl::Status s = metrics.Start(metrics_listen, [&service] {
+      shardserve::v1::StatsRequest request;
+      shardserve::v1::StatsResponse stats;
+      service.Stats(nullptr, &request, &stats);
+      return shardserve::StageMetrics::Global().Render(stats);
+    });
+    if (!s.ok()) {
+      std::fprintf(stderr, "shardserve-worker: %s\n", std::string(s.message()).c_str());
+      return 1;
+    }
+  }
+
   // Every thread inherits the blocked mask; this one waits for the signal.
   int sig = 0;
   sigwait(&set, &sig);
   LOG(INFO) << "shardserve-worker: signal " << sig << ", shutting down";
+  metrics.Stop();
   g_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   return 0;
 }

@@ -11,6 +11,7 @@
 #include "common/logging.h"
 #include "common/status.h"
 #include "model/config.h"
+#include "router/metrics.h"
 #include "worker/grpc_link.h"
 
 namespace shardserve {
@@ -249,7 +250,9 @@ grpc::Status WorkerServiceImpl::Steps(
     } else if (draining && req.plan().sequences_size() > 0) {
       result = absl::UnavailableError("worker is draining");
     } else {
+      const absl::Time step_start = absl::Now();
       result = shard->runtime->Execute(req.plan());
+      StageMetrics::Global().ObserveStep(absl::Now() - step_start);
     }
     v1::StepsResponse response;
     if (!result.ok()) {

@@ -1,0 +1,412 @@
+#include "router/http_openai.h"
+
+#include <algorithm>
+#include <climits>
+#include <optional>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+
+namespace shardserve {
+namespace {
+
+using json = nlohmann::json;
+
+absl::Status Invalid(const std::string& param, const std::string& what) {
+  return absl::InvalidArgumentError(absl::StrCat(param, ": ", what));
+}
+
+// Reads an optional number field; INVALID_ARGUMENT when present with another type.
+absl::StatusOr<std::optional<double>> Number(const json& body, const char* key) {
+  auto it = body.find(key);
+  if (it == body.end() || it->is_null()) return std::optional<double>();
+  if (!it->is_number()) return Invalid(key, "must be a number");
+  return std::optional<double>(it->get<double>());
+}
+
+absl::StatusOr<std::optional<int64_t>> Integer(const json& body, const char* key) {
+  auto it = body.find(key);
+  if (it == body.end() || it->is_null()) return std::optional<int64_t>();
+  if (!it->is_number_integer()) return Invalid(key, "must be an integer");
+  return std::optional<int64_t>(it->get<int64_t>());
+}
+
+absl::StatusOr<bool> Bool(const json& body, const char* key) {
+  auto it = body.find(key);
+  if (it == body.end() || it->is_null()) return false;
+  if (!it->is_boolean()) return Invalid(key, "must be true or false");
+  return it->get<bool>();
+}
+
+// Clamps into int32 range so that the shared validation reports the real problem.
+int32_t ClampInt32(int64_t v) {
+  return static_cast<int32_t>(std::clamp<int64_t>(v, INT32_MIN, INT32_MAX));
+}
+
+absl::Status ParsePrompt(const json& body, v1::GenerateRequest* out) {
+  auto it = body.find("prompt");
+  if (it == body.end() || it->is_null()) return Invalid("prompt", "is required");
+  if (it->is_string()) {
+    out->set_text(it->get<std::string>());
+    return absl::OkStatus();
+  }
+  if (it->is_array()) {
+    if (it->empty()) return Invalid("prompt", "is empty");
+    if ((*it)[0].is_string()) {
+      if (it->size() != 1) return Invalid("prompt", "only one prompt per request is supported");
+      out->set_text((*it)[0].get<std::string>());
+      return absl::OkStatus();
+    }
+    if ((*it)[0].is_array()) return Invalid("prompt", "only one prompt per request is supported");
+    for (const json& id : *it) {
+      if (!id.is_number_integer()) return Invalid("prompt", "must be a string or token ids");
+      out->mutable_token_ids()->add_ids(ClampInt32(id.get<int64_t>()));
+    }
+    return absl::OkStatus();
+  }
+  return Invalid("prompt", "must be a string or token ids");
+}
+
+absl::Status ParseMessages(const json& body, v1::GenerateRequest* out) {
+  auto it = body.find("messages");
+  if (it == body.end() || !it->is_array()) return Invalid("messages", "must be an array");
+  if (it->empty()) return Invalid("messages", "is empty");
+  for (size_t i = 0; i < it->size(); ++i) {
+    const json& m = (*it)[i];
+    const std::string where = absl::StrCat("messages[", i, "]");
+    if (!m.is_object()) return Invalid(where, "must be an object");
+    auto role = m.find("role");
+    if (role == m.end() || !role->is_string()) return Invalid(where + ".role", "is required");
+    v1::ChatMessage* msg = out->mutable_chat()->add_messages();
+    msg->set_role(role->get<std::string>());
+    auto content = m.find("content");
+    if (content == m.end() || content->is_null()) continue;
+    if (content->is_string()) {
+      msg->set_content(content->get<std::string>());
+    } else if (content->is_array()) {
+      // Content parts: only text parts can reach a text model.
+      std::string text;
+      for (const json& part : *content) {
+        if (!part.is_object() || part.value("type", "") != "text" || !part.contains("text") ||
+            !part["text"].is_string()) {
+          return Invalid(where + ".content", "only text parts are supported");
+        }
+        text += part["text"].get<std::string>();
+      }
+      msg->set_content(text);
+    } else {
+      return Invalid(where + ".content", "must be a string or an array of text parts");
+    }
+  }
+  return absl::OkStatus();
+}
+
+std::string FinishName(v1::FinishReason r) {
+  switch (r) {
+    case v1::FINISH_REASON_STOP:
+      return "stop";
+    case v1::FINISH_REASON_LENGTH:
+      return "length";
+    default:
+      return "";
+  }
+}
+
+json FinishJson(v1::FinishReason r) {
+  const std::string name = FinishName(r);
+  return name.empty() ? json(nullptr) : json(name);
+}
+
+std::vector<int> Bytes(const std::string& s) {
+  std::vector<int> out;
+  for (unsigned char c : s) out.push_back(c);
+  return out;
+}
+
+}  // namespace
+
+absl::StatusOr<OpenAiRequest> ParseOpenAiRequest(OpenAiEndpoint endpoint,
+                                                 const std::string& body_text) {
+  json body = json::parse(body_text, nullptr, /*allow_exceptions=*/false);
+  if (body.is_discarded()) return Invalid("body", "is not valid JSON");
+  if (!body.is_object()) return Invalid("body", "must be a JSON object");
+
+  OpenAiRequest req;
+  req.endpoint = endpoint;
+  v1::GenerateRequest& g = req.generate;
+
+  if (auto it = body.find("model"); it != body.end() && !it->is_null()) {
+    if (!it->is_string()) return Invalid("model", "must be a string");
+    g.set_model(it->get<std::string>());
+  }
+  if (endpoint == OpenAiEndpoint::kChat) {
+    if (absl::Status s = ParseMessages(body, &g); !s.ok()) return s;
+  } else {
+    if (absl::Status s = ParsePrompt(body, &g); !s.ok()) return s;
+  }
+
+  auto n = Integer(body, "n");
+  if (!n.ok()) return n.status();
+  if (n->has_value() && **n != 1) {
+    return Invalid("n", absl::StrCat(**n, " is not supported; only n=1 (one choice per request)"));
+  }
+  auto best_of = Integer(body, "best_of");
+  if (!best_of.ok()) return best_of.status();
+  if (best_of->has_value() && **best_of != 1) return Invalid("best_of", "only 1 is supported");
+  auto echo = Bool(body, "echo");
+  if (!echo.ok()) return echo.status();
+  if (*echo) return Invalid("echo", "is not supported");
+
+  auto stream = Bool(body, "stream");
+  if (!stream.ok()) return stream.status();
+  req.stream = *stream;
+  if (auto it = body.find("stream_options"); it != body.end() && !it->is_null()) {
+    if (!it->is_object()) return Invalid("stream_options", "must be an object");
+    if (!req.stream) return Invalid("stream_options", "is only allowed with stream: true");
+    auto usage = Bool(*it, "include_usage");
+    if (!usage.ok()) return Invalid("stream_options.include_usage", "must be true or false");
+    req.include_usage = *usage;
+  }
+
+  // max_completion_tokens is the chat API's newer name for max_tokens.
+  auto max_tokens = Integer(body, "max_tokens");
+  if (!max_tokens.ok()) return max_tokens.status();
+  auto max_completion = Integer(body, "max_completion_tokens");
+  if (!max_completion.ok()) return max_completion.status();
+  std::optional<int64_t> limit = max_completion->has_value() ? *max_completion : *max_tokens;
+  g.set_max_tokens(
+      limit.has_value()
+          ? ClampInt32(*limit)
+          : (endpoint == OpenAiEndpoint::kChat ? kDefaultChatTokens : kDefaultCompletionTokens));
+  if (limit.has_value() && *limit < 1) {
+    return Invalid(max_completion->has_value() ? "max_completion_tokens" : "max_tokens",
+                   absl::StrCat(*limit, " is less than 1"));
+  }
+
+  if (auto it = body.find("stop"); it != body.end() && !it->is_null()) {
+    if (it->is_string()) {
+      g.add_stop(it->get<std::string>());
+    } else if (it->is_array()) {
+      for (const json& s : *it) {
+        if (!s.is_string()) return Invalid("stop", "must be a string or an array of strings");
+        g.add_stop(s.get<std::string>());
+      }
+    } else {
+      return Invalid("stop", "must be a string or an array of strings");
+    }
+  }
+
+  v1::SamplingParameters* sp = g.mutable_sampling();
+  for (const char* key : {"temperature", "top_p", "presence_penalty", "frequency_penalty",
+                          "repetition_penalty", "min_p"}) {
+    auto v = Number(body, key);
+    if (!v.ok()) return v.status();
+    if (!v->has_value()) continue;
+    const float f = static_cast<float>(**v);
+    const std::string k = key;
+    if (k == "temperature") sp->set_temperature(f);
+    if (k == "top_p") sp->set_top_p(f);
+    if (k == "presence_penalty") sp->set_presence_penalty(f);
+    if (k == "frequency_penalty") sp->set_frequency_penalty(f);
+    if (k == "repetition_penalty") sp->set_repetition_penalty(f);
+    if (k == "min_p") sp->set_min_p(f);
+  }
+  auto top_k = Integer(body, "top_k");
+  if (!top_k.ok()) return top_k.status();
+  if (top_k->has_value()) sp->set_top_k(ClampInt32(**top_k < 0 ? 0 : **top_k));
+  auto seed = Integer(body, "seed");
+  if (!seed.ok()) return seed.status();
+  if (seed->has_value()) sp->set_seed(static_cast<uint64_t>(**seed));
+  auto ignore_eos = Bool(body, "ignore_eos");
+  if (!ignore_eos.ok()) return ignore_eos.status();
+  g.set_ignore_eos(*ignore_eos);
+
+  // Completions: "logprobs": N alternatives (0..5). Chat: "logprobs": bool + "top_logprobs".
+  if (endpoint == OpenAiEndpoint::kCompletions) {
+    auto lp = Integer(body, "logprobs");
+    if (!lp.ok()) return lp.status();
+    if (lp->has_value()) {
+      if (**lp < 0) return Invalid("logprobs", "must be at least 0");
+      g.set_logprobs(true);
+      g.set_top_logprobs(ClampInt32(**lp));
+    }
+  } else {
+    auto lp = Bool(body, "logprobs");
+    if (!lp.ok()) return lp.status();
+    auto top = Integer(body, "top_logprobs");
+    if (!top.ok()) return top.status();
+    g.set_logprobs(*lp);
+    if (top->has_value()) {
+      if (!*lp) return Invalid("top_logprobs", "needs logprobs: true");
+      g.set_top_logprobs(ClampInt32(**top));
+    }
+  }
+  return req;
+}
+
+std::string ParamOf(const absl::Status& status) {
+  const std::string msg(status.message());
+  const size_t colon = msg.find(": ");
+  if (colon == std::string::npos || msg.find(' ') < colon) return "";
+  std::string param = msg.substr(0, colon);
+  if (absl::StartsWith(param, "sampling.")) param = param.substr(9);
+  if (absl::StartsWith(param, "chat.")) param = param.substr(5);
+  return param;
+}
+
+int HttpStatusFor(const absl::Status& status) {
+  switch (status.code()) {
+    case absl::StatusCode::kInvalidArgument:
+      return ParamOf(status) == "model" ? 404 : 400;
+    case absl::StatusCode::kFailedPrecondition:
+    case absl::StatusCode::kOutOfRange:
+      return 400;
+    case absl::StatusCode::kUnauthenticated:
+      return 401;
+    case absl::StatusCode::kPermissionDenied:
+      return 403;
+    case absl::StatusCode::kNotFound:
+      return 404;
+    case absl::StatusCode::kResourceExhausted:
+      return 429;
+    case absl::StatusCode::kUnavailable:
+      return 503;
+    case absl::StatusCode::kDeadlineExceeded:
+      return 504;
+    default:
+      return 500;
+  }
+}
+
+json ErrorBody(const absl::Status& status) {
+  const int http = HttpStatusFor(status);
+  std::string type = "invalid_request_error";
+  json code = nullptr;
+  if (http == 401) {
+    type = "authentication_error";
+    code = "invalid_api_key";
+  } else if (http == 404) {
+    code = ParamOf(status) == "model" ? json("model_not_found") : json("not_found");
+  } else if (http == 429) {
+    type = "rate_limit_error";
+  } else if (http >= 500) {
+    type = http == 503 ? "service_unavailable_error" : "server_error";
+  }
+  const std::string param = ParamOf(status);
+  return {{"error",
+           {{"message", std::string(status.message())},
+            {"type", type},
+            {"param", param.empty() ? json(nullptr) : json(param)},
+            {"code", code}}}};
+}
+
+OpenAiResponseBuilder::OpenAiResponseBuilder(const OpenAiRequest& request, std::string id,
+                                             std::string model, int64_t created,
+                                             const Tokenizer* tokenizer)
+    : endpoint_(request.endpoint),
+      logprobs_(request.generate.logprobs()),
+      id_(std::move(id)),
+      model_(std::move(model)),
+      created_(created),
+      tokenizer_(tokenizer) {}
+
+json OpenAiResponseBuilder::Logprobs(const v1::GenerateResponse& delta, int64_t text_offset) const {
+  if (!logprobs_) return nullptr;
+  if (endpoint_ == OpenAiEndpoint::kChat) {
+    json content = json::array();
+    for (const v1::TokenLogprob& lp : delta.logprobs()) {
+      const std::string token = tokenizer_->IdToPiece(lp.token_id());
+      json top = json::array();
+      for (const v1::TopLogprob& t : lp.top()) {
+        const std::string piece = tokenizer_->IdToPiece(t.token_id());
+        top.push_back({{"token", piece}, {"logprob", t.logprob()}, {"bytes", Bytes(piece)}});
+      }
+      content.push_back({{"token", token},
+                         {"logprob", lp.logprob()},
+                         {"bytes", Bytes(token)},
+                         {"top_logprobs", top}});
+    }
+    return {{"content", content}};
+  }
+  json tokens = json::array(), token_logprobs = json::array(), top = json::array(),
+       offsets = json::array();
+  int64_t offset = text_offset;
+  for (const v1::TokenLogprob& lp : delta.logprobs()) {
+    const std::string token = tokenizer_->IdToPiece(lp.token_id());
+    tokens.push_back(token);
+    token_logprobs.push_back(lp.logprob());
+    json alternatives = json::object();
+    for (const v1::TopLogprob& t : lp.top()) {
+      alternatives[tokenizer_->IdToPiece(t.token_id())] = t.logprob();
+    }
+    top.push_back(alternatives);
+    offsets.push_back(offset);
+    offset += static_cast<int64_t>(token.size());
+  }
+  return {{"tokens", tokens},
+          {"token_logprobs", token_logprobs},
+          {"top_logprobs", top},
+          {"text_offset", offsets}};
+}
+
+json OpenAiResponseBuilder::UsageJson(const v1::Usage& usage) {
+  return {{"prompt_tokens", usage.prompt_tokens()},
+          {"completion_tokens", usage.completion_tokens()},
+          {"total_tokens", usage.prompt_tokens() + usage.completion_tokens()}};
+}
+
+json OpenAiResponseBuilder::Chunk(const v1::GenerateResponse& delta, bool first) const {
+  json choice = {{"index", 0},
+                 {"logprobs", Logprobs(delta, 0)},
+                 {"finish_reason", FinishJson(delta.finish_reason())}};
+  json out = {{"id", id_}, {"created", created_}, {"model", model_}};
+  if (endpoint_ == OpenAiEndpoint::kChat) {
+    json d = {{"content", delta.text()}};
+    if (first) d["role"] = "assistant";
+    choice["delta"] = d;
+    out["object"] = "chat.completion.chunk";
+  } else {
+    choice["text"] = delta.text();
+    out["object"] = "text_completion";
+  }
+  out["choices"] = json::array({choice});
+  return out;
+}
+
+json OpenAiResponseBuilder::UsageChunk(const v1::Usage& usage) const {
+  return {
+      {"id", id_},
+      {"object", endpoint_ == OpenAiEndpoint::kChat ? "chat.completion.chunk" : "text_completion"},
+      {"created", created_},
+      {"model", model_},
+      {"choices", json::array()},
+      {"usage", UsageJson(usage)}};
+}
+
+void OpenAiResponseBuilder::Add(const v1::GenerateResponse& delta) {
+  text_ += delta.text();
+  all_.mutable_token_ids()->MergeFrom(delta.token_ids());
+  all_.mutable_logprobs()->MergeFrom(delta.logprobs());
+  if (delta.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) {
+    finish_ = delta.finish_reason();
+    usage_ = delta.usage();
+  }
+}
+
+json OpenAiResponseBuilder::Final() const {
+  json choice = {
+      {"index", 0}, {"logprobs", Logprobs(all_, 0)}, {"finish_reason", FinishJson(finish_)}};
+  json out = {{"id", id_}, {"created", created_}, {"model", model_}};
+  if (endpoint_ == OpenAiEndpoint::kChat) {
+    choice["message"] = {{"role", "assistant"}, {"content", text_}};
+    out["object"] = "chat.completion";
+  } else {
+    choice["text"] = text_;
+    out["object"] = "text_completion";
+  }
+  out["choices"] = json::array({choice});
+  out["usage"] = UsageJson(usage_);
+  return out;
+}
+
+}  // namespace shardserve

@@ -1,0 +1,75 @@
+// Translation between the OpenAI HTTP API (/v1/completions, /v1/chat/completions) and the
+// router's GenerateRequest / GenerateResponse. Pure functions: no I/O, no threads.
+//
+// Request parsing checks the OpenAI-specific shape (types, n, stream_options, logprobs form);
+// the values themselves (ranges, stop counts, the model name) are checked where the gRPC API
+// checks them, by InferenceServiceImpl::Start, so both APIs give the same answers.
+#ifndef SHARDSERVE_ROUTER_HTTP_OPENAI_H_
+#define SHARDSERVE_ROUTER_HTTP_OPENAI_H_
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "model/tokenizer/tokenizer.h"
+#include "nlohmann/json.hpp"
+#include "shardserve/v1/inference.pb.h"
+
+namespace shardserve {
+
+enum class OpenAiEndpoint { kCompletions, kChat };
+
+struct OpenAiRequest {
+  OpenAiEndpoint endpoint = OpenAiEndpoint::kCompletions;
+  v1::GenerateRequest generate;
+  bool stream = false;
+  bool include_usage = false;  // stream_options.include_usage
+};
+
+// Default max_tokens: /v1/completions' is OpenAI's (16); chat has none there, so 256 here.
+constexpr int kDefaultCompletionTokens = 16;
+constexpr int kDefaultChatTokens = 256;
+
+// INVALID_ARGUMENT whose message starts with the offending parameter ("n: ...").
+absl::StatusOr<OpenAiRequest> ParseOpenAiRequest(OpenAiEndpoint endpoint, const std::string& body);
+
+// The parameter an INVALID_ARGUMENT message names ("sampling.top_p: x" -> "top_p"), or "".
+std::string ParamOf(const absl::Status& status);
+
+// {"error": {"message", "type", "param", "code"}} and the HTTP status for `status`.
+int HttpStatusFor(const absl::Status& status);
+nlohmann::json ErrorBody(const absl::Status& status);
+
+// Builds the JSON objects OpenAI clients expect. `id` and `created` are fixed per request.
+class OpenAiResponseBuilder {
+ public:
+  OpenAiResponseBuilder(const OpenAiRequest& request, std::string id, std::string model,
+                        int64_t created, const Tokenizer* tokenizer);
+
+  // One streamed chunk for `delta` (text, tokens, logprobs, maybe the finish reason).
+  nlohmann::json Chunk(const v1::GenerateResponse& delta, bool first) const;
+  // The last streamed chunk when include_usage is set: empty choices and the usage.
+  nlohmann::json UsageChunk(const v1::Usage& usage) const;
+  // Accumulates a delta for the non-streamed answer.
+  void Add(const v1::GenerateResponse& delta);
+  nlohmann::json Final() const;
+
+ private:
+  nlohmann::json Logprobs(const v1::GenerateResponse& delta, int64_t text_offset) const;
+  static nlohmann::json UsageJson(const v1::Usage& usage);
+
+  const OpenAiEndpoint endpoint_;
+  const bool logprobs_;
+  const std::string id_;
+  const std::string model_;
+  const int64_t created_;
+  const Tokenizer* const tokenizer_;
+  std::string text_;
+  v1::GenerateResponse all_;  // token ids and logprobs so far
+  v1::FinishReason finish_ = v1::FINISH_REASON_UNSPECIFIED;
+  v1::Usage usage_;
+};
+
+}  // namespace shardserve
+
+#endif  // SHARDSERVE_ROUTER_HTTP_OPENAI_H_

@@ -1,0 +1,231 @@
+#include "router/http_server.h"
+
+#include <httplib.h>
+
+#include <csignal>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "common/logging.h"
+#include "router/http_openai.h"
+
+namespace shardserve {
+namespace {
+
+using json = nlohmann::json;
+
+constexpr char kJson[] = "application/json";
+
+void SendError(httplib::Response& res, const absl::Status& status) {
+  res.status = HttpStatusFor(status);
+  res.set_content(ErrorBody(status).dump(), kJson);
+}
+
+std::string SseEvent(const json& j) { return absl::StrCat("data: ", j.dump(), "\n\n"); }
+
+// Counts one HTTP generation in flight for as long as it lives.
+class InFlight {
+ public:
+  explicit InFlight(std::shared_ptr<std::atomic<int>> counter) : counter_(std::move(counter)) {
+    ++*counter_;
+  }
+  ~InFlight() { --*counter_; }
+  InFlight(const InFlight&) = delete;
+  InFlight& operator=(const InFlight&) = delete;
+
+ private:
+  std::shared_ptr<std::atomic<int>> counter_;
+};
+
+// One HTTP generation: lives in the content provider until the response is written or the
+// client goes away.
+struct HttpGeneration {
+  InferenceServiceImpl* service;
+  InferenceServiceImpl::Generation generation;
+  OpenAiRequest request;
+  OpenAiResponseBuilder builder;
+  std::unique_ptr<InFlight> in_flight;
+  bool finished = false;
+
+  // Streams SSE events (or, non-streamed, whitespace while waiting and the JSON at the end).
+  // Returns false when the client went away.
+  bool Run(httplib::DataSink& sink) {
+    bool first = true;
+    absl::Time last_write = absl::Now();
+    while (true) {
+      v1::GenerateResponse delta;
+      bool done = false;
+      absl::Status error;
+      std::string out;
+      if (service->Next(generation, absl::Milliseconds(50), &delta, &done, &error) &&
+          (delta.ByteSizeLong() > 0)) {
+        if (request.stream) {
+          out += SseEvent(builder.Chunk(delta, first));
+          first = false;
+          if (done && request.include_usage) out += SseEvent(builder.UsageChunk(delta.usage()));
+        } else {
+          builder.Add(delta);
+        }
+      }
+      if (done) {
+        finished = true;
+        if (!error.ok()) {
+          out += request.stream ? SseEvent(ErrorBody(error)) : ErrorBody(error).dump();
+        } else if (!request.stream) {
+          out += builder.Final().dump();
+        }
+        if (request.stream) out += "data: [DONE]\n\n";
+        if (!sink.write(out.data(), out.size())) return false;
+        sink.done();
+        return true;
+      }
+      // When nothing else is written for a second, a keep-alive finds out whether the client
+      // is still there: an SSE comment, or whitespace before the JSON body.
+      if (out.empty() && absl::Now() - last_write > absl::Seconds(1)) {
+        out = request.stream ? ": keep-alive\n\n" : " ";
+      }
+      if (!out.empty()) {
+        if (!sink.write(out.data(), out.size())) return false;
+        last_write = absl::Now();
+      }
+    }
+  }
+};
+
+}  // namespace
+
+HttpServer::HttpServer(InferenceServiceImpl* service, const Tokenizer* tokenizer,
+                       RouterMetrics* metrics, HttpServerOptions options)
+    : service_(service), tokenizer_(tokenizer), metrics_(metrics), options_(std::move(options)) {}
+
+HttpServer::~HttpServer() { Stop(); }
+
+absl::Status HttpServer::Start(const std::string& address) {
+  auto hp = SplitHostPort(address, "--http-listen");
+  if (!hp.ok()) return hp.status();
+  // A client that hangs up must not kill the process on the next write.
+  std::signal(SIGPIPE, SIG_IGN);
+  server_ = std::make_unique<httplib::Server>();
+  const int threads = options_.max_in_flight + 16;
+  server_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+  server_->set_payload_max_length(64 << 20);
+  server_->Get("/v1/models",
+               [this](const httplib::Request& q, httplib::Response& r) { Models(q, r); });
+  server_->Get(R"(/v1/models/(.+))",
+               [this](const httplib::Request& q, httplib::Response& r) { Models(q, r); });
+  server_->Post("/v1/completions",
+                [this](const httplib::Request& q, httplib::Response& r) { Generate(false, q, r); });
+  server_->Post("/v1/chat/completions",
+                [this](const httplib::Request& q, httplib::Response& r) { Generate(true, q, r); });
+  server_->Get("/metrics", [this](const httplib::Request&, httplib::Response& r) {
+    r.set_content(RenderMetrics(), "text/plain; version=0.0.4; charset=utf-8");
+  });
+  server_->Get("/health", [this](const httplib::Request&, httplib::Response& r) {
+    r.status = service_->serving() ? 200 : 503;
+  });
+  server_->set_error_handler([](const httplib::Request& q, httplib::Response& r) {
+    if (!r.body.empty()) return;
+    if (r.status == 404) {
+      SendError(r, absl::NotFoundError(absl::StrCat("no route for ", q.method, " ", q.path)));
+    } else if (r.status == 405) {
+      r.set_content(ErrorBody(absl::InvalidArgumentError("method not allowed")).dump(), kJson);
+    }
+  });
+  if (hp->second == 0) {
+    port_ = server_->bind_to_any_port(hp->first);
+  } else {
+    port_ = server_->bind_to_port(hp->first, hp->second) ? hp->second : -1;
+  }
+  if (port_ <= 0) return absl::UnavailableError(absl::StrCat("cannot listen on ", address));
+  thread_ = std::thread([this] { server_->listen_after_bind(); });
+  return absl::OkStatus();
+}
+
+void HttpServer::Stop() {
+  if (server_ == nullptr) return;
+  server_->stop();
+  if (thread_.joinable()) thread_.join();
+  server_.reset();
+}
+
+std::string HttpServer::RenderMetrics() const {
+  std::vector<ReplicaGauges> gauges;
+  for (Replica* r : service_->replicas()) gauges.push_back(r->Gauges());
+  return metrics_ == nullptr ? "" : metrics_->Render(gauges);
+}
+
+bool HttpServer::Authorized(const httplib::Request& req, httplib::Response& res) const {
+  if (options_.api_key.empty()) return true;
+  const std::string header = req.get_header_value("Authorization");
+  if (header == "Bearer " + options_.api_key) return true;
+  SendError(res, absl::UnauthenticatedError(
+                     header.empty() ? "missing API key: send Authorization: Bearer <key>"
+                                    : "invalid API key"));
+  return false;
+}
+
+void HttpServer::Models(const httplib::Request& req, httplib::Response& res) {
+  if (!Authorized(req, res)) return;
+  v1::ListModelsResponse models;
+  service_->ListModels(nullptr, nullptr, &models);
+  json data = json::array();
+  for (const v1::ModelSummary& m : models.models()) {
+    json model = {{"id", m.name()},
+                  {"object", "model"},
+                  {"created", 0},
+                  {"owned_by", "shardserve"},
+                  {"max_model_len", m.context_length()}};
+    if (req.matches.size() > 1) {
+      if (req.matches[1] != m.name()) continue;
+      res.set_content(model.dump(), kJson);
+      return;
+    }
+    data.push_back(model);
+  }
+  if (req.matches.size() > 1) {
+    SendError(res, absl::NotFoundError(
+                       absl::StrCat("model: '", req.matches[1].str(), "' is not served here")));
+    return;
+  }
+  res.set_content(json{{"object", "list"}, {"data", data}}.dump(), kJson);
+}
+
+void HttpServer::Generate(bool chat, const httplib::Request& req, httplib::Response& res) {
+  if (!Authorized(req, res)) return;
+  auto in_flight = std::make_unique<InFlight>(in_flight_);
+  if (*in_flight_ > options_.max_in_flight) {
+    SendError(res, absl::ResourceExhaustedError(
+                       absl::StrCat("more than ", options_.max_in_flight,
+                                    " requests in flight over HTTP; retry later")));
+    return;
+  }
+  auto parsed =
+      ParseOpenAiRequest(chat ? OpenAiEndpoint::kChat : OpenAiEndpoint::kCompletions, req.body);
+  if (!parsed.ok()) return SendError(res, parsed.status());
+  auto started = service_->Start(parsed->generate);
+  if (!started.ok()) return SendError(res, started.status());
+
+  const std::string id = absl::StrCat(chat ? "chatcmpl-" : "cmpl-", started->request_id);
+  auto state = std::make_shared<HttpGeneration>(
+      HttpGeneration{service_, std::move(*started), *parsed,
+                     OpenAiResponseBuilder(*parsed, id, service_->model_name(),
+                                           absl::ToUnixSeconds(absl::Now()), tokenizer_),
+                     std::move(in_flight)});
+  const bool stream = parsed->stream;
+  if (stream) {
+    res.set_header("Cache-Control", "no-cache");
+    res.set_header("X-Accel-Buffering", "no");
+  }
+  res.set_chunked_content_provider(
+      stream ? "text/event-stream" : kJson,
+      [state](size_t, httplib::DataSink& sink) { return state->Run(sink); },
+      [state](bool) {
+        if (!state->finished) {
+          state->service->Cancel(state->generation);
+          state->finished = true;
+        }
+        state->in_flight.reset();
+      });
+}
+
+}  // namespace shardserve
