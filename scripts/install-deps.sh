@@ -8,7 +8,7 @@ packages=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev nlohmann-json3-dev libpcre2-dev libcli11-dev libcpp-httplib-dev
   libopenblas-dev libgtest-dev libgmock-dev libicu-dev
-  clang libclang-rt-14-dev
+  clang libclang-rt-14-dev prometheus python3-grpcio python3-protobuf grpc-proto
 )
 
 missing=()

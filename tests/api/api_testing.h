@@ -1,0 +1,42 @@
+// Helpers for the API tests: running the Node and Python clients against a test cluster,
+// HTTP calls, and reading Prometheus text.
+#ifndef SHARDSERVE_TESTS_API_API_TESTING_H_
+#define SHARDSERVE_TESTS_API_API_TESTING_H_
+
+#include <string>
+
+#include "absl/status/statusor.h"
+
+namespace shardserve::api_testing {
+
+struct CommandResult {
+  int exit_code = -1;
+  std::string output;  // stdout and stderr
+};
+// Runs `command` with /bin/sh from the source tree root.
+CommandResult Run(const std::string& command);
+
+// The folder holding clients/node's node_modules (installed by tests/api/npm_ci.sh).
+absl::StatusOr<std::string> NodeModules();
+// The folder holding Python stubs for shardserve.v1, KServe v2, health and reflection.
+absl::StatusOr<std::string> PythonStubs();
+// A Python interpreter with Debian's grpcio and protobuf.
+std::string Python();
+
+struct HttpResult {
+  int status = 0;
+  std::string body;
+};
+HttpResult HttpGet(int port, const std::string& path, const std::string& api_key = "");
+HttpResult HttpPost(int port, const std::string& path, const std::string& body,
+                    const std::string& api_key = "");
+
+// The value of the sample `name{labels}` ("name" alone for no labels) in Prometheus text;
+// -1 when absent.
+double MetricValue(const std::string& text, const std::string& sample);
+// Exit code and output of `promtool check metrics` on `text`.
+CommandResult Promtool(const std::string& text);
+
+}  // namespace shardserve::api_testing
+
+#endif  // SHARDSERVE_TESTS_API_API_TESTING_H_
