@@ -1,0 +1,394 @@
+#!/usr/bin/env python3
+"""Checks the rendered Kubernetes manifests against the binaries they run.
+
+For every overlay's `kubectl kustomize` output:
+  * every flag a container passes to shardserve-router / shardserve-worker is one the binary's
+    --help lists, every REQUIRED flag is set, and every $(VAR) in the arguments resolves from the
+    ConfigMap or the pod's own env;
+  * the native gRPC startup/readiness/liveness probes use an integer port equal to the port the
+    container's --listen flag binds, and every port a listen flag binds is a containerPort;
+  * the router's --workers addresses point at ports that worker containers listen on, and their
+    count is --stages x --replicas;
+  * drain timing: a preStop sleep, and terminationGracePeriodSeconds covering that sleep plus the
+    binary's shutdown deadline (plus any drain flag the binary grows);
+  * Services, PodDisruptionBudgets and the HPA select or name objects that exist, with named
+    ports the pods define; the HPA's metric is one the router binary exports.
+With --typescript DIR it also writes one .ts file per overlay that assigns every object to its
+kubernetes-types type, for `tsc --noEmit` (misspelt or misplaced fields fail there).
+With --self-test it breaks a rendered overlay in known ways and checks that each is caught.
+"""
+
+import argparse
+import copy
+import json
+import pathlib
+import re
+import subprocess
+import sys
+
+import yaml
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+BINARIES = ("shardserve-router", "shardserve-worker")
+PROBES = ("startupProbe", "readinessProbe", "livenessProbe")
+LISTEN_FLAGS = ("--listen", "--http-listen", "--metrics-listen")
+LWS_NAME_LABEL = "leaderworkerset.sigs.k8s.io/name"
+RUNTIME = object()  # a value known only in the running pod (fieldRef)
+
+TS_TYPES = {
+    ("v1", "ConfigMap"): ("kubernetes-types/core/v1", "ConfigMap"),
+    ("v1", "Service"): ("kubernetes-types/core/v1", "Service"),
+    ("v1", "PersistentVolumeClaim"): ("kubernetes-types/core/v1", "PersistentVolumeClaim"),
+    ("apps/v1", "Deployment"): ("kubernetes-types/apps/v1", "Deployment"),
+    ("apps/v1", "StatefulSet"): ("kubernetes-types/apps/v1", "StatefulSet"),
+    ("policy/v1", "PodDisruptionBudget"): ("kubernetes-types/policy/v1", "PodDisruptionBudget"),
+    ("autoscaling/v2", "HorizontalPodAutoscaler"):
+        ("kubernetes-types/autoscaling/v2", "HorizontalPodAutoscaler"),
+    ("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet"): ("./leaderworkerset", "LeaderWorkerSet"),
+}
+
+
+class Binary:
+    """What a binary accepts, from its --help, plus facts its source states."""
+
+    def __init__(self, name, help_text, shutdown_s, binary_bytes):
+        self.name = name
+        self.flags = {}  # --flag -> default string or None
+        self.required = set()
+        for line in help_text.splitlines():
+            m = re.match(r"^\s+(?:-\w,)?(--[a-z0-9][a-z0-9-]*)(\s.*)?$", line)
+            if not m:
+                continue
+            rest = m.group(2) or ""
+            default = re.search(r"=(\S+)", rest)
+            self.flags[m.group(1)] = default.group(1) if default else None
+            if "REQUIRED" in rest:
+                self.required.add(m.group(1))
+        self.shutdown_s = shutdown_s
+        self.binary_bytes = binary_bytes
+
+    def drain_flags(self):
+        return [f for f in self.flags if re.match(r"--(drain|shutdown|grace)[a-z-]*-s$", f)]
+
+
+def load_binaries(build_dir):
+    binaries = {}
+    for name in BINARIES:
+        path = pathlib.Path(build_dir) / "bin" / name
+        if not path.exists():
+            sys.exit(f"check_manifests: {path} not found; build it first")
+        out = subprocess.run([str(path), "--help"], capture_output=True, text=True, timeout=30)
+        if out.returncode != 0:
+            sys.exit(f"check_manifests: {path} --help exited {out.returncode}")
+        source = REPO / ("router" if name.endswith("router") else "worker") / "main.cc"
+        m = re.search(r"Shutdown\([^;]*?seconds\((\d+)\)", source.read_text(), re.S)
+        if not m:
+            sys.exit(f"check_manifests: no Shutdown(... seconds(N)) deadline in {source}; "
+                     "update the drain check to the binary's new shutdown path")
+        binaries[name] = Binary(name, out.stdout, int(m.group(1)), path.read_bytes())
+    return binaries
+
+
+def pod_templates(obj):
+    """(label for messages, pod template, extra labels the controller adds)."""
+    kind, name = obj.get("kind"), obj["metadata"]["name"]
+    spec = obj.get("spec", {})
+    if kind in ("Deployment", "StatefulSet"):
+        yield f"{kind}/{name}", spec.get("template", {}), {}
+    elif kind == "LeaderWorkerSet":
+        lwt = spec.get("leaderWorkerTemplate", {})
+        extra = {LWS_NAME_LABEL: name}
+        if "leaderTemplate" in lwt:
+            yield f"{kind}/{name} leader", lwt["leaderTemplate"], extra
+        yield f"{kind}/{name} worker", lwt.get("workerTemplate", {}), extra
+
+
+def selects(selector, labels):
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+class Checker:
+    def __init__(self, binaries):
+        self.binaries = binaries
+        self.errors = []
+
+    def error(self, where, message):
+        self.errors.append(f"{where}: {message}")
+
+    def container_env(self, where, container, configmaps):
+        env = {}
+        for source in container.get("envFrom", []):
+            ref = source.get("configMapRef", {}).get("name")
+            if ref not in configmaps:
+                self.error(where, f"envFrom names ConfigMap {ref!r}, which is not rendered")
+                continue
+            env.update(configmaps[ref])
+        for var in container.get("env", []):
+            if "value" in var:
+                env[var["name"]] = self.expand(where, var["value"], env)
+            elif "fieldRef" in var.get("valueFrom", {}):
+                env[var["name"]] = RUNTIME
+            elif "configMapKeyRef" in var.get("valueFrom", {}):
+                ref = var["valueFrom"]["configMapKeyRef"]
+                env[var["name"]] = configmaps.get(ref["name"], {}).get(ref["key"])
+        return env
+
+    def expand(self, where, text, env):
+        def sub(m):
+            value = env.get(m.group(1))
+            if value is RUNTIME:
+                return "<" + m.group(1) + ">"
+            if value is None:
+                self.error(where, f"$({m.group(1)}) is not defined by the ConfigMap or env")
+                return ""
+            return str(value)
+
+        return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", sub, text)
+
+    def parse_flags(self, where, binary, args):
+        flags = {}
+        i = 0
+        while i < len(args):
+            arg = args[i]
+            if not arg.startswith("--"):
+                self.error(where, f"{binary.name} takes no positional argument {arg!r}")
+                i += 1
+                continue
+            name, eq, value = arg.partition("=")
+            if not eq:
+                value = args[i + 1] if i + 1 < len(args) else ""
+                i += 1
+            i += 1
+            if name not in binary.flags:
+                self.error(where, f"{binary.name} has no flag {name} (its --help lists "
+                           f"{', '.join(sorted(binary.flags))})")
+            flags[name] = value
+        for name in sorted(binary.required - flags.keys()):
+            self.error(where, f"{binary.name} requires {name}")
+        return flags
+
+    def check(self, docs):
+        configmaps = {d["metadata"]["name"]: d.get("data", {})
+                      for d in docs if d.get("kind") == "ConfigMap"}
+        templates = [t for d in docs for t in pod_templates(d)]
+        worker_ports = set()
+        routers = []
+        for where, template, extra in templates:
+            spec = template.get("spec", {})
+            grace = spec.get("terminationGracePeriodSeconds", 30)
+            for container in spec.get("containers", []):
+                cwhere = f"{where} container {container.get('name')}"
+                command = container.get("command") or []
+                binary = self.binaries.get(pathlib.Path(command[0]).name) if command else None
+                if binary is None:
+                    self.error(cwhere, "command must start one of " + ", ".join(BINARIES))
+                    continue
+                env = self.container_env(cwhere, container, configmaps)
+                args = [self.expand(cwhere, a, env) for a in container.get("args", [])]
+                flags = self.parse_flags(cwhere, binary, args)
+                ports = {p.get("containerPort") for p in container.get("ports", [])}
+                listen_port = None
+                for flag in LISTEN_FLAGS:
+                    if flag not in flags:
+                        continue
+                    m = re.fullmatch(r".*:(\d+)", flags[flag])
+                    if not m:
+                        self.error(cwhere, f"{flag}={flags[flag]} has no numeric port")
+                        continue
+                    port = int(m.group(1))
+                    if port not in ports:
+                        self.error(cwhere, f"{flag} binds {port}, not a containerPort "
+                                   f"({sorted(p for p in ports if p)})")
+                    if flag == "--listen":
+                        listen_port = port
+                for probe_name in PROBES:
+                    probe = container.get(probe_name)
+                    grpc = (probe or {}).get("grpc")
+                    if grpc is None:
+                        self.error(cwhere, f"{probe_name} must be a native gRPC probe")
+                    elif not isinstance(grpc.get("port"), int):
+                        self.error(cwhere, f"{probe_name}.grpc.port must be an integer")
+                    elif listen_port is not None and grpc["port"] != listen_port:
+                        self.error(cwhere, f"{probe_name}.grpc.port {grpc['port']} is not the "
+                                   f"--listen port {listen_port} (where health is served)")
+                pre_stop = container.get("lifecycle", {}).get("preStop", {}).get("sleep", {})
+                sleep_s = pre_stop.get("seconds")
+                if not isinstance(sleep_s, int) or sleep_s < 1:
+                    self.error(cwhere, "needs lifecycle.preStop.sleep.seconds >= 1, so the pod "
+                               "leaves the Service endpoints before SIGTERM")
+                    sleep_s = 0
+                drain_s = sum(int(flags.get(f) or binary.flags[f] or 0)
+                              for f in binary.drain_flags())
+                needed = sleep_s + drain_s + binary.shutdown_s + 1
+                if grace < needed:
+                    self.error(cwhere, f"terminationGracePeriodSeconds {grace} < preStop {sleep_s}"
+                               f" s + drain {drain_s} s + shutdown {binary.shutdown_s} s + 1 s")
+                if binary.name == "shardserve-worker" and listen_port is not None:
+                    worker_ports.add(listen_port)
+                if binary.name == "shardserve-router":
+                    routers.append((cwhere, flags))
+        for cwhere, flags in routers:
+            addresses = [a for a in flags.get("--workers", "").split(",") if a]
+            stages = int(flags.get("--stages") or 0)
+            replicas = int(flags.get("--replicas") or 1)
+            if stages and len(addresses) != stages * replicas:
+                self.error(cwhere, f"--workers lists {len(addresses)} addresses for {stages} "
+                           f"stages x {replicas} replicas")
+            for address in addresses:
+                m = re.fullmatch(r".*:(\d+)", address)
+                if not m or int(m.group(1)) not in worker_ports:
+                    self.error(cwhere, f"--workers address {address} is not a port a worker "
+                               f"listens on ({sorted(worker_ports)})")
+        self.check_selectors(docs, templates)
+
+    def check_selectors(self, docs, templates):
+        by_kind_name = {(d.get("kind"), d["metadata"]["name"]) for d in docs}
+        for d in docs:
+            kind, name = d.get("kind"), d["metadata"]["name"]
+            where = f"{kind}/{name}"
+            if kind == "Service":
+                selector = d["spec"].get("selector", {})
+                chosen = [t for _, t, extra in templates
+                          if selects(selector, {**t.get("metadata", {}).get("labels", {}),
+                                                **extra})]
+                if not chosen:
+                    self.error(where, f"selector {selector} matches no pod template")
+                names = {p.get("name") for t in chosen for c in t["spec"]["containers"]
+                         for p in c.get("ports", [])}
+                for port in d["spec"].get("ports", []):
+                    target = port.get("targetPort", port.get("port"))
+                    if isinstance(target, str) and target not in names:
+                        self.error(where, f"targetPort {target!r} is no containerPort name of "
+                                   f"the pods it selects ({sorted(n for n in names if n)})")
+                if name == "shardserve-router":
+                    missing = {"grpc", "http", "metrics"} - {p.get("name")
+                                                            for p in d["spec"]["ports"]}
+                    if missing:
+                        self.error(where, f"lacks named ports {sorted(missing)}")
+            elif kind == "PodDisruptionBudget":
+                selector = d["spec"].get("selector", {}).get("matchLabels", {})
+                if not any(selects(selector, {**t.get("metadata", {}).get("labels", {}), **e})
+                           for _, t, e in templates):
+                    self.error(where, f"selector {selector} matches no pod template")
+            elif kind == "HorizontalPodAutoscaler":
+                ref = d["spec"]["scaleTargetRef"]
+                if (ref["kind"], ref["name"]) not in by_kind_name:
+                    self.error(where, f"scaleTargetRef {ref['kind']}/{ref['name']} is not rendered")
+                router = self.binaries["shardserve-router"].binary_bytes
+                for metric in d["spec"].get("metrics", []):
+                    metric_name = metric.get("pods", {}).get("metric", {}).get("name")
+                    if metric_name and metric_name.encode() not in router:
+                        self.error(where, f"metric {metric_name} is not exported by "
+                                   "shardserve-router")
+
+
+def write_typescript(docs, overlay, out_dir):
+    imports, lines = {}, []
+    for i, d in enumerate(docs):
+        key = (d.get("apiVersion"), d.get("kind"))
+        if key not in TS_TYPES:
+            raise SystemExit(f"check_manifests: {overlay}: no type for {key[0]} {key[1]}; add it "
+                             "to TS_TYPES")
+        module, type_name = TS_TYPES[key]
+        imports.setdefault(module, set()).add(type_name)
+        lines.append(f"export const o{i}: {type_name} = {json.dumps(d, indent=2)};")
+    head = [f"import {{ {', '.join(sorted(names))} }} from \"{module}\";"
+            for module, names in sorted(imports.items())]
+    path = pathlib.Path(out_dir) / f"{overlay}.ts"
+    path.write_text(f"// {overlay}: rendered by kubectl kustomize; generated.\n" +
+                    "\n".join(head + lines) + "\n")
+
+
+def render(overlay_dir):
+    out = subprocess.run(["kubectl", "kustomize", str(overlay_dir)], capture_output=True,
+                         text=True, timeout=120)
+    if out.returncode != 0:
+        sys.exit(f"check_manifests: kubectl kustomize {overlay_dir} failed:\n{out.stderr}")
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def self_test(binaries, docs):
+    """Each mutation must be reported; returns the number that were not."""
+
+    def find(docs, kind):
+        return next(d for d in docs if d["kind"] == kind)
+
+    def first_container(docs):
+        d = next(d for d in docs if d["kind"] in ("LeaderWorkerSet", "Deployment"))
+        return next(pod_templates(d))[1]["spec"]["containers"][0]
+
+    def flag(docs):
+        first_container(docs)["args"].append("--max-seq=8")
+
+    def probe(docs):
+        first_container(docs)["readinessProbe"]["grpc"]["port"] += 1
+
+    def named_probe(docs):
+        first_container(docs)["livenessProbe"]["grpc"]["port"] = "grpc"
+
+    def grace(docs):
+        d = next(d for d in docs if d["kind"] in ("LeaderWorkerSet", "Deployment"))
+        next(pod_templates(d))[1]["spec"]["terminationGracePeriodSeconds"] = 3
+
+    def config_port(docs):
+        find(docs, "ConfigMap")  # the flags ConfigMap is the one with WORKER_PORT
+        cm = next(d for d in docs if d["kind"] == "ConfigMap" and "WORKER_PORT" in d["data"])
+        cm["data"]["WORKER_PORT"] = "50062"
+
+    def undefined_var(docs):
+        first_container(docs)["args"].append("--model=$(NO_SUCH_VAR)")
+
+    def service_port(docs):
+        svc = next(d for d in docs if d["kind"] == "Service")
+        svc["spec"]["ports"][0]["targetPort"] = "grcp"
+
+    def hpa_metric(docs):
+        hpa = find(docs, "HorizontalPodAutoscaler")
+        hpa["spec"]["metrics"][0]["pods"]["metric"]["name"] = "shardserve_no_such_metric"
+
+    baseline = Checker(binaries)
+    baseline.check(docs)
+    failures = 0
+    for mutate in (flag, probe, named_probe, grace, config_port, undefined_var, service_port,
+                   hpa_metric):
+        broken = copy.deepcopy(docs)
+        mutate(broken)
+        checker = Checker(binaries)
+        checker.check(broken)
+        new = [e for e in checker.errors if e not in baseline.errors]
+        failures += not new
+        print(f"  self-test {mutate.__name__}: " + (f"caught ({new[0]})" if new else "MISSED"))
+    return failures
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--build", default="build", help="build folder with bin/")
+    parser.add_argument("--overlays", default=str(REPO / "deploy/k8s/overlays"))
+    parser.add_argument("--typescript", help="write <overlay>.ts files here")
+    parser.add_argument("--self-test", action="store_true")
+    args = parser.parse_args()
+
+    binaries = load_binaries(args.build)
+    overlays = sorted(p for p in pathlib.Path(args.overlays).iterdir() if p.is_dir())
+    if not overlays:
+        sys.exit(f"check_manifests: no overlays under {args.overlays}")
+    errors = 0
+    for overlay in overlays:
+        docs = render(overlay)
+        checker = Checker(binaries)
+        checker.check(docs)
+        for e in checker.errors:
+            print(f"{overlay.name}: {e}", file=sys.stderr)
+        errors += len(checker.errors)
+        print(f"check_manifests: {overlay.name}: {len(docs)} objects, "
+              f"{len(checker.errors)} problems")
+        if args.typescript:
+            write_typescript(docs, overlay.name, args.typescript)
+        if args.self_test and overlay.name == "cpu":
+            errors += self_test(binaries, docs)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
