@@ -32,4 +32,5 @@ if [ -x scripts/lint-proto.sh ]; then
   echo "== proto lint"
   scripts/lint-proto.sh
 fi
+echo "== deploy manifests"; scripts/validate-deploy.sh
 echo "test.sh: all passed in $(( $(date +%s) - start ))s"
