@@ -29,16 +29,75 @@ absl::Status Invalid(int index, absl::string_view field, absl::string_view what)
 
 }  // namespace
 
-StageRuntime::StageRuntime(std::unique_ptr<ModelStage> stage, int64_t max_step_tokens)
+StageRuntime::StageRuntime(std::unique_ptr<ModelStage> stage, int64_t max_step_tokens,
+                           bool async_sends)
     : stage_(std::move(stage)), max_step_tokens_(max_step_tokens) {
-  absl::MutexLock lock(&mu_);
-  block_refs_.assign(stage_->kv_spec().num_blocks, 0);
+  {
+    absl::MutexLock lock(&mu_);
+    block_refs_.assign(stage_->kv_spec().num_blocks, 0);
+  }
+  if (async_sends && !is_last()) sender_ = std::thread([this] { SenderLoop(); });
+}
+
+StageRuntime::~StageRuntime() {
+  {
+    absl::MutexLock lock(&send_mu_);
+    stop_sender_ = true;
+  }
+  if (sender_.joinable()) sender_.join();
+}
+
+void StageRuntime::WaitSendIdleLocked() {
+  auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(send_mu_) {
+    return !pending_send_.has_value() && !sending_;
+  };
+  send_mu_.Await(absl::Condition(&idle));
 }
 
 void StageRuntime::SetLinks(ActivationLink* upstream, ActivationLink* downstream) {
+  absl::MutexLock send_lock(&send_mu_);
+  WaitSendIdleLocked();  // the old link may be about to go away
+  send_error_ = absl::OkStatus();
   absl::MutexLock lock(&mu_);
   upstream_ = upstream;
   downstream_ = downstream;
+}
+
+void StageRuntime::SetSendErrorHandler(SendErrorFn handler) {
+  absl::MutexLock lock(&send_mu_);
+  on_send_error_ = std::move(handler);
+}
+
+absl::Status StageRuntime::SendAsync(uint64_t step, ActivationTensor tensor, ActivationLink* link) {
+  absl::MutexLock lock(&send_mu_);
+  WaitSendIdleLocked();
+  if (!send_error_.ok()) return send_error_;
+  pending_send_ = PendingSend{step, std::move(tensor), link};
+  return absl::OkStatus();
+}
+
+void StageRuntime::SenderLoop() {
+  while (true) {
+    PendingSend send;
+    {
+      absl::MutexLock lock(&send_mu_);
+      auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(send_mu_) {
+        return pending_send_.has_value() || stop_sender_;
+      };
+      send_mu_.Await(absl::Condition(&ready));
+      if (!pending_send_.has_value()) return;
+      send = std::move(*pending_send_);
+      pending_send_.reset();
+      sending_ = true;
+    }
+    absl::Status status = send.link->Send(send.step, std::move(send.tensor));
+    absl::MutexLock lock(&send_mu_);
+    sending_ = false;
+    if (!status.ok()) {
+      if (send_error_.ok()) send_error_ = status;
+      if (on_send_error_) on_send_error_(send.step, status);
+    }
+  }
 }
 
 absl::Status StageRuntime::Validate(const v1::StepPlan& plan) const {
@@ -178,7 +237,8 @@ absl::StatusOr<v1::StepsResponse> StageRuntime::Execute(const v1::StepPlan& plan
     if (downstream == nullptr) return absl::FailedPreconditionError("no link to the next stage");
     ActivationTensor t{out.rows, out.cols, std::move(out.data)};
     mu_.Unlock();
-    absl::Status sent = downstream->Send(plan.step_id(), std::move(t));
+    absl::Status sent = sender_.joinable() ? SendAsync(plan.step_id(), std::move(t), downstream)
+                                           : downstream->Send(plan.step_id(), std::move(t));
     mu_.Lock();
     RETURN_IF_ERROR(sent);
     return response;

@@ -7,14 +7,24 @@
 // block tables imply: which KV blocks live sequences hold (for Stats) and each sequence's token
 // history (for repetition penalties).
 //
+// With async_sends, a non-last stage hands each step's activations to its own sender thread and
+// returns as soon as its compute is done, so the next micro-batch's compute overlaps the
+// previous one's transfer. At most one send is in flight: the next Execute() waits for it, and
+// a failed send fails every later Execute() and goes to the send-error handler at once (the
+// router must hear of it even when no further step comes).
+//
 // Threading: Execute() calls are serialised internally, in arrival order. Stats() may be called
-// from any thread. The links are not owned and must outlive the runtime or be replaced first.
+// from any thread. The links are not owned and must outlive the runtime or be replaced first
+// (SetLinks waits for a send in flight).
 #ifndef SHARDSERVE_WORKER_STAGE_RUNTIME_H_
 #define SHARDSERVE_WORKER_STAGE_RUNTIME_H_
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <optional>
+#include <thread>
 #include <unordered_map>
 #include <vector>
 
@@ -36,8 +46,12 @@ struct StageStats {
 
 class StageRuntime {
  public:
+  using SendErrorFn = std::function<void(uint64_t step, const absl::Status& status)>;
+
   // max_step_tokens bounds the tokens of one plan.
-  StageRuntime(std::unique_ptr<ModelStage> stage, int64_t max_step_tokens);
+  StageRuntime(std::unique_ptr<ModelStage> stage, int64_t max_step_tokens,
+               bool async_sends = false);
+  ~StageRuntime();
 
   bool is_first() const { return stage_->layer_begin() == 0; }
   bool is_last() const { return stage_->layer_end() == stage_->config().num_layers; }
@@ -45,6 +59,10 @@ class StageRuntime {
 
   // upstream: where a non-first stage receives; downstream: where a non-last stage sends.
   void SetLinks(ActivationLink* upstream, ActivationLink* downstream);
+
+  // Where failed async sends are reported (nullptr: nowhere). Runs on the sender thread; once
+  // this returns, the previous handler is not running and will not run again.
+  void SetSendErrorHandler(SendErrorFn handler);
 
   // Runs one plan. On the last stage the response carries one SampledToken per sequence with
   // `sample` set; other stages return an empty response. Validation failures are
@@ -63,11 +81,28 @@ class StageRuntime {
     std::vector<int32_t> blocks;   // distinct block ids this sequence holds
   };
 
+  struct PendingSend {
+    uint64_t step = 0;
+    ActivationTensor tensor;
+    ActivationLink* link = nullptr;
+  };
+
   absl::Status Validate(const v1::StepPlan& plan) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ReleaseLocked(uint64_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Queues a send behind the one in flight; the sticky error of an earlier send, if any.
+  absl::Status SendAsync(uint64_t step, ActivationTensor tensor, ActivationLink* link);
+  void WaitSendIdleLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(send_mu_);
+  void SenderLoop();
 
   const std::unique_ptr<ModelStage> stage_;
   const int64_t max_step_tokens_;
+  absl::Mutex send_mu_;
+  std::optional<PendingSend> pending_send_ ABSL_GUARDED_BY(send_mu_);
+  bool sending_ ABSL_GUARDED_BY(send_mu_) = false;
+  bool stop_sender_ ABSL_GUARDED_BY(send_mu_) = false;
+  absl::Status send_error_ ABSL_GUARDED_BY(send_mu_);
+  SendErrorFn on_send_error_ ABSL_GUARDED_BY(send_mu_);
+  std::thread sender_;
   absl::Mutex exec_mu_;  // serialises Execute
   mutable absl::Mutex mu_;
   ActivationLink* upstream_ ABSL_GUARDED_BY(mu_) = nullptr;

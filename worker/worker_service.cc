@@ -167,7 +167,8 @@ grpc::Status WorkerServiceImpl::LoadShard(grpc::ServerContext*, const v1::LoadSh
   response->set_num_layers(layers);
   response->set_hidden_size(config->hidden_size);
   response->set_vocab_size(config->vocab_size);
-  shard->runtime = std::make_unique<StageRuntime>(std::move(*stage), req->max_step_tokens());
+  shard->runtime = std::make_unique<StageRuntime>(std::move(*stage), req->max_step_tokens(),
+                                                  /*async_sends=*/true);
   shard->inbox = NewLocalLink("previous stage", options_.recv_timeout);
   shard->runtime->SetLinks(shard->inbox.get(), nullptr);
   response->set_load_seconds(
@@ -195,6 +196,8 @@ grpc::Status WorkerServiceImpl::ConnectNext(grpc::ServerContext*, const v1::Conn
   if (req->next_address().empty()) return grpc::Status::OK;
   auto link = NewGrpcSendLink(req->next_address(), absl::Seconds(5));
   if (!link.ok()) return ToGrpc(link.status());
+  // Detach the old link (waiting out a send in flight) before it goes away.
+  shard->runtime->SetLinks(shard->inbox.get(), nullptr);
   if (shard->next) shard->next->Close(absl::AbortedError("replaced"));
   shard->next = std::shared_ptr<ActivationLink>(std::move(*link));
   ActivationLink* downstream = shard->next.get();
@@ -236,9 +239,32 @@ grpc::Status WorkerServiceImpl::Activations(grpc::ServerContext* context,
 grpc::Status WorkerServiceImpl::Steps(
     grpc::ServerContext* context,
     grpc::ServerReaderWriter<v1::StepsResponse, v1::StepsRequest>* stream) {
+  // Results and errors from this thread and send errors from the runtime's sender thread share
+  // the stream.
+  absl::Mutex write_mu;
+  auto write = [&](const v1::StepsResponse& response) {
+    absl::MutexLock lock(&write_mu);
+    return stream->Write(response);
+  };
+  std::shared_ptr<Shard> reporting;  // the shard whose send errors go to this stream
+  auto report_to = [&](std::shared_ptr<Shard> shard) {
+    if (shard == reporting) return;
+    if (reporting != nullptr) reporting->runtime->SetSendErrorHandler(nullptr);
+    reporting = std::move(shard);
+    if (reporting == nullptr) return;
+    reporting->runtime->SetSendErrorHandler([&write](uint64_t step, const absl::Status& s) {
+      LOG(WARNING) << "sending activations of step " << step << " failed: " << s;
+      v1::StepsResponse response;
+      response.set_step_id(step);
+      response.set_error_code(static_cast<int>(s.code()));
+      response.set_error_message(std::string(s.message()));
+      write(response);
+    });
+  };
   v1::StepsRequest req;
   while (stream->Read(&req)) {
     auto shard = current();
+    report_to(shard);
     bool draining;
     {
       absl::MutexLock lock(&mu_);
@@ -265,8 +291,9 @@ grpc::Status WorkerServiceImpl::Steps(
     } else {
       continue;
     }
-    if (!stream->Write(response)) break;
+    if (!write(response)) break;
   }
+  report_to(nullptr);
   return grpc::Status::OK;
 }
 

@@ -3,9 +3,10 @@
 // Holds at most one loaded shard (a StageRuntime) at a time; LoadShard replaces it. The
 // previous stage's Activations stream fills a local mailbox that the runtime receives from;
 // ConnectNext opens the gRPC stream to the next stage. Steps runs plans in arrival order on the
-// calling stream's thread. Health: the default service ("") is SERVING once the server runs
-// (it can take a shard); "shardserve.v1.WorkerService" is SERVING only while a shard is loaded
-// and the worker is not draining.
+// calling stream's thread; activations leave on the runtime's sender thread, whose failures
+// Steps reports on its stream as soon as they happen. Health: the default service ("") is SERVING
+// once the server runs (it can take a shard); "shardserve.v1.WorkerService" is SERVING only while a
+// shard is loaded and the worker is not draining.
 //
 // All methods are thread-safe.
 #ifndef SHARDSERVE_WORKER_WORKER_SERVICE_H_
@@ -57,10 +58,11 @@ class WorkerServiceImpl final : public v1::WorkerService::Service {
   // Everything tied to one loaded shard; replaced as a unit.
   struct Shard {
     std::string model_path;
-    std::unique_ptr<StageRuntime> runtime;
     std::shared_ptr<ActivationLink> inbox;        // filled by Activations
     std::shared_ptr<ActivationLink> next;         // to the next stage
     std::shared_ptr<ActivationLink> next_faulty;  // wraps `next` when faults are injected
+    // Last, so that it is destroyed first: its sender thread may be using the links.
+    std::unique_ptr<StageRuntime> runtime;
   };
 
   std::shared_ptr<Shard> current() const;

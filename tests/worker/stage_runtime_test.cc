@@ -3,6 +3,7 @@
 
 #include <filesystem>
 
+#include "absl/synchronization/mutex.h"
 #include "gtest/gtest.h"
 #include "kernels/backend.h"
 #include "worker/activation_link.h"
@@ -93,6 +94,49 @@ TEST_F(StageRuntimeTest, FaultyLinkFailuresReachTheCaller) {
   EXPECT_EQ(first->Execute(Plan(2, {6}, 2, true)).status().code(), absl::StatusCode::kUnavailable);
   EXPECT_EQ(last->Execute(Plan(2, {6}, 2, true)).status().code(),
             absl::StatusCode::kDeadlineExceeded);
+}
+
+TEST_F(StageRuntimeTest, AsyncSendsMatchAndReportFailures) {
+  auto stage = LoadStage(kModel, {0, 2}, {16, 64}, backend_.get());
+  ASSERT_TRUE(stage.ok()) << stage.status();
+  StageRuntime first(std::move(*stage), 256, /*async_sends=*/true);
+  auto last = Load(backend_.get(), 2, 5);
+  auto whole = Load(backend_.get(), 0, 5);
+  auto link = NewLocalLink("stage 0", absl::Milliseconds(500));
+  auto faulty = NewFaultyLink(link.get(), {.fail_after_sends = 2});
+  absl::Mutex mu;
+  std::vector<std::pair<uint64_t, absl::StatusCode>> reported;
+  first.SetSendErrorHandler([&](uint64_t step, const absl::Status& s) {
+    absl::MutexLock lock(&mu);
+    reported.push_back({step, s.code()});
+  });
+  first.SetLinks(nullptr, faulty.get());
+  last->SetLinks(link.get(), nullptr);
+  // Two steps go through (the second overlapping the first's send) and sample as one stage does.
+  ASSERT_TRUE(first.Execute(Plan(1, {1, 5}, 0, true)).ok());
+  ASSERT_TRUE(first.Execute(Plan(2, {6}, 2, true)).ok());
+  auto a = last->Execute(Plan(1, {1, 5}, 0, true));
+  auto b = last->Execute(Plan(2, {6}, 2, true));
+  ASSERT_TRUE(a.ok() && b.ok());
+  ASSERT_TRUE(whole->Execute(Plan(1, {1, 5}, 0, true)).ok());
+  auto ref = whole->Execute(Plan(2, {6}, 2, true));
+  ASSERT_TRUE(ref.ok());
+  EXPECT_EQ(b->tokens(0).token_id(), ref->tokens(0).token_id());
+  // The third send fails: the handler hears of it without another step, and later steps fail.
+  ASSERT_TRUE(first.Execute(Plan(3, {7}, 3, true)).ok());
+  for (int i = 0; i < 200; ++i) {
+    absl::MutexLock lock(&mu);
+    if (!reported.empty()) break;
+    mu.AwaitWithTimeout(absl::Condition::kTrue, absl::Milliseconds(10));
+  }
+  {
+    absl::MutexLock lock(&mu);
+    ASSERT_EQ(reported.size(), 1u);
+    EXPECT_EQ(reported[0].first, 3u);
+    EXPECT_EQ(reported[0].second, absl::StatusCode::kUnavailable);
+  }
+  EXPECT_EQ(first.Execute(Plan(4, {8}, 4, true)).status().code(), absl::StatusCode::kUnavailable);
+  first.SetSendErrorHandler(nullptr);
 }
 
 TEST_F(StageRuntimeTest, CorruptShapeIsRejected) {
