@@ -1,5 +1,6 @@
 // AVX2/FMA/F16C fast paths. This file alone is compiled with -mavx2 -mfma -mf16c; the backend
 // calls into it only when CpuHasAvx2Fma() is true, so the binary still runs on older CPUs.
+#include <cpuid.h>
 #include <immintrin.h>
 
 #include <cmath>
@@ -311,8 +312,10 @@ void Avx2AttentionHead(const AttentionArgs& a) {
 
 bool CpuHasAvx2Fma() {
   __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-         __builtin_cpu_supports("f16c");
+  // clang 14's __builtin_cpu_supports does not know "f16c": read CPUID leaf 1 instead.
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  const bool f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_F16C) != 0;
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
 }
 
 }  // namespace shardserve::cpu

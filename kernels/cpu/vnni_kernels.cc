@@ -3,6 +3,7 @@
 // CPU reports it. Q4_0 nibbles are used unsigned (0..15) and the -8 offset enters through the
 // accumulator's initial value (-8 x the activation block's sum), which saves the sign juggling of
 // the AVX2 kernel.
+#include <cpuid.h>
 #include <immintrin.h>
 
 #include <cstring>
@@ -90,7 +91,11 @@ void VnniQuantGemvRows1(DType dt, const void* w, int64_t k, const Q8Block* xq, c
 
 bool CpuHasAvxVnni() {
   __builtin_cpu_init();
-  return __builtin_cpu_supports("avxvnni") && __builtin_cpu_supports("avx2");
+  // clang 14's __builtin_cpu_supports does not know "avxvnni": CPUID leaf 7, subleaf 1, EAX
+  // bit 4.
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  const bool vnni = __get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx) && (eax & (1u << 4)) != 0;
+  return vnni && __builtin_cpu_supports("avx2");
 }
 
 }  // namespace shardserve::cpu
