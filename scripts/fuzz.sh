@@ -2,13 +2,16 @@
 # Builds the libFuzzer targets with clang (ASan + UBSan) in build-fuzz/ and runs each one for a
 # bounded time from its committed seed corpus (fuzz/corpus/<target>/). Exits non-zero when a
 # target crashes or fails to build.
-#   scripts/fuzz.sh [SECONDS_PER_TARGET]   (default 30)
+#   scripts/fuzz.sh [SECONDS_PER_TARGET]   (default 30; FUZZ_TARGETS="..." picks targets)
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 seconds=${1:-30}
 build="$root/build-fuzz"
-targets=(tokenizer_json_fuzz tokenizer_encode_fuzz gguf_fuzz)
+targets=(tokenizer_json_fuzz tokenizer_encode_fuzz gguf_fuzz safetensors_fuzz config_fuzz
+  step_plan_fuzz openai_request_fuzz)
+# FUZZ_TARGETS="a b" runs a subset.
+if [ -n "${FUZZ_TARGETS:-}" ]; then read -r -a targets <<<"$FUZZ_TARGETS"; fi
 
 if ! command -v clang++ >/dev/null 2>&1 || ! dpkg-query -W -f='${Status}' libclang-rt-14-dev 2>/dev/null | grep -q "install ok installed"; then
   "$root/scripts/install-deps.sh"
