@@ -122,12 +122,15 @@ absl::Status StageRuntime::Validate(const v1::StepPlan& plan) const {
                        absl::StrCat("id ", t, " outside [0, ", config.vocab_size, ")"));
       }
     }
-    const int64_t end = s.start_pos() + s.tokens_size();
-    if (s.start_pos() < 0 || end > config.max_position_embeddings) {
-      return Invalid(i, "start_pos",
-                     absl::StrCat("positions [", s.start_pos(), ", ", end,
-                                  ") outside the context of ", config.max_position_embeddings));
+    // Compared before adding: start_pos comes off the wire and start_pos + len may overflow.
+    if (s.start_pos() < 0 ||
+        s.start_pos() > config.max_position_embeddings - int64_t{s.tokens_size()}) {
+      return Invalid(
+          i, "start_pos",
+          absl::StrCat("positions from ", s.start_pos(), ", ", s.tokens_size(),
+                       " tokens, outside the context of ", config.max_position_embeddings));
     }
+    const int64_t end = s.start_pos() + s.tokens_size();
     auto it = sequences_.find(s.sequence_id());
     const int64_t known = it == sequences_.end() ? 0 : it->second.length;
     if (s.start_pos() != known) {
