@@ -9,6 +9,9 @@
 #include "CLI/CLI.hpp"
 #include "common/logging.h"
 #include "kernels/backend.h"
+#ifdef SHARDSERVE_HAS_CUDA
+#include "kernels/cuda/cuda_backend.h"
+#endif
 #include "router/metrics.h"
 #include "worker/grpc_link.h"
 #include "worker/worker_service.h"
@@ -32,7 +35,16 @@ int main(int argc, char** argv) {
   int fault_delay_ms = 0;
   int fault_fail_after = -1;
   app.add_option("--listen", listen, "host:port to serve on")->required();
-  app.add_option("--backend", backend_name, "compute backend")->check(CLI::IsMember({"cpu"}));
+  int device = 0;
+  double gpu_memory_fraction = 0.9;
+  app.add_option("--backend", backend_name, "compute backend: cpu or cuda")
+      ->check(CLI::IsMember({"cpu", "cuda"}))
+      ->capture_default_str();
+  app.add_option("--device", device, "GPU index with --backend cuda")->capture_default_str();
+  app.add_option("--gpu-memory-fraction", gpu_memory_fraction,
+                 "share of the GPU's memory for weights, KV pages and workspaces")
+      ->check(CLI::Range(0.05, 1.0))
+      ->capture_default_str();
   app.add_option("--threads", threads, "compute threads")->check(CLI::Range(1, 1024));
   app.add_option("--recv-timeout-s", recv_timeout_s,
                  "how long a stage waits for the previous stage's activations")
@@ -51,7 +63,25 @@ int main(int argc, char** argv) {
     return app.exit(e);
   }
 
-  auto backend = shardserve::NewCpuBackend({threads});
+  std::unique_ptr<shardserve::Backend> backend;
+  if (backend_name == "cuda") {
+#ifdef SHARDSERVE_HAS_CUDA
+    auto cuda =
+        shardserve::NewCudaBackend({.device = device, .memory_fraction = gpu_memory_fraction});
+    if (!cuda.ok()) {
+      std::fprintf(stderr, "shardserve-worker: %s\n", std::string(cuda.status().message()).c_str());
+      return 1;
+    }
+    backend = std::move(*cuda);
+#else
+    std::fprintf(stderr,
+                 "shardserve-worker: --backend cuda: this build has no CUDA support (the CUDA "
+                 "toolkit was not found at configure time)\n");
+    return 1;
+#endif
+  } else {
+    backend = shardserve::NewCpuBackend({.threads = threads});
+  }
   shardserve::WorkerOptions options;
   options.threads = threads;
   options.recv_timeout = absl::Seconds(recv_timeout_s);
