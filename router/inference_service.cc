@@ -52,6 +52,46 @@ absl::StatusOr<Replica*> InferenceServiceImpl::PickReplica() const {
   return best;
 }
 
+grpc::Status InferenceServiceImpl::Authorize(const grpc::ServerContext* context) const {
+  if (admission_.api_key.empty()) return grpc::Status::OK;
+  const auto& metadata = context->client_metadata();
+  auto it = metadata.find("authorization");
+  if (it == metadata.end()) {
+    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                        "missing metadata authorization: Bearer <api key>");
+  }
+  const std::string expected = "Bearer " + admission_.api_key;
+  if (std::string(it->second.data(), it->second.size()) != expected) {
+    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "invalid api key");
+  }
+  return grpc::Status::OK;
+}
+
+absl::Status InferenceServiceImpl::CheckAdmissionLimits(const v1::GenerateRequest& r) const {
+  if (admission_.max_tokens_limit > 0 && r.max_tokens() > admission_.max_tokens_limit) {
+    return absl::InvalidArgumentError(absl::StrCat("max_tokens: ", r.max_tokens(),
+                                                   " is more than this server's limit of ",
+                                                   admission_.max_tokens_limit));
+  }
+  if (r.stop_size() > admission_.max_stop_strings) {
+    return absl::InvalidArgumentError(absl::StrCat("stop: ", r.stop_size(),
+                                                   " strings, more than this server's limit of ",
+                                                   admission_.max_stop_strings));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::shared_ptr<void>> InferenceServiceImpl::ReserveSlot() {
+  // The increment is the check: no window in which two requests both see the last free slot.
+  if (admitted_.fetch_add(1) >= admission_.max_queued_requests) {
+    admitted_.fetch_sub(1);
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the router has ", admission_.max_queued_requests,
+                     " requests queued or running (--max-queued-requests); retry later"));
+  }
+  return std::shared_ptr<void>(nullptr, [this](void*) { admitted_.fetch_sub(1); });
+}
+
 absl::StatusOr<std::vector<int32_t>> InferenceServiceImpl::PromptIds(
     const v1::GenerateRequest& r) const {
   switch (r.prompt_case()) {
@@ -80,11 +120,21 @@ absl::StatusOr<std::vector<int32_t>> InferenceServiceImpl::PromptIds(
 absl::StatusOr<InferenceServiceImpl::Generation> InferenceServiceImpl::Start(
     const v1::GenerateRequest& request) {
   RETURN_IF_ERROR(ValidateGenerateRequest(request, limits_));
+  RETURN_IF_ERROR(CheckAdmissionLimits(request));
+  // Taken before tokenizing, so that a flood of large prompts is turned away cheaply too.
+  ASSIGN_OR_RETURN(std::shared_ptr<void> slot, ReserveSlot());
   ASSIGN_OR_RETURN(std::vector<int32_t> prompt, PromptIds(request));
+  if (admission_.max_prompt_tokens > 0 &&
+      static_cast<int64_t>(prompt.size()) > admission_.max_prompt_tokens) {
+    return absl::InvalidArgumentError(absl::StrCat("prompt: ", prompt.size(),
+                                                   " tokens, more than this server's limit of ",
+                                                   admission_.max_prompt_tokens));
+  }
   RETURN_IF_ERROR(ValidatePromptLength(prompt.size(), request.max_tokens(), limits_));
   ASSIGN_OR_RETURN(Replica * replica, PickReplica());
 
   Generation g;
+  g.admission_slot = std::move(slot);
   g.replica = replica;
   g.sequence = std::make_shared<Sequence>();
   Sequence& seq = *g.sequence;
@@ -118,6 +168,7 @@ void InferenceServiceImpl::Cancel(Generation& g) {
 grpc::Status InferenceServiceImpl::Generate(grpc::ServerContext* context,
                                             const v1::GenerateRequest* request,
                                             grpc::ServerWriter<v1::GenerateResponse>* writer) {
+  if (grpc::Status auth = Authorize(context); !auth.ok()) return auth;
   auto started = Start(*request);
   if (!started.ok()) return ToGrpc(started.status());
   Generation& g = *started;
@@ -148,8 +199,10 @@ grpc::Status InferenceServiceImpl::Generate(grpc::ServerContext* context,
   }
 }
 
-grpc::Status InferenceServiceImpl::Tokenize(grpc::ServerContext*, const v1::TokenizeRequest* req,
+grpc::Status InferenceServiceImpl::Tokenize(grpc::ServerContext* context,
+                                            const v1::TokenizeRequest* req,
                                             v1::TokenizeResponse* resp) {
+  if (grpc::Status auth = Authorize(context); !auth.ok()) return auth;
   if (absl::Status s = ValidateModelName(req->model(), limits_); !s.ok()) return ToGrpc(s);
   if (req->text().size() > (64u << 20)) {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "text: longer than 64 MiB");
@@ -158,9 +211,10 @@ grpc::Status InferenceServiceImpl::Tokenize(grpc::ServerContext*, const v1::Toke
   return grpc::Status::OK;
 }
 
-grpc::Status InferenceServiceImpl::Detokenize(grpc::ServerContext*,
+grpc::Status InferenceServiceImpl::Detokenize(grpc::ServerContext* context,
                                               const v1::DetokenizeRequest* req,
                                               v1::DetokenizeResponse* resp) {
+  if (grpc::Status auth = Authorize(context); !auth.ok()) return auth;
   if (absl::Status s = ValidateModelName(req->model(), limits_); !s.ok()) return ToGrpc(s);
   for (int i = 0; i < req->ids_size(); ++i) {
     if (req->ids(i) < 0 || req->ids(i) >= tokenizer_->vocab_size()) {
@@ -174,8 +228,10 @@ grpc::Status InferenceServiceImpl::Detokenize(grpc::ServerContext*,
   return grpc::Status::OK;
 }
 
-grpc::Status InferenceServiceImpl::ListModels(grpc::ServerContext*, const v1::ListModelsRequest*,
+grpc::Status InferenceServiceImpl::ListModels(grpc::ServerContext* context,
+                                              const v1::ListModelsRequest*,
                                               v1::ListModelsResponse* resp) {
+  if (grpc::Status auth = Authorize(context); !auth.ok()) return auth;
   v1::ModelSummary* m = resp->add_models();
   m->set_name(model_name_);
   m->set_architecture(std::string(ArchitectureName(config_.architecture)));
@@ -183,9 +239,10 @@ grpc::Status InferenceServiceImpl::ListModels(grpc::ServerContext*, const v1::Li
   return grpc::Status::OK;
 }
 
-grpc::Status InferenceServiceImpl::GetModelInfo(grpc::ServerContext*,
+grpc::Status InferenceServiceImpl::GetModelInfo(grpc::ServerContext* context,
                                                 const v1::GetModelInfoRequest* req,
                                                 v1::GetModelInfoResponse* resp) {
+  if (grpc::Status auth = Authorize(context); !auth.ok()) return auth;
   if (absl::Status s = ValidateModelName(req->model(), limits_); !s.ok()) return ToGrpc(s);
   resp->set_name(model_name_);
   resp->set_architecture(std::string(ArchitectureName(config_.architecture)));

@@ -7,6 +7,15 @@
 // router and, with the next plan, on every stage. No ready replica: UNAVAILABLE saying why
 // (naming the unreachable worker).
 //
+// Admission (AdmissionLimits, set before serving): a request that breaks a limit is rejected
+// before it costs anything. At most max_queued_requests generations are admitted at once
+// (waiting in a replica's queue or running); past that Start returns RESOURCE_EXHAUSTED at
+// once. The slot is taken with one atomic increment that is also the check, so concurrent
+// requests cannot overshoot, and is given back when the Generation is destroyed, however the
+// front end ends it. With an api_key, every generation RPC needs the metadata
+// `authorization: Bearer KEY` (UNAUTHENTICATED otherwise); grpc.health.v1 is a separate service
+// and stays open.
+//
 // Thread-safe; the replicas and tokenizer must outlive the service.
 #ifndef SHARDSERVE_ROUTER_INFERENCE_SERVICE_H_
 #define SHARDSERVE_ROUTER_INFERENCE_SERVICE_H_
@@ -26,6 +35,14 @@
 #include "shardserve/v1/inference.grpc.pb.h"
 
 namespace shardserve {
+
+struct AdmissionLimits {
+  int64_t max_queued_requests = 256;  // admitted generations, queued or running
+  int64_t max_prompt_tokens = 0;      // 0: only the model's context bounds the prompt
+  int32_t max_tokens_limit = 0;       // largest max_tokens accepted; 0: only the context
+  int32_t max_stop_strings = kMaxStopStrings;
+  std::string api_key;  // empty: no key needed
+};
 
 class InferenceServiceImpl final : public v1::InferenceService::Service {
  public:
@@ -54,6 +71,7 @@ class InferenceServiceImpl final : public v1::InferenceService::Service {
     std::shared_ptr<RequestSink> sink;
     std::string request_id;
     RequestTrace trace;
+    std::shared_ptr<void> admission_slot;  // released when the generation is destroyed
   };
   // Validates and tokenizes `request` and submits it to the least-loaded ready replica, with
   // Generate's errors (INVALID_ARGUMENT naming the field, UNAVAILABLE saying why).
@@ -66,12 +84,21 @@ class InferenceServiceImpl final : public v1::InferenceService::Service {
 
   // Optional; set before serving. Must outlive the service.
   void set_metrics(RouterMetrics* metrics) { metrics_ = metrics; }
+  void set_admission_limits(AdmissionLimits limits) { admission_ = std::move(limits); }
+  const AdmissionLimits& admission_limits() const { return admission_; }
+  // UNAUTHENTICATED unless `context` carries `authorization: Bearer <api_key>` (or no key is set).
+  grpc::Status Authorize(const grpc::ServerContext* context) const;
+  // Generations admitted and not yet destroyed.
+  int64_t admitted() const { return admitted_.load(); }
   const std::string& model_name() const { return model_name_; }
   const std::vector<Replica*>& replicas() const { return replicas_; }
 
  private:
   absl::StatusOr<std::vector<int32_t>> PromptIds(const v1::GenerateRequest& request) const;
   absl::StatusOr<Replica*> PickReplica() const;
+  absl::Status CheckAdmissionLimits(const v1::GenerateRequest& request) const;
+  // A held slot of the bounded queue, or RESOURCE_EXHAUSTED.
+  absl::StatusOr<std::shared_ptr<void>> ReserveSlot();
 
   const std::string model_name_;
   const ModelConfig config_;
@@ -82,6 +109,8 @@ class InferenceServiceImpl final : public v1::InferenceService::Service {
   std::vector<int32_t> eos_ids_;
   std::atomic<uint64_t> next_sequence_id_{1};
   RouterMetrics* metrics_ = nullptr;
+  AdmissionLimits admission_;
+  std::atomic<int64_t> admitted_{0};
 };
 
 }  // namespace shardserve

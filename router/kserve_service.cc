@@ -274,6 +274,9 @@ grpc::Status KServeService::ModelMetadata(grpc::ServerContext*,
 
 absl::Status KServeService::Run(grpc::ServerContext* context, const ModelInferRequest& request,
                                 const DeltaFn& on_delta) {
+  if (grpc::Status auth = service_->Authorize(context); !auth.ok()) {
+    return absl::Status(static_cast<absl::StatusCode>(auth.error_code()), auth.error_message());
+  }
   if (absl::Status s = CheckModel(request.model_name()); !s.ok()) return s;
   auto generate = GenerateRequestFromInfer(request);
   if (!generate.ok()) return generate.status();

@@ -61,7 +61,29 @@ int RouterMain(int argc, char** argv) {
   std::string http_listen, api_key;
   app.add_option("--http-listen", http_listen,
                  "host:port for the OpenAI-compatible HTTP API and /metrics");
-  app.add_option("--api-key", api_key, "key HTTP clients must send as Authorization: Bearer");
+  app.add_option("--api-key", api_key,
+                 "key clients must send as Authorization: Bearer KEY (HTTP header, gRPC metadata)");
+  AdmissionLimits admission;
+  int64_t max_receive_message_bytes = int64_t{16} << 20;
+  app.add_option("--max-queued-requests", admission.max_queued_requests,
+                 "requests queued or running at once; past it RESOURCE_EXHAUSTED (HTTP 429)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 20))
+      ->capture_default_str();
+  app.add_option("--max-prompt-tokens", admission.max_prompt_tokens,
+                 "longest prompt accepted, in tokens (0: the model's context)")
+      ->check(CLI::Range(int64_t{0}, int64_t{1} << 24))
+      ->capture_default_str();
+  app.add_option("--max-tokens-limit", admission.max_tokens_limit,
+                 "largest max_tokens accepted (0: the model's context)")
+      ->check(CLI::Range(0, 1 << 24))
+      ->capture_default_str();
+  app.add_option("--max-stop-strings", admission.max_stop_strings, "stop strings per request")
+      ->check(CLI::Range(0, kMaxStopStrings))
+      ->capture_default_str();
+  app.add_option("--max-receive-message-bytes", max_receive_message_bytes,
+                 "largest gRPC request message accepted")
+      ->check(CLI::Range(int64_t{1} << 10, int64_t{1} << 30))
+      ->capture_default_str();
   app.add_option("--chat-template", chat_template_name,
                  "llama2, llama3, chatml, deepseek-v3, deepseek-r1 or mistral (default: detect)");
   try {
@@ -159,6 +181,8 @@ int RouterMain(int argc, char** argv) {
   InferenceServiceImpl service(name, *config, tokenizer->get(), chat_template, replica_ptrs);
   RouterMetrics metrics;
   service.set_metrics(&metrics);
+  admission.api_key = api_key;
+  service.set_admission_limits(admission);
   std::unique_ptr<HttpServer> http;
   if (!http_listen.empty()) {
     http = std::make_unique<HttpServer>(&service, tokenizer->get(), &metrics,
@@ -173,7 +197,7 @@ int RouterMain(int argc, char** argv) {
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
-  builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(max_receive_message_bytes));
   builder.RegisterService(&service);
   KServeService kserve(&service);
   builder.RegisterService(&kserve);
