@@ -124,10 +124,10 @@ TEST_F(StageRuntimeTest, AsyncSendsMatchAndReportFailures) {
   EXPECT_EQ(b->tokens(0).token_id(), ref->tokens(0).token_id());
   // The third send fails: the handler hears of it without another step, and later steps fail.
   ASSERT_TRUE(first.Execute(Plan(3, {7}, 3, true)).ok());
-  for (int i = 0; i < 200; ++i) {
+  {
     absl::MutexLock lock(&mu);
-    if (!reported.empty()) break;
-    mu.AwaitWithTimeout(absl::Condition::kTrue, absl::Milliseconds(10));
+    auto heard = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return !reported.empty(); };
+    mu.AwaitWithTimeout(absl::Condition(&heard), absl::Seconds(5));
   }
   {
     absl::MutexLock lock(&mu);
