@@ -4,6 +4,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <condition_variable>
+#include <cstdlib>
 #include <iostream>
 #include <mutex>
 
@@ -33,6 +34,7 @@ struct SamplingFlags {
   uint64_t seed = 0;
   std::vector<std::string> stop;
   double timeout_s = 600;
+  std::string api_key;
 
   void Add(CLI::App& app) {
     app.add_option("--max-tokens", max_tokens, "tokens to generate")->capture_default_str();
@@ -44,6 +46,13 @@ struct SamplingFlags {
     app.add_option("--seed", seed, "sampling seed")->capture_default_str();
     app.add_option("--stop", stop, "stop string (repeatable)");
     app.add_option("--timeout-s", timeout_s, "deadline for the whole call")->capture_default_str();
+    app.add_option("--api-key", api_key,
+                   "sent as authorization: Bearer KEY (default: $SHARDSERVE_API_KEY)");
+  }
+  std::string Key() const {
+    if (!api_key.empty()) return api_key;
+    const char* env = std::getenv("SHARDSERVE_API_KEY");
+    return env != nullptr ? env : "";
   }
   void Fill(v1::GenerateRequest* r) const {
     r->set_max_tokens(max_tokens);
@@ -73,11 +82,13 @@ std::string FinishReasonName(v1::FinishReason reason) {
 
 absl::StatusOr<CompletionResult> RunCompletion(const std::string& server,
                                                const v1::GenerateRequest& request,
-                                               absl::Duration timeout, std::FILE* out) {
+                                               absl::Duration timeout, std::FILE* out,
+                                               const std::string& api_key) {
   auto stub = v1::InferenceService::NewStub(
       grpc::CreateChannel(server, grpc::InsecureChannelCredentials()));
   grpc::ClientContext context;
   context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+  if (!api_key.empty()) context.AddMetadata("authorization", "Bearer " + api_key);
   auto reader = stub->Generate(&context, request);
   CompletionResult result;
   v1::GenerateResponse response;
@@ -154,8 +165,8 @@ int CompleteMain(int argc, char** argv) {
   request.set_text(prompt);
   request.set_ignore_eos(ignore_eos);
   sampling.Fill(&request);
-  auto result =
-      RunCompletion(server, request, absl::Seconds(sampling.timeout_s), json ? nullptr : stdout);
+  auto result = RunCompletion(server, request, absl::Seconds(sampling.timeout_s),
+                              json ? nullptr : stdout, sampling.Key());
   if (!result.ok()) {
     if (!json) std::fputc('\n', stdout);
     return Fail(result.status());
@@ -207,7 +218,8 @@ int ChatMain(int argc, char** argv) {
     v1::ChatMessage* user = request.mutable_chat()->add_messages();
     user->set_role("user");
     user->set_content(line);
-    auto result = RunCompletion(server, request, absl::Seconds(sampling.timeout_s), stdout);
+    auto result =
+        RunCompletion(server, request, absl::Seconds(sampling.timeout_s), stdout, sampling.Key());
     std::fputc('\n', stdout);
     if (!result.ok()) return Fail(result.status());
     v1::ChatMessage* reply = request.mutable_chat()->add_messages();

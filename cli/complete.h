@@ -26,10 +26,12 @@ struct CompletionResult {
 };
 
 // Runs one Generate call against `server` with a deadline of `timeout`; text deltas are written
-// to `out` as they arrive when it is not null.
+// to `out` as they arrive when it is not null. A non-empty `api_key` is sent as
+// `authorization: Bearer <api_key>` metadata.
 absl::StatusOr<CompletionResult> RunCompletion(const std::string& server,
                                                const v1::GenerateRequest& request,
-                                               absl::Duration timeout, std::FILE* out);
+                                               absl::Duration timeout, std::FILE* out,
+                                               const std::string& api_key = "");
 
 // True when grpc.health.v1 at `address` answers SERVING for the whole server within `timeout`.
 bool HealthServing(const std::string& address, absl::Duration timeout);

@@ -86,7 +86,8 @@ class InferenceServiceImpl final : public v1::InferenceService::Service {
   void set_metrics(RouterMetrics* metrics) { metrics_ = metrics; }
   void set_admission_limits(AdmissionLimits limits) { admission_ = std::move(limits); }
   const AdmissionLimits& admission_limits() const { return admission_; }
-  // UNAUTHENTICATED unless `context` carries `authorization: Bearer <api_key>` (or no key is set).
+  // UNAUTHENTICATED unless `context` carries `authorization: Bearer <api_key>` (or no key is set;
+  // a null context is an in-process caller that checked the key itself).
   grpc::Status Authorize(const grpc::ServerContext* context) const;
   // Generations admitted and not yet destroyed.
   int64_t admitted() const { return admitted_.load(); }

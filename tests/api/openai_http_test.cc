@@ -75,7 +75,7 @@ TEST_F(OpenAiHttp, OpenAiNpmClientStreamsTheGrpcTextForTheSameSeed) {
   auto* user = request.mutable_chat()->add_messages();
   user->set_role("user");
   user->set_content("Tell me a story about a cat.");
-  auto want = RunCompletion(cluster_->router_address(), request, absl::Seconds(60), nullptr);
+  auto want = RunCompletion(cluster_->router_address(), request, absl::Seconds(60), nullptr, kKey);
   ASSERT_TRUE(want.ok()) << want.status();
 
   EXPECT_FALSE(want->text.empty());
@@ -190,7 +190,7 @@ TEST_F(OpenAiHttp, PromtoolAcceptsMetricsAndCountersMove) {
   }
   v1::GenerateRequest request = TextRequest("Lily saw a bird", 5, 0.0f, 0);
   request.set_ignore_eos(true);
-  auto grpc = RunCompletion(cluster_->router_address(), request, absl::Seconds(60), nullptr);
+  auto grpc = RunCompletion(cluster_->router_address(), request, absl::Seconds(60), nullptr, kKey);
   ASSERT_TRUE(grpc.ok()) << grpc.status();
   prompt_tokens += grpc->usage.prompt_tokens();
 
