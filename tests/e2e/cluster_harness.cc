@@ -34,16 +34,18 @@ std::string Stories260K() {
       .string();
 }
 
-std::string Synthetic8Layer() {
-  const std::string dir = absl::StrCat(SHARDSERVE_BINARY_DIR, "/test-models/tiny-llama-8l");
+std::string SyntheticModel(const std::string& like) {
+  const std::string dir = absl::StrCat(SHARDSERVE_BINARY_DIR, "/test-models/", like);
   if (!fs::exists(dir + "/config.json")) {
     const std::string tmp = dir + ".tmp" + std::to_string(getpid());
-    const std::string cmd = absl::StrCat(BinPath("shardserve"), " synth --like tiny-llama-8l",
+    const std::string cmd = absl::StrCat(BinPath("shardserve"), " synth --like ", like,
                                          " --dtype f32 --seed 7 --out ", tmp, " 2>/dev/null");
     if (std::system(cmd.c_str()) == 0) fs::rename(tmp, dir);
   }
   return dir;
 }
+
+std::string Synthetic8Layer() { return SyntheticModel("tiny-llama-8l"); }
 
 int FreePort() {
   int fd = socket(AF_INET, SOCK_STREAM, 0);

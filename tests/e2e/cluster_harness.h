@@ -21,6 +21,8 @@ namespace shardserve::e2e {
 std::string BinPath(const std::string& name);  // build/bin/<name>
 std::string Stories260K();                     // ../shared/models/stories260K from the repo root
 // A synthetic 8-layer model, written once into the build tree.
+// A random-weight model of a `shardserve synth --like` shape, written once per build tree.
+std::string SyntheticModel(const std::string& like);
 std::string Synthetic8Layer();
 int FreePort();
 

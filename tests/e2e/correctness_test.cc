@@ -1,5 +1,6 @@
 // The cluster's output over gRPC equals the single-process reference, for 1, 2 and 3 stages,
 // greedy and seeded sampling, and under 64 concurrent streams.
+#include <algorithm>
 #include <thread>
 
 #include "gtest/gtest.h"
@@ -42,6 +43,35 @@ INSTANTIATE_TEST_SUITE_P(Stages, PipelineMatchesGenerate,
                          [](const auto& info) {
                            return std::get<0>(info.param) + "_" +
                                   std::to_string(std::get<1>(info.param)) + "stages";
+                         });
+
+// DeepSeek-V2/V3 (MLA latent cache, MoE) split across stages: greedy output equals generate.
+class DeepseekPipelineMatchesGenerate
+    : public ::testing::TestWithParam<std::tuple<std::string, int>> {};
+
+TEST_P(DeepseekPipelineMatchesGenerate, Greedy) {
+  const auto& [like, stages] = GetParam();
+  const std::string model = SyntheticModel(like);
+  Cluster cluster({.model = model, .stages = stages});
+  ASSERT_TRUE(cluster.WaitServing(absl::Seconds(60)).ok());
+  for (const std::string& prompt : kPrompts) {
+    auto ref = RunGenerate(model, prompt, 32, 0.0f, 0);
+    ASSERT_TRUE(ref.ok()) << ref.status();
+    auto got = RunCompletion(cluster.router_address(), TextRequest(prompt, 32, 0.0f, 0),
+                             absl::Seconds(60), nullptr);
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_EQ(got->ids, ref->ids) << "prompt '" << prompt << "'";
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Stages, DeepseekPipelineMatchesGenerate,
+                         ::testing::Combine(::testing::Values("deepseek-v3-tiny",
+                                                              "deepseek-v2-tiny"),
+                                            ::testing::Values(1, 2)),
+                         [](const auto& info) {
+                           std::string n = std::get<0>(info.param);
+                           std::replace(n.begin(), n.end(), '-', '_');
+                           return n + "_" + std::to_string(std::get<1>(info.param)) + "stages";
                          });
 
 TEST(ConcurrentStreams, SixtyFourMixedStreamsEqualTheirSoloOutput) {
