@@ -119,6 +119,9 @@ void RouterMetrics::OnOutput(RequestTrace& trace, const v1::GenerateResponse* re
     if (!trace.seen_token) {
       ttft_.Observe(absl::ToDoubleSeconds(now - trace.start));
       trace.seen_token = true;
+      // Tokens that came with the first one arrived with it: one observation each, so the count
+      // is always generated tokens - 1 per request, however the stream was batched.
+      for (int i = 1; i < tokens; ++i) itl_.Observe(0.0);
     } else {
       // Tokens that arrive together share the gap since the previous output.
       const double gap = absl::ToDoubleSeconds(now - trace.last_token) / tokens;
