@@ -1,6 +1,7 @@
 #include "cli/bench.h"
 
 #include <grpcpp/grpcpp.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -84,6 +85,8 @@ int BenchMain(int argc, char** argv) {
   std::vector<std::string> error_messages;
   int64_t tokens = 0;
   int errors = 0;
+  int done = 0;
+  const bool tty = isatty(STDERR_FILENO);  // progress on a terminal only
   std::atomic<int> next{0};
   const auto start = Clock::now();
   std::vector<std::thread> threads;
@@ -134,12 +137,14 @@ int BenchMain(int argc, char** argv) {
           continue;
         }
         tokens += got;
+        if (tty) std::fprintf(stderr, "\rbench: %d/%d requests", ++done, requests);
         if (ttft >= 0) ttft_ms.push_back(ttft);
         itl_ms.insert(itl_ms.end(), itl.begin(), itl.end());
       }
     });
   }
   for (auto& t : threads) t.join();
+  if (tty) std::fprintf(stderr, "\r\033[K");
   const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
 
   nlohmann::json out;

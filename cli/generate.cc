@@ -143,7 +143,11 @@ int GenerateMain(int argc, char** argv) {
     return Fail(absl::InvalidArgumentError(
         absl::StrCat("--backend '", backend_name, "' is not cpu or cuda")));
   }
+  // Loading a large model takes seconds: say so on a terminal, stay quiet when piped.
+  const bool tty = isatty(STDERR_FILENO);
+  if (tty) std::fprintf(stderr, "loading %s...", model.c_str());
   auto stage = LoadStage(model, spec, {}, backend.get());
+  if (tty) std::fprintf(stderr, "\r\033[K");
   if (!stage.ok()) return Fail(stage.status());
 
   GenerateOptions options;

@@ -259,8 +259,15 @@ int UpMain(int argc, char** argv) {
   }
   children.push_back(router);
 
-  const absl::Time give_up = absl::Now() + absl::Seconds(ready_timeout_s);
+  const absl::Time started = absl::Now();
+  const absl::Time give_up = started + absl::Seconds(ready_timeout_s);
+  // Progress on a terminal only; piped output stays clean.
+  const bool tty = isatty(STDERR_FILENO);
   while (!HealthServing(listen, absl::Milliseconds(500))) {
+    if (tty) {
+      std::fprintf(stderr, "\rloading the model on %d worker%s... %.0f s", workers,
+                   workers == 1 ? "" : "s", absl::ToDoubleSeconds(absl::Now() - started));
+    }
     if (pid_t dead = ExitedChild(children); dead != -1) {
       children.erase(std::find(children.begin(), children.end(), dead));
       StopAll(children);
@@ -278,6 +285,7 @@ int UpMain(int argc, char** argv) {
     }
     absl::SleepFor(absl::Milliseconds(100));
   }
+  if (tty) std::fprintf(stderr, "\r\033[K");
   std::fprintf(stderr,
                "shardserve is up: model %s, %d workers\n  gRPC:  %s\n  logs:  %s\n"
                "  try:   shardserve complete --server %s --prompt \"Once upon a time\" "
