@@ -40,7 +40,13 @@ std::string SyntheticModel(const std::string& like) {
     const std::string tmp = dir + ".tmp" + std::to_string(getpid());
     const std::string cmd = absl::StrCat(BinPath("shardserve"), " synth --like ", like,
                                          " --dtype f32 --seed 7 --out ", tmp, " 2>/dev/null");
-    if (std::system(cmd.c_str()) == 0) fs::rename(tmp, dir);
+    if (std::system(cmd.c_str()) == 0) {
+      // Tests running in parallel may race to write the same model: the first rename wins and
+      // the others drop their copy.
+      std::error_code ec;
+      fs::rename(tmp, dir, ec);
+      if (ec) fs::remove_all(tmp, ec);
+    }
   }
   return dir;
 }
