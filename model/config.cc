@@ -73,7 +73,7 @@ class Reader {
 
  private:
   const json& j_;
-  absl::string_view source_;
+  std::string source_;  // owned: callers pass temporaries such as StrCat(file, " rope_scaling")
 };
 
 absl::StatusOr<Architecture> DetectArchitecture(const json& j, absl::string_view source,
