@@ -220,47 +220,7 @@ class LlamaStage : public ModelStage {
 
   absl::StatusOr<int64_t> Validate(absl::Span<const SequenceStep> batch,
                                    absl::Span<const float> hidden_in) const {
-    const ModelConfig& c = config_;
-    if (batch.empty()) return absl::InvalidArgumentError("step has no sequences");
-    int64_t total = 0;
-    for (size_t i = 0; i < batch.size(); ++i) {
-      const SequenceStep& s = batch[i];
-      auto bad = [&](absl::string_view what) {
-        return absl::InvalidArgumentError(absl::StrCat("sequence ", i, ": ", what));
-      };
-      const int64_t n = static_cast<int64_t>(s.tokens.size());
-      if (n == 0) return bad("no tokens");
-      if (s.start_pos < 0) return bad(absl::StrCat("start_pos ", s.start_pos, " is negative"));
-      const int64_t end = s.start_pos + n;
-      if (end > c.max_position_embeddings) {
-        return bad(absl::StrCat("positions up to ", end, " exceed the context length ",
-                                c.max_position_embeddings));
-      }
-      const int64_t blocks_needed = (end + kv_.block_size - 1) / kv_.block_size;
-      if (static_cast<int64_t>(s.block_table.size()) < blocks_needed) {
-        return bad(absl::StrCat("block table has ", s.block_table.size(),
-                                " blocks, positions up to ", end, " need ", blocks_needed));
-      }
-      for (int32_t b : s.block_table) {
-        if (b < 0 || b >= kv_.num_blocks) {
-          return bad(absl::StrCat("block id ", b, " outside [0, ", kv_.num_blocks, ")"));
-        }
-      }
-      if (is_first()) {
-        for (int32_t t : s.tokens) {
-          if (t < 0 || t >= c.vocab_size) {
-            return bad(absl::StrCat("token id ", t, " outside [0, ", c.vocab_size, ")"));
-          }
-        }
-      }
-      total += n;
-    }
-    if (!is_first() && static_cast<int64_t>(hidden_in.size()) != total * c.hidden_size) {
-      return absl::InvalidArgumentError(absl::StrCat("hidden states have ", hidden_in.size(),
-                                                     " values, expected ", total, " x ",
-                                                     c.hidden_size));
-    }
-    return total;
+    return ValidateStepBatch(batch, hidden_in, config_, kv_, is_first());
   }
 
   absl::Status Reserve(int64_t total) {

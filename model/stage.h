@@ -73,6 +73,15 @@ class ModelStage {
                                              absl::Span<const float> hidden_in) = 0;
 };
 
+// Checks a step before any memory is touched: non-empty sequences, positions inside the
+// context, block tables long enough and naming existing blocks, token ids in the vocabulary
+// (first stage), hidden states of the right size (other stages). Returns the step's token
+// count, or INVALID_ARGUMENT naming the sequence and the problem. Shared by every architecture.
+absl::StatusOr<int64_t> ValidateStepBatch(absl::Span<const SequenceStep> batch,
+                                          absl::Span<const float> hidden_in,
+                                          const ModelConfig& config, const KvCacheSpec& kv,
+                                          bool is_first_stage);
+
 // Loads a stage of the model at `path` (a Hugging Face folder) onto `backend`, which must
 // outlive the stage. Dispatches on the config's architecture.
 absl::StatusOr<std::unique_ptr<ModelStage>> LoadStage(const std::string& path,
