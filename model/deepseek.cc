@@ -522,20 +522,7 @@ class DeepseekStage : public ModelStage {
   }
 
   absl::StatusOr<std::vector<float>> HostVector(const std::string& name, int64_t n) const {
-    ASSIGN_OR_RETURN(TensorRef t, weights_->GetWithShape(name, {n}));
-    if (t.dtype != DType::kF32 && t.dtype != DType::kF16 && t.dtype != DType::kBF16) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("tensor '", name, "' is ", DTypeName(t.dtype), ", expected a float type"));
-    }
-    std::vector<float> host(n);
-    cpu::DequantizeRow(t.dtype, t.data, n, host.data());
-    for (int64_t i = 0; i < n; ++i) {
-      if (!std::isfinite(host[i])) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("tensor '", name, "' holds a non-finite value at ", i));
-      }
-    }
-    return host;
+    return weights_->GetVectorF32(name, n);
   }
 
   // A vector (norm weight), widened to F32.

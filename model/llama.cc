@@ -287,36 +287,7 @@ class LlamaStage : public ModelStage {
 
   // A vector (norm weight or bias), widened to F32.
   absl::StatusOr<Weight> Vector(const std::string& name, int64_t n) {
-    ASSIGN_OR_RETURN(TensorRef t, weights_->GetWithShape(name, {n}));
-    if (t.dtype == DType::kI32) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("tensor '", name, "' is I32, expected a float type"));
-    }
-    std::vector<float> host(n);
-    for (int64_t i = 0; i < n; ++i) {
-      const auto* p = static_cast<const uint8_t*>(t.data);
-      switch (t.dtype) {
-        case DType::kF32: {
-          float f;
-          std::memcpy(&f, p + 4 * i, 4);
-          host[i] = f;
-          break;
-        }
-        case DType::kF16:
-        case DType::kBF16: {
-          uint16_t u;
-          std::memcpy(&u, p + 2 * i, 2);
-          host[i] = t.dtype == DType::kF16 ? F16ToF32(u) : Bf16ToF32(u);
-          break;
-        }
-        default:
-          break;
-      }
-      if (!std::isfinite(host[i])) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("tensor '", name, "' holds a non-finite value at ", i));
-      }
-    }
+    ASSIGN_OR_RETURN(std::vector<float> host, weights_->GetVectorF32(name, n));
     Weight w;
     ASSIGN_OR_RETURN(w.buffer, backend_->Allocate(n * sizeof(float)));
     backend_->CopyToDevice(w.buffer->data(), host.data(), n * sizeof(float));

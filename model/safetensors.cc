@@ -1,6 +1,7 @@
 #include "model/safetensors.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -9,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/status.h"
+#include "kernels/cpu/quant.h"
 #include "nlohmann/json.hpp"
 
 namespace shardserve {
@@ -43,6 +45,24 @@ absl::StatusOr<TensorRef> WeightSource::GetWithShape(const std::string& name,
         "tensor '", name, "' has shape ", ShapeString(t.shape), ", expected ", ShapeString(shape)));
   }
   return t;
+}
+
+absl::StatusOr<std::vector<float>> WeightSource::GetVectorF32(const std::string& name,
+                                                              int64_t n) const {
+  ASSIGN_OR_RETURN(TensorRef t, GetWithShape(name, {n}));
+  if (t.dtype != DType::kF32 && t.dtype != DType::kF16 && t.dtype != DType::kBF16) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("tensor '", name, "' is ", DTypeName(t.dtype), ", expected a float type"));
+  }
+  std::vector<float> host(n);
+  cpu::DequantizeRow(t.dtype, t.data, n, host.data());
+  for (int64_t i = 0; i < n; ++i) {
+    if (!std::isfinite(host[i])) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor '", name, "' holds a non-finite value at ", i));
+    }
+  }
+  return host;
 }
 
 absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::string& path) {

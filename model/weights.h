@@ -42,6 +42,10 @@ class WeightSource {
 
   // Get() plus a check of dtype-independent shape: INVALID_ARGUMENT naming the tensor, the
   // expected and the found shape.
+  // A float vector of n values (norm weight, bias), widened to F32. INVALID_ARGUMENT naming the
+  // tensor when it is not F32/F16/BF16 or holds a non-finite value.
+  absl::StatusOr<std::vector<float>> GetVectorF32(const std::string& name, int64_t n) const;
+
   absl::StatusOr<TensorRef> GetWithShape(const std::string& name,
                                          const std::vector<int64_t>& shape) const;
 };
