@@ -413,6 +413,43 @@ std::string ModelConfig::ToJson() const {
   return j.dump(2);
 }
 
+int64_t LayerParameterCount(const ModelConfig& c, int64_t layer) {
+  const int64_t H = c.hidden_size;
+  auto mlp = [H](int64_t intermediate) { return 3 * H * intermediate; };
+  const int64_t norms = 2 * H;  // input_layernorm, post_attention_layernorm
+  if (!c.is_deepseek()) {
+    const int64_t q = c.num_heads * c.head_dim, kv = c.num_kv_heads * c.head_dim;
+    const int64_t attention = H * (q + 2 * kv) + q * H + (c.qkv_bias ? q + 2 * kv : 0);
+    return norms + attention + mlp(c.intermediate_size);
+  }
+  const DeepseekConfig& d = c.deepseek;
+  const int64_t heads = c.num_heads;
+  const int64_t q_head = d.qk_nope_head_dim + d.qk_rope_head_dim;
+  int64_t attention = d.q_lora_rank > 0
+                          ? d.q_lora_rank * H + d.q_lora_rank + heads * q_head * d.q_lora_rank
+                          : heads * q_head * H;
+  attention += (d.kv_lora_rank + d.qk_rope_head_dim) * H + d.kv_lora_rank +
+               heads * (d.qk_nope_head_dim + d.v_head_dim) * d.kv_lora_rank +
+               H * heads * d.v_head_dim;
+  if (!d.IsMoeLayer(layer)) return norms + attention + mlp(c.intermediate_size);
+  int64_t moe = d.n_routed_experts * H;  // the router gate
+  if (d.topk_method == DeepseekConfig::TopkMethod::kNoAuxTc) moe += d.n_routed_experts;
+  moe += d.n_routed_experts * mlp(d.moe_intermediate_size);
+  moe += mlp(d.moe_intermediate_size * d.n_shared_experts);
+  return norms + attention + moe;
+}
+
+int64_t EmbeddingParameterCount(const ModelConfig& c) { return c.vocab_size * c.hidden_size; }
+
+int64_t HeadParameterCount(const ModelConfig& c) {
+  return c.hidden_size + c.vocab_size * c.hidden_size;
+}
+
+int64_t KvCacheValuesPerToken(const ModelConfig& c) {
+  if (c.is_deepseek()) return c.deepseek.kv_lora_rank + c.deepseek.qk_rope_head_dim;
+  return 2 * c.num_kv_heads * c.head_dim;
+}
+
 std::vector<float> ModelConfig::RopeInvFreq(int64_t rotary_dim) const {
   const int64_t half = rotary_dim / 2;
   std::vector<float> inv(half);

@@ -103,6 +103,27 @@ struct ModelConfig {
   std::vector<float> RopeInvFreq(int64_t rotary_dim) const;
 };
 
+// Sizes of the stored weights, in parameters, as the Hugging Face checkpoints lay them out; the
+// placement balances stages by them and tests check them against synthesized models' tensors.
+//
+// One decoder layer, 0 <= layer < num_layers: norms, attention (Llama/Qwen2: q, k, v, o and the
+// q/k/v biases when qkv_bias; DeepSeek: MLA's q (low-rank or full), kv_a_proj_with_mqa, the two
+// latent norms, kv_b and o) and the MLP (dense: gate, up, down of intermediate_size; DeepSeek MoE
+// layers: the router gate, its e_score_correction_bias under noaux_tc, n_routed_experts experts
+// and the shared experts, all of moe_intermediate_size). Multi-token-prediction modules stored
+// after the main layers are not counted: no stage loads them.
+int64_t LayerParameterCount(const ModelConfig& config, int64_t layer);
+// The token embedding (first stage): vocab_size x hidden_size.
+int64_t EmbeddingParameterCount(const ModelConfig& config);
+// The final norm and the LM head (last stage). With tied embeddings the last stage still holds
+// the vocab_size x hidden_size matrix, so it is counted here too.
+int64_t HeadParameterCount(const ModelConfig& config);
+
+// Values one token occupies in one layer's KV cache: keys and values of every KV head
+// (2 x num_kv_heads x head_dim), or for DeepSeek's MLA the compressed latent plus the shared
+// rotary key (kv_lora_rank + qk_rope_head_dim). Stages store them as F32.
+int64_t KvCacheValuesPerToken(const ModelConfig& config);
+
 }  // namespace shardserve
 
 #endif  // SHARDSERVE_MODEL_CONFIG_H_

@@ -49,10 +49,9 @@
 
 namespace shardserve {
 
-// Values one token occupies in one layer's MLA cache: kv_lora_rank + qk_rope_head_dim.
-inline int64_t MlaCacheValuesPerToken(const ModelConfig& c) {
-  return c.deepseek.kv_lora_rank + c.deepseek.qk_rope_head_dim;
-}
+// Values one token occupies in one layer's MLA cache: kv_lora_rank + qk_rope_head_dim
+// (KvCacheValuesPerToken of a DeepSeek config).
+inline int64_t MlaCacheValuesPerToken(const ModelConfig& c) { return KvCacheValuesPerToken(c); }
 
 // YaRN's attention-temperature factor (yarn_get_mscale): 1 when scale <= 1.
 double YarnMscale(double scale, double mscale);

@@ -111,8 +111,7 @@ class LlamaStage : public ModelStage {
   int64_t layer_end() const override { return end_; }
   const KvCacheSpec& kv_spec() const override { return kv_; }
   int64_t KvBytesPerToken() const override {
-    return (end_ - begin_) * 2 * config_.num_kv_heads * config_.head_dim *
-           static_cast<int64_t>(sizeof(float));
+    return (end_ - begin_) * KvCacheValuesPerToken(config_) * static_cast<int64_t>(sizeof(float));
   }
 
   absl::StatusOr<StepOutput> Forward(absl::Span<const SequenceStep> batch,

@@ -123,15 +123,7 @@ int RouterMain(int argc, char** argv) {
 
   const int64_t context = config->max_position_embeddings;
   const int64_t blocks_per_context = (context + kv_block_size - 1) / kv_block_size;
-  if (kv_blocks == 0) {
-    // Enough for max_seqs full contexts, capped at 1 GiB of KV on the largest stage.
-    int64_t widest = 0;
-    for (const LayerRange& r : ranges) widest = std::max(widest, r.end - r.begin);
-    const int64_t bytes_per_block =
-        2 * config->num_kv_heads * config->head_dim * 4 * kv_block_size * widest;
-    const int64_t cap = (int64_t{1} << 30) / std::max<int64_t>(1, bytes_per_block);
-    kv_blocks = std::max(blocks_per_context, std::min(max_seqs * blocks_per_context, cap));
-  }
+  if (kv_blocks == 0) kv_blocks = DefaultKvBlocks(*config, ranges, kv_block_size, max_seqs);
   if (kv_blocks < blocks_per_context) {
     return Fail("--kv-blocks " + std::to_string(kv_blocks) + " cannot hold one full context (" +
                 std::to_string(blocks_per_context) + " blocks)");

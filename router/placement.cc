@@ -37,6 +37,24 @@ absl::StatusOr<std::vector<LayerRange>> ParseLayerRanges(const std::string& spec
   return ranges;
 }
 
+namespace {
+
+int64_t BytesPerParameter(const ModelConfig& config) {
+  // Quantized GGUF types have no whole-byte size; every layer shares it, so any constant keeps
+  // the balance.
+  return std::max<int64_t>(1, static_cast<int64_t>(DTypeSize(config.dtype)));
+}
+
+}  // namespace
+
+int64_t StageWeightBytes(const ModelConfig& config, const LayerRange& range) {
+  int64_t params = 0;
+  for (int64_t l = range.begin; l < range.end; ++l) params += LayerParameterCount(config, l);
+  if (range.begin == 0) params += EmbeddingParameterCount(config);
+  if (range.end == config.num_layers) params += HeadParameterCount(config);
+  return params * BytesPerParameter(config);
+}
+
 absl::StatusOr<std::vector<LayerRange>> BalancedPlacement(const ModelConfig& config, int num_stages,
                                                           const std::vector<double>& speeds) {
   const int64_t n = config.num_layers;
@@ -47,15 +65,17 @@ absl::StatusOr<std::vector<LayerRange>> BalancedPlacement(const ModelConfig& con
   if (!speeds.empty() && static_cast<int>(speeds.size()) != num_stages) {
     return absl::InvalidArgumentError("one speed per stage");
   }
-  const double h = config.hidden_size;
-  const double q = config.num_heads * config.head_dim;
-  const double kv = config.num_kv_heads * config.head_dim;
-  const double layer = h * (q + 2 * kv) + q * h + 3 * h * config.intermediate_size;
-  const double head = h * config.vocab_size + h;
-  const double embed = h;
+  // before[l]: bytes of layers [0, l).
+  std::vector<double> before(n + 1, 0.0);
+  const double element = static_cast<double>(BytesPerParameter(config));
+  for (int64_t l = 0; l < n; ++l) {
+    before[l + 1] = before[l] + element * static_cast<double>(LayerParameterCount(config, l));
+  }
+  const double embed = element * static_cast<double>(EmbeddingParameterCount(config));
+  const double head = element * static_cast<double>(HeadParameterCount(config));
   auto speed = [&](int s) { return speeds.empty() ? 1.0 : std::max(speeds[s], 1e-9); };
   auto cost = [&](int s, int64_t b, int64_t e) {
-    double c = (e - b) * layer;
+    double c = before[e] - before[b];
     if (b == 0) c += embed;
     if (e == n) c += head;
     return c / speed(s);
@@ -85,6 +105,18 @@ absl::StatusOr<std::vector<LayerRange>> BalancedPlacement(const ModelConfig& con
     e = b;
   }
   return ranges;
+}
+
+int64_t DefaultKvBlocks(const ModelConfig& config, const std::vector<LayerRange>& ranges,
+                        int64_t kv_block_size, int64_t max_seqs) {
+  const int64_t blocks_per_context =
+      (config.max_position_embeddings + kv_block_size - 1) / kv_block_size;
+  int64_t widest = 0;
+  for (const LayerRange& r : ranges) widest = std::max(widest, r.end - r.begin);
+  const int64_t bytes_per_block =
+      KvCacheValuesPerToken(config) * static_cast<int64_t>(sizeof(float)) * kv_block_size * widest;
+  const int64_t cap = kMaxDefaultKvBytesPerStage / std::max<int64_t>(1, bytes_per_block);
+  return std::max(blocks_per_context, std::min(max_seqs * blocks_per_context, cap));
 }
 
 std::string FormatLayerRanges(const std::vector<LayerRange>& ranges) {

@@ -1,11 +1,15 @@
-// Placement: which contiguous layer range each pipeline stage holds.
+// Placement: which contiguous layer range each pipeline stage holds, and how much KV cache a
+// pipeline gets by default.
 //
-// BalancedPlacement splits the layers so that the most expensive stage is as cheap as possible,
-// counting per-token compute: every decoder layer costs the same, the first stage also pays for
-// the embedding lookup and the last for the final norm and LM head (vocab x hidden), which on
-// small models is worth several layers. Stages may carry a relative speed (Describe's
-// estimate); a faster worker gets proportionally more. ParseLayerRanges reads a manual split
-// such as "0-2,3-4" (inclusive ends) and checks that it covers every layer once, in order.
+// BalancedPlacement splits the layers so that the stage holding the most weight bytes holds as
+// few as possible. Layers are weighed one by one with LayerParameterCount (model/config.h), so
+// they may differ: DeepSeek's first_k_dense_replace dense layers are several times lighter than
+// its MoE layers, which carry every routed and shared expert. The first stage also holds the
+// token embedding and the last the final norm and LM head (vocab x hidden; with tied embeddings
+// the last stage still holds its own copy), which on small models is worth several layers.
+// Stages may carry a relative speed (Describe's estimate); a faster worker gets proportionally
+// more. ParseLayerRanges reads a manual split such as "0-2,3-4" (inclusive ends) and checks that
+// it covers every layer once, in order.
 #ifndef SHARDSERVE_ROUTER_PLACEMENT_H_
 #define SHARDSERVE_ROUTER_PLACEMENT_H_
 
@@ -32,6 +36,18 @@ absl::StatusOr<std::vector<LayerRange>> ParseLayerRanges(const std::string& spec
 // num_stages is not in [1, num_layers].
 absl::StatusOr<std::vector<LayerRange>> BalancedPlacement(const ModelConfig& config, int num_stages,
                                                           const std::vector<double>& speeds = {});
+
+// Weight bytes a stage holding `range` loads: its layers, plus the embedding on the first stage
+// and the final norm and head on the last (parameters x the config's bytes per element).
+int64_t StageWeightBytes(const ModelConfig& config, const LayerRange& range);
+
+// The default KV cache per pipeline, in blocks of `kv_block_size` tokens: room for `max_seqs`
+// full contexts, capped so that the stage with the most layers keeps at most
+// kMaxDefaultKvBytesPerStage of KV (KvCacheValuesPerToken F32 values per token per layer), but
+// never less than one full context.
+inline constexpr int64_t kMaxDefaultKvBytesPerStage = int64_t{1} << 30;
+int64_t DefaultKvBlocks(const ModelConfig& config, const std::vector<LayerRange>& ranges,
+                        int64_t kv_block_size, int64_t max_seqs);
 
 // "0-2,3-4": the inverse of ParseLayerRanges.
 std::string FormatLayerRanges(const std::vector<LayerRange>& ranges);

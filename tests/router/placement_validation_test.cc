@@ -1,6 +1,11 @@
+#include <algorithm>
 #include <cmath>
+#include <functional>
+#include <limits>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
+#include "model/synth.h"
 #include "router/placement.h"
 #include "router/text_stream.h"
 #include "router/validation.h"
@@ -51,12 +56,135 @@ TEST(Placement, BalancedCoversEveryLayerOnce) {
   EXPECT_FALSE(BalancedPlacement(Config(2), 3).ok());
 }
 
-TEST(Placement, LastStageCarriesTheHeadSoGetsFewerLayers) {
-  auto r = BalancedPlacement(Config(8, /*vocab=*/32000), 2);
+TEST(Placement, EmbeddingAndHeadWeighOnTheEndStages) {
+  // A 32000 x 64 embedding (and as large a head) outweighs many 64-wide layers: the end stages
+  // get one layer each and the middle stage the rest.
+  auto r = BalancedPlacement(Config(8, /*vocab=*/32000), 3);
   ASSERT_TRUE(r.ok());
-  EXPECT_GT((*r)[0].end - (*r)[0].begin, (*r)[1].end - (*r)[1].begin);
-  auto even = BalancedPlacement(Config(8, /*vocab=*/8), 2);
+  EXPECT_EQ(FormatLayerRanges(*r), "0-0,1-6,7-7");
+  // Embedding and head weigh the same (the head adds only the final norm): an even split.
+  auto even = BalancedPlacement(Config(8, /*vocab=*/32000), 2);
   EXPECT_EQ((*even)[0], (LayerRange{0, 4}));
+}
+
+// DeepSeek-V3's layout at a small size: 3 dense layers, then 5 MoE layers that each hold 16
+// routed experts and a shared one, so an MoE layer weighs about three dense ones.
+ModelConfig DeepseekWithCheapDenseLayers() {
+  ModelConfig c = *SynthConfigByName("deepseek-v3-tiny");
+  c.num_layers = 8;
+  c.deepseek.first_k_dense_replace = 3;
+  c.deepseek.num_nextn_predict_layers = 0;
+  return c;
+}
+
+// The smallest possible max over stages of bytes / speed, over every contiguous split.
+double BestMaxStageCost(const ModelConfig& c, int stages, const std::vector<double>& speeds) {
+  double best = std::numeric_limits<double>::infinity();
+  std::vector<LayerRange> ranges;
+  std::function<void(int64_t)> place = [&](int64_t begin) {
+    const int s = static_cast<int>(ranges.size());
+    if (s == stages - 1) {
+      ranges.push_back({begin, c.num_layers});
+      double worst = 0;
+      for (int i = 0; i < stages; ++i) {
+        worst = std::max(worst, StageWeightBytes(c, ranges[i]) / (speeds.empty() ? 1 : speeds[i]));
+      }
+      best = std::min(best, worst);
+      ranges.pop_back();
+      return;
+    }
+    for (int64_t end = begin + 1; end <= c.num_layers - (stages - 1 - s); ++end) {
+      ranges.push_back({begin, end});
+      place(end);
+      ranges.pop_back();
+    }
+  };
+  place(0);
+  return best;
+}
+
+TEST(Placement, DeepseekIsBalancedByWeightBytesNotLayerCount) {
+  const ModelConfig c = DeepseekWithCheapDenseLayers();
+  const int64_t dense = LayerParameterCount(c, 0), moe = LayerParameterCount(c, 3);
+  ASSERT_TRUE(c.deepseek.IsMoeLayer(3) && !c.deepseek.IsMoeLayer(2));
+  ASSERT_GT(moe, 2 * dense);
+
+  auto r = BalancedPlacement(c, 2);
+  ASSERT_TRUE(r.ok()) << r.status();
+  // The first stage holds the three light dense layers, so it takes more layers.
+  EXPECT_GT((*r)[0].end - (*r)[0].begin, (*r)[1].end - (*r)[1].begin) << FormatLayerRanges(*r);
+
+  int64_t largest_layer = 0;
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    largest_layer =
+        std::max<int64_t>(largest_layer, LayerParameterCount(c, l) * DTypeSize(c.dtype));
+  }
+  for (int stages = 1; stages <= 4; ++stages) {
+    auto split = BalancedPlacement(c, stages);
+    ASSERT_TRUE(split.ok());
+    int64_t total = 0, worst = 0;
+    for (const LayerRange& x : *split) {
+      total += StageWeightBytes(c, x);
+      worst = std::max(worst, StageWeightBytes(c, x));
+    }
+    const std::string where = absl::StrCat(stages, " stages: ", FormatLayerRanges(*split));
+    EXPECT_LE(worst, total / stages + largest_layer) << where;
+    EXPECT_EQ(worst, BestMaxStageCost(c, stages, {})) << where;
+  }
+}
+
+TEST(Placement, SpeedsScaleEachStagesShareOfTheBytes) {
+  const ModelConfig c = DeepseekWithCheapDenseLayers();
+  for (const std::vector<double>& speeds :
+       {std::vector<double>{1, 3}, {3, 1}, {1, 1, 2}, {2, 1, 1, 1}}) {
+    const int stages = static_cast<int>(speeds.size());
+    auto split = BalancedPlacement(c, stages, speeds);
+    ASSERT_TRUE(split.ok());
+    double worst = 0;
+    for (int s = 0; s < stages; ++s) {
+      worst = std::max(worst, StageWeightBytes(c, (*split)[s]) / speeds[s]);
+    }
+    EXPECT_DOUBLE_EQ(worst, BestMaxStageCost(c, stages, speeds)) << FormatLayerRanges(*split);
+  }
+  auto slow_first = BalancedPlacement(c, 2, {1, 3});
+  auto fast_first = BalancedPlacement(c, 2, {3, 1});
+  EXPECT_LT((*slow_first)[0].end, (*fast_first)[0].end);
+}
+
+TEST(Placement, StageBytesCountEmbeddingFirstAndHeadLast) {
+  ModelConfig c = Config(4);
+  c.tie_word_embeddings = true;  // the last stage still holds the head matrix
+  c.dtype = DType::kBF16;
+  const int64_t layer = LayerParameterCount(c, 0);
+  EXPECT_EQ(StageWeightBytes(c, {0, 2}), 2 * (2 * layer + 512 * 64));
+  EXPECT_EQ(StageWeightBytes(c, {2, 4}), 2 * (2 * layer + 512 * 64 + 64));
+  EXPECT_EQ(StageWeightBytes(c, {1, 3}), 2 * 2 * layer);
+}
+
+TEST(Placement, DefaultKvBlocksSizeMlaByItsLatentCache) {
+  // DeepSeek-V2-Lite's shapes: 576 cached values per token per layer (512 latent + 64 rotary
+  // key), where per-head keys and values would be 2 x 16 x 192 = 6144.
+  ModelConfig c = *SynthConfigByName("deepseek-v2-lite-shape");
+  c.max_position_embeddings = 4096;
+  const std::vector<LayerRange> ranges = {{0, 14}, {14, 27}};
+  const int64_t block = 16, per_context = 4096 / block;
+  const int64_t mla_block_bytes = 576 * 4 * block * 14;
+  EXPECT_EQ(DefaultKvBlocks(c, ranges, block, 64), (int64_t{1} << 30) / mla_block_bytes);
+  EXPECT_EQ(DefaultKvBlocks(c, ranges, block, 2), 2 * per_context);
+  // Never less than one full context, even past the cap.
+  c.max_position_embeddings = 163840;
+  EXPECT_EQ(DefaultKvBlocks(c, ranges, block, 64), 163840 / block);
+
+  const ModelConfig llama = Config(5);  // 2 x 4 KV heads x 8 values
+  EXPECT_EQ(DefaultKvBlocks(llama, {{0, 3}, {3, 5}}, block, 64), 64 * (512 / block));
+  ModelConfig big = Config(32);
+  big.max_position_embeddings = 1 << 20;
+  big.num_kv_heads = 8;
+  big.head_dim = 128;
+  EXPECT_EQ(DefaultKvBlocks(big, {{0, 32}}, block, 1), (1 << 20) / block);
+  big.max_position_embeddings = 4096;
+  EXPECT_EQ(DefaultKvBlocks(big, {{0, 32}}, block, 64),
+            (int64_t{1} << 30) / (2 * 8 * 128 * 4 * block * 32));
 }
 
 class Validation : public ::testing::Test {
