@@ -174,6 +174,18 @@ std::string RouterMetrics::Render(const std::vector<ReplicaGauges>& replicas) co
                             ? 0.0
                             : static_cast<double>(r.kv_blocks_used) / r.kv_blocks_total;
                });
+  per_pipeline("shardserve_kv_cache_blocks_cached",
+               "KV cache blocks holding a cached prefix (in use or evictable).", "gauge",
+               [](const ReplicaGauges& r) { return r.kv_blocks_cached; });
+  per_pipeline("shardserve_prefix_cache_queries_total",
+               "Tokens looked up in the prefix cache at admission.", "counter",
+               [](const ReplicaGauges& r) { return r.prefix_query_tokens; });
+  per_pipeline("shardserve_prefix_cache_hits_total",
+               "Tokens found in the prefix cache at admission (not computed again).", "counter",
+               [](const ReplicaGauges& r) { return r.prefix_hit_tokens; });
+  per_pipeline("shardserve_num_preemptions_total",
+               "Sequences preempted for KV blocks (recomputed later).", "counter",
+               [](const ReplicaGauges& r) { return r.preemptions; });
   per_pipeline("shardserve_pipeline_ready", "1 while the pipeline takes requests.", "gauge",
                [](const ReplicaGauges& r) { return r.ready ? 1 : 0; });
   per_pipeline("shardserve_failovers_total",

@@ -83,6 +83,10 @@ struct ReplicaGauges {
   int64_t running = 0;
   int64_t kv_blocks_used = 0;
   int64_t kv_blocks_total = 0;
+  int64_t kv_blocks_cached = 0;  // holding a committed prefix, in use or evictable
+  uint64_t prefix_query_tokens = 0;
+  uint64_t prefix_hit_tokens = 0;
+  uint64_t preemptions = 0;
   uint64_t failovers = 0;
   bool ready = false;
 };

@@ -55,7 +55,8 @@ Replica::Replica(int index, std::vector<StageEndpoint> stages, ReplicaOptions op
       stages_(std::move(stages)),
       options_(std::move(options)),
       pipeline_(std::make_unique<Pipeline>(stages_, options_.pipeline)),
-      allocator_(options_.pipeline.kv_num_blocks, options_.pipeline.kv_block_size),
+      allocator_(options_.pipeline.kv_num_blocks, options_.pipeline.kv_block_size,
+                 options_.prefix_caching),
       scheduler_(options_.scheduler, &allocator_) {}
 
 Replica::~Replica() { Stop(); }
@@ -230,13 +231,28 @@ void Replica::Cancel(uint64_t sequence_id) {
 
 ReplicaGauges Replica::Gauges() const {
   absl::MutexLock lock(&mu_);
-  return {index_,
-          scheduler_.num_waiting(),
-          scheduler_.num_running(),
-          allocator_.num_used(),
-          allocator_.num_blocks(),
-          failures_.load(),
-          ready_.load()};
+  const SchedulerCounters& c = scheduler_.counters();
+  return {.pipeline = index_,
+          .waiting = scheduler_.num_waiting(),
+          .running = scheduler_.num_running(),
+          .kv_blocks_used = allocator_.num_used(),
+          .kv_blocks_total = allocator_.num_blocks(),
+          .kv_blocks_cached = allocator_.num_cached(),
+          .prefix_query_tokens = c.prefix_query_tokens,
+          .prefix_hit_tokens = c.prefix_hit_tokens,
+          .preemptions = c.preemptions,
+          .failovers = failures_.load(),
+          .ready = ready_.load()};
+}
+
+RoutingLoad Replica::Routing(absl::Span<const int32_t> tokens) const {
+  absl::MutexLock lock(&mu_);
+  RoutingLoad r;
+  r.prompt_blocks = static_cast<int64_t>(tokens.size()) / allocator_.block_size();
+  r.cached_blocks = allocator_.CachedPrefixBlocks(tokens, r.prompt_blocks);
+  r.active_blocks = allocator_.num_used();
+  r.waiting_blocks = scheduler_.waiting_blocks();
+  return r;
 }
 
 absl::StatusOr<std::vector<v1::StatsResponse>> Replica::WorkerStats() const {

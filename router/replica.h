@@ -54,6 +54,15 @@ struct ReplicaOptions {
   PipelineOptions pipeline;
   SchedulerOptions scheduler;
   const Tokenizer* tokenizer = nullptr;  // must outlive the replica
+  bool prefix_caching = true;
+};
+
+// What prefix-aware routing weighs for one replica and one prompt.
+struct RoutingLoad {
+  int64_t cached_blocks = 0;   // leading full blocks of the prompt this replica has cached
+  int64_t prompt_blocks = 0;   // full blocks of the prompt
+  int64_t active_blocks = 0;   // KV blocks its running sequences hold
+  int64_t waiting_blocks = 0;  // blocks its queued sequences will need
 };
 
 class Replica {
@@ -77,6 +86,9 @@ class Replica {
                       std::vector<std::string> stop_strings);
   // Ends a sequence early (client cancel or deadline); its blocks are freed on every stage.
   void Cancel(uint64_t sequence_id);
+
+  // Prefix overlap with `tokens` and current load, for routing.
+  RoutingLoad Routing(absl::Span<const int32_t> tokens) const;
 
   absl::StatusOr<std::vector<v1::StatsResponse>> WorkerStats() const;
   // Queue, KV and failure counts for /metrics.

@@ -11,6 +11,8 @@ Scheduler::Scheduler(SchedulerOptions options, BlockAllocator* allocator)
     : options_(options), allocator_(allocator) {}
 
 void Scheduler::Enqueue(std::shared_ptr<Sequence> sequence) {
+  sequence->arrival = next_arrival_++;
+  sequence->queued = true;
   waiting_.push_back(std::move(sequence));
 }
 
@@ -19,15 +21,79 @@ void Scheduler::Admit() {
     std::shared_ptr<Sequence>& s = waiting_.front();
     if (s->cancelled) {
       s->finished = true;
+      s->queued = false;
       waiting_.pop_front();
       continue;
     }
-    auto blocks = allocator_->Allocate(allocator_->BlocksFor(s->prompt_len + s->max_tokens));
-    if (!blocks.ok()) break;  // first come, first served: wait for blocks to come back
-    s->blocks = std::move(*blocks);
-    running_.push_back(std::move(s));
+    // The last token is always computed: its logits give the next one.
+    const int64_t n = static_cast<int64_t>(s->tokens.size());
+    uint64_t hash;
+    std::vector<int32_t> blocks =
+        allocator_->AcquirePrefix(s->tokens, (n - 1) / allocator_->block_size(), &hash);
+    const int64_t hit = static_cast<int64_t>(blocks.size());
+    // Leave a block per running sequence for its next decode block, so that admitting does
+    // not immediately force a preemption.
+    const int64_t fresh_needed = allocator_->BlocksFor(n) - hit;
+    auto fresh = allocator_->num_free() - fresh_needed >= static_cast<int64_t>(running_.size())
+                     ? allocator_->Allocate(fresh_needed)
+                     : absl::ResourceExhaustedError("keeping blocks for running sequences");
+    if (!fresh.ok()) {
+      allocator_->Free(blocks);
+      break;  // first come, first served: wait for blocks to come back
+    }
+    blocks.insert(blocks.end(), fresh->begin(), fresh->end());
+    s->blocks = std::move(blocks);
+    s->num_computed = hit * allocator_->block_size();
+    s->committed_blocks = hit;
+    s->chain_hash = hash;
+    if (s->preemptions == 0) s->cached_tokens = s->num_computed;
+    counters_.prefix_query_tokens += n;
+    counters_.prefix_hit_tokens += s->num_computed;
+    s->queued = false;
+    // Keep running_ in arrival order (a preempted sequence comes back to its place).
+    auto at = std::upper_bound(
+        running_.begin(), running_.end(), s->arrival,
+        [](uint64_t arrival, const std::shared_ptr<Sequence>& r) { return arrival < r->arrival; });
+    running_.insert(at, std::move(s));
     waiting_.pop_front();
   }
+}
+
+void Scheduler::Preempt(const std::shared_ptr<Sequence>& s) {
+  allocator_->Free(s->blocks);
+  s->blocks.clear();
+  s->num_computed = 0;
+  s->committed_blocks = 0;
+  s->chain_hash = BlockAllocator::kRootHash;
+  if (s->on_workers) pending_releases_.push_back(s->id);
+  s->on_workers = false;
+  ++s->preemptions;
+  ++counters_.preemptions;
+  running_.erase(std::remove(running_.begin(), running_.end(), s), running_.end());
+  // Running sequences all arrived before waiting ones, so arrival order puts it in front.
+  auto at = std::upper_bound(
+      waiting_.begin(), waiting_.end(), s->arrival,
+      [](uint64_t arrival, const std::shared_ptr<Sequence>& w) { return arrival < w->arrival; });
+  s->queued = true;
+  waiting_.insert(at, s);
+}
+
+bool Scheduler::EnsureBlocks(const std::shared_ptr<Sequence>& s, int64_t tokens) {
+  const int64_t needed = allocator_->BlocksFor(tokens) - static_cast<int64_t>(s->blocks.size());
+  if (needed <= 0) return true;
+  while (allocator_->num_free() < needed) {
+    std::shared_ptr<Sequence> victim;
+    for (auto it = running_.rbegin(); it != running_.rend() && !victim; ++it) {
+      if (!(*it)->in_flight && !(*it)->finished) victim = *it;
+    }
+    if (!victim) return false;  // everyone else is in flight: wait for them
+    Preempt(victim);
+    if (victim == s) return false;
+  }
+  auto more = allocator_->Allocate(needed);
+  CHECK(more.ok()) << more.status();
+  s->blocks.insert(s->blocks.end(), more->begin(), more->end());
+  return true;
 }
 
 std::optional<v1::StepPlan> Scheduler::NextPlan() {
@@ -40,14 +106,17 @@ std::optional<v1::StepPlan> Scheduler::NextPlan() {
     std::vector<Entry> entries;
     // Decode steps first (one token each), then prompt chunks with what budget is left.
     for (int pass = 0; pass < 2; ++pass) {
-      for (const auto& s : running_) {
-        if (s->in_flight || s->finished) continue;
+      const std::vector<std::shared_ptr<Sequence>> candidates = running_;
+      for (const auto& s : candidates) {
+        if (s->in_flight || s->finished || s->queued) continue;
         if (static_cast<int64_t>(entries.size()) >= per_batch || budget <= 0) break;
         const int64_t remaining = static_cast<int64_t>(s->tokens.size()) - s->num_computed;
         const bool decode = remaining == 1;
         if ((pass == 0) != decode || remaining <= 0) continue;
         const int64_t chunk = std::min(remaining, budget);
+        if (!EnsureBlocks(s, s->num_computed + chunk)) continue;
         budget -= chunk;
+        s->in_flight = true;  // also keeps it from being preempted by a later entry
         entries.push_back({s, chunk, chunk == remaining});
       }
     }
@@ -60,11 +129,15 @@ std::optional<v1::StepPlan> Scheduler::NextPlan() {
         sp->mutable_tokens()->Add(s.tokens.begin() + s.num_computed,
                                   s.tokens.begin() + s.num_computed + e.chunk);
         sp->set_start_pos(s.num_computed);
+        if (!s.on_workers && s.num_computed > 0) {
+          // New to the stages but starting after cached blocks: they need the tokens too.
+          sp->mutable_prefix_tokens()->Add(s.tokens.begin(), s.tokens.begin() + s.num_computed);
+        }
+        s.on_workers = true;
         const int64_t nblocks = allocator_->BlocksFor(s.num_computed + e.chunk);
         sp->mutable_block_table()->Add(s.blocks.begin(), s.blocks.begin() + nblocks);
         sp->set_sample(e.sample);
         if (e.sample) *sp->mutable_sampling() = s.sampling;
-        s.in_flight = true;
       }
       batches_.emplace(plan.step_id(), std::move(entries));
     }
@@ -75,13 +148,28 @@ std::optional<v1::StepPlan> Scheduler::NextPlan() {
   return plan;
 }
 
+void Scheduler::CommitFullBlocks(Sequence& s) {
+  const int64_t bs = allocator_->block_size();
+  const int64_t full = std::min<int64_t>(s.num_computed / bs, s.blocks.size());
+  for (; s.committed_blocks < full; ++s.committed_blocks) {
+    const int64_t i = s.committed_blocks;
+    s.chain_hash = allocator_->Commit(s.blocks[i], s.chain_hash,
+                                      absl::MakeConstSpan(s.tokens).subspan(i * bs, bs));
+  }
+}
+
 void Scheduler::FinishSequence(const std::shared_ptr<Sequence>& s) {
   if (s->finished) return;
   s->finished = true;
   allocator_->Free(s->blocks);
   s->blocks.clear();
-  if (s->num_computed > 0 || s->in_flight) pending_releases_.push_back(s->id);
+  if (s->on_workers) pending_releases_.push_back(s->id);
+  s->on_workers = false;
   running_.erase(std::remove(running_.begin(), running_.end(), s), running_.end());
+  if (s->queued) {
+    waiting_.erase(std::remove(waiting_.begin(), waiting_.end(), s), waiting_.end());
+    s->queued = false;
+  }
 }
 
 absl::StatusOr<std::vector<TokenEvent>> Scheduler::Complete(const v1::StepsResponse& result) {
@@ -107,6 +195,7 @@ absl::StatusOr<std::vector<TokenEvent>> Scheduler::Complete(const v1::StepsRespo
     const std::shared_ptr<Sequence>& s = e.sequence;
     s->in_flight = false;
     s->num_computed += e.chunk;
+    CommitFullBlocks(*s);
     if (!e.sample) {
       if (s->cancelled) FinishSequence(s);
       continue;
@@ -135,6 +224,12 @@ absl::StatusOr<std::vector<TokenEvent>> Scheduler::Complete(const v1::StepsRespo
   return events;
 }
 
+int64_t Scheduler::waiting_blocks() const {
+  int64_t n = 0;
+  for (const auto& s : waiting_) n += allocator_->BlocksFor(s->tokens.size());
+  return n;
+}
+
 void Scheduler::Cancel(uint64_t id) {
   for (auto& s : waiting_) {
     if (s->id == id) s->cancelled = true;
@@ -148,10 +243,13 @@ void Scheduler::Cancel(uint64_t id) {
 }
 
 void Scheduler::Finish(uint64_t id) {
-  for (auto s : running_) {
-    if (s->id == id) {
-      FinishSequence(s);
-      return;
+  for (const auto& list :
+       {running_, std::vector<std::shared_ptr<Sequence>>(waiting_.begin(), waiting_.end())}) {
+    for (const auto& s : list) {
+      if (s->id == id) {
+        FinishSequence(s);
+        return;
+      }
     }
   }
 }
@@ -162,13 +260,17 @@ std::vector<std::shared_ptr<Sequence>> Scheduler::AbandonAll() {
     allocator_->Free(s->blocks);
     s->blocks.clear();
     s->in_flight = false;
+    s->on_workers = false;
     s->finished = true;
     out.push_back(s);
   }
   for (auto& s : waiting_) {
     s->finished = true;
+    s->queued = false;
     out.push_back(s);
   }
+  // The stages may have restarted: what they held is gone.
+  allocator_->DropCache();
   running_.clear();
   waiting_.clear();
   batches_.clear();

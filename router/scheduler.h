@@ -1,11 +1,17 @@
 // Scheduler: continuous batching for one pipeline replica.
 //
-// Sequences wait in admission order until max_seqs allows them in and the BlockAllocator can
-// reserve KV blocks for their whole prompt + max_tokens (so a running sequence never runs out;
-// preemption is a later refinement). Each call to NextPlan() builds one micro-batch: decode
-// tokens first, then prompt chunks up to max_batch_tokens, from sequences that are not already
-// in flight, so up to max_in_flight micro-batches (one per pipeline stage) run on disjoint
-// sequences. Complete() applies a step's sampled tokens, advances each sequence and reports
+// Sequences wait in arrival order until max_seqs allows them in and the BlockAllocator can give
+// them KV blocks for their whole token log (prompt, plus what they generated before a
+// preemption). With prefix caching, the leading full blocks already cached are shared instead,
+// and the sequence starts computing after them (always at least its last token, whose logits it
+// needs). Each call to NextPlan() builds one micro-batch: decode tokens first, then prompt chunks
+// up to max_batch_tokens, from sequences that are not already in flight, so up to max_in_flight
+// micro-batches (one per pipeline stage) run on disjoint sequences. A sequence whose next token
+// needs a new block and finds none preempts the most recently arrived running sequence that is
+// not in flight (possibly itself): its blocks are freed (the full ones stay cached, so its
+// recompute is mostly a cache hit), the stages drop it, and it waits at the head of the queue to
+// recompute its token log; nothing it produced is lost. Complete() applies a step's sampled
+// tokens, advances each sequence, commits its newly full blocks to the prefix cache and reports
 // what the client must see. Finished and cancelled sequences free their blocks at once, and the
 // next plan carries their ids so that every stage drops them too.
 //
@@ -39,8 +45,15 @@ struct Sequence {
   v1::StepSampling sampling;
 
   // Scheduler state.
+  uint64_t arrival = 0;      // Enqueue order; the latest arrival is preempted first
   int64_t num_computed = 0;  // tokens whose K/V every stage holds
   std::vector<int32_t> blocks;
+  int64_t committed_blocks = 0;                     // leading blocks registered in the prefix cache
+  uint64_t chain_hash = BlockAllocator::kRootHash;  // of the last committed block
+  int64_t cached_tokens = 0;  // prompt tokens found in the prefix cache at first admission
+  int preemptions = 0;
+  bool queued = false;      // in the waiting queue
+  bool on_workers = false;  // the stages hold state for it
   bool in_flight = false;
   bool cancelled = false;
   bool finished = false;
@@ -53,6 +66,13 @@ struct SchedulerOptions {
   int max_seqs = 64;
   int max_in_flight = 1;
   int64_t vocab_size = 0;  // to validate sampled ids
+};
+
+// Cumulative prefix-cache and preemption counts for one pipeline.
+struct SchedulerCounters {
+  uint64_t prefix_query_tokens = 0;  // token-log tokens looked up at admission
+  uint64_t prefix_hit_tokens = 0;    // of which found in the cache
+  uint64_t preemptions = 0;
 };
 
 // What one sampled token means for its sequence.
@@ -88,7 +108,10 @@ class Scheduler {
   int64_t num_waiting() const { return static_cast<int64_t>(waiting_.size()); }
   int64_t num_running() const { return static_cast<int64_t>(running_.size()); }
   int64_t load() const { return num_waiting() + num_running(); }
+  // KV blocks the waiting sequences' token logs fill.
+  int64_t waiting_blocks() const;
   const BlockAllocator& allocator() const { return *allocator_; }
+  const SchedulerCounters& counters() const { return counters_; }
 
  private:
   struct Entry {
@@ -98,6 +121,11 @@ class Scheduler {
   };
 
   void Admit();
+  // Gives `s` blocks for `tokens` positions, preempting later arrivals (or `s` itself) when the
+  // pool is short. False when `s` cannot run this step.
+  bool EnsureBlocks(const std::shared_ptr<Sequence>& s, int64_t tokens);
+  void Preempt(const std::shared_ptr<Sequence>& s);
+  void CommitFullBlocks(Sequence& s);
   void FinishSequence(const std::shared_ptr<Sequence>& s);
 
   const SchedulerOptions options_;
@@ -107,6 +135,8 @@ class Scheduler {
   std::map<uint64_t, std::vector<Entry>> batches_;  // in flight, by step id
   std::vector<uint64_t> pending_releases_;
   uint64_t next_step_ = 1;
+  uint64_t next_arrival_ = 1;
+  SchedulerCounters counters_;
 };
 
 }  // namespace shardserve

@@ -132,10 +132,26 @@ absl::Status StageRuntime::Validate(const v1::StepPlan& plan) const {
     }
     const int64_t end = s.start_pos() + s.tokens_size();
     auto it = sequences_.find(s.sequence_id());
-    const int64_t known = it == sequences_.end() ? 0 : it->second.length;
-    if (s.start_pos() != known) {
+    const bool is_new = it == sequences_.end();
+    const int64_t known = is_new ? 0 : it->second.length;
+    // A new sequence may start after a cached prefix, whose tokens it then names.
+    if (is_new && s.start_pos() > 0) {
+      if (s.prefix_tokens_size() != s.start_pos()) {
+        return Invalid(i, "prefix_tokens",
+                       absl::StrCat(s.prefix_tokens_size(),
+                                    " tokens for a new sequence at start_pos ", s.start_pos()));
+      }
+      for (int32_t t : s.prefix_tokens()) {
+        if (t < 0 || t >= config.vocab_size) {
+          return Invalid(i, "prefix_tokens",
+                         absl::StrCat("id ", t, " outside [0, ", config.vocab_size, ")"));
+        }
+      }
+    } else if (s.start_pos() != known) {
       return Invalid(i, "start_pos",
                      absl::StrCat(s.start_pos(), " but the sequence has ", known, " tokens"));
+    } else if (s.prefix_tokens_size() != 0) {
+      return Invalid(i, "prefix_tokens", "only a new sequence starting past 0 may name them");
     }
     const int64_t needed = (end + kv.block_size - 1) / kv.block_size;
     if (s.block_table_size() < needed ||
@@ -223,6 +239,11 @@ absl::StatusOr<v1::StepsResponse> StageRuntime::Execute(const v1::StepPlan& plan
   // Record tokens and blocks before sampling: the penalties see this step's tokens.
   for (const v1::SequencePlan& s : plan.sequences()) {
     SequenceState& state = sequences_[s.sequence_id()];
+    if (state.length == 0 && s.start_pos() > 0) {
+      state.length = s.start_pos();
+      prefix_cached_tokens_ += s.start_pos();
+      if (is_last()) state.history.assign(s.prefix_tokens().begin(), s.prefix_tokens().end());
+    }
     state.length += s.tokens_size();
     if (is_last()) state.history.insert(state.history.end(), s.tokens().begin(), s.tokens().end());
     for (int32_t b : s.block_table()) {
@@ -282,6 +303,7 @@ StageStats StageRuntime::Stats() const {
   s.live_sequences = sequences_.size();
   s.steps = steps_;
   s.tokens = tokens_;
+  s.prefix_cached_tokens = prefix_cached_tokens_;
   return s;
 }
 

@@ -5,7 +5,8 @@
 // previous stage's hidden states and sends its own on over ActivationLinks, and on the last
 // stage samples with each sequence's parameters. It also keeps the bookkeeping the router's
 // block tables imply: which KV blocks live sequences hold (for Stats) and each sequence's token
-// history (for repetition penalties).
+// history (for repetition penalties). A new sequence may start past position 0 when the router
+// gives it shared prefix-cache blocks; it then names the tokens at those positions.
 //
 // With async_sends, a non-last stage hands each step's activations to its own sender thread and
 // returns as soon as its compute is done, so the next micro-batch's compute overlaps the
@@ -42,6 +43,7 @@ struct StageStats {
   int64_t live_sequences = 0;
   uint64_t steps = 0;
   uint64_t tokens = 0;
+  uint64_t prefix_cached_tokens = 0;  // positions new sequences took from shared blocks
 };
 
 class StageRuntime {
@@ -112,6 +114,7 @@ class StageRuntime {
   int64_t blocks_used_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t steps_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t tokens_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t prefix_cached_tokens_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 // The position argument the sampler gets for a chunk ending at `end_pos` (exclusive): shared by

@@ -319,6 +319,7 @@ grpc::Status WorkerServiceImpl::Stats(grpc::ServerContext*, const v1::StatsReque
   response->set_live_sequences(s.live_sequences);
   response->set_steps(s.steps);
   response->set_tokens(s.tokens);
+  response->set_prefix_cached_tokens(s.prefix_cached_tokens);
   for (const auto& link : {shard->inbox, shard->next}) {
     if (link == nullptr) continue;
     LinkCounters c = link->counters();

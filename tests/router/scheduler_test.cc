@@ -80,7 +80,7 @@ TEST(Scheduler, FinishesOnStopIdAndLengthAndReleasesBlocks) {
   sched.Enqueue(MakeSequence(2, 4, 10));
   auto plan = sched.NextPlan();
   ASSERT_TRUE(plan);
-  EXPECT_EQ(blocks.num_free(), 16 - 2 - 4);
+  EXPECT_EQ(blocks.num_free(), 16 - 1 - 1);  // prompt blocks only; decode takes more later
   auto events = sched.Complete(Answer(*plan, 7));
   ASSERT_TRUE(events.ok());
   plan = sched.NextPlan();
@@ -122,7 +122,7 @@ TEST(Scheduler, WaitsForBlocksAndRejectsMismatchedResults) {
   BlockAllocator blocks(4, 4);
   Scheduler sched({.max_batch_tokens = 64, .max_seqs = 8, .max_in_flight = 1, .vocab_size = 100},
                   &blocks);
-  sched.Enqueue(MakeSequence(1, 4, 12));  // 4 blocks
+  sched.Enqueue(MakeSequence(1, 16, 4));  // its prompt fills all 4 blocks
   sched.Enqueue(MakeSequence(2, 4, 4));   // must wait
   auto plan = sched.NextPlan();
   ASSERT_TRUE(plan);

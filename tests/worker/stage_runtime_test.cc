@@ -75,11 +75,64 @@ TEST_F(StageRuntimeTest, RejectsBadPlans) {
   EXPECT_NE(r.status().message().find("block_table"), std::string::npos);
   p = Plan(1, {1, 9999}, 0, true);
   EXPECT_NE(whole->Execute(p).status().message().find("tokens"), std::string::npos);
-  p = Plan(1, {1}, 3, true);  // skips positions
+  p = Plan(1, {1}, 3, true);  // a new sequence past 0 must name its prefix
+  EXPECT_NE(whole->Execute(p).status().message().find("prefix_tokens"), std::string::npos);
+  ASSERT_TRUE(whole->Execute(Plan(1, {1, 2}, 0, false)).ok());
+  p = Plan(2, {1}, 3, true);  // skips positions
   EXPECT_NE(whole->Execute(p).status().message().find("start_pos"), std::string::npos);
+  p = Plan(2, {1}, 2, true);
+  p.mutable_sequences(0)->add_prefix_tokens(1);  // not a new sequence
+  EXPECT_NE(whole->Execute(p).status().message().find("prefix_tokens"), std::string::npos);
+  whole->Release(std::vector<uint64_t>{7});
+  p = Plan(3, {1}, 2, true);
+  p.mutable_sequences(0)->add_prefix_tokens(1);
+  p.mutable_sequences(0)->add_prefix_tokens(5000);  // outside the vocabulary
+  EXPECT_NE(whole->Execute(p).status().message().find("prefix_tokens"), std::string::npos);
   p = Plan(1, {1}, 0, true);
   p.mutable_sequences(0)->mutable_sampling()->set_top_p(0);
   EXPECT_FALSE(whole->Execute(p).ok());
+}
+
+// A sequence that starts after blocks another sequence computed (the router's prefix cache)
+// samples what a sequence computing everything itself samples, repetition penalties included.
+TEST_F(StageRuntimeTest, NewSequenceReusesAnotherSequencesBlocks) {
+  auto whole = Load(backend_.get(), 0, 5);
+  std::vector<int32_t> prompt;
+  for (int i = 0; i < 36; ++i) prompt.push_back(300 + (i * 7) % 100);
+  auto plan = [&](uint64_t step, uint64_t id, int begin, int end, std::vector<int32_t> blocks) {
+    v1::StepPlan p;
+    p.set_step_id(step);
+    auto* s = p.add_sequences();
+    s->set_sequence_id(id);
+    s->mutable_tokens()->Add(prompt.begin() + begin, prompt.begin() + end);
+    s->set_start_pos(begin);
+    if (begin > 0) s->mutable_prefix_tokens()->Add(prompt.begin(), prompt.begin() + begin);
+    for (int32_t b : blocks) s->add_block_table(b);
+    s->set_sample(true);
+    s->mutable_sampling()->set_top_p(1);
+    s->mutable_sampling()->set_repetition_penalty(1.3);
+    s->mutable_sampling()->set_top_logprobs(3);
+    return p;
+  };
+  // Sequence 1 computes 32 positions into blocks 0 and 1.
+  ASSERT_TRUE(whole->Execute(plan(1, 1, 0, 32, {0, 1})).ok());
+  // Sequence 2 reads them and computes only positions 32..35, in block 2.
+  auto shared = whole->Execute(plan(2, 2, 32, 36, {0, 1, 2}));
+  ASSERT_TRUE(shared.ok()) << shared.status();
+  // Sequence 3 computes all 36 itself, in blocks 3..5.
+  auto alone = whole->Execute(plan(3, 3, 0, 36, {3, 4, 5}));
+  ASSERT_TRUE(alone.ok()) << alone.status();
+  ASSERT_EQ(shared->tokens_size(), 1);
+  ASSERT_EQ(alone->tokens_size(), 1);
+  EXPECT_EQ(shared->tokens(0).token_id(), alone->tokens(0).token_id());
+  EXPECT_NEAR(shared->tokens(0).logprob(), alone->tokens(0).logprob(), 1e-4);
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(shared->tokens(0).top(i).token_id(), alone->tokens(0).top(i).token_id());
+  }
+  const StageStats stats = whole->Stats();
+  EXPECT_EQ(stats.prefix_cached_tokens, 32u);
+  EXPECT_EQ(stats.tokens, 32u + 4u + 36u);
+  EXPECT_EQ(stats.kv_blocks_used, 6);  // blocks 0 and 1 counted once
 }
 
 TEST_F(StageRuntimeTest, FaultyLinkFailuresReachTheCaller) {
