@@ -83,7 +83,8 @@ std::string FinishReasonName(v1::FinishReason reason) {
 absl::StatusOr<CompletionResult> RunCompletion(const std::string& server,
                                                const v1::GenerateRequest& request,
                                                absl::Duration timeout, std::FILE* out,
-                                               const std::string& api_key) {
+                                               const std::string& api_key,
+                                               std::FILE* reasoning_out) {
   auto stub = v1::InferenceService::NewStub(
       grpc::CreateChannel(server, grpc::InsecureChannelCredentials()));
   grpc::ClientContext context;
@@ -92,13 +93,17 @@ absl::StatusOr<CompletionResult> RunCompletion(const std::string& server,
   auto reader = stub->Generate(&context, request);
   CompletionResult result;
   v1::GenerateResponse response;
+  auto write = [](std::FILE* f, const std::string& s) {
+    if (f == nullptr || s.empty()) return;
+    std::fwrite(s.data(), 1, s.size(), f);
+    std::fflush(f);
+  };
   while (reader->Read(&response)) {
     result.text += response.text();
+    result.reasoning += response.reasoning_text();
     result.ids.insert(result.ids.end(), response.token_ids().begin(), response.token_ids().end());
-    if (out != nullptr && !response.text().empty()) {
-      std::fwrite(response.text().data(), 1, response.text().size(), out);
-      std::fflush(out);
-    }
+    write(reasoning_out, response.reasoning_text());
+    write(out, response.text());
     if (response.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) {
       result.finish_reason = response.finish_reason();
       result.usage = response.usage();
@@ -148,12 +153,15 @@ int CompleteMain(int argc, char** argv) {
   CLI::App app{"Streams a completion from a shardserve router.", "shardserve complete"};
   std::string server, prompt, model;
   SamplingFlags sampling;
-  bool json = false, ignore_eos = false;
+  bool json = false, ignore_eos = false, separate_reasoning = false;
   app.add_option("--server", server, "router address host:port")->required();
   app.add_option("--prompt", prompt, "prompt text")->required();
   app.add_option("--model", model, "model name (default: the router's)");
   sampling.Add(app);
   app.add_flag("--ignore-eos", ignore_eos, "keep generating past end-of-sequence tokens");
+  app.add_flag("--separate-reasoning", separate_reasoning,
+               "ask for <think>...</think> reasoning apart from the answer (needs a router "
+               "reasoning parser); it goes to stderr");
   app.add_flag("--json", json, "print one JSON object: ids, text, finish_reason, usage");
   try {
     app.parse(argc, argv);
@@ -164,20 +172,23 @@ int CompleteMain(int argc, char** argv) {
   request.set_model(model);
   request.set_text(prompt);
   request.set_ignore_eos(ignore_eos);
+  if (separate_reasoning) request.set_separate_reasoning(true);
   sampling.Fill(&request);
   auto result = RunCompletion(server, request, absl::Seconds(sampling.timeout_s),
-                              json ? nullptr : stdout, sampling.Key());
+                              json ? nullptr : stdout, sampling.Key(), json ? nullptr : stderr);
   if (!result.ok()) {
     if (!json) std::fputc('\n', stdout);
     return Fail(result.status());
   }
   if (!json) {
+    if (!result->reasoning.empty()) std::fputc('\n', stderr);
     std::fputc('\n', stdout);
     return 0;
   }
   nlohmann::json out;
   out["ids"] = result->ids;
   out["text"] = result->text;
+  if (!result->reasoning.empty()) out["reasoning"] = result->reasoning;
   out["finish_reason"] = FinishReasonName(result->finish_reason);
   out["usage"] = {{"prompt_tokens", result->usage.prompt_tokens()},
                   {"completion_tokens", result->usage.completion_tokens()}};
@@ -218,10 +229,14 @@ int ChatMain(int argc, char** argv) {
     v1::ChatMessage* user = request.mutable_chat()->add_messages();
     user->set_role("user");
     user->set_content(line);
-    auto result =
-        RunCompletion(server, request, absl::Seconds(sampling.timeout_s), stdout, sampling.Key());
+    auto result = RunCompletion(server, request, absl::Seconds(sampling.timeout_s), stdout,
+                                sampling.Key(), stderr);
+    if (!result.ok()) {
+      std::fputc('\n', stdout);
+      return Fail(result.status());
+    }
+    if (!result->reasoning.empty()) std::fputc('\n', stderr);
     std::fputc('\n', stdout);
-    if (!result.ok()) return Fail(result.status());
     v1::ChatMessage* reply = request.mutable_chat()->add_messages();
     reply->set_role("assistant");
     reply->set_content(result->text);

@@ -2,6 +2,10 @@
 
 #include <utility>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+
 namespace shardserve {
 namespace {
 
@@ -66,6 +70,34 @@ ReasoningDelta ReasoningParser::Finish() {
   (state_ == State::kReasoning ? d.reasoning : d.content) += pending_;
   pending_.clear();
   return d;
+}
+
+absl::string_view ReasoningParserName(ReasoningParserKind kind) {
+  switch (kind) {
+    case ReasoningParserKind::kNone:
+      return "none";
+    case ReasoningParserKind::kDeepseekR1:
+      return "deepseek_r1";
+  }
+  return "";
+}
+
+absl::StatusOr<ReasoningParserKind> ResolveReasoningParser(absl::string_view flag,
+                                                           bool template_opens_reasoning,
+                                                           bool vocabulary_has_tags) {
+  if (flag == "deepseek_r1") return ReasoningParserKind::kDeepseekR1;
+  if (flag == "none") return ReasoningParserKind::kNone;
+  if (flag == "auto") {
+    return template_opens_reasoning || vocabulary_has_tags ? ReasoningParserKind::kDeepseekR1
+                                                           : ReasoningParserKind::kNone;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("--reasoning-parser: '", flag, "' is not one of auto, deepseek_r1, none"));
+}
+
+bool PromptOpensReasoning(absl::string_view prompt, absl::string_view start_tag) {
+  return !start_tag.empty() &&
+         absl::EndsWith(absl::StripTrailingAsciiWhitespace(prompt), start_tag);
 }
 
 }  // namespace shardserve

@@ -10,11 +10,16 @@
 // on the wrong side. Only the first </think> ends the reasoning.
 //
 // One parser per sequence; not thread-safe.
+//
+// The router runs one per request when --reasoning-parser resolves to deepseek_r1
+// (ResolveReasoningParser) and sets starts_in_reasoning when the prompt itself ends inside an
+// opened <think> (PromptOpensReasoning), which is how R1's template asks for reasoning.
 #ifndef SHARDSERVE_MODEL_REASONING_H_
 #define SHARDSERVE_MODEL_REASONING_H_
 
 #include <string>
 
+#include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 
 namespace shardserve {
@@ -49,6 +54,24 @@ class ReasoningParser {
   State state_ = State::kStart;
   std::string pending_;  // text not yet emitted
 };
+
+// Which reasoning parser a server runs.
+enum class ReasoningParserKind { kNone, kDeepseekR1 };
+
+// "deepseek_r1", "none"; "" for anything else.
+absl::string_view ReasoningParserName(ReasoningParserKind kind);
+
+// The --reasoning-parser flag: "deepseek_r1", "none", or "auto", which is deepseek_r1 when the
+// chat template opens <think> in its generation prompt (DeepSeek-R1) or the vocabulary holds
+// both <think> and </think> as tokens (R1 and its distills, QwQ, Qwen3), else none.
+// INVALID_ARGUMENT naming the flag for other values.
+absl::StatusOr<ReasoningParserKind> ResolveReasoningParser(absl::string_view flag,
+                                                           bool template_opens_reasoning,
+                                                           bool vocabulary_has_tags);
+
+// True when `prompt` (its end is enough) ends, but for whitespace, with `start_tag`: the
+// output that follows starts inside the reasoning.
+bool PromptOpensReasoning(absl::string_view prompt, absl::string_view start_tag = "<think>");
 
 }  // namespace shardserve
 

@@ -143,6 +143,8 @@ absl::StatusOr<OpenAiRequest> ParseOpenAiRequest(OpenAiEndpoint endpoint,
     if (absl::Status s = ParseMessages(body, &g); !s.ok()) return s;
   } else {
     if (absl::Status s = ParsePrompt(body, &g); !s.ok()) return s;
+    // As in vLLM, completions return the text as the model wrote it, tags included.
+    g.set_separate_reasoning(false);
   }
 
   auto n = Integer(body, "n");
@@ -361,8 +363,11 @@ json OpenAiResponseBuilder::Chunk(const v1::GenerateResponse& delta, bool first)
                  {"finish_reason", FinishJson(delta.finish_reason())}};
   json out = {{"id", id_}, {"created", created_}, {"model", model_}};
   if (endpoint_ == OpenAiEndpoint::kChat) {
-    json d = {{"content", delta.text()}};
+    json d = json::object();
     if (first) d["role"] = "assistant";
+    // vLLM's shape: a delta carries reasoning_content while the model reasons, content after.
+    if (!delta.reasoning_text().empty()) d["reasoning_content"] = delta.reasoning_text();
+    if (!delta.text().empty() || delta.reasoning_text().empty()) d["content"] = delta.text();
     choice["delta"] = d;
     out["object"] = "chat.completion.chunk";
   } else {
@@ -385,6 +390,7 @@ json OpenAiResponseBuilder::UsageChunk(const v1::Usage& usage) const {
 
 void OpenAiResponseBuilder::Add(const v1::GenerateResponse& delta) {
   text_ += delta.text();
+  reasoning_ += delta.reasoning_text();
   all_.mutable_token_ids()->MergeFrom(delta.token_ids());
   all_.mutable_logprobs()->MergeFrom(delta.logprobs());
   if (delta.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) {
@@ -399,6 +405,7 @@ json OpenAiResponseBuilder::Final() const {
   json out = {{"id", id_}, {"created", created_}, {"model", model_}};
   if (endpoint_ == OpenAiEndpoint::kChat) {
     choice["message"] = {{"role", "assistant"}, {"content", text_}};
+    if (!reasoning_.empty()) choice["message"]["reasoning_content"] = reasoning_;
     out["object"] = "chat.completion";
   } else {
     choice["text"] = text_;

@@ -4,6 +4,10 @@
 // Request parsing checks the OpenAI-specific shape (types, n, stream_options, logprobs form);
 // the values themselves (ranges, stop counts, the model name) are checked where the gRPC API
 // checks them, by InferenceServiceImpl::Start, so both APIs give the same answers.
+//
+// Reasoning, as vLLM returns it: chat answers carry the model's reasoning (split out by the
+// router's reasoning parser) in `reasoning_content` of the message or of each streamed delta,
+// and the rest in `content`; completions keep the text whole, tags included.
 #ifndef SHARDSERVE_ROUTER_HTTP_OPENAI_H_
 #define SHARDSERVE_ROUTER_HTTP_OPENAI_H_
 
@@ -65,6 +69,7 @@ class OpenAiResponseBuilder {
   const int64_t created_;
   const Tokenizer* const tokenizer_;
   std::string text_;
+  std::string reasoning_;
   v1::GenerateResponse all_;  // token ids and logprobs so far
   v1::FinishReason finish_ = v1::FINISH_REASON_UNSPECIFIED;
   v1::Usage usage_;

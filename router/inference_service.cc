@@ -14,6 +14,19 @@ grpc::Status ToGrpc(const absl::Status& s) {
   return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
 }
 
+// Moves the reasoning in `response`'s text into reasoning_text; at the end of the stream also
+// what the parser held back.
+void SplitReasoning(ReasoningParser& parser, bool done, v1::GenerateResponse* response) {
+  ReasoningDelta d = parser.Push(response->text());
+  if (done) {
+    ReasoningDelta rest = parser.Finish();
+    d.reasoning += rest.reasoning;
+    d.content += rest.content;
+  }
+  response->set_text(std::move(d.content));
+  response->set_reasoning_text(std::move(d.reasoning));
+}
+
 }  // namespace
 
 InferenceServiceImpl::InferenceServiceImpl(std::string model_name, ModelConfig config,
@@ -147,6 +160,7 @@ absl::StatusOr<InferenceServiceImpl::Generation> InferenceServiceImpl::Start(
   seq.stop_ids.insert(request.stop_token_ids().begin(), request.stop_token_ids().end());
   seq.sampling = ResolveSampling(request);
   g.request_id = request.request_id().empty() ? absl::StrCat("req-", seq.id) : request.request_id();
+  g.reasoning = ReasoningParserFor(request, seq.tokens);
   g.sink = std::make_shared<RequestSink>();
   std::vector<std::string> stops(request.stop().begin(), request.stop().end());
   RETURN_IF_ERROR(replica->Submit(g.sequence, g.sink, std::move(stops)));
@@ -154,9 +168,29 @@ absl::StatusOr<InferenceServiceImpl::Generation> InferenceServiceImpl::Start(
   return g;
 }
 
+std::optional<ReasoningParser> InferenceServiceImpl::ReasoningParserFor(
+    const v1::GenerateRequest& request, absl::Span<const int32_t> prompt) const {
+  if (reasoning_parser_ == ReasoningParserKind::kNone) return std::nullopt;
+  const bool separate = request.has_separate_reasoning()
+                            ? request.separate_reasoning()
+                            : request.prompt_case() == v1::GenerateRequest::kChat;
+  if (!separate) return std::nullopt;
+  ReasoningParser::Options options;
+  // The prompt's last tokens are enough to see whether it ends with the start tag.
+  const size_t tail = std::min<size_t>(prompt.size(), 16);
+  options.starts_in_reasoning = PromptOpensReasoning(
+      tokenizer_->Decode(prompt.subspan(prompt.size() - tail), /*skip_special=*/false),
+      options.start_tag);
+  return ReasoningParser(std::move(options));
+}
+
 bool InferenceServiceImpl::Next(Generation& g, absl::Duration timeout, v1::GenerateResponse* out,
                                 bool* done, absl::Status* error) {
-  const bool got = g.sink->Take(timeout, out, done, error);
+  bool got = g.sink->Take(timeout, out, done, error);
+  if (g.reasoning.has_value() && (got || *done)) {
+    SplitReasoning(*g.reasoning, *done, out);
+    got = got || out->ByteSizeLong() > 0;
+  }
   if (metrics_ != nullptr && got) metrics_->OnOutput(g.trace, out, *done, *error);
   return got;
 }

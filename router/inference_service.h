@@ -16,6 +16,11 @@
 // `authorization: Bearer KEY` (UNAUTHENTICATED otherwise); grpc.health.v1 is a separate service
 // and stays open.
 //
+// Reasoning: with a reasoning parser set (--reasoning-parser), a generation whose request
+// separates reasoning (GenerateRequest.separate_reasoning; chat prompts by default) gets its own
+// ReasoningParser, and Next moves the text inside <think> ... </think> from `text` into
+// `reasoning_text`, so every front end sees the split the same way.
+//
 // Thread-safe; the replicas and tokenizer must outlive the service.
 #ifndef SHARDSERVE_ROUTER_INFERENCE_SERVICE_H_
 #define SHARDSERVE_ROUTER_INFERENCE_SERVICE_H_
@@ -27,6 +32,7 @@
 #include <vector>
 
 #include "model/config.h"
+#include "model/reasoning.h"
 #include "model/tokenizer/chat_template.h"
 #include "model/tokenizer/tokenizer.h"
 #include "router/metrics.h"
@@ -69,6 +75,7 @@ class InferenceServiceImpl final : public v1::InferenceService::Service {
     Replica* replica = nullptr;
     std::shared_ptr<Sequence> sequence;
     std::shared_ptr<RequestSink> sink;
+    std::optional<ReasoningParser> reasoning;  // set when the output's reasoning is separated
     std::string request_id;
     RequestTrace trace;
     std::shared_ptr<void> admission_slot;  // released when the generation is destroyed
@@ -76,7 +83,8 @@ class InferenceServiceImpl final : public v1::InferenceService::Service {
   // Validates and tokenizes `request` and submits it to the least-loaded ready replica, with
   // Generate's errors (INVALID_ARGUMENT naming the field, UNAVAILABLE saying why).
   absl::StatusOr<Generation> Start(const v1::GenerateRequest& request);
-  // RequestSink::Take for `generation`.
+  // RequestSink::Take for `generation`; with a reasoning parser, `out` has the reasoning in
+  // reasoning_text and the rest in text, and what the parser held back comes with the end.
   bool Next(Generation& generation, absl::Duration timeout, v1::GenerateResponse* out, bool* done,
             absl::Status* error);
   // Ends a generation whose client went away or ran out of time.
@@ -86,6 +94,12 @@ class InferenceServiceImpl final : public v1::InferenceService::Service {
   void set_metrics(RouterMetrics* metrics) { metrics_ = metrics; }
   void set_admission_limits(AdmissionLimits limits) { admission_ = std::move(limits); }
   const AdmissionLimits& admission_limits() const { return admission_; }
+  void set_reasoning_parser(ReasoningParserKind kind) { reasoning_parser_ = kind; }
+  // The parser Start gives a generation of `request` whose prompt is `prompt`: none without a
+  // server parser or when the request keeps reasoning in text; starts_in_reasoning when the
+  // prompt ends with an open <think>.
+  std::optional<ReasoningParser> ReasoningParserFor(const v1::GenerateRequest& request,
+                                                    absl::Span<const int32_t> prompt) const;
   // UNAUTHENTICATED unless `context` carries `authorization: Bearer <api_key>` (or no key is set;
   // a null context is an in-process caller that checked the key itself).
   grpc::Status Authorize(const grpc::ServerContext* context) const;
@@ -111,6 +125,7 @@ class InferenceServiceImpl final : public v1::InferenceService::Service {
   std::atomic<uint64_t> next_sequence_id_{1};
   RouterMetrics* metrics_ = nullptr;
   AdmissionLimits admission_;
+  ReasoningParserKind reasoning_parser_ = ReasoningParserKind::kNone;
   std::atomic<int64_t> admitted_{0};
 };
 

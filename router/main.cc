@@ -86,6 +86,14 @@ int RouterMain(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--chat-template", chat_template_name,
                  "llama2, llama3, chatml, deepseek-v3, deepseek-r1 or mistral (default: detect)");
+  std::string reasoning_parser_flag = "auto";
+  app.add_option("--reasoning-parser", reasoning_parser_flag,
+                 "split <think>...</think> out of the output (chat prompts, or requests with "
+                 "separate_reasoning) into reasoning_text / reasoning_content: deepseek_r1, none, "
+                 "or auto = deepseek_r1 when the chat template opens <think> in its generation "
+                 "prompt or the vocabulary has <think> and </think> tokens")
+      ->check(CLI::IsMember({"auto", "deepseek_r1", "none"}))
+      ->capture_default_str();
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -148,6 +156,21 @@ int RouterMain(int argc, char** argv) {
     }
   }
 
+  absl::StatusOr<ReasoningParserKind> reasoning_parser;
+  {
+    bool template_opens = false;
+    if (chat_template.has_value()) {
+      auto probe = chat_template->Render({{"user", "hi"}}, /*add_generation_prompt=*/true);
+      template_opens = probe.ok() && PromptOpensReasoning(*probe);
+    }
+    const bool vocabulary_has_tags =
+        (*tokenizer)->PieceToId("<think>") >= 0 && (*tokenizer)->PieceToId("</think>") >= 0;
+    reasoning_parser =
+        ResolveReasoningParser(reasoning_parser_flag, template_opens, vocabulary_has_tags);
+    if (!reasoning_parser.ok()) return Fail(std::string(reasoning_parser.status().message()));
+    LOG(INFO) << "reasoning parser: " << ReasoningParserName(*reasoning_parser);
+  }
+
   ReplicaOptions options;
   options.pipeline.model_path = std::filesystem::absolute(model).string();
   options.pipeline.num_layers = config->num_layers;
@@ -175,6 +198,7 @@ int RouterMain(int argc, char** argv) {
   service.set_metrics(&metrics);
   admission.api_key = api_key;
   service.set_admission_limits(admission);
+  service.set_reasoning_parser(*reasoning_parser);
   std::unique_ptr<HttpServer> http;
   if (!http_listen.empty()) {
     http = std::make_unique<HttpServer>(&service, tokenizer->get(), &metrics,

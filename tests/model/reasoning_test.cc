@@ -99,5 +99,27 @@ TEST(ReasoningParserTest, AnySplitGivesSameResult) {
   EXPECT_EQ(d.content, "\n\nanswer");
 }
 
+TEST(ReasoningParserFlagTest, AutoFollowsTheTemplateOrTheVocabulary) {
+  using K = ReasoningParserKind;
+  EXPECT_EQ(*ResolveReasoningParser("auto", true, false), K::kDeepseekR1);
+  EXPECT_EQ(*ResolveReasoningParser("auto", false, true), K::kDeepseekR1);
+  EXPECT_EQ(*ResolveReasoningParser("auto", false, false), K::kNone);
+  EXPECT_EQ(*ResolveReasoningParser("none", true, true), K::kNone);
+  EXPECT_EQ(*ResolveReasoningParser("deepseek_r1", false, false), K::kDeepseekR1);
+  auto bad = ResolveReasoningParser("deepseek-r1", true, true);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("--reasoning-parser"), std::string::npos);
+  EXPECT_EQ(ReasoningParserName(K::kDeepseekR1), "deepseek_r1");
+}
+
+TEST(ReasoningParserFlagTest, PromptOpensReasoningOnlyWhenItEndsInTheTag) {
+  EXPECT_TRUE(PromptOpensReasoning("<｜User｜>hi<｜Assistant｜><think>\n"));
+  EXPECT_TRUE(PromptOpensReasoning("<think>"));
+  EXPECT_FALSE(PromptOpensReasoning("<｜User｜>hi<｜Assistant｜>"));
+  EXPECT_FALSE(PromptOpensReasoning("<think>x</think>\n"));
+  EXPECT_FALSE(PromptOpensReasoning("say <think> then"));
+  EXPECT_FALSE(PromptOpensReasoning(""));
+}
+
 }  // namespace
 }  // namespace shardserve
