@@ -43,26 +43,63 @@ InferenceServiceImpl::InferenceServiceImpl(std::string model_name, ModelConfig c
   limits_.vocab_size = static_cast<int32_t>(config_.vocab_size);
   eos_ids_ = config_.eos_token_ids;
   for (int32_t id : tokenizer_->eos_ids()) eos_ids_.push_back(id);
+  for (Replica* r : replicas_) {
+    r->set_failover([this](Replica* from, std::vector<Handoff> handoffs) {
+      return Rehome(from, std::move(handoffs));
+    });
+  }
+}
+
+std::vector<Handoff> InferenceServiceImpl::Rehome(Replica* from, std::vector<Handoff> handoffs) {
+  std::vector<Handoff> left;
+  for (Handoff& h : handoffs) {
+    if (h.sequence->client_gone) continue;
+    // The same choice a new request gets, among the other ready replicas.
+    std::vector<Replica*> ready;
+    std::vector<RoutingLoad> loads;
+    std::vector<int64_t> sequences;
+    for (Replica* r : replicas_) {
+      if (r == from || !r->ready()) continue;
+      ready.push_back(r);
+      loads.push_back(routing_ == RoutingPolicy::kPrefix ? r->Routing(h.sequence->tokens)
+                                                         : RoutingLoad{});
+      sequences.push_back(r->load());
+    }
+    bool placed = false;
+    while (!ready.empty() && !placed) {
+      const size_t i = ChooseReplica(routing_, loads, sequences);
+      placed = ready[i]->Adopt(h).ok();
+      ready.erase(ready.begin() + i);
+      loads.erase(loads.begin() + i);
+      sequences.erase(sequences.begin() + i);
+    }
+    if (!placed) left.push_back(std::move(h));
+  }
+  return left;
 }
 
 bool InferenceServiceImpl::serving() const {
   return std::any_of(replicas_.begin(), replicas_.end(), [](Replica* r) { return r->ready(); });
 }
 
-absl::StatusOr<Replica*> InferenceServiceImpl::PickReplica() const {
-  Replica* best = nullptr;
+absl::StatusOr<Replica*> InferenceServiceImpl::PickReplica(absl::Span<const int32_t> prompt) const {
+  std::vector<Replica*> ready;
+  std::vector<RoutingLoad> loads;
+  std::vector<int64_t> sequences;
   std::vector<std::string> why;
   for (Replica* r : replicas_) {
     if (!r->ready()) {
       why.push_back(absl::StrCat("pipeline ", r->index(), ": ", r->last_error()));
       continue;
     }
-    if (best == nullptr || r->load() < best->load()) best = r;
+    ready.push_back(r);
+    loads.push_back(routing_ == RoutingPolicy::kPrefix ? r->Routing(prompt) : RoutingLoad{});
+    sequences.push_back(r->load());
   }
-  if (best == nullptr) {
+  if (ready.empty()) {
     return absl::UnavailableError(absl::StrCat("no pipeline is ready; ", absl::StrJoin(why, "; ")));
   }
-  return best;
+  return ready[ChooseReplica(routing_, loads, sequences)];
 }
 
 grpc::Status InferenceServiceImpl::Authorize(const grpc::ServerContext* context) const {
@@ -145,7 +182,7 @@ absl::StatusOr<InferenceServiceImpl::Generation> InferenceServiceImpl::Start(
                                                    admission_.max_prompt_tokens));
   }
   RETURN_IF_ERROR(ValidatePromptLength(prompt.size(), request.max_tokens(), limits_));
-  ASSIGN_OR_RETURN(Replica * replica, PickReplica());
+  ASSIGN_OR_RETURN(Replica * replica, PickReplica(prompt));
 
   Generation g;
   g.admission_slot = std::move(slot);
@@ -196,7 +233,10 @@ bool InferenceServiceImpl::Next(Generation& g, absl::Duration timeout, v1::Gener
 }
 
 void InferenceServiceImpl::Cancel(Generation& g) {
-  g.replica->Cancel(g.sequence->id);
+  // After a failover the sequence may be on any replica (or between two): the flag stops a
+  // handoff in progress, and every replica drops it if it holds it.
+  g.sequence->client_gone = true;
+  for (Replica* r : replicas_) r->Cancel(g.sequence->id);
   if (metrics_ != nullptr) metrics_->OnCancel(g.trace);
 }
 

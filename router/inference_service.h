@@ -37,6 +37,7 @@
 #include "model/tokenizer/tokenizer.h"
 #include "router/metrics.h"
 #include "router/replica.h"
+#include "router/routing.h"
 #include "router/validation.h"
 #include "shardserve/v1/inference.grpc.pb.h"
 
@@ -72,7 +73,7 @@ class InferenceServiceImpl final : public v1::InferenceService::Service {
   // One admitted generation. Every front end (gRPC Generate, OpenAI HTTP, KServe) streams
   // through Start, Next and Cancel, so validation, routing and metrics live here only.
   struct Generation {
-    Replica* replica = nullptr;
+    Replica* replica = nullptr;  // where it started (a failover may move it)
     std::shared_ptr<Sequence> sequence;
     std::shared_ptr<RequestSink> sink;
     std::optional<ReasoningParser> reasoning;  // set when the output's reasoning is separated
@@ -80,7 +81,7 @@ class InferenceServiceImpl final : public v1::InferenceService::Service {
     RequestTrace trace;
     std::shared_ptr<void> admission_slot;  // released when the generation is destroyed
   };
-  // Validates and tokenizes `request` and submits it to the least-loaded ready replica, with
+  // Validates and tokenizes `request` and submits it to a ready replica (see routing.h), with
   // Generate's errors (INVALID_ARGUMENT naming the field, UNAVAILABLE saying why).
   absl::StatusOr<Generation> Start(const v1::GenerateRequest& request);
   // RequestSink::Take for `generation`; with a reasoning parser, `out` has the reasoning in
@@ -100,6 +101,7 @@ class InferenceServiceImpl final : public v1::InferenceService::Service {
   // prompt ends with an open <think>.
   std::optional<ReasoningParser> ReasoningParserFor(const v1::GenerateRequest& request,
                                                     absl::Span<const int32_t> prompt) const;
+  void set_routing(RoutingPolicy policy) { routing_ = policy; }
   // UNAUTHENTICATED unless `context` carries `authorization: Bearer <api_key>` (or no key is set;
   // a null context is an in-process caller that checked the key itself).
   grpc::Status Authorize(const grpc::ServerContext* context) const;
@@ -110,7 +112,9 @@ class InferenceServiceImpl final : public v1::InferenceService::Service {
 
  private:
   absl::StatusOr<std::vector<int32_t>> PromptIds(const v1::GenerateRequest& request) const;
-  absl::StatusOr<Replica*> PickReplica() const;
+  absl::StatusOr<Replica*> PickReplica(absl::Span<const int32_t> prompt) const;
+  // The failover handler of every replica: places sequences of a failed pipeline elsewhere.
+  std::vector<Handoff> Rehome(Replica* from, std::vector<Handoff> handoffs);
   absl::Status CheckAdmissionLimits(const v1::GenerateRequest& request) const;
   // A held slot of the bounded queue, or RESOURCE_EXHAUSTED.
   absl::StatusOr<std::shared_ptr<void>> ReserveSlot();
@@ -126,6 +130,7 @@ class InferenceServiceImpl final : public v1::InferenceService::Service {
   RouterMetrics* metrics_ = nullptr;
   AdmissionLimits admission_;
   ReasoningParserKind reasoning_parser_ = ReasoningParserKind::kNone;
+  RoutingPolicy routing_ = RoutingPolicy::kPrefix;
   std::atomic<int64_t> admitted_{0};
 };
 

@@ -17,6 +17,7 @@
 #include "router/metrics.h"
 #include "router/placement.h"
 #include "router/replica.h"
+#include "router/routing.h"
 #include "worker/grpc_link.h"
 
 namespace shardserve {
@@ -57,6 +58,25 @@ int RouterMain(int argc, char** argv) {
       ->check(CLI::Range(int64_t{0}, int64_t{1} << 22));
   app.add_option("--kv-block-size", kv_block_size, "tokens per KV block")
       ->check(CLI::Range(1, 1024))
+      ->capture_default_str();
+  double step_timeout_s = 10, failover_wait_s = 30;
+  app.add_option("--step-timeout-s", step_timeout_s,
+                 "a step not answered within this marks its pipeline failed; its sequences "
+                 "move to another pipeline")
+      ->check(CLI::Range(0.1, 3600.0))
+      ->capture_default_str();
+  app.add_option("--failover-wait-s", failover_wait_s,
+                 "how long sequences of a failed pipeline wait for a pipeline to take them "
+                 "before UNAVAILABLE")
+      ->check(CLI::Range(0.0, 86400.0))
+      ->capture_default_str();
+  bool no_prefix_cache = false;
+  app.add_flag("--no-prefix-cache", no_prefix_cache,
+               "do not share the KV blocks of common prompt prefixes between requests");
+  std::string routing_flag = "prefix";
+  app.add_option("--routing", routing_flag,
+                 "how replicas are chosen: prefix (longest cached prefix, balanced against "
+                 "load) or least-loaded")
       ->capture_default_str();
   std::string http_listen, api_key;
   app.add_option("--http-listen", http_listen,
@@ -100,6 +120,8 @@ int RouterMain(int argc, char** argv) {
     return app.exit(e);
   }
 
+  auto routing = ParseRoutingPolicy(routing_flag);
+  if (!routing.ok()) return Fail(std::string(routing.status().message()));
   auto config = ModelConfig::FromFile(model + "/config.json");
   if (!config.ok()) return Fail(std::string(config.status().message()));
   auto tokenizer = Tokenizer::Load(model);
@@ -177,6 +199,9 @@ int RouterMain(int argc, char** argv) {
   options.pipeline.kv_block_size = kv_block_size;
   options.pipeline.kv_num_blocks = static_cast<int32_t>(kv_blocks);
   options.pipeline.max_step_tokens = static_cast<int32_t>(max_batch_tokens);
+  options.prefix_caching = !no_prefix_cache;
+  options.step_timeout = absl::Seconds(step_timeout_s);
+  options.failover_wait = absl::Seconds(failover_wait_s);
   options.scheduler.max_batch_tokens = max_batch_tokens;
   options.scheduler.max_seqs = max_seqs;
   options.scheduler.max_in_flight = stages;
@@ -199,6 +224,7 @@ int RouterMain(int argc, char** argv) {
   admission.api_key = api_key;
   service.set_admission_limits(admission);
   service.set_reasoning_parser(*reasoning_parser);
+  service.set_routing(*routing);
   std::unique_ptr<HttpServer> http;
   if (!http_listen.empty()) {
     http = std::make_unique<HttpServer>(&service, tokenizer->get(), &metrics,

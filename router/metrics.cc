@@ -191,6 +191,13 @@ std::string RouterMetrics::Render(const std::vector<ReplicaGauges>& replicas) co
   per_pipeline("shardserve_failovers_total",
                "Pipeline failures that moved its sequences off the pipeline.", "counter",
                [](const ReplicaGauges& r) { return r.failovers; });
+  per_pipeline("shardserve_sequences_resumed_total",
+               "Sequences this pipeline took over from a failed one (re-prefilled from the "
+               "token log).",
+               "counter", [](const ReplicaGauges& r) { return r.resumed; });
+  per_pipeline("shardserve_sequences_parked",
+               "Sequences of a failed pipeline waiting for a new one.", "gauge",
+               [](const ReplicaGauges& r) { return r.parked; });
 
   w.Family("shardserve_time_to_first_token_seconds", "Time to first token.", "histogram");
   w.HistogramSamples("shardserve_time_to_first_token_seconds", {}, ttft_.Read());

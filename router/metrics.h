@@ -88,6 +88,8 @@ struct ReplicaGauges {
   uint64_t prefix_hit_tokens = 0;
   uint64_t preemptions = 0;
   uint64_t failovers = 0;
+  uint64_t resumed = 0;  // sequences taken over from a failed pipeline
+  int64_t parked = 0;    // sequences of this failed pipeline waiting for one to take them
   bool ready = false;
 };
 

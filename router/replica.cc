@@ -1,5 +1,7 @@
 #include "router/replica.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
 
@@ -83,6 +85,7 @@ void Replica::Loop() {
   std::string logged_error;
   while (true) {
     if (!ready_) {
+      RetryParked();
       absl::Status s = pipeline_->Connect([this](const v1::StepsResponse& r) { OnResult(r); },
                                           [this](const absl::Status& e) { OnFailure(e); });
       absl::MutexLock lock(&mu_);
@@ -102,6 +105,11 @@ void Replica::Loop() {
       logged_error.clear();
       ready_ = true;
       LOG(INFO) << "pipeline " << index_ << " is serving";
+      // What waited here for a pipeline goes on here.
+      std::vector<Handoff> parked = std::move(parked_);
+      parked_.clear();
+      for (Handoff& h : parked) EnqueueLocked(std::move(h));
+      wake_ = true;
     }
     mu_.Lock();
     if (!sent) {
@@ -115,13 +123,29 @@ void Replica::Loop() {
       mu_.Unlock();
       break;
     }
+    if (failure_.ok()) {
+      if (auto oldest = scheduler_.OldestInFlight();
+          oldest && absl::Now() - *oldest > options_.step_timeout) {
+        failure_ = absl::UnavailableError(
+            absl::StrCat("pipeline ", index_, ": a step is overdue (no answer within ",
+                         absl::FormatDuration(options_.step_timeout), ", --step-timeout-s)"));
+      }
+    }
     if (!failure_.ok()) {
-      FailAllLocked(failure_);
+      LOG(WARNING) << "pipeline " << index_ << " failed: " << failure_.message();
+      std::vector<Handoff> orphans = TakeAllLocked(failure_);
       last_error_ = std::string(failure_.message());
       ready_ = false;
       ++failures_;
       mu_.Unlock();
       pipeline_->Close();
+      if (failover_ && !orphans.empty()) orphans = failover_(this, std::move(orphans));
+      if (!orphans.empty()) {
+        LOG(WARNING) << "pipeline " << index_ << ": " << orphans.size()
+                     << " sequences wait for a pipeline";
+      }
+      absl::MutexLock lock(&mu_);
+      for (Handoff& h : orphans) parked_.push_back(std::move(h));
       continue;
     }
     sent = SendNextPlanAndUnlock();
@@ -129,6 +153,68 @@ void Replica::Loop() {
   pipeline_->Close();
   absl::MutexLock lock(&mu_);
   FailAllLocked(absl::UnavailableError("router is shutting down"));
+}
+
+void Replica::RetryParked() {
+  std::vector<Handoff> parked;
+  {
+    absl::MutexLock lock(&mu_);
+    parked = std::move(parked_);
+    parked_.clear();
+  }
+  if (parked.empty()) return;
+  if (failover_) parked = failover_(this, std::move(parked));
+  const absl::Time now = absl::Now();
+  absl::MutexLock lock(&mu_);
+  for (Handoff& h : parked) {
+    if (h.sequence->client_gone) continue;
+    if (now - h.since > options_.failover_wait) {
+      h.sink->Fail(absl::UnavailableError(
+          absl::StrCat(h.reason, "; no pipeline took the request within ",
+                       absl::FormatDuration(options_.failover_wait), " (--failover-wait-s)")));
+      continue;
+    }
+    parked_.push_back(std::move(h));
+  }
+}
+
+std::vector<Handoff> Replica::TakeAllLocked(const absl::Status& why) {
+  std::vector<Handoff> out;
+  const absl::Time now = absl::Now();
+  for (const auto& s : scheduler_.AbandonAll()) {
+    auto it = clients_.find(s->id);
+    if (it == clients_.end()) continue;
+    out.push_back({s, std::move(it->second.sink), std::move(it->second.text), now,
+                   std::string(why.message())});
+    clients_.erase(it);
+  }
+  for (auto& [id, c] : clients_) c.sink->Fail(why);  // not in the scheduler: cannot resume
+  clients_.clear();
+  load_ = 0;
+  return out;
+}
+
+void Replica::EnqueueLocked(Handoff h) {
+  if (h.sequence->client_gone) return;
+  Client c;
+  c.sequence = h.sequence;
+  c.sink = std::move(h.sink);
+  c.text = std::move(h.text);
+  clients_.emplace(h.sequence->id, std::move(c));
+  scheduler_.Enqueue(std::move(h.sequence));
+  load_ = scheduler_.load();
+  wake_ = true;
+}
+
+absl::Status Replica::Adopt(Handoff& handoff) {
+  absl::MutexLock lock(&mu_);
+  if (!ready_ || !failure_.ok()) {
+    return absl::UnavailableError(absl::StrCat("pipeline ", index_, " is not ready"));
+  }
+  if (handoff.sequence->client_gone) return absl::OkStatus();
+  ++resumed_;
+  EnqueueLocked(std::move(handoff));
+  return absl::OkStatus();
 }
 
 bool Replica::SendNextPlanAndUnlock() {
@@ -194,12 +280,11 @@ void Replica::OnFailure(const absl::Status& status) {
 }
 
 void Replica::FailAllLocked(const absl::Status& status) {
-  for (const auto& s : scheduler_.AbandonAll()) {
-    auto it = clients_.find(s->id);
-    if (it != clients_.end()) it->second.sink->Fail(status);
-  }
+  scheduler_.AbandonAll();
   for (auto& [id, c] : clients_) c.sink->Fail(status);
   clients_.clear();
+  for (Handoff& h : parked_) h.sink->Fail(status);
+  parked_.clear();
   load_ = 0;
 }
 
@@ -225,6 +310,9 @@ void Replica::Cancel(uint64_t sequence_id) {
   absl::MutexLock lock(&mu_);
   scheduler_.Cancel(sequence_id);
   clients_.erase(sequence_id);
+  parked_.erase(std::remove_if(parked_.begin(), parked_.end(),
+                               [&](const Handoff& h) { return h.sequence->id == sequence_id; }),
+                parked_.end());
   load_ = scheduler_.load();
   wake_ = true;
 }
@@ -242,6 +330,8 @@ ReplicaGauges Replica::Gauges() const {
           .prefix_hit_tokens = c.prefix_hit_tokens,
           .preemptions = c.preemptions,
           .failovers = failures_.load(),
+          .resumed = resumed_.load(),
+          .parked = static_cast<int64_t>(parked_.size()),
           .ready = ready_.load()};
 }
 

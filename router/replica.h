@@ -4,15 +4,21 @@
 // Results arrive on the pipeline's reader threads, advance the scheduler and feed each
 // request's RequestSink with text deltas (TextStream) and token ids.
 //
-// When the pipeline fails, every sequence on it ends with UNAVAILABLE naming the worker, and
-// the loop keeps trying to reconnect (re-queueing sequences from their token log is the
-// failover work of a later change: Sequence already keeps that log).
+// Failover: when a stage fails (a broken stream, an error result, a send that fails, or a step
+// overdue past `step_timeout`), every unfinished sequence leaves the pipeline as a Handoff -- its
+// token log, its client's sink and the text stream that knows what the client has seen -- and
+// goes to the failover handler, which gives it to a healthy replica (Adopt) to be re-prefilled
+// from the log. Sampling randomness is a function of (seed, position), so the stream continues
+// exactly as it would have. Handoffs no replica takes wait here ("parked") until this pipeline
+// reconnects or another becomes ready, for at most `failover_wait`; then they end with
+// UNAVAILABLE naming the failed stage.
 //
 // Thread-safe.
 #ifndef SHARDSERVE_ROUTER_REPLICA_H_
 #define SHARDSERVE_ROUTER_REPLICA_H_
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -55,7 +61,24 @@ struct ReplicaOptions {
   SchedulerOptions scheduler;
   const Tokenizer* tokenizer = nullptr;  // must outlive the replica
   bool prefix_caching = true;
+  // A step not answered within this marks the pipeline failed.
+  absl::Duration step_timeout = absl::Seconds(10);
+  // How long sequences from a failed pipeline wait for one to take them.
+  absl::Duration failover_wait = absl::Seconds(30);
 };
+
+// A sequence leaving a failed pipeline, with what its client has seen so far.
+struct Handoff {
+  std::shared_ptr<Sequence> sequence;
+  std::shared_ptr<RequestSink> sink;
+  std::unique_ptr<TextStream> text;
+  absl::Time since;    // when its pipeline failed
+  std::string reason;  // why, for the client if nothing takes it in time
+};
+
+class Replica;
+// Places handoffs from `from` on other replicas; returns those it could not place.
+using FailoverFn = std::function<std::vector<Handoff>(Replica* from, std::vector<Handoff>)>;
 
 // What prefix-aware routing weighs for one replica and one prompt.
 struct RoutingLoad {
@@ -87,6 +110,12 @@ class Replica {
   // Ends a sequence early (client cancel or deadline); its blocks are freed on every stage.
   void Cancel(uint64_t sequence_id);
 
+  // Set before Start.
+  void set_failover(FailoverFn fn) { failover_ = std::move(fn); }
+  // Takes over a sequence from a failed pipeline. UNAVAILABLE (leaving `handoff` as it was)
+  // when this pipeline is not ready; OK and nothing queued when its client is gone.
+  absl::Status Adopt(Handoff& handoff);
+
   // Prefix overlap with `tokens` and current load, for routing.
   RoutingLoad Routing(absl::Span<const int32_t> tokens) const;
 
@@ -110,6 +139,12 @@ class Replica {
   bool SendNextPlanAndUnlock() ABSL_UNLOCK_FUNCTION(mu_);
   void OnFailure(const absl::Status& status);
   void FailAllLocked(const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Takes every unfinished sequence off the failed pipeline.
+  std::vector<Handoff> TakeAllLocked(const absl::Status& why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Offers parked handoffs to the failover handler (mu_ not held); expires those past
+  // failover_wait.
+  void RetryParked();
+  void EnqueueLocked(Handoff handoff) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const int index_;
   const std::vector<StageEndpoint> stages_;
@@ -119,6 +154,8 @@ class Replica {
   std::atomic<bool> ready_{false};
   std::atomic<int64_t> load_{0};
   std::atomic<uint64_t> failures_{0};
+  std::atomic<uint64_t> resumed_{0};
+  FailoverFn failover_;
 
   mutable absl::Mutex mu_;
   // Orders sends: taken while holding mu_, which is then let go; never held while taking mu_.
@@ -130,6 +167,7 @@ class Replica {
   BlockAllocator allocator_ ABSL_GUARDED_BY(mu_);
   Scheduler scheduler_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, Client> clients_ ABSL_GUARDED_BY(mu_);
+  std::vector<Handoff> parked_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace shardserve

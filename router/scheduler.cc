@@ -7,8 +7,27 @@
 
 namespace shardserve {
 
+void Sequence::ResetForRecompute() {
+  num_computed = 0;
+  blocks.clear();
+  committed_blocks = 0;
+  chain_hash = BlockAllocator::kRootHash;
+  queued = false;
+  on_workers = false;
+  in_flight = false;
+  finished = false;
+}
+
 Scheduler::Scheduler(SchedulerOptions options, BlockAllocator* allocator)
     : options_(options), allocator_(allocator) {}
+
+std::optional<absl::Time> Scheduler::OldestInFlight() const {
+  std::optional<absl::Time> oldest;
+  for (const auto& [step, batch] : batches_) {
+    if (!oldest || batch.planned < *oldest) oldest = batch.planned;
+  }
+  return oldest;
+}
 
 void Scheduler::Enqueue(std::shared_ptr<Sequence> sequence) {
   sequence->arrival = next_arrival_++;
@@ -139,7 +158,7 @@ std::optional<v1::StepPlan> Scheduler::NextPlan() {
         sp->set_sample(e.sample);
         if (e.sample) *sp->mutable_sampling() = s.sampling;
       }
-      batches_.emplace(plan.step_id(), std::move(entries));
+      batches_.emplace(plan.step_id(), Batch{std::move(entries), absl::Now()});
     }
   }
   for (uint64_t id : pending_releases_) plan.add_release_sequence_ids(id);
@@ -178,7 +197,7 @@ absl::StatusOr<std::vector<TokenEvent>> Scheduler::Complete(const v1::StepsRespo
     return absl::InternalError(
         absl::StrCat("result for step ", result.step_id(), ", which is not in flight"));
   }
-  std::vector<Entry> entries = std::move(it->second);
+  std::vector<Entry> entries = std::move(it->second.entries);
   batches_.erase(it);
   int next_token = 0;
   int expected = 0;
@@ -258,16 +277,12 @@ std::vector<std::shared_ptr<Sequence>> Scheduler::AbandonAll() {
   std::vector<std::shared_ptr<Sequence>> out;
   for (auto& s : running_) {
     allocator_->Free(s->blocks);
-    s->blocks.clear();
-    s->in_flight = false;
-    s->on_workers = false;
-    s->finished = true;
-    out.push_back(s);
+    s->ResetForRecompute();
+    if (!s->cancelled) out.push_back(s);
   }
   for (auto& s : waiting_) {
-    s->finished = true;
-    s->queued = false;
-    out.push_back(s);
+    s->ResetForRecompute();
+    if (!s->cancelled) out.push_back(s);
   }
   // The stages may have restarted: what they held is gone.
   allocator_->DropCache();

@@ -19,6 +19,7 @@
 #ifndef SHARDSERVE_ROUTER_SCHEDULER_H_
 #define SHARDSERVE_ROUTER_SCHEDULER_H_
 
+#include <atomic>
 #include <cstdint>
 #include <deque>
 #include <map>
@@ -29,6 +30,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "router/block_allocator.h"
 #include "shardserve/v1/inference.pb.h"
 #include "shardserve/v1/worker.pb.h"
@@ -58,7 +60,13 @@ struct Sequence {
   bool cancelled = false;
   bool finished = false;
 
+  // Set (before any replica is told) when the client is gone, so that a pipeline taking the
+  // sequence over from a failed one drops it instead.
+  std::atomic<bool> client_gone{false};
+
   int64_t generated() const { return static_cast<int64_t>(tokens.size()) - prompt_len; }
+  // Forgets where it stood on a pipeline, keeping its token log: it will be re-prefilled.
+  void ResetForRecompute();
 };
 
 struct SchedulerOptions {
@@ -101,8 +109,12 @@ class Scheduler {
   void Cancel(uint64_t id);
   void Finish(uint64_t id);
 
-  // Drops every sequence (the pipeline failed) and returns those that had not finished.
+  // Drops every sequence (the pipeline failed) and returns those that had not finished, reset
+  // for recompute elsewhere.
   std::vector<std::shared_ptr<Sequence>> AbandonAll();
+
+  // When the oldest micro-batch in flight was planned; nullopt when none is.
+  std::optional<absl::Time> OldestInFlight() const;
 
   int in_flight() const { return static_cast<int>(batches_.size()); }
   int64_t num_waiting() const { return static_cast<int64_t>(waiting_.size()); }
@@ -119,6 +131,10 @@ class Scheduler {
     int64_t chunk = 0;
     bool sample = false;
   };
+  struct Batch {
+    std::vector<Entry> entries;
+    absl::Time planned;
+  };
 
   void Admit();
   // Gives `s` blocks for `tokens` positions, preempting later arrivals (or `s` itself) when the
@@ -132,7 +148,7 @@ class Scheduler {
   BlockAllocator* const allocator_;
   std::deque<std::shared_ptr<Sequence>> waiting_;
   std::vector<std::shared_ptr<Sequence>> running_;  // admission order
-  std::map<uint64_t, std::vector<Entry>> batches_;  // in flight, by step id
+  std::map<uint64_t, Batch> batches_;               // in flight, by step id
   std::vector<uint64_t> pending_releases_;
   uint64_t next_step_ = 1;
   uint64_t next_arrival_ = 1;

@@ -114,8 +114,10 @@ Cluster::Cluster(ClusterOptions options) {
                                        "1"};
       args.insert(args.end(), options.worker_args.begin(), options.worker_args.end());
       if (i == 0) args.insert(args.end(), options.worker0_args.begin(), options.worker0_args.end());
-      workers_.push_back(std::make_unique<Process>(
-          args, absl::StrCat(logs, "/worker-", addr.substr(addr.find(':') + 1), ".log")));
+      worker_logs_.push_back(
+          absl::StrCat(logs, "/worker-", addr.substr(addr.find(':') + 1), ".log"));
+      worker_args_.push_back(args);
+      workers_.push_back(std::make_unique<Process>(args, worker_logs_.back()));
       worker_addresses_.push_back(addr);
     }
   }
@@ -135,6 +137,15 @@ Cluster::Cluster(ClusterOptions options) {
   router_ = std::make_unique<Process>(
       args, absl::StrCat(logs, "/router-", router_address_.substr(router_address_.find(':') + 1),
                          ".log"));
+}
+
+void Cluster::KillWorker(int i) {
+  workers_[i].reset();  // SIGKILL and reap
+}
+
+void Cluster::StartWorker(int i) {
+  workers_[i] =
+      std::make_unique<Process>(worker_args_[i], absl::StrCat(worker_logs_[i], ".", ++restarts_));
 }
 
 absl::Status Cluster::WaitServing(absl::Duration timeout) {

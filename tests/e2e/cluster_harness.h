@@ -58,10 +58,17 @@ class Cluster {
   const std::vector<std::string>& worker_addresses() const { return worker_addresses_; }
   Process& router() { return *router_; }
   Process& worker(int i) { return *workers_[i]; }
+  // SIGKILLs worker i (and reaps it); StartWorker starts it again on the same address, with the
+  // same flags, as a replacement with nothing loaded.
+  void KillWorker(int i);
+  void StartWorker(int i);
   std::unique_ptr<v1::InferenceService::Stub> Stub() const;
 
  private:
   std::vector<std::unique_ptr<Process>> workers_;
+  std::vector<std::vector<std::string>> worker_args_;
+  std::vector<std::string> worker_logs_;
+  int restarts_ = 0;
   std::unique_ptr<Process> router_;
   std::string router_address_;
   std::vector<std::string> worker_addresses_;

@@ -224,9 +224,13 @@ TEST(DeadWorker, UnavailableNamesTheAddressAndRouterStaysUp) {
   EXPECT_FALSE(HealthServing(cluster.router_address(), absl::Seconds(1)));
 }
 
+// No other pipeline and no replacement within --failover-wait-s: the stream ends with
+// UNAVAILABLE naming the dead worker (tests/e2e/failover_test.cc has the cases that resume).
 TEST(DeadWorker, KilledStageFailsStreamsWithUnavailableAndRouterStaysUp) {
-  Cluster cluster(
-      {.model = Stories260K(), .stages = 2, .worker0_args = {"--fault-send-delay-ms", "20"}});
+  Cluster cluster({.model = Stories260K(),
+                   .stages = 2,
+                   .worker0_args = {"--fault-send-delay-ms", "20"},
+                   .router_args = {"--failover-wait-s", "1"}});
   ASSERT_TRUE(cluster.WaitServing(absl::Seconds(60)).ok());
   auto stub = cluster.Stub();
   grpc::ClientContext context;

@@ -1,0 +1,238 @@
+// Failover against real clusters: SIGKILL a worker mid-generation and every stream continues on
+// a healthy pipeline (or on a replacement worker) with exactly the no-fault output; with nothing
+// to move to, requests end with UNAVAILABLE naming the failed worker; and a chaos run that kills
+// and restarts random workers under 32 concurrent streams.
+#include <unistd.h>
+
+#include <atomic>
+#include <fstream>
+#include <map>
+#include <random>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "tests/api/api_testing.h"
+#include "tests/e2e/cluster_harness.h"
+
+namespace shardserve::e2e {
+namespace {
+
+using api_testing::HttpGet;
+using api_testing::MetricValue;
+
+struct Job {
+  std::string prompt;
+  float temperature;
+  uint64_t seed;
+};
+
+const std::vector<Job> kJobs = {
+    {"Once upon a time", 0, 0},
+    {"The little dog", 0.8f, 7},
+    {"Lily and Tom went to the park.", 0, 0},
+    {"One day, a girl named", 0.8f, 42},
+    {"The sun was hot and", 0, 0},
+    {"Tim had a red car", 0.8f, 3},
+    {"There was a big tree", 0, 0},
+    {"Mom said to Ben", 0.8f, 11},
+};
+constexpr int kMaxTokens = 200;
+
+std::vector<Reference> References() {
+  std::vector<Reference> refs;
+  for (const Job& j : kJobs) {
+    auto r = RunGenerate(Stories260K(), j.prompt, kMaxTokens, j.temperature, j.seed);
+    EXPECT_TRUE(r.ok()) << r.status();
+    refs.push_back(r.ok() ? *r : Reference{});
+  }
+  return refs;
+}
+
+double Metric(int http, const std::string& sample) {
+  auto r = HttpGet(http, "/metrics");
+  return r.status == 200 ? MetricValue(r.body, sample) : -1;
+}
+
+double Sum(int http, const std::string& name, int pipelines) {
+  double total = 0;
+  for (int p = 0; p < pipelines; ++p) {
+    total += std::max(0.0, Metric(http, absl::StrCat(name, "{pipeline=\"", p, "\"}")));
+  }
+  return total;
+}
+
+// Waits until the router has streamed at least `tokens` tokens.
+void WaitForTokens(int http, double tokens) {
+  for (int i = 0; i < 5000; ++i) {
+    if (Metric(http, "shardserve_generation_tokens_total") >= tokens) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  ADD_FAILURE() << "no tokens streamed";
+}
+
+TEST(Failover, KilledWorkersStreamsContinueOnTheOtherReplica) {
+  const std::vector<Reference> refs = References();
+  const int http = FreePort();
+  Cluster cluster({.model = Stories260K(),
+                   .stages = 2,
+                   .replicas = 2,
+                   .router_args = {"--http-listen", absl::StrCat("127.0.0.1:", http)}});
+  ASSERT_TRUE(cluster.WaitServing(absl::Seconds(60)).ok());
+  constexpr int kCopies = 2;
+  std::vector<absl::StatusOr<CompletionResult>> got(kJobs.size() * kCopies,
+                                                    absl::UnknownError("not run"));
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < got.size(); ++i) {
+    threads.emplace_back([&, i] {
+      const Job& j = kJobs[i % kJobs.size()];
+      got[i] = RunCompletion(cluster.router_address(),
+                             TextRequest(j.prompt, kMaxTokens, j.temperature, j.seed),
+                             absl::Seconds(60), nullptr);
+    });
+  }
+  WaitForTokens(http, 100);
+  // Worker 0 is stage 0 of pipeline 0.
+  cluster.KillWorker(0);
+  for (auto& t : threads) t.join();
+  for (size_t i = 0; i < got.size(); ++i) {
+    const Job& j = kJobs[i % kJobs.size()];
+    ASSERT_TRUE(got[i].ok()) << j.prompt << ": " << got[i].status();
+    EXPECT_EQ(got[i]->ids, refs[i % kJobs.size()].ids) << j.prompt;
+    EXPECT_EQ(got[i]->text, refs[i % kJobs.size()].text) << j.prompt;
+  }
+  EXPECT_EQ(Metric(http, "shardserve_failovers_total{pipeline=\"0\"}"), 1);
+  EXPECT_GT(Metric(http, "shardserve_sequences_resumed_total{pipeline=\"1\"}"), 0)
+      << "no stream was on the killed pipeline";
+}
+
+TEST(Failover, ReplacementWorkerTakesOverTheStage) {
+  const std::vector<Reference> refs = References();
+  const int http = FreePort();
+  Cluster cluster({.model = Stories260K(),
+                   .stages = 2,
+                   .router_args = {"--http-listen", absl::StrCat("127.0.0.1:", http)}});
+  ASSERT_TRUE(cluster.WaitServing(absl::Seconds(60)).ok());
+  std::vector<absl::StatusOr<CompletionResult>> got(kJobs.size(), absl::UnknownError("not run"));
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < got.size(); ++i) {
+    threads.emplace_back([&, i] {
+      got[i] = RunCompletion(
+          cluster.router_address(),
+          TextRequest(kJobs[i].prompt, kMaxTokens, kJobs[i].temperature, kJobs[i].seed),
+          absl::Seconds(60), nullptr);
+    });
+  }
+  WaitForTokens(http, 100);
+  cluster.KillWorker(1);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_GT(Metric(http, "shardserve_sequences_parked{pipeline=\"0\"}"), 0);
+  cluster.StartWorker(1);
+  for (auto& t : threads) t.join();
+  for (size_t i = 0; i < got.size(); ++i) {
+    ASSERT_TRUE(got[i].ok()) << kJobs[i].prompt << ": " << got[i].status();
+    EXPECT_EQ(got[i]->ids, refs[i].ids) << kJobs[i].prompt;
+  }
+  EXPECT_EQ(Metric(http, "shardserve_sequences_parked{pipeline=\"0\"}"), 0);
+}
+
+TEST(Failover, NoPipelineLeftMeansUnavailableNamingTheWorker) {
+  Cluster cluster({.model = Stories260K(), .stages = 2, .router_args = {"--failover-wait-s", "1"}});
+  ASSERT_TRUE(cluster.WaitServing(absl::Seconds(60)).ok());
+  absl::StatusOr<CompletionResult> got = absl::UnknownError("not run");
+  const absl::Time start = absl::Now();
+  std::thread t([&] {
+    v1::GenerateRequest r = TextRequest("Once upon a time", 400, 0, 0);
+    r.set_ignore_eos(true);
+    got = RunCompletion(cluster.router_address(), r, absl::Seconds(60), nullptr);
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  const std::string dead = cluster.worker_addresses()[1];
+  cluster.KillWorker(1);
+  t.join();
+  ASSERT_FALSE(got.ok());
+  EXPECT_EQ(got.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_NE(got.status().message().find(dead), std::string::npos) << got.status();
+  EXPECT_NE(got.status().message().find("--failover-wait-s"), std::string::npos) << got.status();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(10));
+}
+
+int64_t RssKb(pid_t pid) {
+  std::ifstream in(absl::StrCat("/proc/", pid, "/status"));
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::stoll(line.substr(6));
+  }
+  return -1;
+}
+
+// 2 replicas x 2 stages, 32 client threads sending back-to-back requests; three rounds of
+// SIGKILL on a random worker and its restart. Every request finishes before its deadline with
+// exactly the no-fault output, and the router's memory does not grow round over round.
+TEST(Chaos, RandomWorkerKillsUnderThirtyTwoStreams) {
+  const std::vector<Reference> refs = References();
+  const int http = FreePort();
+  Cluster cluster({.model = Stories260K(),
+                   .stages = 2,
+                   .replicas = 2,
+                   .router_args = {"--http-listen", absl::StrCat("127.0.0.1:", http)}});
+  ASSERT_TRUE(cluster.WaitServing(absl::Seconds(60)).ok());
+  constexpr absl::Duration kDeadline = absl::Seconds(60);
+  std::atomic<bool> stop{false};
+  std::atomic<int> completed{0}, wrong{0}, failed{0}, late{0};
+  std::mutex mu;
+  std::vector<std::string> problems;
+  std::vector<std::thread> clients;
+  for (int c = 0; c < 32; ++c) {
+    clients.emplace_back([&, c] {
+      for (int n = 0; !stop; ++n) {
+        const size_t k = (c + n) % kJobs.size();
+        const Job& j = kJobs[k];
+        const absl::Time start = absl::Now();
+        auto got = RunCompletion(cluster.router_address(),
+                                 TextRequest(j.prompt, kMaxTokens, j.temperature, j.seed),
+                                 kDeadline, nullptr);
+        if (absl::Now() - start > kDeadline + absl::Seconds(1)) ++late;
+        std::lock_guard<std::mutex> lock(mu);
+        if (!got.ok()) {
+          ++failed;
+          if (problems.size() < 5) problems.push_back(std::string(got.status().message()));
+        } else if (got->ids != refs[k].ids) {
+          ++wrong;
+          if (problems.size() < 5) problems.push_back("wrong output for '" + j.prompt + "'");
+        } else {
+          ++completed;
+        }
+      }
+    });
+  }
+  std::mt19937 rng(2024);
+  std::vector<int64_t> rss;
+  for (int round = 0; round < 3; ++round) {
+    std::this_thread::sleep_for(std::chrono::seconds(2));
+    const int victim = static_cast<int>(rng() % 4);
+    cluster.KillWorker(victim);
+    std::this_thread::sleep_for(std::chrono::milliseconds(800));
+    cluster.StartWorker(victim);
+    ASSERT_TRUE(cluster.WaitServing(absl::Seconds(30)).ok());
+    rss.push_back(RssKb(cluster.router().pid()));
+  }
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  stop = true;
+  for (auto& t : clients) t.join();
+  for (const std::string& p : problems) ADD_FAILURE() << p;
+  EXPECT_EQ(failed, 0);
+  EXPECT_EQ(wrong, 0);
+  EXPECT_EQ(late, 0);
+  EXPECT_GT(completed, 64);
+  EXPECT_EQ(Sum(http, "shardserve_failovers_total", 2), 3);
+  EXPECT_GT(Sum(http, "shardserve_sequences_resumed_total", 2) +
+                Sum(http, "shardserve_sequences_parked", 2),
+            0);
+  ASSERT_EQ(rss.size(), 3u);
+  EXPECT_LT(rss[2], rss[0] + 32 * 1024)
+      << "router RSS grew from " << rss[0] << " kB to " << rss[2] << " kB";
+}
+
+}  // namespace
+}  // namespace shardserve::e2e
