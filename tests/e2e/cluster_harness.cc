@@ -11,6 +11,7 @@
 
 #include <poll.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdio>
 #include <filesystem>
@@ -101,26 +102,38 @@ void Process::Kill(int sig) {
   if (pid_ > 0 && !reaped_) kill(pid_, sig);
 }
 
-Cluster::Cluster(ClusterOptions options) {
-  const std::string logs = absl::StrCat(SHARDSERVE_BINARY_DIR, "/test-logs");
-  fs::create_directories(logs);
-  const int n = options.stages * options.replicas;
-  if (!options.worker_addresses.empty()) {
-    worker_addresses_ = options.worker_addresses;
+Cluster::Cluster(ClusterOptions options) : options_(std::move(options)) {
+  logs_ = absl::StrCat(SHARDSERVE_BINARY_DIR, "/test-logs");
+  fs::create_directories(logs_);
+  const int n = options_.stages * options_.replicas;
+  if (!options_.worker_addresses.empty()) {
+    worker_addresses_ = options_.worker_addresses;
   } else {
     for (int i = 0; i < n; ++i) {
-      const std::string addr = absl::StrCat("127.0.0.1:", FreePort());
-      std::vector<std::string> args = {BinPath("shardserve-worker"), "--listen", addr, "--threads",
-                                       "1"};
-      args.insert(args.end(), options.worker_args.begin(), options.worker_args.end());
-      if (i == 0) args.insert(args.end(), options.worker0_args.begin(), options.worker0_args.end());
-      worker_logs_.push_back(
-          absl::StrCat(logs, "/worker-", addr.substr(addr.find(':') + 1), ".log"));
-      worker_args_.push_back(args);
-      workers_.push_back(std::make_unique<Process>(args, worker_logs_.back()));
-      worker_addresses_.push_back(addr);
+      worker_addresses_.emplace_back();
+      worker_args_.emplace_back();
+      worker_logs_.emplace_back();
+      workers_.emplace_back();
+      StartWorkerOnNewPort(i);
     }
   }
+  StartRouter();
+}
+
+void Cluster::StartWorkerOnNewPort(int i) {
+  const std::string addr = absl::StrCat("127.0.0.1:", FreePort());
+  std::vector<std::string> args = {BinPath("shardserve-worker"), "--listen", addr, "--threads",
+                                   "1"};
+  args.insert(args.end(), options_.worker_args.begin(), options_.worker_args.end());
+  if (i == 0) args.insert(args.end(), options_.worker0_args.begin(), options_.worker0_args.end());
+  worker_logs_[i] = absl::StrCat(logs_, "/worker-", addr.substr(addr.find(':') + 1), ".log");
+  worker_args_[i] = args;
+  worker_addresses_[i] = addr;
+  workers_[i] = std::make_unique<Process>(args, worker_logs_[i]);
+}
+
+void Cluster::StartRouter() {
+  router_.reset();
   router_address_ = absl::StrCat("127.0.0.1:", FreePort());
   std::vector<std::string> args = {BinPath("shardserve-router"),
                                    "--listen",
@@ -128,14 +141,14 @@ Cluster::Cluster(ClusterOptions options) {
                                    "--workers",
                                    absl::StrJoin(worker_addresses_, ","),
                                    "--model",
-                                   options.model,
+                                   options_.model,
                                    "--stages",
-                                   std::to_string(options.stages),
+                                   std::to_string(options_.stages),
                                    "--replicas",
-                                   std::to_string(options.replicas)};
-  args.insert(args.end(), options.router_args.begin(), options.router_args.end());
+                                   std::to_string(options_.replicas)};
+  args.insert(args.end(), options_.router_args.begin(), options_.router_args.end());
   router_ = std::make_unique<Process>(
-      args, absl::StrCat(logs, "/router-", router_address_.substr(router_address_.find(':') + 1),
+      args, absl::StrCat(logs_, "/router-", router_address_.substr(router_address_.find(':') + 1),
                          ".log"));
 }
 
@@ -148,11 +161,59 @@ void Cluster::StartWorker(int i) {
       std::make_unique<Process>(worker_args_[i], absl::StrCat(worker_logs_[i], ".", ++restarts_));
 }
 
+int Cluster::OursAndReady() {
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
+  const auto& args = options_.router_args;
+  for (size_t i = 0; i + 1 < args.size(); ++i) {
+    if (args[i] == "--api-key") context.AddMetadata("authorization", "Bearer " + args[i + 1]);
+  }
+  v1::GetModelInfoResponse info;
+  if (!Stub()->GetModelInfo(&context, v1::GetModelInfoRequest(), &info).ok()) return 0;
+  bool ready = true;
+  for (const v1::PipelineLayout& p : info.pipelines()) {
+    ready = ready && p.ready();
+    for (const v1::StageLayout& st : p.stages()) {
+      if (std::find(worker_addresses_.begin(), worker_addresses_.end(), st.worker_address()) ==
+          worker_addresses_.end()) {
+        return -1;
+      }
+    }
+  }
+  return ready ? 1 : 0;
+}
+
 absl::Status Cluster::WaitServing(absl::Duration timeout) {
   const absl::Time give_up = absl::Now() + timeout;
+  // Ports come from FreePort, which another test process running at the same time may also be
+  // given: a process that lost the race exits (or, for the router, another router answers on
+  // its port). Such a start is retried on new ports a few times.
+  // Once it has served, processes are the test's business (it may have killed some).
+  int retries = served_ ? 3 : 0;
   while (absl::Now() < give_up) {
-    if (!router_->alive()) return absl::InternalError("router exited");
-    if (HealthServing(router_address_, absl::Milliseconds(500))) return absl::OkStatus();
+    bool restart_router = false;
+    for (size_t i = 0; i < workers_.size(); ++i) {
+      if (workers_[i] != nullptr && !workers_[i]->alive() && retries < 3) {
+        StartWorkerOnNewPort(static_cast<int>(i));
+        restart_router = true;
+      }
+    }
+    if (!router_->alive()) {
+      if (retries >= 3) return absl::InternalError("router exited");
+      restart_router = true;
+    }
+    if (!restart_router && HealthServing(router_address_, absl::Milliseconds(500))) {
+      const int state = OursAndReady();
+      if (state > 0) {
+        served_ = true;
+        return absl::OkStatus();
+      }
+      restart_router = state < 0 && retries < 3;
+    }
+    if (restart_router) {
+      ++retries;
+      StartRouter();
+    }
     absl::SleepFor(absl::Milliseconds(50));
   }
   return absl::DeadlineExceededError("router did not become SERVING");

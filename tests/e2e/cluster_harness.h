@@ -52,7 +52,8 @@ struct ClusterOptions {
 class Cluster {
  public:
   explicit Cluster(ClusterOptions options);
-  // Waits until the router's health says SERVING.
+  // Waits until the router's health says SERVING, it is this cluster's router and every pipeline
+  // is ready; a router or worker that could not bind its port is started again on another.
   absl::Status WaitServing(absl::Duration timeout);
   const std::string& router_address() const { return router_address_; }
   const std::vector<std::string>& worker_addresses() const { return worker_addresses_; }
@@ -65,10 +66,19 @@ class Cluster {
   std::unique_ptr<v1::InferenceService::Stub> Stub() const;
 
  private:
+  void StartWorkerOnNewPort(int i);
+  void StartRouter();
+  // -1 when the router on router_address_ is not ours (it names other workers), 1 when it is
+  // and every pipeline is ready, 0 otherwise.
+  int OursAndReady();
+
+  ClusterOptions options_;
+  std::string logs_;
   std::vector<std::unique_ptr<Process>> workers_;
   std::vector<std::vector<std::string>> worker_args_;
   std::vector<std::string> worker_logs_;
   int restarts_ = 0;
+  bool served_ = false;
   std::unique_ptr<Process> router_;
   std::string router_address_;
   std::vector<std::string> worker_addresses_;

@@ -107,7 +107,7 @@ INSTANTIATE_TEST_SUITE_P(Models, SharedPrefix, ::testing::Values("stories260K", 
 
 // Eight concurrent long generations in a KV cache that holds one full context: sequences are
 // preempted and recomputed, and every output still equals the reference.
-TEST(Preemption, WorkloadLargerThanTheCacheFinishesCorrectly) {
+TEST(ClusterPreemption, WorkloadLargerThanTheCacheFinishesCorrectly) {
   const int http = FreePort();
   Cluster cluster({.model = Stories260K(),
                    .stages = 2,
