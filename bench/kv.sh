@@ -10,6 +10,7 @@
 #
 #   bench/kv.sh [--build DIR] [--model DIR] [--conversations 32] [--turns 4] [--concurrency 8]
 #               [--prompt-tokens 256] [--user-tokens 32] [--max-tokens 32] [--port 50420]
+#               [--only "A B C D"]
 set -euo pipefail
 
 build=build
@@ -21,6 +22,7 @@ prompt_tokens=256
 user_tokens=32
 max_tokens=32
 port=50420
+only="A B C D"
 while [ $# -gt 0 ]; do
   case "$1" in
     --build) build=$2; shift 2 ;;
@@ -32,6 +34,7 @@ while [ $# -gt 0 ]; do
     --user-tokens) user_tokens=$2; shift 2 ;;
     --max-tokens) max_tokens=$2; shift 2 ;;
     --port) port=$2; shift 2 ;;
+    --only) only=$2; shift 2 ;;
     *) echo "error: unknown flag $1 (see the header of $0)" >&2; exit 2 ;;
   esac
 done
@@ -57,6 +60,7 @@ trap stop_all EXIT
 run() {
   local name=$1 replicas=$2 threads=$3
   shift 3
+  case " $only " in *" ${name%%-*} "*) ;; *) return 0 ;; esac
   local workers=()
   for i in $(seq "$replicas"); do
     local w=127.0.0.1:$((port + i))

@@ -182,6 +182,9 @@ absl::StatusOr<InferenceServiceImpl::Generation> InferenceServiceImpl::Start(
                                                    admission_.max_prompt_tokens));
   }
   RETURN_IF_ERROR(ValidatePromptLength(prompt.size(), request.max_tokens(), limits_));
+  // Choosing and submitting under one lock: concurrent requests see each other's load, instead
+  // of all picking the replica that looked idlest a moment ago.
+  absl::MutexLock route_lock(&route_mu_);
   ASSIGN_OR_RETURN(Replica * replica, PickReplica(prompt));
 
   Generation g;

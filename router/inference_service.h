@@ -31,6 +31,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/synchronization/mutex.h"
 #include "model/config.h"
 #include "model/reasoning.h"
 #include "model/tokenizer/chat_template.h"
@@ -131,6 +132,7 @@ class InferenceServiceImpl final : public v1::InferenceService::Service {
   AdmissionLimits admission_;
   ReasoningParserKind reasoning_parser_ = ReasoningParserKind::kNone;
   RoutingPolicy routing_ = RoutingPolicy::kPrefix;
+  absl::Mutex route_mu_;  // serialises replica choice and submission
   std::atomic<int64_t> admitted_{0};
 };
 

@@ -105,6 +105,31 @@ INSTANTIATE_TEST_SUITE_P(Models, SharedPrefix, ::testing::Values("stories260K", 
                            return n;
                          });
 
+// A prompt near the model's whole context, chunked through 2 stages 64 tokens at a time, and
+// generation up to the last position: the output equals the single-process reference.
+TEST(LongPrompt, FillsTheContextInChunks) {
+  Cluster cluster(
+      {.model = Stories260K(), .stages = 2, .router_args = {"--max-batch-tokens", "64"}});
+  ASSERT_TRUE(cluster.WaitServing(absl::Seconds(60)).ok());
+  const std::string prompt = absl::StrCat(kStory, " ", std::string(kStory).substr(0, 560));
+  const size_t n = Tokenize(cluster, prompt).size();
+  ASSERT_GT(n, 400u);
+  ASSERT_LT(n, 500u);
+  const int max_tokens = static_cast<int>(512 - n);  // stories260K's context is 512
+  v1::GenerateRequest r = TextRequest(prompt, max_tokens, 0, 0);
+  auto got = RunCompletion(cluster.router_address(), r, absl::Seconds(60), nullptr);
+  ASSERT_TRUE(got.ok()) << got.status();
+  auto ref = RunGenerate(Stories260K(), prompt, max_tokens, 0.0f, 0);
+  ASSERT_TRUE(ref.ok()) << ref.status();
+  EXPECT_EQ(got->ids, ref->ids);
+  EXPECT_EQ(got->usage.prompt_tokens(), static_cast<int>(n));
+  // One token more than the context is refused, naming the field.
+  r.set_max_tokens(max_tokens + 1);
+  auto over = RunCompletion(cluster.router_address(), r, absl::Seconds(60), nullptr);
+  EXPECT_EQ(over.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(over.status().message().find("max_tokens"), std::string::npos) << over.status();
+}
+
 // Eight concurrent long generations in a KV cache that holds one full context: sequences are
 // preempted and recomputed, and every output still equals the reference.
 TEST(ClusterPreemption, WorkloadLargerThanTheCacheFinishesCorrectly) {
