@@ -79,6 +79,7 @@ std::vector<Handoff> InferenceServiceImpl::Rehome(Replica* from, std::vector<Han
 }
 
 bool InferenceServiceImpl::serving() const {
+  if (draining_) return false;
   return std::any_of(replicas_.begin(), replicas_.end(), [](Replica* r) { return r->ready(); });
 }
 
@@ -170,6 +171,11 @@ absl::StatusOr<std::vector<int32_t>> InferenceServiceImpl::PromptIds(
 
 absl::StatusOr<InferenceServiceImpl::Generation> InferenceServiceImpl::Start(
     const v1::GenerateRequest& request) {
+  if (draining_) {
+    return absl::UnavailableError(
+        "this router is draining (shutting down): it finishes the streams it has and admits no "
+        "new requests");
+  }
   RETURN_IF_ERROR(ValidateGenerateRequest(request, limits_));
   RETURN_IF_ERROR(CheckAdmissionLimits(request));
   // Taken before tokenizing, so that a flood of large prompts is turned away cheaply too.

@@ -68,8 +68,10 @@ class InferenceServiceImpl final : public v1::InferenceService::Service {
   grpc::Status GetModelInfo(grpc::ServerContext*, const v1::GetModelInfoRequest*,
                             v1::GetModelInfoResponse*) override;
 
-  // True while at least one replica can take requests.
+  // True while at least one replica can take requests and the router is not draining.
   bool serving() const;
+  // From now on new generations get UNAVAILABLE; admitted ones go on (see admitted()).
+  void StartDraining() { draining_ = true; }
 
   // One admitted generation. Every front end (gRPC Generate, OpenAI HTTP, KServe) streams
   // through Start, Next and Cancel, so validation, routing and metrics live here only.
@@ -134,6 +136,7 @@ class InferenceServiceImpl final : public v1::InferenceService::Service {
   RoutingPolicy routing_ = RoutingPolicy::kPrefix;
   absl::Mutex route_mu_;  // serialises replica choice and submission
   std::atomic<int64_t> admitted_{0};
+  std::atomic<bool> draining_{false};
 };
 
 }  // namespace shardserve

@@ -70,6 +70,18 @@ int RouterMain(int argc, char** argv) {
                  "before UNAVAILABLE")
       ->check(CLI::Range(0.0, 86400.0))
       ->capture_default_str();
+  double canary_interval_s = 1;
+  app.add_option("--canary-interval-s", canary_interval_s,
+                 "an idle pipeline runs a one-token canary step this often, so a hung, draining "
+                 "or restarted stage is noticed without traffic (0: never)")
+      ->check(CLI::Range(0.0, 3600.0))
+      ->capture_default_str();
+  double drain_grace_s = 30;
+  app.add_option("--drain-grace-s", drain_grace_s,
+                 "on SIGTERM/SIGINT, how long to let admitted streams finish (new requests get "
+                 "UNAVAILABLE, health NOT_SERVING) before exiting; a second signal exits at once")
+      ->check(CLI::Range(0.0, 3600.0))
+      ->capture_default_str();
   bool no_prefix_cache = false;
   app.add_flag("--no-prefix-cache", no_prefix_cache,
                "do not share the KV blocks of common prompt prefixes between requests");
@@ -202,6 +214,7 @@ int RouterMain(int argc, char** argv) {
   options.prefix_caching = !no_prefix_cache;
   options.step_timeout = absl::Seconds(step_timeout_s);
   options.failover_wait = absl::Seconds(failover_wait_s);
+  options.canary_interval = absl::Seconds(canary_interval_s);
   options.scheduler.max_batch_tokens = max_batch_tokens;
   options.scheduler.max_seqs = max_seqs;
   options.scheduler.max_in_flight = stages;
@@ -270,7 +283,17 @@ int RouterMain(int argc, char** argv) {
 
   int sig = 0;
   sigwait(&signals, &sig);
-  LOG(INFO) << "shardserve-router: signal " << sig << ", shutting down";
+  LOG(INFO) << "shardserve-router: signal " << sig << ", draining " << service.admitted()
+            << " admitted requests (up to " << drain_grace_s << " s)";
+  service.StartDraining();
+  health->SetServingStatus(false);
+  const auto give_up =
+      std::chrono::steady_clock::now() + std::chrono::duration<double>(drain_grace_s);
+  const timespec poll = {0, 50 * 1000 * 1000};
+  while (service.admitted() > 0 && std::chrono::steady_clock::now() < give_up) {
+    if (sigtimedwait(&signals, nullptr, &poll) > 0) break;  // a second signal: now
+  }
+  LOG(INFO) << "shardserve-router: shutting down, " << service.admitted() << " requests unfinished";
   stopping = true;
   health_thread.join();
   health->SetServingStatus(false);

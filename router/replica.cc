@@ -101,6 +101,7 @@ void Replica::Loop() {
         continue;
       }
       failure_ = absl::OkStatus();
+      last_answer_ = absl::Now();
       last_error_.clear();
       logged_error.clear();
       ready_ = true;
@@ -220,6 +221,13 @@ absl::Status Replica::Adopt(Handoff& handoff) {
 bool Replica::SendNextPlanAndUnlock() {
   std::optional<v1::StepPlan> plan = scheduler_.NextPlan();
   load_ = scheduler_.load();
+  // An idle pipeline is probed: a stage that hangs, drains or lost its shard shows up within
+  // canary_interval (+ step_timeout when it hangs) instead of at the next request.
+  if (!plan.has_value() && options_.canary_interval > absl::ZeroDuration() &&
+      absl::Now() - last_answer_ >= options_.canary_interval) {
+    plan = scheduler_.CanaryPlan();
+    if (plan.has_value()) last_answer_ = absl::Now();
+  }
   if (!plan.has_value()) {
     mu_.Unlock();
     return false;
@@ -235,6 +243,7 @@ bool Replica::SendNextPlanAndUnlock() {
 
 void Replica::OnResult(const v1::StepsResponse& result) {
   mu_.Lock();
+  last_answer_ = absl::Now();
   DeliverLocked(result);
   if (stop_ || !failure_.ok()) {
     wake_ = true;

@@ -4,6 +4,10 @@
 // Results arrive on the pipeline's reader threads, advance the scheduler and feed each
 // request's RequestSink with text deltas (TextStream) and token ids.
 //
+// Health: an idle pipeline gets a canary step (StepPlan.canary) every `canary_interval`, so a
+// stage that hangs, drains or lost its shard is found without waiting for traffic; ready()
+// turns false as soon as any step or canary fails.
+//
 // Failover: when a stage fails (a broken stream, an error result, a send that fails, or a step
 // overdue past `step_timeout`), every unfinished sequence leaves the pipeline as a Handoff -- its
 // token log, its client's sink and the text stream that knows what the client has seen -- and
@@ -65,6 +69,8 @@ struct ReplicaOptions {
   absl::Duration step_timeout = absl::Seconds(10);
   // How long sequences from a failed pipeline wait for one to take them.
   absl::Duration failover_wait = absl::Seconds(30);
+  // An idle pipeline gets a canary step this long after its last answer (zero: never).
+  absl::Duration canary_interval = absl::Seconds(1);
 };
 
 // A sequence leaving a failed pipeline, with what its client has seen so far.
@@ -168,6 +174,7 @@ class Replica {
   Scheduler scheduler_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, Client> clients_ ABSL_GUARDED_BY(mu_);
   std::vector<Handoff> parked_ ABSL_GUARDED_BY(mu_);
+  absl::Time last_answer_ ABSL_GUARDED_BY(mu_);  // last result or canary sent
 };
 
 }  // namespace shardserve

@@ -21,6 +21,29 @@ void Sequence::ResetForRecompute() {
 Scheduler::Scheduler(SchedulerOptions options, BlockAllocator* allocator)
     : options_(options), allocator_(allocator) {}
 
+std::optional<v1::StepPlan> Scheduler::CanaryPlan() {
+  if (!batches_.empty()) return std::nullopt;
+  auto block = allocator_->Allocate(1);
+  if (!block.ok()) return std::nullopt;
+  v1::StepPlan plan;
+  plan.set_step_id(next_step_++);
+  plan.set_canary(true);
+  v1::SequencePlan* sp = plan.add_sequences();
+  sp->set_sequence_id(kCanarySequenceId);
+  sp->add_tokens(0);
+  sp->set_start_pos(0);
+  sp->add_block_table((*block)[0]);
+  sp->set_sample(true);
+  v1::StepSampling* sampling = sp->mutable_sampling();
+  sampling->set_temperature(0);
+  sampling->set_top_p(1);
+  sampling->set_repetition_penalty(1);
+  for (uint64_t id : pending_releases_) plan.add_release_sequence_ids(id);
+  pending_releases_.clear();
+  batches_.emplace(plan.step_id(), Batch{{}, absl::Now(), (*block)[0]});
+  return plan;
+}
+
 std::optional<absl::Time> Scheduler::OldestInFlight() const {
   std::optional<absl::Time> oldest;
   for (const auto& [step, batch] : batches_) {
@@ -198,7 +221,17 @@ absl::StatusOr<std::vector<TokenEvent>> Scheduler::Complete(const v1::StepsRespo
         absl::StrCat("result for step ", result.step_id(), ", which is not in flight"));
   }
   std::vector<Entry> entries = std::move(it->second.entries);
+  const int32_t canary_block = it->second.canary_block;
   batches_.erase(it);
+  if (canary_block >= 0) {
+    const int32_t block = canary_block;
+    allocator_->Free(absl::MakeConstSpan(&block, 1));
+    if (result.tokens_size() != 1 || result.tokens(0).sequence_id() != kCanarySequenceId) {
+      return absl::InternalError(absl::StrCat("canary step ", result.step_id(), " returned ",
+                                              result.tokens_size(), " tokens"));
+    }
+    return std::vector<TokenEvent>();
+  }
   int next_token = 0;
   int expected = 0;
   for (const Entry& e : entries) expected += e.sample;

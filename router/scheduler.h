@@ -116,6 +116,12 @@ class Scheduler {
   // When the oldest micro-batch in flight was planned; nullopt when none is.
   std::optional<absl::Time> OldestInFlight() const;
 
+  // A health probe (StepPlan.canary: one token of sequence kCanarySequenceId in a borrowed
+  // block, greedy), only when nothing is in flight and a block can be had; it carries pending
+  // releases and counts as in flight until Complete(), which returns no events for it.
+  std::optional<v1::StepPlan> CanaryPlan();
+  static constexpr uint64_t kCanarySequenceId = ~uint64_t{0};
+
   int in_flight() const { return static_cast<int>(batches_.size()); }
   int64_t num_waiting() const { return static_cast<int64_t>(waiting_.size()); }
   int64_t num_running() const { return static_cast<int64_t>(running_.size()); }
@@ -134,6 +140,7 @@ class Scheduler {
   struct Batch {
     std::vector<Entry> entries;
     absl::Time planned;
+    int32_t canary_block = -1;  // >= 0: a canary, holding this block
   };
 
   void Admit();

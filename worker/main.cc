@@ -57,6 +57,12 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(-1, 1 << 30));
   std::string metrics_listen;
   app.add_option("--metrics-listen", metrics_listen, "host:port for Prometheus /metrics");
+  double drain_grace_s = 30;
+  app.add_option("--drain-grace-s", drain_grace_s,
+                 "on SIGTERM/SIGINT, how long to wait for routers to move their sequences off "
+                 "this worker before exiting (a second signal exits at once)")
+      ->check(CLI::Range(0.0, 3600.0))
+      ->capture_default_str();
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -124,7 +130,20 @@ int main(int argc, char** argv) {
   // Every thread inherits the blocked mask; this one waits for the signal.
   int sig = 0;
   sigwait(&set, &sig);
-  LOG(INFO) << "shardserve-worker: signal " << sig << ", shutting down";
+  LOG(INFO) << "shardserve-worker: signal " << sig << ", draining (up to " << drain_grace_s
+            << " s)";
+  // NOT_SERVING, steps refused as "draining": routers move their sequences elsewhere and close
+  // their streams to this worker.
+  service.BeginShutdown();
+  const auto give_up =
+      std::chrono::steady_clock::now() + std::chrono::duration<double>(drain_grace_s);
+  const timespec poll = {0, 100 * 1000 * 1000};
+  while (service.open_step_streams() > 0 && std::chrono::steady_clock::now() < give_up) {
+    if (sigtimedwait(&set, nullptr, &poll) > 0) break;  // a second signal: now
+  }
+  LOG(INFO) << "shardserve-worker: shutting down ("
+            << (service.open_step_streams() > 0 ? "grace period over" : "no router attached")
+            << ")";
   metrics.Stop();
   g_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   return 0;

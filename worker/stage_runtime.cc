@@ -238,6 +238,7 @@ absl::StatusOr<v1::StepsResponse> StageRuntime::Execute(const v1::StepPlan& plan
   absl::MutexLock lock(&mu_);
   // Record tokens and blocks before sampling: the penalties see this step's tokens.
   for (const v1::SequencePlan& s : plan.sequences()) {
+    if (plan.canary()) break;  // a probe leaves no trace
     SequenceState& state = sequences_[s.sequence_id()];
     if (state.length == 0 && s.start_pos() > 0) {
       state.length = s.start_pos();
@@ -254,8 +255,10 @@ absl::StatusOr<v1::StepsResponse> StageRuntime::Execute(const v1::StepPlan& plan
       if (block_refs_[b]++ == 0) ++blocks_used_;
     }
   }
-  ++steps_;
-  tokens_ += total_tokens;
+  if (!plan.canary()) {
+    ++steps_;
+    tokens_ += total_tokens;
+  }
 
   if (!is_last()) {
     if (downstream == nullptr) return absl::FailedPreconditionError("no link to the next stage");
@@ -277,9 +280,11 @@ absl::StatusOr<v1::StepsResponse> StageRuntime::Execute(const v1::StepPlan& plan
     }
     absl::Span<const float> logits(out.data.data() + row * vocab, vocab);
     ++row;
-    const SequenceState& state = sequences_[s.sequence_id()];
-    SampleResult r = Sample(logits, ToParams(s.sampling()),
-                            SamplePosition(s.start_pos() + s.tokens_size()), state.history);
+    static const std::vector<int32_t> kNoHistory;
+    auto known = sequences_.find(s.sequence_id());
+    SampleResult r =
+        Sample(logits, ToParams(s.sampling()), SamplePosition(s.start_pos() + s.tokens_size()),
+               known == sequences_.end() ? kNoHistory : known->second.history);
     v1::SampledToken* tok = response.add_tokens();
     tok->set_sequence_id(s.sequence_id());
     tok->set_token_id(r.token);

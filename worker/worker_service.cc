@@ -112,6 +112,12 @@ grpc::Status WorkerServiceImpl::LoadShard(grpc::ServerContext*, const v1::LoadSh
                                           v1::LoadShardResponse* response) {
   absl::MutexLock load_lock(&load_mu_);
   const auto start = std::chrono::steady_clock::now();
+  {
+    absl::MutexLock lock(&mu_);
+    if (shutting_down_) {
+      return grpc::Status(grpc::StatusCode::UNAVAILABLE, "worker is shutting down");
+    }
+  }
   if (req->model_path().empty()) return Invalid("model_path", "empty");
   std::error_code ec;
   if (!std::filesystem::is_directory(req->model_path(), ec)) {
@@ -261,6 +267,10 @@ grpc::Status WorkerServiceImpl::Steps(
       write(response);
     });
   };
+  {
+    absl::MutexLock lock(&mu_);
+    ++open_step_streams_;
+  }
   v1::StepsRequest req;
   while (stream->Read(&req)) {
     auto shard = current();
@@ -294,7 +304,21 @@ grpc::Status WorkerServiceImpl::Steps(
     if (!write(response)) break;
   }
   report_to(nullptr);
+  absl::MutexLock lock(&mu_);
+  --open_step_streams_;
   return grpc::Status::OK;
+}
+
+void WorkerServiceImpl::BeginShutdown() {
+  absl::MutexLock lock(&mu_);
+  draining_ = true;
+  shutting_down_ = true;
+  UpdateHealth();
+}
+
+int WorkerServiceImpl::open_step_streams() const {
+  absl::MutexLock lock(&mu_);
+  return open_step_streams_;
 }
 
 grpc::Status WorkerServiceImpl::Drain(grpc::ServerContext*, const v1::DrainRequest*,

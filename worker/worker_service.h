@@ -8,6 +8,11 @@
 // once the server runs (it can take a shard); "shardserve.v1.WorkerService" is SERVING only while a
 // shard is loaded and the worker is not draining.
 //
+// Shutdown (SIGTERM): BeginShutdown drains for good -- health NOT_SERVING, steps with sequences
+// answered with UNAVAILABLE "worker is draining" (so the router moves them to another pipeline),
+// LoadShard refused -- and the process waits until no router holds a Steps stream open
+// (open_step_streams() == 0) or a grace period ends.
+//
 // All methods are thread-safe.
 #ifndef SHARDSERVE_WORKER_WORKER_SERVICE_H_
 #define SHARDSERVE_WORKER_WORKER_SERVICE_H_
@@ -54,6 +59,11 @@ class WorkerServiceImpl final : public v1::WorkerService::Service {
   grpc::Status Drain(grpc::ServerContext*, const v1::DrainRequest*, v1::DrainResponse*) override;
   grpc::Status Stats(grpc::ServerContext*, const v1::StatsRequest*, v1::StatsResponse*) override;
 
+  // Drains for good: no shard is loaded again.
+  void BeginShutdown();
+  // Steps streams open now (a connected router holds one per pipeline using this worker).
+  int open_step_streams() const;
+
  private:
   // Everything tied to one loaded shard; replaced as a unit.
   struct Shard {
@@ -75,6 +85,8 @@ class WorkerServiceImpl final : public v1::WorkerService::Service {
   mutable absl::Mutex mu_;
   std::shared_ptr<Shard> shard_ ABSL_GUARDED_BY(mu_);
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
+  bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
+  int open_step_streams_ ABSL_GUARDED_BY(mu_) = 0;
   grpc::HealthCheckServiceInterface* health_ ABSL_GUARDED_BY(mu_) = nullptr;
 };
 

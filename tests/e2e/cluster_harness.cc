@@ -91,11 +91,18 @@ Process::~Process() {
 
 bool Process::alive() {
   if (pid_ <= 0 || reaped_) return false;
-  if (waitpid(pid_, nullptr, WNOHANG) == pid_) {
+  if (waitpid(pid_, &status_, WNOHANG) == pid_) {
     reaped_ = true;
     return false;
   }
   return true;
+}
+
+int Process::Wait(absl::Duration timeout) {
+  const absl::Time give_up = absl::Now() + timeout;
+  while (alive() && absl::Now() < give_up) absl::SleepFor(absl::Milliseconds(20));
+  if (!reaped_) return -1;
+  return WIFEXITED(status_) ? WEXITSTATUS(status_) : -1;
 }
 
 void Process::Kill(int sig) {

@@ -33,10 +33,14 @@ class Process {
   pid_t pid() const { return pid_; }
   bool alive();
   void Kill(int sig);
+  // Waits up to `timeout` for the process to exit; its exit code, or -1 when it did not exit
+  // in time or was killed by a signal.
+  int Wait(absl::Duration timeout);
 
  private:
   pid_t pid_ = -1;
   bool reaped_ = false;
+  int status_ = 0;
 };
 
 struct ClusterOptions {

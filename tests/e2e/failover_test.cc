@@ -1,7 +1,9 @@
 // Failover against real clusters: SIGKILL a worker mid-generation and every stream continues on
 // a healthy pipeline (or on a replacement worker) with exactly the no-fault output; with nothing
-// to move to, requests end with UNAVAILABLE naming the failed worker; and a chaos run that kills
-// and restarts random workers under 32 concurrent streams.
+// to move to, requests end with UNAVAILABLE naming the failed worker; SIGTERM drains routers and
+// workers; canary steps find hung and draining stages; and a chaos run that kills and restarts
+// random workers under 32 concurrent streams.
+#include <signal.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -155,6 +157,95 @@ TEST(Failover, NoPipelineLeftMeansUnavailableNamingTheWorker) {
   EXPECT_NE(got.status().message().find(dead), std::string::npos) << got.status();
   EXPECT_NE(got.status().message().find("--failover-wait-s"), std::string::npos) << got.status();
   EXPECT_LT(absl::Now() - start, absl::Seconds(10));
+}
+
+// SIGTERM on the router: new requests get UNAVAILABLE and health says NOT_SERVING at once, the
+// streams it has finish exactly, and it exits 0.
+TEST(Drain, RouterFinishesItsStreamsRefusesNewOnesAndExitsZero) {
+  Cluster cluster({.model = Stories260K(),
+                   .stages = 2,
+                   .worker_args = {"--fault-send-delay-ms", "5"},
+                   .router_args = {"--drain-grace-s", "60"}});
+  ASSERT_TRUE(cluster.WaitServing(absl::Seconds(60)).ok());
+  auto ref = RunGenerate(Stories260K(), "Once upon a time", kMaxTokens, 0, 0);
+  ASSERT_TRUE(ref.ok()) << ref.status();
+  absl::StatusOr<CompletionResult> got = absl::UnknownError("not run");
+  std::thread t([&] {
+    got = RunCompletion(cluster.router_address(), TextRequest("Once upon a time", kMaxTokens, 0, 0),
+                        absl::Seconds(60), nullptr);
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  cluster.router().Kill(SIGTERM);
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  auto refused = RunCompletion(cluster.router_address(), TextRequest("Hello", 4, 0, 0),
+                               absl::Seconds(5), nullptr);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnavailable) << refused.status();
+  EXPECT_NE(refused.status().message().find("draining"), std::string::npos) << refused.status();
+  EXPECT_FALSE(HealthServing(cluster.router_address(), absl::Seconds(1)));
+  t.join();
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->ids, ref->ids);
+  EXPECT_EQ(cluster.router().Wait(absl::Seconds(10)), 0);
+}
+
+// SIGTERM on a worker under load: its pipeline's sequences move to the other replica and finish
+// exactly, and the worker exits 0 once the router has let go of it.
+TEST(Drain, WorkerHandsItsSequencesOverThenExitsZero) {
+  const std::vector<Reference> refs = References();
+  const int http = FreePort();
+  Cluster cluster({.model = Stories260K(),
+                   .stages = 2,
+                   .replicas = 2,
+                   .worker_args = {"--fault-send-delay-ms", "2"},
+                   .router_args = {"--http-listen", absl::StrCat("127.0.0.1:", http)}});
+  ASSERT_TRUE(cluster.WaitServing(absl::Seconds(60)).ok());
+  std::vector<absl::StatusOr<CompletionResult>> got(kJobs.size(), absl::UnknownError("not run"));
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < got.size(); ++i) {
+    threads.emplace_back([&, i] {
+      got[i] = RunCompletion(
+          cluster.router_address(),
+          TextRequest(kJobs[i].prompt, kMaxTokens, kJobs[i].temperature, kJobs[i].seed),
+          absl::Seconds(60), nullptr);
+    });
+  }
+  WaitForTokens(http, 50);
+  cluster.worker(0).Kill(SIGTERM);
+  for (auto& t : threads) t.join();
+  for (size_t i = 0; i < got.size(); ++i) {
+    ASSERT_TRUE(got[i].ok()) << kJobs[i].prompt << ": " << got[i].status();
+    EXPECT_EQ(got[i]->ids, refs[i].ids) << kJobs[i].prompt;
+  }
+  EXPECT_GT(Metric(http, "shardserve_sequences_resumed_total{pipeline=\"1\"}"), 0);
+  EXPECT_EQ(cluster.worker(0).Wait(absl::Seconds(10)), 0);
+}
+
+// An idle pipeline is probed by canary steps: a draining worker is let go within seconds (the
+// canary is refused and the router closes its streams), and a hung (SIGSTOPped) stage turns
+// the router's health NOT_SERVING, then SERVING again once it runs.
+TEST(Health, CanaryStepsFindDrainingAndHungStages) {
+  Cluster cluster({.model = Stories260K(),
+                   .stages = 2,
+                   .router_args = {"--canary-interval-s", "0.2", "--step-timeout-s", "1"}});
+  ASSERT_TRUE(cluster.WaitServing(absl::Seconds(60)).ok());
+  cluster.worker(1).Kill(SIGSTOP);
+  const absl::Time stopped = absl::Now();
+  bool not_serving = false;
+  while (absl::Now() - stopped < absl::Seconds(10) && !not_serving) {
+    not_serving = !HealthServing(cluster.router_address(), absl::Milliseconds(500));
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  EXPECT_TRUE(not_serving) << "a hung stage went unnoticed";
+  EXPECT_LT(absl::Now() - stopped, absl::Seconds(4));
+  cluster.worker(1).Kill(SIGCONT);
+  ASSERT_TRUE(cluster.WaitServing(absl::Seconds(30)).ok());
+  auto got = RunCompletion(cluster.router_address(), TextRequest("Hello", 8, 0, 0),
+                           absl::Seconds(30), nullptr);
+  EXPECT_TRUE(got.ok()) << got.status();
+
+  // Idle, then SIGTERM: the worker is let go and exits 0 long before its 30 s grace period.
+  cluster.worker(0).Kill(SIGTERM);
+  EXPECT_EQ(cluster.worker(0).Wait(absl::Seconds(5)), 0);
 }
 
 int64_t RssKb(pid_t pid) {

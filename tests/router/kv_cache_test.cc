@@ -244,6 +244,33 @@ TEST(Preemption, TakesTheLatestArrivalFirst) {
   EXPECT_EQ(b_out, Expected(Tokens(8, 50), 12));
 }
 
+TEST(Canary, OnlyWhenIdleBorrowsOneBlockAndReturnsNoEvents) {
+  BlockAllocator blocks(4, 4);
+  Scheduler sched({.max_batch_tokens = 64, .max_seqs = 4, .max_in_flight = 1, .vocab_size = kVocab},
+                  &blocks);
+  auto canary = sched.CanaryPlan();
+  ASSERT_TRUE(canary);
+  EXPECT_TRUE(canary->canary());
+  ASSERT_EQ(canary->sequences_size(), 1);
+  EXPECT_EQ(canary->sequences(0).sequence_id(), Scheduler::kCanarySequenceId);
+  EXPECT_EQ(blocks.num_free(), 3);
+  EXPECT_FALSE(sched.CanaryPlan());  // one in flight already
+  sched.Enqueue(MakeSequence(1, Tokens(4, 10), 2));
+  EXPECT_FALSE(sched.NextPlan());  // the canary holds the only micro-batch slot
+  v1::StepsResponse r;
+  r.set_step_id(canary->step_id());
+  r.add_tokens()->set_sequence_id(Scheduler::kCanarySequenceId);
+  auto events = sched.Complete(r);
+  ASSERT_TRUE(events.ok()) << events.status();
+  EXPECT_TRUE(events->empty());
+  EXPECT_EQ(blocks.num_free(), 4);
+  EXPECT_FALSE(sched.OldestInFlight().has_value());
+  auto plan = sched.NextPlan();
+  ASSERT_TRUE(plan);
+  EXPECT_FALSE(plan->canary());
+  EXPECT_FALSE(sched.CanaryPlan());  // not while a real step is in flight
+}
+
 // Random allocate / acquire / commit / free against a model of which blocks are held.
 TEST(BlockAllocator, RandomizedInvariantsNeverHandOutABlockInUse) {
   std::mt19937 rng(7);

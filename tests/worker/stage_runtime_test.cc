@@ -135,6 +135,22 @@ TEST_F(StageRuntimeTest, NewSequenceReusesAnotherSequencesBlocks) {
   EXPECT_EQ(stats.kv_blocks_used, 6);  // blocks 0 and 1 counted once
 }
 
+TEST_F(StageRuntimeTest, CanaryAnswersAndLeavesNoTrace) {
+  auto whole = Load(backend_.get(), 0, 5);
+  v1::StepPlan p = Plan(1, {1}, 0, true);
+  p.set_canary(true);
+  auto r = whole->Execute(p);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->tokens_size(), 1);
+  const StageStats s = whole->Stats();
+  EXPECT_EQ(s.steps, 0u);
+  EXPECT_EQ(s.tokens, 0u);
+  EXPECT_EQ(s.live_sequences, 0);
+  EXPECT_EQ(s.kv_blocks_used, 0);
+  // The same id runs again from position 0: nothing was recorded for it.
+  EXPECT_TRUE(whole->Execute(p).ok());
+}
+
 TEST_F(StageRuntimeTest, FaultyLinkFailuresReachTheCaller) {
   auto first = Load(backend_.get(), 0, 2);
   auto last = Load(backend_.get(), 2, 5);
