@@ -14,6 +14,7 @@
 
 #include "CLI/CLI.hpp"
 #include "absl/time/time.h"
+#include "cli/complete.h"
 #include "nlohmann/json.hpp"
 #include "shardserve/v1/inference.grpc.pb.h"
 
@@ -72,14 +73,17 @@ int BenchMain(int argc, char** argv) {
       ->check(CLI::Range(1, 1 << 20))
       ->capture_default_str();
   app.add_flag("--json", json, "print one JSON object");
+  TlsFiles tls;
+  AddClientTlsFlags(app, &tls);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
   if (requests <= 0) requests = 2 * concurrency;
+  if (!UseClientTls(tls)) return 2;
 
-  auto channel = grpc::CreateChannel(server, grpc::InsecureChannelCredentials());
+  auto channel = grpc::CreateChannel(server, ProcessChannelCredentials());
   auto stub = v1::InferenceService::NewStub(channel);
   v1::GetModelInfoResponse info;
   {

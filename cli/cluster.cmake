@@ -6,6 +6,6 @@ shardserve_cc_library(
        ${PROJECT_SOURCE_DIR}/cli/bench.cc
   HDRS ${PROJECT_SOURCE_DIR}/cli/complete.h ${PROJECT_SOURCE_DIR}/cli/up.h
        ${PROJECT_SOURCE_DIR}/cli/bench.h
-  DEPS shardserve_proto shardserve_common nlohmann_json::nlohmann_json absl::time absl::strings
-       gRPC::grpc++
+  DEPS shardserve_proto shardserve_common shardserve_tls nlohmann_json::nlohmann_json absl::time
+       absl::strings gRPC::grpc++
 )

@@ -35,6 +35,7 @@ struct SamplingFlags {
   std::vector<std::string> stop;
   double timeout_s = 600;
   std::string api_key;
+  TlsFiles tls;
 
   void Add(CLI::App& app) {
     app.add_option("--max-tokens", max_tokens, "tokens to generate")->capture_default_str();
@@ -48,6 +49,7 @@ struct SamplingFlags {
     app.add_option("--timeout-s", timeout_s, "deadline for the whole call")->capture_default_str();
     app.add_option("--api-key", api_key,
                    "sent as authorization: Bearer KEY (default: $SHARDSERVE_API_KEY)");
+    AddClientTlsFlags(app, &tls);
   }
   std::string Key() const {
     if (!api_key.empty()) return api_key;
@@ -69,6 +71,22 @@ struct SamplingFlags {
 
 }  // namespace
 
+void AddClientTlsFlags(CLI::App& app, TlsFiles* tls) {
+  app.add_option("--tls-ca", tls->ca, "PEM CA bundle: connect with TLS, verifying the router");
+  app.add_option("--tls-cert", tls->cert, "PEM client certificate, for routers that require one");
+  app.add_option("--tls-key", tls->key, "PEM private key of --tls-cert");
+}
+
+bool UseClientTls(const TlsFiles& tls) {
+  auto credentials = MakeChannelCredentials(tls);
+  if (!credentials.ok()) {
+    std::fprintf(stderr, "error: %s\n", std::string(credentials.status().message()).c_str());
+    return false;
+  }
+  SetProcessChannelCredentials(*credentials);
+  return true;
+}
+
 std::string FinishReasonName(v1::FinishReason reason) {
   switch (reason) {
     case v1::FINISH_REASON_STOP:
@@ -85,8 +103,8 @@ absl::StatusOr<CompletionResult> RunCompletion(const std::string& server,
                                                absl::Duration timeout, std::FILE* out,
                                                const std::string& api_key,
                                                std::FILE* reasoning_out) {
-  auto stub = v1::InferenceService::NewStub(
-      grpc::CreateChannel(server, grpc::InsecureChannelCredentials()));
+  auto stub =
+      v1::InferenceService::NewStub(grpc::CreateChannel(server, ProcessChannelCredentials()));
   grpc::ClientContext context;
   context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
   if (!api_key.empty()) context.AddMetadata("authorization", "Bearer " + api_key);
@@ -119,7 +137,7 @@ absl::StatusOr<CompletionResult> RunCompletion(const std::string& server,
 }
 
 bool HealthServing(const std::string& address, absl::Duration timeout) {
-  auto channel = grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
+  auto channel = grpc::CreateChannel(address, ProcessChannelCredentials());
   grpc::ClientContext context;
   context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
   // An empty HealthCheckRequest (service "": the whole server); a ByteBuffer needs one slice.
@@ -168,6 +186,7 @@ int CompleteMain(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
+  if (!UseClientTls(sampling.tls)) return 2;
   v1::GenerateRequest request;
   request.set_model(model);
   request.set_text(prompt);
@@ -213,6 +232,8 @@ int ChatMain(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
+  if (!UseClientTls(sampling.tls)) return 2;
+  if (!UseClientTls(sampling.tls)) return 2;
   v1::GenerateRequest request;
   request.set_model(model);
   sampling.Fill(&request);

@@ -14,7 +14,9 @@
 #include <string>
 #include <vector>
 
+#include "CLI/CLI.hpp"
 #include "absl/status/statusor.h"
+#include "common/tls.h"
 #include "shardserve/v1/inference.pb.h"
 
 namespace shardserve {
@@ -41,6 +43,12 @@ absl::StatusOr<CompletionResult> RunCompletion(const std::string& server,
 
 // True when grpc.health.v1 at `address` answers SERVING for the whole server within `timeout`.
 bool HealthServing(const std::string& address, absl::Duration timeout);
+
+// --tls-ca, --tls-cert, --tls-key for a client of the router.
+void AddClientTlsFlags(CLI::App& app, TlsFiles* tls);
+// Makes every later channel of this process use `tls` (plaintext when empty). False, after
+// printing an error naming the flag, when a file is unusable.
+bool UseClientTls(const TlsFiles& tls);
 
 // "stop" / "length" / "" as the JSON output spells them.
 std::string FinishReasonName(v1::FinishReason reason);

@@ -11,6 +11,7 @@
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_split.h"
 #include "common/logging.h"
+#include "common/tls.h"
 #include "router/http_server.h"
 #include "router/inference_service.h"
 #include "router/kserve_service.h"
@@ -70,6 +71,13 @@ int RouterMain(int argc, char** argv) {
                  "before UNAVAILABLE")
       ->check(CLI::Range(0.0, 86400.0))
       ->capture_default_str();
+  TlsFiles tls;
+  app.add_option("--tls-cert", tls.cert,
+                 "PEM certificate: serve the gRPC API over TLS, and present it to workers");
+  app.add_option("--tls-key", tls.key, "PEM private key of --tls-cert");
+  app.add_option("--tls-ca", tls.ca,
+                 "PEM CA bundle: verify workers against it (TLS to workers; with their --tls-ca, "
+                 "mutual TLS)");
   double canary_interval_s = 1;
   app.add_option("--canary-interval-s", canary_interval_s,
                  "an idle pipeline runs a one-token canary step this often, so a hung, draining "
@@ -132,6 +140,11 @@ int RouterMain(int argc, char** argv) {
     return app.exit(e);
   }
 
+  auto server_credentials = MakeServerCredentials(tls, /*require_client_cert=*/false);
+  if (!server_credentials.ok()) return Fail(std::string(server_credentials.status().message()));
+  auto channel_credentials = MakeChannelCredentials(tls);
+  if (!channel_credentials.ok()) return Fail(std::string(channel_credentials.status().message()));
+  SetProcessChannelCredentials(*channel_credentials);
   auto routing = ParseRoutingPolicy(routing_flag);
   if (!routing.ok()) return Fail(std::string(routing.status().message()));
   auto config = ModelConfig::FromFile(model + "/config.json");
@@ -251,7 +264,7 @@ int RouterMain(int argc, char** argv) {
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(listen, *server_credentials, &port);
   builder.SetMaxReceiveMessageSize(static_cast<int>(max_receive_message_bytes));
   builder.RegisterService(&service);
   KServeService kserve(&service);

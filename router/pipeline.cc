@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "common/status.h"
+#include "common/tls.h"
 #include "worker/grpc_link.h"
 
 namespace shardserve {
@@ -26,7 +27,7 @@ std::unique_ptr<v1::WorkerService::Stub> NewWorkerStub(const std::string& addres
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 200);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
   return v1::WorkerService::NewStub(
-      grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args));
+      grpc::CreateCustomChannel(address, ProcessChannelCredentials(), args));
 }
 
 Pipeline::Pipeline(std::vector<StageEndpoint> stages, PipelineOptions options)

@@ -6,6 +6,7 @@
 #include "absl/synchronization/mutex.h"
 #include "common/logging.h"
 #include "common/status.h"
+#include "common/tls.h"
 #include "shardserve/v1/worker.grpc.pb.h"
 
 namespace shardserve {
@@ -90,7 +91,7 @@ absl::StatusOr<std::unique_ptr<ActivationLink>> NewGrpcSendLink(const std::strin
   args.SetMaxReceiveMessageSize(kMaxMessageBytes);
   args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
   args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5000);
-  auto channel = grpc::CreateCustomChannel(next_address, grpc::InsecureChannelCredentials(), args);
+  auto channel = grpc::CreateCustomChannel(next_address, ProcessChannelCredentials(), args);
   if (!channel->WaitForConnected(absl::ToChronoTime(absl::Now() + connect_timeout))) {
     return absl::UnavailableError(
         absl::StrCat("cannot connect the activation link to next stage ", next_address));

@@ -8,6 +8,7 @@
 
 #include "CLI/CLI.hpp"
 #include "common/logging.h"
+#include "common/tls.h"
 #include "kernels/backend.h"
 #ifdef SHARDSERVE_HAS_CUDA
 #include "kernels/cuda/cuda_backend.h"
@@ -57,6 +58,13 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(-1, 1 << 30));
   std::string metrics_listen;
   app.add_option("--metrics-listen", metrics_listen, "host:port for Prometheus /metrics");
+  shardserve::TlsFiles tls;
+  app.add_option("--tls-cert", tls.cert,
+                 "PEM certificate: serve TLS, and present it to the next stage");
+  app.add_option("--tls-key", tls.key, "PEM private key of --tls-cert");
+  app.add_option("--tls-ca", tls.ca,
+                 "PEM CA bundle: require and verify client certificates signed by it (mutual TLS: "
+                 "only routers and workers of the cluster may call), and verify the next stage");
   double drain_grace_s = 30;
   app.add_option("--drain-grace-s", drain_grace_s,
                  "on SIGTERM/SIGINT, how long to wait for routers to move their sequences off "
@@ -68,6 +76,16 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
+
+  auto server_credentials = shardserve::MakeServerCredentials(tls, /*require_client_cert=*/true);
+  auto channel_credentials = shardserve::MakeChannelCredentials(tls);
+  for (const absl::Status& s : {server_credentials.status(), channel_credentials.status()}) {
+    if (!s.ok()) {
+      std::fprintf(stderr, "shardserve-worker: %s\n", std::string(s.message()).c_str());
+      return 2;
+    }
+  }
+  shardserve::SetProcessChannelCredentials(*channel_credentials);
 
   std::unique_ptr<shardserve::Backend> backend;
   if (backend_name == "cuda") {
@@ -99,7 +117,7 @@ int main(int argc, char** argv) {
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(listen, *server_credentials, &port);
   builder.SetMaxReceiveMessageSize(shardserve::kMaxMessageBytes);
   builder.SetMaxSendMessageSize(shardserve::kMaxMessageBytes);
   builder.RegisterService(&service);

@@ -18,6 +18,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/tls.h"
 #include "nlohmann/json.hpp"
 
 extern char** environ;
@@ -228,7 +229,7 @@ absl::Status Cluster::WaitServing(absl::Duration timeout) {
 
 std::unique_ptr<v1::InferenceService::Stub> Cluster::Stub() const {
   return v1::InferenceService::NewStub(
-      grpc::CreateChannel(router_address_, grpc::InsecureChannelCredentials()));
+      grpc::CreateChannel(router_address_, ProcessChannelCredentials()));
 }
 
 absl::StatusOr<Reference> RunGenerate(const std::string& model, const std::string& prompt,
@@ -266,8 +267,7 @@ v1::GenerateRequest TextRequest(const std::string& prompt, int max_tokens, float
 }
 
 absl::StatusOr<v1::StatsResponse> WorkerStats(const std::string& address) {
-  auto stub =
-      v1::WorkerService::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  auto stub = v1::WorkerService::NewStub(grpc::CreateChannel(address, ProcessChannelCredentials()));
   grpc::ClientContext context;
   context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
   v1::StatsResponse resp;
