@@ -348,6 +348,9 @@ grpc::Status InferenceServiceImpl::GetModelInfo(grpc::ServerContext* context,
     }
     resp->set_kv_blocks_per_pipeline(r->kv_blocks());
   }
+  if (registry_ != nullptr) {
+    for (const std::string& w : registry_->Spares()) resp->add_spare_workers(w);
+  }
   return grpc::Status::OK;
 }
 

@@ -40,6 +40,7 @@
 #include "router/replica.h"
 #include "router/routing.h"
 #include "router/validation.h"
+#include "router/worker_registry.h"
 #include "shardserve/v1/inference.grpc.pb.h"
 
 namespace shardserve {
@@ -105,6 +106,8 @@ class InferenceServiceImpl final : public v1::InferenceService::Service {
   std::optional<ReasoningParser> ReasoningParserFor(const v1::GenerateRequest& request,
                                                     absl::Span<const int32_t> prompt) const;
   void set_routing(RoutingPolicy policy) { routing_ = policy; }
+  // Reported in GetModelInfo.spare_workers; optional, must outlive the service.
+  void set_registry(const WorkerRegistry* registry) { registry_ = registry; }
   // UNAUTHENTICATED unless `context` carries `authorization: Bearer <api_key>` (or no key is set;
   // a null context is an in-process caller that checked the key itself).
   grpc::Status Authorize(const grpc::ServerContext* context) const;
@@ -134,6 +137,7 @@ class InferenceServiceImpl final : public v1::InferenceService::Service {
   AdmissionLimits admission_;
   ReasoningParserKind reasoning_parser_ = ReasoningParserKind::kNone;
   RoutingPolicy routing_ = RoutingPolicy::kPrefix;
+  const WorkerRegistry* registry_ = nullptr;
   absl::Mutex route_mu_;  // serialises replica choice and submission
   std::atomic<int64_t> admitted_{0};
   std::atomic<bool> draining_{false};

@@ -19,6 +19,7 @@
 #include "router/placement.h"
 #include "router/replica.h"
 #include "router/routing.h"
+#include "router/worker_registry.h"
 #include "worker/grpc_link.h"
 
 namespace shardserve {
@@ -228,6 +229,10 @@ int RouterMain(int argc, char** argv) {
   options.step_timeout = absl::Seconds(step_timeout_s);
   options.failover_wait = absl::Seconds(failover_wait_s);
   options.canary_interval = absl::Seconds(canary_interval_s);
+  // Spare workers announce themselves (shardserve-worker --router); the --workers are in use.
+  WorkerRegistry registry;
+  for (const std::string& w : workers) registry.Claim(w);
+  options.registry = &registry;
   options.scheduler.max_batch_tokens = max_batch_tokens;
   options.scheduler.max_seqs = max_seqs;
   options.scheduler.max_in_flight = stages;
@@ -251,6 +256,7 @@ int RouterMain(int argc, char** argv) {
   service.set_admission_limits(admission);
   service.set_reasoning_parser(*reasoning_parser);
   service.set_routing(*routing);
+  service.set_registry(&registry);
   std::unique_ptr<HttpServer> http;
   if (!http_listen.empty()) {
     http = std::make_unique<HttpServer>(&service, tokenizer->get(), &metrics,
@@ -269,6 +275,8 @@ int RouterMain(int argc, char** argv) {
   builder.RegisterService(&service);
   KServeService kserve(&service);
   builder.RegisterService(&kserve);
+  RegistrationService registration(&registry, absl::Seconds(1));
+  builder.RegisterService(&registration);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) return Fail("cannot listen on " + listen);
   grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();

@@ -37,6 +37,11 @@ Pipeline::Pipeline(std::vector<StageEndpoint> stages, PipelineOptions options)
 
 Pipeline::~Pipeline() { Close(); }
 
+void Pipeline::ReplaceStage(int i, const std::string& address) {
+  stages_[i].address = address;
+  stubs_[i] = NewWorkerStub(address);
+}
+
 absl::Status Pipeline::WorkerError(int stage, absl::string_view what, const grpc::Status& s) const {
   return absl::UnavailableError(absl::StrCat("worker ", stages_[stage].address, " (stage ", stage,
                                              ") ", what, ": ", s.error_message()));
@@ -49,12 +54,16 @@ absl::Status Pipeline::Connect(ResultFn on_result, FailureFn on_failure) {
   failed_ = false;
   closing_ = false;
   const int n = static_cast<int>(stages_.size());
+  unreachable_stage_ = -1;
   for (int i = 0; i < n; ++i) {
     grpc::ClientContext context;
     SetDeadline(&context, options_.rpc_timeout);
     v1::DescribeResponse info;
     grpc::Status s = stubs_[i]->Describe(&context, v1::DescribeRequest(), &info);
-    if (!s.ok()) return WorkerError(i, "is unreachable", s);
+    if (!s.ok()) {
+      unreachable_stage_ = i;
+      return WorkerError(i, "is unreachable", s);
+    }
   }
   // Stages load in parallel: each reads only its own tensors.
   std::vector<std::future<grpc::Status>> loads;

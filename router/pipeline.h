@@ -68,6 +68,11 @@ class Pipeline {
 
   const std::vector<StageEndpoint>& stages() const { return stages_; }
 
+  // The stage whose worker the last Connect() could not reach (Describe failed); -1 otherwise.
+  int unreachable_stage() const { return unreachable_stage_; }
+  // Points stage `i` at another worker; only while not connected (Connect/Close's thread).
+  void ReplaceStage(int i, const std::string& address);
+
  private:
   struct Stream {
     std::unique_ptr<grpc::ClientContext> context;
@@ -79,8 +84,9 @@ class Pipeline {
   void ReadLoop(int stage);
   void Fail(const absl::Status& status);
 
-  const std::vector<StageEndpoint> stages_;
+  std::vector<StageEndpoint> stages_;
   const PipelineOptions options_;
+  int unreachable_stage_ = -1;
   std::vector<std::unique_ptr<v1::WorkerService::Stub>> stubs_;
   std::vector<Stream> streams_;
   ResultFn on_result_;

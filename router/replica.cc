@@ -75,6 +75,11 @@ void Replica::Stop() {
   if (loop_.joinable()) loop_.join();
 }
 
+std::vector<StageEndpoint> Replica::stages() const {
+  absl::MutexLock lock(&mu_);
+  return stages_;
+}
+
 std::string Replica::last_error() const {
   absl::MutexLock lock(&mu_);
   return last_error_;
@@ -90,6 +95,18 @@ void Replica::Loop() {
                                           [this](const absl::Status& e) { OnFailure(e); });
       absl::MutexLock lock(&mu_);
       if (stop_) break;
+      if (!s.ok() && pipeline_->unreachable_stage() >= 0 && options_.registry != nullptr) {
+        // A registered spare takes the unreachable stage's place and is given its shard.
+        if (auto spare = options_.registry->ClaimSpare()) {
+          const int i = pipeline_->unreachable_stage();
+          LOG(WARNING) << "pipeline " << index_ << ": stage " << i << " (" << stages_[i].address
+                       << ") is unreachable; spare worker " << *spare << " takes its place";
+          options_.registry->Release(stages_[i].address);
+          pipeline_->ReplaceStage(i, *spare);
+          stages_[i].address = *spare;
+          continue;
+        }
+      }
       if (!s.ok()) {
         last_error_ = std::string(s.message());
         if (last_error_ != logged_error) {

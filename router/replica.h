@@ -36,6 +36,7 @@
 #include "router/pipeline.h"
 #include "router/scheduler.h"
 #include "router/text_stream.h"
+#include "router/worker_registry.h"
 #include "shardserve/v1/inference.pb.h"
 
 namespace shardserve {
@@ -71,6 +72,8 @@ struct ReplicaOptions {
   absl::Duration failover_wait = absl::Seconds(30);
   // An idle pipeline gets a canary step this long after its last answer (zero: never).
   absl::Duration canary_interval = absl::Seconds(1);
+  // Where spare workers come from when a stage's worker is unreachable (may be null).
+  WorkerRegistry* registry = nullptr;
 };
 
 // A sequence leaving a failed pipeline, with what its client has seen so far.
@@ -108,7 +111,8 @@ class Replica {
   int64_t load() const { return load_; }
   // Why the replica is not ready, when it is not.
   std::string last_error() const;
-  const std::vector<StageEndpoint>& stages() const { return stages_; }
+  // The stages' current workers (a spare may have replaced one).
+  std::vector<StageEndpoint> stages() const;
 
   // UNAVAILABLE when the pipeline is not ready.
   absl::Status Submit(std::shared_ptr<Sequence> sequence, std::shared_ptr<RequestSink> sink,
@@ -153,7 +157,7 @@ class Replica {
   void EnqueueLocked(Handoff handoff) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const int index_;
-  const std::vector<StageEndpoint> stages_;
+  std::vector<StageEndpoint> stages_ ABSL_GUARDED_BY(mu_);
   const ReplicaOptions options_;
   std::unique_ptr<Pipeline> pipeline_;
   std::thread loop_;

@@ -3,8 +3,10 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 
+#include <atomic>
 #include <csignal>
 #include <cstdio>
+#include <thread>
 
 #include "CLI/CLI.hpp"
 #include "common/logging.h"
@@ -65,6 +67,12 @@ int main(int argc, char** argv) {
   app.add_option("--tls-ca", tls.ca,
                  "PEM CA bundle: require and verify client certificates signed by it (mutual TLS: "
                  "only routers and workers of the cluster may call), and verify the next stage");
+  std::string router, advertise;
+  app.add_option("--router", router,
+                 "router host:port to announce this worker to, as a spare that replaces an "
+                 "unreachable stage (repeated every second)");
+  app.add_option("--advertise", advertise,
+                 "host:port the router reaches this worker at (default: --listen)");
   double drain_grace_s = 30;
   app.add_option("--drain-grace-s", drain_grace_s,
                  "on SIGTERM/SIGINT, how long to wait for routers to move their sequences off "
@@ -145,9 +153,44 @@ int main(int argc, char** argv) {
     }
   }
 
+  // Announces this worker to --router until shutdown.
+  std::atomic<bool> stopping{false};
+  std::thread announcer;
+  if (!router.empty()) {
+    if (advertise.empty()) advertise = listen;
+    announcer = std::thread([&] {
+      auto stub = shardserve::v1::RouterControlService::NewStub(
+          grpc::CreateChannel(router, shardserve::ProcessChannelCredentials()));
+      bool ok_before = false;
+      int wait_ms = 1000;
+      while (!stopping) {
+        grpc::ClientContext context;
+        context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+        shardserve::v1::RegisterWorkerRequest request;
+        request.set_address(advertise);
+        shardserve::v1::RegisterWorkerResponse response;
+        grpc::Status s = stub->RegisterWorker(&context, request, &response);
+        if (s.ok() != ok_before) {
+          if (s.ok()) {
+            LOG(INFO) << "announced to router " << router << " as " << advertise;
+          } else {
+            LOG(WARNING) << "cannot announce to router " << router << ": " << s.error_message();
+          }
+          ok_before = s.ok();
+        }
+        if (s.ok() && response.heartbeat_ms() > 0) wait_ms = response.heartbeat_ms();
+        for (int waited = 0; waited < wait_ms && !stopping; waited += 50) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        }
+      }
+    });
+  }
+
   // Every thread inherits the blocked mask; this one waits for the signal.
   int sig = 0;
   sigwait(&set, &sig);
+  stopping = true;
+  if (announcer.joinable()) announcer.join();
   LOG(INFO) << "shardserve-worker: signal " << sig << ", draining (up to " << drain_grace_s
             << " s)";
   // NOT_SERVING, steps refused as "draining": routers move their sequences elsewhere and close

@@ -138,6 +138,57 @@ TEST(Failover, ReplacementWorkerTakesOverTheStage) {
   EXPECT_EQ(Metric(http, "shardserve_sequences_parked{pipeline=\"0\"}"), 0);
 }
 
+// A spare worker announces itself with --router; when a stage's worker dies and cannot be
+// reached, the spare is given that stage's shard and the waiting streams finish on it exactly.
+TEST(Failover, AnnouncedSpareWorkerReplacesADeadStage) {
+  const std::vector<Reference> refs = References();
+  const int http = FreePort();
+  Cluster cluster({.model = Stories260K(),
+                   .stages = 2,
+                   .worker_args = {"--fault-send-delay-ms", "2"},
+                   .router_args = {"--http-listen", absl::StrCat("127.0.0.1:", http)}});
+  ASSERT_TRUE(cluster.WaitServing(absl::Seconds(60)).ok());
+  const std::string spare_address = absl::StrCat("127.0.0.1:", FreePort());
+  Process spare({BinPath("shardserve-worker"), "--listen", spare_address, "--threads", "1",
+                 "--router", cluster.router_address()},
+                absl::StrCat(SHARDSERVE_TEST_LOGS, "/spare-worker.log"));
+  auto info = [&] {
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+    v1::GetModelInfoResponse r;
+    EXPECT_TRUE(cluster.Stub()->GetModelInfo(&context, v1::GetModelInfoRequest(), &r).ok());
+    return r;
+  };
+  for (int i = 0; i < 200 && info().spare_workers_size() == 0; ++i)
+    absl::SleepFor(absl::Milliseconds(25));
+  ASSERT_EQ(info().spare_workers_size(), 1);
+  EXPECT_EQ(info().spare_workers(0), spare_address);
+
+  std::vector<absl::StatusOr<CompletionResult>> got(kJobs.size(), absl::UnknownError("not run"));
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < got.size(); ++i) {
+    threads.emplace_back([&, i] {
+      got[i] = RunCompletion(
+          cluster.router_address(),
+          TextRequest(kJobs[i].prompt, kMaxTokens, kJobs[i].temperature, kJobs[i].seed),
+          absl::Seconds(60), nullptr);
+    });
+  }
+  WaitForTokens(http, 50);
+  const std::string dead = cluster.worker_addresses()[1];
+  cluster.KillWorker(1);
+  for (auto& t : threads) t.join();
+  for (size_t i = 0; i < got.size(); ++i) {
+    ASSERT_TRUE(got[i].ok()) << kJobs[i].prompt << ": " << got[i].status();
+    EXPECT_EQ(got[i]->ids, refs[i].ids) << kJobs[i].prompt;
+  }
+  const v1::GetModelInfoResponse after = info();
+  ASSERT_EQ(after.pipelines_size(), 1);
+  ASSERT_EQ(after.pipelines(0).stages_size(), 2);
+  EXPECT_EQ(after.pipelines(0).stages(1).worker_address(), spare_address);
+  EXPECT_EQ(after.spare_workers_size(), 0);
+}
+
 TEST(Failover, NoPipelineLeftMeansUnavailableNamingTheWorker) {
   Cluster cluster({.model = Stories260K(), .stages = 2, .router_args = {"--failover-wait-s", "1"}});
   ASSERT_TRUE(cluster.WaitServing(absl::Seconds(60)).ok());

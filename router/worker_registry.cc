@@ -1,0 +1,69 @@
+#include "router/worker_registry.h"
+
+#include <algorithm>
+
+#include "absl/strings/numbers.h"
+#include "common/logging.h"
+
+namespace shardserve {
+
+void WorkerRegistry::Claim(const std::string& address) {
+  absl::MutexLock lock(&mu_);
+  claimed_.insert(address);
+}
+
+void WorkerRegistry::Release(const std::string& address) {
+  absl::MutexLock lock(&mu_);
+  claimed_.erase(address);
+  last_seen_.erase(address);  // a spare only once it announces itself again
+}
+
+bool WorkerRegistry::Heartbeat(const std::string& address) {
+  absl::MutexLock lock(&mu_);
+  if (!last_seen_.contains(address) && !claimed_.contains(address)) {
+    LOG(INFO) << "worker " << address << " registered as a spare";
+  }
+  last_seen_[address] = absl::Now();
+  return claimed_.contains(address);
+}
+
+std::optional<std::string> WorkerRegistry::ClaimSpare() {
+  absl::MutexLock lock(&mu_);
+  const absl::Time now = absl::Now();
+  std::optional<std::string> best;
+  for (const auto& [address, seen] : last_seen_) {
+    if (claimed_.contains(address) || now - seen > ttl_) continue;
+    if (!best || address < *best) best = address;
+  }
+  if (best) claimed_.insert(*best);
+  return best;
+}
+
+std::vector<std::string> WorkerRegistry::Spares() const {
+  absl::MutexLock lock(&mu_);
+  const absl::Time now = absl::Now();
+  std::vector<std::string> out;
+  for (const auto& [address, seen] : last_seen_) {
+    if (!claimed_.contains(address) && now - seen <= ttl_) out.push_back(address);
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+grpc::Status RegistrationService::RegisterWorker(grpc::ServerContext*,
+                                                 const v1::RegisterWorkerRequest* request,
+                                                 v1::RegisterWorkerResponse* response) {
+  const std::string& a = request->address();
+  const size_t colon = a.rfind(':');
+  int port = 0;
+  if (a.empty() || a.size() > 256 || colon == std::string::npos || colon == 0 ||
+      !absl::SimpleAtoi(a.substr(colon + 1), &port) || port <= 0 || port > 65535) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        "address: '" + a.substr(0, 64) + "' is not host:port");
+  }
+  response->set_serving(registry_->Heartbeat(a));
+  response->set_heartbeat_ms(static_cast<int32_t>(absl::ToInt64Milliseconds(heartbeat_)));
+  return grpc::Status::OK;
+}
+
+}  // namespace shardserve

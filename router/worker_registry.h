@@ -1,0 +1,62 @@
+// WorkerRegistry: workers that announced themselves to this router (shardserve-worker --router),
+// and which addresses pipelines use.
+//
+// Addresses given with --workers start out claimed. A worker whose announcements keep coming
+// (within `ttl` of the last) and that no pipeline claims is a spare; ClaimSpare hands one to a
+// replica whose stage is unreachable, and Release gives the old address back (should it announce
+// itself again, it becomes a spare). RegistrationService is the gRPC face (RouterControlService).
+//
+// Thread-safe.
+#ifndef SHARDSERVE_ROUTER_WORKER_REGISTRY_H_
+#define SHARDSERVE_ROUTER_WORKER_REGISTRY_H_
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "shardserve/v1/worker.grpc.pb.h"
+
+namespace shardserve {
+
+class WorkerRegistry {
+ public:
+  explicit WorkerRegistry(absl::Duration ttl = absl::Seconds(3)) : ttl_(ttl) {}
+
+  // Marks `address` used by a pipeline.
+  void Claim(const std::string& address);
+  void Release(const std::string& address);
+  // Records an announcement; returns whether a pipeline uses the address.
+  bool Heartbeat(const std::string& address);
+  // A live spare, now claimed; nullopt when none.
+  std::optional<std::string> ClaimSpare();
+  // Live spares, sorted.
+  std::vector<std::string> Spares() const;
+
+ private:
+  const absl::Duration ttl_;
+  mutable absl::Mutex mu_;
+  absl::flat_hash_map<std::string, absl::Time> last_seen_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_set<std::string> claimed_ ABSL_GUARDED_BY(mu_);
+};
+
+class RegistrationService final : public v1::RouterControlService::Service {
+ public:
+  RegistrationService(WorkerRegistry* registry, absl::Duration heartbeat)
+      : registry_(registry), heartbeat_(heartbeat) {}
+
+  // INVALID_ARGUMENT when the address is not host:port.
+  grpc::Status RegisterWorker(grpc::ServerContext*, const v1::RegisterWorkerRequest* request,
+                              v1::RegisterWorkerResponse* response) override;
+
+ private:
+  WorkerRegistry* const registry_;
+  const absl::Duration heartbeat_;
+};
+
+}  // namespace shardserve
+
+#endif  // SHARDSERVE_ROUTER_WORKER_REGISTRY_H_
