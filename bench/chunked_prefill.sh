@@ -28,38 +28,15 @@ while [ $# -gt 0 ]; do
     *) echo "error: unknown flag $1 (see the header of $0)" >&2; exit 2 ;;
   esac
 done
-bin=$build/bin
-for b in shardserve shardserve-router shardserve-worker; do
-  [ -x "$bin/$b" ] || { echo "error: $bin/$b not built (run scripts/build.sh)" >&2; exit 1; }
-done
-if [ ! -f "$model/config.json" ]; then
-  mkdir -p "$(dirname "$model")"
-  "$bin/shardserve" synth --like llama-110m --dtype f32 --out "$model" >/dev/null
-fi
-logs=$(mktemp -d /tmp/shardserve-chunk-bench-XXXXXX)
-results=$logs/results.jsonl
-pids=()
-stop_all() {
-  for p in "${pids[@]}"; do kill -INT "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  pids=()
-}
-trap stop_all EXIT
+. "$(dirname "$0")/lib.sh"
+bench_setup "$build" "$model" shardserve-chunk-bench
 
 for chunk in $chunks; do
   w=127.0.0.1:$((port + 1)) router=127.0.0.1:$port
-  "$bin/shardserve-worker" --listen "$w" --threads 2 >"$logs/worker-$chunk.log" 2>&1 &
-  pids+=($!)
-  "$bin/shardserve-router" --listen "$router" --model "$model" --workers "$w" \
-    --max-batch-tokens "$chunk" --no-prefix-cache >"$logs/router-$chunk.log" 2>&1 &
-  pids+=($!)
-  ok=
-  for _ in $(seq 600); do
-    if "$bin/shardserve" bench --server "$router" --concurrency 1 --requests 1 \
-         --prompt-tokens 8 --max-tokens 2 --json >/dev/null 2>&1; then ok=1; break; fi
-    sleep 0.5
-  done
-  [ -n "$ok" ] || { echo "error: router did not serve; see $logs" >&2; exit 1; }
+  bench_start "$bin/shardserve-worker" --listen "$w" --threads 2 >"$logs/worker-$chunk.log" 2>&1
+  bench_start "$bin/shardserve-router" --listen "$router" --model "$model" --workers "$w" \
+    --max-batch-tokens "$chunk" --no-prefix-cache >"$logs/router-$chunk.log" 2>&1
+  bench_wait_router "$router"
   # Long prompts start once the decode streams are running, and end before them.
   "$bin/shardserve" bench --server "$router" --concurrency "$decoders" --requests "$decoders" \
     --prompt-tokens 16 --max-tokens 400 --json >"$logs/decode-$chunk.json" &
@@ -69,7 +46,7 @@ for chunk in $chunks; do
     --prompt-tokens "$long_tokens" --max-tokens 1 --json >"$logs/long-$chunk.json"
   wait "$decode"
   echo "{\"chunk\": $chunk, \"decode\": $(cat "$logs/decode-$chunk.json"), \"long\": $(cat "$logs/long-$chunk.json")}" >>"$results"
-  stop_all
+  bench_stop_all
 done
 
 echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores"

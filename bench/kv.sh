@@ -38,23 +38,8 @@ while [ $# -gt 0 ]; do
     *) echo "error: unknown flag $1 (see the header of $0)" >&2; exit 2 ;;
   esac
 done
-bin=$build/bin
-for b in shardserve shardserve-router shardserve-worker; do
-  [ -x "$bin/$b" ] || { echo "error: $bin/$b not built (run scripts/build.sh)" >&2; exit 1; }
-done
-if [ ! -f "$model/config.json" ]; then
-  mkdir -p "$(dirname "$model")"
-  "$bin/shardserve" synth --like llama-110m --dtype f32 --out "$model" >/dev/null
-fi
-logs=$(mktemp -d /tmp/shardserve-kv-bench-XXXXXX)
-results=$logs/results.jsonl
-pids=()
-stop_all() {
-  for p in "${pids[@]}"; do kill -INT "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  pids=()
-}
-trap stop_all EXIT
+. "$(dirname "$0")/lib.sh"
+bench_setup "$build" "$model" shardserve-kv-bench
 
 # run NAME REPLICAS THREADS_PER_WORKER ROUTER_FLAGS...
 run() {
@@ -64,28 +49,20 @@ run() {
   local workers=()
   for i in $(seq "$replicas"); do
     local w=127.0.0.1:$((port + i))
-    "$bin/shardserve-worker" --listen "$w" --threads "$threads" >"$logs/$name-worker-$i.log" 2>&1 &
-    pids+=($!)
+    bench_start "$bin/shardserve-worker" --listen "$w" --threads "$threads" \
+      >"$logs/$name-worker-$i.log" 2>&1
     workers+=("$w")
   done
   local router=127.0.0.1:$port
-  "$bin/shardserve-router" --listen "$router" --model "$model" --replicas "$replicas" \
-    --workers "$(IFS=,; echo "${workers[*]}")" "$@" >"$logs/$name-router.log" 2>&1 &
-  pids+=($!)
-  local ok=
-  for _ in $(seq 600); do
-    if "$bin/shardserve" bench --server "$router" --concurrency 1 --requests 1 \
-         --prompt-tokens 8 --max-tokens 2 --json >/dev/null 2>&1; then ok=1; break; fi
-    kill -0 "${pids[-1]}" 2>/dev/null || break
-    sleep 0.5
-  done
-  [ -n "$ok" ] || { echo "error: router for $name did not serve; see $logs" >&2; exit 1; }
+  bench_start "$bin/shardserve-router" --listen "$router" --model "$model" --replicas "$replicas" \
+    --workers "$(IFS=,; echo "${workers[*]}")" "$@" >"$logs/$name-router.log" 2>&1
+  bench_wait_router "$router"
   local out
   out=$("$bin/shardserve" bench --server "$router" --scenario chat --requests "$conversations" \
         --turns "$turns" --concurrency "$concurrency" --prompt-tokens "$prompt_tokens" \
         --user-tokens "$user_tokens" --max-tokens "$max_tokens" --json)
   echo "{\"name\": \"$name\", \"result\": $out}" >>"$results"
-  stop_all
+  bench_stop_all
 }
 
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -108,7 +85,7 @@ print("| configuration | TTFT p50 first turn ms | TTFT p50 later turns ms | late
 print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
 pairs = {"A-prefix-cache": "B-no-prefix-cache", "C-2-replicas-prefix-routing": "D-2-replicas-least-loaded"}
 for name, b in rows.items():
-    base = next((rows[v] for k, v in pairs.items() if k == name), None)
+    base = rows.get(pairs.get(name, ""))
     ratio = f"{base['ttft_ms_p50_later_turns'] / b['ttft_ms_p50_later_turns']:.2f}x lower" if base else ""
     print(f"| {name} | {b['ttft_ms_p50_first_turn']:.1f} | {b['ttft_ms_p50_later_turns']:.1f} | "
           f"{ratio} | {b['ttft_ms_p99_later_turns']:.1f} | {b['throughput_tokens_per_s']:.1f} | "

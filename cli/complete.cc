@@ -11,6 +11,7 @@
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "common/tls_flags.h"
 #include "nlohmann/json.hpp"
 #include "shardserve/v1/inference.grpc.pb.h"
 
@@ -72,9 +73,8 @@ struct SamplingFlags {
 }  // namespace
 
 void AddClientTlsFlags(CLI::App& app, TlsFiles* tls) {
-  app.add_option("--tls-ca", tls->ca, "PEM CA bundle: connect with TLS, verifying the router");
-  app.add_option("--tls-cert", tls->cert, "PEM client certificate, for routers that require one");
-  app.add_option("--tls-key", tls->key, "PEM private key of --tls-cert");
+  AddTlsFlags(app, tls, "PEM client certificate, for routers that require one",
+              "PEM CA bundle: connect with TLS, verifying the router");
 }
 
 bool UseClientTls(const TlsFiles& tls) {

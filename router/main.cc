@@ -12,6 +12,7 @@
 #include "absl/strings/str_split.h"
 #include "common/logging.h"
 #include "common/tls.h"
+#include "common/tls_flags.h"
 #include "router/http_server.h"
 #include "router/inference_service.h"
 #include "router/kserve_service.h"
@@ -73,12 +74,9 @@ int RouterMain(int argc, char** argv) {
       ->check(CLI::Range(0.0, 86400.0))
       ->capture_default_str();
   TlsFiles tls;
-  app.add_option("--tls-cert", tls.cert,
-                 "PEM certificate: serve the gRPC API over TLS, and present it to workers");
-  app.add_option("--tls-key", tls.key, "PEM private key of --tls-cert");
-  app.add_option("--tls-ca", tls.ca,
-                 "PEM CA bundle: verify workers against it (TLS to workers; with their --tls-ca, "
-                 "mutual TLS)");
+  AddTlsFlags(app, &tls, "PEM certificate: serve the gRPC API over TLS, and present it to workers",
+              "PEM CA bundle: verify workers against it (TLS to workers; with their --tls-ca, "
+              "mutual TLS)");
   double canary_interval_s = 1;
   app.add_option("--canary-interval-s", canary_interval_s,
                  "an idle pipeline runs a one-token canary step this often, so a hung, draining "

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian machine: installs the packages, builds, checks
-# formatting, runs every CTest test except those that need a GPU, then the bounded fuzz runs.
+# formatting, runs every CTest test except those that need a GPU, then the bounded fuzz runs,
+# the router/worker unit tests under ASan+UBSan, the proto lint and the manifest validation.
 #
 #   scripts/test.sh            everything
 #   scripts/test.sh -R regex   only the matching CTest tests (no format check or fuzzing)
@@ -28,6 +29,8 @@ if [ -x scripts/fuzz.sh ]; then
   echo "== fuzz (bounded)"
   scripts/fuzz.sh
 fi
+echo "== router and worker state machines under ASan+UBSan"
+scripts/sanitize.sh --quick
 if [ -x scripts/lint-proto.sh ]; then
   echo "== proto lint"
   scripts/lint-proto.sh

@@ -11,6 +11,7 @@
 #include "CLI/CLI.hpp"
 #include "common/logging.h"
 #include "common/tls.h"
+#include "common/tls_flags.h"
 #include "kernels/backend.h"
 #ifdef SHARDSERVE_HAS_CUDA
 #include "kernels/cuda/cuda_backend.h"
@@ -61,12 +62,10 @@ int main(int argc, char** argv) {
   std::string metrics_listen;
   app.add_option("--metrics-listen", metrics_listen, "host:port for Prometheus /metrics");
   shardserve::TlsFiles tls;
-  app.add_option("--tls-cert", tls.cert,
-                 "PEM certificate: serve TLS, and present it to the next stage");
-  app.add_option("--tls-key", tls.key, "PEM private key of --tls-cert");
-  app.add_option("--tls-ca", tls.ca,
-                 "PEM CA bundle: require and verify client certificates signed by it (mutual TLS: "
-                 "only routers and workers of the cluster may call), and verify the next stage");
+  shardserve::AddTlsFlags(
+      app, &tls, "PEM certificate: serve TLS, and present it to the next stage",
+      "PEM CA bundle: require and verify client certificates signed by it (mutual TLS: only "
+      "routers and workers of the cluster may call), and verify the next stage");
   std::string router, advertise;
   app.add_option("--router", router,
                  "router host:port to announce this worker to, as a spare that replaces an "

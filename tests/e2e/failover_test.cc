@@ -73,6 +73,44 @@ void WaitForTokens(int http, double tokens) {
   ADD_FAILURE() << "no tokens streamed";
 }
 
+// Every job `copies` times at once against `cluster`, each in its own thread; Finish() joins
+// them and checks each output against `refs` (ids and text).
+class JobRun {
+ public:
+  JobRun(const Cluster& cluster, int copies = 1)
+      : got_(kJobs.size() * copies, absl::UnknownError("not run")) {
+    for (size_t i = 0; i < got_.size(); ++i) {
+      threads_.emplace_back([this, &cluster, i] {
+        const Job& j = kJobs[i % kJobs.size()];
+        got_[i] = RunCompletion(cluster.router_address(),
+                                TextRequest(j.prompt, kMaxTokens, j.temperature, j.seed),
+                                absl::Seconds(60), nullptr);
+      });
+    }
+  }
+  ~JobRun() { Join(); }
+
+  void Finish(const std::vector<Reference>& refs) {
+    Join();
+    for (size_t i = 0; i < got_.size(); ++i) {
+      const Job& j = kJobs[i % kJobs.size()];
+      ASSERT_TRUE(got_[i].ok()) << j.prompt << ": " << got_[i].status();
+      EXPECT_EQ(got_[i]->ids, refs[i % kJobs.size()].ids) << j.prompt;
+      EXPECT_EQ(got_[i]->text, refs[i % kJobs.size()].text) << j.prompt;
+    }
+  }
+
+ private:
+  void Join() {
+    for (auto& t : threads_) {
+      if (t.joinable()) t.join();
+    }
+  }
+
+  std::vector<absl::StatusOr<CompletionResult>> got_;
+  std::vector<std::thread> threads_;
+};
+
 TEST(Failover, KilledWorkersStreamsContinueOnTheOtherReplica) {
   const std::vector<Reference> refs = References();
   const int http = FreePort();
@@ -81,28 +119,11 @@ TEST(Failover, KilledWorkersStreamsContinueOnTheOtherReplica) {
                    .replicas = 2,
                    .router_args = {"--http-listen", absl::StrCat("127.0.0.1:", http)}});
   ASSERT_TRUE(cluster.WaitServing(absl::Seconds(60)).ok());
-  constexpr int kCopies = 2;
-  std::vector<absl::StatusOr<CompletionResult>> got(kJobs.size() * kCopies,
-                                                    absl::UnknownError("not run"));
-  std::vector<std::thread> threads;
-  for (size_t i = 0; i < got.size(); ++i) {
-    threads.emplace_back([&, i] {
-      const Job& j = kJobs[i % kJobs.size()];
-      got[i] = RunCompletion(cluster.router_address(),
-                             TextRequest(j.prompt, kMaxTokens, j.temperature, j.seed),
-                             absl::Seconds(60), nullptr);
-    });
-  }
+  JobRun run(cluster, /*copies=*/2);
   WaitForTokens(http, 100);
   // Worker 0 is stage 0 of pipeline 0.
   cluster.KillWorker(0);
-  for (auto& t : threads) t.join();
-  for (size_t i = 0; i < got.size(); ++i) {
-    const Job& j = kJobs[i % kJobs.size()];
-    ASSERT_TRUE(got[i].ok()) << j.prompt << ": " << got[i].status();
-    EXPECT_EQ(got[i]->ids, refs[i % kJobs.size()].ids) << j.prompt;
-    EXPECT_EQ(got[i]->text, refs[i % kJobs.size()].text) << j.prompt;
-  }
+  run.Finish(refs);
   EXPECT_EQ(Metric(http, "shardserve_failovers_total{pipeline=\"0\"}"), 1);
   EXPECT_GT(Metric(http, "shardserve_sequences_resumed_total{pipeline=\"1\"}"), 0)
       << "no stream was on the killed pipeline";
@@ -115,26 +136,13 @@ TEST(Failover, ReplacementWorkerTakesOverTheStage) {
                    .stages = 2,
                    .router_args = {"--http-listen", absl::StrCat("127.0.0.1:", http)}});
   ASSERT_TRUE(cluster.WaitServing(absl::Seconds(60)).ok());
-  std::vector<absl::StatusOr<CompletionResult>> got(kJobs.size(), absl::UnknownError("not run"));
-  std::vector<std::thread> threads;
-  for (size_t i = 0; i < got.size(); ++i) {
-    threads.emplace_back([&, i] {
-      got[i] = RunCompletion(
-          cluster.router_address(),
-          TextRequest(kJobs[i].prompt, kMaxTokens, kJobs[i].temperature, kJobs[i].seed),
-          absl::Seconds(60), nullptr);
-    });
-  }
+  JobRun run(cluster);
   WaitForTokens(http, 100);
   cluster.KillWorker(1);
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   EXPECT_GT(Metric(http, "shardserve_sequences_parked{pipeline=\"0\"}"), 0);
   cluster.StartWorker(1);
-  for (auto& t : threads) t.join();
-  for (size_t i = 0; i < got.size(); ++i) {
-    ASSERT_TRUE(got[i].ok()) << kJobs[i].prompt << ": " << got[i].status();
-    EXPECT_EQ(got[i]->ids, refs[i].ids) << kJobs[i].prompt;
-  }
+  run.Finish(refs);
   EXPECT_EQ(Metric(http, "shardserve_sequences_parked{pipeline=\"0\"}"), 0);
 }
 
@@ -164,24 +172,11 @@ TEST(Failover, AnnouncedSpareWorkerReplacesADeadStage) {
   ASSERT_EQ(info().spare_workers_size(), 1);
   EXPECT_EQ(info().spare_workers(0), spare_address);
 
-  std::vector<absl::StatusOr<CompletionResult>> got(kJobs.size(), absl::UnknownError("not run"));
-  std::vector<std::thread> threads;
-  for (size_t i = 0; i < got.size(); ++i) {
-    threads.emplace_back([&, i] {
-      got[i] = RunCompletion(
-          cluster.router_address(),
-          TextRequest(kJobs[i].prompt, kMaxTokens, kJobs[i].temperature, kJobs[i].seed),
-          absl::Seconds(60), nullptr);
-    });
-  }
+  JobRun run(cluster);
   WaitForTokens(http, 50);
   const std::string dead = cluster.worker_addresses()[1];
   cluster.KillWorker(1);
-  for (auto& t : threads) t.join();
-  for (size_t i = 0; i < got.size(); ++i) {
-    ASSERT_TRUE(got[i].ok()) << kJobs[i].prompt << ": " << got[i].status();
-    EXPECT_EQ(got[i]->ids, refs[i].ids) << kJobs[i].prompt;
-  }
+  run.Finish(refs);
   const v1::GetModelInfoResponse after = info();
   ASSERT_EQ(after.pipelines_size(), 1);
   ASSERT_EQ(after.pipelines(0).stages_size(), 2);
@@ -250,23 +245,10 @@ TEST(Drain, WorkerHandsItsSequencesOverThenExitsZero) {
                    .worker_args = {"--fault-send-delay-ms", "2"},
                    .router_args = {"--http-listen", absl::StrCat("127.0.0.1:", http)}});
   ASSERT_TRUE(cluster.WaitServing(absl::Seconds(60)).ok());
-  std::vector<absl::StatusOr<CompletionResult>> got(kJobs.size(), absl::UnknownError("not run"));
-  std::vector<std::thread> threads;
-  for (size_t i = 0; i < got.size(); ++i) {
-    threads.emplace_back([&, i] {
-      got[i] = RunCompletion(
-          cluster.router_address(),
-          TextRequest(kJobs[i].prompt, kMaxTokens, kJobs[i].temperature, kJobs[i].seed),
-          absl::Seconds(60), nullptr);
-    });
-  }
+  JobRun run(cluster);
   WaitForTokens(http, 50);
   cluster.worker(0).Kill(SIGTERM);
-  for (auto& t : threads) t.join();
-  for (size_t i = 0; i < got.size(); ++i) {
-    ASSERT_TRUE(got[i].ok()) << kJobs[i].prompt << ": " << got[i].status();
-    EXPECT_EQ(got[i]->ids, refs[i].ids) << kJobs[i].prompt;
-  }
+  run.Finish(refs);
   EXPECT_GT(Metric(http, "shardserve_sequences_resumed_total{pipeline=\"1\"}"), 0);
   EXPECT_EQ(cluster.worker(0).Wait(absl::Seconds(10)), 0);
 }
