@@ -43,7 +43,9 @@ int RouterMain(int argc, char** argv) {
   int stages = 0, replicas = 1, max_seqs = 64, kv_block_size = 16;
   int64_t max_batch_tokens = 256, kv_blocks = 0;
   app.add_option("--listen", listen, "host:port for the public gRPC API")->required();
-  app.add_option("--workers", workers_flag, "worker addresses host:port,... (stage order)")
+  app.add_option("--workers", workers_flag,
+                 "worker addresses host:port,... in stage order; more than --stages x --replicas "
+                 "are spares (workers leased by another router are skipped)")
       ->required();
   app.add_option("--model", model, "model folder (readable by every worker at the same path)")
       ->required();
@@ -164,7 +166,8 @@ int RouterMain(int argc, char** argv) {
     stages = ranges.size();
   }
   if (stages == 0) stages = std::max<int>(1, workers.size() / replicas);
-  if (static_cast<int>(workers.size()) != stages * replicas) {
+  // More workers than the pipelines need are spares (with --stages given).
+  if (static_cast<int>(workers.size()) < stages * replicas) {
     return Fail("--workers lists " + std::to_string(workers.size()) + " addresses; " +
                 std::to_string(stages) + " stages x " + std::to_string(replicas) +
                 " replicas need " + std::to_string(stages * replicas));
@@ -229,7 +232,15 @@ int RouterMain(int argc, char** argv) {
   options.canary_interval = absl::Seconds(canary_interval_s);
   // Spare workers announce themselves (shardserve-worker --router); the --workers are in use.
   WorkerRegistry registry;
-  for (const std::string& w : workers) registry.Claim(w);
+  for (size_t i = 0; i < workers.size(); ++i) {
+    if (static_cast<int>(i) < stages * replicas) {
+      registry.Claim(workers[i]);
+    } else {
+      registry.AddListed(workers[i]);
+    }
+  }
+  // This router's name in the workers' leases: routers sharing workers never double-book one.
+  options.pipeline.owner = absl::StrCat(listen, "/", getpid(), "/", absl::ToUnixNanos(absl::Now()));
   options.registry = &registry;
   options.scheduler.max_batch_tokens = max_batch_tokens;
   options.scheduler.max_seqs = max_seqs;

@@ -54,14 +54,15 @@ absl::Status Pipeline::Connect(ResultFn on_result, FailureFn on_failure) {
   failed_ = false;
   closing_ = false;
   const int n = static_cast<int>(stages_.size());
-  unreachable_stage_ = -1;
+  unusable_stage_ = -1;
+  unusable_is_leased_ = false;
   for (int i = 0; i < n; ++i) {
     grpc::ClientContext context;
     SetDeadline(&context, options_.rpc_timeout);
     v1::DescribeResponse info;
     grpc::Status s = stubs_[i]->Describe(&context, v1::DescribeRequest(), &info);
     if (!s.ok()) {
-      unreachable_stage_ = i;
+      unusable_stage_ = i;
       return WorkerError(i, "is unreachable", s);
     }
   }
@@ -79,6 +80,7 @@ absl::Status Pipeline::Connect(ResultFn on_result, FailureFn on_failure) {
       req.set_kv_block_size(options_.kv_block_size);
       req.set_kv_num_blocks(options_.kv_num_blocks);
       req.set_max_step_tokens(options_.max_step_tokens);
+      req.set_owner(options_.owner);
       grpc::ClientContext context;
       SetDeadline(&context, options_.load_timeout);
       v1::LoadShardResponse resp;
@@ -88,12 +90,17 @@ absl::Status Pipeline::Connect(ResultFn on_result, FailureFn on_failure) {
   absl::Status first_error;
   for (int i = 0; i < n; ++i) {
     grpc::Status s = loads[i].get();
+    if (s.error_code() == grpc::StatusCode::FAILED_PRECONDITION && unusable_stage_ < 0) {
+      unusable_stage_ = i;
+      unusable_is_leased_ = true;
+    }
     if (!s.ok() && first_error.ok()) first_error = WorkerError(i, "cannot load its shard", s);
   }
   RETURN_IF_ERROR(first_error);
   for (int i = 0; i < n; ++i) {
     v1::ConnectNextRequest req;
     if (i + 1 < n) req.set_next_address(stages_[i + 1].address);
+    req.set_owner(options_.owner);
     grpc::ClientContext context;
     SetDeadline(&context, options_.rpc_timeout);
     v1::ConnectNextResponse resp;
@@ -143,6 +150,7 @@ void Pipeline::ReadLoop(int stage) {
 absl::Status Pipeline::Send(v1::StepPlan plan) {
   v1::StepsRequest req;
   req.mutable_plan()->Swap(&plan);
+  req.set_owner(options_.owner);
   for (size_t i = 0; i < streams_.size(); ++i) {
     if (!streams_[i].stream->Write(req)) {
       return absl::UnavailableError(

@@ -46,6 +46,8 @@ struct PipelineOptions {
   int32_t max_step_tokens = 256;
   absl::Duration rpc_timeout = absl::Seconds(5);
   absl::Duration load_timeout = absl::Seconds(300);
+  // This router's identity for the workers' leases (LoadShardRequest.owner).
+  std::string owner;
 };
 
 // A stub with the channel settings every router-to-worker call uses.
@@ -68,8 +70,11 @@ class Pipeline {
 
   const std::vector<StageEndpoint>& stages() const { return stages_; }
 
-  // The stage whose worker the last Connect() could not reach (Describe failed); -1 otherwise.
-  int unreachable_stage() const { return unreachable_stage_; }
+  // The stage whose worker the last Connect() could not reach (Describe failed) or found leased
+  // by another router; -1 otherwise.
+  int unusable_stage() const { return unusable_stage_; }
+  // Whether that worker is leased by another router (rather than unreachable).
+  bool unusable_is_leased() const { return unusable_is_leased_; }
   // Points stage `i` at another worker; only while not connected (Connect/Close's thread).
   void ReplaceStage(int i, const std::string& address);
 
@@ -86,7 +91,8 @@ class Pipeline {
 
   std::vector<StageEndpoint> stages_;
   const PipelineOptions options_;
-  int unreachable_stage_ = -1;
+  int unusable_stage_ = -1;
+  bool unusable_is_leased_ = false;
   std::vector<std::unique_ptr<v1::WorkerService::Stub>> stubs_;
   std::vector<Stream> streams_;
   ResultFn on_result_;

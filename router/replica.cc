@@ -95,13 +95,18 @@ void Replica::Loop() {
                                           [this](const absl::Status& e) { OnFailure(e); });
       absl::MutexLock lock(&mu_);
       if (stop_) break;
-      if (!s.ok() && pipeline_->unreachable_stage() >= 0 && options_.registry != nullptr) {
-        // A registered spare takes the unreachable stage's place and is given its shard.
+      if (!s.ok() && pipeline_->unusable_stage() >= 0 && options_.registry != nullptr) {
+        // A spare takes the place of a stage whose worker is unreachable or leased by another
+        // router, and is given its shard.
         if (auto spare = options_.registry->ClaimSpare()) {
-          const int i = pipeline_->unreachable_stage();
+          const int i = pipeline_->unusable_stage();
+          const bool leased = pipeline_->unusable_is_leased();
           LOG(WARNING) << "pipeline " << index_ << ": stage " << i << " (" << stages_[i].address
-                       << ") is unreachable; spare worker " << *spare << " takes its place";
-          options_.registry->Release(stages_[i].address);
+                       << ") is " << (leased ? "leased by another router" : "unreachable")
+                       << "; worker " << *spare << " takes its place";
+          // A leased worker is not offered again for a while: its router holds it.
+          options_.registry->Release(stages_[i].address,
+                                     leased ? absl::Seconds(30) : absl::ZeroDuration());
           pipeline_->ReplaceStage(i, *spare);
           stages_[i].address = *spare;
           continue;

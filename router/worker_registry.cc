@@ -12,10 +12,16 @@ void WorkerRegistry::Claim(const std::string& address) {
   claimed_.insert(address);
 }
 
-void WorkerRegistry::Release(const std::string& address) {
+void WorkerRegistry::Release(const std::string& address, absl::Duration cooldown) {
   absl::MutexLock lock(&mu_);
   claimed_.erase(address);
   last_seen_.erase(address);  // a spare only once it announces itself again
+  if (cooldown > absl::ZeroDuration()) cooldown_until_[address] = absl::Now() + cooldown;
+}
+
+void WorkerRegistry::AddListed(const std::string& address) {
+  absl::MutexLock lock(&mu_);
+  listed_.insert(address);
 }
 
 bool WorkerRegistry::Heartbeat(const std::string& address) {
@@ -31,10 +37,17 @@ std::optional<std::string> WorkerRegistry::ClaimSpare() {
   absl::MutexLock lock(&mu_);
   const absl::Time now = absl::Now();
   std::optional<std::string> best;
-  for (const auto& [address, seen] : last_seen_) {
-    if (claimed_.contains(address) || now - seen > ttl_) continue;
+  auto consider = [&](const std::string& address) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (claimed_.contains(address)) return;
+    if (auto it = cooldown_until_.find(address); it != cooldown_until_.end() && now < it->second) {
+      return;
+    }
     if (!best || address < *best) best = address;
+  };
+  for (const auto& [address, seen] : last_seen_) {
+    if (now - seen <= ttl_) consider(address);
   }
+  for (const std::string& address : listed_) consider(address);
   if (best) claimed_.insert(*best);
   return best;
 }
@@ -45,6 +58,9 @@ std::vector<std::string> WorkerRegistry::Spares() const {
   std::vector<std::string> out;
   for (const auto& [address, seen] : last_seen_) {
     if (!claimed_.contains(address) && now - seen <= ttl_) out.push_back(address);
+  }
+  for (const std::string& address : listed_) {
+    if (!claimed_.contains(address) && !last_seen_.contains(address)) out.push_back(address);
   }
   std::sort(out.begin(), out.end());
   return out;

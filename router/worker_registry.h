@@ -1,10 +1,12 @@
 // WorkerRegistry: workers that announced themselves to this router (shardserve-worker --router),
 // and which addresses pipelines use.
 //
-// Addresses given with --workers start out claimed. A worker whose announcements keep coming
-// (within `ttl` of the last) and that no pipeline claims is a spare; ClaimSpare hands one to a
-// replica whose stage is unreachable, and Release gives the old address back (should it announce
-// itself again, it becomes a spare). RegistrationService is the gRPC face (RouterControlService).
+// Addresses the pipelines start with are claimed; further --workers are listed spares. A worker
+// whose announcements keep coming (within `ttl` of the last), or a listed one, that no pipeline
+// claims and that is not cooling down (it was found leased by another router) is a spare;
+// ClaimSpare hands one to a replica whose stage is unreachable, and Release gives the old address
+// back (should it announce itself again, it becomes a spare). RegistrationService is the gRPC face
+// (RouterControlService).
 //
 // Thread-safe.
 #ifndef SHARDSERVE_ROUTER_WORKER_REGISTRY_H_
@@ -28,7 +30,12 @@ class WorkerRegistry {
 
   // Marks `address` used by a pipeline.
   void Claim(const std::string& address);
-  void Release(const std::string& address);
+  // A pipeline no longer uses `address`. A worker that announced itself is a spare again once it
+  // announces itself again; a listed one (AddListed) once `cooldown` has passed.
+  void Release(const std::string& address, absl::Duration cooldown = absl::ZeroDuration());
+  // A worker named in --workers beyond those the pipelines start with: a spare that never
+  // expires.
+  void AddListed(const std::string& address);
   // Records an announcement; returns whether a pipeline uses the address.
   bool Heartbeat(const std::string& address);
   // A live spare, now claimed; nullopt when none.
@@ -41,6 +48,8 @@ class WorkerRegistry {
   mutable absl::Mutex mu_;
   absl::flat_hash_map<std::string, absl::Time> last_seen_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_set<std::string> claimed_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_set<std::string> listed_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, absl::Time> cooldown_until_ ABSL_GUARDED_BY(mu_);
 };
 
 class RegistrationService final : public v1::RouterControlService::Service {

@@ -66,6 +66,12 @@ int main(int argc, char** argv) {
       app, &tls, "PEM certificate: serve TLS, and present it to the next stage",
       "PEM CA bundle: require and verify client certificates signed by it (mutual TLS: only "
       "routers and workers of the cluster may call), and verify the next stage");
+  double lease_ttl_s = 10;
+  app.add_option("--lease-ttl-s", lease_ttl_s,
+                 "how long the router that loaded this worker's shard keeps it without sending "
+                 "a step (other routers are refused meanwhile)")
+      ->check(CLI::Range(0.5, 3600.0))
+      ->capture_default_str();
   std::string router, advertise;
   app.add_option("--router", router,
                  "router host:port to announce this worker to, as a spare that replaces an "
@@ -116,6 +122,7 @@ int main(int argc, char** argv) {
   shardserve::WorkerOptions options;
   options.threads = threads;
   options.recv_timeout = absl::Seconds(recv_timeout_s);
+  options.lease_ttl = absl::Seconds(lease_ttl_s);
   options.send_faults.send_delay = absl::Milliseconds(fault_delay_ms);
   options.send_faults.fail_after_sends = fault_fail_after;
   shardserve::WorkerServiceImpl service(backend.get(), options);

@@ -117,6 +117,7 @@ grpc::Status WorkerServiceImpl::LoadShard(grpc::ServerContext*, const v1::LoadSh
     if (shutting_down_) {
       return grpc::Status(grpc::StatusCode::UNAVAILABLE, "worker is shutting down");
     }
+    if (grpc::Status s = TakeLease(req->owner()); !s.ok()) return s;
   }
   if (req->model_path().empty()) return Invalid("model_path", "empty");
   std::error_code ec;
@@ -191,6 +192,10 @@ grpc::Status WorkerServiceImpl::LoadShard(grpc::ServerContext*, const v1::LoadSh
 
 grpc::Status WorkerServiceImpl::ConnectNext(grpc::ServerContext*, const v1::ConnectNextRequest* req,
                                             v1::ConnectNextResponse*) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (grpc::Status s = TakeLease(req->owner()); !s.ok()) return s;
+  }
   auto shard = current();
   if (shard == nullptr)
     return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "no shard loaded");
@@ -272,16 +277,24 @@ grpc::Status WorkerServiceImpl::Steps(
     ++open_step_streams_;
   }
   v1::StepsRequest req;
+  std::string owner;  // of this stream: the owner its first request names
+  bool first = true;
   while (stream->Read(&req)) {
+    if (first) owner = req.owner();
+    first = false;
     auto shard = current();
     report_to(shard);
     bool draining;
+    grpc::Status lease;
     {
       absl::MutexLock lock(&mu_);
       draining = draining_;
+      lease = TakeLease(owner);  // renews the owner's lease
     }
     absl::StatusOr<v1::StepsResponse> result;
-    if (shard == nullptr) {
+    if (!lease.ok()) {
+      result = absl::FailedPreconditionError(lease.error_message());
+    } else if (shard == nullptr) {
       result = absl::FailedPreconditionError("no shard loaded");
     } else if (draining && req.plan().sequences_size() > 0) {
       result = absl::UnavailableError("worker is draining");
@@ -306,6 +319,21 @@ grpc::Status WorkerServiceImpl::Steps(
   report_to(nullptr);
   absl::MutexLock lock(&mu_);
   --open_step_streams_;
+  // The owner let go of its pipeline (or went away): the worker is free for any router.
+  if (!owner.empty() && owner == lease_owner_) lease_owner_.clear();
+  return grpc::Status::OK;
+}
+
+grpc::Status WorkerServiceImpl::TakeLease(const std::string& owner) {
+  const absl::Time now = absl::Now();
+  if (!lease_owner_.empty() && lease_owner_ != owner && now < lease_until_) {
+    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                        absl::StrCat("worker is leased by router ", lease_owner_,
+                                     " (it holds this worker's pipeline)"));
+  }
+  if (owner.empty()) return grpc::Status::OK;
+  lease_owner_ = owner;
+  lease_until_ = now + options_.lease_ttl;
   return grpc::Status::OK;
 }
 

@@ -8,6 +8,11 @@
 // once the server runs (it can take a shard); "shardserve.v1.WorkerService" is SERVING only while a
 // shard is loaded and the worker is not draining.
 //
+// Leases: the router that loads the shard holds the worker (LoadShardRequest.owner) while its
+// steps keep coming; others are refused with FAILED_PRECONDITION naming the holder, so routers
+// sharing a pool of workers never double-book one. Callers that name no owner are refused only
+// while a lease is live.
+//
 // Shutdown (SIGTERM): BeginShutdown drains for good -- health NOT_SERVING, steps with sequences
 // answered with UNAVAILABLE "worker is draining" (so the router moves them to another pipeline),
 // LoadShard refused -- and the process waits until no router holds a Steps stream open
@@ -35,6 +40,8 @@ struct WorkerOptions {
   absl::Duration recv_timeout = absl::Seconds(30);
   // Test hooks: faults injected on the link to the next stage.
   FaultOptions send_faults;
+  // How long a router's lease lives without a step from it.
+  absl::Duration lease_ttl = absl::Seconds(10);
 };
 
 class WorkerServiceImpl final : public v1::WorkerService::Service {
@@ -76,6 +83,9 @@ class WorkerServiceImpl final : public v1::WorkerService::Service {
   };
 
   std::shared_ptr<Shard> current() const;
+  // FAILED_PRECONDITION when another router holds a live lease; otherwise `owner` (when not
+  // empty) holds it from now for lease_ttl.
+  grpc::Status TakeLease(const std::string& owner) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void UpdateHealth() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   Backend* const backend_;
@@ -87,6 +97,8 @@ class WorkerServiceImpl final : public v1::WorkerService::Service {
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
   int open_step_streams_ ABSL_GUARDED_BY(mu_) = 0;
+  std::string lease_owner_ ABSL_GUARDED_BY(mu_);
+  absl::Time lease_until_ ABSL_GUARDED_BY(mu_);
   grpc::HealthCheckServiceInterface* health_ ABSL_GUARDED_BY(mu_) = nullptr;
 };
 

@@ -22,6 +22,20 @@ TEST(WorkerRegistry, SparesAreLiveUnclaimedAnnouncers) {
   EXPECT_EQ(registry.ClaimSpare(), "a:1");
 }
 
+TEST(WorkerRegistry, ListedSparesNeverExpireButCoolDownAfterALease) {
+  WorkerRegistry registry(absl::Milliseconds(100));
+  registry.AddListed("w:3");
+  registry.AddListed("w:4");
+  absl::SleepFor(absl::Milliseconds(150));  // listed workers need no announcements
+  EXPECT_EQ(registry.ClaimSpare(), "w:3");
+  // w:3 turned out to be leased by another router: not offered again during the cooldown.
+  registry.Release("w:3", absl::Milliseconds(200));
+  EXPECT_EQ(registry.ClaimSpare(), "w:4");
+  EXPECT_FALSE(registry.ClaimSpare().has_value());
+  absl::SleepFor(absl::Milliseconds(250));
+  EXPECT_EQ(registry.ClaimSpare(), "w:3");
+}
+
 TEST(RegistrationService, RejectsAddressesThatAreNotHostPort) {
   WorkerRegistry registry;
   RegistrationService service(&registry, absl::Seconds(1));

@@ -1,0 +1,64 @@
+// Two routers sharing one pool of workers: each worker's lease belongs to the router that
+// loaded it, so the second router skips the first one's workers, builds its pipeline from the
+// rest, and both serve correct output without disturbing each other.
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "tests/e2e/cluster_harness.h"
+
+namespace shardserve::e2e {
+namespace {
+
+std::vector<std::string> StageAddresses(const Cluster& cluster) {
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+  v1::GetModelInfoResponse info;
+  EXPECT_TRUE(cluster.Stub()->GetModelInfo(&context, v1::GetModelInfoRequest(), &info).ok());
+  std::vector<std::string> out;
+  for (const auto& p : info.pipelines()) {
+    for (const auto& s : p.stages()) out.push_back(s.worker_address());
+  }
+  return out;
+}
+
+TEST(SharedWorkers, SecondRouterServesFromTheWorkersTheFirstDoesNotHold) {
+  std::vector<std::string> pool;
+  std::vector<std::unique_ptr<Process>> workers;
+  for (int i = 0; i < 4; ++i) {
+    pool.push_back(absl::StrCat("127.0.0.1:", FreePort()));
+    workers.push_back(std::make_unique<Process>(
+        std::vector<std::string>{BinPath("shardserve-worker"), "--listen", pool.back(), "--threads",
+                                 "1"},
+        absl::StrCat(SHARDSERVE_TEST_LOGS, "/shared-worker-", i, ".log")));
+  }
+  // Both routers list the whole pool for one 2-stage pipeline.
+  Cluster a({.model = Stories260K(), .stages = 2, .replicas = 1, .worker_addresses = pool});
+  ASSERT_TRUE(a.WaitServing(absl::Seconds(60)).ok());
+  const std::vector<std::string> held_by_a = StageAddresses(a);
+  ASSERT_EQ(held_by_a.size(), 2u);
+
+  Cluster b({.model = Stories260K(), .stages = 2, .replicas = 1, .worker_addresses = pool});
+  ASSERT_TRUE(b.WaitServing(absl::Seconds(60)).ok());
+  const std::vector<std::string> held_by_b = StageAddresses(b);
+  ASSERT_EQ(held_by_b.size(), 2u);
+  // Four different workers: no worker serves both routers.
+  std::set<std::string> all(held_by_a.begin(), held_by_a.end());
+  all.insert(held_by_b.begin(), held_by_b.end());
+  EXPECT_EQ(all.size(), 4u) << "A: " << held_by_a[0] << "," << held_by_a[1]
+                            << " B: " << held_by_b[0] << "," << held_by_b[1];
+
+  auto ref = RunGenerate(Stories260K(), "Once upon a time", 48, 0.8f, 5);
+  ASSERT_TRUE(ref.ok()) << ref.status();
+  for (const Cluster* c : {&a, &b, &a}) {
+    auto got = RunCompletion(c->router_address(), TextRequest("Once upon a time", 48, 0.8f, 5),
+                             absl::Seconds(30), nullptr);
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_EQ(got->ids, ref->ids);
+  }
+  // Router A still holds its own workers: B never took them over.
+  EXPECT_EQ(StageAddresses(a), held_by_a);
+}
+
+}  // namespace
+}  // namespace shardserve::e2e
