@@ -3,6 +3,7 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 
+#include <algorithm>
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
@@ -13,6 +14,7 @@
 #include "common/logging.h"
 #include "common/tls.h"
 #include "common/tls_flags.h"
+#include "router/discovery.h"
 #include "router/http_server.h"
 #include "router/inference_service.h"
 #include "router/kserve_service.h"
@@ -44,8 +46,9 @@ int RouterMain(int argc, char** argv) {
   int64_t max_batch_tokens = 256, kv_blocks = 0;
   app.add_option("--listen", listen, "host:port for the public gRPC API")->required();
   app.add_option("--workers", workers_flag,
-                 "worker addresses host:port,... in stage order; more than --stages x --replicas "
-                 "are spares (workers leased by another router are skipped)")
+                 "worker addresses host:port,... in stage order, or dns:///NAME:PORT (every "
+                 "address NAME resolves to, re-resolved every 5 s); more than --stages x "
+                 "--replicas are spares (workers leased by another router are skipped)")
       ->required();
   app.add_option("--model", model, "model folder (readable by every worker at the same path)")
       ->required();
@@ -90,6 +93,12 @@ int RouterMain(int argc, char** argv) {
                  "on SIGTERM/SIGINT, how long to let admitted streams finish (new requests get "
                  "UNAVAILABLE, health NOT_SERVING) before exiting; a second signal exits at once")
       ->check(CLI::Range(0.0, 3600.0))
+      ->capture_default_str();
+  double discovery_timeout_s = 300;
+  app.add_option("--discovery-timeout-s", discovery_timeout_s,
+                 "with --workers dns:///NAME:PORT, how long to wait for the name to resolve to "
+                 "enough workers")
+      ->check(CLI::Range(0.0, 86400.0))
       ->capture_default_str();
   bool no_prefix_cache = false;
   app.add_flag("--no-prefix-cache", no_prefix_cache,
@@ -153,7 +162,42 @@ int RouterMain(int argc, char** argv) {
   auto tokenizer = Tokenizer::Load(model);
   if (!tokenizer.ok()) return Fail(std::string(tokenizer.status().message()));
 
-  std::vector<std::string> workers = absl::StrSplit(workers_flag, ',', absl::SkipEmpty());
+  std::vector<std::string> workers;
+  if (!IsDnsWorkers(workers_flag)) {
+    auto listed = ResolveWorkers(workers_flag);
+    if (!listed.ok()) return Fail(std::string(listed.status().message()));
+    workers = *listed;
+  } else {
+    // Pods behind a headless Service appear in DNS as they become ready: wait for enough.
+    if (stages == 0 && layers_flag.empty()) {
+      return Fail(
+          "--workers dns:///...: give --stages (or --layers); the number of workers "
+          "behind the name changes");
+    }
+    const int want_stages =
+        stages != 0 ? stages
+                    : 1 + static_cast<int>(std::count(layers_flag.begin(), layers_flag.end(), ','));
+    const int want = want_stages * replicas;
+    const absl::Time give_up = absl::Now() + absl::Seconds(discovery_timeout_s);
+    std::string last;
+    while (true) {
+      auto found = ResolveWorkers(workers_flag);
+      if (found.ok() && static_cast<int>(found->size()) >= want) {
+        workers = *found;
+        break;
+      }
+      const std::string now = found.ok()
+                                  ? absl::StrCat(found->size(), " of ", want, " workers resolved")
+                                  : std::string(found.status().message());
+      if (now != last) LOG(INFO) << workers_flag << ": " << now << "; waiting";
+      last = now;
+      if (absl::Now() > give_up) {
+        return Fail(absl::StrCat(workers_flag, ": ", now, " after ", discovery_timeout_s,
+                                 " s (--discovery-timeout-s)"));
+      }
+      absl::SleepFor(absl::Seconds(1));
+    }
+  }
   std::vector<LayerRange> ranges;
   if (!layers_flag.empty()) {
     auto parsed = ParseLayerRanges(layers_flag, config->num_layers);
@@ -311,6 +355,19 @@ int RouterMain(int argc, char** argv) {
     }
   });
 
+  // A DNS name is resolved again every 5 s: workers that appear join the pool as spares.
+  std::thread discovery_thread;
+  if (IsDnsWorkers(workers_flag)) {
+    discovery_thread = std::thread([&] {
+      while (!stopping) {
+        for (int i = 0; i < 100 && !stopping; ++i) absl::SleepFor(absl::Milliseconds(50));
+        auto found = ResolveWorkers(workers_flag);
+        if (!found.ok()) continue;
+        for (const std::string& w : *found) registry.AddListed(w);
+      }
+    });
+  }
+
   int sig = 0;
   sigwait(&signals, &sig);
   LOG(INFO) << "shardserve-router: signal " << sig << ", draining " << service.admitted()
@@ -326,6 +383,7 @@ int RouterMain(int argc, char** argv) {
   LOG(INFO) << "shardserve-router: shutting down, " << service.admitted() << " requests unfinished";
   stopping = true;
   health_thread.join();
+  if (discovery_thread.joinable()) discovery_thread.join();
   health->SetServingStatus(false);
   if (http != nullptr) http->Stop();
   for (auto& r : owned) r->Stop();

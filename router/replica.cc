@@ -104,9 +104,10 @@ void Replica::Loop() {
           LOG(WARNING) << "pipeline " << index_ << ": stage " << i << " (" << stages_[i].address
                        << ") is " << (leased ? "leased by another router" : "unreachable")
                        << "; worker " << *spare << " takes its place";
-          // A leased worker is not offered again for a while: its router holds it.
+          // Not offered again for a while: a leased worker's router holds it, and an unreachable
+          // one (still listed, or still in DNS) would be tried again at once.
           options_.registry->Release(stages_[i].address,
-                                     leased ? absl::Seconds(30) : absl::ZeroDuration());
+                                     leased ? absl::Seconds(30) : absl::Seconds(5));
           pipeline_->ReplaceStage(i, *spare);
           stages_[i].address = *spare;
           continue;

@@ -227,13 +227,27 @@ class Checker:
                     worker_ports.add(listen_port)
                 if binary.name == "shardserve-router":
                     routers.append((cwhere, flags))
+        headless = {d["metadata"]["name"] for d in docs
+                    if d.get("kind") == "Service" and d["spec"].get("clusterIP") == "None"}
         for cwhere, flags in routers:
-            addresses = [a for a in flags.get("--workers", "").split(",") if a]
+            spec = flags.get("--workers", "")
             stages = int(flags.get("--stages") or 0)
             replicas = int(flags.get("--replicas") or 1)
-            if stages and len(addresses) != stages * replicas:
-                self.error(cwhere, f"--workers lists {len(addresses)} addresses for {stages} "
-                           f"stages x {replicas} replicas")
+            if spec.startswith("dns:///"):
+                # One name for every worker pod: a headless Service of these manifests.
+                addresses = [spec[len("dns:///"):]]
+                name = addresses[0].rsplit(":", 1)[0].split(".")[0]
+                if name not in headless:
+                    self.error(cwhere, f"--workers {spec}: {name} is not a headless Service here "
+                               f"({sorted(headless)})")
+                if not stages:
+                    self.error(cwhere, "--workers dns:///... needs --stages")
+            else:
+                addresses = [a for a in spec.split(",") if a]
+                # More addresses than the pipelines need are spares.
+                if stages and len(addresses) < stages * replicas:
+                    self.error(cwhere, f"--workers lists {len(addresses)} addresses for {stages} "
+                               f"stages x {replicas} replicas")
             for address in addresses:
                 m = re.fullmatch(r".*:(\d+)", address)
                 if not m or int(m.group(1)) not in worker_ports:

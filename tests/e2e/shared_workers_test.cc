@@ -1,6 +1,6 @@
-// Two routers sharing one pool of workers: each worker's lease belongs to the router that
-// loaded it, so the second router skips the first one's workers, builds its pipeline from the
-// rest, and both serve correct output without disturbing each other.
+// Worker discovery. Two routers sharing one pool of workers: each worker's lease belongs to the
+// router that loaded it, so the second router skips the first one's workers, builds its pipeline
+// from the rest, and both serve correct output without disturbing each other.
 #include <set>
 
 #include "absl/strings/str_cat.h"
@@ -58,6 +58,41 @@ TEST(SharedWorkers, SecondRouterServesFromTheWorkersTheFirstDoesNotHold) {
   }
   // Router A still holds its own workers: B never took them over.
   EXPECT_EQ(StageAddresses(a), held_by_a);
+}
+
+// --workers dns:///NAME:PORT: the router resolves the name (here localhost) to its worker and
+// serves the reference output.
+TEST(Discovery, RouterFindsItsWorkerByDns) {
+  const int port = FreePort();
+  Process worker({BinPath("shardserve-worker"), "--listen", absl::StrCat("127.0.0.1:", port),
+                  "--threads", "1"},
+                 absl::StrCat(SHARDSERVE_TEST_LOGS, "/dns-worker.log"));
+  const std::string router_address = absl::StrCat("127.0.0.1:", FreePort());
+  Process router(
+      {BinPath("shardserve-router"), "--listen", router_address, "--workers",
+       absl::StrCat("dns:///localhost:", port), "--stages", "1", "--model", Stories260K()},
+      absl::StrCat(SHARDSERVE_TEST_LOGS, "/dns-router.log"));
+  bool serving = false;
+  for (int i = 0; i < 300 && !serving && router.alive(); ++i) {
+    serving = HealthServing(router_address, absl::Milliseconds(200));
+    if (!serving) absl::SleepFor(absl::Milliseconds(100));
+  }
+  ASSERT_TRUE(serving);
+  auto ref = RunGenerate(Stories260K(), "The little dog", 32, 0, 0);
+  ASSERT_TRUE(ref.ok()) << ref.status();
+  auto got = RunCompletion(router_address, TextRequest("The little dog", 32, 0, 0),
+                           absl::Seconds(30), nullptr);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->ids, ref->ids);
+}
+
+// Without --stages the worker count behind a name is unknown: the router says so and exits 1.
+TEST(Discovery, DnsWithoutStagesIsAnError) {
+  CommandResult r = RunCommand({BinPath("shardserve-router"), "--listen", "127.0.0.1:0",
+                                "--workers", "dns:///localhost:1", "--model", Stories260K()},
+                               "", absl::Seconds(20));
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("--stages"), std::string::npos) << r.err;
 }
 
 }  // namespace
