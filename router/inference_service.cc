@@ -270,7 +270,18 @@ grpc::Status InferenceServiceImpl::Generate(grpc::ServerContext* context,
       }
     }
     if (done) return error.ok() ? grpc::Status::OK : ToGrpc(error);
-    const bool late = std::chrono::system_clock::now() >= deadline;
+    const auto now = std::chrono::system_clock::now();
+    // A request waiting for a pipeline (its own failed) is answered just before its deadline,
+    // so that the client hears which stage is missing rather than its own timeout.
+    if (now >= deadline - std::chrono::milliseconds(200)) {
+      if (const std::string why = g.sink->waiting(); !why.empty()) {
+        Cancel(g);
+        return grpc::Status(
+            grpc::StatusCode::UNAVAILABLE,
+            absl::StrCat(why, "; no pipeline took the request before its deadline"));
+      }
+    }
+    const bool late = now >= deadline;
     if (late || context->IsCancelled()) {
       Cancel(g);
       if (late) {

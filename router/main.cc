@@ -75,7 +75,8 @@ int RouterMain(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--failover-wait-s", failover_wait_s,
                  "how long sequences of a failed pipeline wait for a pipeline to take them "
-                 "before UNAVAILABLE")
+                 "before UNAVAILABLE naming the failed worker (a request's deadline ends the "
+                 "wait sooner, with the same error)")
       ->check(CLI::Range(0.0, 86400.0))
       ->capture_default_str();
   TlsFiles tls;

@@ -38,6 +38,16 @@ void RequestSink::Fail(const absl::Status& status) {
   done_ = true;
 }
 
+void RequestSink::SetWaiting(std::string reason) {
+  absl::MutexLock lock(&mu_);
+  waiting_ = std::move(reason);
+}
+
+std::string RequestSink::waiting() const {
+  absl::MutexLock lock(&mu_);
+  return waiting_;
+}
+
 bool RequestSink::Take(absl::Duration timeout, v1::GenerateResponse* out, bool* done,
                        absl::Status* error) {
   absl::MutexLock lock(&mu_);
@@ -169,7 +179,10 @@ void Replica::Loop() {
                      << " sequences wait for a pipeline";
       }
       absl::MutexLock lock(&mu_);
-      for (Handoff& h : orphans) parked_.push_back(std::move(h));
+      for (Handoff& h : orphans) {
+        h.sink->SetWaiting(h.reason);
+        parked_.push_back(std::move(h));
+      }
       continue;
     }
     sent = SendNextPlanAndUnlock();
@@ -220,6 +233,7 @@ std::vector<Handoff> Replica::TakeAllLocked(const absl::Status& why) {
 
 void Replica::EnqueueLocked(Handoff h) {
   if (h.sequence->client_gone) return;
+  h.sink->SetWaiting("");
   Client c;
   c.sequence = h.sequence;
   c.sink = std::move(h.sink);

@@ -48,17 +48,22 @@ class RequestSink {
   void Push(const std::string& text, const v1::SampledToken* token, bool logprobs,
             v1::FinishReason finish, const v1::Usage* usage);
   void Fail(const absl::Status& status);
+  // Why the request waits for a pipeline (its own failed), or empty: what its client is told
+  // when its deadline comes first.
+  void SetWaiting(std::string reason);
+  std::string waiting() const;
 
   // Waits up to `timeout` for output; moves it into `out`. Returns true when `out` has
   // something or the stream has ended.
   bool Take(absl::Duration timeout, v1::GenerateResponse* out, bool* done, absl::Status* error);
 
  private:
-  absl::Mutex mu_;
+  mutable absl::Mutex mu_;
   v1::GenerateResponse pending_ ABSL_GUARDED_BY(mu_);
   bool has_pending_ ABSL_GUARDED_BY(mu_) = false;
   bool done_ ABSL_GUARDED_BY(mu_) = false;
   absl::Status error_ ABSL_GUARDED_BY(mu_);
+  std::string waiting_ ABSL_GUARDED_BY(mu_);
 };
 
 struct ReplicaOptions {

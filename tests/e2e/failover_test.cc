@@ -281,6 +281,30 @@ TEST(Health, CanaryStepsFindDrainingAndHungStages) {
   EXPECT_EQ(cluster.worker(0).Wait(absl::Seconds(5)), 0);
 }
 
+// With a long --failover-wait-s, a request whose pipeline is gone waits until its own deadline,
+// then ends with UNAVAILABLE naming the missing worker (not a bare DEADLINE_EXCEEDED).
+TEST(Failover, NoPipelineBeforeTheDeadlineIsUnavailableNamingTheWorker) {
+  Cluster cluster(
+      {.model = Stories260K(), .stages = 2, .router_args = {"--failover-wait-s", "120"}});
+  ASSERT_TRUE(cluster.WaitServing(absl::Seconds(60)).ok());
+  absl::StatusOr<CompletionResult> got = absl::UnknownError("not run");
+  const absl::Time start = absl::Now();
+  std::thread t([&] {
+    v1::GenerateRequest r = TextRequest("Once upon a time", 400, 0, 0);
+    r.set_ignore_eos(true);
+    got = RunCompletion(cluster.router_address(), r, absl::Seconds(3), nullptr);
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  const std::string dead = cluster.worker_addresses()[1];
+  cluster.KillWorker(1);
+  t.join();
+  ASSERT_FALSE(got.ok());
+  EXPECT_EQ(got.status().code(), absl::StatusCode::kUnavailable) << got.status();
+  EXPECT_NE(got.status().message().find(dead), std::string::npos) << got.status();
+  EXPECT_NE(got.status().message().find("deadline"), std::string::npos) << got.status();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(6));
+}
+
 int64_t RssKb(pid_t pid) {
   std::ifstream in(absl::StrCat("/proc/", pid, "/status"));
   std::string line;
