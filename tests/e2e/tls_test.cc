@@ -78,7 +78,7 @@ TEST_F(Tls, MutualTlsClusterServesTheSameOutput) {
   EXPECT_EQ(got->ids, ref->ids);
 
   // A TLS client with only the CA (no certificate of its own) may use the router's API.
-  UseCredentials({.ca = Files("ca", "ca").ca});
+  UseCredentials({.cert = "", .key = "", .ca = Files("ca", "ca").ca});
   EXPECT_TRUE(RunCompletion(cluster.router_address(), TextRequest("Hi", 4, 0, 0), absl::Seconds(10),
                             nullptr)
                   .ok());
@@ -113,12 +113,12 @@ TEST_F(Tls, WorkersRefuseARouterFromAnotherCa) {
 }
 
 TEST(TlsFlags, BadFilesNameTheFlag) {
-  auto missing =
-      MakeServerCredentials({.cert = "/nonexistent.crt", .key = "/nonexistent.key"}, true);
+  auto missing = MakeServerCredentials(
+      {.cert = "/nonexistent.crt", .key = "/nonexistent.key", .ca = ""}, true);
   EXPECT_NE(missing.status().message().find("--tls-cert"), std::string::npos) << missing.status();
-  auto half = MakeChannelCredentials({.cert = "/x.crt"});
+  auto half = MakeChannelCredentials({.cert = "/x.crt", .key = "", .ca = ""});
   EXPECT_NE(half.status().message().find("--tls-key"), std::string::npos) << half.status();
-  auto no_cert = MakeServerCredentials({.ca = "/x.crt"}, true);
+  auto no_cert = MakeServerCredentials({.cert = "", .key = "", .ca = "/x.crt"}, true);
   EXPECT_FALSE(no_cert.ok());
   CommandResult r = RunCommand({BinPath("shardserve-worker"), "--listen", "127.0.0.1:0",
                                 "--tls-cert", "/nonexistent.crt", "--tls-key", "/nonexistent.key"},
