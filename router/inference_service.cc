@@ -50,6 +50,19 @@ InferenceServiceImpl::InferenceServiceImpl(std::string model_name, ModelConfig c
   }
 }
 
+std::vector<Replica*> InferenceServiceImpl::replicas() const {
+  absl::MutexLock lock(&replicas_mu_);
+  return replicas_;
+}
+
+void InferenceServiceImpl::AddReplica(Replica* replica) {
+  replica->set_failover([this](Replica* from, std::vector<Handoff> handoffs) {
+    return Rehome(from, std::move(handoffs));
+  });
+  absl::MutexLock lock(&replicas_mu_);
+  replicas_.push_back(replica);
+}
+
 std::vector<Handoff> InferenceServiceImpl::Rehome(Replica* from, std::vector<Handoff> handoffs) {
   std::vector<Handoff> left;
   for (Handoff& h : handoffs) {
@@ -58,7 +71,7 @@ std::vector<Handoff> InferenceServiceImpl::Rehome(Replica* from, std::vector<Han
     std::vector<Replica*> ready;
     std::vector<RoutingLoad> loads;
     std::vector<int64_t> sequences;
-    for (Replica* r : replicas_) {
+    for (Replica* r : replicas()) {
       if (r == from || !r->ready()) continue;
       ready.push_back(r);
       loads.push_back(routing_ == RoutingPolicy::kPrefix ? r->Routing(h.sequence->tokens)
@@ -80,7 +93,8 @@ std::vector<Handoff> InferenceServiceImpl::Rehome(Replica* from, std::vector<Han
 
 bool InferenceServiceImpl::serving() const {
   if (draining_) return false;
-  return std::any_of(replicas_.begin(), replicas_.end(), [](Replica* r) { return r->ready(); });
+  const std::vector<Replica*> all = replicas();
+  return std::any_of(all.begin(), all.end(), [](Replica* r) { return r->ready(); });
 }
 
 absl::StatusOr<Replica*> InferenceServiceImpl::PickReplica(absl::Span<const int32_t> prompt) const {
@@ -88,7 +102,7 @@ absl::StatusOr<Replica*> InferenceServiceImpl::PickReplica(absl::Span<const int3
   std::vector<RoutingLoad> loads;
   std::vector<int64_t> sequences;
   std::vector<std::string> why;
-  for (Replica* r : replicas_) {
+  for (Replica* r : replicas()) {
     if (!r->ready()) {
       why.push_back(absl::StrCat("pipeline ", r->index(), ": ", r->last_error()));
       continue;
@@ -245,7 +259,7 @@ void InferenceServiceImpl::Cancel(Generation& g) {
   // After a failover the sequence may be on any replica (or between two): the flag stops a
   // handoff in progress, and every replica drops it if it holds it.
   g.sequence->client_gone = true;
-  for (Replica* r : replicas_) r->Cancel(g.sequence->id);
+  for (Replica* r : replicas()) r->Cancel(g.sequence->id);
   if (metrics_ != nullptr) metrics_->OnCancel(g.trace);
 }
 
@@ -347,7 +361,7 @@ grpc::Status InferenceServiceImpl::GetModelInfo(grpc::ServerContext* context,
   resp->set_context_length(config_.max_position_embeddings);
   resp->set_bos_token_id(tokenizer_->bos_id());
   for (int32_t id : eos_ids_) resp->add_eos_token_ids(id);
-  for (Replica* r : replicas_) {
+  for (Replica* r : replicas()) {
     v1::PipelineLayout* p = resp->add_pipelines();
     p->set_ready(r->ready());
     for (const StageEndpoint& s : r->stages()) {

@@ -114,7 +114,10 @@ class InferenceServiceImpl final : public v1::InferenceService::Service {
   // Generations admitted and not yet destroyed.
   int64_t admitted() const { return admitted_.load(); }
   const std::string& model_name() const { return model_name_; }
-  const std::vector<Replica*>& replicas() const { return replicas_; }
+  // The replicas now (more may be added while serving).
+  std::vector<Replica*> replicas() const;
+  // Serves from `replica` too (started, outliving the service); gives it the failover handler.
+  void AddReplica(Replica* replica);
 
  private:
   absl::StatusOr<std::vector<int32_t>> PromptIds(const v1::GenerateRequest& request) const;
@@ -129,7 +132,8 @@ class InferenceServiceImpl final : public v1::InferenceService::Service {
   const ModelConfig config_;
   const Tokenizer* const tokenizer_;
   const std::optional<ChatTemplate> chat_template_;
-  const std::vector<Replica*> replicas_;
+  mutable absl::Mutex replicas_mu_;
+  std::vector<Replica*> replicas_ ABSL_GUARDED_BY(replicas_mu_);
   ModelLimits limits_;
   std::vector<int32_t> eos_ids_;
   std::atomic<uint64_t> next_sequence_id_{1};

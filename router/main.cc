@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "CLI/CLI.hpp"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "common/logging.h"
 #include "common/tls.h"
@@ -56,6 +57,12 @@ int RouterMain(int argc, char** argv) {
       ->check(CLI::Range(1, 1024));
   app.add_option("--layers", layers_flag, "manual split, inclusive ranges: 0-2,3-4");
   app.add_option("--replicas", replicas, "pipeline replicas")->check(CLI::Range(1, 1024));
+  int max_replicas = 0;
+  app.add_option("--max-replicas", max_replicas,
+                 "add a pipeline replica whenever enough spare workers (announced, listed or "
+                 "found by DNS) are free for all its stages, up to this many (0: --replicas)")
+      ->check(CLI::Range(0, 1024))
+      ->capture_default_str();
   app.add_option("--max-batch-tokens", max_batch_tokens, "tokens per micro-batch")
       ->check(CLI::Range(1, 65536))
       ->capture_default_str();
@@ -356,6 +363,37 @@ int RouterMain(int argc, char** argv) {
     }
   });
 
+  // Scale out: a new replica from free spares, while under --max-replicas. Only this thread adds
+  // to `owned` until it is joined.
+  std::thread scaler;
+  if (max_replicas > replicas) {
+    scaler = std::thread([&] {
+      while (!stopping) {
+        for (int i = 0; i < 20 && !stopping; ++i) absl::SleepFor(absl::Milliseconds(50));
+        if (stopping || static_cast<int>(owned.size()) >= max_replicas) continue;
+        if (static_cast<int>(registry.Spares().size()) < stages) continue;
+        std::vector<StageEndpoint> endpoints;
+        for (int st = 0; st < stages; ++st) {
+          auto spare = registry.ClaimSpare();
+          if (!spare) break;
+          endpoints.push_back({*spare, ranges[st]});
+        }
+        if (static_cast<int>(endpoints.size()) < stages) {
+          for (const StageEndpoint& e : endpoints) registry.Release(e.address);
+          continue;
+        }
+        const int index = static_cast<int>(owned.size());
+        std::vector<std::string> addresses;
+        for (const StageEndpoint& e : endpoints) addresses.push_back(e.address);
+        LOG(INFO) << "spare workers " << absl::StrJoin(addresses, ",") << " make pipeline "
+                  << index;
+        owned.push_back(std::make_unique<Replica>(index, std::move(endpoints), options));
+        service.AddReplica(owned.back().get());
+        owned.back()->Start();
+      }
+    });
+  }
+
   // A DNS name is resolved again every 5 s: workers that appear join the pool as spares.
   std::thread discovery_thread;
   if (IsDnsWorkers(workers_flag)) {
@@ -385,6 +423,7 @@ int RouterMain(int argc, char** argv) {
   stopping = true;
   health_thread.join();
   if (discovery_thread.joinable()) discovery_thread.join();
+  if (scaler.joinable()) scaler.join();
   health->SetServingStatus(false);
   if (http != nullptr) http->Stop();
   for (auto& r : owned) r->Stop();

@@ -2,6 +2,7 @@
 // router that loaded it, so the second router skips the first one's workers, builds its pipeline
 // from the rest, and both serve correct output without disturbing each other.
 #include <set>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
@@ -58,6 +59,51 @@ TEST(SharedWorkers, SecondRouterServesFromTheWorkersTheFirstDoesNotHold) {
   }
   // Router A still holds its own workers: B never took them over.
   EXPECT_EQ(StageAddresses(a), held_by_a);
+}
+
+// --max-replicas: a worker that announces itself while the router runs becomes a new pipeline
+// replica, which then serves requests with the reference output.
+TEST(ScaleOut, AnnouncedWorkerAddsAPipelineReplica) {
+  Cluster cluster(
+      {.model = Stories260K(), .stages = 1, .replicas = 1, .router_args = {"--max-replicas", "2"}});
+  ASSERT_TRUE(cluster.WaitServing(absl::Seconds(60)).ok());
+  EXPECT_EQ(StageAddresses(cluster).size(), 1u);
+  const std::string added = absl::StrCat("127.0.0.1:", FreePort());
+  Process worker({BinPath("shardserve-worker"), "--listen", added, "--threads", "1", "--router",
+                  cluster.router_address()},
+                 absl::StrCat(SHARDSERVE_TEST_LOGS, "/scale-out-worker.log"));
+  auto ready_pipelines = [&] {
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+    v1::GetModelInfoResponse info;
+    EXPECT_TRUE(cluster.Stub()->GetModelInfo(&context, v1::GetModelInfoRequest(), &info).ok());
+    int ready = 0;
+    for (const auto& p : info.pipelines()) ready += p.ready();
+    return ready;
+  };
+  for (int i = 0; i < 200 && ready_pipelines() < 2; ++i) absl::SleepFor(absl::Milliseconds(50));
+  ASSERT_EQ(ready_pipelines(), 2);
+  EXPECT_EQ(StageAddresses(cluster),
+            (std::vector<std::string>{cluster.worker_addresses()[0], added}));
+
+  auto ref = RunGenerate(Stories260K(), "Tim had a red car", 64, 0, 0);
+  ASSERT_TRUE(ref.ok()) << ref.status();
+  std::vector<absl::StatusOr<CompletionResult>> got(4, absl::UnknownError("not run"));
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < got.size(); ++i) {
+    threads.emplace_back([&, i] {
+      got[i] = RunCompletion(cluster.router_address(), TextRequest("Tim had a red car", 64, 0, 0),
+                             absl::Seconds(30), nullptr);
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (const auto& g : got) {
+    ASSERT_TRUE(g.ok()) << g.status();
+    EXPECT_EQ(g->ids, ref->ids);
+  }
+  auto stats = WorkerStats(added);
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  EXPECT_GT(stats->tokens(), 0u) << "the new pipeline served nothing";
 }
 
 // --workers dns:///NAME:PORT: the router resolves the name (here localhost) to its worker and
