@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
 #include "kernels/cpu/quant.h"
+#include "model/stage_step.h"
 
 namespace shardserve {
 namespace {
@@ -49,8 +50,7 @@ struct Workspace {
   int64_t capacity = 0;
   std::unique_ptr<Buffer> x, h, qa, q, kv, q_lat, lat_out, attn, gate_up, act, logits_router, xe,
       ye, moe;
-  int64_t logits_capacity = 0;
-  std::unique_ptr<Buffer> logits;
+  LogitsBuffer logits;  // [rows, vocab], copied out by Forward
 };
 
 // Row i of the de-interleaved order holds stored row 2i (first half) or 2(i - dim/2) + 1.
@@ -213,60 +213,15 @@ class DeepseekStage : public ModelStage {
     ASSIGN_OR_RETURN(const int64_t total, Validate(batch, hidden_in));
     RETURN_IF_ERROR(Reserve(total));
 
-    std::vector<int32_t> positions;
-    std::vector<AttentionSeq> seqs;
-    positions.reserve(total);
-    int64_t row = 0;
-    for (const SequenceStep& s : batch) {
-      const int64_t n = static_cast<int64_t>(s.tokens.size());
-      seqs.push_back({row, n, s.start_pos, absl::MakeConstSpan(s.block_table)});
-      for (int64_t t = 0; t < n; ++t) positions.push_back(static_cast<int32_t>(s.start_pos + t));
-      row += n;
-    }
-
+    const StepRows rows = PlanStepRows(batch, total);
     Tensor x = Tensor::Of(ws_.x->data(), DType::kF32, total, H);
-    if (is_first()) {
-      std::vector<int32_t> ids;
-      ids.reserve(total);
-      for (const SequenceStep& s : batch) ids.insert(ids.end(), s.tokens.begin(), s.tokens.end());
-      backend_->Embedding(embed_.t, ids, x);
-    } else {
-      backend_->CopyToDevice(x.data, hidden_in.data(),
-                             static_cast<size_t>(total * H) * sizeof(float));
-    }
+    LoadStepInput(backend_, is_first(), embed_.t, batch, hidden_in, x);
     for (size_t l = 0; l < layers_.size(); ++l) {
-      RETURN_IF_ERROR(RunAttention(l, x, total, positions, seqs));
+      RETURN_IF_ERROR(RunAttention(l, x, total, rows.positions, rows.seqs));
       RETURN_IF_ERROR(RunFfn(l, x, total));
     }
-
-    StepOutput out;
-    if (!is_last()) {
-      out.rows = total;
-      out.cols = H;
-      out.data.resize(static_cast<size_t>(total * H));
-      RETURN_IF_ERROR(
-          backend_->CopyToHost(out.data.data(), x.data, out.data.size() * sizeof(float)));
-      return out;
-    }
-    std::vector<int64_t> rows;
-    for (size_t i = 0; i < seqs.size(); ++i) {
-      if (batch[i].compute_logits) rows.push_back(seqs[i].row_begin + seqs[i].num_tokens - 1);
-    }
-    out.rows = static_cast<int64_t>(rows.size());
-    out.cols = c.vocab_size;
-    if (rows.empty()) return out;
-    Tensor h = Tensor::Of(ws_.h->data(), DType::kF32, out.rows, H);
-    for (size_t i = 0; i < rows.size(); ++i) {
-      backend_->CopyOnDevice(h.row(static_cast<int64_t>(i)), x.row(rows[i]), H * sizeof(float));
-    }
-    backend_->RmsNorm(h, final_norm_.t, static_cast<float>(c.rms_norm_eps), h);
-    RETURN_IF_ERROR(ReserveLogits(out.rows));
-    Tensor logits = Tensor::Of(ws_.logits->data(), DType::kF32, out.rows, out.cols);
-    backend_->MatMul(h, lm_head_.t, nullptr, logits);
-    out.data.resize(static_cast<size_t>(out.rows * out.cols));
-    RETURN_IF_ERROR(
-        backend_->CopyToHost(out.data.data(), logits.data, out.data.size() * sizeof(float)));
-    return out;
+    return StageOutput(backend_, c, is_last(), batch, rows, x, ws_.h->data(), final_norm_.t,
+                       lm_head_.t, ws_.logits);
   }
 
  private:
@@ -445,15 +400,6 @@ class DeepseekStage : public ModelStage {
     RETURN_IF_ERROR(alloc(&ws_.ye, c.hidden_size));
     RETURN_IF_ERROR(alloc(&ws_.moe, c.hidden_size));
     ws_.capacity = cap;
-    return absl::OkStatus();
-  }
-
-  absl::Status ReserveLogits(int64_t rows) {
-    if (rows <= ws_.logits_capacity) return absl::OkStatus();
-    const int64_t cap = std::max<int64_t>(rows, 16);
-    ASSIGN_OR_RETURN(ws_.logits, backend_->Allocate(static_cast<size_t>(cap * config_.vocab_size) *
-                                                    sizeof(float)));
-    ws_.logits_capacity = cap;
     return absl::OkStatus();
   }
 

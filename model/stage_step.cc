@@ -1,0 +1,78 @@
+#include "model/stage_step.h"
+
+#include <algorithm>
+
+#include "common/status.h"
+
+namespace shardserve {
+
+StepRows PlanStepRows(absl::Span<const SequenceStep> batch, int64_t total_rows) {
+  StepRows r;
+  r.positions.reserve(total_rows);
+  r.seqs.reserve(batch.size());
+  int64_t row = 0;
+  for (const SequenceStep& s : batch) {
+    const int64_t n = static_cast<int64_t>(s.tokens.size());
+    r.seqs.push_back({row, n, s.start_pos, absl::MakeConstSpan(s.block_table)});
+    for (int64_t t = 0; t < n; ++t) r.positions.push_back(static_cast<int32_t>(s.start_pos + t));
+    row += n;
+  }
+  return r;
+}
+
+void LoadStepInput(Backend* backend, bool first, const Tensor& embedding,
+                   absl::Span<const SequenceStep> batch, absl::Span<const float> hidden_in,
+                   Tensor x) {
+  if (first) {
+    std::vector<int32_t> ids;
+    ids.reserve(x.rows);
+    for (const SequenceStep& s : batch) ids.insert(ids.end(), s.tokens.begin(), s.tokens.end());
+    backend->Embedding(embedding, ids, x);
+  } else {
+    backend->CopyToDevice(x.data, hidden_in.data(),
+                          static_cast<size_t>(x.rows * x.cols) * sizeof(float));
+  }
+}
+
+absl::StatusOr<StepOutput> StageOutput(Backend* backend, const ModelConfig& config, bool last,
+                                       absl::Span<const SequenceStep> batch, const StepRows& rows,
+                                       Tensor x, void* h_buffer, const Tensor& final_norm,
+                                       const Tensor& lm_head, LogitsBuffer& logits) {
+  const int64_t H = x.cols;
+  StepOutput out;
+  if (!last) {
+    out.rows = x.rows;
+    out.cols = H;
+    out.data.resize(static_cast<size_t>(x.rows * H));
+    RETURN_IF_ERROR(backend->CopyToHost(out.data.data(), x.data, out.data.size() * sizeof(float)));
+    return out;
+  }
+  // Logits only for the rows that need sampling.
+  std::vector<int64_t> sampled;
+  for (size_t i = 0; i < rows.seqs.size(); ++i) {
+    if (batch[i].compute_logits) {
+      sampled.push_back(rows.seqs[i].row_begin + rows.seqs[i].num_tokens - 1);
+    }
+  }
+  out.rows = static_cast<int64_t>(sampled.size());
+  out.cols = config.vocab_size;
+  if (sampled.empty()) return out;
+  Tensor h = Tensor::Of(h_buffer, DType::kF32, out.rows, H);
+  for (size_t i = 0; i < sampled.size(); ++i) {
+    backend->CopyOnDevice(h.row(static_cast<int64_t>(i)), x.row(sampled[i]), H * sizeof(float));
+  }
+  backend->RmsNorm(h, final_norm, static_cast<float>(config.rms_norm_eps), h);
+  if (out.rows > logits.capacity) {
+    const int64_t cap = std::max<int64_t>(out.rows, 16);
+    ASSIGN_OR_RETURN(logits.buffer,
+                     backend->Allocate(static_cast<size_t>(cap * out.cols) * sizeof(float)));
+    logits.capacity = cap;
+  }
+  Tensor l = Tensor::Of(logits.buffer->data(), DType::kF32, out.rows, out.cols);
+  backend->MatMul(h, lm_head, nullptr, l);
+  out.data.resize(static_cast<size_t>(out.rows * out.cols));
+  RETURN_IF_ERROR(backend->CopyToHost(out.data.data(), l.data, out.data.size() * sizeof(float)));
+  return out;
+}
+
+}  // namespace shardserve

@@ -1,0 +1,48 @@
+// The parts of a decoder stage's Forward that do not depend on the architecture: where each
+// sequence's rows and positions lie in the step, the step's input rows (token embeddings on the
+// first stage, the previous stage's hidden states elsewhere) and its output (hidden states for
+// the next stage, or on the last stage the final norm and LM head over each sequence's last row
+// that asks for logits). Llama-family and DeepSeek stages run their own layers in between.
+#ifndef SHARDSERVE_MODEL_STAGE_STEP_H_
+#define SHARDSERVE_MODEL_STAGE_STEP_H_
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "kernels/backend.h"
+#include "model/config.h"
+#include "model/stage.h"
+
+namespace shardserve {
+
+struct StepRows {
+  std::vector<int32_t> positions;  // one per row
+  std::vector<AttentionSeq> seqs;  // one per sequence, in batch order
+};
+
+StepRows PlanStepRows(absl::Span<const SequenceStep> batch, int64_t total_rows);
+
+// Fills x [total, hidden]: embeddings of the batch's tokens when `first`, else `hidden_in`.
+void LoadStepInput(Backend* backend, bool first, const Tensor& embedding,
+                   absl::Span<const SequenceStep> batch, absl::Span<const float> hidden_in,
+                   Tensor x);
+
+// A [rows, vocab] logits buffer that grows on demand.
+struct LogitsBuffer {
+  int64_t capacity = 0;  // rows
+  std::unique_ptr<Buffer> buffer;
+};
+
+// The stage's output for the step whose final hidden states are `x`. On the last stage `h` is
+// scratch for at least one row per sequence.
+absl::StatusOr<StepOutput> StageOutput(Backend* backend, const ModelConfig& config, bool last,
+                                       absl::Span<const SequenceStep> batch, const StepRows& rows,
+                                       Tensor x, void* h, const Tensor& final_norm,
+                                       const Tensor& lm_head, LogitsBuffer& logits);
+
+}  // namespace shardserve
+
+#endif  // SHARDSERVE_MODEL_STAGE_STEP_H_
