@@ -81,24 +81,6 @@ absl::Status Bad(const std::string& path, absl::string_view what) {
   return absl::InvalidArgumentError(absl::StrCat(path, ": ", what));
 }
 
-int ByteFallbackValue(absl::string_view piece) {
-  if (piece.size() != 6 || piece.substr(0, 3) != "<0x" || piece[5] != '>') return -1;
-  int v = 0;
-  for (int i = 3; i < 5; ++i) {
-    const char c = piece[i];
-    v <<= 4;
-    if (c >= '0' && c <= '9')
-      v |= c - '0';
-    else if (c >= 'A' && c <= 'F')
-      v |= c - 'A' + 10;
-    else if (c >= 'a' && c <= 'f')
-      v |= c - 'a' + 10;
-    else
-      return -1;
-  }
-  return v;
-}
-
 std::string ReplaceAll(std::string s, const std::string& from, const std::string& to) {
   size_t pos = 0;
   while ((pos = s.find(from, pos)) != std::string::npos) {

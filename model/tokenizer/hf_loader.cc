@@ -191,25 +191,6 @@ absl::Status ParseDecoder(const Context& ctx, const Json& j, DecoderSpec* d) {
   return absl::OkStatus();
 }
 
-// "<0xAB>" -> 0xAB; -1 otherwise.
-int ByteFallbackValue(absl::string_view piece) {
-  if (piece.size() != 6 || piece.substr(0, 3) != "<0x" || piece[5] != '>') return -1;
-  int v = 0;
-  for (int i = 3; i < 5; ++i) {
-    const char c = piece[i];
-    v <<= 4;
-    if (c >= '0' && c <= '9')
-      v |= c - '0';
-    else if (c >= 'A' && c <= 'F')
-      v |= c - 'A' + 10;
-    else if (c >= 'a' && c <= 'f')
-      v |= c - 'a' + 10;
-    else
-      return -1;
-  }
-  return v;
-}
-
 std::string DecodePiece(const DecoderSpec& d, const std::string& piece) {
   std::string bytes;
   if (d.byte_level && ByteLevelToBytes(piece, &bytes)) return bytes;
@@ -444,6 +425,24 @@ absl::StatusOr<Json> ParseJson(absl::string_view text, const std::string& name) 
 }
 
 }  // namespace
+
+int ByteFallbackValue(absl::string_view piece) {
+  if (piece.size() != 6 || piece.substr(0, 3) != "<0x" || piece[5] != '>') return -1;
+  int v = 0;
+  for (int i = 3; i < 5; ++i) {
+    const char c = piece[i];
+    v <<= 4;
+    if (c >= '0' && c <= '9')
+      v |= c - '0';
+    else if (c >= 'A' && c <= 'F')
+      v |= c - 'A' + 10;
+    else if (c >= 'a' && c <= 'f')
+      v |= c - 'a' + 10;
+    else
+      return -1;
+  }
+  return v;
+}
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> ParseHfTokenizer(absl::string_view tokenizer_json,
                                                             absl::string_view config_json,

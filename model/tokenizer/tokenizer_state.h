@@ -60,6 +60,9 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadHfTokenizer(const std::string& di
 absl::StatusOr<std::unique_ptr<Tokenizer>> LoadGgufTokenizer(const std::string& path);
 // Parses tokenizer.json text (and optional config texts) directly; used by the folder loader and
 // the fuzz target. `name` appears in error messages.
+// A SentencePiece byte-fallback piece "<0xAB>" -> 0xAB; -1 for any other piece.
+int ByteFallbackValue(absl::string_view piece);
+
 absl::StatusOr<std::unique_ptr<Tokenizer>> ParseHfTokenizer(absl::string_view tokenizer_json,
                                                             absl::string_view config_json,
                                                             absl::string_view generation_json,
