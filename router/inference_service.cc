@@ -43,11 +43,32 @@ InferenceServiceImpl::InferenceServiceImpl(std::string model_name, ModelConfig c
   limits_.vocab_size = static_cast<int32_t>(config_.vocab_size);
   eos_ids_ = config_.eos_token_ids;
   for (int32_t id : tokenizer_->eos_ids()) eos_ids_.push_back(id);
-  for (Replica* r : replicas_) {
-    r->set_failover([this](Replica* from, std::vector<Handoff> handoffs) {
-      return Rehome(from, std::move(handoffs));
-    });
+  for (Replica* r : replicas_) SetFailover(r);
+}
+
+void InferenceServiceImpl::SetFailover(Replica* replica) {
+  replica->set_failover([this](Replica* from, std::vector<Handoff> handoffs) {
+    return Rehome(from, std::move(handoffs));
+  });
+}
+
+InferenceServiceImpl::Candidates InferenceServiceImpl::ReadyReplicas(
+    absl::Span<const int32_t> tokens, const Replica* exclude,
+    std::vector<std::string>* not_ready) const {
+  Candidates c;
+  for (Replica* r : replicas()) {
+    if (r == exclude) continue;
+    if (!r->ready()) {
+      if (not_ready != nullptr) {
+        not_ready->push_back(absl::StrCat("pipeline ", r->index(), ": ", r->last_error()));
+      }
+      continue;
+    }
+    c.replicas.push_back(r);
+    c.loads.push_back(routing_ == RoutingPolicy::kPrefix ? r->Routing(tokens) : RoutingLoad{});
+    c.sequences.push_back(r->load());
   }
+  return c;
 }
 
 std::vector<Replica*> InferenceServiceImpl::replicas() const {
@@ -56,9 +77,7 @@ std::vector<Replica*> InferenceServiceImpl::replicas() const {
 }
 
 void InferenceServiceImpl::AddReplica(Replica* replica) {
-  replica->set_failover([this](Replica* from, std::vector<Handoff> handoffs) {
-    return Rehome(from, std::move(handoffs));
-  });
+  SetFailover(replica);
   absl::MutexLock lock(&replicas_mu_);
   replicas_.push_back(replica);
 }
@@ -68,23 +87,14 @@ std::vector<Handoff> InferenceServiceImpl::Rehome(Replica* from, std::vector<Han
   for (Handoff& h : handoffs) {
     if (h.sequence->client_gone) continue;
     // The same choice a new request gets, among the other ready replicas.
-    std::vector<Replica*> ready;
-    std::vector<RoutingLoad> loads;
-    std::vector<int64_t> sequences;
-    for (Replica* r : replicas()) {
-      if (r == from || !r->ready()) continue;
-      ready.push_back(r);
-      loads.push_back(routing_ == RoutingPolicy::kPrefix ? r->Routing(h.sequence->tokens)
-                                                         : RoutingLoad{});
-      sequences.push_back(r->load());
-    }
+    Candidates c = ReadyReplicas(h.sequence->tokens, from, nullptr);
     bool placed = false;
-    while (!ready.empty() && !placed) {
-      const size_t i = ChooseReplica(routing_, loads, sequences);
-      placed = ready[i]->Adopt(h).ok();
-      ready.erase(ready.begin() + i);
-      loads.erase(loads.begin() + i);
-      sequences.erase(sequences.begin() + i);
+    while (!c.replicas.empty() && !placed) {
+      const size_t i = ChooseReplica(routing_, c.loads, c.sequences);
+      placed = c.replicas[i]->Adopt(h).ok();
+      c.replicas.erase(c.replicas.begin() + i);
+      c.loads.erase(c.loads.begin() + i);
+      c.sequences.erase(c.sequences.begin() + i);
     }
     if (!placed) left.push_back(std::move(h));
   }
@@ -98,23 +108,12 @@ bool InferenceServiceImpl::serving() const {
 }
 
 absl::StatusOr<Replica*> InferenceServiceImpl::PickReplica(absl::Span<const int32_t> prompt) const {
-  std::vector<Replica*> ready;
-  std::vector<RoutingLoad> loads;
-  std::vector<int64_t> sequences;
   std::vector<std::string> why;
-  for (Replica* r : replicas()) {
-    if (!r->ready()) {
-      why.push_back(absl::StrCat("pipeline ", r->index(), ": ", r->last_error()));
-      continue;
-    }
-    ready.push_back(r);
-    loads.push_back(routing_ == RoutingPolicy::kPrefix ? r->Routing(prompt) : RoutingLoad{});
-    sequences.push_back(r->load());
-  }
-  if (ready.empty()) {
+  const Candidates c = ReadyReplicas(prompt, nullptr, &why);
+  if (c.replicas.empty()) {
     return absl::UnavailableError(absl::StrCat("no pipeline is ready; ", absl::StrJoin(why, "; ")));
   }
-  return ready[ChooseReplica(routing_, loads, sequences)];
+  return c.replicas[ChooseReplica(routing_, c.loads, c.sequences)];
 }
 
 grpc::Status InferenceServiceImpl::Authorize(const grpc::ServerContext* context) const {

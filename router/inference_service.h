@@ -121,7 +121,17 @@ class InferenceServiceImpl final : public v1::InferenceService::Service {
 
  private:
   absl::StatusOr<std::vector<int32_t>> PromptIds(const v1::GenerateRequest& request) const;
+  // Ready replicas other than `exclude`, with what routing weighs for `tokens`; the others'
+  // reasons go to `not_ready` (optional).
+  struct Candidates {
+    std::vector<Replica*> replicas;
+    std::vector<RoutingLoad> loads;
+    std::vector<int64_t> sequences;
+  };
+  Candidates ReadyReplicas(absl::Span<const int32_t> tokens, const Replica* exclude,
+                           std::vector<std::string>* not_ready) const;
   absl::StatusOr<Replica*> PickReplica(absl::Span<const int32_t> prompt) const;
+  void SetFailover(Replica* replica);
   // The failover handler of every replica: places sequences of a failed pipeline elsewhere.
   std::vector<Handoff> Rehome(Replica* from, std::vector<Handoff> handoffs);
   absl::Status CheckAdmissionLimits(const v1::GenerateRequest& request) const;

@@ -295,15 +295,15 @@ void Scheduler::Cancel(uint64_t id) {
 }
 
 void Scheduler::Finish(uint64_t id) {
-  for (const auto& list :
-       {running_, std::vector<std::shared_ptr<Sequence>>(waiting_.begin(), waiting_.end())}) {
-    for (const auto& s : list) {
-      if (s->id == id) {
-        FinishSequence(s);
-        return;
-      }
-    }
+  // A copy: FinishSequence removes the sequence from the list it was found in.
+  std::shared_ptr<Sequence> found;
+  auto has_id = [id](const std::shared_ptr<Sequence>& s) { return s->id == id; };
+  if (auto it = std::find_if(running_.begin(), running_.end(), has_id); it != running_.end()) {
+    found = *it;
+  } else if (auto w = std::find_if(waiting_.begin(), waiting_.end(), has_id); w != waiting_.end()) {
+    found = *w;
   }
+  if (found) FinishSequence(found);
 }
 
 std::vector<std::shared_ptr<Sequence>> Scheduler::AbandonAll() {
