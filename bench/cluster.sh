@@ -33,38 +33,23 @@ while [ $# -gt 0 ]; do
     *) echo "error: unknown flag $1 (see the header of $0)" >&2; exit 2 ;;
   esac
 done
-bin=$build/bin/shardserve
-for b in shardserve shardserve-router shardserve-worker; do
-  [ -x "$build/bin/$b" ] || { echo "error: $build/bin/$b not built (run scripts/build.sh)" >&2; exit 1; }
-done
-if [ ! -f "$model/config.json" ]; then
-  mkdir -p "$(dirname "$model")"
-  "$bin" synth --like llama-110m --dtype f32 --out "$model" >/dev/null
-fi
-logs=$(mktemp -d /tmp/shardserve-cluster-bench-XXXXXX)
-results=$logs/results.jsonl
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -INT "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-}
-trap cleanup EXIT
+. "$(dirname "$0")/lib.sh"
+bench_setup "$build" "$model" shardserve-cluster-bench
 
 # Starts `shardserve up` with $1 workers of $2 threads each on port $3 and waits until it serves.
 # An idle cluster uses no CPU, so both configurations stay up and their runs alternate.
 start_cluster() {
   local workers=$1 per_worker=$2 p=$3 log=$logs/up-$1x$2.log
-  "$bin" up --workers "$workers" --threads "$per_worker" --model "$model" \
-    --listen "127.0.0.1:$p" >"$log" 2>&1 &
-  pids+=($!)
+  bench_start "$bin/shardserve" up --workers "$workers" --threads "$per_worker" --model "$model" \
+    --listen "127.0.0.1:$p" >"$log" 2>&1
   for _ in $(seq 600); do
     grep -q "shardserve is up" "$log" && break
-    kill -0 "${pids[-1]}" 2>/dev/null || { echo "error: shardserve up failed; see $log" >&2; exit 1; }
+    kill -0 "${bench_pids[-1]}" 2>/dev/null || { echo "error: shardserve up failed; see $log" >&2; exit 1; }
     sleep 0.2
   done
   grep -q "shardserve is up" "$log" || { echo "error: no cluster after 120 s; see $log" >&2; exit 1; }
   # One warm-up request so that first-touch page faults stay out of the figures.
-  "$bin" bench --server "127.0.0.1:$p" --concurrency 1 --requests 1 \
+  "$bin/shardserve" bench --server "127.0.0.1:$p" --concurrency 1 --requests 1 \
     --prompt-tokens "$prompt_tokens" --max-tokens 8 --json >/dev/null
 }
 
@@ -75,13 +60,13 @@ ids=$(python3 -c "print(','.join(str(300 + (i * 7919) % 31000) for i in range($p
 for rep in $(seq "$repeat"); do
   for c in $concurrency; do
     if [ "$c" = 1 ]; then
-      gen=$("$bin" generate --model "$model" --prompt-ids "$ids" --max-tokens "$max_tokens" \
+      gen=$("$bin/shardserve" generate --model "$model" --prompt-ids "$ids" --max-tokens "$max_tokens" \
             --temperature 0 --ignore-eos --threads "$threads" --json)
       echo "{\"rep\": $rep, \"kind\": \"generate\", \"result\": $gen}" >>"$results"
     fi
     requests=$((2 * c > 4 ? 2 * c : 4))
     for stages in 1 2; do
-      out=$("$bin" bench --server "127.0.0.1:$((port + stages - 1))" --concurrency "$c" \
+      out=$("$bin/shardserve" bench --server "127.0.0.1:$((port + stages - 1))" --concurrency "$c" \
             --requests "$requests" --prompt-tokens "$prompt_tokens" --max-tokens "$max_tokens" --json)
       echo "{\"rep\": $rep, \"kind\": \"bench\", \"stages\": $stages, \"result\": $out}" >>"$results"
     done
