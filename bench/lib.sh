@@ -18,6 +18,11 @@ bench_setup() {
   fi
   logs=$(mktemp -d "/tmp/$3-XXXXXX")
   results=$logs/results.jsonl
+  # The cluster credential every router and worker started here reads.
+  if [ -z "${SHARDSERVE_CLUSTER_SECRET_FILE:-}" ]; then
+    (umask 077 && openssl rand -hex 32 >"$logs/cluster-secret")
+    export SHARDSERVE_CLUSTER_SECRET_FILE=$logs/cluster-secret
+  fi
   bench_pids=()
   trap bench_stop_all EXIT
 }

@@ -6,6 +6,7 @@ shardserve_cc_library(
        ${PROJECT_SOURCE_DIR}/cli/bench.cc
   HDRS ${PROJECT_SOURCE_DIR}/cli/complete.h ${PROJECT_SOURCE_DIR}/cli/up.h
        ${PROJECT_SOURCE_DIR}/cli/bench.h
-  DEPS shardserve_proto shardserve_common shardserve_tls nlohmann_json::nlohmann_json absl::time
+  DEPS shardserve_proto shardserve_common shardserve_tls shardserve_net nlohmann_json::nlohmann_json
+       absl::time
        absl::strings gRPC::grpc++
 )

@@ -43,9 +43,11 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
         "its own certificate to serve TLS");
   }
   grpc::SslServerCredentialsOptions options(
-      require_client_cert && !files.ca.empty()
-          ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
-          : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+      files.ca.empty()      ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
+      : require_client_cert ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
+                            // Optional, verified when presented: public clients need none,
+                            // cluster members (announcing workers) are recognised by theirs.
+                            : GRPC_SSL_REQUEST_CLIENT_CERTIFICATE_AND_VERIFY);
   grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
   auto cert = ReadPem(files.cert, "--tls-cert");
   if (!cert.ok()) return cert.status();

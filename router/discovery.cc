@@ -24,6 +24,16 @@ absl::StatusOr<std::vector<std::string>> ResolveWorkers(const std::string& spec)
   if (!IsDnsWorkers(spec)) {
     std::vector<std::string> out = absl::StrSplit(spec, ',', absl::SkipEmpty());
     if (out.empty()) return absl::InvalidArgumentError("--workers: no worker address");
+    // One worker serves one stage: an address named twice would be two stages on one worker.
+    for (size_t i = 0; i < out.size(); ++i) {
+      for (size_t j = 0; j < i; ++j) {
+        if (out[i] == out[j]) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("--workers: ", out[i], " is listed twice (entries ", j + 1, " and ",
+                           i + 1, "); each worker serves one stage of one pipeline"));
+        }
+      }
+    }
     return out;
   }
   const std::string target = spec.substr(sizeof(kDnsPrefix) - 1);

@@ -6,6 +6,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/listen.h"
 #include "common/logging.h"
 #include "router/http_openai.h"
 
@@ -106,9 +107,10 @@ absl::Status HttpServer::Start(const std::string& address) {
   // A client that hangs up must not kill the process on the next write.
   std::signal(SIGPIPE, SIG_IGN);
   server_ = std::make_unique<httplib::Server>();
+  server_->set_socket_options(ExclusiveSocketOptions);
   const int threads = options_.max_in_flight + 16;
   server_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
-  server_->set_payload_max_length(64 << 20);
+  server_->set_payload_max_length(static_cast<size_t>(options_.max_body_bytes));
   server_->Get("/v1/models",
                [this](const httplib::Request& q, httplib::Response& r) { Models(q, r); });
   server_->Get(R"(/v1/models/(.+))",
@@ -136,7 +138,7 @@ absl::Status HttpServer::Start(const std::string& address) {
   } else {
     port_ = server_->bind_to_port(hp->first, hp->second) ? hp->second : -1;
   }
-  if (port_ <= 0) return absl::UnavailableError(absl::StrCat("cannot listen on ", address));
+  if (port_ <= 0) return CannotListen("--http-listen", address);
   thread_ = std::thread([this] { server_->listen_after_bind(); });
   return absl::OkStatus();
 }

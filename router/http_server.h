@@ -37,6 +37,8 @@ struct HttpServerOptions {
   std::string api_key;
   // Generations in flight over HTTP; more are answered 429.
   int max_in_flight = 256;
+  // Largest request body read (413 past it); the router derives it from its prompt limits.
+  int64_t max_body_bytes = int64_t{64} << 20;
 };
 
 class HttpServer {

@@ -44,6 +44,17 @@ InferenceServiceImpl::InferenceServiceImpl(std::string model_name, ModelConfig c
   eos_ids_ = config_.eos_token_ids;
   for (int32_t id : tokenizer_->eos_ids()) eos_ids_.push_back(id);
   for (Replica* r : replicas_) SetFailover(r);
+  for (int32_t id = 0; id < tokenizer_->vocab_size(); ++id) {
+    max_piece_bytes_ = std::max<int64_t>(max_piece_bytes_, tokenizer_->IdToPiece(id).size());
+  }
+}
+
+int64_t InferenceServiceImpl::max_prompt_bytes() const {
+  const int64_t tokens =
+      admission_.max_prompt_tokens > 0 ? admission_.max_prompt_tokens : limits_.context;
+  // A piece never covers fewer bytes of text than it spells, but normalization (NFC, the
+  // SentencePiece space) can grow text by up to ~3x: 4x keeps every prompt that could fit.
+  return tokens * max_piece_bytes_ * 4 + 4096;
 }
 
 void InferenceServiceImpl::SetFailover(Replica* replica) {
@@ -137,6 +148,16 @@ absl::Status InferenceServiceImpl::CheckAdmissionLimits(const v1::GenerateReques
     return absl::InvalidArgumentError(absl::StrCat("max_tokens: ", r.max_tokens(),
                                                    " is more than this server's limit of ",
                                                    admission_.max_tokens_limit));
+  }
+  size_t prompt_bytes = r.text().size();
+  for (const v1::ChatMessage& m : r.chat().messages()) {
+    prompt_bytes += m.role().size() + m.content().size();
+  }
+  if (static_cast<int64_t>(prompt_bytes) > max_prompt_bytes()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "prompt: ", prompt_bytes, " bytes cannot fit this server's limit of ",
+        admission_.max_prompt_tokens > 0 ? admission_.max_prompt_tokens : limits_.context,
+        " tokens (at most ", max_prompt_bytes(), " bytes; refused before tokenizing)"));
   }
   if (r.stop_size() > admission_.max_stop_strings) {
     return absl::InvalidArgumentError(absl::StrCat("stop: ", r.stop_size(),
@@ -312,8 +333,11 @@ grpc::Status InferenceServiceImpl::Tokenize(grpc::ServerContext* context,
                                             v1::TokenizeResponse* resp) {
   if (grpc::Status auth = Authorize(context); !auth.ok()) return auth;
   if (absl::Status s = ValidateModelName(req->model(), limits_); !s.ok()) return ToGrpc(s);
-  if (req->text().size() > (64u << 20)) {
-    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "text: longer than 64 MiB");
+  if (static_cast<int64_t>(req->text().size()) > max_prompt_bytes()) {
+    return grpc::Status(
+        grpc::StatusCode::INVALID_ARGUMENT,
+        absl::StrCat("text: ", req->text().size(), " bytes; this server tokenizes at most ",
+                     max_prompt_bytes(), " (what its prompt-token limit can hold)"));
   }
   for (int32_t id : tokenizer_->Encode(req->text(), req->add_bos())) resp->add_ids(id);
   return grpc::Status::OK;

@@ -99,6 +99,10 @@ class InferenceServiceImpl final : public v1::InferenceService::Service {
   void set_metrics(RouterMetrics* metrics) { metrics_ = metrics; }
   void set_admission_limits(AdmissionLimits limits) { admission_ = std::move(limits); }
   const AdmissionLimits& admission_limits() const { return admission_; }
+  // The most prompt bytes that can still fit the prompt-token limit (--max-prompt-tokens, else
+  // the context) given the longest token of the vocabulary: longer prompts are refused before
+  // they are tokenized, and Tokenize takes no more text than this.
+  int64_t max_prompt_bytes() const;
   void set_reasoning_parser(ReasoningParserKind kind) { reasoning_parser_ = kind; }
   // The parser Start gives a generation of `request` whose prompt is `prompt`: none without a
   // server parser or when the request keeps reasoning in text; starts_in_reasoning when the
@@ -145,6 +149,7 @@ class InferenceServiceImpl final : public v1::InferenceService::Service {
   mutable absl::Mutex replicas_mu_;
   std::vector<Replica*> replicas_ ABSL_GUARDED_BY(replicas_mu_);
   ModelLimits limits_;
+  int64_t max_piece_bytes_ = 1;  // longest vocabulary piece
   std::vector<int32_t> eos_ids_;
   std::atomic<uint64_t> next_sequence_id_{1};
   RouterMetrics* metrics_ = nullptr;

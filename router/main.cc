@@ -12,6 +12,8 @@
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "common/cluster_auth.h"
+#include "common/listen.h"
 #include "common/logging.h"
 #include "common/tls.h"
 #include "common/tls_flags.h"
@@ -30,7 +32,7 @@ namespace shardserve {
 namespace {
 
 int Fail(const std::string& message) {
-  std::fprintf(stderr, "shardserve-router: %s\n", message.c_str());
+  std::fprintf(stderr, "shardserve-router: error: %s\n", message.c_str());
   return 2;
 }
 
@@ -45,7 +47,10 @@ int RouterMain(int argc, char** argv) {
   std::string listen, workers_flag, model, layers_flag, chat_template_name;
   int stages = 0, replicas = 1, max_seqs = 64, kv_block_size = 16;
   int64_t max_batch_tokens = 256, kv_blocks = 0;
-  app.add_option("--listen", listen, "host:port for the public gRPC API")->required();
+  app.add_option("--listen", listen, "host:port for the public gRPC API (port 0: any free port)")
+      ->required();
+  ClusterAuthFlags cluster_auth;
+  AddClusterAuthFlags(app, &cluster_auth);
   app.add_option("--workers", workers_flag,
                  "worker addresses host:port,... in stage order, or dns:///NAME:PORT (every "
                  "address NAME resolves to, re-resolved every 5 s); more than --stages x "
@@ -158,11 +163,20 @@ int RouterMain(int argc, char** argv) {
     return app.exit(e);
   }
 
+  for (const auto& [address, flag] :
+       {std::pair{listen, "--listen"}, std::pair{http_listen, "--http-listen"}}) {
+    if (address.empty()) continue;
+    if (absl::Status s = ValidateListenAddress(address, flag); !s.ok()) {
+      return Fail(std::string(s.message()));
+    }
+  }
   auto server_credentials = MakeServerCredentials(tls, /*require_client_cert=*/false);
   if (!server_credentials.ok()) return Fail(std::string(server_credentials.status().message()));
   auto channel_credentials = MakeChannelCredentials(tls);
   if (!channel_credentials.ok()) return Fail(std::string(channel_credentials.status().message()));
   SetProcessChannelCredentials(*channel_credentials);
+  auto cluster = ResolveClusterAuth(cluster_auth, tls, "shardserve-router");
+  if (!cluster.ok()) return Fail(std::string(cluster.status().message()));
   auto routing = ParseRoutingPolicy(routing_flag);
   if (!routing.ok()) return Fail(std::string(routing.status().message()));
   auto config = ModelConfig::FromFile(model + "/config.json");
@@ -320,8 +334,14 @@ int RouterMain(int argc, char** argv) {
   service.set_registry(&registry);
   std::unique_ptr<HttpServer> http;
   if (!http_listen.empty()) {
-    http = std::make_unique<HttpServer>(&service, tokenizer->get(), &metrics,
-                                        HttpServerOptions{.api_key = api_key});
+    http = std::make_unique<HttpServer>(
+        &service, tokenizer->get(), &metrics,
+        HttpServerOptions{
+            .api_key = api_key,
+            // JSON may spell a byte as \uXXXX (6 bytes).
+            .max_body_bytes =
+                std::min<int64_t>(int64_t{64} << 20, 6 * service.max_prompt_bytes() + (1 << 20)),
+        });
     if (absl::Status s = http->Start(http_listen); !s.ok()) return Fail(std::string(s.message()));
     LOG(INFO) << "OpenAI-compatible HTTP and /metrics on " << http_listen << " (port "
               << http->port() << ")";
@@ -331,15 +351,19 @@ int RouterMain(int argc, char** argv) {
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
+  ConfigureExclusivePort(&builder);
   builder.AddListeningPort(listen, *server_credentials, &port);
   builder.SetMaxReceiveMessageSize(static_cast<int>(max_receive_message_bytes));
   builder.RegisterService(&service);
   KServeService kserve(&service);
   builder.RegisterService(&kserve);
-  RegistrationService registration(&registry, absl::Seconds(1));
+  RegistrationService registration(&registry, absl::Seconds(1), &*cluster);
   builder.RegisterService(&registration);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (server == nullptr || port == 0) return Fail("cannot listen on " + listen);
+  if (server == nullptr || port == 0) {
+    if (http != nullptr) http->Stop();
+    return Fail(std::string(CannotListen("--listen", listen).message()));
+  }
   grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
   health->SetServingStatus(false);
   for (auto& r : owned) r->Start();

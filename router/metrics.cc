@@ -2,12 +2,14 @@
 
 #include <httplib.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <thread>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "common/listen.h"
 
 namespace shardserve {
 namespace {
@@ -236,8 +238,41 @@ void StageMetrics::ObserveStep(absl::Duration duration) {
   step_.Observe(absl::ToDoubleSeconds(duration));
 }
 
+void StageMetrics::ObserveLeaseRelease(const std::string& reason, int64_t sequences) {
+  absl::MutexLock lock(&mu_);
+  ++lease_releases_[reason];
+  released_sequences_ += static_cast<uint64_t>(std::max<int64_t>(0, sequences));
+}
+
+void StageMetrics::ObserveRefusedCall(const std::string& code) {
+  absl::MutexLock lock(&mu_);
+  ++refused_calls_[code];
+}
+
 std::string StageMetrics::Render(const v1::StatsResponse& stats) const {
   ExpositionWriter w;
+  {
+    absl::MutexLock lock(&mu_);
+    w.Family("shardserve_worker_lease_releases_total",
+             "Router leases that ended, by reason (expired, stream_closed); the router's "
+             "sequences and KV blocks were freed.",
+             "counter");
+    for (const char* reason : {"expired", "stream_closed"}) {
+      auto it = lease_releases_.find(reason);
+      w.Sample("shardserve_worker_lease_releases_total", {{"reason", reason}},
+               it == lease_releases_.end() ? 0 : it->second);
+    }
+    w.Family("shardserve_worker_released_sequences_total",
+             "Sequences dropped because the router holding them went away.", "counter");
+    w.Sample("shardserve_worker_released_sequences_total", {}, released_sequences_);
+    w.Family("shardserve_worker_refused_calls_total",
+             "Worker RPCs refused for a missing or wrong cluster credential.", "counter");
+    for (const char* code : {"unauthenticated", "permission_denied"}) {
+      auto it = refused_calls_.find(code);
+      w.Sample("shardserve_worker_refused_calls_total", {{"code", code}},
+               it == refused_calls_.end() ? 0 : it->second);
+    }
+  }
   const MetricLabels stage = {
       {"layers", absl::StrCat(stats.layer_begin(), "-", stats.layer_end())}};
   w.Family("shardserve_stage_loaded", "1 while a shard is loaded.", "gauge");
@@ -279,6 +314,7 @@ absl::Status MetricsServer::Start(const std::string& address, std::function<std:
   auto hp = SplitHostPort(address, "--metrics-listen");
   if (!hp.ok()) return hp.status();
   impl_ = std::make_unique<Impl>();
+  impl_->server.set_socket_options(ExclusiveSocketOptions);
   impl_->server.Get("/metrics", [render](const httplib::Request&, httplib::Response& res) {
     res.set_content(render(), "text/plain; version=0.0.4; charset=utf-8");
   });
@@ -287,7 +323,7 @@ absl::Status MetricsServer::Start(const std::string& address, std::function<std:
   } else {
     port_ = impl_->server.bind_to_port(hp->first, hp->second) ? hp->second : -1;
   }
-  if (port_ <= 0) return absl::UnavailableError(absl::StrCat("cannot listen on ", address));
+  if (port_ <= 0) return CannotListen("--metrics-listen", address);
   impl_->thread = std::thread([this] { impl_->server.listen_after_bind(); });
   return absl::OkStatus();
 }
@@ -297,22 +333,6 @@ void MetricsServer::Stop() {
   impl_->server.stop();
   if (impl_->thread.joinable()) impl_->thread.join();
   impl_.reset();
-}
-
-absl::StatusOr<std::pair<std::string, int>> SplitHostPort(const std::string& address,
-                                                          const std::string& flag) {
-  const size_t colon = address.rfind(':');
-  int port = 0;
-  if (colon == std::string::npos || !absl::SimpleAtoi(address.substr(colon + 1), &port) ||
-      port < 0 || port > 65535) {
-    return absl::InvalidArgumentError(absl::StrCat(flag, ": '", address, "' is not host:port"));
-  }
-  std::string host = address.substr(0, colon);
-  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
-    host = host.substr(1, host.size() - 2);
-  }
-  if (host.empty()) host = "0.0.0.0";
-  return std::make_pair(host, port);
 }
 
 }  // namespace shardserve

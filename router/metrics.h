@@ -15,6 +15,7 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <utility>
@@ -124,12 +125,22 @@ class StageMetrics {
  public:
   static StageMetrics& Global();
   void ObserveStep(absl::Duration duration);
+  // A router's lease ended (reason: "expired" or "stream_closed") and `sequences` of its
+  // sequences were dropped with their KV blocks.
+  void ObserveLeaseRelease(const std::string& reason, int64_t sequences);
+  // A caller without the cluster credential was refused (code: "unauthenticated" or
+  // "permission_denied").
+  void ObserveRefusedCall(const std::string& code);
   // `stats` is the worker's own Stats answer at scrape time.
   std::string Render(const v1::StatsResponse& stats) const;
 
  private:
   StageMetrics();
   Histogram step_;
+  mutable absl::Mutex mu_;
+  std::map<std::string, uint64_t> lease_releases_ ABSL_GUARDED_BY(mu_);
+  uint64_t released_sequences_ ABSL_GUARDED_BY(mu_) = 0;
+  std::map<std::string, uint64_t> refused_calls_ ABSL_GUARDED_BY(mu_);
 };
 
 // Serves GET /metrics from `render` on `address` (host:port) on its own thread until Stop().
@@ -146,10 +157,6 @@ class MetricsServer {
   std::unique_ptr<Impl> impl_;
   int port_ = 0;
 };
-
-// "host:port" -> (host, port); INVALID_ARGUMENT naming `flag` otherwise.
-absl::StatusOr<std::pair<std::string, int>> SplitHostPort(const std::string& address,
-                                                          const std::string& flag);
 
 }  // namespace shardserve
 

@@ -3,6 +3,7 @@
 #include <future>
 
 #include "absl/strings/str_cat.h"
+#include "common/cluster_auth.h"
 #include "common/logging.h"
 #include "common/status.h"
 #include "common/tls.h"
@@ -11,7 +12,9 @@
 namespace shardserve {
 namespace {
 
+// Every call to a worker carries the cluster credential.
 void SetDeadline(grpc::ClientContext* context, absl::Duration timeout) {
+  AttachClusterCredential(context);
   context->set_deadline(absl::ToChronoTime(absl::Now() + timeout));
 }
 
@@ -110,6 +113,7 @@ absl::Status Pipeline::Connect(ResultFn on_result, FailureFn on_failure) {
   streams_.resize(n);
   for (int i = 0; i < n; ++i) {
     streams_[i].context = std::make_unique<grpc::ClientContext>();
+    AttachClusterCredential(streams_[i].context.get());
     // The control stream lives as long as the pipeline; Close() cancels it.
     streams_[i].stream = stubs_[i]->Steps(streams_[i].context.get());
   }

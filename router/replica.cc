@@ -98,6 +98,9 @@ std::string Replica::last_error() const {
 void Replica::Loop() {
   bool sent = false;  // a plan went out: look for another before waiting
   std::string logged_error;
+  // Between failed attempts to set the pipeline up: doubles from 0.5 s to 4 s, back to 0.5 s
+  // once it serves.
+  absl::Duration retry_wait = absl::Milliseconds(500);
   while (true) {
     if (!ready_) {
       RetryParked();
@@ -126,17 +129,20 @@ void Replica::Loop() {
       if (!s.ok()) {
         last_error_ = std::string(s.message());
         if (last_error_ != logged_error) {
-          LOG(WARNING) << "pipeline " << index_ << " not ready: " << last_error_;
+          LOG(WARNING) << "pipeline " << index_ << " not ready: " << last_error_
+                       << " (retrying with backoff; logged again only when the reason changes)";
           logged_error = last_error_;
         }
         auto stopping = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stop_; };
-        mu_.AwaitWithTimeout(absl::Condition(&stopping), absl::Seconds(1));
+        mu_.AwaitWithTimeout(absl::Condition(&stopping), retry_wait);
+        retry_wait = std::min(retry_wait * 2, absl::Seconds(4));
         continue;
       }
       failure_ = absl::OkStatus();
       last_answer_ = absl::Now();
       last_error_.clear();
       logged_error.clear();
+      retry_wait = absl::Milliseconds(500);
       ready_ = true;
       LOG(INFO) << "pipeline " << index_ << " is serving";
       // What waited here for a pipeline goes on here.
@@ -221,6 +227,15 @@ std::vector<Handoff> Replica::TakeAllLocked(const absl::Status& why) {
   for (const auto& s : scheduler_.AbandonAll()) {
     auto it = clients_.find(s->id);
     if (it == clients_.end()) continue;
+    if (++s->pipeline_failures > kMaxPipelineFailures) {
+      // A pipeline that fails whatever it runs (or a request that makes every pipeline fail)
+      // must not loop until a deadline that may never come.
+      it->second.sink->Fail(absl::UnavailableError(
+          absl::StrCat(why.message(), "; the request's pipelines failed ", s->pipeline_failures,
+                       " times (at most ", kMaxPipelineFailures, " failovers per request)")));
+      clients_.erase(it);
+      continue;
+    }
     out.push_back({s, std::move(it->second.sink), std::move(it->second.text), now,
                    std::string(why.message())});
     clients_.erase(it);

@@ -38,6 +38,10 @@
 namespace shardserve {
 
 // One request's sequence: its token log (prompt, then generated) and where it stands.
+// A request whose pipelines fail more often than this while running it ends with UNAVAILABLE
+// naming the last failure, instead of moving on again.
+inline constexpr int kMaxPipelineFailures = 3;
+
 struct Sequence {
   uint64_t id = 0;
   std::vector<int32_t> tokens;
@@ -54,8 +58,9 @@ struct Sequence {
   uint64_t chain_hash = BlockAllocator::kRootHash;  // of the last committed block
   int64_t cached_tokens = 0;  // prompt tokens found in the prefix cache at first admission
   int preemptions = 0;
-  bool queued = false;      // in the waiting queue
-  bool on_workers = false;  // the stages hold state for it
+  int pipeline_failures = 0;  // pipelines that failed while running it (see kMaxPipelineFailures)
+  bool queued = false;        // in the waiting queue
+  bool on_workers = false;    // the stages hold state for it
   bool in_flight = false;
   bool cancelled = false;
   bool finished = false;

@@ -66,9 +66,12 @@ std::vector<std::string> WorkerRegistry::Spares() const {
   return out;
 }
 
-grpc::Status RegistrationService::RegisterWorker(grpc::ServerContext*,
+grpc::Status RegistrationService::RegisterWorker(grpc::ServerContext* context,
                                                  const v1::RegisterWorkerRequest* request,
                                                  v1::RegisterWorkerResponse* response) {
+  if (auth_ != nullptr) {
+    if (grpc::Status s = auth_->Check(context); !s.ok()) return s;
+  }
   const std::string& a = request->address();
   const size_t colon = a.rfind(':');
   int port = 0;

@@ -20,6 +20,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/cluster_auth.h"
 #include "shardserve/v1/worker.grpc.pb.h"
 
 namespace shardserve {
@@ -54,16 +55,20 @@ class WorkerRegistry {
 
 class RegistrationService final : public v1::RouterControlService::Service {
  public:
-  RegistrationService(WorkerRegistry* registry, absl::Duration heartbeat)
-      : registry_(registry), heartbeat_(heartbeat) {}
+  // `auth`: who may announce a worker (the cluster credential); must outlive the service.
+  RegistrationService(WorkerRegistry* registry, absl::Duration heartbeat,
+                      const ClusterAuthenticator* auth)
+      : registry_(registry), heartbeat_(heartbeat), auth_(auth) {}
 
-  // INVALID_ARGUMENT when the address is not host:port.
+  // UNAUTHENTICATED / PERMISSION_DENIED without the cluster credential; INVALID_ARGUMENT when
+  // the address is not host:port.
   grpc::Status RegisterWorker(grpc::ServerContext*, const v1::RegisterWorkerRequest* request,
                               v1::RegisterWorkerResponse* response) override;
 
  private:
   WorkerRegistry* const registry_;
   const absl::Duration heartbeat_;
+  const ClusterAuthenticator* const auth_;
 };
 
 }  // namespace shardserve

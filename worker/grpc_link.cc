@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "common/cluster_auth.h"
 #include "common/logging.h"
 #include "common/status.h"
 #include "common/tls.h"
@@ -16,14 +17,18 @@ namespace v1 = ::shardserve::v1;
 
 class GrpcSendLink : public ActivationLink {
  public:
-  GrpcSendLink(std::string peer, std::shared_ptr<grpc::Channel> channel)
-      : peer_(std::move(peer)), stub_(v1::WorkerService::NewStub(channel)) {}
+  GrpcSendLink(std::string peer, std::string owner, std::shared_ptr<grpc::Channel> channel)
+      : peer_(std::move(peer)),
+        owner_(std::move(owner)),
+        stub_(v1::WorkerService::NewStub(channel)) {}
 
   ~GrpcSendLink() override { Close(absl::CancelledError("link closed")); }
 
   absl::Status Open() {
     absl::MutexLock lock(&mu_);
     context_ = std::make_unique<grpc::ClientContext>();
+    AttachClusterCredential(context_.get());
+    if (!owner_.empty()) context_->AddMetadata(kOwnerMetadata, owner_);
     // A long-lived stream: liveness comes from keepalive and from the receiver's Recv timeout.
     writer_ = stub_->Activations(context_.get(), &response_);
     if (writer_ == nullptr) return absl::UnavailableError("cannot open activation stream");
@@ -73,6 +78,7 @@ class GrpcSendLink : public ActivationLink {
 
  private:
   const std::string peer_;
+  const std::string owner_;
   std::unique_ptr<v1::WorkerService::Stub> stub_;
   mutable absl::Mutex mu_;
   std::unique_ptr<grpc::ClientContext> context_;
@@ -85,6 +91,7 @@ class GrpcSendLink : public ActivationLink {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<ActivationLink>> NewGrpcSendLink(const std::string& next_address,
+                                                                const std::string& owner,
                                                                 absl::Duration connect_timeout) {
   grpc::ChannelArguments args;
   args.SetMaxSendMessageSize(kMaxMessageBytes);
@@ -96,7 +103,7 @@ absl::StatusOr<std::unique_ptr<ActivationLink>> NewGrpcSendLink(const std::strin
     return absl::UnavailableError(
         absl::StrCat("cannot connect the activation link to next stage ", next_address));
   }
-  auto link = std::make_unique<GrpcSendLink>(next_address, channel);
+  auto link = std::make_unique<GrpcSendLink>(next_address, owner, channel);
   RETURN_IF_ERROR(link->Open());
   return link;
 }

@@ -16,9 +16,14 @@
 
 namespace shardserve {
 
-// Connects to `next_address` and opens the stream, waiting at most `connect_timeout`.
+// Connects to `next_address` and opens the stream, waiting at most `connect_timeout`. The stream
+// carries this process's cluster credential and `owner` (the router that linked the stages, as
+// kOwnerMetadata): the next worker accepts it only while that router holds its lease.
 absl::StatusOr<std::unique_ptr<ActivationLink>> NewGrpcSendLink(const std::string& next_address,
+                                                                const std::string& owner,
                                                                 absl::Duration connect_timeout);
+
+inline constexpr char kOwnerMetadata[] = "x-shardserve-owner";
 
 // Channel arguments for large activation and plan messages.
 constexpr int kMaxMessageBytes = 512 << 20;

@@ -6,9 +6,14 @@
 #include <atomic>
 #include <csignal>
 #include <cstdio>
+#include <filesystem>
 #include <thread>
 
+#include <fstream>
+
 #include "CLI/CLI.hpp"
+#include "common/cluster_auth.h"
+#include "common/listen.h"
 #include "common/logging.h"
 #include "common/tls.h"
 #include "common/tls_flags.h"
@@ -38,7 +43,16 @@ int main(int argc, char** argv) {
   int recv_timeout_s = 30;
   int fault_delay_ms = 0;
   int fault_fail_after = -1;
-  app.add_option("--listen", listen, "host:port to serve on")->required();
+  app.add_option("--listen", listen, "host:port to serve on (port 0: any free port)")->required();
+  std::string port_file;
+  app.add_option("--port-file", port_file,
+                 "once listening, write the bound gRPC port to this file (for --listen :0)");
+  std::string model_root;
+  app.add_option("--model-root", model_root,
+                 "only load model folders inside this one (LoadShard paths are resolved, "
+                 "symlinks included; default: any folder this process can read)");
+  shardserve::ClusterAuthFlags cluster_auth;
+  shardserve::AddClusterAuthFlags(app, &cluster_auth);
   int device = 0;
   double gpu_memory_fraction = 0.9;
   app.add_option("--backend", backend_name, "compute backend: cpu or cuda")
@@ -89,6 +103,18 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
+  auto fail = [](const absl::Status& s) {
+    std::fprintf(stderr, "shardserve-worker: error: %s\n", std::string(s.message()).c_str());
+    return 2;
+  };
+  for (const auto& [address, flag] :
+       {std::pair{listen, "--listen"}, std::pair{metrics_listen, "--metrics-listen"}}) {
+    if (address.empty()) continue;
+    if (absl::Status s = shardserve::ValidateListenAddress(address, flag); !s.ok()) return fail(s);
+  }
+  if (!model_root.empty() && !std::filesystem::is_directory(model_root)) {
+    return fail(absl::InvalidArgumentError("--model-root " + model_root + " is not a folder"));
+  }
 
   auto server_credentials = shardserve::MakeServerCredentials(tls, /*require_client_cert=*/true);
   auto channel_credentials = shardserve::MakeChannelCredentials(tls);
@@ -99,6 +125,8 @@ int main(int argc, char** argv) {
     }
   }
   shardserve::SetProcessChannelCredentials(*channel_credentials);
+  auto authenticator = shardserve::ResolveClusterAuth(cluster_auth, tls, "shardserve-worker");
+  if (!authenticator.ok()) return fail(authenticator.status());
 
   std::unique_ptr<shardserve::Backend> backend;
   if (backend_name == "cuda") {
@@ -125,20 +153,25 @@ int main(int argc, char** argv) {
   options.lease_ttl = absl::Seconds(lease_ttl_s);
   options.send_faults.send_delay = absl::Milliseconds(fault_delay_ms);
   options.send_faults.fail_after_sends = fault_fail_after;
+  options.auth = *authenticator;
+  options.model_root = model_root;
   shardserve::WorkerServiceImpl service(backend.get(), options);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
+  shardserve::ConfigureExclusivePort(&builder);
   builder.AddListeningPort(listen, *server_credentials, &port);
   builder.SetMaxReceiveMessageSize(shardserve::kMaxMessageBytes);
   builder.SetMaxSendMessageSize(shardserve::kMaxMessageBytes);
   builder.RegisterService(&service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (server == nullptr || port == 0) {
-    std::fprintf(stderr, "shardserve-worker: cannot listen on %s\n", listen.c_str());
-    return 1;
+  if (server == nullptr || port == 0) return fail(shardserve::CannotListen("--listen", listen));
+  if (!port_file.empty()) {
+    const std::string tmp = port_file + ".tmp";
+    std::ofstream(tmp) << port << "\n";
+    std::filesystem::rename(tmp, port_file);
   }
   g_server = server.get();
   service.SetHealth(server->GetHealthCheckService());
@@ -153,10 +186,8 @@ int main(int argc, char** argv) {
       service.Stats(nullptr, &request, &stats);
       return shardserve::StageMetrics::Global().Render(stats);
     });
-    if (!s.ok()) {
-      std::fprintf(stderr, "shardserve-worker: %s\n", std::string(s.message()).c_str());
-      return 1;
-    }
+    if (!s.ok()) return fail(s);
+    LOG(INFO) << "metrics on " << metrics_listen << " (port " << metrics.port() << ")";
   }
 
   // Announces this worker to --router until shutdown.
@@ -171,6 +202,7 @@ int main(int argc, char** argv) {
       int wait_ms = 1000;
       while (!stopping) {
         grpc::ClientContext context;
+        shardserve::AttachClusterCredential(&context);
         context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
         shardserve::v1::RegisterWorkerRequest request;
         request.set_address(advertise);

@@ -193,6 +193,16 @@ void StageRuntime::Release(absl::Span<const uint64_t> ids) {
   for (uint64_t id : ids) ReleaseLocked(id);
 }
 
+int64_t StageRuntime::ReleaseAll() {
+  absl::MutexLock exec_lock(&exec_mu_);
+  absl::MutexLock lock(&mu_);
+  const int64_t n = static_cast<int64_t>(sequences_.size());
+  sequences_.clear();
+  std::fill(block_refs_.begin(), block_refs_.end(), 0);
+  blocks_used_ = 0;
+  return n;
+}
+
 absl::StatusOr<v1::StepsResponse> StageRuntime::Execute(const v1::StepPlan& plan) {
   absl::MutexLock exec_lock(&exec_mu_);
   std::vector<SequenceStep> batch;

@@ -73,6 +73,9 @@ class StageRuntime {
 
   // Drops sequences' histories and releases their blocks.
   void Release(absl::Span<const uint64_t> sequence_ids);
+  // Drops every sequence (their router went away); waits for a step in progress. Returns how
+  // many there were.
+  int64_t ReleaseAll();
 
   StageStats Stats() const;
 

@@ -8,6 +8,7 @@
 #include <fstream>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "common/logging.h"
 #include "common/status.h"
 #include "model/config.h"
@@ -64,9 +65,25 @@ double MeasureGflops() {
 }  // namespace
 
 WorkerServiceImpl::WorkerServiceImpl(Backend* backend, WorkerOptions options)
-    : backend_(backend), options_(options), speed_gflops_(MeasureGflops()) {}
+    : backend_(backend), options_(std::move(options)), speed_gflops_(MeasureGflops()) {
+  const absl::Duration period =
+      std::min(absl::Seconds(1), std::max(absl::Milliseconds(20), options_.lease_ttl / 4));
+  reaper_ = std::thread([this, period] {
+    absl::MutexLock lock(&reaper_mu_);
+    while (!reaper_mu_.AwaitWithTimeout(absl::Condition(&stop_reaper_), period)) {
+      reaper_mu_.Unlock();
+      ExpireLeases();
+      reaper_mu_.Lock();
+    }
+  });
+}
 
 WorkerServiceImpl::~WorkerServiceImpl() {
+  {
+    absl::MutexLock lock(&reaper_mu_);
+    stop_reaper_ = true;
+  }
+  reaper_.join();
   auto shard = current();
   if (shard != nullptr) {
     if (shard->inbox) shard->inbox->Close(absl::CancelledError("worker shutting down"));
@@ -91,8 +108,40 @@ std::shared_ptr<WorkerServiceImpl::Shard> WorkerServiceImpl::current() const {
   return shard_;
 }
 
-grpc::Status WorkerServiceImpl::Describe(grpc::ServerContext*, const v1::DescribeRequest*,
+grpc::Status WorkerServiceImpl::Authorize(const grpc::ServerContext* context) const {
+  grpc::Status s = options_.auth.Check(context);
+  if (!s.ok()) {
+    StageMetrics::Global().ObserveRefusedCall(s.error_code() == grpc::StatusCode::UNAUTHENTICATED
+                                                  ? "unauthenticated"
+                                                  : "permission_denied");
+  }
+  return s;
+}
+
+absl::StatusOr<std::string> WorkerServiceImpl::ResolveModelPath(const std::string& path) const {
+  namespace fs = std::filesystem;
+  if (options_.model_root.empty()) return path;
+  std::error_code ec;
+  const fs::path root = fs::weakly_canonical(options_.model_root, ec);
+  if (ec) return absl::FailedPreconditionError("the worker's --model-root cannot be resolved");
+  const fs::path resolved = fs::weakly_canonical(fs::path(path), ec);
+  auto outside = [&] {
+    return absl::InvalidArgumentError(
+        "model_path: not inside the worker's --model-root (paths are resolved on the worker; "
+        "give one under the folder the worker serves models from)");
+  };
+  if (ec || !fs::path(path).is_absolute()) return outside();
+  auto r = root.begin();
+  auto p = resolved.begin();
+  for (; r != root.end() && !r->empty(); ++r, ++p) {
+    if (p == resolved.end() || *p != *r) return outside();
+  }
+  return resolved.string();
+}
+
+grpc::Status WorkerServiceImpl::Describe(grpc::ServerContext* context, const v1::DescribeRequest*,
                                          v1::DescribeResponse* response) {
+  if (grpc::Status s = Authorize(context); !s.ok()) return s;
   response->set_device(v1::DEVICE_KIND_CPU);
   response->set_device_name(std::string(backend_->name()));
   response->set_threads(options_.threads);
@@ -108,8 +157,10 @@ grpc::Status WorkerServiceImpl::Describe(grpc::ServerContext*, const v1::Describ
   return grpc::Status::OK;
 }
 
-grpc::Status WorkerServiceImpl::LoadShard(grpc::ServerContext*, const v1::LoadShardRequest* req,
+grpc::Status WorkerServiceImpl::LoadShard(grpc::ServerContext* context,
+                                          const v1::LoadShardRequest* req,
                                           v1::LoadShardResponse* response) {
+  if (grpc::Status s = Authorize(context); !s.ok()) return s;
   absl::MutexLock load_lock(&load_mu_);
   const auto start = std::chrono::steady_clock::now();
   {
@@ -120,12 +171,15 @@ grpc::Status WorkerServiceImpl::LoadShard(grpc::ServerContext*, const v1::LoadSh
     if (grpc::Status s = TakeLease(req->owner()); !s.ok()) return s;
   }
   if (req->model_path().empty()) return Invalid("model_path", "empty");
+  if (req->model_path().size() > 4096) return Invalid("model_path", "longer than 4096 bytes");
+  auto model_path = ResolveModelPath(req->model_path());
+  if (!model_path.ok()) return ToGrpc(model_path.status());
   std::error_code ec;
-  if (!std::filesystem::is_directory(req->model_path(), ec)) {
+  if (!std::filesystem::is_directory(*model_path, ec)) {
     return Invalid("model_path",
                    absl::StrCat(req->model_path(), " is not a folder on this worker"));
   }
-  auto config = ModelConfig::FromFile(req->model_path() + "/config.json");
+  auto config = ModelConfig::FromFile(*model_path + "/config.json");
   if (!config.ok()) return ToGrpc(config.status());
   const int64_t layers = config->num_layers;
   if (req->layer_begin() < 0 || req->layer_begin() >= req->layer_end() ||
@@ -149,6 +203,21 @@ grpc::Status WorkerServiceImpl::LoadShard(grpc::ServerContext*, const v1::LoadSh
   if (req->max_step_tokens() < 1 || req->max_step_tokens() > kMaxStepTokens) {
     return Invalid("max_step_tokens", absl::StrCat("outside [1, ", kMaxStepTokens, "]"));
   }
+  {
+    // The KV pool is allocated (and touched) at load: bound it by this machine's memory first.
+    const double kv_bytes = static_cast<double>(KvCacheValuesPerToken(*config)) * sizeof(float) *
+                            req->kv_block_size() * req->kv_num_blocks() *
+                            (req->layer_end() - req->layer_begin());
+    const double available = static_cast<double>(AvailableMemoryBytes());
+    if (kv_bytes > 0.9 * available) {
+      return grpc::Status(
+          grpc::StatusCode::RESOURCE_EXHAUSTED,
+          absl::StrCat("kv_num_blocks: ", req->kv_num_blocks(), " blocks of ", req->kv_block_size(),
+                       " tokens need ", absl::StrFormat("%.2f", kv_bytes / (1 << 30)),
+                       " GiB of KV cache; this worker has ",
+                       absl::StrFormat("%.2f", available / (1 << 30)), " GiB available"));
+    }
+  }
 
   // Unload first: the old shard's links fail, so nothing waits on them.
   std::shared_ptr<Shard> old;
@@ -166,7 +235,7 @@ grpc::Status WorkerServiceImpl::LoadShard(grpc::ServerContext*, const v1::LoadSh
 
   StageSpec spec{req->layer_begin(), req->layer_end()};
   KvCacheSpec kv{req->kv_block_size(), req->kv_num_blocks()};
-  auto stage = LoadStage(req->model_path(), spec, kv, backend_);
+  auto stage = LoadStage(*model_path, spec, kv, backend_);
   if (!stage.ok()) return ToGrpc(Annotate(stage.status(), "loading shard"));
   auto shard = std::make_shared<Shard>();
   shard->model_path = req->model_path();
@@ -190,8 +259,10 @@ grpc::Status WorkerServiceImpl::LoadShard(grpc::ServerContext*, const v1::LoadSh
   return grpc::Status::OK;
 }
 
-grpc::Status WorkerServiceImpl::ConnectNext(grpc::ServerContext*, const v1::ConnectNextRequest* req,
+grpc::Status WorkerServiceImpl::ConnectNext(grpc::ServerContext* context,
+                                            const v1::ConnectNextRequest* req,
                                             v1::ConnectNextResponse*) {
+  if (grpc::Status s = Authorize(context); !s.ok()) return s;
   {
     absl::MutexLock lock(&mu_);
     if (grpc::Status s = TakeLease(req->owner()); !s.ok()) return s;
@@ -205,7 +276,8 @@ grpc::Status WorkerServiceImpl::ConnectNext(grpc::ServerContext*, const v1::Conn
                                                              : "empty on a stage that is not last");
   }
   if (req->next_address().empty()) return grpc::Status::OK;
-  auto link = NewGrpcSendLink(req->next_address(), absl::Seconds(5));
+  // The next stage accepts the stream only if the same router holds its lease.
+  auto link = NewGrpcSendLink(req->next_address(), req->owner(), absl::Seconds(5));
   if (!link.ok()) return ToGrpc(link.status());
   // Detach the old link (waiting out a send in flight) before it goes away.
   shard->runtime->SetLinks(shard->inbox.get(), nullptr);
@@ -224,6 +296,20 @@ grpc::Status WorkerServiceImpl::ConnectNext(grpc::ServerContext*, const v1::Conn
 grpc::Status WorkerServiceImpl::Activations(grpc::ServerContext* context,
                                             grpc::ServerReader<v1::ActivationsRequest>* reader,
                                             v1::ActivationsResponse*) {
+  if (grpc::Status s = Authorize(context); !s.ok()) return s;
+  {
+    // Only the previous stage of this worker's own pipeline: its sender names the router that
+    // linked it, which must be the router holding this worker.
+    const auto& metadata = context->client_metadata();
+    auto it = metadata.find(kOwnerMetadata);
+    const std::string owner =
+        it == metadata.end() ? std::string() : std::string(it->second.data(), it->second.size());
+    absl::MutexLock lock(&mu_);
+    if (!lease_owner_.empty() && owner != lease_owner_) {
+      return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
+                          "activations from a stage of another router's pipeline");
+    }
+  }
   v1::ActivationsRequest msg;
   while (reader->Read(&msg)) {
     auto shard = current();
@@ -250,6 +336,7 @@ grpc::Status WorkerServiceImpl::Activations(grpc::ServerContext* context,
 grpc::Status WorkerServiceImpl::Steps(
     grpc::ServerContext* context,
     grpc::ServerReaderWriter<v1::StepsResponse, v1::StepsRequest>* stream) {
+  if (grpc::Status s = Authorize(context); !s.ok()) return s;
   // Results and errors from this thread and send errors from the runtime's sender thread share
   // the stream.
   absl::Mutex write_mu;
@@ -317,19 +404,44 @@ grpc::Status WorkerServiceImpl::Steps(
     if (!write(response)) break;
   }
   report_to(nullptr);
-  absl::MutexLock lock(&mu_);
-  --open_step_streams_;
-  // The owner let go of its pipeline (or went away): the worker is free for any router.
-  if (!owner.empty() && owner == lease_owner_) lease_owner_.clear();
+  bool released = false;
+  {
+    absl::MutexLock lock(&mu_);
+    --open_step_streams_;
+    // The owner let go of its pipeline (or went away): the worker is free for any router, and
+    // the sequences it left here are dropped.
+    if (!owner.empty() && owner == lease_owner_ && open_step_streams_ == 0) {
+      lease_owner_.clear();
+      released = true;
+    }
+  }
+  if (released) ReleaseSequences(current(), "stream_closed");
   return grpc::Status::OK;
+}
+
+void WorkerServiceImpl::ReleaseSequences(const std::shared_ptr<Shard>& shard,
+                                         const std::string& reason) {
+  if (shard == nullptr) return;
+  const int64_t n = shard->runtime->ReleaseAll();
+  StageMetrics::Global().ObserveLeaseRelease(reason, n);
+  LOG(INFO) << "router lease ended (" << reason << "): dropped " << n
+            << " sequences and their KV blocks";
+}
+
+void WorkerServiceImpl::ExpireLeases() {
+  {
+    absl::MutexLock lock(&mu_);
+    if (lease_owner_.empty() || absl::Now() < lease_until_) return;
+    lease_owner_.clear();
+  }
+  ReleaseSequences(current(), "expired");
 }
 
 grpc::Status WorkerServiceImpl::TakeLease(const std::string& owner) {
   const absl::Time now = absl::Now();
   if (!lease_owner_.empty() && lease_owner_ != owner && now < lease_until_) {
     return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
-                        absl::StrCat("worker is leased by router ", lease_owner_,
-                                     " (it holds this worker's pipeline)"));
+                        "worker is leased by another router (it holds this worker's pipeline)");
   }
   if (owner.empty()) return grpc::Status::OK;
   lease_owner_ = owner;
@@ -349,16 +461,18 @@ int WorkerServiceImpl::open_step_streams() const {
   return open_step_streams_;
 }
 
-grpc::Status WorkerServiceImpl::Drain(grpc::ServerContext*, const v1::DrainRequest*,
+grpc::Status WorkerServiceImpl::Drain(grpc::ServerContext* context, const v1::DrainRequest*,
                                       v1::DrainResponse*) {
+  if (grpc::Status s = Authorize(context); !s.ok()) return s;
   absl::MutexLock lock(&mu_);
   draining_ = true;
   UpdateHealth();
   return grpc::Status::OK;
 }
 
-grpc::Status WorkerServiceImpl::Stats(grpc::ServerContext*, const v1::StatsRequest*,
+grpc::Status WorkerServiceImpl::Stats(grpc::ServerContext* context, const v1::StatsRequest*,
                                       v1::StatsResponse* response) {
+  if (grpc::Status s = Authorize(context); !s.ok()) return s;
   auto shard = current();
   if (shard == nullptr) return grpc::Status::OK;
   StageStats s = shard->runtime->Stats();

@@ -9,9 +9,15 @@
 // shard is loaded and the worker is not draining.
 //
 // Leases: the router that loads the shard holds the worker (LoadShardRequest.owner) while its
-// steps keep coming; others are refused with FAILED_PRECONDITION naming the holder, so routers
-// sharing a pool of workers never double-book one. Callers that name no owner are refused only
-// while a lease is live.
+// steps keep coming; others are refused with FAILED_PRECONDITION (without naming the holder),
+// so routers sharing a pool of workers never double-book one. Callers that name no owner are
+// refused only while a lease is live. The activation stream from the previous stage must name
+// the same owner. When the holder's last Steps stream closes, or its lease runs out without a
+// step, the worker drops that router's sequences and their KV blocks (logged, and counted in
+// shardserve_worker_lease_releases_total).
+//
+// Every RPC first checks the cluster credential (WorkerOptions::auth): strangers get
+// UNAUTHENTICATED or PERMISSION_DENIED and nothing else.
 //
 // Shutdown (SIGTERM): BeginShutdown drains for good -- health NOT_SERVING, steps with sequences
 // answered with UNAVAILABLE "worker is draining" (so the router moves them to another pipeline),
@@ -26,8 +32,10 @@
 
 #include <memory>
 #include <string>
+#include <thread>
 
 #include "absl/synchronization/mutex.h"
+#include "common/cluster_auth.h"
 #include "kernels/backend.h"
 #include "shardserve/v1/worker.grpc.pb.h"
 #include "worker/activation_link.h"
@@ -42,6 +50,10 @@ struct WorkerOptions {
   FaultOptions send_faults;
   // How long a router's lease lives without a step from it.
   absl::Duration lease_ttl = absl::Seconds(10);
+  // Who may call (see common/cluster_auth.h); the default lets anyone (in-process tests).
+  ClusterAuthenticator auth{"", false, /*insecure=*/true};
+  // When set, LoadShard only loads model folders inside it (symlinks resolved).
+  std::string model_root;
 };
 
 class WorkerServiceImpl final : public v1::WorkerService::Service {
@@ -68,6 +80,9 @@ class WorkerServiceImpl final : public v1::WorkerService::Service {
 
   // Drains for good: no shard is loaded again.
   void BeginShutdown();
+  // Ends a lease that ran out without a step: drops its sequences. Called periodically by the
+  // lease reaper thread; public for tests.
+  void ExpireLeases();
   // Steps streams open now (a connected router holds one per pipeline using this worker).
   int open_step_streams() const;
 
@@ -86,6 +101,12 @@ class WorkerServiceImpl final : public v1::WorkerService::Service {
   // FAILED_PRECONDITION when another router holds a live lease; otherwise `owner` (when not
   // empty) holds it from now for lease_ttl.
   grpc::Status TakeLease(const std::string& owner) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The cluster credential check, counted in metrics when it refuses.
+  grpc::Status Authorize(const grpc::ServerContext* context) const;
+  // `path` resolved, or INVALID_ARGUMENT that says nothing of what exists outside the root.
+  absl::StatusOr<std::string> ResolveModelPath(const std::string& path) const;
+  // Drops the current shard's sequences for `reason` ("expired", "stream_closed").
+  void ReleaseSequences(const std::shared_ptr<Shard>& shard, const std::string& reason);
   void UpdateHealth() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   Backend* const backend_;
@@ -100,6 +121,10 @@ class WorkerServiceImpl final : public v1::WorkerService::Service {
   std::string lease_owner_ ABSL_GUARDED_BY(mu_);
   absl::Time lease_until_ ABSL_GUARDED_BY(mu_);
   grpc::HealthCheckServiceInterface* health_ ABSL_GUARDED_BY(mu_) = nullptr;
+  // The lease reaper: ExpireLeases every lease_ttl / 4 (at most 1 s) until destruction.
+  absl::Mutex reaper_mu_;
+  bool stop_reaper_ ABSL_GUARDED_BY(reaper_mu_) = false;
+  std::thread reaper_;
 };
 
 }  // namespace shardserve

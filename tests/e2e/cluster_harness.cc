@@ -18,6 +18,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/cluster_auth.h"
 #include "common/tls.h"
 #include "nlohmann/json.hpp"
 
@@ -70,7 +71,29 @@ int FreePort() {
   return port;
 }
 
+const std::string& ClusterSecretFile() {
+  static const std::string* path = [] {
+    auto* p = new std::string(absl::StrCat(SHARDSERVE_BINARY_DIR, "/test-cluster-secret"));
+    if (!fs::exists(*p)) {
+      // Parallel tests may race: each writes its own file and the first rename wins; all then
+      // read the same secret.
+      const std::string tmp = absl::StrCat(*p, ".", getpid());
+      if (WriteClusterSecret(tmp).ok()) {
+        std::error_code ec;
+        if (!fs::exists(*p)) fs::rename(tmp, *p, ec);
+        fs::remove(tmp, ec);
+      }
+    }
+    auto secret = ReadClusterSecret(*p);
+    if (secret.ok()) SetProcessClusterSecret(*secret);
+    setenv(kClusterSecretEnv, p->c_str(), 1);
+    return p;
+  }();
+  return *path;
+}
+
 Process::Process(std::vector<std::string> args, std::string log_path) {
+  ClusterSecretFile();
   std::vector<char*> argv;
   for (std::string& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
@@ -267,8 +290,10 @@ v1::GenerateRequest TextRequest(const std::string& prompt, int max_tokens, float
 }
 
 absl::StatusOr<v1::StatsResponse> WorkerStats(const std::string& address) {
+  ClusterSecretFile();
   auto stub = v1::WorkerService::NewStub(grpc::CreateChannel(address, ProcessChannelCredentials()));
   grpc::ClientContext context;
+  AttachClusterCredential(&context);
   context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
   v1::StatsResponse resp;
   grpc::Status s = stub->Stats(&context, v1::StatsRequest(), &resp);
@@ -278,6 +303,7 @@ absl::StatusOr<v1::StatsResponse> WorkerStats(const std::string& address) {
 
 CommandResult RunCommand(const std::vector<std::string>& args, const std::string& input,
                          absl::Duration timeout) {
+  ClusterSecretFile();
   CommandResult result;
   int in[2], out[2], err[2];
   if (pipe(in) != 0 || pipe(out) != 0 || pipe(err) != 0) return result;

@@ -25,6 +25,10 @@ std::string Stories260K();                     // ../shared/models/stories260K f
 std::string SyntheticModel(const std::string& like);
 std::string Synthetic8Layer();
 int FreePort();
+// The cluster secret every router and worker the tests start uses: written once per build tree,
+// exported as $SHARDSERVE_CLUSTER_SECRET_FILE (so every child process reads it) and sent by this
+// process's own calls to workers. Processes and commands started here call it themselves.
+const std::string& ClusterSecretFile();
 
 class Process {
  public:

@@ -38,7 +38,7 @@ TEST(WorkerRegistry, ListedSparesNeverExpireButCoolDownAfterALease) {
 
 TEST(RegistrationService, RejectsAddressesThatAreNotHostPort) {
   WorkerRegistry registry;
-  RegistrationService service(&registry, absl::Seconds(1));
+  RegistrationService service(&registry, absl::Seconds(1), nullptr);
   for (const std::string& bad :
        std::vector<std::string>{"", "nohost", ":50051", "host:", "host:0", "host:70000",
                                 "host:12ab", std::string(300, 'h') + ":1"}) {
