@@ -2,7 +2,9 @@
 # Validates deploy/ offline: yamllint on the manifests, `kubectl kustomize` on every overlay, a
 # typed schema check of every rendered object (kubernetes-types + tsc --noEmit, installed with
 # npm from tests/deploy/package-lock.json into the build folder), and tests/deploy/check_manifests.py
-# (flags, probe ports and drain timing against the built binaries' --help).
+# (flags, probe ports and drain timing against the built binaries' --help; the cluster-secret
+# mount behind every --cluster-secret-file; NetworkPolicies that admit only router and worker pods
+# to the workers' gRPC port), with its self-test that each check catches a broken manifest.
 #
 #   scripts/validate-deploy.sh        after scripts/build.sh
 set -euo pipefail

@@ -12,10 +12,20 @@ For every overlay's `kubectl kustomize` output:
   * drain timing: a preStop sleep, and terminationGracePeriodSeconds covering that sleep plus the
     binary's shutdown deadline (plus any drain flag the binary grows);
   * Services, PodDisruptionBudgets and the HPA select or name objects that exist, with named
-    ports the pods define; the HPA's metric is one the router binary exports.
+    ports the pods define; the HPA's metric is one the router binary exports;
+  * the cluster credential: every router and worker container passes --cluster-secret-file (and
+    not --insecure-cluster) naming a file inside a read-only mount of a non-optional volume of the
+    Secret shardserve-cluster-secret, key `secret`; no rendered Secret carries a value (the
+    credential is created in the cluster, never kept in git);
+  * NetworkPolicy: some policy isolates every worker pod for ingress; the worker's --listen port
+    admits only pods selected by a non-empty podSelector of this namespace that matches router or
+    worker pods (no open rule, ipBlock, namespaceSelector or empty podSelector), and admits the
+    routers and workers themselves; its --metrics-listen port is admitted from somewhere; a router
+    pod that a policy isolates keeps its --listen and --http-listen ports open to every source.
 With --typescript DIR it also writes one .ts file per overlay that assigns every object to its
 kubernetes-types type, for `tsc --noEmit` (misspelt or misplaced fields fail there).
-With --self-test it breaks a rendered overlay in known ways and checks that each is caught.
+With --self-test it breaks the rendered cpu and cpu-statefulset overlays in known ways and
+checks that each is caught.
 """
 
 import argparse
@@ -34,6 +44,9 @@ PROBES = ("startupProbe", "readinessProbe", "livenessProbe")
 LISTEN_FLAGS = ("--listen", "--http-listen", "--metrics-listen")
 LWS_NAME_LABEL = "leaderworkerset.sigs.k8s.io/name"
 RUNTIME = object()  # a value known only in the running pod (fieldRef)
+# The cluster credential: a Secret created in the namespace, not rendered (docs/DEPLOY.md).
+CLUSTER_SECRET = "shardserve-cluster-secret"
+CLUSTER_SECRET_KEY = "secret"
 
 TS_TYPES = {
     ("v1", "ConfigMap"): ("kubernetes-types/core/v1", "ConfigMap"),
@@ -45,6 +58,7 @@ TS_TYPES = {
     ("autoscaling/v2", "HorizontalPodAutoscaler"):
         ("kubernetes-types/autoscaling/v2", "HorizontalPodAutoscaler"),
     ("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet"): ("./leaderworkerset", "LeaderWorkerSet"),
+    ("networking.k8s.io/v1", "NetworkPolicy"): ("kubernetes-types/networking/v1", "NetworkPolicy"),
 }
 
 
@@ -105,6 +119,51 @@ def pod_templates(obj):
 
 def selects(selector, labels):
     return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+def label_selector_matches(selector, labels):
+    """A metav1.LabelSelector (matchLabels, matchExpressions); {} matches everything."""
+    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for expr in selector.get("matchExpressions") or []:
+        key, op, values = expr.get("key"), expr.get("operator"), expr.get("values") or []
+        if op == "In" and labels.get(key) not in values:
+            return False
+        if op == "NotIn" and key in labels and labels[key] in values:
+            return False
+        if op == "Exists" and key not in labels:
+            return False
+        if op == "DoesNotExist" and key in labels:
+            return False
+    return True
+
+
+def template_labels(template, extra):
+    return {**template.get("metadata", {}).get("labels", {}), **extra}
+
+
+def isolates_ingress(policy):
+    types = policy["spec"].get("policyTypes")
+    return types is None or "Ingress" in types
+
+
+def rule_covers(rule, port, port_name):
+    """Whether a NetworkPolicy ingress rule applies to TCP `port` (container port `port_name`)."""
+    ports = rule.get("ports")
+    if not ports:
+        return True
+    for p in ports:
+        if p.get("protocol", "TCP") != "TCP":
+            continue
+        target = p.get("port")
+        if target is None:
+            return True
+        if isinstance(target, str):
+            if port_name is not None and target == port_name:
+                return True
+        elif target <= port <= p.get("endPort", target):
+            return True
+    return False
 
 
 class Checker:
@@ -173,6 +232,8 @@ class Checker:
         templates = [t for d in docs for t in pod_templates(d)]
         worker_ports = set()
         routers = []
+        # Per pod template: (where, template, extra labels, role, {flag: (port, port name)}).
+        self.pods = []
         for where, template, extra in templates:
             spec = template.get("spec", {})
             grace = spec.get("terminationGracePeriodSeconds", 30)
@@ -187,6 +248,10 @@ class Checker:
                 args = [self.expand(cwhere, a, env) for a in container.get("args", [])]
                 flags = self.parse_flags(cwhere, binary, args)
                 ports = {p.get("containerPort") for p in container.get("ports", [])}
+                port_names = {p.get("containerPort"): p.get("name")
+                              for p in container.get("ports", [])}
+                self.check_cluster_secret(cwhere, spec, container, flags)
+                listens = {}
                 listen_port = None
                 for flag in LISTEN_FLAGS:
                     if flag not in flags:
@@ -196,6 +261,7 @@ class Checker:
                         self.error(cwhere, f"{flag}={flags[flag]} has no numeric port")
                         continue
                     port = int(m.group(1))
+                    listens[flag] = (port, port_names.get(port))
                     if port not in ports:
                         self.error(cwhere, f"{flag} binds {port}, not a containerPort "
                                    f"({sorted(p for p in ports if p)})")
@@ -227,6 +293,8 @@ class Checker:
                     worker_ports.add(listen_port)
                 if binary.name == "shardserve-router":
                     routers.append((cwhere, flags))
+                role = "router" if binary.name == "shardserve-router" else "worker"
+                self.pods.append((cwhere, template, extra, role, listens))
         headless = {d["metadata"]["name"] for d in docs
                     if d.get("kind") == "Service" and d["spec"].get("clusterIP") == "None"}
         for cwhere, flags in routers:
@@ -254,6 +322,133 @@ class Checker:
                     self.error(cwhere, f"--workers address {address} is not a port a worker "
                                f"listens on ({sorted(worker_ports)})")
         self.check_selectors(docs, templates)
+        self.check_network_policies(docs)
+        for d in docs:
+            if d.get("kind") == "Secret" and (d.get("data") or d.get("stringData")):
+                self.error(f"Secret/{d['metadata']['name']}", "carries a value; credentials "
+                           "must not live in git: create the Secret in the cluster "
+                           "(docs/DEPLOY.md) and only refer to it here")
+
+    def check_cluster_secret(self, where, spec, container, flags):
+        """--cluster-secret-file names the key of the cluster Secret, mounted read-only."""
+        if "--insecure-cluster" in flags:
+            self.error(where, "passes --insecure-cluster: any pod that reaches the worker port "
+                       "could drive the workers; use --cluster-secret-file")
+        path = flags.get("--cluster-secret-file")
+        if not path:
+            self.error(where, f"lacks --cluster-secret-file (without a cluster credential the "
+                       f"binary refuses to start): mount the Secret {CLUSTER_SECRET} and pass "
+                       f"--cluster-secret-file=<mountPath>/{CLUSTER_SECRET_KEY}")
+            return
+        mounts = [m for m in container.get("volumeMounts", [])
+                  if path.startswith(m.get("mountPath", "").rstrip("/") + "/")]
+        if not mounts:
+            self.error(where, f"--cluster-secret-file {path} is not inside any volumeMount of "
+                       f"the container (mount the Secret {CLUSTER_SECRET} there)")
+            return
+        mount = max(mounts, key=lambda m: len(m["mountPath"]))
+        relative = path[len(mount["mountPath"].rstrip("/")) + 1:]
+        mwhere = f"--cluster-secret-file {path}: volumeMount {mount.get('name')!r}"
+        if mount.get("readOnly") is not True:
+            self.error(where, f"{mwhere} must be readOnly: true")
+        if mount.get("subPath") or mount.get("subPathExpr"):
+            self.error(where, f"{mwhere} must not use subPath (a rotated Secret never reaches it)")
+        volume = next((v for v in spec.get("volumes", []) if v.get("name") == mount.get("name")),
+                      None)
+        secret = (volume or {}).get("secret")
+        if secret is None:
+            self.error(where, f"{mwhere} is not a volume of the Secret {CLUSTER_SECRET} "
+                       f"(it is {sorted(k for k in (volume or {}) if k != 'name') or 'missing'})")
+            return
+        if secret.get("secretName") != CLUSTER_SECRET:
+            self.error(where, f"{mwhere} mounts Secret {secret.get('secretName')!r}, not the "
+                       f"cluster credential {CLUSTER_SECRET}")
+        if secret.get("optional"):
+            self.error(where, f"{mwhere}: the Secret must not be optional (a pod without it "
+                       "cannot start anyway; fail at mount time, visibly)")
+        items = secret.get("items")
+        keys = ({i.get("path"): i.get("key") for i in items} if items
+                else {CLUSTER_SECRET_KEY: CLUSTER_SECRET_KEY})
+        if keys.get(relative) != CLUSTER_SECRET_KEY:
+            self.error(where, f"--cluster-secret-file {path} is not the Secret's key "
+                       f"{CLUSTER_SECRET_KEY!r} in that volume (the volume holds "
+                       f"{sorted(keys)})")
+
+    def check_network_policies(self, docs):
+        policies = [d for d in docs if d.get("kind") == "NetworkPolicy" and isolates_ingress(d)]
+
+        def selecting(template, extra):
+            labels = template_labels(template, extra)
+            return [p for p in policies
+                    if label_selector_matches(p["spec"].get("podSelector") or {}, labels)]
+
+        routers = [(w, t, e) for w, t, e, role, _ in self.pods if role == "router"]
+        workers = [(w, t, e) for w, t, e, role, _ in self.pods if role == "worker"]
+        for where, template, extra, role, listens in self.pods:
+            chosen = selecting(template, extra)
+            rules = [(p, r) for p in chosen for r in p["spec"].get("ingress") or []]
+            if role == "router":
+                if not chosen:
+                    continue  # not isolated: every port is open
+                for flag in ("--listen", "--http-listen"):
+                    if flag not in listens:
+                        continue
+                    port, name = listens[flag]
+                    if not any(rule_covers(r, port, name) and not r.get("from")
+                               for _, r in rules):
+                        names = ", ".join(p["metadata"]["name"] for p in chosen)
+                        self.error(where, f"NetworkPolicy {names} isolates this router pod but "
+                                   f"does not open its public port {port} ({flag}) to every "
+                                   "source")
+                continue
+            if "--listen" not in listens:
+                continue
+            port, name = listens["--listen"]
+            if not chosen:
+                self.error(where, f"no NetworkPolicy selects this worker pod for ingress: its "
+                           f"WorkerService port {port} is reachable from every pod and address; "
+                           "add a policy that admits only router and worker pods")
+                continue
+            admitted = []  # peer podSelectors admitted to the worker port
+            for policy, rule in rules:
+                if not rule_covers(rule, port, name):
+                    continue
+                pwhere = f"NetworkPolicy/{policy['metadata']['name']}"
+                peers = rule.get("from") or []
+                if not peers:
+                    self.error(pwhere, f"admits every source to the worker port {port} ({where}); "
+                               "only router and worker pods may reach it")
+                for peer in peers:
+                    if "ipBlock" in peer:
+                        self.error(pwhere, f"admits ipBlock {peer['ipBlock'].get('cidr')} to the "
+                                   f"worker port {port}; only router and worker pods may reach it")
+                    elif "namespaceSelector" in peer:
+                        self.error(pwhere, f"admits pods of other namespaces (namespaceSelector "
+                                   f"{peer['namespaceSelector']}) to the worker port {port}; only "
+                                   "this namespace's router and worker pods may reach it")
+                    elif not peer.get("podSelector"):
+                        self.error(pwhere, f"admits every pod of the namespace (empty "
+                                   f"podSelector) to the worker port {port}; select router and "
+                                   "worker pods by their labels")
+                    else:
+                        selector = peer["podSelector"]
+                        matched = [w for w, t, e in routers + workers
+                                   if label_selector_matches(selector, template_labels(t, e))]
+                        if not matched:
+                            self.error(pwhere, f"admits pods {selector} to the worker port "
+                                       f"{port}, which match no router or worker pod here")
+                        admitted.append(selector)
+            for kind, group in (("router", routers), ("worker", workers)):
+                for other, t, e in group:
+                    if not any(label_selector_matches(s, template_labels(t, e))
+                               for s in admitted):
+                        self.error(where, f"NetworkPolicy keeps {kind} pods ({other}) from "
+                                   f"the worker port {port}, which they must reach")
+            if "--metrics-listen" in listens:
+                mport, mname = listens["--metrics-listen"]
+                if not any(rule_covers(r, mport, mname) for _, r in rules):
+                    self.error(where, f"NetworkPolicy blocks the metrics port {mport} "
+                               "(--metrics-listen) from every scraper")
 
     def check_selectors(self, docs, templates):
         by_kind_name = {(d.get("kind"), d["metadata"]["name"]) for d in docs}
@@ -321,7 +516,7 @@ def render(overlay_dir):
     return [d for d in yaml.safe_load_all(out.stdout) if d]
 
 
-def self_test(binaries, docs):
+def self_test(binaries, docs, overlay):
     """Each mutation must be reported; returns the number that were not."""
 
     def find(docs, kind):
@@ -360,18 +555,134 @@ def self_test(binaries, docs):
         hpa = find(docs, "HorizontalPodAutoscaler")
         hpa["spec"]["metrics"][0]["pods"]["metric"]["name"] = "shardserve_no_such_metric"
 
+    # The cluster credential and the NetworkPolicies, in every variant (LWS and StatefulSet).
+    def worker_containers(docs):
+        return [c for d in docs for _, t, _ in pod_templates(d) for c in t["spec"]["containers"]
+                if c["command"][0].endswith("shardserve-worker")]
+
+    def last_worker_pod(docs):
+        """The pod spec of a template that runs only a worker."""
+        return next(t["spec"] for d in reversed(docs) for _, t, _ in pod_templates(d)
+                    if len(t["spec"]["containers"]) == 1 and
+                    t["spec"]["containers"][0]["command"][0].endswith("shardserve-worker"))
+
+    def secret_args(container):
+        return [i for i, a in enumerate(container["args"])
+                if a.startswith("--cluster-secret-file")]
+
+    def secret_volume(spec):
+        path = next(a.partition("=")[2] for a in spec["containers"][0]["args"]
+                    if a.startswith("--cluster-secret-file="))
+        mount = next(m for m in spec["containers"][0]["volumeMounts"]
+                     if path.startswith(m["mountPath"] + "/"))
+        return mount, next(v for v in spec["volumes"] if v["name"] == mount["name"])
+
+    def worker_policies(docs):
+        return [d for d in docs if d["kind"] == "NetworkPolicy" and
+                d["metadata"]["name"] != "shardserve-router"]
+
+    def worker_port_rule(docs):
+        return worker_policies(docs)[0]["spec"]["ingress"][0]
+
+    def secret_flag_missing(docs):
+        container = last_worker_pod(docs)["containers"][0]
+        for i in reversed(secret_args(container)):
+            del container["args"][i]
+
+    def secret_flag_outside_mount(docs):
+        container = worker_containers(docs)[0]
+        container["args"][secret_args(container)[0]] = "--cluster-secret-file=/tmp/secret"
+
+    def secret_wrong_key(docs):
+        container = worker_containers(docs)[-1]
+        container["args"][secret_args(container)[0]] += "-key"
+
+    def secret_volume_empty_dir(docs):
+        volume = secret_volume(last_worker_pod(docs))[1]
+        volume.pop("secret")
+        volume["emptyDir"] = {}
+
+    def secret_volume_other_secret(docs):
+        secret_volume(last_worker_pod(docs))[1]["secret"]["secretName"] = "some-other-secret"
+
+    def secret_mount_writable(docs):
+        secret_volume(last_worker_pod(docs))[0]["readOnly"] = False
+
+    def insecure_cluster(docs):
+        worker_containers(docs)[-1]["args"].append("--insecure-cluster")
+
+    def secret_in_git(docs):
+        docs.append({"apiVersion": "v1", "kind": "Secret",
+                     "metadata": {"name": "shardserve-cluster-secret"},
+                     "stringData": {"secret": "0123456789abcdef0123"}})
+
+    def no_worker_policy(docs):
+        for policy in worker_policies(docs):
+            docs.remove(policy)
+
+    def worker_port_open(docs):
+        worker_port_rule(docs).pop("from")
+
+    def worker_port_any_pod(docs):
+        worker_port_rule(docs)["from"].append({"podSelector": {}})
+
+    def worker_port_namespace(docs):
+        worker_port_rule(docs)["from"].append({"namespaceSelector": {}})
+
+    def worker_port_ip_block(docs):
+        worker_port_rule(docs)["from"].append({"ipBlock": {"cidr": "0.0.0.0/0"}})
+
+    def worker_port_all_ports(docs):
+        # A rule with no ports that admits any pod of the namespace.
+        worker_policies(docs)[0]["spec"]["ingress"].append({"from": [{"podSelector": {}}]})
+
+    def routers_shut_out(docs):
+        for peer in worker_port_rule(docs)["from"]:
+            peer["podSelector"].setdefault("matchExpressions", []).append(
+                {"key": "shardserve.io/router", "operator": "DoesNotExist"})
+
+    def router_ports_closed(docs):
+        router = next(d for d in docs if d["kind"] == "NetworkPolicy" and
+                      d["metadata"]["name"] == "shardserve-router")
+        router["spec"]["ingress"][0]["from"] = [{"podSelector": {}}]
+
+    def old_binary(binaries):
+        # A binary built before the cluster credential: --help lacks the flag.
+        for binary in binaries.values():
+            binary.flags.pop("--cluster-secret-file", None)
+
+    doc_mutations = (secret_flag_missing, secret_flag_outside_mount, secret_wrong_key,
+                     secret_volume_empty_dir, secret_volume_other_secret, secret_mount_writable,
+                     insecure_cluster, secret_in_git, no_worker_policy, worker_port_open,
+                     worker_port_any_pod, worker_port_namespace, worker_port_ip_block,
+                     worker_port_all_ports, routers_shut_out, router_ports_closed)
+    if overlay == "cpu":
+        doc_mutations = (flag, probe, named_probe, grace, config_port, undefined_var,
+                         service_port, hpa_metric) + doc_mutations
+
     baseline = Checker(binaries)
     baseline.check(docs)
     failures = 0
-    for mutate in (flag, probe, named_probe, grace, config_port, undefined_var, service_port,
-                   hpa_metric):
-        broken = copy.deepcopy(docs)
-        mutate(broken)
-        checker = Checker(binaries)
+    for mutate in doc_mutations + (old_binary,):
+        broken, broken_binaries = copy.deepcopy(docs), copy.deepcopy(binaries)
+        mutate(broken_binaries if mutate is old_binary else broken)
+        checker = Checker(broken_binaries)
         checker.check(broken)
         new = [e for e in checker.errors if e not in baseline.errors]
         failures += not new
-        print(f"  self-test {mutate.__name__}: " + (f"caught ({new[0]})" if new else "MISSED"))
+        print(f"  self-test {overlay} {mutate.__name__}: " +
+              (f"caught ({new[0]})" if new else "MISSED"))
+
+    # The --help parser must see the new flags as CLI11 prints them (an Env: note after the type).
+    parsed = Binary("shardserve-worker", "Options:\n"
+                    "  --cluster-secret-file TEXT (Env:SHARDSERVE_CLUSTER_SECRET_FILE)\n"
+                    "                              file holding the cluster's shared secret\n"
+                    "  --insecure-cluster          run without a cluster credential\n", 0, b"")
+    ok = {"--cluster-secret-file", "--insecure-cluster"} <= parsed.flags.keys()
+    failures += not ok
+    print(f"  self-test {overlay} help_parser: " +
+          ("reads --cluster-secret-file, --insecure-cluster" if ok else
+           f"MISSED (parsed {sorted(parsed.flags)})"))
     return failures
 
 
@@ -399,8 +710,8 @@ def main():
               f"{len(checker.errors)} problems")
         if args.typescript:
             write_typescript(docs, overlay.name, args.typescript)
-        if args.self_test and overlay.name == "cpu":
-            errors += self_test(binaries, docs)
+        if args.self_test and overlay.name in ("cpu", "cpu-statefulset"):
+            errors += self_test(binaries, docs, overlay.name)
     return 1 if errors else 0
 
 
