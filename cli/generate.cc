@@ -15,9 +15,7 @@
 #include "absl/strings/str_split.h"
 #include "common/status.h"
 #include "kernels/backend.h"
-#ifdef SHARDSERVE_HAS_CUDA
-#include "kernels/cuda/cuda_backend.h"
-#endif
+#include "kernels/backend_factory.h"
 #include "model/generator.h"
 #include "model/stage.h"
 #include "model/synth.h"
@@ -126,23 +124,13 @@ int GenerateMain(int argc, char** argv) {
     }
     spec.quantize = *q;
   }
-  std::unique_ptr<Backend> backend;
-  if (backend_name == "cpu") {
-    backend = NewCpuBackend({.threads = threads, .copy_weights = !mmap_weights});
-  } else if (backend_name == "cuda") {
-#ifdef SHARDSERVE_HAS_CUDA
-    auto cuda = NewCudaBackend({.device = device});
-    if (!cuda.ok()) return Fail(cuda.status());
-    backend = std::move(*cuda);
-#else
-    return Fail(absl::UnimplementedError(
-        "--backend cuda: this build has no CUDA support (the CUDA toolkit was not found at "
-        "configure time)"));
-#endif
-  } else {
-    return Fail(absl::InvalidArgumentError(
-        absl::StrCat("--backend '", backend_name, "' is not cpu or cuda")));
-  }
+  BackendOptions backend_options;
+  backend_options.cpu.threads = threads;
+  backend_options.cpu.copy_weights = !mmap_weights;
+  backend_options.device = device;
+  auto made = NewBackend(backend_name, backend_options);
+  if (!made.ok()) return Fail(made.status());
+  std::unique_ptr<Backend> backend = std::move(*made);
   // Loading a large model takes seconds: say so on a terminal, stay quiet when piped.
   const bool tty = isatty(STDERR_FILENO);
   if (tty) std::fprintf(stderr, "loading %s...", model.c_str());

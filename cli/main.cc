@@ -3,15 +3,11 @@
 #include <cstring>
 #include <string>
 
-#include "cli/generate.h"
-#ifdef SHARDSERVE_HAVE_INSPECT
-#include "cli/inspect.h"
-#endif
-#ifdef SHARDSERVE_HAVE_CLUSTER_CLI
 #include "cli/bench.h"
 #include "cli/complete.h"
+#include "cli/generate.h"
+#include "cli/inspect.h"
 #include "cli/up.h"
-#endif
 
 namespace {
 
@@ -24,15 +20,11 @@ struct Command {
 const Command kCommands[] = {
     {"generate", shardserve::GenerateMain, "generate text in this process (no network)"},
     {"synth", shardserve::SynthMain, "write a random-weight model of a given shape"},
-#ifdef SHARDSERVE_HAVE_INSPECT
     {"inspect", shardserve::InspectMain, "model metadata and tokenization"},
-#endif
-#ifdef SHARDSERVE_HAVE_CLUSTER_CLI
     {"up", shardserve::UpMain, "start a local router and workers"},
     {"complete", shardserve::CompleteMain, "stream a completion from a server"},
     {"chat", shardserve::ChatMain, "interactive chat with a server"},
     {"bench", shardserve::BenchMain, "load-test a server"},
-#endif
 };
 
 void Usage(FILE* out) {

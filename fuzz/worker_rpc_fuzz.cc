@@ -72,7 +72,7 @@ grpc::Status Call(Worker& w, int rpc, int credential, const std::string& bytes) 
     }
     case 1: {
       v1::LoadShardRequest q;
-      (void)q.ParseFromString(bytes);
+      if (!q.ParseFromString(bytes)) q.Clear();  // e.g. invalid UTF-8: not sendable
       // A real KV pool is allocated at load: keep it within the fuzzer's memory limit (the
       // worker's own bound is the machine's memory).
       q.set_kv_num_blocks(std::min(q.kv_num_blocks(), 256));
@@ -81,14 +81,14 @@ grpc::Status Call(Worker& w, int rpc, int credential, const std::string& bytes) 
     }
     case 2: {
       v1::ConnectNextRequest q;
-      (void)q.ParseFromString(bytes);
+      if (!q.ParseFromString(bytes)) q.Clear();  // e.g. invalid UTF-8: not sendable
       if (!q.next_address().empty()) q.set_next_address("127.0.0.1:1");
       v1::ConnectNextResponse r;
       return w.stub->ConnectNext(Context(credential).get(), q, &r);
     }
     case 3: {
       v1::ActivationsRequest q;
-      (void)q.ParseFromString(bytes);
+      if (!q.ParseFromString(bytes)) q.Clear();  // e.g. invalid UTF-8: not sendable
       auto context = Context(credential);
       v1::ActivationsResponse r;
       auto writer = w.stub->Activations(context.get(), &r);
@@ -98,7 +98,7 @@ grpc::Status Call(Worker& w, int rpc, int credential, const std::string& bytes) 
     }
     case 4: {
       v1::StepsRequest q;
-      (void)q.ParseFromString(bytes);
+      if (!q.ParseFromString(bytes)) q.Clear();  // e.g. invalid UTF-8: not sendable
       auto context = Context(credential);
       auto stream = w.stub->Steps(context.get());
       stream->Write(q);

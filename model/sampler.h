@@ -1,8 +1,6 @@
-// Token sampling with per-request parameters and reproducible randomness.
-//
-// The random number used at a position is a pure function of (seed, position), so a sequence
-// that is re-prefilled elsewhere after a failure samples exactly what it would have. Sample() is
-// thread-safe (no shared state).
+// Token sampling on the CPU with per-request parameters and reproducible randomness, following
+// the contract of kernels/sampling.h (parameters, validation, the draw at each position).
+// Sample() is thread-safe (no shared state).
 #ifndef SHARDSERVE_MODEL_SAMPLER_H_
 #define SHARDSERVE_MODEL_SAMPLER_H_
 
@@ -11,30 +9,9 @@
 
 #include "absl/status/status.h"
 #include "absl/types/span.h"
+#include "kernels/sampling.h"
 
 namespace shardserve {
-
-struct SamplingParams {
-  float temperature = 0.0f;         // 0: greedy
-  int32_t top_k = 0;                // 0: off
-  float top_p = 1.0f;               // (0, 1]
-  float min_p = 0.0f;               // [0, 1]
-  float repetition_penalty = 1.0f;  // > 0; 1: off (divides positive logits, multiplies negative)
-  float presence_penalty = 0.0f;    // subtracted once per token present in the history
-  float frequency_penalty = 0.0f;   // subtracted per occurrence in the history
-  uint64_t seed = 0;
-};
-
-// INVALID_ARGUMENT naming the field when a parameter is out of range or NaN.
-absl::Status ValidateSamplingParams(const SamplingParams& p);
-
-// The uniform [0, 1) number used at `position` for `seed`.
-double SamplingUniform(uint64_t seed, int64_t position);
-
-struct SampleResult {
-  int32_t token = 0;
-  float logprob = 0.0f;  // log-softmax of the chosen token under the final distribution
-};
 
 // Samples the token that will occupy `position` (the sequence's length before it) from `logits`
 // [vocab], the model's output at position - 1. `history` holds the sequence's tokens so far

@@ -11,6 +11,42 @@
 
 namespace shardserve {
 
+absl::Status ValidateSequenceStep(int64_t index, int64_t start_pos,
+                                  absl::Span<const int32_t> tokens,
+                                  absl::Span<const int32_t> block_table, const ModelConfig& c,
+                                  const KvCacheSpec& kv, bool check_tokens) {
+  auto bad = [&](absl::string_view field, absl::string_view what) {
+    return absl::InvalidArgumentError(absl::StrCat("sequences[", index, "].", field, ": ", what));
+  };
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  if (n == 0) return bad("tokens", "empty");
+  if (check_tokens) {
+    for (int32_t t : tokens) {
+      if (t < 0 || t >= c.vocab_size) {
+        return bad("tokens", absl::StrCat("id ", t, " outside [0, ", c.vocab_size, ")"));
+      }
+    }
+  }
+  // Compared before adding: start_pos comes off the wire and start_pos + n may overflow.
+  if (start_pos < 0 || start_pos > c.max_position_embeddings - n) {
+    return bad("start_pos",
+               absl::StrCat("positions from ", start_pos, ", ", n,
+                            " tokens, outside the context of ", c.max_position_embeddings));
+  }
+  const int64_t end = start_pos + n;
+  const int64_t needed = (end + kv.block_size - 1) / kv.block_size;
+  if (static_cast<int64_t>(block_table.size()) < needed) {
+    return bad("block_table", absl::StrCat(block_table.size(), " blocks for ", end, " positions (",
+                                           needed, " needed)"));
+  }
+  for (int32_t b : block_table) {
+    if (b < 0 || b >= kv.num_blocks) {
+      return bad("block_table", absl::StrCat("block ", b, " outside [0, ", kv.num_blocks, ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<int64_t> ValidateStepBatch(absl::Span<const SequenceStep> batch,
                                           absl::Span<const float> hidden_in, const ModelConfig& c,
                                           const KvCacheSpec& kv, bool first) {
@@ -18,39 +54,9 @@ absl::StatusOr<int64_t> ValidateStepBatch(absl::Span<const SequenceStep> batch,
   int64_t total = 0;
   for (size_t i = 0; i < batch.size(); ++i) {
     const SequenceStep& s = batch[i];
-    auto bad = [&](absl::string_view what) {
-      return absl::InvalidArgumentError(absl::StrCat("sequence ", i, ": ", what));
-    };
-    const int64_t n = static_cast<int64_t>(s.tokens.size());
-    if (n == 0) return bad("no tokens");
-    if (s.start_pos < 0) return bad(absl::StrCat("start_pos ", s.start_pos, " is negative"));
-    if (s.start_pos > c.max_position_embeddings) {
-      return bad(absl::StrCat("start_pos ", s.start_pos, " exceeds the context length ",
-                              c.max_position_embeddings));
-    }
-    const int64_t end = s.start_pos + n;
-    if (end > c.max_position_embeddings) {
-      return bad(absl::StrCat("positions up to ", end, " exceed the context length ",
-                              c.max_position_embeddings));
-    }
-    const int64_t blocks_needed = (end + kv.block_size - 1) / kv.block_size;
-    if (static_cast<int64_t>(s.block_table.size()) < blocks_needed) {
-      return bad(absl::StrCat("block table has ", s.block_table.size(), " blocks, positions up to ",
-                              end, " need ", blocks_needed));
-    }
-    for (int32_t b : s.block_table) {
-      if (b < 0 || b >= kv.num_blocks) {
-        return bad(absl::StrCat("block id ", b, " outside [0, ", kv.num_blocks, ")"));
-      }
-    }
-    if (first) {
-      for (int32_t t : s.tokens) {
-        if (t < 0 || t >= c.vocab_size) {
-          return bad(absl::StrCat("token id ", t, " outside [0, ", c.vocab_size, ")"));
-        }
-      }
-    }
-    total += n;
+    RETURN_IF_ERROR(ValidateSequenceStep(static_cast<int64_t>(i), s.start_pos, s.tokens,
+                                         s.block_table, c, kv, /*check_tokens=*/first));
+    total += static_cast<int64_t>(s.tokens.size());
   }
   if (!first && static_cast<int64_t>(hidden_in.size()) != total * c.hidden_size) {
     return absl::InvalidArgumentError(absl::StrCat("hidden states have ", hidden_in.size(),

@@ -73,6 +73,17 @@ class ModelStage {
                                              absl::Span<const float> hidden_in) = 0;
 };
 
+// Checks one sequence of a step against a stage with `config` and `kv`: at least one token,
+// positions [start_pos, start_pos + tokens) inside the context (compared before adding: the
+// values come off the wire), a block table covering them that names only existing blocks, and,
+// when `check_tokens`, token ids in the vocabulary. INVALID_ARGUMENT naming
+// `sequences[index].<field>`. The one validator of a sequence's geometry, used by
+// ValidateStepBatch and by the worker's step-plan validation.
+absl::Status ValidateSequenceStep(int64_t index, int64_t start_pos,
+                                  absl::Span<const int32_t> tokens,
+                                  absl::Span<const int32_t> block_table, const ModelConfig& config,
+                                  const KvCacheSpec& kv, bool check_tokens);
+
 // Checks a step before any memory is touched: non-empty sequences, positions inside the
 // context, block tables long enough and naming existing blocks, token ids in the vocabulary
 // (first stage), hidden states of the right size (other stages). Returns the step's token

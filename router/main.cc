@@ -17,6 +17,7 @@
 #include "common/logging.h"
 #include "common/tls.h"
 #include "common/tls_flags.h"
+#include "common/wire.h"
 #include "router/discovery.h"
 #include "router/http_server.h"
 #include "router/inference_service.h"
@@ -26,7 +27,6 @@
 #include "router/replica.h"
 #include "router/routing.h"
 #include "router/worker_registry.h"
-#include "worker/grpc_link.h"
 
 namespace shardserve {
 namespace {
@@ -69,15 +69,15 @@ int RouterMain(int argc, char** argv) {
       ->check(CLI::Range(0, 1024))
       ->capture_default_str();
   app.add_option("--max-batch-tokens", max_batch_tokens, "tokens per micro-batch")
-      ->check(CLI::Range(1, 65536))
+      ->check(CLI::Range(int64_t{1}, kMaxStepTokens))
       ->capture_default_str();
   app.add_option("--max-seqs", max_seqs, "sequences running at once per pipeline")
       ->check(CLI::Range(1, 65536))
       ->capture_default_str();
   app.add_option("--kv-blocks", kv_blocks, "KV blocks per pipeline (0: sized from --max-seqs)")
-      ->check(CLI::Range(int64_t{0}, int64_t{1} << 22));
+      ->check(CLI::Range(int64_t{0}, kMaxKvBlocks));
   app.add_option("--kv-block-size", kv_block_size, "tokens per KV block")
-      ->check(CLI::Range(1, 1024))
+      ->check(CLI::Range(1, kMaxKvBlockSize))
       ->capture_default_str();
   double step_timeout_s = 10, failover_wait_s = 30;
   app.add_option("--step-timeout-s", step_timeout_s,

@@ -4,10 +4,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/cluster_auth.h"
+#include "common/grpc_util.h"
 #include "common/logging.h"
 #include "common/status.h"
-#include "common/tls.h"
-#include "worker/grpc_link.h"
 
 namespace shardserve {
 namespace {
@@ -21,16 +20,7 @@ void SetDeadline(grpc::ClientContext* context, absl::Duration timeout) {
 }  // namespace
 
 std::unique_ptr<v1::WorkerService::Stub> NewWorkerStub(const std::string& address) {
-  grpc::ChannelArguments args;
-  args.SetMaxSendMessageSize(kMaxMessageBytes);
-  args.SetMaxReceiveMessageSize(kMaxMessageBytes);
-  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
-  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5000);
-  // Reconnect quickly after a worker restarts.
-  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 200);
-  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
-  return v1::WorkerService::NewStub(
-      grpc::CreateCustomChannel(address, ProcessChannelCredentials(), args));
+  return v1::WorkerService::NewStub(NewClusterChannel(address));
 }
 
 Pipeline::Pipeline(std::vector<StageEndpoint> stages, PipelineOptions options)

@@ -4,7 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
-#include "worker/stage_runtime.h"
+#include "common/wire.h"
 
 namespace shardserve {
 namespace {

@@ -22,6 +22,10 @@ if [ -n "$files" ]; then
   echo "$files" | xargs clang-format --dry-run -Werror
 fi
 
+echo "== layering (includes and build rules point one way; scripts/check-layering.py)"
+scripts/check-layering.py --self-test >/dev/null
+scripts/check-layering.py
+
 echo "== ctest (label gpu excluded: this machine has no GPU)"
 ctest --test-dir "$build" -LE gpu --output-on-failure -j2 --timeout 600
 

@@ -12,6 +12,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "common/wire.h"
 #include "worker/activation_link.h"
 
 namespace shardserve {
@@ -24,9 +25,6 @@ absl::StatusOr<std::unique_ptr<ActivationLink>> NewGrpcSendLink(const std::strin
                                                                 absl::Duration connect_timeout);
 
 inline constexpr char kOwnerMetadata[] = "x-shardserve-owner";
-
-// Channel arguments for large activation and plan messages.
-constexpr int kMaxMessageBytes = 512 << 20;
 
 }  // namespace shardserve
 

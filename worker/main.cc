@@ -15,14 +15,14 @@
 #include "common/cluster_auth.h"
 #include "common/listen.h"
 #include "common/logging.h"
+#include "common/metrics.h"
 #include "common/tls.h"
 #include "common/tls_flags.h"
+#include "common/wire.h"
 #include "kernels/backend.h"
-#ifdef SHARDSERVE_HAS_CUDA
-#include "kernels/cuda/cuda_backend.h"
-#endif
-#include "router/metrics.h"
+#include "kernels/backend_factory.h"
 #include "worker/grpc_link.h"
+#include "worker/stage_metrics.h"
 #include "worker/worker_service.h"
 
 namespace {
@@ -128,25 +128,17 @@ int main(int argc, char** argv) {
   auto authenticator = shardserve::ResolveClusterAuth(cluster_auth, tls, "shardserve-worker");
   if (!authenticator.ok()) return fail(authenticator.status());
 
-  std::unique_ptr<shardserve::Backend> backend;
-  if (backend_name == "cuda") {
-#ifdef SHARDSERVE_HAS_CUDA
-    auto cuda =
-        shardserve::NewCudaBackend({.device = device, .memory_fraction = gpu_memory_fraction});
-    if (!cuda.ok()) {
-      std::fprintf(stderr, "shardserve-worker: %s\n", std::string(cuda.status().message()).c_str());
-      return 1;
-    }
-    backend = std::move(*cuda);
-#else
-    std::fprintf(stderr,
-                 "shardserve-worker: --backend cuda: this build has no CUDA support (the CUDA "
-                 "toolkit was not found at configure time)\n");
+  shardserve::BackendOptions backend_options;
+  backend_options.cpu.threads = threads;
+  backend_options.device = device;
+  backend_options.memory_fraction = gpu_memory_fraction;
+  auto made = shardserve::NewBackend(backend_name, backend_options);
+  if (!made.ok()) {
+    std::fprintf(stderr, "shardserve-worker: error: %s\n",
+                 std::string(made.status().message()).c_str());
     return 1;
-#endif
-  } else {
-    backend = shardserve::NewCpuBackend({.threads = threads});
   }
+  std::unique_ptr<shardserve::Backend> backend = std::move(*made);
   shardserve::WorkerOptions options;
   options.threads = threads;
   options.recv_timeout = absl::Seconds(recv_timeout_s);

@@ -31,6 +31,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "common/wire.h"
 #include "model/stage.h"
 #include "shardserve/v1/worker.pb.h"
 #include "worker/activation_link.h"
@@ -123,9 +124,6 @@ class StageRuntime {
 // The position argument the sampler gets for a chunk ending at `end_pos` (exclusive): shared by
 // every path that samples, so that a pipeline and the single-process reference agree.
 inline int64_t SamplePosition(int64_t end_pos) { return end_pos; }
-
-// Largest top_logprobs a request may ask for.
-constexpr int kMaxTopLogprobs = 20;
 
 }  // namespace shardserve
 

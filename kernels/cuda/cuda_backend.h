@@ -31,7 +31,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "kernels/backend.h"
-#include "model/sampler.h"
+#include "kernels/sampling.h"
 
 namespace shardserve {
 
@@ -63,9 +63,10 @@ int64_t CudaBackendFreeBytes(const Backend& backend);
 
 // Samples one token per row of `logits` ([rows, vocab] F32 in `backend`'s memory, e.g. the
 // output of the LM-head MatMul) on the device. Row i uses params[i], the position positions[i]
-// and histories[i] for the penalties, with exactly the rules of Sample() in model/sampler.h, so
-// the CPU and GPU pick the same tokens from the same logits. Parameters must have passed
-// ValidateSamplingParams. Waits for the result. `backend` must come from NewCudaBackend.
+// and histories[i] for the penalties, with exactly the rules of the CPU sampler (model/sampler.h,
+// kernels/sampling.h), so the CPU and GPU pick the same tokens from the same logits. Parameters
+// must have passed ValidateSamplingParams. Waits for the result. `backend` must come from
+// NewCudaBackend.
 absl::StatusOr<std::vector<SampleResult>> SampleOnDevice(
     Backend& backend, const Tensor& logits, absl::Span<const SamplingParams> params,
     absl::Span<const int64_t> positions, absl::Span<const absl::Span<const int32_t>> histories);

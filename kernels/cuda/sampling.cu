@@ -26,7 +26,7 @@ __device__ __forceinline__ uint64_t SplitMix64(uint64_t x) {
   return x ^ (x >> 31);
 }
 
-// Same bits as SamplingUniform() in model/sampler.cc.
+// Same bits as SamplingUniform() in kernels/sampling.cc.
 __device__ __forceinline__ double Uniform(uint64_t seed, int64_t position) {
   const uint64_t h = SplitMix64(SplitMix64(seed) ^ static_cast<uint64_t>(position));
   return static_cast<double>(h >> 11) * 0x1.0p-53;

@@ -1,0 +1,84 @@
+#include "worker/stage_metrics.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+
+namespace shardserve {
+
+StageMetrics& StageMetrics::Global() {
+  static StageMetrics* metrics = new StageMetrics();
+  return *metrics;
+}
+
+StageMetrics::StageMetrics() : step_(kTokenBuckets) {}
+
+void StageMetrics::ObserveStep(absl::Duration duration) {
+  step_.Observe(absl::ToDoubleSeconds(duration));
+}
+
+void StageMetrics::ObserveLeaseRelease(const std::string& reason, int64_t sequences) {
+  absl::MutexLock lock(&mu_);
+  ++lease_releases_[reason];
+  released_sequences_ += static_cast<uint64_t>(std::max<int64_t>(0, sequences));
+}
+
+void StageMetrics::ObserveRefusedCall(const std::string& code) {
+  absl::MutexLock lock(&mu_);
+  ++refused_calls_[code];
+}
+
+std::string StageMetrics::Render(const v1::StatsResponse& stats) const {
+  ExpositionWriter w;
+  {
+    absl::MutexLock lock(&mu_);
+    w.Family("shardserve_worker_lease_releases_total",
+             "Router leases that ended, by reason (expired, stream_closed); the router's "
+             "sequences and KV blocks were freed.",
+             "counter");
+    for (const char* reason : {"expired", "stream_closed"}) {
+      auto it = lease_releases_.find(reason);
+      w.Sample("shardserve_worker_lease_releases_total", {{"reason", reason}},
+               it == lease_releases_.end() ? 0 : it->second);
+    }
+    w.Family("shardserve_worker_released_sequences_total",
+             "Sequences dropped because the router holding them went away.", "counter");
+    w.Sample("shardserve_worker_released_sequences_total", {}, released_sequences_);
+    w.Family("shardserve_worker_refused_calls_total",
+             "Worker RPCs refused for a missing or wrong cluster credential.", "counter");
+    for (const char* code : {"unauthenticated", "permission_denied"}) {
+      auto it = refused_calls_.find(code);
+      w.Sample("shardserve_worker_refused_calls_total", {{"code", code}},
+               it == refused_calls_.end() ? 0 : it->second);
+    }
+  }
+  const MetricLabels stage = {
+      {"layers", absl::StrCat(stats.layer_begin(), "-", stats.layer_end())}};
+  w.Family("shardserve_stage_loaded", "1 while a shard is loaded.", "gauge");
+  w.Sample("shardserve_stage_loaded", {}, stats.loaded() ? 1 : 0);
+  w.Family("shardserve_stage_step_duration_seconds", "Time to run one step plan on this stage.",
+           "histogram");
+  w.HistogramSamples("shardserve_stage_step_duration_seconds", stage, step_.Read());
+  w.Family("shardserve_stage_steps_total", "Step plans run by the loaded shard.", "counter");
+  w.Sample("shardserve_stage_steps_total", stage, stats.steps());
+  w.Family("shardserve_stage_tokens_total", "Tokens run through the loaded shard.", "counter");
+  w.Sample("shardserve_stage_tokens_total", stage, stats.tokens());
+  w.Family("shardserve_kv_cache_blocks_used", "KV cache blocks held on this stage.", "gauge");
+  w.Sample("shardserve_kv_cache_blocks_used", stage, stats.kv_blocks_used());
+  w.Family("shardserve_kv_cache_blocks_capacity", "KV cache blocks on this stage.", "gauge");
+  w.Sample("shardserve_kv_cache_blocks_capacity", stage, stats.kv_blocks_total());
+  w.Family("shardserve_activation_bytes_total", "Activation bytes over each link.", "counter");
+  for (const v1::LinkStats& l : stats.links()) {
+    w.Sample("shardserve_activation_bytes_total",
+             {{"direction", l.direction()}, {"peer", l.peer()}}, l.bytes());
+  }
+  w.Family("shardserve_activation_messages_total", "Activation messages over each link.",
+           "counter");
+  for (const v1::LinkStats& l : stats.links()) {
+    w.Sample("shardserve_activation_messages_total",
+             {{"direction", l.direction()}, {"peer", l.peer()}}, l.messages());
+  }
+  return w.Take();
+}
+
+}  // namespace shardserve
