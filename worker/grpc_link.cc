@@ -5,9 +5,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "common/cluster_auth.h"
+#include "common/grpc_util.h"
 #include "common/logging.h"
 #include "common/status.h"
-#include "common/tls.h"
 #include "shardserve/v1/worker.grpc.pb.h"
 
 namespace shardserve {
@@ -35,6 +35,8 @@ class GrpcSendLink : public ActivationLink {
     return absl::OkStatus();
   }
 
+  // Writes are serialised by write_mu_, held across the (possibly blocking) Write; mu_ is not,
+  // so Close can cancel a write stuck on flow control.
   absl::Status Send(uint64_t step, ActivationTensor tensor) override {
     v1::ActivationsRequest msg;
     msg.set_step_id(step);
@@ -42,9 +44,15 @@ class GrpcSendLink : public ActivationLink {
     msg.set_cols(tensor.cols);
     msg.set_data(reinterpret_cast<const char*>(tensor.data.data()),
                  tensor.data.size() * sizeof(float));
+    absl::MutexLock write_lock(&write_mu_);
+    {
+      absl::MutexLock lock(&mu_);
+      if (!closed_.ok()) return closed_;
+    }
+    const bool written = writer_->Write(msg);
     absl::MutexLock lock(&mu_);
     if (!closed_.ok()) return closed_;
-    if (!writer_->Write(msg)) {
+    if (!written) {
       closed_ = absl::UnavailableError(
           absl::StrCat("activation link to next stage ", peer_, " is broken"));
       return closed_;
@@ -67,11 +75,17 @@ class GrpcSendLink : public ActivationLink {
   }
 
   void Close(const absl::Status& reason) override {
-    absl::MutexLock lock(&mu_);
-    if (!closed_.ok()) return;
-    closed_ = reason.ok() ? absl::CancelledError("link closed") : reason;
-    if (writer_ != nullptr) {
-      context_->TryCancel();
+    {
+      absl::MutexLock lock(&mu_);
+      if (!closed_.ok()) return;
+      closed_ = reason.ok() ? absl::CancelledError("link closed") : reason;
+      // Thread-safe, and ends a Write blocked on flow control.
+      if (writer_ != nullptr) context_->TryCancel();
+    }
+    // Finish must not overlap a Write: wait for the one in flight (now cancelled) to return.
+    absl::MutexLock write_lock(&write_mu_);
+    if (writer_ != nullptr && !finished_) {
+      finished_ = true;
       (void)writer_->Finish();
     }
   }
@@ -80,7 +94,10 @@ class GrpcSendLink : public ActivationLink {
   const std::string peer_;
   const std::string owner_;
   std::unique_ptr<v1::WorkerService::Stub> stub_;
+  absl::Mutex write_mu_;  // one Write (or the final Finish) at a time
+  bool finished_ ABSL_GUARDED_BY(write_mu_) = false;
   mutable absl::Mutex mu_;
+  // Set once by Open, before the link is shared.
   std::unique_ptr<grpc::ClientContext> context_;
   v1::ActivationsResponse response_;
   std::unique_ptr<grpc::ClientWriter<v1::ActivationsRequest>> writer_;
@@ -93,12 +110,7 @@ class GrpcSendLink : public ActivationLink {
 absl::StatusOr<std::unique_ptr<ActivationLink>> NewGrpcSendLink(const std::string& next_address,
                                                                 const std::string& owner,
                                                                 absl::Duration connect_timeout) {
-  grpc::ChannelArguments args;
-  args.SetMaxSendMessageSize(kMaxMessageBytes);
-  args.SetMaxReceiveMessageSize(kMaxMessageBytes);
-  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
-  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5000);
-  auto channel = grpc::CreateCustomChannel(next_address, ProcessChannelCredentials(), args);
+  auto channel = NewClusterChannel(next_address);
   if (!channel->WaitForConnected(absl::ToChronoTime(absl::Now() + connect_timeout))) {
     return absl::UnavailableError(
         absl::StrCat("cannot connect the activation link to next stage ", next_address));

@@ -36,7 +36,9 @@ class NcclLink : public ActivationLink {
       : options_(o), comm_(comm), stream_(std::move(stream)), event_(std::move(event)) {}
 
   ~NcclLink() override {
-    cudaSetDevice(options_.device);
+    if (cudaError_t e = cudaSetDevice(options_.device); e != cudaSuccess) {
+      LOG(WARNING) << "NCCL link shutdown: cudaSetDevice: " << cudaGetErrorString(e);
+    }
     Abort(absl::CancelledError("link destroyed"));
   }
 
@@ -194,7 +196,7 @@ class NcclLink : public ActivationLink {
 
   absl::Status SendLocked(uint64_t step, const ActivationTensor& t, absl::Time deadline)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(io_mu_) {
-    cudaSetDevice(options_.device);
+    RETURN_IF_ERROR(CudaStatus(cudaSetDevice(options_.device), "cudaSetDevice"));
     ncclComm_t c = comm();
     if (c == nullptr) {
       absl::MutexLock lock(&mu_);
@@ -266,7 +268,7 @@ class NcclLink : public ActivationLink {
 
   absl::Status ReceiveLocked(absl::Time deadline, Header* h, ActivationTensor* t)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(io_mu_) {
-    cudaSetDevice(options_.device);
+    RETURN_IF_ERROR(CudaStatus(cudaSetDevice(options_.device), "cudaSetDevice"));
     ncclComm_t c = comm();
     if (c == nullptr) {
       absl::MutexLock lock(&mu_);

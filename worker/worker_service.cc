@@ -9,22 +9,18 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/grpc_util.h"
 #include "common/logging.h"
 #include "common/status.h"
+#include "common/wire.h"
 #include "model/config.h"
-#include "router/metrics.h"
 #include "worker/grpc_link.h"
+#include "worker/stage_metrics.h"
 
 namespace shardserve {
 namespace {
 
 constexpr char kServiceName[] = "shardserve.v1.WorkerService";
-constexpr int64_t kMaxBlocks = 1 << 22;
-constexpr int64_t kMaxStepTokens = 1 << 16;
-
-grpc::Status ToGrpc(const absl::Status& s) {
-  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
-}
 
 grpc::Status Invalid(absl::string_view field, absl::string_view what) {
   return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, absl::StrCat(field, ": ", what));
@@ -87,6 +83,7 @@ WorkerServiceImpl::~WorkerServiceImpl() {
   auto shard = current();
   if (shard != nullptr) {
     if (shard->inbox) shard->inbox->Close(absl::CancelledError("worker shutting down"));
+    absl::MutexLock lock(&shard->links_mu);
     if (shard->next) shard->next->Close(absl::CancelledError("worker shutting down"));
   }
 }
@@ -195,10 +192,11 @@ grpc::Status WorkerServiceImpl::LoadShard(grpc::ServerContext* context,
   if (!req->dtype().empty() && req->dtype() != "auto") {
     return Invalid("dtype", absl::StrCat("'", req->dtype(), "' is not supported; use auto"));
   }
-  if (req->kv_block_size() < 1 || req->kv_block_size() > 1024)
-    return Invalid("kv_block_size", "outside [1, 1024]");
-  if (req->kv_num_blocks() < 1 || req->kv_num_blocks() > kMaxBlocks) {
-    return Invalid("kv_num_blocks", absl::StrCat("outside [1, ", kMaxBlocks, "]"));
+  if (req->kv_block_size() < 1 || req->kv_block_size() > kMaxKvBlockSize) {
+    return Invalid("kv_block_size", absl::StrCat("outside [1, ", kMaxKvBlockSize, "]"));
+  }
+  if (req->kv_num_blocks() < 1 || req->kv_num_blocks() > kMaxKvBlocks) {
+    return Invalid("kv_num_blocks", absl::StrCat("outside [1, ", kMaxKvBlocks, "]"));
   }
   if (req->max_step_tokens() < 1 || req->max_step_tokens() > kMaxStepTokens) {
     return Invalid("max_step_tokens", absl::StrCat("outside [1, ", kMaxStepTokens, "]"));
@@ -229,9 +227,12 @@ grpc::Status WorkerServiceImpl::LoadShard(grpc::ServerContext* context,
   }
   if (old != nullptr) {
     if (old->inbox) old->inbox->Close(absl::AbortedError("shard unloaded"));
+    absl::MutexLock lock(&old->links_mu);
     if (old->next) old->next->Close(absl::AbortedError("shard unloaded"));
-    old.reset();
   }
+  // A step still running on the old shard ends at its closed links; then the backend is ours.
+  absl::MutexLock backend_lock(&backend_mu_);
+  old.reset();
 
   StageSpec spec{req->layer_begin(), req->layer_end()};
   KvCacheSpec kv{req->kv_block_size(), req->kv_num_blocks()};
@@ -263,6 +264,7 @@ grpc::Status WorkerServiceImpl::ConnectNext(grpc::ServerContext* context,
                                             const v1::ConnectNextRequest* req,
                                             v1::ConnectNextResponse*) {
   if (grpc::Status s = Authorize(context); !s.ok()) return s;
+  absl::MutexLock load_lock(&load_mu_);
   {
     absl::MutexLock lock(&mu_);
     if (grpc::Status s = TakeLease(req->owner()); !s.ok()) return s;
@@ -281,14 +283,21 @@ grpc::Status WorkerServiceImpl::ConnectNext(grpc::ServerContext* context,
   if (!link.ok()) return ToGrpc(link.status());
   // Detach the old link (waiting out a send in flight) before it goes away.
   shard->runtime->SetLinks(shard->inbox.get(), nullptr);
-  if (shard->next) shard->next->Close(absl::AbortedError("replaced"));
-  shard->next = std::shared_ptr<ActivationLink>(std::move(*link));
-  ActivationLink* downstream = shard->next.get();
-  const FaultOptions& f = options_.send_faults;
-  if (f.send_delay > absl::ZeroDuration() || f.fail_after_sends >= 0 || f.corrupt_shape) {
-    shard->next_faulty = NewFaultyLink(downstream, f);
-    downstream = shard->next_faulty.get();
+  ActivationLink* downstream;
+  {
+    absl::MutexLock lock(&shard->links_mu);
+    if (shard->next) shard->next->Close(absl::AbortedError("replaced"));
+    shard->next = std::shared_ptr<ActivationLink>(std::move(*link));
+    shard->next_faulty = nullptr;
+    downstream = shard->next.get();
+    const FaultOptions& f = options_.send_faults;
+    if (f.send_delay > absl::ZeroDuration() || f.fail_after_sends >= 0 || f.corrupt_shape) {
+      shard->next_faulty = NewFaultyLink(downstream, f);
+      downstream = shard->next_faulty.get();
+    }
   }
+  // The runtime uses `downstream` only until the next SetLinks, which ConnectNext (serialised
+  // by load_mu_) calls before replacing the links again.
   shard->runtime->SetLinks(shard->inbox.get(), downstream);
   return grpc::Status::OK;
 }
@@ -387,6 +396,7 @@ grpc::Status WorkerServiceImpl::Steps(
       result = absl::UnavailableError("worker is draining");
     } else {
       const absl::Time step_start = absl::Now();
+      absl::MutexLock backend_lock(&backend_mu_);
       result = shard->runtime->Execute(req.plan());
       StageMetrics::Global().ObserveStep(absl::Now() - step_start);
     }
@@ -486,7 +496,12 @@ grpc::Status WorkerServiceImpl::Stats(grpc::ServerContext* context, const v1::St
   response->set_steps(s.steps);
   response->set_tokens(s.tokens);
   response->set_prefix_cached_tokens(s.prefix_cached_tokens);
-  for (const auto& link : {shard->inbox, shard->next}) {
+  std::shared_ptr<ActivationLink> next;
+  {
+    absl::MutexLock lock(&shard->links_mu);
+    next = shard->next;
+  }
+  for (const auto& link : {shard->inbox, next}) {
     if (link == nullptr) continue;
     LinkCounters c = link->counters();
     v1::LinkStats* out = response->add_links();

@@ -90,9 +90,12 @@ class WorkerServiceImpl final : public v1::WorkerService::Service {
   // Everything tied to one loaded shard; replaced as a unit.
   struct Shard {
     std::string model_path;
-    std::shared_ptr<ActivationLink> inbox;        // filled by Activations
-    std::shared_ptr<ActivationLink> next;         // to the next stage
-    std::shared_ptr<ActivationLink> next_faulty;  // wraps `next` when faults are injected
+    std::shared_ptr<ActivationLink> inbox;  // filled by Activations; set before publication
+    // Replaced by ConnectNext (under the service's load_mu_) while Stats and the runtime's
+    // sender use them.
+    mutable absl::Mutex links_mu;
+    std::shared_ptr<ActivationLink> next ABSL_GUARDED_BY(links_mu);         // to the next stage
+    std::shared_ptr<ActivationLink> next_faulty ABSL_GUARDED_BY(links_mu);  // wraps `next`
     // Last, so that it is destroyed first: its sender thread may be using the links.
     std::unique_ptr<StageRuntime> runtime;
   };
@@ -112,7 +115,11 @@ class WorkerServiceImpl final : public v1::WorkerService::Service {
   Backend* const backend_;
   const WorkerOptions options_;
   const double speed_gflops_;
-  absl::Mutex load_mu_;  // serialises LoadShard
+  // Serialises LoadShard and ConnectNext: the shard and its links change one call at a time.
+  absl::Mutex load_mu_;
+  // The backend has one issuing thread at a time: a step's Execute and a shard's load or unload
+  // never overlap (held around each).
+  absl::Mutex backend_mu_;
   mutable absl::Mutex mu_;
   std::shared_ptr<Shard> shard_ ABSL_GUARDED_BY(mu_);
   bool draining_ ABSL_GUARDED_BY(mu_) = false;

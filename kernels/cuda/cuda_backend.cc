@@ -67,7 +67,11 @@ class DeviceBuffer : public Buffer {
   DeviceBuffer(int device, DeviceMemory mem, std::shared_ptr<MemoryBudget> budget)
       : device_(device), mem_(std::move(mem)), budget_(std::move(budget)) {}
   ~DeviceBuffer() override {
-    cudaSetDevice(device_);  // mem_ is freed after this body, on the right device
+    // mem_ is freed after this body, on the right device.
+    if (cudaError_t e = cudaSetDevice(device_); e != cudaSuccess) {
+      LOG(WARNING) << "freeing a buffer: cudaSetDevice(" << device_
+                   << "): " << cudaGetErrorString(e);
+    }
     budget_->used -= static_cast<int64_t>(mem_.size());
   }
   void* data() override { return mem_.get(); }
@@ -138,7 +142,9 @@ class CudaBackend final : public Backend {
   }
 
   ~CudaBackend() override {
-    cudaSetDevice(info_.device);
+    if (cudaError_t e = cudaSetDevice(info_.device); e != cudaSuccess) {
+      LOG(WARNING) << "CUDA backend shutdown: cudaSetDevice: " << cudaGetErrorString(e);
+    }
     if (stream_.get() != nullptr) {
       const absl::Status s = stream_.Synchronize();
       if (!s.ok()) LOG(WARNING) << "CUDA backend shutdown: " << s.message();
@@ -158,7 +164,7 @@ class CudaBackend final : public Backend {
   }
 
   absl::StatusOr<std::unique_ptr<Buffer>> Allocate(size_t bytes) override {
-    Bind();
+    if (!Ready()) return error_;
     const int64_t n = static_cast<int64_t>(bytes);
     if (budget_->used.fetch_add(n) + n > budget_->limit) {
       budget_->used -= n;
@@ -401,7 +407,8 @@ class CudaBackend final : public Backend {
         budget_(std::make_shared<MemoryBudget>()) {}
 
   cudaStream_t s() const { return stream_.get(); }
-  void Bind() const { cudaSetDevice(info_.device); }
+  // Makes this backend's device current for the calling thread; a failure is sticky (error_).
+  void Bind() { Fail(CudaStatus(cudaSetDevice(info_.device), "cudaSetDevice")); }
 
   // Binds the device; false once an op has failed (later ops are skipped).
   bool Ready() {

@@ -47,14 +47,15 @@ class Process {
   int status_ = 0;
 };
 
+// Members default-initialised, so designated initializers may leave any of them out.
 struct ClusterOptions {
-  std::string model;
+  std::string model{};
   int stages = 1;
   int replicas = 1;
-  std::vector<std::string> worker_args;   // extra flags for every worker
-  std::vector<std::string> worker0_args;  // extra flags for the first worker only
-  std::vector<std::string> router_args;
-  std::vector<std::string> worker_addresses;  // override (e.g. a dead address)
+  std::vector<std::string> worker_args{};   // extra flags for every worker
+  std::vector<std::string> worker0_args{};  // extra flags for the first worker only
+  std::vector<std::string> router_args{};
+  std::vector<std::string> worker_addresses{};  // override (e.g. a dead address)
 };
 
 class Cluster {

@@ -318,7 +318,7 @@ TEST(Ports, ASecondProcessOnATakenPortExitsTwoNamingThePort) {
 }
 
 TEST(Ports, OutOfRangePortsAreRejected) {
-  for (const std::string& bad : {"127.0.0.1:99999", "127.0.0.1:70000", "127.0.0.1:-1"}) {
+  for (const char* bad : {"127.0.0.1:99999", "127.0.0.1:70000", "127.0.0.1:-1"}) {
     CommandResult worker =
         RunCommand({BinPath("shardserve-worker"), "--listen", bad}, "", absl::Seconds(20));
     EXPECT_EQ(worker.exit_code, 2) << worker.err;

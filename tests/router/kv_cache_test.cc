@@ -230,7 +230,9 @@ TEST(Preemption, TakesTheLatestArrivalFirst) {
     auto plan = sched.NextPlan();
     ASSERT_TRUE(plan);
     v1::StepsResponse r = stages.Run(*plan);
-    if (plan->sequences_size() > 0) ASSERT_TRUE(sched.Complete(r).ok());
+    if (plan->sequences_size() > 0) {
+      ASSERT_TRUE(sched.Complete(r).ok());
+    }
   }
   EXPECT_TRUE(b->queued);
   EXPECT_EQ(b->preemptions, 1);

@@ -34,7 +34,9 @@ TEST(Placement, ParsesManualRanges) {
   for (const char* bad : {"0-2,4-4", "0-5", "1-4", "0-2", "a-b", "0-2,3-4,"}) {
     auto s = ParseLayerRanges(bad, 5);
     EXPECT_FALSE(s.ok()) << bad;
-    if (!s.ok()) EXPECT_NE(s.status().message().find("--layers"), std::string::npos);
+    if (!s.ok()) {
+      EXPECT_NE(s.status().message().find("--layers"), std::string::npos);
+    }
   }
 }
 
