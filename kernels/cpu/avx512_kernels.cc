@@ -2,6 +2,11 @@
 // called only when the CPU reports AVX-512 (CpuHasAvx512()); every other shape uses the AVX2
 // kernels. Sixteen lanes per instruction halve the instruction count of the weight stream, which
 // matters most for 16-bit weights, where widening costs as much as the multiply-add.
+// GCC 12's _mm512_reduce_add_ps and _mm512_cvtph_ps start from _mm512_undefined_*(), which
+// -Wmaybe-uninitialized reports inside the intrinsic headers (a false positive).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #include <immintrin.h>
 
 #include "kernels/cpu/kernels.h"
