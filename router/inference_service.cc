@@ -118,15 +118,6 @@ bool InferenceServiceImpl::serving() const {
   return std::any_of(all.begin(), all.end(), [](Replica* r) { return r->ready(); });
 }
 
-absl::StatusOr<Replica*> InferenceServiceImpl::PickReplica(absl::Span<const int32_t> prompt) const {
-  std::vector<std::string> why;
-  const Candidates c = ReadyReplicas(prompt, nullptr, &why);
-  if (c.replicas.empty()) {
-    return absl::UnavailableError(absl::StrCat("no pipeline is ready; ", absl::StrJoin(why, "; ")));
-  }
-  return c.replicas[ChooseReplica(routing_, c.loads, c.sequences)];
-}
-
 grpc::Status InferenceServiceImpl::Authorize(const grpc::ServerContext* context) const {
   // In-process callers (the HTTP front end) pass no context and check the key themselves.
   if (admission_.api_key.empty() || context == nullptr) return grpc::Status::OK;
@@ -225,11 +216,15 @@ absl::StatusOr<InferenceServiceImpl::Generation> InferenceServiceImpl::Start(
   // Choosing and submitting under one lock: concurrent requests see each other's load, instead
   // of all picking the replica that looked idlest a moment ago.
   absl::MutexLock route_lock(&route_mu_);
-  ASSIGN_OR_RETURN(Replica * replica, PickReplica(prompt));
+  std::vector<std::string> not_ready;
+  Candidates candidates = ReadyReplicas(prompt, nullptr, &not_ready);
+  if (candidates.replicas.empty()) {
+    return absl::UnavailableError(
+        absl::StrCat("no pipeline is ready; ", absl::StrJoin(not_ready, "; ")));
+  }
 
   Generation g;
   g.admission_slot = std::move(slot);
-  g.replica = replica;
   g.sequence = std::make_shared<Sequence>();
   Sequence& seq = *g.sequence;
   seq.id = next_sequence_id_++;
@@ -242,8 +237,21 @@ absl::StatusOr<InferenceServiceImpl::Generation> InferenceServiceImpl::Start(
   g.request_id = request.request_id().empty() ? absl::StrCat("req-", seq.id) : request.request_id();
   g.reasoning = ReasoningParserFor(request, seq.tokens);
   g.sink = std::make_shared<RequestSink>();
-  std::vector<std::string> stops(request.stop().begin(), request.stop().end());
-  RETURN_IF_ERROR(replica->Submit(g.sequence, g.sink, std::move(stops)));
+  const std::vector<std::string> stops(request.stop().begin(), request.stop().end());
+  // A replica that looked ready may have failed a moment ago: the next best one takes it.
+  absl::Status submitted;
+  while (!candidates.replicas.empty()) {
+    const size_t i = ChooseReplica(routing_, candidates.loads, candidates.sequences);
+    submitted = candidates.replicas[i]->Submit(g.sequence, g.sink, stops);
+    if (submitted.ok()) {
+      g.replica = candidates.replicas[i];
+      break;
+    }
+    candidates.replicas.erase(candidates.replicas.begin() + i);
+    candidates.loads.erase(candidates.loads.begin() + i);
+    candidates.sequences.erase(candidates.sequences.begin() + i);
+  }
+  RETURN_IF_ERROR(submitted);
   if (metrics_ != nullptr) metrics_->OnStart(g.trace, seq.prompt_len);
   return g;
 }

@@ -134,7 +134,6 @@ class InferenceServiceImpl final : public v1::InferenceService::Service {
   };
   Candidates ReadyReplicas(absl::Span<const int32_t> tokens, const Replica* exclude,
                            std::vector<std::string>* not_ready) const;
-  absl::StatusOr<Replica*> PickReplica(absl::Span<const int32_t> prompt) const;
   void SetFailover(Replica* replica);
   // The failover handler of every replica: places sequences of a failed pipeline elsewhere.
   std::vector<Handoff> Rehome(Replica* from, std::vector<Handoff> handoffs);

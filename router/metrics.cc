@@ -97,6 +97,14 @@ std::string RouterMetrics::Render(const std::vector<ReplicaGauges>& replicas) co
   per_pipeline("shardserve_failovers_total",
                "Pipeline failures that moved its sequences off the pipeline.", "counter",
                [](const ReplicaGauges& r) { return r.failovers; });
+  w.Family("shardserve_pipeline_failures_total",
+           "Pipeline failures by the gRPC status code the failing stage reported.", "counter");
+  for (const ReplicaGauges& r : replicas) {
+    for (const auto& [code, n] : r.failures_by_code) {
+      w.Sample("shardserve_pipeline_failures_total",
+               {{"pipeline", std::to_string(r.pipeline)}, {"code", code}}, n);
+    }
+  }
   per_pipeline("shardserve_sequences_resumed_total",
                "Sequences this pipeline took over from a failed one (re-prefilled from the "
                "token log).",

@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -41,6 +42,7 @@ struct ReplicaGauges {
   uint64_t failovers = 0;
   uint64_t resumed = 0;  // sequences taken over from a failed pipeline
   int64_t parked = 0;    // sequences of this failed pipeline waiting for one to take them
+  std::map<std::string, uint64_t> failures_by_code;  // the failing stage's status code
   bool ready = false;
 };
 

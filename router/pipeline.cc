@@ -136,17 +136,31 @@ void Pipeline::ReadLoop(int stage) {
     }
     if (!failed_ && on_result_) on_result_(resp);
   }
-  // Finish() runs in Close(), once no write can race with it.
-  Fail(WorkerError(stage, "closed its control stream",
-                   grpc::Status(grpc::StatusCode::UNAVAILABLE, "connection lost")));
+  if (closing_) return;
+  // The worker's own status (e.g. UNAUTHENTICATED, or the transport's error), not an invented
+  // one: it reaches the log, the client's error and the failure metrics.
+  grpc::Status status = FinishStream(stage);
+  if (status.ok()) status = grpc::Status(grpc::StatusCode::UNAVAILABLE, "the worker ended it");
+  Fail(absl::Status(static_cast<absl::StatusCode>(status.error_code()),
+                    absl::StrCat("worker ", stages_[stage].address, " (stage ", stage,
+                                 ") closed its control stream: ", status.error_message())));
+}
+
+grpc::Status Pipeline::FinishStream(int i) {
+  absl::MutexLock lock(&write_mu_);
+  Stream& st = streams_[i];
+  if (st.finished || st.stream == nullptr) return grpc::Status::OK;
+  st.finished = true;
+  return st.stream->Finish();
 }
 
 absl::Status Pipeline::Send(v1::StepPlan plan) {
   v1::StepsRequest req;
   req.mutable_plan()->Swap(&plan);
   req.set_owner(options_.owner);
+  absl::MutexLock lock(&write_mu_);
   for (size_t i = 0; i < streams_.size(); ++i) {
-    if (!streams_[i].stream->Write(req)) {
+    if (streams_[i].finished || !streams_[i].stream->Write(req)) {
       return absl::UnavailableError(
           absl::StrCat("worker ", stages_[i].address, " (stage ", i, ") control stream is broken"));
     }
@@ -159,9 +173,9 @@ void Pipeline::Close() {
   for (Stream& st : streams_) {
     if (st.context) st.context->TryCancel();
   }
-  for (Stream& st : streams_) {
-    if (st.reader.joinable()) st.reader.join();
-    if (st.stream) (void)st.stream->Finish();
+  for (size_t i = 0; i < streams_.size(); ++i) {
+    if (streams_[i].reader.joinable()) streams_[i].reader.join();
+    (void)FinishStream(static_cast<int>(i));
   }
   streams_.clear();
 }

@@ -83,7 +83,11 @@ class Pipeline {
     std::unique_ptr<grpc::ClientContext> context;
     std::unique_ptr<grpc::ClientReaderWriter<v1::StepsRequest, v1::StepsResponse>> stream;
     std::thread reader;
+    bool finished = false;  // Finish() ran (under write_mu_): no more writes
   };
+  // Finishes stage `i`'s control stream once (waiting out a write in flight) and returns the
+  // worker's real status.
+  grpc::Status FinishStream(int i);
 
   absl::Status WorkerError(int stage, absl::string_view what, const grpc::Status& s) const;
   void ReadLoop(int stage);
@@ -95,6 +99,8 @@ class Pipeline {
   bool unusable_is_leased_ = false;
   std::vector<std::unique_ptr<v1::WorkerService::Stub>> stubs_;
   std::vector<Stream> streams_;
+  // Writes to the control streams and their Finish() never overlap (gRPC forbids it).
+  absl::Mutex write_mu_;
   ResultFn on_result_;
   FailureFn on_failure_;
   std::atomic<bool> failed_{false};

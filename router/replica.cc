@@ -177,6 +177,7 @@ void Replica::Loop() {
       last_error_ = std::string(failure_.message());
       ready_ = false;
       ++failures_;
+      ++failures_by_code_[absl::StatusCodeToString(failure_.code())];
       mu_.Unlock();
       pipeline_->Close();
       if (failover_ && !orphans.empty()) orphans = failover_(this, std::move(orphans));
@@ -393,6 +394,7 @@ ReplicaGauges Replica::Gauges() const {
           .failovers = failures_.load(),
           .resumed = resumed_.load(),
           .parked = static_cast<int64_t>(parked_.size()),
+          .failures_by_code = failures_by_code_,
           .ready = ready_.load()};
 }
 

@@ -23,6 +23,7 @@
 
 #include <atomic>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <thread>
@@ -169,6 +170,8 @@ class Replica {
   std::atomic<bool> ready_{false};
   std::atomic<int64_t> load_{0};
   std::atomic<uint64_t> failures_{0};
+  // Pipeline failures by the failing stage's status code ("UNAVAILABLE", ...).
+  std::map<std::string, uint64_t> failures_by_code_ ABSL_GUARDED_BY(mu_);
   std::atomic<uint64_t> resumed_{0};
   FailoverFn failover_;
 

@@ -17,6 +17,7 @@
 #include "common/cluster_auth.h"
 #include "common/tls.h"
 #include "gtest/gtest.h"
+#include "tests/api/api_testing.h"
 #include "tests/e2e/cluster_harness.h"
 
 namespace shardserve::e2e {
@@ -493,10 +494,12 @@ INSTANTIATE_TEST_SUITE_P(KillAndHang, LeaseEnd, ::testing::Values(SIGKILL, SIGST
 TEST(RetryBudget, AStageThatFailsEveryStepEndsTheRequestWithUnavailable) {
   // Stage 0's sends fail from the first: every step of the pipeline fails, every time it is
   // set up again.
+  const int http_port = FreePort();
   Cluster cluster({.model = Stories260K(),
                    .stages = 2,
                    .worker0_args = {"--fault-fail-after-sends", "0"},
-                   .router_args = {"--failover-wait-s", "120", "--canary-interval-s", "0"}});
+                   .router_args = {"--failover-wait-s", "120", "--canary-interval-s", "0",
+                                   "--http-listen", absl::StrCat("127.0.0.1:", http_port)}});
   // It becomes SERVING (set-up needs no step), then fails at the first step.
   ASSERT_TRUE(cluster.WaitServing(absl::Seconds(60)).ok());
   const absl::Time start = absl::Now();
@@ -512,6 +515,13 @@ TEST(RetryBudget, AStageThatFailsEveryStepEndsTheRequestWithUnavailable) {
   EXPECT_TRUE(absl::StrContains(s.error_message(), "stage 0")) << s.error_message();
   EXPECT_TRUE(absl::StrContains(s.error_message(), "failovers per request")) << s.error_message();
   EXPECT_LT(absl::Now() - start, absl::Seconds(60));
+  // The failing stage's status code reaches /metrics.
+  const auto metrics = api_testing::HttpGet(http_port, "/metrics");
+  EXPECT_GE(
+      api_testing::MetricValue(
+          metrics.body, R"(shardserve_pipeline_failures_total{pipeline="0",code="UNAVAILABLE"})"),
+      4)
+      << metrics.body;
 }
 
 }  // namespace
