@@ -11,7 +11,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
-#include "kernels/cpu/quant.h"
+#include "kernels/quant_format.h"
 #include "model/stage_step.h"
 
 namespace shardserve {
@@ -436,7 +436,7 @@ class DeepseekStage : public ModelStage {
     std::vector<float> m(static_cast<size_t>(rows * cols));
     const auto* src = static_cast<const uint8_t*>(t.data);
     for (int64_t r = 0; r < rows; ++r) {
-      cpu::DequantizeRow(t.dtype, src + RowBytes(t.dtype, cols) * r, cols, &m[r * cols]);
+      DequantizeRow(t.dtype, src + RowBytes(t.dtype, cols) * r, cols, &m[r * cols]);
     }
     if (edit) edit(m, cols);
     if (out_rows >= 0) {
@@ -450,7 +450,7 @@ class DeepseekStage : public ModelStage {
       const float* row = &m[r * cols];
       uint8_t* dst = host.data() + row_bytes * r;
       if (IsQuantized(dt)) {
-        cpu::QuantizeRow(dt, row, cols, dst);
+        QuantizeRow(dt, row, cols, dst);
       } else if (dt == DType::kF32) {
         std::memcpy(dst, row, cols * sizeof(float));
       } else {

@@ -6,7 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "common/status.h"
-#include "kernels/cpu/quant.h"
+#include "kernels/quant_format.h"
 #include "model/stage_step.h"
 
 namespace shardserve {
@@ -215,8 +215,8 @@ class LlamaStage : public ModelStage {
       std::vector<float> row(cols);
       const auto* src = static_cast<const uint8_t*>(t.data);
       for (int64_t r = 0; r < rows; ++r) {
-        cpu::DequantizeRow(t.dtype, src + RowBytes(t.dtype, cols) * r, cols, row.data());
-        cpu::QuantizeRow(quantize_, row.data(), cols, host.data() + row_bytes * r);
+        DequantizeRow(t.dtype, src + RowBytes(t.dtype, cols) * r, cols, row.data());
+        QuantizeRow(quantize_, row.data(), cols, host.data() + row_bytes * r);
       }
       ASSIGN_OR_RETURN(w.buffer, backend_->Allocate(host.size()));
       backend_->CopyToDevice(w.buffer->data(), host.data(), host.size());

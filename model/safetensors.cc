@@ -10,7 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/status.h"
-#include "kernels/cpu/quant.h"
+#include "kernels/quant_format.h"
 #include "nlohmann/json.hpp"
 
 namespace shardserve {
@@ -55,7 +55,7 @@ absl::StatusOr<std::vector<float>> WeightSource::GetVectorF32(const std::string&
         absl::StrCat("tensor '", name, "' is ", DTypeName(t.dtype), ", expected a float type"));
   }
   std::vector<float> host(n);
-  cpu::DequantizeRow(t.dtype, t.data, n, host.data());
+  DequantizeRow(t.dtype, t.data, n, host.data());
   for (int64_t i = 0; i < n; ++i) {
     if (!std::isfinite(host[i])) {
       return absl::InvalidArgumentError(

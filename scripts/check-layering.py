@@ -24,9 +24,16 @@ ALLOWED = {
     "router": {"common", "model", "proto", "router"},
     "cli": {"common", "kernels", "model", "proto", "worker", "router", "cli"},
 }
+# Headers a layer may not include although their folder is allowed: the model reaches kernels
+# only through their interface (kernels/*.h: Backend, the sampling contract, block formats),
+# never one backend's internals.
+FORBIDDEN_PREFIXES = {
+    "model": ("kernels/cpu/", "kernels/cuda/"),
+    "router": ("kernels/",),
+}
 PROTO_PREFIXES = {"shardserve", "kserve"}
 SOURCE_SUFFIXES = {".cc", ".h", ".cu", ".cuh"}
-INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"/]+)/')
+INCLUDE = re.compile(r'^\s*#\s*include\s+"(([^"/]+)/[^"]*)"')
 FOREIGN_SOURCE = re.compile(r"\$\{(?:PROJECT_SOURCE_DIR|CMAKE_SOURCE_DIR)\}/([A-Za-z_]+)/|"
                             r"\$\{CMAKE_CURRENT_SOURCE_DIR\}/\.\./")
 
@@ -43,12 +50,16 @@ def check(root: pathlib.Path) -> list:
                     m = INCLUDE.match(line)
                     if not m:
                         continue
-                    target = m.group(1)
+                    header, target = m.group(1), m.group(2)
                     target = "proto" if target in PROTO_PREFIXES else target
                     if target in ALLOWED and target not in allowed:
                         problems.append(
                             f"{path.relative_to(root)}:{n}: {layer}/ includes {target}/ "
                             f"(allowed: {', '.join(sorted(allowed))}): {line.strip()}")
+                    elif header.startswith(FORBIDDEN_PREFIXES.get(layer, ())):
+                        problems.append(
+                            f"{path.relative_to(root)}:{n}: {layer}/ includes a backend's "
+                            f"internals (use the kernels/*.h interfaces): {line.strip()}")
             elif path.name == "CMakeLists.txt" or path.suffix == ".cmake":
                 for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
                     m = FOREIGN_SOURCE.search(line)
@@ -67,11 +78,13 @@ def self_test(root: pathlib.Path) -> int:
         (t / "router" / "r.cc").write_text('#include "worker/grpc_link.h"\n'
                                            '#include "shardserve/v1/worker.pb.h"\n')
         (t / "model").mkdir()
+        (t / "model" / "m.cc").write_text('#include "kernels/cpu/quant.h"\n'
+                                          '#include "kernels/backend.h"\n')
         (t / "model" / "CMakeLists.txt").write_text("add_library(x ${PROJECT_SOURCE_DIR}/cli/a.cc)\n")
         (t / "worker").mkdir()
         (t / "worker" / "w.cc").write_text('#include "common/wire.h"\n#include "model/stage.h"\n')
         found = check(t)
-    expected = ["kernels/k.h:1", "router/r.cc:1", "model/CMakeLists.txt:1"]
+    expected = ["kernels/k.h:1", "router/r.cc:1", "model/CMakeLists.txt:1", "model/m.cc:1"]
     ok = len(found) == len(expected) and all(
         any(p.startswith(e) for p in found) for e in expected)
     print("\n".join(found))

@@ -1,6 +1,6 @@
-// llama.cpp's block quantization formats on the CPU: quantizers (for --quantize at load time),
-// dequantizers (reference path, prefill panels, embedding rows) and the Q8 activation blocks
-// that the integer dot products consume.
+// The CPU backend's quantized kernels: the Q8 activation blocks that the integer dot products
+// consume, and the dot products themselves. The block formats and their row codecs are in
+// kernels/quant_format.h.
 //
 // Block layouts are byte-compatible with GGUF files: Q8_0 {f16 d; i8 q[32]}, Q4_0 {f16 d;
 // u8 q[16]} (low nibbles hold values 0-15 of the block, high nibbles 16-31, both offset by 8),
@@ -11,6 +11,7 @@
 #include <cstdint>
 
 #include "common/dtype.h"
+#include "kernels/quant_format.h"
 
 namespace shardserve::cpu {
 
@@ -24,11 +25,9 @@ struct Q8Block {
 // x[0, n) -> n / 32 Q8 blocks; n % 32 == 0.
 void QuantizeActivations(const float* x, int64_t n, Q8Block* out);
 
-// n values (a multiple of the type's block) of `src` in format `dt` -> F32.
-void DequantizeRow(DType dt, const void* src, int64_t n, float* dst);
-
-// F32 -> Q8_0 or Q4_0 blocks, as llama.cpp's reference quantizers do; n % 32 == 0.
-void QuantizeRow(DType dt, const float* x, int64_t n, void* dst);
+// The row codecs (kernels/quant_format.h), as the CPU kernels name them.
+using ::shardserve::DequantizeRow;
+using ::shardserve::QuantizeRow;
 
 // Dot product of one Q8_0 or Q4_0 weight row (k values) with Q8 activation blocks; the plain
 // scalar reference of the AVX2 kernels.

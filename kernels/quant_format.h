@@ -1,0 +1,26 @@
+// llama.cpp's block quantization formats as data: converting rows between F32 and Q8_0 / Q4_0
+// (quantizers for --quantize at load) and from every supported block format to F32
+// (dequantizers for the reference path, prefill panels, embedding rows and loaders). Host code,
+// the same for every backend; the CPU backend's integer dot products are in kernels/cpu/quant.h.
+//
+// Block layouts are byte-compatible with GGUF files: Q8_0 {f16 d; i8 q[32]}, Q4_0 {f16 d;
+// u8 q[16]} (low nibbles hold values 0-15 of the block, high nibbles 16-31, both offset by 8),
+// Q4_K and Q6_K as in ggml's k-quants (256 values per super-block).
+#ifndef SHARDSERVE_KERNELS_QUANT_FORMAT_H_
+#define SHARDSERVE_KERNELS_QUANT_FORMAT_H_
+
+#include <cstdint>
+
+#include "common/dtype.h"
+
+namespace shardserve {
+
+// n values (a multiple of the type's block) of `src` in format `dt` -> F32.
+void DequantizeRow(DType dt, const void* src, int64_t n, float* dst);
+
+// F32 -> Q8_0 or Q4_0 blocks, as llama.cpp's reference quantizers do; n % 32 == 0.
+void QuantizeRow(DType dt, const float* x, int64_t n, void* dst);
+
+}  // namespace shardserve
+
+#endif  // SHARDSERVE_KERNELS_QUANT_FORMAT_H_

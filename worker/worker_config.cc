@@ -1,0 +1,84 @@
+#include "worker/worker_config.h"
+
+#include <filesystem>
+
+#include "common/listen.h"
+#include "common/tls_flags.h"
+
+namespace shardserve {
+namespace {
+
+void AddServingFlags(CLI::App& app, WorkerConfig* c) {
+  app.add_option("--listen", c->listen, "host:port to serve on (port 0: any free port)")
+      ->required();
+  app.add_option("--port-file", c->port_file,
+                 "once listening, write the bound gRPC port to this file (for --listen :0)");
+  app.add_option("--model-root", c->model_root,
+                 "only load model folders inside this one (LoadShard paths are resolved, "
+                 "symlinks included; default: any folder this process can read)");
+  AddClusterAuthFlags(app, &c->cluster_auth);
+  app.add_option("--backend", c->backend, "compute backend: cpu or cuda")
+      ->check(CLI::IsMember({"cpu", "cuda"}))
+      ->capture_default_str();
+  app.add_option("--device", c->device, "GPU index with --backend cuda")->capture_default_str();
+  app.add_option("--gpu-memory-fraction", c->gpu_memory_fraction,
+                 "share of the GPU's memory for weights, KV pages and workspaces")
+      ->check(CLI::Range(0.05, 1.0))
+      ->capture_default_str();
+  app.add_option("--threads", c->threads, "compute threads")->check(CLI::Range(1, 1024));
+  app.add_option("--recv-timeout-s", c->recv_timeout_s,
+                 "how long a stage waits for the previous stage's activations")
+      ->check(CLI::Range(1, 3600));
+  app.add_option("--fault-send-delay-ms", c->fault_send_delay_ms,
+                 "test hook: delay every activation send by this much")
+      ->check(CLI::Range(0, 60000));
+  app.add_option("--fault-fail-after-sends", c->fault_fail_after_sends,
+                 "test hook: fail activation sends from this one on")
+      ->check(CLI::Range(-1, 1 << 30));
+}
+
+void AddClusterFlags(CLI::App& app, WorkerConfig* c) {
+  app.add_option("--metrics-listen", c->metrics_listen, "host:port for Prometheus /metrics");
+  AddTlsFlags(
+      app, &c->tls, "PEM certificate: serve TLS, and present it to the next stage",
+      "PEM CA bundle: require and verify client certificates signed by it (mutual TLS: only "
+      "routers and workers of the cluster may call), and verify the next stage");
+  app.add_option("--lease-ttl-s", c->lease_ttl_s,
+                 "how long the router that loaded this worker's shard keeps it without sending "
+                 "a step (other routers are refused meanwhile)")
+      ->check(CLI::Range(0.5, 3600.0))
+      ->capture_default_str();
+  app.add_option("--router", c->router,
+                 "router host:port to announce this worker to, as a spare that replaces an "
+                 "unreachable stage (repeated every second)");
+  app.add_option("--advertise", c->advertise,
+                 "host:port the router reaches this worker at (default: --listen)");
+  app.add_option("--drain-grace-s", c->drain_grace_s,
+                 "on SIGTERM/SIGINT, how long to wait for routers to move their sequences off "
+                 "this worker before exiting (a second signal exits at once)")
+      ->check(CLI::Range(0.0, 3600.0))
+      ->capture_default_str();
+}
+
+}  // namespace
+
+void AddWorkerFlags(CLI::App& app, WorkerConfig* c) {
+  AddServingFlags(app, c);
+  AddClusterFlags(app, c);
+}
+
+absl::Status WorkerConfig::Validate() const {
+  for (const auto& [address, flag] :
+       {std::pair{listen, "--listen"}, std::pair{metrics_listen, "--metrics-listen"}}) {
+    if (!address.empty()) {
+      if (absl::Status s = ValidateListenAddress(address, flag); !s.ok()) return s;
+    }
+  }
+  std::error_code ec;
+  if (!model_root.empty() && !std::filesystem::is_directory(model_root, ec)) {
+    return absl::InvalidArgumentError("--model-root " + model_root + " is not a folder");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace shardserve
