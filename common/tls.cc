@@ -29,7 +29,8 @@ absl::Status CheckPair(const TlsFiles& files) {
 }
 
 absl::Mutex process_mu;
-std::shared_ptr<grpc::ChannelCredentials>* process_credentials = nullptr;
+std::shared_ptr<grpc::ChannelCredentials>* process_credentials ABSL_GUARDED_BY(process_mu) =
+    nullptr;
 
 }  // namespace
 

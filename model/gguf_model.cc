@@ -2,7 +2,7 @@
 
 #include <cstring>
 #include <map>
-#include <mutex>
+#include "absl/synchronization/mutex.h"
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -80,7 +80,7 @@ class GgufWeights : public WeightSource {
     t.nbytes = info->size_bytes;
     const int heads = RopePermutedHeads(name);
     if (heads > 0 && t.shape.size() == 2) {
-      std::lock_guard<std::mutex> lock(mu_);
+      absl::MutexLock lock(&mu_);
       auto& buf = permuted_[name];
       if (buf.empty()) {
         RETURN_IF_ERROR(Unpermute(t, heads, &buf));
@@ -165,8 +165,8 @@ class GgufWeights : public WeightSource {
 
   std::shared_ptr<const GgufFile> file_;
   ModelConfig config_;
-  mutable std::mutex mu_;
-  mutable std::map<std::string, std::vector<uint8_t>> permuted_;
+  mutable absl::Mutex mu_;
+  mutable std::map<std::string, std::vector<uint8_t>> permuted_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace

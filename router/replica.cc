@@ -95,6 +95,78 @@ std::string Replica::last_error() const {
   return last_error_;
 }
 
+Replica::ConnectResult Replica::ConnectPipeline(std::string* logged_error,
+                                                absl::Duration* retry_wait) {
+  RetryParked();
+  absl::Status s = pipeline_->Connect([this](const v1::StepsResponse& r) { OnResult(r); },
+                                      [this](const absl::Status& e) { OnFailure(e); });
+  absl::MutexLock lock(&mu_);
+  if (stop_) return ConnectResult::kStopping;
+  if (!s.ok() && pipeline_->unusable_stage() >= 0 && options_.registry != nullptr) {
+    // A spare takes the place of a stage whose worker is unreachable or leased by another
+    // router, and is given its shard.
+    if (auto spare = options_.registry->ClaimSpare()) {
+      const int i = pipeline_->unusable_stage();
+      const bool leased = pipeline_->unusable_is_leased();
+      LOG(WARNING) << "pipeline " << index_ << ": stage " << i << " (" << stages_[i].address
+                   << ") is " << (leased ? "leased by another router" : "unreachable")
+                   << "; worker " << *spare << " takes its place";
+      // Not offered again for a while: a leased worker's router holds it, and an unreachable
+      // one (still listed, or still in DNS) would be tried again at once.
+      options_.registry->Release(stages_[i].address, leased ? absl::Seconds(30) : absl::Seconds(5));
+      pipeline_->ReplaceStage(i, *spare);
+      stages_[i].address = *spare;
+      return ConnectResult::kNotReady;
+    }
+  }
+  if (!s.ok()) {
+    last_error_ = std::string(s.message());
+    if (last_error_ != *logged_error) {
+      LOG(WARNING) << "pipeline " << index_ << " not ready: " << last_error_
+                   << " (retrying with backoff; logged again only when the reason changes)";
+      *logged_error = last_error_;
+    }
+    auto stopping = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stop_; };
+    mu_.AwaitWithTimeout(absl::Condition(&stopping), *retry_wait);
+    *retry_wait = std::min(*retry_wait * 2, absl::Seconds(4));
+    return ConnectResult::kNotReady;
+  }
+  failure_ = absl::OkStatus();
+  last_answer_ = absl::Now();
+  last_error_.clear();
+  logged_error->clear();
+  *retry_wait = absl::Milliseconds(500);
+  ready_ = true;
+  LOG(INFO) << "pipeline " << index_ << " is serving";
+  // What waited here for a pipeline goes on here.
+  std::vector<Handoff> parked = std::move(parked_);
+  parked_.clear();
+  for (Handoff& h : parked) EnqueueLocked(std::move(h));
+  wake_ = true;
+  return ConnectResult::kReady;
+}
+
+void Replica::FailOverAndUnlock() {
+  LOG(WARNING) << "pipeline " << index_ << " failed: " << failure_.message();
+  std::vector<Handoff> orphans = TakeAllLocked(failure_);
+  last_error_ = std::string(failure_.message());
+  ready_ = false;
+  ++failures_;
+  ++failures_by_code_[absl::StatusCodeToString(failure_.code())];
+  mu_.Unlock();
+  pipeline_->Close();
+  if (failover_ && !orphans.empty()) orphans = failover_(this, std::move(orphans));
+  if (!orphans.empty()) {
+    LOG(WARNING) << "pipeline " << index_ << ": " << orphans.size()
+                 << " sequences wait for a pipeline";
+  }
+  absl::MutexLock lock(&mu_);
+  for (Handoff& h : orphans) {
+    h.sink->SetWaiting(h.reason);
+    parked_.push_back(std::move(h));
+  }
+}
+
 void Replica::Loop() {
   bool sent = false;  // a plan went out: look for another before waiting
   std::string logged_error;
@@ -103,53 +175,9 @@ void Replica::Loop() {
   absl::Duration retry_wait = absl::Milliseconds(500);
   while (true) {
     if (!ready_) {
-      RetryParked();
-      absl::Status s = pipeline_->Connect([this](const v1::StepsResponse& r) { OnResult(r); },
-                                          [this](const absl::Status& e) { OnFailure(e); });
-      absl::MutexLock lock(&mu_);
-      if (stop_) break;
-      if (!s.ok() && pipeline_->unusable_stage() >= 0 && options_.registry != nullptr) {
-        // A spare takes the place of a stage whose worker is unreachable or leased by another
-        // router, and is given its shard.
-        if (auto spare = options_.registry->ClaimSpare()) {
-          const int i = pipeline_->unusable_stage();
-          const bool leased = pipeline_->unusable_is_leased();
-          LOG(WARNING) << "pipeline " << index_ << ": stage " << i << " (" << stages_[i].address
-                       << ") is " << (leased ? "leased by another router" : "unreachable")
-                       << "; worker " << *spare << " takes its place";
-          // Not offered again for a while: a leased worker's router holds it, and an unreachable
-          // one (still listed, or still in DNS) would be tried again at once.
-          options_.registry->Release(stages_[i].address,
-                                     leased ? absl::Seconds(30) : absl::Seconds(5));
-          pipeline_->ReplaceStage(i, *spare);
-          stages_[i].address = *spare;
-          continue;
-        }
-      }
-      if (!s.ok()) {
-        last_error_ = std::string(s.message());
-        if (last_error_ != logged_error) {
-          LOG(WARNING) << "pipeline " << index_ << " not ready: " << last_error_
-                       << " (retrying with backoff; logged again only when the reason changes)";
-          logged_error = last_error_;
-        }
-        auto stopping = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stop_; };
-        mu_.AwaitWithTimeout(absl::Condition(&stopping), retry_wait);
-        retry_wait = std::min(retry_wait * 2, absl::Seconds(4));
-        continue;
-      }
-      failure_ = absl::OkStatus();
-      last_answer_ = absl::Now();
-      last_error_.clear();
-      logged_error.clear();
-      retry_wait = absl::Milliseconds(500);
-      ready_ = true;
-      LOG(INFO) << "pipeline " << index_ << " is serving";
-      // What waited here for a pipeline goes on here.
-      std::vector<Handoff> parked = std::move(parked_);
-      parked_.clear();
-      for (Handoff& h : parked) EnqueueLocked(std::move(h));
-      wake_ = true;
+      const ConnectResult connected = ConnectPipeline(&logged_error, &retry_wait);
+      if (connected == ConnectResult::kStopping) break;
+      if (connected == ConnectResult::kNotReady) continue;
     }
     mu_.Lock();
     if (!sent) {
@@ -172,24 +200,7 @@ void Replica::Loop() {
       }
     }
     if (!failure_.ok()) {
-      LOG(WARNING) << "pipeline " << index_ << " failed: " << failure_.message();
-      std::vector<Handoff> orphans = TakeAllLocked(failure_);
-      last_error_ = std::string(failure_.message());
-      ready_ = false;
-      ++failures_;
-      ++failures_by_code_[absl::StatusCodeToString(failure_.code())];
-      mu_.Unlock();
-      pipeline_->Close();
-      if (failover_ && !orphans.empty()) orphans = failover_(this, std::move(orphans));
-      if (!orphans.empty()) {
-        LOG(WARNING) << "pipeline " << index_ << ": " << orphans.size()
-                     << " sequences wait for a pipeline";
-      }
-      absl::MutexLock lock(&mu_);
-      for (Handoff& h : orphans) {
-        h.sink->SetWaiting(h.reason);
-        parked_.push_back(std::move(h));
-      }
+      FailOverAndUnlock();
       continue;
     }
     sent = SendNextPlanAndUnlock();

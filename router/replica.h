@@ -148,6 +148,12 @@ class Replica {
   };
 
   void Loop();
+  enum class ConnectResult { kReady, kNotReady, kStopping };
+  // One attempt to set the pipeline up (or to put a spare in place of an unusable stage); waits
+  // out `retry_wait` (doubled, at most 4 s) after a failure, logging its reason once per change.
+  ConnectResult ConnectPipeline(std::string* logged_error, absl::Duration* retry_wait);
+  // The pipeline failed (failure_): its sequences go to other replicas or wait here.
+  void FailOverAndUnlock() ABSL_UNLOCK_FUNCTION(mu_);
   void OnResult(const v1::StepsResponse& result);
   // Applies a result: advances the scheduler and feeds the requests' sinks.
   void DeliverLocked(const v1::StepsResponse& result) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

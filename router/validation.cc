@@ -29,17 +29,15 @@ absl::Status ValidateModelName(const std::string& model, const ModelLimits& limi
       "model", absl::StrCat("unknown model '", model, "'; this router serves '", limits.name, "'"));
 }
 
-absl::Status ValidateGenerateRequest(const v1::GenerateRequest& r, const ModelLimits& limits) {
-  RETURN_IF_ERROR(ValidateModelName(r.model(), limits));
-  if (r.request_id().size() > kMaxRequestIdBytes) {
-    return Invalid("request_id", absl::StrCat("longer than ", kMaxRequestIdBytes, " bytes"));
-  }
+namespace {
+
+absl::Status ValidatePrompt(const v1::GenerateRequest& r, const ModelLimits& limits) {
   switch (r.prompt_case()) {
     case v1::GenerateRequest::PROMPT_NOT_SET:
       return Invalid("prompt", "empty: set text, token_ids or chat");
     case v1::GenerateRequest::kText:
       if (r.text().empty()) return Invalid("prompt", "empty text");
-      break;
+      return absl::OkStatus();
     case v1::GenerateRequest::kTokenIds: {
       if (r.token_ids().ids().empty()) return Invalid("prompt", "empty token_ids");
       for (int i = 0; i < r.token_ids().ids_size(); ++i) {
@@ -49,7 +47,7 @@ absl::Status ValidateGenerateRequest(const v1::GenerateRequest& r, const ModelLi
                          absl::StrCat(id, " is outside [0, ", limits.vocab_size, ")"));
         }
       }
-      break;
+      return absl::OkStatus();
     }
     case v1::GenerateRequest::kChat: {
       const auto& messages = r.chat().messages();
@@ -68,15 +66,13 @@ absl::Status ValidateGenerateRequest(const v1::GenerateRequest& r, const ModelLi
         return Invalid(absl::StrCat("chat.messages[", messages.size() - 1, "].role"),
                        "the last message must not be the assistant's");
       }
-      break;
+      return absl::OkStatus();
     }
   }
-  if (r.max_tokens() <= 0)
-    return Invalid("max_tokens", absl::StrCat(r.max_tokens(), " is not positive"));
-  if (r.max_tokens() >= limits.context) {
-    return Invalid("max_tokens",
-                   absl::StrCat(r.max_tokens(), " is past the context of ", limits.context));
-  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateStops(const v1::GenerateRequest& r, const ModelLimits& limits) {
   if (r.stop_size() > kMaxStopStrings) {
     return Invalid("stop", absl::StrCat(r.stop_size(), " stop strings; at most ", kMaxStopStrings));
   }
@@ -92,7 +88,10 @@ absl::Status ValidateGenerateRequest(const v1::GenerateRequest& r, const ModelLi
                      absl::StrCat(r.stop_token_ids(i), " is outside [0, ", limits.vocab_size, ")"));
     }
   }
-  const v1::SamplingParameters& s = r.sampling();
+  return absl::OkStatus();
+}
+
+absl::Status ValidateSampling(const v1::SamplingParameters& s) {
   if (s.has_temperature()) {
     if (std::isnan(s.temperature())) return Invalid("sampling.temperature", "is NaN");
     if (s.temperature() < 0 || s.temperature() > 100) {
@@ -109,6 +108,25 @@ absl::Status ValidateGenerateRequest(const v1::GenerateRequest& r, const ModelLi
   RETURN_IF_ERROR(CheckRange("sampling.presence_penalty", s.presence_penalty(), -100, 100, false));
   RETURN_IF_ERROR(
       CheckRange("sampling.frequency_penalty", s.frequency_penalty(), -100, 100, false));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status ValidateGenerateRequest(const v1::GenerateRequest& r, const ModelLimits& limits) {
+  RETURN_IF_ERROR(ValidateModelName(r.model(), limits));
+  if (r.request_id().size() > kMaxRequestIdBytes) {
+    return Invalid("request_id", absl::StrCat("longer than ", kMaxRequestIdBytes, " bytes"));
+  }
+  RETURN_IF_ERROR(ValidatePrompt(r, limits));
+  if (r.max_tokens() <= 0)
+    return Invalid("max_tokens", absl::StrCat(r.max_tokens(), " is not positive"));
+  if (r.max_tokens() >= limits.context) {
+    return Invalid("max_tokens",
+                   absl::StrCat(r.max_tokens(), " is past the context of ", limits.context));
+  }
+  RETURN_IF_ERROR(ValidateStops(r, limits));
+  RETURN_IF_ERROR(ValidateSampling(r.sampling()));
   if (r.top_logprobs() < 0 || r.top_logprobs() > kMaxTopLogprobs) {
     return Invalid("top_logprobs",
                    absl::StrCat(r.top_logprobs(), " is outside [0, ", kMaxTopLogprobs, "]"));

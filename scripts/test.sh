@@ -26,6 +26,9 @@ echo "== layering (includes and build rules point one way; scripts/check-layerin
 scripts/check-layering.py --self-test >/dev/null
 scripts/check-layering.py
 
+echo "== clang thread-safety analysis (-Wthread-safety -Werror)"
+scripts/thread-safety.sh "$build"
+
 echo "== ctest (label gpu excluded: this machine has no GPU)"
 ctest --test-dir "$build" -LE gpu --output-on-failure -j2 --timeout 600
 

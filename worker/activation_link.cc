@@ -32,7 +32,9 @@ class LocalLink : public ActivationLink {
 
   absl::StatusOr<ActivationTensor> Recv(uint64_t step) override {
     absl::MutexLock lock(&mu_);
-    auto ready = [&] { return pending_.count(step) > 0 || !closed_.ok(); };
+    auto ready = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return pending_.count(step) > 0 || !closed_.ok();
+    };
     if (!mu_.AwaitWithTimeout(absl::Condition(&ready), timeout_)) {
       return absl::DeadlineExceededError(absl::StrCat("no activations for step ", step, " from ",
                                                       peer_, " within ",

@@ -53,7 +53,9 @@ class NcclLink : public ActivationLink {
                                                      tensor.cols));
     }
     const absl::Time deadline = absl::Now() + options_.timeout;
+    // LockWhenWithDeadline holds the mutex on return whatever it returns.
     if (!io_mu_.LockWhenWithDeadline(absl::Condition::kTrue, deadline)) {
+      io_mu_.Unlock();
       return absl::DeadlineExceededError(absl::StrCat("NCCL link to ", options_.peer, " busy"));
     }
     absl::Status st = SendLocked(step, tensor, deadline);
@@ -78,14 +80,20 @@ class NcclLink : public ActivationLink {
         absl::MutexLock lock(&mu_);
         if (options_.role == NcclLinkOptions::Role::kLoopback) {
           // Loopback tensors arrive through Send; just wait for ours.
-          auto ready = [&] { return mailbox_.count(step) > 0 || !broken_.ok(); };
+          auto ready = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+            return mailbox_.count(step) > 0 || !broken_.ok();
+          };
           mu_.AwaitWithDeadline(absl::Condition(&ready), deadline);
         }
         if (auto t = Take(step); t.has_value()) return std::move(*t);
         if (!broken_.ok()) return broken_;
         if (options_.role == NcclLinkOptions::Role::kLoopback) return TimedOut(step);
       }
-      if (!io_mu_.LockWhenWithDeadline(absl::Condition::kTrue, deadline)) return TimedOut(step);
+      // LockWhenWithDeadline holds the mutex on return whatever it returns.
+      if (!io_mu_.LockWhenWithDeadline(absl::Condition::kTrue, deadline)) {
+        io_mu_.Unlock();
+        return TimedOut(step);
+      }
       {
         absl::MutexLock lock(&mu_);  // another caller may have received our step meanwhile
         if (mailbox_.count(step) > 0 || !broken_.ok()) {

@@ -195,31 +195,12 @@ absl::StatusOr<v1::StepsResponse> StageRuntime::Execute(const v1::StepPlan& plan
     RETURN_IF_ERROR(Validate(plan));
     upstream = upstream_;
     downstream = downstream_;
-    batch.reserve(plan.sequences_size());
-    for (const v1::SequencePlan& s : plan.sequences()) {
-      SequenceStep step;
-      step.tokens.assign(s.tokens().begin(), s.tokens().end());
-      step.start_pos = s.start_pos();
-      step.block_table.assign(s.block_table().begin(), s.block_table().end());
-      step.compute_logits = s.sample() && is_last();
-      total_tokens += s.tokens_size();
-      batch.push_back(std::move(step));
-    }
+    batch = ToBatch(plan, &total_tokens);
   }
   if (batch.empty()) return v1::StepsResponse();
-
   ActivationTensor input;
   if (!is_first()) {
-    if (upstream == nullptr)
-      return absl::FailedPreconditionError("no link from the previous stage");
-    ASSIGN_OR_RETURN(input, upstream->Recv(plan.step_id()));
-    const int64_t hidden = stage_->config().hidden_size;
-    if (input.rows != total_tokens || input.cols != hidden ||
-        static_cast<int64_t>(input.data.size()) != total_tokens * hidden) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("activations for step ", plan.step_id(), " are [", input.rows, ", ",
-                       input.cols, "], expected [", total_tokens, ", ", hidden, "]"));
-    }
+    ASSIGN_OR_RETURN(input, ReceiveInput(plan.step_id(), upstream, total_tokens));
   }
   ASSIGN_OR_RETURN(StepOutput out, stage_->Forward(batch, input.data));
 
@@ -227,8 +208,53 @@ absl::StatusOr<v1::StepsResponse> StageRuntime::Execute(const v1::StepPlan& plan
   response.set_step_id(plan.step_id());
   absl::MutexLock lock(&mu_);
   // Record tokens and blocks before sampling: the penalties see this step's tokens.
+  RecordLocked(plan, total_tokens);
+  if (!is_last()) {
+    if (downstream == nullptr) return absl::FailedPreconditionError("no link to the next stage");
+    ActivationTensor t{out.rows, out.cols, std::move(out.data)};
+    mu_.Unlock();
+    absl::Status sent = sender_.joinable() ? SendAsync(plan.step_id(), std::move(t), downstream)
+                                           : downstream->Send(plan.step_id(), std::move(t));
+    mu_.Lock();
+    RETURN_IF_ERROR(sent);
+    return response;
+  }
+  RETURN_IF_ERROR(SampleLocked(plan, out, &response));
+  return response;
+}
+
+std::vector<SequenceStep> StageRuntime::ToBatch(const v1::StepPlan& plan, int64_t* total_tokens) {
+  std::vector<SequenceStep> batch;
+  batch.reserve(plan.sequences_size());
   for (const v1::SequencePlan& s : plan.sequences()) {
-    if (plan.canary()) break;  // a probe leaves no trace
+    SequenceStep step;
+    step.tokens.assign(s.tokens().begin(), s.tokens().end());
+    step.start_pos = s.start_pos();
+    step.block_table.assign(s.block_table().begin(), s.block_table().end());
+    step.compute_logits = s.sample() && is_last();
+    *total_tokens += s.tokens_size();
+    batch.push_back(std::move(step));
+  }
+  return batch;
+}
+
+absl::StatusOr<ActivationTensor> StageRuntime::ReceiveInput(uint64_t step, ActivationLink* upstream,
+                                                            int64_t total_tokens) {
+  if (upstream == nullptr) return absl::FailedPreconditionError("no link from the previous stage");
+  ASSIGN_OR_RETURN(ActivationTensor input, upstream->Recv(step));
+  const int64_t hidden = stage_->config().hidden_size;
+  if (input.rows != total_tokens || input.cols != hidden ||
+      static_cast<int64_t>(input.data.size()) != total_tokens * hidden) {
+    return absl::InvalidArgumentError(absl::StrCat("activations for step ", step, " are [",
+                                                   input.rows, ", ", input.cols, "], expected [",
+                                                   total_tokens, ", ", hidden, "]"));
+  }
+  return input;
+}
+
+void StageRuntime::RecordLocked(const v1::StepPlan& plan, int64_t total_tokens) {
+  if (plan.canary()) return;  // a probe leaves no trace
+  for (const v1::SequencePlan& s : plan.sequences()) {
     SequenceState& state = sequences_[s.sequence_id()];
     if (state.length == 0 && s.start_pos() > 0) {
       state.length = s.start_pos();
@@ -245,22 +271,12 @@ absl::StatusOr<v1::StepsResponse> StageRuntime::Execute(const v1::StepPlan& plan
       if (block_refs_[b]++ == 0) ++blocks_used_;
     }
   }
-  if (!plan.canary()) {
-    ++steps_;
-    tokens_ += total_tokens;
-  }
+  ++steps_;
+  tokens_ += total_tokens;
+}
 
-  if (!is_last()) {
-    if (downstream == nullptr) return absl::FailedPreconditionError("no link to the next stage");
-    ActivationTensor t{out.rows, out.cols, std::move(out.data)};
-    mu_.Unlock();
-    absl::Status sent = sender_.joinable() ? SendAsync(plan.step_id(), std::move(t), downstream)
-                                           : downstream->Send(plan.step_id(), std::move(t));
-    mu_.Lock();
-    RETURN_IF_ERROR(sent);
-    return response;
-  }
-
+absl::Status StageRuntime::SampleLocked(const v1::StepPlan& plan, const StepOutput& out,
+                                        v1::StepsResponse* response) {
   int64_t row = 0;
   const int64_t vocab = stage_->config().vocab_size;
   for (const v1::SequencePlan& s : plan.sequences()) {
@@ -275,7 +291,7 @@ absl::StatusOr<v1::StepsResponse> StageRuntime::Execute(const v1::StepPlan& plan
     SampleResult r =
         Sample(logits, ToParams(s.sampling()), SamplePosition(s.start_pos() + s.tokens_size()),
                known == sequences_.end() ? kNoHistory : known->second.history);
-    v1::SampledToken* tok = response.add_tokens();
+    v1::SampledToken* tok = response->add_tokens();
     tok->set_sequence_id(s.sequence_id());
     tok->set_token_id(r.token);
     tok->set_logprob(r.logprob);
@@ -287,7 +303,7 @@ absl::StatusOr<v1::StepsResponse> StageRuntime::Execute(const v1::StepPlan& plan
       }
     }
   }
-  return response;
+  return absl::OkStatus();
 }
 
 StageStats StageRuntime::Stats() const {

@@ -94,6 +94,18 @@ class StageRuntime {
   };
 
   absl::Status Validate(const v1::StepPlan& plan) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The model's view of the plan's sequences; adds their tokens to *total_tokens.
+  std::vector<SequenceStep> ToBatch(const v1::StepPlan& plan, int64_t* total_tokens)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The previous stage's hidden states for `step`, checked against the plan's token count.
+  absl::StatusOr<ActivationTensor> ReceiveInput(uint64_t step, ActivationLink* upstream,
+                                                int64_t total_tokens);
+  // Counts the plan's tokens and the blocks its sequences now hold (not for canaries).
+  void RecordLocked(const v1::StepPlan& plan, int64_t total_tokens)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Last stage: one sampled token per sequence with `sample`, with its penalties' history.
+  absl::Status SampleLocked(const v1::StepPlan& plan, const StepOutput& out,
+                            v1::StepsResponse* response) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ReleaseLocked(uint64_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Queues a send behind the one in flight; the sticky error of an earlier send, if any.
   absl::Status SendAsync(uint64_t step, ActivationTensor tensor, ActivationLink* link);

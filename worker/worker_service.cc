@@ -154,6 +154,77 @@ grpc::Status WorkerServiceImpl::Describe(grpc::ServerContext* context, const v1:
   return grpc::Status::OK;
 }
 
+// The request's model folder (resolved) and its config, once every field is checked against it
+// and the KV pool is known to fit this machine's memory.
+absl::StatusOr<std::pair<std::string, ModelConfig>> WorkerServiceImpl::CheckLoadRequest(
+    const v1::LoadShardRequest& req) const {
+  auto invalid = [](absl::string_view field, absl::string_view what) {
+    return absl::InvalidArgumentError(absl::StrCat(field, ": ", what));
+  };
+  if (req.model_path().empty()) return invalid("model_path", "empty");
+  if (req.model_path().size() > 4096) return invalid("model_path", "longer than 4096 bytes");
+  ASSIGN_OR_RETURN(std::string model_path, ResolveModelPath(req.model_path()));
+  std::error_code ec;
+  if (!std::filesystem::is_directory(model_path, ec)) {
+    return invalid("model_path", absl::StrCat(req.model_path(), " is not a folder on this worker"));
+  }
+  ASSIGN_OR_RETURN(ModelConfig config, ModelConfig::FromFile(model_path + "/config.json"));
+  const int64_t layers = config.num_layers;
+  if (req.layer_begin() < 0 || req.layer_begin() >= req.layer_end() || req.layer_end() > layers) {
+    return invalid("layer_begin/layer_end",
+                   absl::StrCat("[", req.layer_begin(), ", ", req.layer_end(),
+                                ") is not a range of ", layers, " layers"));
+  }
+  if (req.is_first() != (req.layer_begin() == 0)) {
+    return invalid("is_first", "disagrees with layer_begin");
+  }
+  if (req.is_last() != (req.layer_end() == layers)) {
+    return invalid("is_last", "disagrees with layer_end");
+  }
+  if (!req.dtype().empty() && req.dtype() != "auto") {
+    return invalid("dtype", absl::StrCat("'", req.dtype(), "' is not supported; use auto"));
+  }
+  if (req.kv_block_size() < 1 || req.kv_block_size() > kMaxKvBlockSize) {
+    return invalid("kv_block_size", absl::StrCat("outside [1, ", kMaxKvBlockSize, "]"));
+  }
+  if (req.kv_num_blocks() < 1 || req.kv_num_blocks() > kMaxKvBlocks) {
+    return invalid("kv_num_blocks", absl::StrCat("outside [1, ", kMaxKvBlocks, "]"));
+  }
+  if (req.max_step_tokens() < 1 || req.max_step_tokens() > kMaxStepTokens) {
+    return invalid("max_step_tokens", absl::StrCat("outside [1, ", kMaxStepTokens, "]"));
+  }
+  // The KV pool is allocated (and touched) at load: bound it by this machine's memory first.
+  const double kv_bytes = static_cast<double>(KvCacheValuesPerToken(config)) * sizeof(float) *
+                          req.kv_block_size() * req.kv_num_blocks() *
+                          (req.layer_end() - req.layer_begin());
+  const double available = static_cast<double>(AvailableMemoryBytes());
+  if (kv_bytes > 0.9 * available) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "kv_num_blocks: ", req.kv_num_blocks(), " blocks of ", req.kv_block_size(), " tokens need ",
+        absl::StrFormat("%.2f", kv_bytes / (1 << 30)), " GiB of KV cache; this worker has ",
+        absl::StrFormat("%.2f", available / (1 << 30)), " GiB available"));
+  }
+  return std::make_pair(std::move(model_path), std::move(config));
+}
+
+// Takes the current shard away (health NOT_SERVING) and closes its links, so a step still
+// running on it ends; the caller then holds backend_mu_ before the shard is destroyed.
+std::shared_ptr<WorkerServiceImpl::Shard> WorkerServiceImpl::DetachShard() {
+  std::shared_ptr<Shard> old;
+  {
+    absl::MutexLock lock(&mu_);
+    old = std::move(shard_);
+    shard_ = nullptr;
+    UpdateHealth();
+  }
+  if (old != nullptr) {
+    if (old->inbox) old->inbox->Close(absl::AbortedError("shard unloaded"));
+    absl::MutexLock lock(&old->links_mu);
+    if (old->next) old->next->Close(absl::AbortedError("shard unloaded"));
+  }
+  return old;
+}
+
 grpc::Status WorkerServiceImpl::LoadShard(grpc::ServerContext* context,
                                           const v1::LoadShardRequest* req,
                                           v1::LoadShardResponse* response) {
@@ -167,83 +238,23 @@ grpc::Status WorkerServiceImpl::LoadShard(grpc::ServerContext* context,
     }
     if (grpc::Status s = TakeLease(req->owner()); !s.ok()) return s;
   }
-  if (req->model_path().empty()) return Invalid("model_path", "empty");
-  if (req->model_path().size() > 4096) return Invalid("model_path", "longer than 4096 bytes");
-  auto model_path = ResolveModelPath(req->model_path());
-  if (!model_path.ok()) return ToGrpc(model_path.status());
-  std::error_code ec;
-  if (!std::filesystem::is_directory(*model_path, ec)) {
-    return Invalid("model_path",
-                   absl::StrCat(req->model_path(), " is not a folder on this worker"));
-  }
-  auto config = ModelConfig::FromFile(*model_path + "/config.json");
-  if (!config.ok()) return ToGrpc(config.status());
-  const int64_t layers = config->num_layers;
-  if (req->layer_begin() < 0 || req->layer_begin() >= req->layer_end() ||
-      req->layer_end() > layers) {
-    return Invalid("layer_begin/layer_end",
-                   absl::StrCat("[", req->layer_begin(), ", ", req->layer_end(),
-                                ") is not a range of ", layers, " layers"));
-  }
-  if (req->is_first() != (req->layer_begin() == 0))
-    return Invalid("is_first", "disagrees with layer_begin");
-  if (req->is_last() != (req->layer_end() == layers))
-    return Invalid("is_last", "disagrees with layer_end");
-  if (!req->dtype().empty() && req->dtype() != "auto") {
-    return Invalid("dtype", absl::StrCat("'", req->dtype(), "' is not supported; use auto"));
-  }
-  if (req->kv_block_size() < 1 || req->kv_block_size() > kMaxKvBlockSize) {
-    return Invalid("kv_block_size", absl::StrCat("outside [1, ", kMaxKvBlockSize, "]"));
-  }
-  if (req->kv_num_blocks() < 1 || req->kv_num_blocks() > kMaxKvBlocks) {
-    return Invalid("kv_num_blocks", absl::StrCat("outside [1, ", kMaxKvBlocks, "]"));
-  }
-  if (req->max_step_tokens() < 1 || req->max_step_tokens() > kMaxStepTokens) {
-    return Invalid("max_step_tokens", absl::StrCat("outside [1, ", kMaxStepTokens, "]"));
-  }
-  {
-    // The KV pool is allocated (and touched) at load: bound it by this machine's memory first.
-    const double kv_bytes = static_cast<double>(KvCacheValuesPerToken(*config)) * sizeof(float) *
-                            req->kv_block_size() * req->kv_num_blocks() *
-                            (req->layer_end() - req->layer_begin());
-    const double available = static_cast<double>(AvailableMemoryBytes());
-    if (kv_bytes > 0.9 * available) {
-      return grpc::Status(
-          grpc::StatusCode::RESOURCE_EXHAUSTED,
-          absl::StrCat("kv_num_blocks: ", req->kv_num_blocks(), " blocks of ", req->kv_block_size(),
-                       " tokens need ", absl::StrFormat("%.2f", kv_bytes / (1 << 30)),
-                       " GiB of KV cache; this worker has ",
-                       absl::StrFormat("%.2f", available / (1 << 30)), " GiB available"));
-    }
-  }
+  auto checked = CheckLoadRequest(*req);
+  if (!checked.ok()) return ToGrpc(checked.status());
+  const auto& [model_path, config] = *checked;
 
-  // Unload first: the old shard's links fail, so nothing waits on them.
-  std::shared_ptr<Shard> old;
-  {
-    absl::MutexLock lock(&mu_);
-    old = std::move(shard_);
-    shard_ = nullptr;
-    UpdateHealth();
-  }
-  if (old != nullptr) {
-    if (old->inbox) old->inbox->Close(absl::AbortedError("shard unloaded"));
-    absl::MutexLock lock(&old->links_mu);
-    if (old->next) old->next->Close(absl::AbortedError("shard unloaded"));
-  }
-  // A step still running on the old shard ends at its closed links; then the backend is ours.
+  std::shared_ptr<Shard> old = DetachShard();
   absl::MutexLock backend_lock(&backend_mu_);
   old.reset();
-
   StageSpec spec{req->layer_begin(), req->layer_end()};
   KvCacheSpec kv{req->kv_block_size(), req->kv_num_blocks()};
-  auto stage = LoadStage(*model_path, spec, kv, backend_);
+  auto stage = LoadStage(model_path, spec, kv, backend_);
   if (!stage.ok()) return ToGrpc(Annotate(stage.status(), "loading shard"));
   auto shard = std::make_shared<Shard>();
   shard->model_path = req->model_path();
   response->set_kv_bytes_per_token((*stage)->KvBytesPerToken());
-  response->set_num_layers(layers);
-  response->set_hidden_size(config->hidden_size);
-  response->set_vocab_size(config->vocab_size);
+  response->set_num_layers(config.num_layers);
+  response->set_hidden_size(config.hidden_size);
+  response->set_vocab_size(config.vocab_size);
   shard->runtime = std::make_unique<StageRuntime>(std::move(*stage), req->max_step_tokens(),
                                                   /*async_sends=*/true);
   shard->inbox = NewLocalLink("previous stage", options_.recv_timeout);
@@ -380,26 +391,7 @@ grpc::Status WorkerServiceImpl::Steps(
     first = false;
     auto shard = current();
     report_to(shard);
-    bool draining;
-    grpc::Status lease;
-    {
-      absl::MutexLock lock(&mu_);
-      draining = draining_;
-      lease = TakeLease(owner);  // renews the owner's lease
-    }
-    absl::StatusOr<v1::StepsResponse> result;
-    if (!lease.ok()) {
-      result = absl::FailedPreconditionError(lease.error_message());
-    } else if (shard == nullptr) {
-      result = absl::FailedPreconditionError("no shard loaded");
-    } else if (draining && req.plan().sequences_size() > 0) {
-      result = absl::UnavailableError("worker is draining");
-    } else {
-      const absl::Time step_start = absl::Now();
-      absl::MutexLock backend_lock(&backend_mu_);
-      result = shard->runtime->Execute(req.plan());
-      StageMetrics::Global().ObserveStep(absl::Now() - step_start);
-    }
+    absl::StatusOr<v1::StepsResponse> result = RunStep(shard, owner, req.plan());
     v1::StepsResponse response;
     if (!result.ok()) {
       LOG(WARNING) << "step " << req.plan().step_id() << " failed: " << result.status();
@@ -414,6 +406,32 @@ grpc::Status WorkerServiceImpl::Steps(
     if (!write(response)) break;
   }
   report_to(nullptr);
+  CloseStepStream(owner);
+  return grpc::Status::OK;
+}
+
+absl::StatusOr<v1::StepsResponse> WorkerServiceImpl::RunStep(const std::shared_ptr<Shard>& shard,
+                                                             const std::string& owner,
+                                                             const v1::StepPlan& plan) {
+  bool draining;
+  {
+    absl::MutexLock lock(&mu_);
+    draining = draining_;
+    // Renews the owner's lease.
+    if (grpc::Status lease = TakeLease(owner); !lease.ok()) {
+      return absl::FailedPreconditionError(lease.error_message());
+    }
+  }
+  if (shard == nullptr) return absl::FailedPreconditionError("no shard loaded");
+  if (draining && plan.sequences_size() > 0) return absl::UnavailableError("worker is draining");
+  const absl::Time step_start = absl::Now();
+  absl::MutexLock backend_lock(&backend_mu_);
+  absl::StatusOr<v1::StepsResponse> result = shard->runtime->Execute(plan);
+  StageMetrics::Global().ObserveStep(absl::Now() - step_start);
+  return result;
+}
+
+void WorkerServiceImpl::CloseStepStream(const std::string& owner) {
   bool released = false;
   {
     absl::MutexLock lock(&mu_);
@@ -426,7 +444,6 @@ grpc::Status WorkerServiceImpl::Steps(
     }
   }
   if (released) ReleaseSequences(current(), "stream_closed");
-  return grpc::Status::OK;
 }
 
 void WorkerServiceImpl::ReleaseSequences(const std::shared_ptr<Shard>& shard,

@@ -37,6 +37,7 @@
 #include "absl/synchronization/mutex.h"
 #include "common/cluster_auth.h"
 #include "kernels/backend.h"
+#include "model/config.h"
 #include "shardserve/v1/worker.grpc.pb.h"
 #include "worker/activation_link.h"
 #include "worker/stage_runtime.h"
@@ -106,6 +107,14 @@ class WorkerServiceImpl final : public v1::WorkerService::Service {
   grpc::Status TakeLease(const std::string& owner) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The cluster credential check, counted in metrics when it refuses.
   grpc::Status Authorize(const grpc::ServerContext* context) const;
+  absl::StatusOr<std::pair<std::string, ModelConfig>> CheckLoadRequest(
+      const v1::LoadShardRequest& req) const;
+  std::shared_ptr<Shard> DetachShard();
+  // One plan of a Steps stream of `owner`: lease, shard and draining checks, then Execute.
+  absl::StatusOr<v1::StepsResponse> RunStep(const std::shared_ptr<Shard>& shard,
+                                            const std::string& owner, const v1::StepPlan& plan);
+  // A Steps stream of `owner` ended: its last one ends the lease and drops its sequences.
+  void CloseStepStream(const std::string& owner);
   // `path` resolved, or INVALID_ARGUMENT that says nothing of what exists outside the root.
   absl::StatusOr<std::string> ResolveModelPath(const std::string& path) const;
   // Drops the current shard's sequences for `reason` ("expired", "stream_closed").
