@@ -58,20 +58,25 @@ std::optional<int> Parse(CLI::App& app, int argc, char** argv) {
 
 }  // namespace
 
-int GenerateMain(int argc, char** argv) {
-  CLI::App app{"Generates text from a model in this process: no network, the reference path.",
-               "shardserve generate"};
-  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+namespace {
+
+struct GenerateFlags {
   std::string model, prompt, prompt_ids_text;
   int64_t max_tokens = 128;
-  SamplingParams sp;
-  sp.temperature = 0.8f;
+  SamplingParams sampling{.temperature = 0.8f};
   int threads = 0;
   bool json = false, ignore_eos = false, no_bos = false, mmap_weights = false;
-  app.add_option("--model", model, "Hugging Face model folder")->required();
-  app.add_option("--prompt", prompt, "prompt text");
-  app.add_option("--prompt-ids", prompt_ids_text, "prompt as token ids, comma-separated");
-  app.add_option("--max-tokens", max_tokens, "tokens to generate")->capture_default_str();
+  std::string backend = "cpu";
+  int device = 0;
+  std::string quantize = "none";
+};
+
+void AddGenerateFlags(CLI::App& app, GenerateFlags* f) {
+  SamplingParams& sp = f->sampling;
+  app.add_option("--model", f->model, "Hugging Face model folder")->required();
+  app.add_option("--prompt", f->prompt, "prompt text");
+  app.add_option("--prompt-ids", f->prompt_ids_text, "prompt as token ids, comma-separated");
+  app.add_option("--max-tokens", f->max_tokens, "tokens to generate")->capture_default_str();
   app.add_option("--temperature", sp.temperature, "0 for greedy")->capture_default_str();
   app.add_option("--top-k", sp.top_k, "0 disables")->capture_default_str();
   app.add_option("--top-p", sp.top_p, "nucleus mass in (0, 1]")->capture_default_str();
@@ -80,74 +85,106 @@ int GenerateMain(int argc, char** argv) {
   app.add_option("--presence-penalty", sp.presence_penalty)->capture_default_str();
   app.add_option("--frequency-penalty", sp.frequency_penalty)->capture_default_str();
   app.add_option("--seed", sp.seed, "sampling seed")->capture_default_str();
-  app.add_option("--threads", threads, "compute threads (0: all CPUs)")->capture_default_str();
-  app.add_flag("--json", json, "print one JSON object instead of streaming text");
-  app.add_flag("--ignore-eos", ignore_eos, "keep generating past end-of-sequence tokens");
-  app.add_flag("--no-bos", no_bos, "do not prepend the BOS token to --prompt");
-  std::string backend_name = "cpu";
-  int device = 0;
-  app.add_option("--backend", backend_name, "compute backend: cpu or cuda")->capture_default_str();
-  app.add_option("--device", device, "GPU index with --backend cuda")->capture_default_str();
-  std::string quantize = "none";
-  app.add_option("--quantize", quantize, "quantize weights at load: none, q8_0 or q4_0")
+  app.add_option("--threads", f->threads, "compute threads (0: all CPUs)")->capture_default_str();
+  app.add_flag("--json", f->json, "print one JSON object instead of streaming text");
+  app.add_flag("--ignore-eos", f->ignore_eos, "keep generating past end-of-sequence tokens");
+  app.add_flag("--no-bos", f->no_bos, "do not prepend the BOS token to --prompt");
+  app.add_option("--backend", f->backend, "compute backend: cpu or cuda")->capture_default_str();
+  app.add_option("--device", f->device, "GPU index with --backend cuda")->capture_default_str();
+  app.add_option("--quantize", f->quantize, "quantize weights at load: none, q8_0 or q4_0")
       ->capture_default_str();
-  app.add_flag("--mmap-weights", mmap_weights,
+  app.add_flag("--mmap-weights", f->mmap_weights,
                "compute from the file mapping in place (less memory, slower decode)");
-  if (auto rc = Parse(app, argc, argv)) return *rc;
-  if (prompt.empty() == prompt_ids_text.empty()) {
-    return Fail(absl::InvalidArgumentError("give exactly one of --prompt and --prompt-ids"));
+}
+
+absl::Status ValidateGenerateFlags(const GenerateFlags& f) {
+  if (f.prompt.empty() == f.prompt_ids_text.empty()) {
+    return absl::InvalidArgumentError("give exactly one of --prompt and --prompt-ids");
   }
-  if (max_tokens <= 0) return Fail(absl::InvalidArgumentError("--max-tokens must be positive"));
-  if (threads < 0) return Fail(absl::InvalidArgumentError("--threads must be >= 0"));
-  if (absl::Status s = ValidateSamplingParams(sp); !s.ok()) {
+  if (f.max_tokens <= 0) return absl::InvalidArgumentError("--max-tokens must be positive");
+  if (f.threads < 0) return absl::InvalidArgumentError("--threads must be >= 0");
+  if (absl::Status s = ValidateSamplingParams(f.sampling); !s.ok()) {
     // Name the flag as the user spells it: top_p -> --top-p.
     std::string message(s.message());
     std::replace(message.begin(), message.begin() + message.find(' '), '_', '-');
-    return Fail(absl::InvalidArgumentError(absl::StrCat("--", message)));
+    return absl::InvalidArgumentError(absl::StrCat("--", message));
   }
-  auto tokenizer = Tokenizer::Load(model);
-  if (!tokenizer.ok()) return Fail(tokenizer.status());
-  std::vector<int32_t> prompt_ids;
-  if (!prompt_ids_text.empty()) {
-    auto ids = ParseIds(prompt_ids_text);
-    if (!ids.ok()) return Fail(ids.status());
-    prompt_ids = *ids;
-  } else {
-    prompt_ids = (*tokenizer)->Encode(prompt, !no_bos);
-  }
+  return absl::OkStatus();
+}
+
+// The model's stage on the chosen backend; "loading ..." on a terminal, quiet when piped.
+absl::StatusOr<std::unique_ptr<ModelStage>> LoadWholeModel(const GenerateFlags& f,
+                                                           std::unique_ptr<Backend>* backend) {
   StageSpec spec;
-  if (quantize != "none") {
-    auto q = ParseDType(quantize);
+  if (f.quantize != "none") {
+    auto q = ParseDType(f.quantize);
     if (!q.has_value() || (*q != DType::kQ8_0 && *q != DType::kQ4_0)) {
-      return Fail(absl::InvalidArgumentError(
-          absl::StrCat("--quantize '", quantize, "' is not none, q8_0 or q4_0")));
+      return absl::InvalidArgumentError(
+          absl::StrCat("--quantize '", f.quantize, "' is not none, q8_0 or q4_0"));
     }
     spec.quantize = *q;
   }
   BackendOptions backend_options;
-  backend_options.cpu.threads = threads;
-  backend_options.cpu.copy_weights = !mmap_weights;
-  backend_options.device = device;
-  auto made = NewBackend(backend_name, backend_options);
-  if (!made.ok()) return Fail(made.status());
-  std::unique_ptr<Backend> backend = std::move(*made);
-  // Loading a large model takes seconds: say so on a terminal, stay quiet when piped.
+  backend_options.cpu.threads = f.threads;
+  backend_options.cpu.copy_weights = !f.mmap_weights;
+  backend_options.device = f.device;
+  ASSIGN_OR_RETURN(*backend, NewBackend(f.backend, backend_options));
   const bool tty = isatty(STDERR_FILENO);
-  if (tty) std::fprintf(stderr, "loading %s...", model.c_str());
-  auto stage = LoadStage(model, spec, {}, backend.get());
+  if (tty) std::fprintf(stderr, "loading %s...", f.model.c_str());
+  auto stage = LoadStage(f.model, spec, {}, backend->get());
   if (tty) std::fprintf(stderr, "\r\033[K");
+  return stage;
+}
+
+void PrintJson(const Tokenizer& tokenizer, const std::vector<int32_t>& prompt_ids,
+               const GenerateResult& result) {
+  nlohmann::json out;
+  out["prompt_ids"] = prompt_ids;
+  out["ids"] = result.ids;
+  out["text"] = tokenizer.Decode(result.ids);
+  out["finish_reason"] = result.finish_reason;
+  out["prefill_tokens_per_s"] =
+      result.prefill_seconds > 0 ? prompt_ids.size() / result.prefill_seconds : 0.0;
+  out["decode_tokens_per_s"] = result.decode_seconds > 0 && result.ids.size() > 1
+                                   ? (result.ids.size() - 1) / result.decode_seconds
+                                   : 0.0;
+  std::cout << out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << std::endl;
+}
+
+}  // namespace
+
+int GenerateMain(int argc, char** argv) {
+  CLI::App app{"Generates text from a model in this process: no network, the reference path.",
+               "shardserve generate"};
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+  GenerateFlags f;
+  AddGenerateFlags(app, &f);
+  if (auto rc = Parse(app, argc, argv)) return *rc;
+  if (absl::Status s = ValidateGenerateFlags(f); !s.ok()) return Fail(s);
+  auto tokenizer = Tokenizer::Load(f.model);
+  if (!tokenizer.ok()) return Fail(tokenizer.status());
+  std::vector<int32_t> prompt_ids;
+  if (!f.prompt_ids_text.empty()) {
+    auto ids = ParseIds(f.prompt_ids_text);
+    if (!ids.ok()) return Fail(ids.status());
+    prompt_ids = *ids;
+  } else {
+    prompt_ids = (*tokenizer)->Encode(f.prompt, !f.no_bos);
+  }
+  std::unique_ptr<Backend> backend;
+  auto stage = LoadWholeModel(f, &backend);
   if (!stage.ok()) return Fail(stage.status());
 
   GenerateOptions options;
-  options.max_tokens = max_tokens;
-  options.sampling = sp;
-  if (!ignore_eos) {
+  options.max_tokens = f.max_tokens;
+  options.sampling = f.sampling;
+  if (!f.ignore_eos) {
     options.stop_ids = (*stage)->config().eos_token_ids;
     for (int32_t id : (*tokenizer)->eos_ids()) options.stop_ids.push_back(id);
   }
   StreamingDecoder decoder(**tokenizer);
   auto on_token = [&](int32_t id) {
-    if (!json) {
+    if (!f.json) {
       const std::string piece = decoder.Add(id);
       std::fwrite(piece.data(), 1, piece.size(), stdout);
       std::fflush(stdout);
@@ -156,23 +193,13 @@ int GenerateMain(int argc, char** argv) {
   };
   auto result = Generate(**stage, prompt_ids, options, on_token);
   if (!result.ok()) return Fail(result.status());
-  if (!json) {
-    const std::string rest = decoder.Flush();
-    std::fwrite(rest.data(), 1, rest.size(), stdout);
-    std::fputc('\n', stdout);
+  if (f.json) {
+    PrintJson(**tokenizer, prompt_ids, *result);
     return 0;
   }
-  nlohmann::json out;
-  out["prompt_ids"] = prompt_ids;
-  out["ids"] = result->ids;
-  out["text"] = (*tokenizer)->Decode(result->ids);
-  out["finish_reason"] = result->finish_reason;
-  out["prefill_tokens_per_s"] =
-      result->prefill_seconds > 0 ? prompt_ids.size() / result->prefill_seconds : 0.0;
-  out["decode_tokens_per_s"] = result->decode_seconds > 0 && result->ids.size() > 1
-                                   ? (result->ids.size() - 1) / result->decode_seconds
-                                   : 0.0;
-  std::cout << out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << std::endl;
+  const std::string rest = decoder.Flush();
+  std::fwrite(rest.data(), 1, rest.size(), stdout);
+  std::fputc('\n', stdout);
   return 0;
 }
 

@@ -10,6 +10,16 @@ function(shardserve_cc_library)
   target_compile_options(${A_NAME} PRIVATE ${SHARDSERVE_WARNINGS} ${A_COPTS})
 endfunction()
 
+# ThreadSanitizer builds (scripts/tsan.sh) link every executable with the Abseil Mutex shim that
+# makes absl::Mutex visible to TSan (common/tsan_absl_shim.cc).
+option(SHARDSERVE_TSAN "Executables for a -fsanitize=thread build" OFF)
+function(shardserve_tsan_shim target)
+  if(SHARDSERVE_TSAN)
+    target_sources(${target} PRIVATE ${PROJECT_SOURCE_DIR}/common/tsan_absl_shim.cc)
+    target_link_libraries(${target} PRIVATE ${CMAKE_DL_LIBS})
+  endif()
+endfunction()
+
 # shardserve_cc_binary(NAME name SRCS ... [DEPS ...])
 function(shardserve_cc_binary)
   cmake_parse_arguments(A "" "NAME" "SRCS;DEPS" ${ARGN})
@@ -18,6 +28,7 @@ function(shardserve_cc_binary)
   target_link_libraries(${A_NAME} PRIVATE ${A_DEPS})
   target_compile_options(${A_NAME} PRIVATE ${SHARDSERVE_WARNINGS})
   set_target_properties(${A_NAME} PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${PROJECT_BINARY_DIR}/bin)
+  shardserve_tsan_shim(${A_NAME})
 endfunction()
 
 # shardserve_cc_test(NAME name SRCS ... [DEPS ...] [LABELS ...])
@@ -32,6 +43,7 @@ function(shardserve_cc_test)
     SHARDSERVE_SOURCE_DIR="${PROJECT_SOURCE_DIR}"
     SHARDSERVE_BINARY_DIR="${PROJECT_BINARY_DIR}")
   set_target_properties(${A_NAME} PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${PROJECT_BINARY_DIR}/tests)
+  shardserve_tsan_shim(${A_NAME})
   set(labels ${A_LABELS})
   if(NOT labels)
     set(labels unit)

@@ -122,6 +122,23 @@ absl::StatusOr<ClusterAuthenticator> ResolveClusterAuth(const ClusterAuthFlags& 
   return ClusterAuthenticator(std::move(secret), mtls, flags.insecure);
 }
 
+absl::StatusOr<ProcessCredentials> SetUpProcessCredentials(const TlsFiles& tls,
+                                                           const ClusterAuthFlags& flags,
+                                                           bool require_client_cert,
+                                                           absl::string_view binary) {
+  ProcessCredentials out;
+  auto server = MakeServerCredentials(tls, require_client_cert);
+  if (!server.ok()) return server.status();
+  out.server = std::move(*server);
+  auto channel = MakeChannelCredentials(tls);
+  if (!channel.ok()) return channel.status();
+  SetProcessChannelCredentials(std::move(*channel));
+  auto cluster = ResolveClusterAuth(flags, tls, binary);
+  if (!cluster.ok()) return cluster.status();
+  out.cluster = std::move(*cluster);
+  return out;
+}
+
 void SetProcessClusterSecret(std::string secret) {
   absl::MutexLock lock(&secret_mu);
   delete process_secret;

@@ -81,6 +81,19 @@ absl::StatusOr<ClusterAuthenticator> ResolveClusterAuth(const ClusterAuthFlags& 
                                                         const TlsFiles& tls,
                                                         absl::string_view binary);
 
+// What a router or worker needs of its TLS and cluster-credential flags: the credentials its
+// gRPC server serves with (client certificates required when `require_client_cert` and a CA is
+// given), and the authenticator for its cluster-internal RPCs. Also sets this process's channel
+// credentials and cluster secret for every channel it opens.
+struct ProcessCredentials {
+  std::shared_ptr<grpc::ServerCredentials> server;
+  ClusterAuthenticator cluster{"", false, false};
+};
+absl::StatusOr<ProcessCredentials> SetUpProcessCredentials(const TlsFiles& tls,
+                                                           const ClusterAuthFlags& flags,
+                                                           bool require_client_cert,
+                                                           absl::string_view binary);
+
 // The secret this process sends ("" for none); set by ResolveClusterAuth.
 void SetProcessClusterSecret(std::string secret);
 // Adds this process's cluster secret (if any) to an outgoing call to a worker or router control

@@ -30,6 +30,15 @@ absl::Status ValidateListenAddress(const std::string& address, const std::string
   return SplitHostPort(address, flag).status();
 }
 
+absl::Status ValidateListenAddresses(
+    std::initializer_list<std::pair<const std::string&, const char*>> addresses) {
+  for (const auto& [address, flag] : addresses) {
+    if (address.empty()) continue;
+    if (absl::Status s = ValidateListenAddress(address, flag); !s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
 void ConfigureExclusivePort(grpc::ServerBuilder* builder) {
   builder->AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
 }

@@ -9,6 +9,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <initializer_list>
 #include <string>
 #include <utility>
 
@@ -23,6 +24,9 @@ absl::StatusOr<std::pair<std::string, int>> SplitHostPort(const std::string& add
 
 // Validates `address` as a listen address for `flag` (see SplitHostPort).
 absl::Status ValidateListenAddress(const std::string& address, const std::string& flag);
+// The same for each (address, flag) pair whose address is set.
+absl::Status ValidateListenAddresses(
+    std::initializer_list<std::pair<const std::string&, const char*>> addresses);
 
 // Options every gRPC server gets: no SO_REUSEPORT.
 void ConfigureExclusivePort(grpc::ServerBuilder* builder);

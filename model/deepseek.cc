@@ -185,13 +185,7 @@ class DeepseekStage : public ModelStage {
         ASSIGN_OR_RETURN(lm_head_, Matrix("lm_head.weight", c.vocab_size, H));
       }
     }
-    if (kv_.block_size <= 0 || kv_.block_size > 4096) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("KV block size ", kv_.block_size, " outside [1, 4096]"));
-    }
-    if (kv_.num_blocks <= 0) {
-      kv_.num_blocks = (c.max_position_embeddings + kv_.block_size - 1) / kv_.block_size;
-    }
+    RETURN_IF_ERROR(ResolveKvSpec(c, &kv_));
     const size_t layer_values =
         static_cast<size_t>(kv_.num_blocks * kv_.block_size) * MlaCacheValuesPerToken(c);
     latent_cache_.assign(end_ - begin_, std::vector<float>(layer_values, 0.0f));

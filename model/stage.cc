@@ -4,12 +4,24 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
+#include "common/wire.h"
 #include "model/deepseek.h"
 #include "model/gguf_model.h"
 #include "model/llama.h"
 #include "model/weights.h"
 
 namespace shardserve {
+
+absl::Status ResolveKvSpec(const ModelConfig& c, KvCacheSpec* kv) {
+  if (kv->block_size <= 0 || kv->block_size > kMaxKvBlockSize) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("KV block size ", kv->block_size, " outside [1, ", kMaxKvBlockSize, "]"));
+  }
+  if (kv->num_blocks <= 0) {
+    kv->num_blocks = (c.max_position_embeddings + kv->block_size - 1) / kv->block_size;
+  }
+  return absl::OkStatus();
+}
 
 absl::Status ValidateSequenceStep(int64_t index, int64_t start_pos,
                                   absl::Span<const int32_t> tokens,

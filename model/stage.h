@@ -40,6 +40,10 @@ struct KvCacheSpec {
   int64_t num_blocks = 0;  // 0: enough for max_position_embeddings of one sequence
 };
 
+// Checks `kv`'s block size (1 to kMaxKvBlockSize, as on the wire) and fills in the default
+// block count; shared by every architecture's loader.
+absl::Status ResolveKvSpec(const ModelConfig& config, KvCacheSpec* kv);
+
 // One sequence's part of a step.
 struct SequenceStep {
   // New token ids (used by the first stage; other stages get hidden states instead but still

@@ -90,6 +90,31 @@ void SetYarn(ModelConfig& c, double factor, int64_t original, double mscale,
   c.rope_scaling.mscale_all_dim = mscale_all_dim;
 }
 
+// The MoE routing of a DeepSeek shape: experts (routed, per token, shared, their width), dense
+// leading layers, group-limited routing, scoring and the scaling of routed outputs.
+struct Moe {
+  int64_t routed, per_token, shared, width, first_dense, groups, topk_groups;
+  DeepseekConfig::Scoring scoring;
+  DeepseekConfig::TopkMethod method;
+  double scale;
+  bool norm_topk;
+};
+
+void SetMoe(ModelConfig& c, const Moe& m) {
+  DeepseekConfig& d = c.deepseek;
+  d.n_routed_experts = m.routed;
+  d.num_experts_per_tok = m.per_token;
+  d.n_shared_experts = m.shared;
+  d.moe_intermediate_size = m.width;
+  d.first_k_dense_replace = m.first_dense;
+  d.n_group = m.groups;
+  d.topk_group = m.topk_groups;
+  d.scoring = m.scoring;
+  d.topk_method = m.method;
+  d.routed_scaling_factor = m.scale;
+  d.norm_topk_prob = m.norm_topk;
+}
+
 struct Rng {  // xoshiro256** seeded by splitmix64
   uint64_t s[4];
   explicit Rng(uint64_t seed) {
@@ -200,19 +225,9 @@ absl::StatusOr<ModelConfig> SynthConfigByName(const std::string& name) {
     ModelConfig c = Deepseek(true, 64, 128, 4, 4, 512, 512);
     SetMla(c, 32, 32, 16, 8, 16);
     SetYarn(c, 4.0, 128, 1.0, 0.8);
-    DeepseekConfig& d = c.deepseek;
-    d.n_routed_experts = 16;
-    d.num_experts_per_tok = 4;
-    d.n_shared_experts = 1;
-    d.moe_intermediate_size = 32;
-    d.first_k_dense_replace = 1;
-    d.n_group = 4;
-    d.topk_group = 2;
-    d.scoring = DeepseekConfig::Scoring::kSigmoid;
-    d.topk_method = DeepseekConfig::TopkMethod::kNoAuxTc;
-    d.routed_scaling_factor = 2.5;
-    d.norm_topk_prob = true;
-    d.num_nextn_predict_layers = 1;
+    SetMoe(c, {16, 4, 1, 32, 1, 4, 2, DeepseekConfig::Scoring::kSigmoid,
+               DeepseekConfig::TopkMethod::kNoAuxTc, 2.5, true});
+    c.deepseek.num_nextn_predict_layers = 1;
     return c;
   }
   if (name == "deepseek-v2-tiny") {
@@ -220,18 +235,8 @@ absl::StatusOr<ModelConfig> SynthConfigByName(const std::string& name) {
     ModelConfig c = Deepseek(false, 64, 128, 3, 4, 512, 512);
     SetMla(c, 0, 32, 16, 8, 16);
     SetYarn(c, 4.0, 128, 0.707, 0.707);
-    DeepseekConfig& d = c.deepseek;
-    d.n_routed_experts = 8;
-    d.num_experts_per_tok = 3;
-    d.n_shared_experts = 2;
-    d.moe_intermediate_size = 32;
-    d.first_k_dense_replace = 1;
-    d.n_group = 4;
-    d.topk_group = 2;
-    d.scoring = DeepseekConfig::Scoring::kSoftmax;
-    d.topk_method = DeepseekConfig::TopkMethod::kGroupLimitedGreedy;
-    d.routed_scaling_factor = 2.0;
-    d.norm_topk_prob = false;
+    SetMoe(c, {8, 3, 2, 32, 1, 4, 2, DeepseekConfig::Scoring::kSoftmax,
+               DeepseekConfig::TopkMethod::kGroupLimitedGreedy, 2.0, false});
     return c;
   }
   if (name == "deepseek-v3-mid") {
@@ -239,18 +244,8 @@ absl::StatusOr<ModelConfig> SynthConfigByName(const std::string& name) {
     ModelConfig c = Deepseek(true, 1024, 2816, 8, 16, 32000, 4096);
     SetMla(c, 384, 256, 64, 32, 64);
     SetYarn(c, 4.0, 1024, 1.0, 1.0);
-    DeepseekConfig& d = c.deepseek;
-    d.n_routed_experts = 32;
-    d.num_experts_per_tok = 4;
-    d.n_shared_experts = 1;
-    d.moe_intermediate_size = 512;
-    d.first_k_dense_replace = 1;
-    d.n_group = 4;
-    d.topk_group = 2;
-    d.scoring = DeepseekConfig::Scoring::kSigmoid;
-    d.topk_method = DeepseekConfig::TopkMethod::kNoAuxTc;
-    d.routed_scaling_factor = 2.5;
-    d.norm_topk_prob = true;
+    SetMoe(c, {32, 4, 1, 512, 1, 4, 2, DeepseekConfig::Scoring::kSigmoid,
+               DeepseekConfig::TopkMethod::kNoAuxTc, 2.5, true});
     return c;
   }
   if (name == "deepseek-v2-lite-shape") {
@@ -260,16 +255,8 @@ absl::StatusOr<ModelConfig> SynthConfigByName(const std::string& name) {
     SetYarn(c, 40.0, 4096, 0.707, 0.707);
     c.bos_token_id = 100000;
     c.eos_token_ids = {100001};
-    DeepseekConfig& d = c.deepseek;
-    d.n_routed_experts = 64;
-    d.num_experts_per_tok = 6;
-    d.n_shared_experts = 2;
-    d.moe_intermediate_size = 1408;
-    d.first_k_dense_replace = 1;
-    d.scoring = DeepseekConfig::Scoring::kSoftmax;
-    d.topk_method = DeepseekConfig::TopkMethod::kGreedy;
-    d.routed_scaling_factor = 1.0;
-    d.norm_topk_prob = false;
+    SetMoe(c, {64, 6, 2, 1408, 1, 1, 1, DeepseekConfig::Scoring::kSoftmax,
+               DeepseekConfig::TopkMethod::kGreedy, 1.0, false});
     return c;
   }
   std::string known;

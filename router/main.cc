@@ -6,6 +6,7 @@
 
 #include "CLI/CLI.hpp"
 #include "common/logging.h"
+#include "common/signals.h"
 #include "router/router.h"
 #include "router/router_config.h"
 
@@ -18,12 +19,7 @@ int Fail(const absl::Status& status) {
 }
 
 int RouterMain(int argc, char** argv) {
-  // Blocked before any thread starts, so only sigwait() below sees them.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  const sigset_t signals = BlockShutdownSignals();  // before any thread starts
 
   CLI::App app{"shardserve-router: serves a model split into pipeline stages across workers"};
   RouterConfig config;

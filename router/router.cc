@@ -22,14 +22,12 @@ absl::StatusOr<std::unique_ptr<Router>> Router::Create(RouterConfig config) {
   RETURN_IF_ERROR(config.Validate());
   std::unique_ptr<Router> r(new Router(std::move(config)));
   const RouterConfig& c = r->config_;
-  ASSIGN_OR_RETURN(r->server_credentials_,
-                   MakeServerCredentials(c.tls, /*require_client_cert=*/false));
-  auto channel_credentials = MakeChannelCredentials(c.tls);
-  if (!channel_credentials.ok()) return channel_credentials.status();
-  SetProcessChannelCredentials(*channel_credentials);
-  ASSIGN_OR_RETURN(ClusterAuthenticator cluster,
-                   ResolveClusterAuth(c.cluster_auth, c.tls, "shardserve-router"));
-  r->cluster_.emplace(std::move(cluster));
+  // Public clients need no certificate: the router's server only verifies one when presented.
+  ASSIGN_OR_RETURN(ProcessCredentials credentials,
+                   SetUpProcessCredentials(c.tls, c.cluster_auth, /*require_client_cert=*/false,
+                                           "shardserve-router"));
+  r->server_credentials_ = credentials.server;
+  r->cluster_.emplace(std::move(credentials.cluster));
   ASSIGN_OR_RETURN(r->model_config_, ModelConfig::FromFile(c.model + "/config.json"));
   ASSIGN_OR_RETURN(r->tokenizer_, Tokenizer::Load(c.model));
   RETURN_IF_ERROR(r->FindWorkers());

@@ -1,6 +1,7 @@
 #include "router/router_config.h"
 
 #include "common/listen.h"
+#include "common/status.h"
 #include "common/tls_flags.h"
 #include "common/wire.h"
 #include "router/routing.h"
@@ -124,12 +125,7 @@ void AddRouterFlags(CLI::App& app, RouterConfig* c) {
 }
 
 absl::Status RouterConfig::Validate() const {
-  for (const auto& [address, flag] :
-       {std::pair{listen, "--listen"}, std::pair{http_listen, "--http-listen"}}) {
-    if (!address.empty()) {
-      if (absl::Status s = ValidateListenAddress(address, flag); !s.ok()) return s;
-    }
-  }
+  RETURN_IF_ERROR(ValidateListenAddresses({{listen, "--listen"}, {http_listen, "--http-listen"}}));
   if (absl::Status s = ParseRoutingPolicy(routing).status(); !s.ok()) return s;
   return absl::OkStatus();
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian machine: installs the packages, builds, checks
-# formatting, runs every CTest test except those that need a GPU, then the bounded fuzz runs,
-# the router/worker unit tests under ASan+UBSan, the proto lint and the manifest validation.
+# formatting and the layering, runs clang's thread-safety analysis and every CTest test except
+# those that need a GPU, then the bounded fuzz runs, the router/worker unit tests under
+# ASan+UBSan, the TSan subset, the proto lint and the manifest validation.
 #
 #   scripts/test.sh            everything
 #   scripts/test.sh -R regex   only the matching CTest tests (no format check or fuzzing)
@@ -38,6 +39,8 @@ if [ -x scripts/fuzz.sh ]; then
 fi
 echo "== router and worker state machines under ASan+UBSan"
 scripts/sanitize.sh --quick
+echo "== router and worker state machines, and a cluster, a failover and a drain, under TSan"
+scripts/tsan.sh
 if [ -x scripts/lint-proto.sh ]; then
   echo "== proto lint"
   scripts/lint-proto.sh

@@ -202,14 +202,18 @@ class NcclLink : public ActivationLink {
     return absl::OkStatus();
   }
 
+  // Binds the link's device; the communicator, or the link's error once it is broken.
+  absl::StatusOr<ncclComm_t> BoundComm() {
+    RETURN_IF_ERROR(CudaStatus(cudaSetDevice(options_.device), "cudaSetDevice"));
+    if (ncclComm_t c = comm(); c != nullptr) return c;
+    absl::MutexLock lock(&mu_);
+    if (broken_.ok()) return absl::FailedPreconditionError("the NCCL link is closed");
+    return broken_;
+  }
+
   absl::Status SendLocked(uint64_t step, const ActivationTensor& t, absl::Time deadline)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(io_mu_) {
-    RETURN_IF_ERROR(CudaStatus(cudaSetDevice(options_.device), "cudaSetDevice"));
-    ncclComm_t c = comm();
-    if (c == nullptr) {
-      absl::MutexLock lock(&mu_);
-      return broken_;
-    }
+    ASSIGN_OR_RETURN(ncclComm_t c, BoundComm());
     const Header h{static_cast<int64_t>(step), t.rows, t.cols};
     const size_t bytes = t.data.size() * sizeof(float);
     RETURN_IF_ERROR(Reserve(&tx_header_, sizeof(Header)));
@@ -276,12 +280,7 @@ class NcclLink : public ActivationLink {
 
   absl::Status ReceiveLocked(absl::Time deadline, Header* h, ActivationTensor* t)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(io_mu_) {
-    RETURN_IF_ERROR(CudaStatus(cudaSetDevice(options_.device), "cudaSetDevice"));
-    ncclComm_t c = comm();
-    if (c == nullptr) {
-      absl::MutexLock lock(&mu_);
-      return broken_;
-    }
+    ASSIGN_OR_RETURN(ncclComm_t c, BoundComm());
     cudaStream_t s = stream_.get();
     RETURN_IF_ERROR(Reserve(&rx_header_, sizeof(Header)));
     RETURN_IF_ERROR(

@@ -21,12 +21,10 @@ absl::StatusOr<std::unique_ptr<Worker>> Worker::Create(WorkerConfig config) {
   RETURN_IF_ERROR(config.Validate());
   std::unique_ptr<Worker> w(new Worker(std::move(config)));
   const WorkerConfig& c = w->config_;
-  ASSIGN_OR_RETURN(w->server_credentials_,
-                   MakeServerCredentials(c.tls, /*require_client_cert=*/true));
-  ASSIGN_OR_RETURN(auto channel_credentials, MakeChannelCredentials(c.tls));
-  SetProcessChannelCredentials(channel_credentials);
-  ASSIGN_OR_RETURN(ClusterAuthenticator auth,
-                   ResolveClusterAuth(c.cluster_auth, c.tls, "shardserve-worker"));
+  ASSIGN_OR_RETURN(ProcessCredentials credentials,
+                   SetUpProcessCredentials(c.tls, c.cluster_auth, /*require_client_cert=*/true,
+                                           "shardserve-worker"));
+  w->server_credentials_ = credentials.server;
   BackendOptions backend_options;
   backend_options.cpu.threads = c.threads;
   backend_options.device = c.device;
@@ -38,7 +36,7 @@ absl::StatusOr<std::unique_ptr<Worker>> Worker::Create(WorkerConfig config) {
   options.lease_ttl = absl::Seconds(c.lease_ttl_s);
   options.send_faults.send_delay = absl::Milliseconds(c.fault_send_delay_ms);
   options.send_faults.fail_after_sends = c.fault_fail_after_sends;
-  options.auth = std::move(auth);
+  options.auth = std::move(credentials.cluster);
   options.model_root = c.model_root;
   w->service_ = std::make_unique<WorkerServiceImpl>(w->backend_.get(), std::move(options));
   return w;

@@ -3,6 +3,7 @@
 #include <filesystem>
 
 #include "common/listen.h"
+#include "common/status.h"
 #include "common/tls_flags.h"
 
 namespace shardserve {
@@ -68,12 +69,8 @@ void AddWorkerFlags(CLI::App& app, WorkerConfig* c) {
 }
 
 absl::Status WorkerConfig::Validate() const {
-  for (const auto& [address, flag] :
-       {std::pair{listen, "--listen"}, std::pair{metrics_listen, "--metrics-listen"}}) {
-    if (!address.empty()) {
-      if (absl::Status s = ValidateListenAddress(address, flag); !s.ok()) return s;
-    }
-  }
+  RETURN_IF_ERROR(
+      ValidateListenAddresses({{listen, "--listen"}, {metrics_listen, "--metrics-listen"}}));
   std::error_code ec;
   if (!model_root.empty() && !std::filesystem::is_directory(model_root, ec)) {
     return absl::InvalidArgumentError("--model-root " + model_root + " is not a folder");
