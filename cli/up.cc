@@ -2,26 +2,32 @@
 
 #include <fcntl.h>
 #include <grpcpp/grpcpp.h>
-#include <netinet/in.h>
 #include <signal.h>
 #include <spawn.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cctype>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "CLI/CLI.hpp"
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/time.h"
 #include "cli/complete.h"
+#include "common/cluster_auth.h"
 #include "shardserve/v1/inference.grpc.pb.h"
 
 extern char** environ;
@@ -60,21 +66,6 @@ std::string FindDefaultModel() {
   return "";
 }
 
-int FreePort() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(addr);
-  int port = 0;
-  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
-      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
-    port = ntohs(addr.sin_port);
-  }
-  close(fd);
-  return port;
-}
-
 // Starts `args` with stdout and stderr appended to `log` ("" keeps the terminal).
 pid_t Spawn(const std::vector<std::string>& args, const std::string& log) {
   std::vector<char*> argv;
@@ -99,42 +90,170 @@ pid_t Spawn(const std::vector<std::string>& args, const std::string& log) {
   return pid;
 }
 
-void StopAll(std::vector<pid_t>& pids) {
-  for (pid_t p : pids) kill(p, SIGTERM);
+// A process `up` started: a worker or the router, its output appended to `log`. Members
+// default-initialised, so designated initializers may leave any of them out.
+struct Child {
+  std::string name{};  // "worker 3", "router": how messages name it
+  pid_t pid = -1;
+  fs::path log{};
+  std::streamoff scanned = 0;  // bytes of `log` already looked at
+  std::string partial{};       // an unfinished last line
+  bool exited = false;
+  int status = 0;  // waitpid's, once exited
+};
+
+// Sends SIGTERM to every child still running, SIGKILLs those still there after 5 s and reaps
+// them all.
+void StopAll(std::vector<Child>& children) {
+  for (Child& c : children) {
+    if (!c.exited) kill(c.pid, SIGTERM);
+  }
   const absl::Time give_up = absl::Now() + absl::Seconds(5);
-  for (pid_t p : pids) {
-    while (waitpid(p, nullptr, WNOHANG) == 0) {
+  for (Child& c : children) {
+    while (!c.exited) {
+      const pid_t r = waitpid(c.pid, &c.status, WNOHANG);
+      if (r == c.pid || r < 0) {
+        c.exited = true;
+        break;
+      }
       if (absl::Now() > give_up) {
-        kill(p, SIGKILL);
-        waitpid(p, nullptr, 0);
+        kill(c.pid, SIGKILL);
+        waitpid(c.pid, &c.status, 0);
+        c.exited = true;
         break;
       }
       absl::SleepFor(absl::Milliseconds(20));
     }
   }
-  pids.clear();
 }
 
-// The last non-empty line of a log file, without the logger's prefix, for one-line errors.
+// "W 12:00:00.000 replica.cc:132] message" -> "message"; other lines as they are.
+std::string WithoutLogPrefix(std::string line) {
+  if (line.size() > 2 && std::isupper(static_cast<unsigned char>(line[0])) && line[1] == ' ') {
+    if (const size_t bracket = line.find("] "); bracket != std::string::npos && bracket < 64) {
+      line = line.substr(bracket + 2);
+    }
+  }
+  // The router says it keeps retrying; `up` does not.
+  if (const size_t retry = line.find(" (retrying with backoff"); retry != std::string::npos) {
+    line = line.substr(0, retry);
+  }
+  return std::string(absl::StripAsciiWhitespace(line));
+}
+
+// A line that means the cluster will not come up by itself: any error (start-up errors of the
+// router and worker are "...: error: ...") and the router's report of a stage that cannot load
+// its shard or link to the next one (it retries those forever).
+// gRPC's own log lines ("E1205 02:48:33.077883137   16796 chttp2_server.cc:1045] ...") are not:
+// what they report, the process says again in its own words (e.g. a port it cannot bind).
+bool IsFailureLine(const std::string& line) {
+  const bool grpc_line = line.size() > 6 && std::strchr("DIWEF", line[0]) != nullptr &&
+                         std::all_of(line.begin() + 1, line.begin() + 5,
+                                     [](char ch) { return std::isdigit(ch) != 0; }) &&
+                         line[5] == ' ';
+  if (grpc_line) return false;
+  return absl::StrContains(absl::AsciiStrToLower(line), "error") ||
+         absl::StrContains(line, "cannot load its shard") ||
+         absl::StrContains(line, "cannot link to the next stage");
+}
+
+// Reads what `child` logged since the last call; the first failure line in it, if any. The
+// unfinished last line is held back until it ends, or taken as it is once the child has exited.
+std::optional<std::string> ScanLog(Child& child) {
+  std::ifstream in(child.log, std::ios::binary);
+  if (!in) return std::nullopt;
+  in.seekg(child.scanned);
+  std::string chunk((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  child.scanned += static_cast<std::streamoff>(chunk.size());
+  std::string text = child.partial + chunk;
+  child.partial.clear();
+  std::optional<std::string> found;
+  size_t begin = 0;
+  while (begin < text.size()) {
+    size_t end = text.find('\n', begin);
+    if (end == std::string::npos) {
+      if (!child.exited) {
+        child.partial = text.substr(begin);
+        break;
+      }
+      end = text.size();
+    }
+    const std::string line = text.substr(begin, end - begin);
+    if (!found.has_value() && IsFailureLine(line)) found = WithoutLogPrefix(line);
+    begin = end + 1;
+  }
+  return found;
+}
+
+// The last non-empty line of a log file, without the logger's prefix.
 std::string LastLine(const fs::path& path) {
   std::ifstream in(path);
   std::string line, last;
   while (std::getline(in, line)) {
     if (!line.empty()) last = line;
   }
-  // "E 12:00:00.000 file.cc:12] message" -> "message"
-  if (const size_t bracket = last.find("] "); bracket != std::string::npos && bracket < 48) {
-    last = last.substr(bracket + 2);
-  }
-  return last;
+  return WithoutLogPrefix(last);
 }
 
-// The first child that has exited, or -1.
-pid_t ExitedChild(const std::vector<pid_t>& pids) {
-  for (pid_t p : pids) {
-    if (waitpid(p, nullptr, WNOHANG) == p) return p;
+std::string DescribeExit(int status) {
+  if (WIFEXITED(status)) return absl::StrCat("exited with status ", WEXITSTATUS(status));
+  if (WIFSIGNALED(status)) return absl::StrCat("was killed by signal ", WTERMSIG(status));
+  return "exited";
+}
+
+// Why the cluster cannot come up, as told by one of its processes.
+struct Failure {
+  std::string message;  // "worker 1: shardserve-worker: error: ..."
+  int exit_code = 1;    // 2 when the input (flags, model files) is at fault
+};
+
+// Reaps exited children and reads new log lines: the first failure line any child logged, else
+// the first child that exited (it should not, before `up` stops it).
+std::optional<Failure> CheckChildren(std::vector<Child>& children) {
+  for (Child& c : children) {
+    if (!c.exited && waitpid(c.pid, &c.status, WNOHANG) == c.pid) c.exited = true;
   }
-  return -1;
+  // Every log is read to its end, so that the next call starts from new lines only.
+  std::optional<Failure> failure;
+  for (Child& c : children) {
+    std::optional<std::string> line = ScanLog(c);
+    if (line.has_value() && !failure.has_value()) {
+      failure = Failure{absl::StrCat(c.name, ": ", *line), 1};
+      const bool bad_input = (c.exited && WIFEXITED(c.status) && WEXITSTATUS(c.status) == 2) ||
+                             absl::StrContains(*line, "cannot load its shard");
+      if (bad_input) failure->exit_code = 2;
+    }
+  }
+  if (failure.has_value()) return failure;
+  for (Child& c : children) {
+    if (!c.exited) continue;
+    std::string message = absl::StrCat(c.name, ": ", DescribeExit(c.status));
+    if (const std::string last = LastLine(c.log); !last.empty()) {
+      absl::StrAppend(&message, ": ", last);
+    }
+    return Failure{message, WIFEXITED(c.status) && WEXITSTATUS(c.status) == 2 ? 2 : 1};
+  }
+  return std::nullopt;
+}
+
+// The port in a worker's --port-file: 0 while it is not there (yet), -1 when unreadable.
+int ReadPortFile(const fs::path& path) {
+  std::ifstream in(path);
+  if (!in) return 0;
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  int port = 0;
+  if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(text), &port) || port < 1 || port > 65535) {
+    return -1;
+  }
+  return port;
+}
+
+// SIGINT or SIGTERM, waiting at most `timeout` for one (the caller has them blocked).
+bool Interrupted(const sigset_t& signals, absl::Duration timeout) {
+  const timespec wait = absl::ToTimespec(timeout);
+  // SIGCHLD (or the time running out) returns at once: the caller looks at its children.
+  const int sig = sigtimedwait(&signals, nullptr, &wait);
+  return sig == SIGINT || sig == SIGTERM;
 }
 
 }  // namespace
@@ -168,6 +287,10 @@ int UpMain(int argc, char** argv) {
   app.add_option("--ready-timeout-s", ready_timeout_s, "how long to wait for SERVING")
       ->check(CLI::Range(1.0, 86400.0))
       ->capture_default_str();
+  app.footer(
+      "Workers listen on ports the system picks (127.0.0.1:0); the cluster's processes share a "
+      "fresh secret (--cluster-secret-file) written into the log folder. If any of them logs an "
+      "error or exits before the cluster serves, that line is printed and everything stops.");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -191,6 +314,11 @@ int UpMain(int argc, char** argv) {
       return 1;
     }
   }
+  // `up` asks the router's health on --listen: it needs a port it knows.
+  if (absl::EndsWith(listen, ":0") || listen.find(':') == std::string::npos) {
+    std::fprintf(stderr, "error: --listen %s: give host:port with a fixed port\n", listen.c_str());
+    return 2;
+  }
   if (!model.empty() && !IsModelFolder(model)) {
     std::error_code ec;
     std::fprintf(stderr, "error: --model %s: %s\n", model.c_str(),
@@ -198,12 +326,18 @@ int UpMain(int argc, char** argv) {
                                        : "no such file or folder");
     return 2;
   }
+  // Mode 0700: the cluster secret lives here too.
   char dir_template[] = "/tmp/shardserve-up-XXXXXX";
   if (mkdtemp(dir_template) == nullptr) {
     std::fprintf(stderr, "error: cannot create a temporary folder\n");
     return 1;
   }
   const fs::path run_dir = dir_template;
+  const fs::path secret_file = run_dir / "cluster-secret";
+  if (absl::Status s = WriteClusterSecret(secret_file.string()); !s.ok()) {
+    std::fprintf(stderr, "error: %s\n", std::string(s.message()).c_str());
+    return 1;
+  }
 
   if (model.empty()) model = FindDefaultModel();
   if (model.empty()) {
@@ -227,20 +361,87 @@ int UpMain(int argc, char** argv) {
     threads = std::max<int>(1, static_cast<int>(std::thread::hardware_concurrency()) / workers);
   }
 
-  std::vector<pid_t> children;
-  std::vector<std::string> addresses;
+  std::vector<Child> children;
+  // Stops every child; the secret goes with the cluster, the logs stay.
+  auto stop = [&] {
+    StopAll(children);
+    std::error_code ec;
+    fs::remove(secret_file, ec);
+  };
+  auto fail = [&](const Failure& f) {
+    std::fprintf(stderr, "shardserve up: %s\n", f.message.c_str());
+    stop();
+    std::fprintf(stderr, "shardserve up: stopped the cluster (logs in %s)\n", run_dir.c_str());
+    return f.exit_code;
+  };
+  auto start = [&](const std::string& name, std::vector<std::string> args, const fs::path& log) {
+    args.insert(args.end(), {"--cluster-secret-file", secret_file.string()});
+    const pid_t p = Spawn(args, log.string());
+    if (p <= 0) return false;
+    children.push_back(Child{.name = name, .pid = p, .log = log});
+    return true;
+  };
+
+  // Workers bind ports the system picks and report them in their --port-file.
+  std::vector<fs::path> port_files;
   for (int i = 0; i < workers; ++i) {
-    const std::string addr = absl::StrCat("127.0.0.1:", FreePort());
-    pid_t p = Spawn({worker_bin, "--listen", addr, "--threads", std::to_string(threads)},
-                    (run_dir / absl::StrCat("worker-", i, ".log")).string());
-    if (p <= 0) {
+    port_files.push_back(run_dir / absl::StrCat("worker-", i, ".port"));
+    if (!start(absl::StrCat("worker ", i),
+               {worker_bin, "--listen", "127.0.0.1:0", "--port-file", port_files.back().string(),
+                "--threads", std::to_string(threads)},
+               run_dir / absl::StrCat("worker-", i, ".log"))) {
       std::fprintf(stderr, "error: cannot start %s\n", worker_bin.c_str());
-      StopAll(children);
+      stop();
       return 1;
     }
-    children.push_back(p);
-    addresses.push_back(addr);
   }
+  const absl::Time started = absl::Now();
+  // Progress on a terminal only; piped output stays clean.
+  const bool tty = isatty(STDERR_FILENO);
+  auto progress = [&](const char* what) {
+    if (tty) {
+      std::fprintf(stderr, "\r\033[K%s on %d worker%s... %.0f s", what, workers,
+                   workers == 1 ? "" : "s", absl::ToDoubleSeconds(absl::Now() - started));
+    }
+  };
+  auto interrupted = [&] {
+    if (tty) std::fprintf(stderr, "\r\033[K");
+    stop();
+    std::fprintf(stderr, "shardserve up: interrupted before the cluster served\n");
+    return 1;
+  };
+  std::vector<std::string> addresses(workers);
+  const absl::Time ports_give_up =
+      started + std::min(absl::Seconds(30), absl::Seconds(ready_timeout_s));
+  while (true) {
+    int have = 0;
+    for (int i = 0; i < workers; ++i) {
+      if (addresses[i].empty()) {
+        const int port = ReadPortFile(port_files[i]);
+        if (port < 0) {
+          return fail(
+              {absl::StrCat("worker ", i, ": unreadable --port-file ", port_files[i].string()), 1});
+        }
+        if (port > 0) addresses[i] = absl::StrCat("127.0.0.1:", port);
+      }
+      if (!addresses[i].empty()) ++have;
+    }
+    if (std::optional<Failure> f = CheckChildren(children)) {
+      if (tty) std::fprintf(stderr, "\r\033[K");
+      return fail(*f);
+    }
+    if (have == workers) break;
+    if (absl::Now() > ports_give_up) {
+      if (tty) std::fprintf(stderr, "\r\033[K");
+      return fail(
+          {absl::StrCat(workers - have, " of ", workers, " workers were not listening after ",
+                        absl::ToInt64Seconds(ports_give_up - started), " s"),
+           1});
+    }
+    progress("starting");
+    if (Interrupted(signals, absl::Milliseconds(50))) return interrupted();
+  }
+
   std::vector<std::string> router_args = {
       router_bin, "--listen", listen, "--workers", absl::StrJoin(addresses, ","), "--model", model};
   if (!layers.empty()) {
@@ -251,39 +452,29 @@ int UpMain(int argc, char** argv) {
     router_args.push_back("--http-listen");
     router_args.push_back(http_listen);
   }
-  pid_t router = Spawn(router_args, (run_dir / "router.log").string());
-  if (router <= 0) {
+  if (!start("router", router_args, run_dir / "router.log")) {
     std::fprintf(stderr, "error: cannot start %s\n", router_bin.c_str());
-    StopAll(children);
+    stop();
     return 1;
   }
-  children.push_back(router);
 
-  const absl::Time started = absl::Now();
   const absl::Time give_up = started + absl::Seconds(ready_timeout_s);
-  // Progress on a terminal only; piped output stays clean.
-  const bool tty = isatty(STDERR_FILENO);
-  while (!HealthServing(listen, absl::Milliseconds(500))) {
-    if (tty) {
-      std::fprintf(stderr, "\rloading the model on %d worker%s... %.0f s", workers,
-                   workers == 1 ? "" : "s", absl::ToDoubleSeconds(absl::Now() - started));
+  while (true) {
+    // Logs first: a router that cannot load the model keeps retrying (and is not serving), and
+    // another process already serving on --listen would answer the health check below.
+    if (std::optional<Failure> f = CheckChildren(children)) {
+      if (tty) std::fprintf(stderr, "\r\033[K");
+      return fail(*f);
     }
-    if (pid_t dead = ExitedChild(children); dead != -1) {
-      children.erase(std::find(children.begin(), children.end(), dead));
-      StopAll(children);
-      const std::string why = dead == router ? LastLine(run_dir / "router.log") : "";
-      std::fprintf(stderr, "error: the %s exited before serving%s%s (logs in %s)\n",
-                   dead == router ? "router" : "worker", why.empty() ? "" : ": ", why.c_str(),
-                   run_dir.c_str());
-      return 1;
-    }
+    if (HealthServing(listen, absl::Milliseconds(500))) break;
     if (absl::Now() > give_up) {
-      std::fprintf(stderr, "error: the cluster was not serving after %.0f s (logs in %s)\n",
-                   ready_timeout_s, run_dir.c_str());
-      StopAll(children);
-      return 1;
+      if (tty) std::fprintf(stderr, "\r\033[K");
+      return fail({absl::StrCat("the cluster was not serving after ",
+                                static_cast<int64_t>(ready_timeout_s + 0.5), " s"),
+                   1});
     }
-    absl::SleepFor(absl::Milliseconds(100));
+    progress("loading the model");
+    if (Interrupted(signals, absl::Milliseconds(100))) return interrupted();
   }
   if (tty) std::fprintf(stderr, "\r\033[K");
   std::fprintf(stderr,
@@ -300,7 +491,7 @@ int UpMain(int argc, char** argv) {
     std::fwrite(prompt.data(), 1, prompt.size(), stdout);
     auto result = RunCompletion(listen, request, absl::Minutes(10), stdout);
     std::fputc('\n', stdout);
-    StopAll(children);
+    stop();
     if (!result.ok()) {
       std::fprintf(stderr, "error: %s\n", std::string(result.status().message()).c_str());
       return 1;
@@ -314,15 +505,19 @@ int UpMain(int argc, char** argv) {
     timespec wait{0, 200 * 1000 * 1000};
     int sig = sigtimedwait(&signals, nullptr, &wait);
     if (sig == SIGINT || sig == SIGTERM) break;
-    if (pid_t dead = ExitedChild(children); dead != -1) {
-      std::fprintf(stderr, "error: %s (pid %d) exited; logs in %s\n",
-                   dead == router ? "the router" : "a worker", dead, run_dir.c_str());
-      children.erase(std::find(children.begin(), children.end(), dead));
+    auto dead = std::find_if(children.begin(), children.end(), [](Child& c) {
+      if (!c.exited && waitpid(c.pid, &c.status, WNOHANG) == c.pid) c.exited = true;
+      return c.exited;
+    });
+    if (dead != children.end()) {
+      std::fprintf(stderr, "shardserve up: %s (pid %d) %s: %s; logs in %s\n", dead->name.c_str(),
+                   dead->pid, DescribeExit(dead->status).c_str(), LastLine(dead->log).c_str(),
+                   run_dir.c_str());
       exit_code = 1;
       break;
     }
   }
-  StopAll(children);
+  stop();
   return exit_code;
 }
 

@@ -1,7 +1,22 @@
 // The shardserve command against real processes: `up` streams a completion and exits 0, `up`
-// rejects a missing model in one line, `complete --json` prints the reference output as one
-// object, and `chat` holds a conversation read from stdin.
+// rejects a missing model in one line, fails fast with the tensor error on a truncated model and
+// serves with 16 workers, `complete --json` prints the reference output as one object, and
+// `chat` holds a conversation read from stdin.
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "absl/time/clock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "tests/e2e/cluster_harness.h"
@@ -9,9 +24,66 @@
 namespace shardserve::e2e {
 namespace {
 
+namespace fs = std::filesystem;
+
 int LineCount(const std::string& s) {
   std::vector<std::string> lines = absl::StrSplit(s, '\n', absl::SkipEmpty());
   return static_cast<int>(lines.size());
+}
+
+// The build tree (BinPath is <build>/bin/<name>).
+fs::path BuildDir() { return fs::path(BinPath("shardserve")).parent_path().parent_path(); }
+
+// tiny-llama-8l's shape with 16 layers, written once per build tree.
+std::string Synthetic16Layer() {
+  const fs::path dir = BuildDir() / "test-models" / "tiny-llama-16l";
+  if (fs::exists(dir / "config.json")) return dir.string();
+  auto config = nlohmann::json::parse(
+      std::ifstream(fs::path(SyntheticModel("tiny-llama-8l")) / "config.json"), nullptr, false);
+  if (config.is_discarded()) return dir.string();
+  config["num_hidden_layers"] = 16;
+  const std::string tmp = absl::StrCat(dir.string(), ".tmp", getpid());
+  const std::string config_path = tmp + ".json";
+  std::ofstream(config_path) << config.dump(2);
+  CommandResult r = RunCommand({BinPath("shardserve"), "synth", "--config", config_path, "--dtype",
+                                "f32", "--seed", "7", "--out", tmp},
+                               "", absl::Seconds(60));
+  std::error_code ec;
+  // Tests running in parallel may race to write it: the first rename wins.
+  if (r.exit_code == 0) fs::rename(tmp, dir, ec);
+  fs::remove_all(tmp, ec);
+  fs::remove(config_path, ec);
+  return dir.string();
+}
+
+// Held while a test starts many processes or times how fast `up` fails: the two must not overlap
+// (16 workers starting at once would slow the other's start past its bound on a small machine).
+// An exclusive flock on a file of the build tree, so it holds across test processes (ctest -j).
+class StartupLock {
+ public:
+  StartupLock() {
+    const fs::path path = BuildDir() / "test-tmp" / "up-startup.lock";
+    fs::create_directories(path.parent_path());
+    fd_ = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd_ >= 0) flock(fd_, LOCK_EX);
+  }
+  ~StartupLock() {
+    if (fd_ >= 0) close(fd_);  // releases the lock
+  }
+  StartupLock(const StartupLock&) = delete;
+  StartupLock& operator=(const StartupLock&) = delete;
+
+ private:
+  int fd_ = -1;
+};
+
+// The folder `up` printed as "logs:  DIR", or "".
+std::string UpLogFolder(const std::string& err) {
+  for (absl::string_view line : absl::StrSplit(err, '\n')) {
+    line = absl::StripAsciiWhitespace(line);
+    if (absl::ConsumePrefix(&line, "logs:")) return std::string(absl::StripAsciiWhitespace(line));
+  }
+  return "";
 }
 
 TEST(Up, StreamsThePromptsCompletionAndExitsZero) {
@@ -37,6 +109,67 @@ TEST(Up, MissingModelIsOneLineError) {
   EXPECT_EQ(LineCount(r.err), 1) << r.err;
   EXPECT_NE(r.err.find("/nonexistent/model"), std::string::npos) << r.err;
   EXPECT_TRUE(r.out.empty()) << r.out;
+}
+
+TEST(Up, UpOnATruncatedModelFailsFastWithTheTensorError) {
+  // A copy of a synthetic model whose model.safetensors keeps its header but loses its data.
+  const fs::path model = BuildDir() / "test-tmp" / absl::StrCat("truncated-model-", getpid());
+  std::error_code ec;
+  fs::remove_all(model, ec);
+  fs::create_directories(model.parent_path());
+  fs::copy(SyntheticModel("tiny-llama-8l"), model, fs::copy_options::recursive);
+  const fs::path weights = model / "model.safetensors";
+  uint64_t header_bytes = 0;
+  {
+    std::ifstream in(weights, std::ios::binary);
+    ASSERT_TRUE(in.read(reinterpret_cast<char*>(&header_bytes), 8)) << weights;  // little-endian
+  }
+  ASSERT_LT(8 + header_bytes + 64, fs::file_size(weights));
+  fs::resize_file(weights, 8 + header_bytes + 64);
+
+  const std::string listen = "127.0.0.1:" + std::to_string(FreePort());
+  StartupLock lock;
+  // One worker: fewer processes to start on a busy machine, the same failure.
+  const absl::Time start = absl::Now();
+  CommandResult r =
+      RunCommand({BinPath("shardserve"), "up", "--workers", "1", "--threads", "1", "--model",
+                  model.string(), "--listen", listen, "--prompt", "hi", "--max-tokens", "4"},
+                 "", absl::Seconds(20));
+  const absl::Duration took = absl::Now() - start;
+  fs::remove_all(model, ec);
+  EXPECT_NE(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.exit_code, -1) << "killed after 20 s: " << r.err;
+  EXPECT_LT(took, absl::Seconds(10)) << r.err;
+  // The router's report of the stage that cannot load, with the reader's error.
+  EXPECT_TRUE(absl::StrContains(r.err, "cannot load its shard")) << r.err;
+  EXPECT_TRUE(absl::StrContains(r.err, "model.safetensors")) << r.err;
+  EXPECT_TRUE(absl::StrContains(r.err, "run past the end of the data")) << r.err;
+  EXPECT_TRUE(absl::StrContains(r.err, "shardserve up: router: ")) << r.err;
+  // Every child was stopped: nothing answers on the router's address.
+  EXPECT_FALSE(HealthServing(listen, absl::Milliseconds(500)));
+}
+
+TEST(Up, UpWithSixteenWorkersServes) {
+  const std::string model = Synthetic16Layer();
+  ASSERT_TRUE(fs::exists(fs::path(model) / "config.json")) << model;
+  const std::string listen = "127.0.0.1:" + std::to_string(FreePort());
+  StartupLock lock;
+  CommandResult r = RunCommand(
+      {BinPath("shardserve"), "up", "--workers", "16", "--threads", "1", "--model", model,
+       "--listen", listen, "--prompt", "Once", "--max-tokens", "8", "--temperature", "0"},
+      "", absl::Seconds(120));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out.rfind("Once", 0), 0u) << r.out;
+  EXPECT_GT(r.out.size(), std::string("Once\n").size()) << r.out;
+  EXPECT_TRUE(absl::StrContains(r.err, "16 workers")) << r.err;
+  // Each worker reported the port it bound; the cluster secret went with the cluster.
+  const std::string logs = UpLogFolder(r.err);
+  ASSERT_FALSE(logs.empty()) << r.err;
+  for (int i = 0; i < 16; ++i) {
+    EXPECT_TRUE(fs::exists(fs::path(logs) / absl::StrCat("worker-", i, ".port"))) << logs;
+  }
+  EXPECT_FALSE(fs::exists(fs::path(logs) / "cluster-secret")) << logs;
+  EXPECT_FALSE(HealthServing(listen, absl::Milliseconds(500)));
 }
 
 class Client : public ::testing::Test {
