@@ -256,10 +256,17 @@ std::string ParamOf(const absl::Status& status) {
   return param;
 }
 
+bool IsUnknownModel(const absl::Status& status) {
+  // ValidateModelName's "model: unknown model 'x'; ..." (and nothing else naming the model, such
+  // as "model: must be a string").
+  return status.code() == absl::StatusCode::kInvalidArgument && ParamOf(status) == "model" &&
+         absl::StartsWith(status.message(), "model: unknown model");
+}
+
 int HttpStatusFor(const absl::Status& status) {
   switch (status.code()) {
     case absl::StatusCode::kInvalidArgument:
-      return ParamOf(status) == "model" ? 404 : 400;
+      return IsUnknownModel(status) ? 404 : 400;
     case absl::StatusCode::kFailedPrecondition:
     case absl::StatusCode::kOutOfRange:
       return 400;
@@ -288,15 +295,20 @@ json ErrorBody(const absl::Status& status) {
     type = "authentication_error";
     code = "invalid_api_key";
   } else if (http == 404) {
-    code = ParamOf(status) == "model" ? json("model_not_found") : json("not_found");
+    code = IsUnknownModel(status) ? json("model_not_found") : json("not_found");
   } else if (http == 429) {
     type = "rate_limit_error";
   } else if (http >= 500) {
     type = http == 503 ? "service_unavailable_error" : "server_error";
   }
   const std::string param = ParamOf(status);
+  return ErrorBody(std::string(status.message()), type, param, code);
+}
+
+json ErrorBody(const std::string& message, const std::string& type, const std::string& param,
+               const json& code) {
   return {{"error",
-           {{"message", std::string(status.message())},
+           {{"message", message},
             {"type", type},
             {"param", param.empty() ? json(nullptr) : json(param)},
             {"code", code}}}};

@@ -40,9 +40,18 @@ absl::StatusOr<OpenAiRequest> ParseOpenAiRequest(OpenAiEndpoint endpoint, const 
 // The parameter an INVALID_ARGUMENT message names ("sampling.top_p: x" -> "top_p"), or "".
 std::string ParamOf(const absl::Status& status);
 
+// True for the "model: unknown model '...'" INVALID_ARGUMENT of ValidateModelName: HTTP 404
+// (code model_not_found), as OpenAI answers an unknown model. Other problems with the model
+// field (a non-string value) are malformed requests: 400.
+bool IsUnknownModel(const absl::Status& status);
+
 // {"error": {"message", "type", "param", "code"}} and the HTTP status for `status`.
 int HttpStatusFor(const absl::Status& status);
 nlohmann::json ErrorBody(const absl::Status& status);
+// The same shape from its parts (an empty `param` is null), for errors with no absl::Status
+// (405 method not allowed).
+nlohmann::json ErrorBody(const std::string& message, const std::string& type,
+                         const std::string& param, const nlohmann::json& code);
 
 // Builds the JSON objects OpenAI clients expect. `id` and `created` are fixed per request.
 class OpenAiResponseBuilder {

@@ -3,9 +3,12 @@
 #include <httplib.h>
 
 #include <csignal>
+#include <optional>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+#include "common/cluster_auth.h"
 #include "common/listen.h"
 #include "common/logging.h"
 #include "router/http_openai.h"
@@ -23,6 +26,63 @@ void SendError(httplib::Response& res, const absl::Status& status) {
 }
 
 std::string SseEvent(const json& j) { return absl::StrCat("data: ", j.dump(), "\n\n"); }
+
+// The methods a known route takes ("GET, HEAD" or "POST"), or "" for a path that is no route
+// here. HEAD is answered by httplib from the GET handler.
+std::string AllowedMethods(const std::string& path) {
+  if (path == "/v1/models" || path == "/metrics" || path == "/health") return "GET, HEAD";
+  if (absl::StartsWith(path, "/v1/models/") && path.size() > 11) return "GET, HEAD";
+  if (path == "/v1/completions" || path == "/v1/chat/completions") return "POST";
+  return "";
+}
+
+bool MethodAllowed(const std::string& method, const std::string& allowed) {
+  if (allowed == "POST") return method == "POST";
+  return method == "GET" || method == "HEAD";
+}
+
+// 405 with Allow and an OpenAI-style error body.
+void SendMethodNotAllowed(const httplib::Request& req, httplib::Response& res,
+                          const std::string& allowed) {
+  res.status = 405;
+  res.set_header("Allow", allowed);
+  res.set_content(ErrorBody(absl::StrCat("method ", req.method, " is not allowed on ", req.path,
+                                         "; use ", allowed),
+                            "invalid_request_error", "", "method_not_allowed")
+                      .dump(),
+                  kJson);
+}
+
+// Before routing: a known route asked, without a body, with a method it does not take. httplib
+// would otherwise wait for a POST/PUT/PATCH/DELETE body that has no Content-Length until the
+// read times out (400, empty body), and has no handlers for methods such as TRACE. A request
+// with a body goes on to the routes' own 405 handlers, after httplib has read the body, so
+// that the connection stays usable.
+httplib::Server::HandlerResponse MethodNotAllowedWithoutBody(const httplib::Request& req,
+                                                             httplib::Response& res) {
+  const std::string allowed = AllowedMethods(req.path);
+  if (allowed.empty() || MethodAllowed(req.method, allowed)) {
+    return httplib::Server::HandlerResponse::Unhandled;
+  }
+  const bool has_body =
+      req.has_header("Transfer-Encoding") ||
+      (req.has_header("Content-Length") && req.get_header_value("Content-Length") != "0");
+  if (has_body) return httplib::Server::HandlerResponse::Unhandled;
+  SendMethodNotAllowed(req, res, allowed);
+  return httplib::Server::HandlerResponse::Handled;
+}
+
+// The credentials of an `Authorization: Bearer <token>` header; the scheme is case-insensitive
+// (RFC 7235 section 2.1) and one or more spaces may follow it. nullopt for another scheme.
+std::optional<absl::string_view> BearerToken(absl::string_view header) {
+  const size_t space = header.find(' ');
+  if (space == absl::string_view::npos) return std::nullopt;
+  if (!absl::EqualsIgnoreCase(header.substr(0, space), "bearer")) return std::nullopt;
+  absl::string_view token = header.substr(space);
+  while (absl::ConsumePrefix(&token, " ")) {
+  }
+  return token;
+}
 
 // Counts one HTTP generation in flight for as long as it lives.
 class InFlight {
@@ -111,6 +171,7 @@ absl::Status HttpServer::Start(const std::string& address) {
   const int threads = options_.max_in_flight + 16;
   server_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   server_->set_payload_max_length(static_cast<size_t>(options_.max_body_bytes));
+  server_->set_pre_routing_handler(MethodNotAllowedWithoutBody);
   server_->Get("/v1/models",
                [this](const httplib::Request& q, httplib::Response& r) { Models(q, r); });
   server_->Get(R"(/v1/models/(.+))",
@@ -125,12 +186,32 @@ absl::Status HttpServer::Start(const std::string& address) {
   server_->Get("/health", [this](const httplib::Request&, httplib::Response& r) {
     r.status = service_->serving() ? 200 : 503;
   });
+  // Every other method httplib routes, on every route above: 405 with Allow.
+  for (const char* path : {"/v1/models", R"(/v1/models/(.+))", "/metrics", "/health"}) {
+    const auto not_allowed = [](const httplib::Request& q, httplib::Response& r) {
+      SendMethodNotAllowed(q, r, "GET, HEAD");
+    };
+    server_->Post(path, not_allowed)
+        .Put(path, not_allowed)
+        .Patch(path, not_allowed)
+        .Delete(path, not_allowed)
+        .Options(path, not_allowed);
+  }
+  for (const char* path : {"/v1/completions", "/v1/chat/completions"}) {
+    const auto not_allowed = [](const httplib::Request& q, httplib::Response& r) {
+      SendMethodNotAllowed(q, r, "POST");
+    };
+    // GET handlers also answer HEAD.
+    server_->Get(path, not_allowed)
+        .Put(path, not_allowed)
+        .Patch(path, not_allowed)
+        .Delete(path, not_allowed)
+        .Options(path, not_allowed);
+  }
   server_->set_error_handler([](const httplib::Request& q, httplib::Response& r) {
     if (!r.body.empty()) return;
     if (r.status == 404) {
       SendError(r, absl::NotFoundError(absl::StrCat("no route for ", q.method, " ", q.path)));
-    } else if (r.status == 405) {
-      r.set_content(ErrorBody(absl::InvalidArgumentError("method not allowed")).dump(), kJson);
     }
   });
   if (hp->second == 0) {
@@ -159,7 +240,8 @@ std::string HttpServer::RenderMetrics() const {
 bool HttpServer::Authorized(const httplib::Request& req, httplib::Response& res) const {
   if (options_.api_key.empty()) return true;
   const std::string header = req.get_header_value("Authorization");
-  if (header == "Bearer " + options_.api_key) return true;
+  const std::optional<absl::string_view> token = BearerToken(header);
+  if (token.has_value() && ConstantTimeEquals(*token, options_.api_key)) return true;
   SendError(res, absl::UnauthenticatedError(
                      header.empty() ? "missing API key: send Authorization: Bearer <key>"
                                     : "invalid API key"));

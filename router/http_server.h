@@ -8,7 +8,9 @@
 // Requests go through InferenceServiceImpl::Start/Next/Cancel, the path the gRPC Generate
 // handler takes, so validation, routing, limits and metrics are the same for both APIs. A
 // client that disconnects is noticed at the next write (a token or, when idle, a keep-alive
-// every second) and its sequence is cancelled. Errors are OpenAI-style JSON bodies.
+// every second) and its sequence is cancelled. Errors are OpenAI-style JSON bodies; a known
+// route asked with another method is answered 405 with an `Allow` header (before the body is
+// read or the key checked), an unknown path 404.
 //
 // Thread-safe. `service` and `tokenizer` must outlive the server.
 #ifndef SHARDSERVE_ROUTER_HTTP_SERVER_H_
@@ -33,7 +35,8 @@ struct Response;
 namespace shardserve {
 
 struct HttpServerOptions {
-  // When set, /v1/* needs "Authorization: Bearer <api_key>" (401 otherwise).
+  // When set, /v1/* needs "Authorization: Bearer <api_key>" (401 otherwise). The scheme is
+  // case-insensitive (RFC 7235); the key is compared in constant time.
   std::string api_key;
   // Generations in flight over HTTP; more are answered 429.
   int max_in_flight = 256;

@@ -2,8 +2,11 @@
 
 #include <algorithm>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
+#include "common/cluster_auth.h"
 #include "common/logging.h"
 #include "common/status.h"
 
@@ -127,8 +130,16 @@ grpc::Status InferenceServiceImpl::Authorize(const grpc::ServerContext* context)
     return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
                         "missing metadata authorization: Bearer <api key>");
   }
-  const std::string expected = "Bearer " + admission_.api_key;
-  if (std::string(it->second.data(), it->second.size()) != expected) {
+  // "<scheme> <key>": the scheme is case-insensitive (RFC 7235), the key compared in constant
+  // time.
+  absl::string_view value(it->second.data(), it->second.size());
+  const size_t space = value.find(' ');
+  absl::string_view key = space == absl::string_view::npos ? "" : value.substr(space);
+  while (absl::ConsumePrefix(&key, " ")) {
+  }
+  if (space == absl::string_view::npos ||
+      !absl::EqualsIgnoreCase(value.substr(0, space), "bearer") ||
+      !ConstantTimeEquals(key, admission_.api_key)) {
     return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "invalid api key");
   }
   return grpc::Status::OK;

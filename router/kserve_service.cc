@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "router/validation.h"
 
 namespace shardserve {
 namespace {
@@ -214,9 +215,11 @@ absl::StatusOr<v1::GenerateRequest> GenerateRequestFromInfer(const ModelInferReq
 KServeService::KServeService(InferenceServiceImpl* service) : service_(service) {}
 
 absl::Status KServeService::CheckModel(const std::string& name) const {
-  if (name.empty() || name == service_->model_name()) return absl::OkStatus();
-  return absl::NotFoundError(absl::StrCat(
-      "model '", name, "' is not served here; this router serves '", service_->model_name(), "'"));
+  // InferenceService's check, so both APIs answer an unknown model alike: INVALID_ARGUMENT
+  // "model: unknown model '<name>'; this router serves '<served>'".
+  ModelLimits limits;
+  limits.name = service_->model_name();
+  return ValidateModelName(name, limits);
 }
 
 grpc::Status KServeService::ServerLive(grpc::ServerContext*, const inference::ServerLiveRequest*,

@@ -9,6 +9,9 @@
 // ModelStreamInfer (the last carrying parameter `triton_final_response: true`).
 //
 // Generation goes through InferenceServiceImpl::Start/Next/Cancel, like every other front end.
+// A model name other than the served one (ModelReady, ModelMetadata, ModelInfer,
+// ModelStreamInfer; empty means the served model) is INVALID_ARGUMENT naming it, as
+// InferenceService answers it.
 // Thread-safe; `service` must outlive this object.
 #ifndef SHARDSERVE_ROUTER_KSERVE_SERVICE_H_
 #define SHARDSERVE_ROUTER_KSERVE_SERVICE_H_
@@ -50,6 +53,7 @@ class KServeService final : public inference::GRPCInferenceService::Service {
   // Runs one generation, handing every delta to `on_delta` (false: the client went away).
   absl::Status Run(grpc::ServerContext* context, const inference::ModelInferRequest& request,
                    const DeltaFn& on_delta);
+  // OK for "" or the served model; INVALID_ARGUMENT "model: unknown model '<name>'; ..." else.
   absl::Status CheckModel(const std::string& name) const;
 
   InferenceServiceImpl* const service_;

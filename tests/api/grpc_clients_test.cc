@@ -1,5 +1,9 @@
 // gRPC health and v1alpha reflection on the router and every worker, and the Python and Node
-// example clients each streaming a story, all against a real local cluster.
+// example clients each streaming a story, and KServe's answers (an unknown model as
+// InferenceService answers it), all against a real local cluster.
+#include <chrono>
+#include <fstream>
+
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "tests/api/api_testing.h"
@@ -119,7 +123,55 @@ TEST_F(GrpcClients, KServeModelInferAndModelStreamInferFromPython) {
   EXPECT_EQ(got["stream_final_flags"], json::array({1, true}));
   ASSERT_EQ(got["stream_errors"].size(), 1u);
   EXPECT_NE(got["stream_errors"][0].get<std::string>().find("text_input"), std::string::npos);
-  EXPECT_EQ(got["wrong_model"], "NOT_FOUND");
+  EXPECT_EQ(got["wrong_model"], "INVALID_ARGUMENT");
+}
+
+// KServe answers an unknown model as InferenceService does: INVALID_ARGUMENT, the same message
+// naming the model (it said NOT_FOUND before).
+TEST_F(GrpcClients, KServeUnknownModelIsInvalidArgumentLikeInferenceService) {
+  auto stub = cluster_->Stub();
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  v1::GetModelInfoRequest request;
+  request.set_model("other-model");
+  v1::GetModelInfoResponse info;
+  const grpc::Status want = stub->GetModelInfo(&context, request, &info);
+  ASSERT_EQ(want.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << want.error_message();
+  ASSERT_NE(want.error_message().find("'other-model'"), std::string::npos) << want.error_message();
+
+  auto stubs = api_testing::PythonStubs();
+  ASSERT_TRUE(stubs.ok()) << stubs.status();
+  const std::string script = ::testing::TempDir() + "/kserve_unknown_model.py";
+  std::ofstream(script) << R"(import json, sys
+import grpc
+from kserve.v2 import grpc_predict_v2_pb2 as pb
+from kserve.v2 import grpc_predict_v2_pb2_grpc as pb_grpc
+stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(sys.argv[1]))
+calls = {
+    "ModelReady": lambda: stub.ModelReady(pb.ModelReadyRequest(name="other-model"), timeout=10),
+    "ModelMetadata": lambda: stub.ModelMetadata(pb.ModelMetadataRequest(name="other-model"),
+                                                timeout=10),
+    "ModelInfer": lambda: stub.ModelInfer(pb.ModelInferRequest(model_name="other-model"),
+                                          timeout=10),
+}
+out = {}
+for name, call in calls.items():
+    try:
+        call()
+        out[name] = {"code": "OK", "details": ""}
+    except grpc.RpcError as e:
+        out[name] = {"code": e.code().name, "details": e.details()}
+print(json.dumps(out))
+)";
+  auto r = api_testing::Run(absl::StrCat("PYTHONPATH='", *stubs, "' ", api_testing::Python(), " '",
+                                         script, "' ", cluster_->router_address()));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  json got = LastJsonLine(r.output);
+  ASSERT_TRUE(got.is_object()) << r.output;
+  for (const char* method : {"ModelReady", "ModelMetadata", "ModelInfer"}) {
+    EXPECT_EQ(got[method]["code"], "INVALID_ARGUMENT") << method << ": " << got[method];
+    EXPECT_EQ(got[method]["details"], want.error_message()) << method;
+  }
 }
 
 }  // namespace

@@ -1,9 +1,15 @@
 // The OpenAI-compatible HTTP API and /metrics against a real local cluster: the `openai` npm
 // client's streamed chat equals the gRPC result for the same seed; errors are OpenAI-shaped
-// with the right status; a client that hangs up cancels its sequence; promtool accepts the
-// router's and a worker's /metrics and the counters move as the requests predict.
+// with the right status (405 with Allow for a wrong method); the bearer scheme is
+// case-insensitive over HTTP and gRPC; a client that hangs up cancels its sequence; promtool
+// accepts the router's and a worker's /metrics and the counters move as the requests predict.
+#include <arpa/inet.h>
 #include <httplib.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
+#include <chrono>
 #include <thread>
 
 #include "gtest/gtest.h"
@@ -155,6 +161,10 @@ TEST_F(OpenAiHttp, ErrorsAreOpenAiShaped) {
       {"/v1/chat/completions", R"({"messages":[{"role":"user","content":"x"}],"n":2})", kKey, 400,
        "n"},
       {"/v1/completions", R"({"prompt":"x","model":"gpt-4"})", kKey, 404, "model"},
+      // A model that is not a string is a malformed request, not an unknown model.
+      {"/v1/completions", R"({"prompt":"x","model":5})", kKey, 400, "model"},
+      {"/v1/chat/completions", R"({"messages":[{"role":"user","content":"x"}],"model":5})", kKey,
+       400, "model"},
       {"/v1/completions", R"({"prompt":"x","temperature":-1})", kKey, 400, "temperature"},
       {"/v1/completions", R"({"prompt":"x","max_tokens":100000})", kKey, 400, ""},
       {"/v1/completions", R"({"prompt":"x","stop":[1]})", kKey, 400, "stop"},
@@ -168,7 +178,138 @@ TEST_F(OpenAiHttp, ErrorsAreOpenAiShaped) {
     ASSERT_TRUE(e.contains("error")) << r.body;
     EXPECT_TRUE(e["error"]["message"].is_string());
     EXPECT_TRUE(e["error"]["type"].is_string());
-    if (!c.param.empty()) EXPECT_EQ(e["error"]["param"], c.param) << r.body;
+    if (!c.param.empty()) {
+      EXPECT_EQ(e["error"]["param"], c.param) << r.body;
+    }
+  }
+}
+
+TEST_F(OpenAiHttp, NonStringModelIs400NamingTheField) {
+  for (const char* path : {"/v1/completions", "/v1/chat/completions"}) {
+    auto r =
+        HttpPost(http_port_, path,
+                 R"({"model":5,"prompt":"x","messages":[{"role":"user","content":"x"}]})", kKey);
+    EXPECT_EQ(r.status, 400) << path << " -> " << r.body;
+    json e = json::parse(r.body, nullptr, false);
+    ASSERT_TRUE(e.contains("error")) << r.body;
+    EXPECT_EQ(e["error"]["param"], "model") << r.body;
+    EXPECT_EQ(e["error"]["type"], "invalid_request_error") << r.body;
+    EXPECT_EQ(e["error"]["code"], nullptr) << r.body;
+    EXPECT_NE(e["error"]["message"].get<std::string>().find("must be a string"), std::string::npos)
+        << r.body;
+  }
+  // An unknown model is still 404 model_not_found.
+  auto r = HttpPost(http_port_, "/v1/completions", R"({"model":"gpt-4","prompt":"x"})", kKey);
+  EXPECT_EQ(r.status, 404) << r.body;
+  EXPECT_EQ(json::parse(r.body)["error"]["code"], "model_not_found") << r.body;
+}
+
+// Sends `request` (a whole HTTP/1.1 request) on a fresh connection and returns what comes back
+// until the server closes it or 10 s pass.
+std::string RawHttp(int port, const std::string& request) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  std::string out;
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
+      send(fd, request.data(), request.size(), MSG_NOSIGNAL) ==
+          static_cast<ssize_t>(request.size())) {
+    timeval timeout{.tv_sec = 10, .tv_usec = 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+    char buf[4096];
+    ssize_t n;
+    while ((n = recv(fd, buf, sizeof(buf), 0)) > 0) out.append(buf, static_cast<size_t>(n));
+  }
+  close(fd);
+  return out;
+}
+
+TEST_F(OpenAiHttp, WrongMethodOnAKnownRouteIs405WithAllow) {
+  struct Case {
+    std::string method, path, body, allow;
+  };
+  const std::vector<Case> cases = {
+      {"POST", "/v1/models", "", "GET, HEAD"},
+      {"POST", "/v1/models", "{}", "GET, HEAD"},
+      {"DELETE", "/v1/models/stories260K", "", "GET, HEAD"},
+      {"PATCH", "/v1/completions", R"({"prompt":"x"})", "POST"},
+      {"PUT", "/v1/chat/completions", "{}", "POST"},
+      {"GET", "/v1/completions", "", "POST"},
+      {"GET", "/v1/chat/completions", "", "POST"},
+      {"OPTIONS", "/v1/completions", "", "POST"},
+      {"POST", "/health", "{}", "GET, HEAD"},
+      {"PUT", "/metrics", "", "GET, HEAD"},
+  };
+  httplib::Client client("127.0.0.1", http_port_);
+  client.set_keep_alive(true);
+  client.set_read_timeout(10, 0);
+  for (const Case& c : cases) {
+    httplib::Request req;
+    req.method = c.method;
+    req.path = c.path;
+    req.body = c.body;
+    req.set_header("Authorization", std::string("Bearer ") + kKey);
+    if (!c.body.empty()) req.set_header("Content-Type", "application/json");
+    auto res = client.send(req);
+    ASSERT_TRUE(res) << c.method << " " << c.path << ": " << httplib::to_string(res.error());
+    EXPECT_EQ(res->status, 405) << c.method << " " << c.path << " -> " << res->body;
+    EXPECT_EQ(res->get_header_value("Allow"), c.allow) << c.method << " " << c.path;
+    json e = json::parse(res->body, nullptr, false);
+    ASSERT_TRUE(e.contains("error")) << c.method << " " << c.path << " -> " << res->body;
+    EXPECT_EQ(e["error"]["type"], "invalid_request_error") << res->body;
+    EXPECT_EQ(e["error"]["code"], "method_not_allowed") << res->body;
+    EXPECT_NE(e["error"]["message"].get<std::string>().find(c.method), std::string::npos)
+        << res->body;
+  }
+  // The keep-alive connection is still good for the right method.
+  auto models = client.Get("/v1/models", {{"Authorization", std::string("Bearer ") + kKey}});
+  ASSERT_TRUE(models);
+  EXPECT_EQ(models->status, 200) << models->body;
+  // A POST with neither Content-Length nor a chunked body (curl -X POST) is answered at once,
+  // not after a read timeout.
+  const absl::Time start = absl::Now();
+  const std::string raw =
+      RawHttp(http_port_, "POST /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  EXPECT_LT(absl::Now() - start, absl::Seconds(3));
+  EXPECT_EQ(raw.substr(0, 12), "HTTP/1.1 405") << raw;
+  EXPECT_NE(raw.find("Allow: GET, HEAD\r\n"), std::string::npos) << raw;
+  EXPECT_NE(raw.find("\"method_not_allowed\""), std::string::npos) << raw;
+  // Unknown paths stay 404.
+  EXPECT_EQ(HttpGet(http_port_, "/v1/nothing", kKey).status, 404);
+}
+
+TEST_F(OpenAiHttp, BearerSchemeIsCaseInsensitiveOverHttpAndGrpc) {
+  httplib::Client client("127.0.0.1", http_port_);
+  for (const std::string scheme : {"Bearer", "bearer", "BEARER", "bEaReR"}) {
+    auto res = client.Get("/v1/models", {{"authorization", scheme + " " + kKey}});
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 200) << scheme << ": " << res->body;
+    auto stub = cluster_->Stub();
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    context.AddMetadata("authorization", scheme + " " + kKey);
+    v1::ListModelsResponse models;
+    grpc::Status s = stub->ListModels(&context, v1::ListModelsRequest(), &models);
+    EXPECT_TRUE(s.ok()) << scheme << ": " << s.error_message();
+  }
+  // Another scheme, or a key that differs from the right one (even as a prefix or with more
+  // characters), is refused on both.
+  for (const std::string& header : {std::string("Basic ") + kKey, std::string("Bearer") + kKey,
+                                    std::string("bearer ") + kKey + "4",
+                                    std::string("bearer test-key-12"), std::string("bearer")}) {
+    auto res = client.Get("/v1/models", {{"Authorization", header}});
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 401) << header << ": " << res->body;
+    auto stub = cluster_->Stub();
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    context.AddMetadata("authorization", header);
+    v1::ListModelsResponse models;
+    EXPECT_EQ(stub->ListModels(&context, v1::ListModelsRequest(), &models).error_code(),
+              grpc::StatusCode::UNAUTHENTICATED)
+        << header;
   }
 }
 
