@@ -16,7 +16,7 @@ void WorkerRegistry::Release(const std::string& address, absl::Duration cooldown
   absl::MutexLock lock(&mu_);
   claimed_.erase(address);
   last_seen_.erase(address);  // a spare only once it announces itself again
-  if (cooldown > absl::ZeroDuration()) cooldown_until_[address] = absl::Now() + cooldown;
+  if (cooldown > absl::ZeroDuration()) cooldown_until_[address] = now_() + cooldown;
 }
 
 void WorkerRegistry::AddListed(const std::string& address) {
@@ -29,13 +29,13 @@ bool WorkerRegistry::Heartbeat(const std::string& address) {
   if (!last_seen_.contains(address) && !claimed_.contains(address)) {
     LOG(INFO) << "worker " << address << " registered as a spare";
   }
-  last_seen_[address] = absl::Now();
+  last_seen_[address] = now_();
   return claimed_.contains(address);
 }
 
 std::optional<std::string> WorkerRegistry::ClaimSpare() {
   absl::MutexLock lock(&mu_);
-  const absl::Time now = absl::Now();
+  const absl::Time now = now_();
   std::optional<std::string> best;
   auto consider = [&](const std::string& address) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (claimed_.contains(address)) return;
@@ -54,7 +54,7 @@ std::optional<std::string> WorkerRegistry::ClaimSpare() {
 
 std::vector<std::string> WorkerRegistry::Spares() const {
   absl::MutexLock lock(&mu_);
-  const absl::Time now = absl::Now();
+  const absl::Time now = now_();
   std::vector<std::string> out;
   for (const auto& [address, seen] : last_seen_) {
     if (!claimed_.contains(address) && now - seen <= ttl_) out.push_back(address);

@@ -8,12 +8,17 @@
 // back (should it announce itself again, it becomes a spare). RegistrationService is the gRPC face
 // (RouterControlService).
 //
+// Time: every read of the current time goes through the `now` clock given to the constructor
+// (absl::Now by default), so tests can drive expiry and cooldowns with a fake clock.
+//
 // Thread-safe.
 #ifndef SHARDSERVE_ROUTER_WORKER_REGISTRY_H_
 #define SHARDSERVE_ROUTER_WORKER_REGISTRY_H_
 
+#include <functional>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
@@ -27,7 +32,13 @@ namespace shardserve {
 
 class WorkerRegistry {
  public:
-  explicit WorkerRegistry(absl::Duration ttl = absl::Seconds(3)) : ttl_(ttl) {}
+  // The current time, as the registry reads it. Called with the registry's lock held: it must be
+  // thread-safe and must not call back into the registry.
+  using Clock = std::function<absl::Time()>;
+
+  // `now`: the clock every expiry (`ttl`) and cooldown is measured with; absl::Now by default.
+  explicit WorkerRegistry(absl::Duration ttl = absl::Seconds(3), Clock now = absl::Now)
+      : ttl_(ttl), now_(now ? std::move(now) : Clock(absl::Now)) {}
 
   // Marks `address` used by a pipeline.
   void Claim(const std::string& address);
@@ -46,6 +57,7 @@ class WorkerRegistry {
 
  private:
   const absl::Duration ttl_;
+  const Clock now_;
   mutable absl::Mutex mu_;
   absl::flat_hash_map<std::string, absl::Time> last_seen_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_set<std::string> claimed_ ABSL_GUARDED_BY(mu_);

@@ -6,13 +6,17 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <fstream>
 #include <map>
+#include <memory>
 #include <random>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "gtest/gtest.h"
 #include "tests/api/api_testing.h"
 #include "tests/e2e/cluster_harness.h"
@@ -64,14 +68,71 @@ double Sum(int http, const std::string& name, int pipelines) {
   return total;
 }
 
+// Polls `done` every few milliseconds until it holds or `timeout` has passed; whether it held.
+template <typename Condition>
+bool WaitUntil(Condition done, absl::Duration timeout,
+               absl::Duration interval = absl::Milliseconds(20)) {
+  const absl::Time give_up = absl::Now() + timeout;
+  while (!done()) {
+    if (absl::Now() >= give_up) return false;
+    absl::SleepFor(interval);
+  }
+  return true;
+}
+
 // Waits until the router has streamed at least `tokens` tokens.
 void WaitForTokens(int http, double tokens) {
-  for (int i = 0; i < 5000; ++i) {
-    if (Metric(http, "shardserve_generation_tokens_total") >= tokens) return;
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  if (!WaitUntil([&] { return Metric(http, "shardserve_generation_tokens_total") >= tokens; },
+                 absl::Seconds(30), absl::Milliseconds(2))) {
+    ADD_FAILURE() << "no tokens streamed";
   }
-  ADD_FAILURE() << "no tokens streamed";
 }
+
+// One Generate stream read in its own thread, counting the tokens received so far, so that a
+// test can act once the stream is under way (and not after a guessed delay). The status as
+// RunCompletion reports it.
+class Stream {
+ public:
+  Stream(const Cluster& cluster, v1::GenerateRequest request, absl::Duration deadline)
+      : stub_(cluster.Stub()) {
+    context_.set_deadline(absl::ToChronoTime(absl::Now() + deadline));
+    thread_ = std::thread([this, request = std::move(request)] {
+      auto reader = stub_->Generate(&context_, request);
+      CompletionResult result;
+      v1::GenerateResponse response;
+      while (reader->Read(&response)) {
+        result.ids.insert(result.ids.end(), response.token_ids().begin(),
+                          response.token_ids().end());
+        result.text += response.text();
+        tokens_ += response.token_ids_size();
+      }
+      const grpc::Status s = reader->Finish();
+      if (s.ok()) {
+        result_ = std::move(result);
+      } else {
+        result_ = absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
+      }
+    });
+  }
+  ~Stream() { Finish(); }
+
+  // Whether at least `n` tokens arrived within `timeout`.
+  bool WaitForTokens(int n, absl::Duration timeout) {
+    return WaitUntil([&] { return tokens_ >= n; }, timeout, absl::Milliseconds(1));
+  }
+  // Waits for the stream to end.
+  const absl::StatusOr<CompletionResult>& Finish() {
+    if (thread_.joinable()) thread_.join();
+    return result_;
+  }
+
+ private:
+  std::unique_ptr<v1::InferenceService::Stub> stub_;
+  grpc::ClientContext context_;
+  std::atomic<int> tokens_{0};
+  absl::StatusOr<CompletionResult> result_ = absl::UnknownError("not run");
+  std::thread thread_;
+};
 
 // Every job `copies` times at once against `cluster`, each in its own thread; Finish() joins
 // them and checks each output against `refs` (ids and text).
@@ -139,7 +200,9 @@ TEST(Failover, ReplacementWorkerTakesOverTheStage) {
   JobRun run(cluster);
   WaitForTokens(http, 100);
   cluster.KillWorker(1);
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  // The router notices the dead stage and parks the pipeline's sequences for a replacement.
+  WaitUntil([&] { return Metric(http, "shardserve_sequences_parked{pipeline=\"0\"}") > 0; },
+            absl::Seconds(10));
   EXPECT_GT(Metric(http, "shardserve_sequences_parked{pipeline=\"0\"}"), 0);
   cluster.StartWorker(1);
   run.Finish(refs);
@@ -167,8 +230,8 @@ TEST(Failover, AnnouncedSpareWorkerReplacesADeadStage) {
     EXPECT_TRUE(cluster.Stub()->GetModelInfo(&context, v1::GetModelInfoRequest(), &r).ok());
     return r;
   };
-  for (int i = 0; i < 200 && info().spare_workers_size() == 0; ++i)
-    absl::SleepFor(absl::Milliseconds(25));
+  WaitUntil([&] { return info().spare_workers_size() > 0; }, absl::Seconds(5),
+            absl::Milliseconds(25));
   ASSERT_EQ(info().spare_workers_size(), 1);
   EXPECT_EQ(info().spare_workers(0), spare_address);
 
@@ -193,18 +256,15 @@ struct KilledStage {
 };
 KilledStage KillStageDuringLongRequest(Cluster& cluster, absl::Duration deadline) {
   KilledStage k;
-  absl::StatusOr<CompletionResult> got = absl::UnknownError("not run");
   const absl::Time start = absl::Now();
-  std::thread t([&] {
-    v1::GenerateRequest r = TextRequest("Once upon a time", 400, 0, 0);
-    r.set_ignore_eos(true);
-    got = RunCompletion(cluster.router_address(), r, deadline, nullptr);
-  });
-  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  v1::GenerateRequest r = TextRequest("Once upon a time", 400, 0, 0);
+  r.set_ignore_eos(true);
+  Stream stream(cluster, r, deadline);
+  // Kill once the request is generating: its first token has come back through both stages.
+  EXPECT_TRUE(stream.WaitForTokens(1, deadline)) << "the request produced no token";
   k.dead = cluster.worker_addresses()[1];
   cluster.KillWorker(1);
-  t.join();
-  k.status = got.status();
+  k.status = stream.Finish().status();
   k.elapsed = absl::Now() - start;
   return k;
 }
@@ -229,20 +289,19 @@ TEST(Drain, RouterFinishesItsStreamsRefusesNewOnesAndExitsZero) {
   ASSERT_TRUE(cluster.WaitServing(absl::Seconds(60)).ok());
   auto ref = RunGenerate(Stories260K(), "Once upon a time", kMaxTokens, 0, 0);
   ASSERT_TRUE(ref.ok()) << ref.status();
-  absl::StatusOr<CompletionResult> got = absl::UnknownError("not run");
-  std::thread t([&] {
-    got = RunCompletion(cluster.router_address(), TextRequest("Once upon a time", kMaxTokens, 0, 0),
-                        absl::Seconds(60), nullptr);
-  });
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  Stream stream(cluster, TextRequest("Once upon a time", kMaxTokens, 0, 0), absl::Seconds(60));
+  // SIGTERM while the stream is under way (it has tokens, and ~1 s of its 200 still to come).
+  ASSERT_TRUE(stream.WaitForTokens(5, absl::Seconds(30))) << "the stream did not start";
   cluster.router().Kill(SIGTERM);
-  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  // Draining has begun once health says NOT_SERVING (the router acts on SIGTERM asynchronously).
+  WaitUntil([&] { return !HealthServing(cluster.router_address(), absl::Milliseconds(500)); },
+            absl::Seconds(5));
   auto refused = RunCompletion(cluster.router_address(), TextRequest("Hello", 4, 0, 0),
                                absl::Seconds(5), nullptr);
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnavailable) << refused.status();
   EXPECT_NE(refused.status().message().find("draining"), std::string::npos) << refused.status();
   EXPECT_FALSE(HealthServing(cluster.router_address(), absl::Seconds(1)));
-  t.join();
+  const absl::StatusOr<CompletionResult>& got = stream.Finish();
   ASSERT_TRUE(got.ok()) << got.status();
   EXPECT_EQ(got->ids, ref->ids);
   EXPECT_EQ(cluster.router().Wait(absl::Seconds(10)), 0);
@@ -277,11 +336,9 @@ TEST(Health, CanaryStepsFindDrainingAndHungStages) {
   ASSERT_TRUE(cluster.WaitServing(absl::Seconds(60)).ok());
   cluster.worker(1).Kill(SIGSTOP);
   const absl::Time stopped = absl::Now();
-  bool not_serving = false;
-  while (absl::Now() - stopped < absl::Seconds(10) && !not_serving) {
-    not_serving = !HealthServing(cluster.router_address(), absl::Milliseconds(500));
-    absl::SleepFor(absl::Milliseconds(50));
-  }
+  const bool not_serving =
+      WaitUntil([&] { return !HealthServing(cluster.router_address(), absl::Milliseconds(500)); },
+                absl::Seconds(10), absl::Milliseconds(50));
   EXPECT_TRUE(not_serving) << "a hung stage went unnoticed";
   EXPECT_LT(absl::Now() - stopped, absl::Seconds(4));
   cluster.worker(1).Kill(SIGCONT);
@@ -357,18 +414,31 @@ TEST(Chaos, RandomWorkerKillsUnderThirtyTwoStreams) {
       }
     });
   }
+  // Requests that have ended, however they ended.
+  auto ended = [&] { return completed + wrong + failed; };
+  // Lets the clients run until `n` more requests have ended (the cluster is carrying the load
+  // before the next kill), at most kDeadline.
+  auto run_requests = [&](int n) {
+    const int target = ended() + n;
+    EXPECT_TRUE(WaitUntil([&] { return ended() >= target; }, kDeadline))
+        << ended() << " requests ended, waited for " << target;
+  };
   std::mt19937 rng(2024);
   std::vector<int64_t> rss;
   for (int round = 0; round < 3; ++round) {
-    std::this_thread::sleep_for(std::chrono::seconds(2));
+    run_requests(16);
     const int victim = static_cast<int>(rng() % 4);
     cluster.KillWorker(victim);
-    std::this_thread::sleep_for(std::chrono::milliseconds(800));
+    // Restart only once the router has noticed the kill and failed the pipeline over.
+    EXPECT_TRUE(WaitUntil([&] { return Sum(http, "shardserve_failovers_total", 2) >= round + 1; },
+                          absl::Seconds(30)))
+        << "round " << round << ": the router did not fail over from worker " << victim;
     cluster.StartWorker(victim);
     ASSERT_TRUE(cluster.WaitServing(absl::Seconds(30)).ok());
     rss.push_back(RssKb(cluster.router().pid()));
   }
-  std::this_thread::sleep_for(std::chrono::seconds(2));
+  // Then on the restored cluster: at least 16 more, and at least 65 in all.
+  run_requests(std::max(16, 65 - ended()));
   stop = true;
   for (auto& t : clients) t.join();
   for (const std::string& p : problems) ADD_FAILURE() << p;

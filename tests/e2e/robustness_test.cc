@@ -214,7 +214,25 @@ TEST_F(BadInput, StopStringEndsGeneration) {
 TEST(DeadWorker, UnavailableNamesTheAddressAndRouterStaysUp) {
   const std::string dead = "127.0.0.1:" + std::to_string(FreePort());
   Cluster cluster({.model = Stories260K(), .stages = 1, .worker_addresses = {dead}});
-  absl::SleepFor(absl::Milliseconds(500));
+  // Wait until this cluster's router answers GetModelInfo with its pipeline on the dead address
+  // (it is up and has taken its configuration); WaitServing would wait for SERVING, which a
+  // router whose only worker is dead never reaches.
+  auto router_up = [&] {
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Milliseconds(500)));
+    v1::GetModelInfoResponse info;
+    if (!cluster.Stub()->GetModelInfo(&context, v1::GetModelInfoRequest(), &info).ok()) {
+      return false;
+    }
+    return info.pipelines_size() == 1 && info.pipelines(0).stages_size() == 1 &&
+           info.pipelines(0).stages(0).worker_address() == dead;
+  };
+  const absl::Time give_up = absl::Now() + absl::Seconds(30);
+  bool up = false;
+  while (!(up = router_up()) && cluster.router().alive() && absl::Now() < give_up) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  ASSERT_TRUE(up) << "the router did not come up (alive: " << cluster.router().alive() << ")";
   auto got = RunCompletion(cluster.router_address(), TextRequest("Hello", 4, 0, 0),
                            absl::Seconds(10), nullptr);
   ASSERT_FALSE(got.ok());

@@ -37,7 +37,11 @@ v1::StepPlan Plan(uint64_t step, std::vector<int32_t> tokens, int start, bool sa
 class StageRuntimeTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (!std::filesystem::exists(kModel + "/config.json")) GTEST_SKIP() << "no " << kModel;
+    // The shared test data is required (README: tests read ../shared; without it they fail).
+    const std::filesystem::path config = std::filesystem::path(kModel) / "config.json";
+    ASSERT_TRUE(std::filesystem::exists(config))
+        << "missing test model: " << std::filesystem::absolute(config).lexically_normal().string()
+        << " (tests read ../shared beside the repository and run from its root)";
     backend_ = NewCpuBackend({1});
   }
   std::unique_ptr<Backend> backend_;
