@@ -7,15 +7,12 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
 #include "common/cluster_auth.h"
+#include "common/grpc_util.h"
 #include "common/logging.h"
 #include "common/status.h"
 
 namespace shardserve {
 namespace {
-
-grpc::Status ToGrpc(const absl::Status& s) {
-  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
-}
 
 // Moves the reasoning in `response`'s text into reasoning_text; at the end of the stream also
 // what the parser held back.

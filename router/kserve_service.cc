@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "common/grpc_util.h"
 #include "router/validation.h"
 
 namespace shardserve {
@@ -12,10 +13,6 @@ namespace {
 
 using inference::InferParameter;
 using inference::ModelInferRequest;
-
-grpc::Status ToGrpc(const absl::Status& s) {
-  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
-}
 
 absl::Status Invalid(const std::string& tensor, const std::string& what) {
   return absl::InvalidArgumentError(absl::StrCat(tensor, ": ", what));
