@@ -256,41 +256,303 @@ bool Interrupted(const sigset_t& signals, absl::Duration timeout) {
   return sig == SIGINT || sig == SIGTERM;
 }
 
-}  // namespace
-
-int UpMain(int argc, char** argv) {
-  CLI::App app{"Starts a local shardserve cluster: a router and N workers.", "shardserve up"};
+struct UpOptions {
   int workers = 2, threads = 0, max_tokens = 128;
   float temperature = 0.8f;
   std::string model, listen = "127.0.0.1:50051", http_listen, prompt, layers;
   double ready_timeout_s = 300;
-  app.add_option("--workers", workers, "pipeline stages (one worker each)")
+};
+
+void AddUpFlags(CLI::App& app, UpOptions* o) {
+  app.add_option("--workers", o->workers, "pipeline stages (one worker each)")
       ->check(CLI::Range(1, 64))
       ->capture_default_str();
-  app.add_option("--model", model,
+  app.add_option("--model", o->model,
                  "Hugging Face model folder (default: $SHARDSERVE_MODEL, "
                  "../shared/models/stories260K, models/, else a small synthetic model)");
-  app.add_option("--listen", listen, "router gRPC address host:port")->capture_default_str();
-  app.add_option("--http-listen", http_listen,
+  app.add_option("--listen", o->listen, "router gRPC address host:port")->capture_default_str();
+  app.add_option("--http-listen", o->http_listen,
                  "router OpenAI-compatible HTTP address host:port (default: no HTTP)");
-  app.add_option("--threads", threads, "compute threads per worker (0: CPUs / workers)")
+  app.add_option("--threads", o->threads, "compute threads per worker (0: CPUs / workers)")
       ->check(CLI::Range(0, 1024))
       ->capture_default_str();
-  app.add_option("--layers", layers, "manual layer split, e.g. 0-2,3-4 (default: balanced)");
-  app.add_option("--prompt", prompt, "stream one completion once ready, then stop");
-  app.add_option("--max-tokens", max_tokens, "tokens to generate for --prompt")
+  app.add_option("--layers", o->layers, "manual layer split, e.g. 0-2,3-4 (default: balanced)");
+  app.add_option("--prompt", o->prompt, "stream one completion once ready, then stop");
+  app.add_option("--max-tokens", o->max_tokens, "tokens to generate for --prompt")
       ->check(CLI::Range(1, 1 << 20))
       ->capture_default_str();
-  app.add_option("--temperature", temperature, "sampling temperature for --prompt (0: greedy)")
+  app.add_option("--temperature", o->temperature, "sampling temperature for --prompt (0: greedy)")
       ->check(CLI::Range(0.0f, 100.0f))
       ->capture_default_str();
-  app.add_option("--ready-timeout-s", ready_timeout_s, "how long to wait for SERVING")
+  app.add_option("--ready-timeout-s", o->ready_timeout_s, "how long to wait for SERVING")
       ->check(CLI::Range(1.0, 86400.0))
       ->capture_default_str();
   app.footer(
       "Workers listen on ports the system picks (127.0.0.1:0); the cluster's processes share a "
       "fresh secret (--cluster-secret-file) written into the log folder. If any of them logs an "
       "error or exits before the cluster serves, that line is printed and everything stops.");
+}
+
+// The local cluster `up` runs: its folder (logs, port files, the secret), its processes and the
+// signals it waits for. Each step returns an exit code when `up` must stop there.
+class LocalCluster {
+ public:
+  LocalCluster(UpOptions o, const sigset_t& signals)
+      : o_(std::move(o)), signals_(signals), tty_(isatty(STDERR_FILENO)) {}
+
+  std::optional<int> Prepare();
+  std::optional<int> StartWorkers(std::vector<std::string>* addresses);
+  std::optional<int> StartRouter(const std::vector<std::string>& addresses);
+  std::optional<int> WaitServing();
+  int RunPrompt();
+  int ServeUntilInterrupted();
+
+ private:
+  std::optional<int> CheckBinaries();
+  std::optional<int> ChooseModel();
+  // Stops every child; the secret goes with the cluster, the logs stay.
+  void Stop() {
+    StopAll(children_);
+    std::error_code ec;
+    fs::remove(secret_file_, ec);
+  }
+  int Fail(const Failure& f) {
+    ClearProgress();
+    std::fprintf(stderr, "shardserve up: %s\n", f.message.c_str());
+    Stop();
+    std::fprintf(stderr, "shardserve up: stopped the cluster (logs in %s)\n", run_dir_.c_str());
+    return f.exit_code;
+  }
+  int Interrupt() {
+    ClearProgress();
+    Stop();
+    std::fprintf(stderr, "shardserve up: interrupted before the cluster served\n");
+    return 1;
+  }
+  bool Start(const std::string& name, std::vector<std::string> args, const fs::path& log) {
+    args.insert(args.end(), {"--cluster-secret-file", secret_file_.string()});
+    const pid_t p = Spawn(args, log.string());
+    if (p <= 0) return false;
+    children_.push_back(Child{.name = name, .pid = p, .log = log});
+    return true;
+  }
+  // Progress on a terminal only; piped output stays clean.
+  void Progress(const char* what) {
+    if (!tty_) return;
+    std::fprintf(stderr, "\r\033[K%s on %d worker%s... %.0f s", what, o_.workers,
+                 o_.workers == 1 ? "" : "s", absl::ToDoubleSeconds(absl::Now() - started_));
+  }
+  void ClearProgress() {
+    if (tty_) std::fprintf(stderr, "\r\033[K");
+  }
+
+  UpOptions o_;
+  const sigset_t signals_;
+  const bool tty_;
+  fs::path bin_, run_dir_, secret_file_;
+  std::string router_bin_, worker_bin_;
+  std::vector<Child> children_;
+  absl::Time started_;
+};
+
+std::optional<int> LocalCluster::CheckBinaries() {
+  bin_ = SelfDir();
+  router_bin_ = (bin_ / "shardserve-router").string();
+  worker_bin_ = (bin_ / "shardserve-worker").string();
+  for (const std::string& b : {router_bin_, worker_bin_}) {
+    if (access(b.c_str(), X_OK) != 0) {
+      std::fprintf(stderr, "error: %s not found next to this executable; build it first\n",
+                   b.c_str());
+      return 1;
+    }
+  }
+  // `up` asks the router's health on --listen: it needs a port it knows.
+  if (absl::EndsWith(o_.listen, ":0") || o_.listen.find(':') == std::string::npos) {
+    std::fprintf(stderr, "error: --listen %s: give host:port with a fixed port\n",
+                 o_.listen.c_str());
+    return 2;
+  }
+  if (!o_.model.empty() && !IsModelFolder(o_.model)) {
+    std::error_code ec;
+    std::fprintf(stderr, "error: --model %s: %s\n", o_.model.c_str(),
+                 fs::exists(o_.model, ec) ? "not a model folder (no config.json in it)"
+                                          : "no such file or folder");
+    return 2;
+  }
+  return std::nullopt;
+}
+
+// --model, else the default model, else a small synthetic one written into the run folder.
+std::optional<int> LocalCluster::ChooseModel() {
+  if (o_.model.empty()) o_.model = FindDefaultModel();
+  if (!o_.model.empty()) return std::nullopt;
+  const fs::path synth = run_dir_ / "synthetic-model";
+  std::fprintf(stderr,
+               "no model found ($SHARDSERVE_MODEL, ../shared/models/stories260K, models/); "
+               "serving a small synthetic model instead (its text is noise)\n");
+  pid_t p = Spawn({(bin_ / "shardserve").string(), "synth", "--like", "tiny-llama", "--dtype",
+                   "f32", "--out", synth.string(), "--seed", "1"},
+                  (run_dir_ / "synth.log").string());
+  int status = 1;
+  if (p > 0) waitpid(p, &status, 0);
+  if (p <= 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    std::fprintf(stderr, "error: shardserve synth failed; see %s\n",
+                 (run_dir_ / "synth.log").c_str());
+    return 1;
+  }
+  o_.model = synth.string();
+  return std::nullopt;
+}
+
+std::optional<int> LocalCluster::Prepare() {
+  if (auto rc = CheckBinaries()) return rc;
+  // Mode 0700: the cluster secret lives here too.
+  char dir_template[] = "/tmp/shardserve-up-XXXXXX";
+  if (mkdtemp(dir_template) == nullptr) {
+    std::fprintf(stderr, "error: cannot create a temporary folder\n");
+    return 1;
+  }
+  run_dir_ = dir_template;
+  secret_file_ = run_dir_ / "cluster-secret";
+  if (absl::Status s = WriteClusterSecret(secret_file_.string()); !s.ok()) {
+    std::fprintf(stderr, "error: %s\n", std::string(s.message()).c_str());
+    return 1;
+  }
+  if (auto rc = ChooseModel()) return rc;
+  if (o_.threads == 0) {
+    o_.threads =
+        std::max<int>(1, static_cast<int>(std::thread::hardware_concurrency()) / o_.workers);
+  }
+  return std::nullopt;
+}
+
+// Workers bind ports the system picks and report them in their --port-file.
+std::optional<int> LocalCluster::StartWorkers(std::vector<std::string>* addresses) {
+  std::vector<fs::path> port_files;
+  for (int i = 0; i < o_.workers; ++i) {
+    port_files.push_back(run_dir_ / absl::StrCat("worker-", i, ".port"));
+    if (!Start(absl::StrCat("worker ", i),
+               {worker_bin_, "--listen", "127.0.0.1:0", "--port-file", port_files.back().string(),
+                "--threads", std::to_string(o_.threads)},
+               run_dir_ / absl::StrCat("worker-", i, ".log"))) {
+      std::fprintf(stderr, "error: cannot start %s\n", worker_bin_.c_str());
+      Stop();
+      return 1;
+    }
+  }
+  started_ = absl::Now();
+  addresses->assign(o_.workers, "");
+  const absl::Time give_up =
+      started_ + std::min(absl::Seconds(30), absl::Seconds(o_.ready_timeout_s));
+  while (true) {
+    int have = 0;
+    for (int i = 0; i < o_.workers; ++i) {
+      std::string& address = (*addresses)[i];
+      if (address.empty()) {
+        const int port = ReadPortFile(port_files[i]);
+        if (port < 0) {
+          return Fail(
+              {absl::StrCat("worker ", i, ": unreadable --port-file ", port_files[i].string()), 1});
+        }
+        if (port > 0) address = absl::StrCat("127.0.0.1:", port);
+      }
+      if (!address.empty()) ++have;
+    }
+    if (std::optional<Failure> f = CheckChildren(children_)) return Fail(*f);
+    if (have == o_.workers) return std::nullopt;
+    if (absl::Now() > give_up) {
+      return Fail(
+          {absl::StrCat(o_.workers - have, " of ", o_.workers, " workers were not listening after ",
+                        absl::ToInt64Seconds(give_up - started_), " s"),
+           1});
+    }
+    Progress("starting");
+    if (Interrupted(signals_, absl::Milliseconds(50))) return Interrupt();
+  }
+}
+
+std::optional<int> LocalCluster::StartRouter(const std::vector<std::string>& addresses) {
+  std::vector<std::string> args = {
+      router_bin_, "--listen", o_.listen, "--workers", absl::StrJoin(addresses, ","),
+      "--model",   o_.model};
+  if (!o_.layers.empty()) args.insert(args.end(), {"--layers", o_.layers});
+  if (!o_.http_listen.empty()) args.insert(args.end(), {"--http-listen", o_.http_listen});
+  if (Start("router", args, run_dir_ / "router.log")) return std::nullopt;
+  std::fprintf(stderr, "error: cannot start %s\n", router_bin_.c_str());
+  Stop();
+  return 1;
+}
+
+std::optional<int> LocalCluster::WaitServing() {
+  const absl::Time give_up = started_ + absl::Seconds(o_.ready_timeout_s);
+  while (true) {
+    // Logs first: a router that cannot load the model keeps retrying (and is not serving), and
+    // another process already serving on --listen would answer the health check below.
+    if (std::optional<Failure> f = CheckChildren(children_)) return Fail(*f);
+    if (HealthServing(o_.listen, absl::Milliseconds(500))) break;
+    if (absl::Now() > give_up) {
+      return Fail({absl::StrCat("the cluster was not serving after ",
+                                static_cast<int64_t>(o_.ready_timeout_s + 0.5), " s"),
+                   1});
+    }
+    Progress("loading the model");
+    if (Interrupted(signals_, absl::Milliseconds(100))) return Interrupt();
+  }
+  ClearProgress();
+  std::fprintf(stderr,
+               "shardserve is up: model %s, %d workers\n  gRPC:  %s\n  logs:  %s\n"
+               "  try:   shardserve complete --server %s --prompt \"Once upon a time\" "
+               "--max-tokens 64 --temperature 0\n",
+               o_.model.c_str(), o_.workers, o_.listen.c_str(), run_dir_.c_str(),
+               o_.listen.c_str());
+  return std::nullopt;
+}
+
+int LocalCluster::RunPrompt() {
+  v1::GenerateRequest request;
+  request.set_text(o_.prompt);
+  request.set_max_tokens(o_.max_tokens);
+  request.mutable_sampling()->set_temperature(o_.temperature);
+  std::fwrite(o_.prompt.data(), 1, o_.prompt.size(), stdout);
+  auto result = RunCompletion(o_.listen, request, absl::Minutes(10), stdout);
+  std::fputc('\n', stdout);
+  Stop();
+  if (!result.ok()) {
+    std::fprintf(stderr, "error: %s\n", std::string(result.status().message()).c_str());
+    return 1;
+  }
+  return 0;
+}
+
+int LocalCluster::ServeUntilInterrupted() {
+  std::fprintf(stderr, "serving until interrupted (Ctrl-C)\n");
+  int exit_code = 0;
+  while (true) {
+    timespec wait{0, 200 * 1000 * 1000};
+    int sig = sigtimedwait(&signals_, nullptr, &wait);
+    if (sig == SIGINT || sig == SIGTERM) break;
+    auto dead = std::find_if(children_.begin(), children_.end(), [](Child& c) {
+      if (!c.exited && waitpid(c.pid, &c.status, WNOHANG) == c.pid) c.exited = true;
+      return c.exited;
+    });
+    if (dead != children_.end()) {
+      std::fprintf(stderr, "shardserve up: %s (pid %d) %s: %s; logs in %s\n", dead->name.c_str(),
+                   dead->pid, DescribeExit(dead->status).c_str(), LastLine(dead->log).c_str(),
+                   run_dir_.c_str());
+      exit_code = 1;
+      break;
+    }
+  }
+  Stop();
+  return exit_code;
+}
+
+}  // namespace
+
+int UpMain(int argc, char** argv) {
+  CLI::App app{"Starts a local shardserve cluster: a router and N workers.", "shardserve up"};
+  UpOptions options;
+  AddUpFlags(app, &options);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -304,221 +566,14 @@ int UpMain(int argc, char** argv) {
   sigaddset(&signals, SIGCHLD);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
-  const fs::path bin = SelfDir();
-  const std::string router_bin = (bin / "shardserve-router").string();
-  const std::string worker_bin = (bin / "shardserve-worker").string();
-  for (const std::string& b : {router_bin, worker_bin}) {
-    if (access(b.c_str(), X_OK) != 0) {
-      std::fprintf(stderr, "error: %s not found next to this executable; build it first\n",
-                   b.c_str());
-      return 1;
-    }
-  }
-  // `up` asks the router's health on --listen: it needs a port it knows.
-  if (absl::EndsWith(listen, ":0") || listen.find(':') == std::string::npos) {
-    std::fprintf(stderr, "error: --listen %s: give host:port with a fixed port\n", listen.c_str());
-    return 2;
-  }
-  if (!model.empty() && !IsModelFolder(model)) {
-    std::error_code ec;
-    std::fprintf(stderr, "error: --model %s: %s\n", model.c_str(),
-                 fs::exists(model, ec) ? "not a model folder (no config.json in it)"
-                                       : "no such file or folder");
-    return 2;
-  }
-  // Mode 0700: the cluster secret lives here too.
-  char dir_template[] = "/tmp/shardserve-up-XXXXXX";
-  if (mkdtemp(dir_template) == nullptr) {
-    std::fprintf(stderr, "error: cannot create a temporary folder\n");
-    return 1;
-  }
-  const fs::path run_dir = dir_template;
-  const fs::path secret_file = run_dir / "cluster-secret";
-  if (absl::Status s = WriteClusterSecret(secret_file.string()); !s.ok()) {
-    std::fprintf(stderr, "error: %s\n", std::string(s.message()).c_str());
-    return 1;
-  }
-
-  if (model.empty()) model = FindDefaultModel();
-  if (model.empty()) {
-    const fs::path synth = run_dir / "synthetic-model";
-    std::fprintf(stderr,
-                 "no model found ($SHARDSERVE_MODEL, ../shared/models/stories260K, models/); "
-                 "serving a small synthetic model instead (its text is noise)\n");
-    pid_t p = Spawn({(bin / "shardserve").string(), "synth", "--like", "tiny-llama", "--dtype",
-                     "f32", "--out", synth.string(), "--seed", "1"},
-                    (run_dir / "synth.log").string());
-    int status = 1;
-    if (p > 0) waitpid(p, &status, 0);
-    if (p <= 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-      std::fprintf(stderr, "error: shardserve synth failed; see %s\n",
-                   (run_dir / "synth.log").c_str());
-      return 1;
-    }
-    model = synth.string();
-  }
-  if (threads == 0) {
-    threads = std::max<int>(1, static_cast<int>(std::thread::hardware_concurrency()) / workers);
-  }
-
-  std::vector<Child> children;
-  // Stops every child; the secret goes with the cluster, the logs stay.
-  auto stop = [&] {
-    StopAll(children);
-    std::error_code ec;
-    fs::remove(secret_file, ec);
-  };
-  auto fail = [&](const Failure& f) {
-    std::fprintf(stderr, "shardserve up: %s\n", f.message.c_str());
-    stop();
-    std::fprintf(stderr, "shardserve up: stopped the cluster (logs in %s)\n", run_dir.c_str());
-    return f.exit_code;
-  };
-  auto start = [&](const std::string& name, std::vector<std::string> args, const fs::path& log) {
-    args.insert(args.end(), {"--cluster-secret-file", secret_file.string()});
-    const pid_t p = Spawn(args, log.string());
-    if (p <= 0) return false;
-    children.push_back(Child{.name = name, .pid = p, .log = log});
-    return true;
-  };
-
-  // Workers bind ports the system picks and report them in their --port-file.
-  std::vector<fs::path> port_files;
-  for (int i = 0; i < workers; ++i) {
-    port_files.push_back(run_dir / absl::StrCat("worker-", i, ".port"));
-    if (!start(absl::StrCat("worker ", i),
-               {worker_bin, "--listen", "127.0.0.1:0", "--port-file", port_files.back().string(),
-                "--threads", std::to_string(threads)},
-               run_dir / absl::StrCat("worker-", i, ".log"))) {
-      std::fprintf(stderr, "error: cannot start %s\n", worker_bin.c_str());
-      stop();
-      return 1;
-    }
-  }
-  const absl::Time started = absl::Now();
-  // Progress on a terminal only; piped output stays clean.
-  const bool tty = isatty(STDERR_FILENO);
-  auto progress = [&](const char* what) {
-    if (tty) {
-      std::fprintf(stderr, "\r\033[K%s on %d worker%s... %.0f s", what, workers,
-                   workers == 1 ? "" : "s", absl::ToDoubleSeconds(absl::Now() - started));
-    }
-  };
-  auto interrupted = [&] {
-    if (tty) std::fprintf(stderr, "\r\033[K");
-    stop();
-    std::fprintf(stderr, "shardserve up: interrupted before the cluster served\n");
-    return 1;
-  };
-  std::vector<std::string> addresses(workers);
-  const absl::Time ports_give_up =
-      started + std::min(absl::Seconds(30), absl::Seconds(ready_timeout_s));
-  while (true) {
-    int have = 0;
-    for (int i = 0; i < workers; ++i) {
-      if (addresses[i].empty()) {
-        const int port = ReadPortFile(port_files[i]);
-        if (port < 0) {
-          return fail(
-              {absl::StrCat("worker ", i, ": unreadable --port-file ", port_files[i].string()), 1});
-        }
-        if (port > 0) addresses[i] = absl::StrCat("127.0.0.1:", port);
-      }
-      if (!addresses[i].empty()) ++have;
-    }
-    if (std::optional<Failure> f = CheckChildren(children)) {
-      if (tty) std::fprintf(stderr, "\r\033[K");
-      return fail(*f);
-    }
-    if (have == workers) break;
-    if (absl::Now() > ports_give_up) {
-      if (tty) std::fprintf(stderr, "\r\033[K");
-      return fail(
-          {absl::StrCat(workers - have, " of ", workers, " workers were not listening after ",
-                        absl::ToInt64Seconds(ports_give_up - started), " s"),
-           1});
-    }
-    progress("starting");
-    if (Interrupted(signals, absl::Milliseconds(50))) return interrupted();
-  }
-
-  std::vector<std::string> router_args = {
-      router_bin, "--listen", listen, "--workers", absl::StrJoin(addresses, ","), "--model", model};
-  if (!layers.empty()) {
-    router_args.push_back("--layers");
-    router_args.push_back(layers);
-  }
-  if (!http_listen.empty()) {
-    router_args.push_back("--http-listen");
-    router_args.push_back(http_listen);
-  }
-  if (!start("router", router_args, run_dir / "router.log")) {
-    std::fprintf(stderr, "error: cannot start %s\n", router_bin.c_str());
-    stop();
-    return 1;
-  }
-
-  const absl::Time give_up = started + absl::Seconds(ready_timeout_s);
-  while (true) {
-    // Logs first: a router that cannot load the model keeps retrying (and is not serving), and
-    // another process already serving on --listen would answer the health check below.
-    if (std::optional<Failure> f = CheckChildren(children)) {
-      if (tty) std::fprintf(stderr, "\r\033[K");
-      return fail(*f);
-    }
-    if (HealthServing(listen, absl::Milliseconds(500))) break;
-    if (absl::Now() > give_up) {
-      if (tty) std::fprintf(stderr, "\r\033[K");
-      return fail({absl::StrCat("the cluster was not serving after ",
-                                static_cast<int64_t>(ready_timeout_s + 0.5), " s"),
-                   1});
-    }
-    progress("loading the model");
-    if (Interrupted(signals, absl::Milliseconds(100))) return interrupted();
-  }
-  if (tty) std::fprintf(stderr, "\r\033[K");
-  std::fprintf(stderr,
-               "shardserve is up: model %s, %d workers\n  gRPC:  %s\n  logs:  %s\n"
-               "  try:   shardserve complete --server %s --prompt \"Once upon a time\" "
-               "--max-tokens 64 --temperature 0\n",
-               model.c_str(), workers, listen.c_str(), run_dir.c_str(), listen.c_str());
-
-  if (!prompt.empty()) {
-    v1::GenerateRequest request;
-    request.set_text(prompt);
-    request.set_max_tokens(max_tokens);
-    request.mutable_sampling()->set_temperature(temperature);
-    std::fwrite(prompt.data(), 1, prompt.size(), stdout);
-    auto result = RunCompletion(listen, request, absl::Minutes(10), stdout);
-    std::fputc('\n', stdout);
-    stop();
-    if (!result.ok()) {
-      std::fprintf(stderr, "error: %s\n", std::string(result.status().message()).c_str());
-      return 1;
-    }
-    return 0;
-  }
-
-  std::fprintf(stderr, "serving until interrupted (Ctrl-C)\n");
-  int exit_code = 0;
-  while (true) {
-    timespec wait{0, 200 * 1000 * 1000};
-    int sig = sigtimedwait(&signals, nullptr, &wait);
-    if (sig == SIGINT || sig == SIGTERM) break;
-    auto dead = std::find_if(children.begin(), children.end(), [](Child& c) {
-      if (!c.exited && waitpid(c.pid, &c.status, WNOHANG) == c.pid) c.exited = true;
-      return c.exited;
-    });
-    if (dead != children.end()) {
-      std::fprintf(stderr, "shardserve up: %s (pid %d) %s: %s; logs in %s\n", dead->name.c_str(),
-                   dead->pid, DescribeExit(dead->status).c_str(), LastLine(dead->log).c_str(),
-                   run_dir.c_str());
-      exit_code = 1;
-      break;
-    }
-  }
-  stop();
-  return exit_code;
+  const bool prompt = !options.prompt.empty();
+  LocalCluster cluster(std::move(options), signals);
+  if (auto rc = cluster.Prepare()) return *rc;
+  std::vector<std::string> addresses;
+  if (auto rc = cluster.StartWorkers(&addresses)) return *rc;
+  if (auto rc = cluster.StartRouter(addresses)) return *rc;
+  if (auto rc = cluster.WaitServing()) return *rc;
+  return prompt ? cluster.RunPrompt() : cluster.ServeUntilInterrupted();
 }
 
 }  // namespace shardserve
