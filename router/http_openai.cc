@@ -125,28 +125,10 @@ std::vector<int> Bytes(const std::string& s) {
 
 }  // namespace
 
-absl::StatusOr<OpenAiRequest> ParseOpenAiRequest(OpenAiEndpoint endpoint,
-                                                 const std::string& body_text) {
-  json body = json::parse(body_text, nullptr, /*allow_exceptions=*/false);
-  if (body.is_discarded()) return Invalid("body", "is not valid JSON");
-  if (!body.is_object()) return Invalid("body", "must be a JSON object");
+namespace {
 
-  OpenAiRequest req;
-  req.endpoint = endpoint;
-  v1::GenerateRequest& g = req.generate;
-
-  if (auto it = body.find("model"); it != body.end() && !it->is_null()) {
-    if (!it->is_string()) return Invalid("model", "must be a string");
-    g.set_model(it->get<std::string>());
-  }
-  if (endpoint == OpenAiEndpoint::kChat) {
-    if (absl::Status s = ParseMessages(body, &g); !s.ok()) return s;
-  } else {
-    if (absl::Status s = ParsePrompt(body, &g); !s.ok()) return s;
-    // As in vLLM, completions return the text as the model wrote it, tags included.
-    g.set_separate_reasoning(false);
-  }
-
+// Fields accepted only at the value that means "off" (n, best_of, echo).
+absl::Status ParseUnsupported(const json& body) {
   auto n = Integer(body, "n");
   if (!n.ok()) return n.status();
   if (n->has_value() && **n != 1) {
@@ -159,17 +141,26 @@ absl::StatusOr<OpenAiRequest> ParseOpenAiRequest(OpenAiEndpoint endpoint,
   if (!echo.ok()) return echo.status();
   if (*echo) return Invalid("echo", "is not supported");
 
+  return absl::OkStatus();
+}
+
+absl::Status ParseStreaming(const json& body, OpenAiRequest* req) {
   auto stream = Bool(body, "stream");
   if (!stream.ok()) return stream.status();
-  req.stream = *stream;
+  req->stream = *stream;
   if (auto it = body.find("stream_options"); it != body.end() && !it->is_null()) {
     if (!it->is_object()) return Invalid("stream_options", "must be an object");
-    if (!req.stream) return Invalid("stream_options", "is only allowed with stream: true");
+    if (!req->stream) return Invalid("stream_options", "is only allowed with stream: true");
     auto usage = Bool(*it, "include_usage");
     if (!usage.ok()) return Invalid("stream_options.include_usage", "must be true or false");
-    req.include_usage = *usage;
+    req->include_usage = *usage;
   }
 
+  return absl::OkStatus();
+}
+
+absl::Status ParseMaxTokens(const json& body, OpenAiEndpoint endpoint, v1::GenerateRequest* req) {
+  v1::GenerateRequest& g = *req;
   // max_completion_tokens is the chat API's newer name for max_tokens.
   auto max_tokens = Integer(body, "max_tokens");
   if (!max_tokens.ok()) return max_tokens.status();
@@ -185,6 +176,11 @@ absl::StatusOr<OpenAiRequest> ParseOpenAiRequest(OpenAiEndpoint endpoint,
                    absl::StrCat(*limit, " is less than 1"));
   }
 
+  return absl::OkStatus();
+}
+
+absl::Status ParseStops(const json& body, v1::GenerateRequest* req) {
+  v1::GenerateRequest& g = *req;
   if (auto it = body.find("stop"); it != body.end() && !it->is_null()) {
     if (it->is_string()) {
       g.add_stop(it->get<std::string>());
@@ -198,6 +194,11 @@ absl::StatusOr<OpenAiRequest> ParseOpenAiRequest(OpenAiEndpoint endpoint,
     }
   }
 
+  return absl::OkStatus();
+}
+
+absl::Status ParseSampling(const json& body, v1::GenerateRequest* req) {
+  v1::GenerateRequest& g = *req;
   v1::SamplingParameters* sp = g.mutable_sampling();
   for (const char* key : {"temperature", "top_p", "presence_penalty", "frequency_penalty",
                           "repetition_penalty", "min_p"}) {
@@ -223,6 +224,11 @@ absl::StatusOr<OpenAiRequest> ParseOpenAiRequest(OpenAiEndpoint endpoint,
   if (!ignore_eos.ok()) return ignore_eos.status();
   g.set_ignore_eos(*ignore_eos);
 
+  return absl::OkStatus();
+}
+
+absl::Status ParseLogprobs(const json& body, OpenAiEndpoint endpoint, v1::GenerateRequest* req) {
+  v1::GenerateRequest& g = *req;
   // Completions: "logprobs": N alternatives (0..5). Chat: "logprobs": bool + "top_logprobs".
   if (endpoint == OpenAiEndpoint::kCompletions) {
     auto lp = Integer(body, "logprobs");
@@ -243,6 +249,39 @@ absl::StatusOr<OpenAiRequest> ParseOpenAiRequest(OpenAiEndpoint endpoint,
       g.set_top_logprobs(ClampInt32(**top));
     }
   }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<OpenAiRequest> ParseOpenAiRequest(OpenAiEndpoint endpoint,
+                                                 const std::string& body_text) {
+  json body = json::parse(body_text, nullptr, /*allow_exceptions=*/false);
+  if (body.is_discarded()) return Invalid("body", "is not valid JSON");
+  if (!body.is_object()) return Invalid("body", "must be a JSON object");
+
+  OpenAiRequest req;
+  req.endpoint = endpoint;
+  v1::GenerateRequest& g = req.generate;
+
+  if (auto it = body.find("model"); it != body.end() && !it->is_null()) {
+    if (!it->is_string()) return Invalid("model", "must be a string");
+    g.set_model(it->get<std::string>());
+  }
+  if (endpoint == OpenAiEndpoint::kChat) {
+    if (absl::Status s = ParseMessages(body, &g); !s.ok()) return s;
+  } else {
+    if (absl::Status s = ParsePrompt(body, &g); !s.ok()) return s;
+    // As in vLLM, completions return the text as the model wrote it, tags included.
+    g.set_separate_reasoning(false);
+  }
+
+  if (absl::Status s = ParseUnsupported(body); !s.ok()) return s;
+  if (absl::Status s = ParseStreaming(body, &req); !s.ok()) return s;
+  if (absl::Status s = ParseMaxTokens(body, endpoint, &g); !s.ok()) return s;
+  if (absl::Status s = ParseStops(body, &g); !s.ok()) return s;
+  if (absl::Status s = ParseSampling(body, &g); !s.ok()) return s;
+  if (absl::Status s = ParseLogprobs(body, endpoint, &g); !s.ok()) return s;
   return req;
 }
 
