@@ -247,6 +247,122 @@ absl::Status ParsePostProcessor(const Context& ctx, const Json& j, TokenizerStat
   return absl::OkStatus();
 }
 
+// A vocabulary piece in the model's internal form (bytes, for byte-level vocabularies).
+std::string InternalPiece(const std::string& piece, bool byte_level) {
+  std::string bytes;
+  if (byte_level && ByteLevelToBytes(piece, &bytes)) return bytes;
+  return piece;
+}
+
+// model.vocab as pieces by id; ids must lie below `id_limit` (they size per-id tables).
+absl::StatusOr<std::vector<std::string>> ParseVocab(const Context& ctx, const Json& vocab,
+                                                    int64_t id_limit) {
+  int64_t max_id = -1;
+  for (auto it = vocab.begin(); it != vocab.end(); ++it) {
+    const int64_t id = IdValue(it.value());
+    if (id < 0 || id >= id_limit) {
+      return ctx.Error("model.vocab",
+                       absl::StrCat("id ", id, " of \"", it.key(), "\" is out of range"));
+    }
+    max_id = std::max(max_id, id);
+  }
+  std::vector<std::string> raw(max_id + 1);
+  for (auto it = vocab.begin(); it != vocab.end(); ++it) raw[IdValue(it.value())] = it.key();
+  return raw;
+}
+
+// model.merges, in both forms ("a b" strings and [a, b] pairs), as internal pieces.
+absl::StatusOr<std::vector<std::pair<std::string, std::string>>> ParseMerges(const Context& ctx,
+                                                                             const Json& model,
+                                                                             bool byte_level) {
+  std::vector<std::pair<std::string, std::string>> merges;
+  if (!model.contains("merges")) return merges;
+  const Json& jm = model.at("merges");
+  merges.reserve(jm.size());
+  for (const Json& m : jm) {
+    if (m.is_string()) {
+      const std::string s = m.get<std::string>();
+      const size_t sp = s.find(' ', 1);
+      if (sp == std::string::npos) {
+        return ctx.Error("model.merges", absl::StrCat("merge \"", s, "\" has no space"));
+      }
+      merges.emplace_back(InternalPiece(s.substr(0, sp), byte_level),
+                          InternalPiece(s.substr(sp + 1), byte_level));
+    } else if (m.is_array() && m.size() == 2) {
+      merges.emplace_back(InternalPiece(m[0].get<std::string>(), byte_level),
+                          InternalPiece(m[1].get<std::string>(), byte_level));
+    } else {
+      return ctx.Error("model.merges", "entries must be \"a b\" strings or [a, b] pairs");
+    }
+  }
+  return merges;
+}
+
+absl::Status ParseAddedTokens(const Context& ctx, const Json& tj, int64_t id_limit,
+                              TokenizerState* state) {
+  if (!tj.contains("added_tokens") || tj.at("added_tokens").is_null()) return absl::OkStatus();
+  for (const Json& a : tj.at("added_tokens")) {
+    AddedToken t;
+    t.id = IdValue(a.at("id"));
+    t.content = a.at("content").get<std::string>();
+    t.special = BoolOr(a, "special", false);
+    t.lstrip = BoolOr(a, "lstrip", false);
+    t.rstrip = BoolOr(a, "rstrip", false);
+    if (t.id < 0 || t.id >= id_limit || t.content.empty()) {
+      return ctx.Error("added_tokens", absl::StrCat("bad entry for id ", t.id));
+    }
+    state->added.push_back(std::move(t));
+  }
+  return absl::OkStatus();
+}
+
+// tokenizer_config.json (BOS/EOS, the chat template) and generation_config.json's EOS ids.
+void ApplyTokenizerConfig(const Json& config, const Json& generation, const Json& vocab,
+                          const std::vector<std::string>& raw, bool has_template,
+                          TokenizerState* state) {
+  auto id_of = [&](const std::string& text) -> int32_t {
+    if (text.empty()) return -1;
+    for (const AddedToken& t : state->added) {
+      if (t.content == text) return t.id;
+    }
+    auto it = vocab.find(text);
+    return it == vocab.end() ? -1 : IdValue(*it);
+  };
+  if (config.is_object()) {
+    state->bos_token = TokenText(config.value("bos_token", Json()));
+    state->eos_token = TokenText(config.value("eos_token", Json()));
+    const Json& ct = config.value("chat_template", Json());
+    if (ct.is_string()) {
+      state->chat_template = ct.get<std::string>();
+    } else if (ct.is_array()) {
+      for (const Json& e : ct) {
+        if (StringOr(e, "name", "") == "default")
+          state->chat_template = StringOr(e, "template", "");
+      }
+    }
+  }
+  state->bos_id = id_of(state->bos_token);
+  if (state->bos_id < 0 && !state->prefix_ids.empty()) state->bos_id = state->prefix_ids[0];
+  if (state->bos_token.empty() && state->bos_id >= 0)
+    state->bos_token = raw.size() > size_t(state->bos_id) ? raw[state->bos_id] : "";
+  const int32_t eos = id_of(state->eos_token);
+  if (eos >= 0) state->eos_ids.push_back(eos);
+  if (!has_template && config.is_object()) {
+    const bool add_bos = BoolOr(config, "add_bos_token", !state->bos_token.empty());
+    if (add_bos && state->bos_id >= 0) state->prefix_ids.push_back(state->bos_id);
+    if (BoolOr(config, "add_eos_token", false) && eos >= 0) state->suffix_ids.push_back(eos);
+  }
+  if (generation.is_object() && generation.contains("eos_token_id")) {
+    const Json& e = generation.at("eos_token_id");
+    if (IdValue(e) >= 0) state->eos_ids.push_back(IdValue(e));
+    if (e.is_array()) {
+      for (const Json& x : e) {
+        if (IdValue(x) >= 0) state->eos_ids.push_back(IdValue(x));
+      }
+    }
+  }
+}
+
 // `section` names the part being read, for errors raised as JSON exceptions.
 absl::StatusOr<std::unique_ptr<Tokenizer>> ParseImpl(const Context& ctx, const Json& tj,
                                                      const Json& config, const Json& generation,
@@ -288,45 +404,11 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> ParseImpl(const Context& ctx, const J
   const Json& added_json = tj.value("added_tokens", Json::array());
   const int64_t id_limit =
       static_cast<int64_t>(vocab.size() + (added_json.is_array() ? added_json.size() : 0)) + 65536;
-  int64_t max_id = -1;
-  for (auto it = vocab.begin(); it != vocab.end(); ++it) {
-    const int64_t id = IdValue(it.value());
-    if (id < 0 || id >= id_limit) {
-      return ctx.Error("model.vocab",
-                       absl::StrCat("id ", id, " of \"", it.key(), "\" is out of range"));
-    }
-    max_id = std::max(max_id, id);
-  }
-  std::vector<std::string> raw(max_id + 1);
-  for (auto it = vocab.begin(); it != vocab.end(); ++it) raw[IdValue(it.value())] = it.key();
-  auto internal = [&](const std::string& piece) {
-    std::string bytes;
-    if (byte_level && ByteLevelToBytes(piece, &bytes)) return bytes;
-    return piece;
-  };
+  ASSIGN_OR_RETURN(std::vector<std::string> raw, ParseVocab(ctx, vocab, id_limit));
   std::vector<std::string> internal_pieces(raw.size());
-  for (size_t i = 0; i < raw.size(); ++i) internal_pieces[i] = internal(raw[i]);
-
+  for (size_t i = 0; i < raw.size(); ++i) internal_pieces[i] = InternalPiece(raw[i], byte_level);
   *section = "model.merges";
-  std::vector<std::pair<std::string, std::string>> merges;
-  if (model.contains("merges")) {
-    const Json& jm = model.at("merges");
-    merges.reserve(jm.size());
-    for (const Json& m : jm) {
-      if (m.is_string()) {
-        const std::string s = m.get<std::string>();
-        const size_t sp = s.find(' ', 1);
-        if (sp == std::string::npos) {
-          return ctx.Error("model.merges", absl::StrCat("merge \"", s, "\" has no space"));
-        }
-        merges.emplace_back(internal(s.substr(0, sp)), internal(s.substr(sp + 1)));
-      } else if (m.is_array() && m.size() == 2) {
-        merges.emplace_back(internal(m[0].get<std::string>()), internal(m[1].get<std::string>()));
-      } else {
-        return ctx.Error("model.merges", "entries must be \"a b\" strings or [a, b] pairs");
-      }
-    }
-  }
+  ASSIGN_OR_RETURN(auto merges, ParseMerges(ctx, model, byte_level));
 
   BpeOptions opt;
   opt.byte_level = byte_level;
@@ -351,69 +433,15 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> ParseImpl(const Context& ctx, const J
 
   // Added tokens.
   *section = "added_tokens";
-  if (tj.contains("added_tokens") && !tj.at("added_tokens").is_null()) {
-    for (const Json& a : tj.at("added_tokens")) {
-      AddedToken t;
-      t.id = IdValue(a.at("id"));
-      t.content = a.at("content").get<std::string>();
-      t.special = BoolOr(a, "special", false);
-      t.lstrip = BoolOr(a, "lstrip", false);
-      t.rstrip = BoolOr(a, "rstrip", false);
-      if (t.id < 0 || t.id >= id_limit || t.content.empty()) {
-        return ctx.Error("added_tokens", absl::StrCat("bad entry for id ", t.id));
-      }
-      state->added.push_back(std::move(t));
-    }
-  }
+  RETURN_IF_ERROR(ParseAddedTokens(ctx, tj, id_limit, state.get()));
 
   *section = "post_processor";
   bool has_template = false;
   RETURN_IF_ERROR(
       ParsePostProcessor(ctx, tj.value("post_processor", Json()), state.get(), &has_template));
 
-  // tokenizer_config.json: BOS/EOS and the chat template.
-  auto id_of = [&](const std::string& text) -> int32_t {
-    if (text.empty()) return -1;
-    for (const AddedToken& t : state->added) {
-      if (t.content == text) return t.id;
-    }
-    auto it = vocab.find(text);
-    return it == vocab.end() ? -1 : IdValue(*it);
-  };
   *section = "tokenizer_config.json";
-  if (config.is_object()) {
-    state->bos_token = TokenText(config.value("bos_token", Json()));
-    state->eos_token = TokenText(config.value("eos_token", Json()));
-    const Json& ct = config.value("chat_template", Json());
-    if (ct.is_string()) {
-      state->chat_template = ct.get<std::string>();
-    } else if (ct.is_array()) {
-      for (const Json& e : ct) {
-        if (StringOr(e, "name", "") == "default")
-          state->chat_template = StringOr(e, "template", "");
-      }
-    }
-  }
-  state->bos_id = id_of(state->bos_token);
-  if (state->bos_id < 0 && !state->prefix_ids.empty()) state->bos_id = state->prefix_ids[0];
-  if (state->bos_token.empty() && state->bos_id >= 0)
-    state->bos_token = raw.size() > size_t(state->bos_id) ? raw[state->bos_id] : "";
-  const int32_t eos = id_of(state->eos_token);
-  if (eos >= 0) state->eos_ids.push_back(eos);
-  if (!has_template && config.is_object()) {
-    const bool add_bos = BoolOr(config, "add_bos_token", !state->bos_token.empty());
-    if (add_bos && state->bos_id >= 0) state->prefix_ids.push_back(state->bos_id);
-    if (BoolOr(config, "add_eos_token", false) && eos >= 0) state->suffix_ids.push_back(eos);
-  }
-  if (generation.is_object() && generation.contains("eos_token_id")) {
-    const Json& e = generation.at("eos_token_id");
-    if (IdValue(e) >= 0) state->eos_ids.push_back(IdValue(e));
-    if (e.is_array()) {
-      for (const Json& x : e) {
-        if (IdValue(x) >= 0) state->eos_ids.push_back(IdValue(x));
-      }
-    }
-  }
+  ApplyTokenizerConfig(config, generation, vocab, raw, has_template, state.get());
   if (absl::Status s = state->Finish(); !s.ok()) return ctx.Error("tokenizer", s.message());
   return std::make_unique<Tokenizer>(std::move(state));
 }
