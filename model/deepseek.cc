@@ -60,14 +60,11 @@ int64_t DeinterleavedSource(int64_t i, int64_t dim) {
 
 float Sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
 
-class DeepseekStage : public ModelStage {
+class DeepseekStage : public DecoderStageBase {
  public:
   DeepseekStage(const ModelConfig& c, std::unique_ptr<WeightSource> weights, const StageSpec& spec,
                 const KvCacheSpec& kv, Backend* backend)
-      : config_(c), weights_(std::move(weights)), backend_(backend), kv_(kv), pool_(0) {
-    begin_ = spec.layer_begin;
-    end_ = spec.layer_end < 0 ? c.num_layers : spec.layer_end;
-    quantize_ = spec.quantize;
+      : DecoderStageBase(c, std::move(weights), spec, kv, backend), pool_(0) {
     const DeepseekConfig& d = c.deepseek;
     inv_freq_ = c.RopeInvFreq(d.qk_rope_head_dim);
     double scale = 1.0 / std::sqrt(static_cast<double>(d.qk_nope_head_dim + d.qk_rope_head_dim));
@@ -83,14 +80,7 @@ class DeepseekStage : public ModelStage {
   absl::Status Load() {
     const ModelConfig& c = config_;
     const DeepseekConfig& d = c.deepseek;
-    if (quantize_ != DType::kF32 && quantize_ != DType::kQ8_0 && quantize_ != DType::kQ4_0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("cannot quantize to ", DTypeName(quantize_), " (supported: q8_0, q4_0)"));
-    }
-    if (begin_ < 0 || begin_ >= end_ || end_ > c.num_layers) {
-      return absl::InvalidArgumentError(absl::StrCat("layer range [", begin_, ", ", end_,
-                                                     ") is not inside [0, ", c.num_layers, ")"));
-    }
+    RETURN_IF_ERROR(CheckSpec());
     const int64_t H = c.hidden_size, NH = c.num_heads, nope = d.qk_nope_head_dim,
                   R = d.qk_rope_head_dim, QD = nope + R, kvl = d.kv_lora_rank, vd = d.v_head_dim;
     if (is_first()) {
@@ -192,14 +182,6 @@ class DeepseekStage : public ModelStage {
     return absl::OkStatus();
   }
 
-  const ModelConfig& config() const override { return config_; }
-  int64_t layer_begin() const override { return begin_; }
-  int64_t layer_end() const override { return end_; }
-  const KvCacheSpec& kv_spec() const override { return kv_; }
-  int64_t KvBytesPerToken() const override {
-    return (end_ - begin_) * MlaCacheValuesPerToken(config_) * static_cast<int64_t>(sizeof(float));
-  }
-
   absl::StatusOr<StepOutput> Forward(absl::Span<const SequenceStep> batch,
                                      absl::Span<const float> hidden_in) override {
     const ModelConfig& c = config_;
@@ -219,9 +201,6 @@ class DeepseekStage : public ModelStage {
   }
 
  private:
-  bool is_first() const { return begin_ == 0; }
-  bool is_last() const { return end_ == config_.num_layers; }
-
   absl::Status RunAttention(size_t l, Tensor x, int64_t total,
                             const std::vector<int32_t>& positions,
                             const std::vector<AttentionSeq>& seqs) {
@@ -359,11 +338,6 @@ class DeepseekStage : public ModelStage {
     return absl::OkStatus();
   }
 
-  absl::StatusOr<int64_t> Validate(absl::Span<const SequenceStep> batch,
-                                   absl::Span<const float> hidden_in) const {
-    return ValidateStepBatch(batch, hidden_in, config_, kv_, is_first());
-  }
-
   absl::Status Reserve(int64_t total) {
     if (total <= ws_.capacity) return absl::OkStatus();
     const ModelConfig& c = config_;
@@ -484,13 +458,7 @@ class DeepseekStage : public ModelStage {
     return f;
   }
 
-  ModelConfig config_;
-  std::unique_ptr<WeightSource> weights_;
-  Backend* backend_;
-  KvCacheSpec kv_;
   ThreadPool pool_;  // for the host kernels
-  int64_t begin_ = 0, end_ = 0;
-  DType quantize_ = DType::kF32;
   std::vector<float> inv_freq_;
   double rope_mscale_ = 1.0;
   float softmax_scale_ = 1.0f;

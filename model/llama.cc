@@ -32,27 +32,17 @@ struct Workspace {
   LogitsBuffer logits;  // [rows, vocab], copied out by Forward
 };
 
-class LlamaStage : public ModelStage {
+class LlamaStage : public DecoderStageBase {
  public:
   LlamaStage(const ModelConfig& c, std::unique_ptr<WeightSource> weights, const StageSpec& spec,
              const KvCacheSpec& kv, Backend* backend)
-      : config_(c), weights_(std::move(weights)), backend_(backend), kv_(kv) {
-    begin_ = spec.layer_begin;
-    end_ = spec.layer_end < 0 ? c.num_layers : spec.layer_end;
-    quantize_ = spec.quantize;
+      : DecoderStageBase(c, std::move(weights), spec, kv, backend) {
     inv_freq_ = c.RopeInvFreq();
   }
 
   absl::Status Load() {
     const ModelConfig& c = config_;
-    if (quantize_ != DType::kF32 && quantize_ != DType::kQ8_0 && quantize_ != DType::kQ4_0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("cannot quantize to ", DTypeName(quantize_), " (supported: q8_0, q4_0)"));
-    }
-    if (begin_ < 0 || begin_ >= end_ || end_ > c.num_layers) {
-      return absl::InvalidArgumentError(absl::StrCat("layer range [", begin_, ", ", end_,
-                                                     ") is not inside [0, ", c.num_layers, ")"));
-    }
+    RETURN_IF_ERROR(CheckSpec());
     const int64_t H = c.hidden_size, I = c.intermediate_size, D = c.head_dim;
     if (is_first()) {
       ASSIGN_OR_RETURN(embed_, Matrix("model.embed_tokens.weight", c.vocab_size, H, false));
@@ -100,14 +90,6 @@ class LlamaStage : public ModelStage {
     return absl::OkStatus();
   }
 
-  const ModelConfig& config() const override { return config_; }
-  int64_t layer_begin() const override { return begin_; }
-  int64_t layer_end() const override { return end_; }
-  const KvCacheSpec& kv_spec() const override { return kv_; }
-  int64_t KvBytesPerToken() const override {
-    return (end_ - begin_) * KvCacheValuesPerToken(config_) * static_cast<int64_t>(sizeof(float));
-  }
-
   absl::StatusOr<StepOutput> Forward(absl::Span<const SequenceStep> batch,
                                      absl::Span<const float> hidden_in) override {
     const ModelConfig& c = config_;
@@ -124,9 +106,6 @@ class LlamaStage : public ModelStage {
   }
 
  private:
-  bool is_first() const { return begin_ == 0; }
-  bool is_last() const { return end_ == config_.num_layers; }
-
   void RunLayer(size_t l, Tensor x, int64_t total, const std::vector<int32_t>& positions,
                 const std::vector<AttentionSeq>& seqs) {
     const ModelConfig& c = config_;
@@ -162,11 +141,6 @@ class LlamaStage : public ModelStage {
     backend_->SwiGlu(gate_up, act);
     backend_->MatMul(act, w.down.t, nullptr, h);
     backend_->Add(x, h);
-  }
-
-  absl::StatusOr<int64_t> Validate(absl::Span<const SequenceStep> batch,
-                                   absl::Span<const float> hidden_in) const {
-    return ValidateStepBatch(batch, hidden_in, config_, kv_, is_first());
   }
 
   absl::Status Reserve(int64_t total) {
@@ -232,12 +206,6 @@ class LlamaStage : public ModelStage {
     return w;
   }
 
-  ModelConfig config_;
-  std::unique_ptr<WeightSource> weights_;
-  Backend* backend_;
-  KvCacheSpec kv_;
-  int64_t begin_ = 0, end_ = 0;
-  DType quantize_ = DType::kF32;
   std::vector<float> inv_freq_;
   Weight embed_, final_norm_, lm_head_;
   std::vector<LayerWeights> layers_;

@@ -1,10 +1,24 @@
 #include "model/stage_step.h"
 
+#include "absl/strings/str_cat.h"
+
 #include <algorithm>
 
 #include "common/status.h"
 
 namespace shardserve {
+
+absl::Status DecoderStageBase::CheckSpec() const {
+  if (quantize_ != DType::kF32 && quantize_ != DType::kQ8_0 && quantize_ != DType::kQ4_0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot quantize to ", DTypeName(quantize_), " (supported: q8_0, q4_0)"));
+  }
+  if (begin_ < 0 || begin_ >= end_ || end_ > config_.num_layers) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "layer range [", begin_, ", ", end_, ") is not inside [0, ", config_.num_layers, ")"));
+  }
+  return absl::OkStatus();
+}
 
 StepRows PlanStepRows(absl::Span<const SequenceStep> batch, int64_t total_rows) {
   StepRows r;

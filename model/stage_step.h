@@ -15,8 +15,49 @@
 #include "kernels/backend.h"
 #include "model/config.h"
 #include "model/stage.h"
+#include "model/weights.h"
 
 namespace shardserve {
+
+// What every decoder stage holds and answers the same way: its config, weights, backend, KV
+// spec, layer range and load-time quantization, the ModelStage accessors and the step check.
+class DecoderStageBase : public ModelStage {
+ public:
+  DecoderStageBase(const ModelConfig& c, std::unique_ptr<WeightSource> weights,
+                   const StageSpec& spec, const KvCacheSpec& kv, Backend* backend)
+      : config_(c),
+        weights_(std::move(weights)),
+        backend_(backend),
+        kv_(kv),
+        begin_(spec.layer_begin),
+        end_(spec.layer_end < 0 ? c.num_layers : spec.layer_end),
+        quantize_(spec.quantize) {}
+
+  const ModelConfig& config() const override { return config_; }
+  int64_t layer_begin() const override { return begin_; }
+  int64_t layer_end() const override { return end_; }
+  const KvCacheSpec& kv_spec() const override { return kv_; }
+  int64_t KvBytesPerToken() const override {
+    return (end_ - begin_) * KvCacheValuesPerToken(config_) * static_cast<int64_t>(sizeof(float));
+  }
+
+ protected:
+  bool is_first() const { return begin_ == 0; }
+  bool is_last() const { return end_ == config_.num_layers; }
+  // INVALID_ARGUMENT for a quantization other than Q8_0/Q4_0 or a layer range outside the model.
+  absl::Status CheckSpec() const;
+  absl::StatusOr<int64_t> Validate(absl::Span<const SequenceStep> batch,
+                                   absl::Span<const float> hidden_in) const {
+    return ValidateStepBatch(batch, hidden_in, config_, kv_, is_first());
+  }
+
+  ModelConfig config_;
+  std::unique_ptr<WeightSource> weights_;
+  Backend* backend_;
+  KvCacheSpec kv_;
+  int64_t begin_ = 0, end_ = 0;
+  DType quantize_ = DType::kF32;
+};
 
 struct StepRows {
   std::vector<int32_t> positions;  // one per row
