@@ -90,19 +90,15 @@ class LlamaStage : public DecoderStageBase {
     return absl::OkStatus();
   }
 
-  absl::StatusOr<StepOutput> Forward(absl::Span<const SequenceStep> batch,
-                                     absl::Span<const float> hidden_in) override {
-    const ModelConfig& c = config_;
-    const int64_t H = c.hidden_size;
-    ASSIGN_OR_RETURN(const int64_t total, Validate(batch, hidden_in));
+  absl::StatusOr<StepBuffers> PrepareStep(int64_t total) override {
     RETURN_IF_ERROR(Reserve(total));
+    return StepBuffers{ws_.x->data(), ws_.h->data(),  &ws_.logits,
+                       &embed_.t,     &final_norm_.t, &lm_head_.t};
+  }
 
-    const StepRows rows = PlanStepRows(batch, total);
-    Tensor x = Tensor::Of(ws_.x->data(), DType::kF32, total, H);
-    LoadStepInput(backend_, is_first(), embed_.t, batch, hidden_in, x);
+  absl::Status RunLayers(Tensor x, int64_t total, const StepRows& rows) override {
     for (size_t l = 0; l < layers_.size(); ++l) RunLayer(l, x, total, rows.positions, rows.seqs);
-    return StageOutput(backend_, c, is_last(), batch, rows, x, ws_.h->data(), final_norm_.t,
-                       lm_head_.t, ws_.logits);
+    return absl::OkStatus();
   }
 
  private:

@@ -8,6 +8,18 @@
 
 namespace shardserve {
 
+absl::StatusOr<StepOutput> DecoderStageBase::Forward(absl::Span<const SequenceStep> batch,
+                                                     absl::Span<const float> hidden_in) {
+  ASSIGN_OR_RETURN(const int64_t total, Validate(batch, hidden_in));
+  ASSIGN_OR_RETURN(const StepBuffers b, PrepareStep(total));
+  const StepRows rows = PlanStepRows(batch, total);
+  Tensor x = Tensor::Of(b.x, DType::kF32, total, config_.hidden_size);
+  LoadStepInput(backend_, is_first(), *b.embedding, batch, hidden_in, x);
+  RETURN_IF_ERROR(RunLayers(x, total, rows));
+  return StageOutput(backend_, config_, is_last(), batch, rows, x, b.h, *b.final_norm, *b.lm_head,
+                     *b.logits);
+}
+
 absl::Status DecoderStageBase::CheckSpec() const {
   if (quantize_ != DType::kF32 && quantize_ != DType::kQ8_0 && quantize_ != DType::kQ4_0) {
     return absl::InvalidArgumentError(

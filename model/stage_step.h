@@ -19,6 +19,24 @@
 
 namespace shardserve {
 
+struct StepRows {
+  std::vector<int32_t> positions;  // one per row
+  std::vector<AttentionSeq> seqs;  // one per sequence, in batch order
+};
+
+StepRows PlanStepRows(absl::Span<const SequenceStep> batch, int64_t total_rows);
+
+// Fills x [total, hidden]: embeddings of the batch's tokens when `first`, else `hidden_in`.
+void LoadStepInput(Backend* backend, bool first, const Tensor& embedding,
+                   absl::Span<const SequenceStep> batch, absl::Span<const float> hidden_in,
+                   Tensor x);
+
+// A [rows, vocab] logits buffer that grows on demand.
+struct LogitsBuffer {
+  int64_t capacity = 0;  // rows
+  std::unique_ptr<Buffer> buffer;
+};
+
 // What every decoder stage holds and answers the same way: its config, weights, backend, KV
 // spec, layer range and load-time quantization, the ModelStage accessors and the step check.
 class DecoderStageBase : public ModelStage {
@@ -41,7 +59,24 @@ class DecoderStageBase : public ModelStage {
     return (end_ - begin_) * KvCacheValuesPerToken(config_) * static_cast<int64_t>(sizeof(float));
   }
 
+  // The step's skeleton: validate, size the workspaces, the input rows, the architecture's
+  // layers (RunLayers), then the output for the next stage or the logits.
+  absl::StatusOr<StepOutput> Forward(absl::Span<const SequenceStep> batch,
+                                     absl::Span<const float> hidden_in) final;
+
  protected:
+  // What Forward needs of a derived stage's workspaces, sized for `total` rows.
+  struct StepBuffers {
+    void* x = nullptr;  // [total, hidden] F32: the residual stream
+    void* h = nullptr;  // scratch for the output
+    LogitsBuffer* logits = nullptr;
+    const Tensor* embedding = nullptr;
+    const Tensor* final_norm = nullptr;
+    const Tensor* lm_head = nullptr;
+  };
+  virtual absl::StatusOr<StepBuffers> PrepareStep(int64_t total) = 0;
+  virtual absl::Status RunLayers(Tensor x, int64_t total, const StepRows& rows) = 0;
+
   bool is_first() const { return begin_ == 0; }
   bool is_last() const { return end_ == config_.num_layers; }
   // INVALID_ARGUMENT for a quantization other than Q8_0/Q4_0 or a layer range outside the model.
@@ -57,24 +92,6 @@ class DecoderStageBase : public ModelStage {
   KvCacheSpec kv_;
   int64_t begin_ = 0, end_ = 0;
   DType quantize_ = DType::kF32;
-};
-
-struct StepRows {
-  std::vector<int32_t> positions;  // one per row
-  std::vector<AttentionSeq> seqs;  // one per sequence, in batch order
-};
-
-StepRows PlanStepRows(absl::Span<const SequenceStep> batch, int64_t total_rows);
-
-// Fills x [total, hidden]: embeddings of the batch's tokens when `first`, else `hidden_in`.
-void LoadStepInput(Backend* backend, bool first, const Tensor& embedding,
-                   absl::Span<const SequenceStep> batch, absl::Span<const float> hidden_in,
-                   Tensor x);
-
-// A [rows, vocab] logits buffer that grows on demand.
-struct LogitsBuffer {
-  int64_t capacity = 0;  // rows
-  std::unique_ptr<Buffer> buffer;
 };
 
 // The stage's output for the step whose final hidden states are `x`. On the last stage `h` is
