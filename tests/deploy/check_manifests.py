@@ -94,7 +94,8 @@ def load_binaries(build_dir):
         out = subprocess.run([str(path), "--help"], capture_output=True, text=True, timeout=30)
         if out.returncode != 0:
             sys.exit(f"check_manifests: {path} --help exited {out.returncode}")
-        source = REPO / ("router" if name.endswith("router") else "worker") / "main.cc"
+        # The process class owns the drain (router/router.cc, worker/worker.cc).
+        source = REPO / ("router/router.cc" if name.endswith("router") else "worker/worker.cc")
         m = re.search(r"Shutdown\([^;]*?seconds\((\d+)\)", source.read_text(), re.S)
         if not m:
             sys.exit(f"check_manifests: no Shutdown(... seconds(N)) deadline in {source}; "
