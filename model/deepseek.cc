@@ -17,11 +17,7 @@
 namespace shardserve {
 namespace {
 
-// A weight matrix or vector resident on the backend.
-struct Weight {
-  std::unique_ptr<Buffer> buffer;
-  Tensor t;
-};
+using Weight = StageWeight;
 
 struct FfnWeights {
   Weight gate, up, down;
@@ -168,12 +164,9 @@ class DeepseekStage : public DecoderStageBase {
       layers_.push_back(std::move(w));
     }
     if (is_last()) {
-      ASSIGN_OR_RETURN(final_norm_, Vector("model.norm.weight", H));
-      if (c.tie_word_embeddings && !weights_->Has("lm_head.weight")) {
-        ASSIGN_OR_RETURN(lm_head_, Matrix("model.embed_tokens.weight", c.vocab_size, H));
-      } else {
-        ASSIGN_OR_RETURN(lm_head_, Matrix("lm_head.weight", c.vocab_size, H));
-      }
+      RETURN_IF_ERROR(LoadHead([this](const std::string& name, int64_t rows, int64_t cols) {
+        return Matrix(name, rows, cols);
+      }));
     }
     RETURN_IF_ERROR(ResolveKvSpec(c, &kv_));
     const size_t layer_values =
@@ -435,16 +428,6 @@ class DeepseekStage : public DecoderStageBase {
     return weights_->GetVectorF32(name, n);
   }
 
-  // A vector (norm weight), widened to F32.
-  absl::StatusOr<Weight> Vector(const std::string& name, int64_t n) {
-    ASSIGN_OR_RETURN(std::vector<float> host, HostVector(name, n));
-    Weight w;
-    ASSIGN_OR_RETURN(w.buffer, backend_->Allocate(n * sizeof(float)));
-    backend_->CopyToDevice(w.buffer->data(), host.data(), n * sizeof(float));
-    w.t = Tensor::Of(w.buffer->data(), DType::kF32, 1, n);
-    return w;
-  }
-
   absl::StatusOr<FfnWeights> Ffn(const std::string& prefix, int64_t inter) {
     const int64_t H = config_.hidden_size;
     FfnWeights f;
@@ -458,7 +441,6 @@ class DeepseekStage : public DecoderStageBase {
   std::vector<float> inv_freq_;
   double rope_mscale_ = 1.0;
   float softmax_scale_ = 1.0f;
-  Weight embed_, final_norm_, lm_head_;
   std::vector<LayerWeights> layers_;
   // Per layer: [num_blocks * block_size, kv_lora_rank + qk_rope_head_dim].
   std::vector<std::vector<float>> latent_cache_;

@@ -12,11 +12,7 @@
 namespace shardserve {
 namespace {
 
-// A weight matrix or vector resident on the backend.
-struct Weight {
-  std::unique_ptr<Buffer> buffer;
-  Tensor t;
-};
+using Weight = StageWeight;
 
 struct LayerWeights {
   Weight input_norm, post_norm;
@@ -67,12 +63,9 @@ class LlamaStage : public DecoderStageBase {
       layers_.push_back(std::move(w));
     }
     if (is_last()) {
-      ASSIGN_OR_RETURN(final_norm_, Vector("model.norm.weight", H));
-      if (c.tie_word_embeddings && !weights_->Has("lm_head.weight")) {
-        ASSIGN_OR_RETURN(lm_head_, Matrix("model.embed_tokens.weight", c.vocab_size, H));
-      } else {
-        ASSIGN_OR_RETURN(lm_head_, Matrix("lm_head.weight", c.vocab_size, H));
-      }
+      RETURN_IF_ERROR(LoadHead([this](const std::string& name, int64_t rows, int64_t cols) {
+        return Matrix(name, rows, cols);
+      }));
     }
     RETURN_IF_ERROR(ResolveKvSpec(c, &kv_));
     const size_t layer_bytes =
@@ -192,18 +185,7 @@ class LlamaStage : public DecoderStageBase {
     return w;
   }
 
-  // A vector (norm weight or bias), widened to F32.
-  absl::StatusOr<Weight> Vector(const std::string& name, int64_t n) {
-    ASSIGN_OR_RETURN(std::vector<float> host, weights_->GetVectorF32(name, n));
-    Weight w;
-    ASSIGN_OR_RETURN(w.buffer, backend_->Allocate(n * sizeof(float)));
-    backend_->CopyToDevice(w.buffer->data(), host.data(), n * sizeof(float));
-    w.t = Tensor::Of(w.buffer->data(), DType::kF32, 1, n);
-    return w;
-  }
-
   std::vector<float> inv_freq_;
-  Weight embed_, final_norm_, lm_head_;
   std::vector<LayerWeights> layers_;
   std::vector<std::unique_ptr<Buffer>> kv_buffers_;
   std::vector<KvLayer> kv_cache_;

@@ -20,6 +20,15 @@ absl::StatusOr<StepOutput> DecoderStageBase::Forward(absl::Span<const SequenceSt
                      *b.logits);
 }
 
+absl::StatusOr<StageWeight> DecoderStageBase::Vector(const std::string& name, int64_t n) {
+  ASSIGN_OR_RETURN(std::vector<float> host, weights_->GetVectorF32(name, n));
+  StageWeight w;
+  ASSIGN_OR_RETURN(w.buffer, backend_->Allocate(n * sizeof(float)));
+  backend_->CopyToDevice(w.buffer->data(), host.data(), n * sizeof(float));
+  w.t = Tensor::Of(w.buffer->data(), DType::kF32, 1, n);
+  return w;
+}
+
 absl::Status DecoderStageBase::CheckSpec() const {
   if (quantize_ != DType::kF32 && quantize_ != DType::kQ8_0 && quantize_ != DType::kQ4_0) {
     return absl::InvalidArgumentError(

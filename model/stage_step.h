@@ -8,10 +8,12 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "common/status.h"
 #include "kernels/backend.h"
 #include "model/config.h"
 #include "model/stage.h"
@@ -35,6 +37,12 @@ void LoadStepInput(Backend* backend, bool first, const Tensor& embedding,
 struct LogitsBuffer {
   int64_t capacity = 0;  // rows
   std::unique_ptr<Buffer> buffer;
+};
+
+// A weight matrix or vector resident on the backend.
+struct StageWeight {
+  std::unique_ptr<Buffer> buffer;
+  Tensor t;
 };
 
 // What every decoder stage holds and answers the same way: its config, weights, backend, KV
@@ -85,6 +93,19 @@ class DecoderStageBase : public ModelStage {
                                    absl::Span<const float> hidden_in) const {
     return ValidateStepBatch(batch, hidden_in, config_, kv_, is_first());
   }
+  // A vector (norm weight or bias), widened to F32.
+  absl::StatusOr<StageWeight> Vector(const std::string& name, int64_t n);
+  // Last stage: the final norm and the LM head (the embedding when tied and the file has no
+  // lm_head), through the stage's own `matrix(name, rows, cols)` loader.
+  template <typename MatrixFn>
+  absl::Status LoadHead(MatrixFn matrix) {
+    const int64_t H = config_.hidden_size;
+    ASSIGN_OR_RETURN(final_norm_, Vector("model.norm.weight", H));
+    const bool tied = config_.tie_word_embeddings && !weights_->Has("lm_head.weight");
+    ASSIGN_OR_RETURN(lm_head_, matrix(tied ? "model.embed_tokens.weight" : "lm_head.weight",
+                                      config_.vocab_size, H));
+    return absl::OkStatus();
+  }
 
   ModelConfig config_;
   std::unique_ptr<WeightSource> weights_;
@@ -92,6 +113,7 @@ class DecoderStageBase : public ModelStage {
   KvCacheSpec kv_;
   int64_t begin_ = 0, end_ = 0;
   DType quantize_ = DType::kF32;
+  StageWeight embed_, final_norm_, lm_head_;
 };
 
 // The stage's output for the step whose final hidden states are `x`. On the last stage `h` is

@@ -202,14 +202,20 @@ void BpeModel::MergeByRank(std::vector<Symbol>* syms_ptr) const {
     if (left.len == 0 || left.id != c.left || left.next < 0) continue;
     Symbol& right = syms[left.next];
     if (right.id != c.right) continue;
-    left.id = c.result;
-    left.len += right.len;
-    right.len = 0;
-    left.next = right.next;
-    if (left.next >= 0) syms[left.next].prev = c.pos;
+    JoinWithNext(syms, c.pos, c.result);
     consider(left.prev);
     consider(c.pos);
   }
+}
+
+void BpeModel::JoinWithNext(std::vector<Symbol>& syms, int32_t pos, int32_t id) {
+  Symbol& left = syms[pos];
+  Symbol& right = syms[left.next];
+  left.id = id;
+  left.len += right.len;
+  right.len = 0;
+  left.next = right.next;
+  if (left.next >= 0) syms[left.next].prev = pos;
 }
 
 void BpeModel::MergeByScore(absl::string_view word, std::vector<Symbol>* syms_ptr) const {
@@ -241,11 +247,7 @@ void BpeModel::MergeByScore(absl::string_view word, std::vector<Symbol>* syms_pt
     if (left.len == 0 || left.next < 0) continue;
     Symbol& right = syms[left.next];
     if (right.len == 0 || left.len + right.len != c.size) continue;
-    left.id = c.result;
-    left.len += right.len;
-    right.len = 0;
-    left.next = right.next;
-    if (left.next >= 0) syms[left.next].prev = c.pos;
+    JoinWithNext(syms, c.pos, c.result);
     consider(left.prev);
     consider(c.pos);
   }

@@ -62,6 +62,8 @@ class BpeModel {
     uint32_t begin, len;  // byte range in the word
     int32_t prev, next;
   };
+  // Symbol `pos` absorbs the one after it and becomes `id`.
+  static void JoinWithNext(std::vector<Symbol>& syms, int32_t pos, int32_t id);
   struct Merge {
     int32_t rank;
     int32_t result;
