@@ -80,11 +80,8 @@ WorkerServiceImpl::~WorkerServiceImpl() {
     stop_reaper_ = true;
   }
   reaper_.join();
-  auto shard = current();
-  if (shard != nullptr) {
-    if (shard->inbox) shard->inbox->Close(absl::CancelledError("worker shutting down"));
-    absl::MutexLock lock(&shard->links_mu);
-    if (shard->next) shard->next->Close(absl::CancelledError("worker shutting down"));
+  if (auto shard = current(); shard != nullptr) {
+    shard->CloseLinks(absl::CancelledError("worker shutting down"));
   }
 }
 
@@ -217,11 +214,7 @@ std::shared_ptr<WorkerServiceImpl::Shard> WorkerServiceImpl::DetachShard() {
     shard_ = nullptr;
     UpdateHealth();
   }
-  if (old != nullptr) {
-    if (old->inbox) old->inbox->Close(absl::AbortedError("shard unloaded"));
-    absl::MutexLock lock(&old->links_mu);
-    if (old->next) old->next->Close(absl::AbortedError("shard unloaded"));
-  }
+  if (old != nullptr) old->CloseLinks(absl::AbortedError("shard unloaded"));
   return old;
 }
 

@@ -99,6 +99,13 @@ class WorkerServiceImpl final : public v1::WorkerService::Service {
     std::shared_ptr<ActivationLink> next_faulty ABSL_GUARDED_BY(links_mu);  // wraps `next`
     // Last, so that it is destroyed first: its sender thread may be using the links.
     std::unique_ptr<StageRuntime> runtime;
+
+    // Fails both links with `why`, so nothing waits on them (a step in progress ends).
+    void CloseLinks(const absl::Status& why) {
+      if (inbox) inbox->Close(why);
+      absl::MutexLock lock(&links_mu);
+      if (next) next->Close(why);
+    }
   };
 
   std::shared_ptr<Shard> current() const;
