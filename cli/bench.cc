@@ -13,8 +13,12 @@
 #include <vector>
 
 #include "CLI/CLI.hpp"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/time.h"
 #include "cli/complete.h"
+#include "httplib.h"
 #include "nlohmann/json.hpp"
 #include "shardserve/v1/inference.grpc.pb.h"
 
@@ -38,6 +42,9 @@ struct BenchConfig {
   bool json = false;
   std::string scenario = "random";
   int turns = 4, user_tokens = 32;
+  // host:port of each worker's /metrics, in stage order: busy fractions and pipeline
+  // efficiency.
+  std::string worker_metrics;
   TlsFiles tls;
   bool chat() const { return scenario == "chat"; }
   int total_requests() const { return chat() ? requests * turns : requests; }
@@ -76,6 +83,9 @@ void AddBenchFlags(CLI::App& app, BenchConfig* c) {
       ->check(CLI::Range(1, 1 << 20))
       ->capture_default_str();
   app.add_flag("--json", c->json, "print one JSON object");
+  app.add_option("--worker-metrics", c->worker_metrics,
+                 "host:port,... of the workers' /metrics (shardserve-worker --metrics-listen), in "
+                 "stage order: report each stage's busy fraction and the pipeline efficiency");
   AddClientTlsFlags(app, &c->tls);
 }
 
@@ -201,6 +211,52 @@ nlohmann::json Summary(const BenchConfig& c, const BenchResults& r, double secon
   return out;
 }
 
+// Each worker's shardserve_stage_busy_seconds_total (summed over its label sets), in order;
+// an error names the worker that could not be read.
+absl::StatusOr<std::vector<double>> ScrapeBusy(const std::vector<std::string>& workers) {
+  std::vector<double> busy;
+  for (const std::string& w : workers) {
+    httplib::Client client("http://" + w);
+    client.set_connection_timeout(5);
+    client.set_read_timeout(10);
+    auto res = client.Get("/metrics");
+    if (!res || res->status != 200) {
+      return absl::UnavailableError(absl::StrCat("--worker-metrics ", w, ": cannot read /metrics"));
+    }
+    double total = 0;
+    bool found = false;
+    for (absl::string_view line : absl::StrSplit(res->body, '\n')) {
+      if (!absl::StartsWith(line, "shardserve_stage_busy_seconds_total")) continue;
+      double v = 0;
+      const size_t space = line.rfind(' ');
+      if (space != absl::string_view::npos && absl::SimpleAtod(line.substr(space + 1), &v)) {
+        total += v;
+        found = true;
+      }
+    }
+    if (!found) {
+      return absl::NotFoundError(
+          absl::StrCat("--worker-metrics ", w, ": no shardserve_stage_busy_seconds_total"));
+    }
+    busy.push_back(total);
+  }
+  return busy;
+}
+
+// busy_fraction per stage and the pipeline efficiency, sum(busy) / (stages x wall).
+void AddBusy(const std::vector<double>& before, const std::vector<double>& after, double seconds,
+             nlohmann::json* out) {
+  nlohmann::json fractions = nlohmann::json::array();
+  double sum = 0;
+  for (size_t i = 0; i < before.size(); ++i) {
+    const double f = seconds > 0 ? (after[i] - before[i]) / seconds : 0.0;
+    fractions.push_back(f);
+    sum += f;
+  }
+  (*out)["stage_busy_fraction"] = fractions;
+  (*out)["pipeline_efficiency"] = before.empty() ? 0.0 : sum / before.size();
+}
+
 void PrintHuman(const BenchConfig& c, const nlohmann::json& out) {
   std::printf(
       "requests %d (errors %d), %lld tokens in %.2f s: %.1f tokens/s\n"
@@ -215,6 +271,11 @@ void PrintHuman(const BenchConfig& c, const nlohmann::json& out) {
                 out["ttft_ms_p50_first_turn"].get<double>(),
                 out["ttft_ms_p50_later_turns"].get<double>(),
                 out["ttft_ms_p99_later_turns"].get<double>());
+  }
+  if (out.contains("stage_busy_fraction")) {
+    std::printf("stage busy:");
+    for (const auto& f : out["stage_busy_fraction"]) std::printf(" %.3f", f.get<double>());
+    std::printf("; pipeline efficiency %.3f\n", out["pipeline_efficiency"].get<double>());
   }
   for (const auto& m : out["error_messages"]) {
     std::printf("error: %s\n", m.get<std::string>().c_str());
@@ -249,6 +310,13 @@ int BenchMain(int argc, char** argv) {
     }
   }
   const int32_t vocab = static_cast<int32_t>(info.vocab_size());
+  std::vector<std::string> workers;
+  if (!c.worker_metrics.empty()) workers = absl::StrSplit(c.worker_metrics, ',');
+  auto busy_before = ScrapeBusy(workers);
+  if (!busy_before.ok()) {
+    std::fprintf(stderr, "error: %s\n", std::string(busy_before.status().message()).c_str());
+    return 2;
+  }
   BenchResults results;
   std::atomic<int> next{0};
   const auto start = Clock::now();
@@ -259,7 +327,15 @@ int BenchMain(int argc, char** argv) {
   for (auto& t : threads) t.join();
   if (isatty(STDERR_FILENO)) std::fprintf(stderr, "\r\033[K");
   const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
-  const nlohmann::json out = Summary(c, results, seconds);
+  nlohmann::json out = Summary(c, results, seconds);
+  if (!workers.empty()) {
+    auto busy_after = ScrapeBusy(workers);
+    if (!busy_after.ok()) {
+      std::fprintf(stderr, "error: %s\n", std::string(busy_after.status().message()).c_str());
+      return 2;
+    }
+    AddBusy(*busy_before, *busy_after, seconds, &out);
+  }
   if (c.json) {
     std::cout << out.dump() << std::endl;
   } else {

@@ -12,6 +12,7 @@
 
 #include "CLI/CLI.hpp"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "common/status.h"
 #include "kernels/backend.h"
@@ -214,9 +215,10 @@ int SynthMain(int argc, char** argv) {
   app.add_option("--out", out, "output folder")->required();
   app.add_option("--seed", options.seed, "random seed")->capture_default_str();
   app.add_option("--threads", options.threads, "threads (0: all CPUs)")->capture_default_str();
-  app.footer(
-      "Known shapes: llama-110m, tinyllama-1.1b, llama3-8b, qwen2-0.5b, mistral-7b, "
-      "tiny-llama, tiny-llama-8l, tiny-qwen2, tiny-llama3");
+  app.add_flag("--config-only", options.config_only,
+               "write only config.json and the tokenizer: a model by shape alone, for "
+               "shardserve-worker --backend sim");
+  app.footer("Known shapes: " + absl::StrJoin(SynthShapeNames(), ", "));
   if (auto rc = Parse(app, argc, argv)) return *rc;
   auto dtype = ParseDType(dtype_name);
   if (!dtype.has_value() || *dtype == DType::kI32 || IsQuantized(*dtype)) {

@@ -7,6 +7,7 @@
 #include "cli/complete.h"
 #include "cli/generate.h"
 #include "cli/inspect.h"
+#include "cli/predict.h"
 #include "cli/up.h"
 
 namespace {
@@ -25,6 +26,7 @@ const Command kCommands[] = {
     {"complete", shardserve::CompleteMain, "stream a completion from a server"},
     {"chat", shardserve::ChatMain, "interactive chat with a server"},
     {"bench", shardserve::BenchMain, "load-test a server"},
+    {"predict", shardserve::PredictMain, "predicted step times and throughput bound of a pipeline"},
 };
 
 void Usage(FILE* out) {

@@ -60,6 +60,13 @@ struct StepOutput {
   std::vector<float> data;
   int64_t rows = 0;
   int64_t cols = 0;
+  // Last stage of a stage that picks its tokens itself (simulated stages): one token per
+  // sequence with compute_logits, in batch order, and no logits; the runtime returns them as
+  // sampled.
+  std::vector<int32_t> tokens;
+  // The stage's own account of the time its device was busy on this step (simulated stages);
+  // negative: the runtime measures Forward.
+  double busy_seconds = -1;
 };
 
 class ModelStage {
@@ -71,6 +78,9 @@ class ModelStage {
   virtual const KvCacheSpec& kv_spec() const = 0;
   // Bytes of KV cache per token for this stage's layers.
   virtual int64_t KvBytesPerToken() const = 0;
+  // Values per row of the activations this stage receives and sends: hidden_size, or a
+  // simulated stage's compact stand-in.
+  virtual int64_t activation_width() const { return config().hidden_size; }
 
   // hidden_in: [total_tokens, hidden_size] from the previous stage; empty on the first stage.
   virtual absl::StatusOr<StepOutput> Forward(absl::Span<const SequenceStep> batch,

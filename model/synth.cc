@@ -182,7 +182,11 @@ std::vector<std::string> SynthShapeNames() {
           "deepseek-v3-tiny",
           "deepseek-v2-tiny",
           "deepseek-v3-mid",
-          "deepseek-v2-lite-shape"};
+          "deepseek-v2-lite-shape",
+          "llama3-70b",
+          "llama3-405b",
+          "qwen2-72b",
+          "deepseek-v3"};
 }
 
 absl::StatusOr<ModelConfig> SynthConfigByName(const std::string& name) {
@@ -245,6 +249,27 @@ absl::StatusOr<ModelConfig> SynthConfigByName(const std::string& name) {
     SetMla(c, 384, 256, 64, 32, 64);
     SetYarn(c, 4.0, 1024, 1.0, 1.0);
     SetMoe(c, {32, 4, 1, 512, 1, 4, 2, DeepseekConfig::Scoring::kSigmoid,
+               DeepseekConfig::TopkMethod::kNoAuxTc, 2.5, true});
+    return c;
+  }
+  // Published shapes of large models, for simulated stages (shardserve synth --config-only);
+  // token ids stay those of the synthetic tokenizer.
+  if (name == "llama3-70b") return Llama3Scaled(Llama(8192, 28672, 80, 64, 8, 128256, 131072));
+  if (name == "llama3-405b") {
+    return Llama3Scaled(Llama(16384, 53248, 126, 128, 8, 128256, 131072));
+  }
+  if (name == "qwen2-72b") {
+    ModelConfig c = Qwen2(8192, 29568, 80, 64, 8, 152064, 32768);
+    c.tie_word_embeddings = false;
+    return c;
+  }
+  if (name == "deepseek-v3") {
+    // DeepSeek-V3 (671B parameters, 37B active): 61 layers, the first 3 dense, 256 routed
+    // experts (top 8 from 4 of 8 groups) and 1 shared expert per MoE layer, MLA.
+    ModelConfig c = Deepseek(true, 7168, 18432, 61, 128, 129280, 163840);
+    SetMla(c, 1536, 512, 128, 64, 128);
+    SetYarn(c, 40.0, 4096, 1.0, 1.0);
+    SetMoe(c, {256, 8, 1, 2048, 3, 8, 4, DeepseekConfig::Scoring::kSigmoid,
                DeepseekConfig::TopkMethod::kNoAuxTc, 2.5, true});
     return c;
   }
@@ -343,6 +368,33 @@ std::string SynthTokenizerJson(int64_t vocab_size) {
   return tok.dump(1);
 }
 
+namespace {
+
+// config.json, tokenizer.json and tokenizer_config.json.
+absl::Status WriteSynthTexts(const ModelConfig& c, const std::string& out_dir) {
+  namespace fs = std::filesystem;
+  auto write_text = [&](const std::string& name, const std::string& text) -> absl::Status {
+    std::ofstream f(fs::path(out_dir) / name);
+    f << text << "\n";
+    if (!f) return absl::DataLossError(absl::StrCat("error writing ", out_dir, "/", name));
+    return absl::OkStatus();
+  };
+  RETURN_IF_ERROR(write_text("config.json", c.ToJson()));
+  RETURN_IF_ERROR(write_text("tokenizer.json", SynthTokenizerJson(c.vocab_size)));
+  nlohmann::json tc = {{"add_bos_token", true},
+                       {"add_eos_token", false},
+                       {"bos_token", "<s>"},
+                       {"eos_token", "</s>"},
+                       {"unk_token", "<unk>"},
+                       {"model_max_length", c.max_position_embeddings},
+                       {"tokenizer_class", "LlamaTokenizer"},
+                       {"legacy", true}};
+  RETURN_IF_ERROR(write_text("tokenizer_config.json", tc.dump(2)));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::Status WriteSynthModel(const ModelConfig& c, const std::string& out_dir,
                              const SynthOptions& options) {
   namespace fs = std::filesystem;
@@ -356,6 +408,7 @@ absl::Status WriteSynthModel(const ModelConfig& c, const std::string& out_dir,
     return absl::PermissionDeniedError(absl::StrCat("cannot create ", out_dir, ": ", ec.message()));
   ModelConfig written = c;
   written.dtype = options.dtype;
+  if (options.config_only) return WriteSynthTexts(written, out_dir);
 
   std::vector<TensorSpec> specs;
   std::vector<bool> is_norm;
@@ -470,24 +523,7 @@ absl::Status WriteSynthModel(const ModelConfig& c, const std::string& out_dir,
   RETURN_IF_ERROR(WriteSafetensors((fs::path(out_dir) / "model.safetensors").string(), specs, fill,
                                    {{"format", "pt"}}));
   if (tty) std::fprintf(stderr, "\n");
-  auto write_text = [&](const std::string& name, const std::string& text) -> absl::Status {
-    std::ofstream f(fs::path(out_dir) / name);
-    f << text << "\n";
-    if (!f) return absl::DataLossError(absl::StrCat("error writing ", out_dir, "/", name));
-    return absl::OkStatus();
-  };
-  RETURN_IF_ERROR(write_text("config.json", written.ToJson()));
-  RETURN_IF_ERROR(write_text("tokenizer.json", SynthTokenizerJson(c.vocab_size)));
-  nlohmann::json tc = {{"add_bos_token", true},
-                       {"add_eos_token", false},
-                       {"bos_token", "<s>"},
-                       {"eos_token", "</s>"},
-                       {"unk_token", "<unk>"},
-                       {"model_max_length", c.max_position_embeddings},
-                       {"tokenizer_class", "LlamaTokenizer"},
-                       {"legacy", true}};
-  RETURN_IF_ERROR(write_text("tokenizer_config.json", tc.dump(2)));
-  return absl::OkStatus();
+  return WriteSynthTexts(written, out_dir);
 }
 
 }  // namespace shardserve

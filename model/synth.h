@@ -19,7 +19,8 @@ namespace shardserve {
 // Shapes known by name: llama-110m, tinyllama-1.1b, llama3-8b, qwen2-0.5b, mistral-7b, and the
 // small test shapes tiny-llama (5 layers), tiny-llama-8l, tiny-qwen2, tiny-llama3; DeepSeek:
 // deepseek-v3-tiny, deepseek-v2-tiny (tests), deepseek-v3-mid and deepseek-v2-lite-shape
-// (benchmarks).
+// (benchmarks); published large shapes for simulated stages: llama3-70b, llama3-405b, qwen2-72b,
+// deepseek-v3.
 absl::StatusOr<ModelConfig> SynthConfigByName(const std::string& name);
 std::vector<std::string> SynthShapeNames();
 
@@ -31,6 +32,9 @@ struct SynthOptions {
   // Standard deviation of matrix entries; tests raise it so attention and routing are far from
   // uniform.
   double stddev = 0.02;
+  // Only config.json and the tokenizer files: a model by shape alone, for simulated stages
+  // (shardserve-worker --backend sim).
+  bool config_only = false;
 };
 
 // Creates `out_dir` (and parents) and writes the model there.

@@ -55,8 +55,41 @@ int64_t StageWeightBytes(const ModelConfig& config, const LayerRange& range) {
   return params * BytesPerParameter(config);
 }
 
+PlacementWeights ByteWeights(const ModelConfig& config) {
+  PlacementWeights w;
+  const double element = static_cast<double>(BytesPerParameter(config));
+  for (int64_t l = 0; l < config.num_layers; ++l) {
+    w.layers.push_back(element * static_cast<double>(LayerParameterCount(config, l)));
+  }
+  w.embedding = element * static_cast<double>(EmbeddingParameterCount(config));
+  w.head = element * static_cast<double>(HeadParameterCount(config));
+  return w;
+}
+
+PlacementWeights CostWeights(const ModelConfig& config, const DeviceProfile& profile,
+                             int64_t batch_seqs, int64_t context) {
+  std::vector<SeqLoad> batch(std::max<int64_t>(1, batch_seqs), SeqLoad{1, context, true});
+  const int64_t n = config.num_layers;
+  // A part's time without the step's fixed overhead, which every stage pays once.
+  auto part = [&](int64_t b, int64_t e) {
+    return StageStepCost(config, b, e, batch, profile).seconds - profile.step_overhead_s;
+  };
+  PlacementWeights w;
+  for (int64_t l = 0; l < n; ++l) {
+    // A middle layer alone: no embedding, no head.
+    w.layers.push_back(l == 0 || l == n - 1 ? 0.0 : part(l, l + 1));
+  }
+  // First and last layers: their stage's time minus the embedding or the head alone.
+  w.embedding = part(0, 0);
+  w.head = part(n, n);
+  if (n >= 1) w.layers[0] = part(0, 1) - w.embedding;
+  if (n >= 2) w.layers[n - 1] = part(n - 1, n) - w.head;
+  return w;
+}
+
 absl::StatusOr<std::vector<LayerRange>> BalancedPlacement(const ModelConfig& config, int num_stages,
-                                                          const std::vector<double>& speeds) {
+                                                          const std::vector<double>& speeds,
+                                                          const PlacementWeights* weights) {
   const int64_t n = config.num_layers;
   if (num_stages < 1 || num_stages > n) {
     return absl::InvalidArgumentError(
@@ -65,14 +98,16 @@ absl::StatusOr<std::vector<LayerRange>> BalancedPlacement(const ModelConfig& con
   if (!speeds.empty() && static_cast<int>(speeds.size()) != num_stages) {
     return absl::InvalidArgumentError("one speed per stage");
   }
-  // before[l]: bytes of layers [0, l).
-  std::vector<double> before(n + 1, 0.0);
-  const double element = static_cast<double>(BytesPerParameter(config));
-  for (int64_t l = 0; l < n; ++l) {
-    before[l + 1] = before[l] + element * static_cast<double>(LayerParameterCount(config, l));
+  const PlacementWeights by_bytes = weights == nullptr ? ByteWeights(config) : PlacementWeights();
+  const PlacementWeights& w = weights == nullptr ? by_bytes : *weights;
+  if (static_cast<int64_t>(w.layers.size()) != n) {
+    return absl::InvalidArgumentError("placement weights: one per layer");
   }
-  const double embed = element * static_cast<double>(EmbeddingParameterCount(config));
-  const double head = element * static_cast<double>(HeadParameterCount(config));
+  // before[l]: weight of layers [0, l).
+  std::vector<double> before(n + 1, 0.0);
+  for (int64_t l = 0; l < n; ++l) before[l + 1] = before[l] + w.layers[l];
+  const double embed = w.embedding;
+  const double head = w.head;
   auto speed = [&](int s) { return speeds.empty() ? 1.0 : std::max(speeds[s], 1e-9); };
   auto cost = [&](int s, int64_t b, int64_t e) {
     double c = before[e] - before[b];

@@ -1,15 +1,17 @@
 // Placement: which contiguous layer range each pipeline stage holds, and how much KV cache a
 // pipeline gets by default.
 //
-// BalancedPlacement splits the layers so that the stage holding the most weight bytes holds as
-// few as possible. Layers are weighed one by one with LayerParameterCount (model/config.h), so
-// they may differ: DeepSeek's first_k_dense_replace dense layers are several times lighter than
-// its MoE layers, which carry every routed and shared expert. The first stage also holds the
-// token embedding and the last the final norm and LM head (vocab x hidden; with tied embeddings
-// the last stage still holds its own copy), which on small models is worth several layers.
-// Stages may carry a relative speed (Describe's estimate); a faster worker gets proportionally
-// more. ParseLayerRanges reads a manual split such as "0-2,3-4" (inclusive ends) and checks that
-// it covers every layer once, in order.
+// BalancedPlacement splits the layers so that the heaviest stage is as light as possible. By
+// default parts weigh their bytes; with CostWeights they weigh the cost model's predicted step
+// time (model/cost_model.h), which counts what bytes do not: the embedding is a row lookup, the
+// LM head's sampling costs per vocabulary entry. Layers are weighed one by one with
+// LayerParameterCount (model/config.h), so they may differ: DeepSeek's first_k_dense_replace dense
+// layers are several times lighter than its MoE layers, which carry every routed and shared expert.
+// The first stage also holds the token embedding and the last the final norm and LM head (vocab x
+// hidden; with tied embeddings the last stage still holds its own copy), which on small models is
+// worth several layers. Stages may carry a relative speed (Describe's estimate); a faster worker
+// gets proportionally more. ParseLayerRanges reads a manual split such as "0-2,3-4" (inclusive
+// ends) and checks that it covers every layer once, in order.
 #ifndef SHARDSERVE_ROUTER_PLACEMENT_H_
 #define SHARDSERVE_ROUTER_PLACEMENT_H_
 
@@ -19,6 +21,7 @@
 
 #include "absl/status/statusor.h"
 #include "model/config.h"
+#include "model/cost_model.h"
 
 namespace shardserve {
 
@@ -32,10 +35,27 @@ struct LayerRange {
 absl::StatusOr<std::vector<LayerRange>> ParseLayerRanges(const std::string& spec,
                                                          int64_t num_layers);
 
-// `speeds` (optional, one per stage, > 0) scales each stage's capacity. INVALID_ARGUMENT when
-// num_stages is not in [1, num_layers].
-absl::StatusOr<std::vector<LayerRange>> BalancedPlacement(const ModelConfig& config, int num_stages,
-                                                          const std::vector<double>& speeds = {});
+// What each part of the model weighs in placement: every layer, the embedding (first stage)
+// and the final norm with the LM head and sampling (last stage).
+struct PlacementWeights {
+  std::vector<double> layers;
+  double embedding = 0;
+  double head = 0;
+};
+
+// Weights by bytes of parameters (LayerParameterCount and friends).
+PlacementWeights ByteWeights(const ModelConfig& config);
+// Weights by the cost model's predicted time on `profile` for a decode step of `batch_seqs`
+// sequences at `context` positions: layers by their roofline time, the embedding by its row
+// reads, the head by its matrix and the sampling of each sequence.
+PlacementWeights CostWeights(const ModelConfig& config, const DeviceProfile& profile,
+                             int64_t batch_seqs, int64_t context);
+
+// `speeds` (optional, one per stage, > 0) scales each stage's capacity; `weights` (optional)
+// replaces ByteWeights. INVALID_ARGUMENT when num_stages is not in [1, num_layers].
+absl::StatusOr<std::vector<LayerRange>> BalancedPlacement(
+    const ModelConfig& config, int num_stages, const std::vector<double>& speeds = {},
+    const PlacementWeights* weights = nullptr);
 
 // Weight bytes a stage holding `range` loads: its layers, plus the embedding on the first stage
 // and the final norm and head on the last (parameters x the config's bytes per element).

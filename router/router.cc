@@ -10,6 +10,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/cluster_auth.h"
+#include "common/grpc_util.h"
 #include "common/listen.h"
 #include "common/logging.h"
 #include "common/status.h"
@@ -82,6 +84,65 @@ absl::Status Router::FindWorkers() {
   }
 }
 
+// The cost model a worker reports in Describe.
+absl::StatusOr<Router::WorkerCost> Router::DescribeCost(const std::string& worker) const {
+  auto stub = v1::WorkerService::NewStub(NewClusterChannel(worker));
+  grpc::ClientContext context;
+  AttachClusterCredential(&context);
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  v1::DescribeResponse info;
+  grpc::Status s = stub->Describe(&context, v1::DescribeRequest(), &info);
+  if (!s.ok()) return absl::UnavailableError(absl::StrCat(worker, ": ", s.error_message()));
+  const v1::DeviceCost& c = info.cost();
+  if (!(c.memory_bandwidth() > 0 && c.flops() > 0 && c.link_bandwidth() > 0)) {
+    return absl::NotFoundError(absl::StrCat(worker, " reports no cost model"));
+  }
+  DeviceProfile p;
+  p.name = c.name();
+  p.memory_bytes = c.memory_bytes();
+  p.memory_bandwidth = c.memory_bandwidth();
+  p.flops = c.flops();
+  p.step_overhead_s = c.step_overhead_seconds();
+  p.token_overhead_s = c.token_overhead_seconds();
+  p.sample_s_per_logit = c.sample_seconds_per_logit();
+  p.serial_fraction = c.serial_fraction();
+  p.kv_bandwidth = c.kv_bandwidth();
+  p.pair_overhead_s = c.pair_overhead_seconds();
+  p.link_bandwidth = c.link_bandwidth();
+  p.link_latency_s = c.link_latency_seconds();
+  p.weight_bytes_per_param = c.weight_bytes_per_param();
+  p.kv_bytes_per_value = c.kv_bytes_per_value();
+  p.activation_bytes_per_value = c.activation_bytes_per_value();
+  return WorkerCost{p, info.device() == v1::DEVICE_KIND_SIM};
+}
+
+// With --kv-blocks 0 on simulated devices: the KV blocks every stage's memory holds after its
+// weights, as on a real accelerator. INVALID_ARGUMENT when that is less than one full context.
+absl::Status Router::CapKvToDeviceMemory(const DeviceProfile& device, int64_t blocks_per_context) {
+  RouterConfig& c = config_;
+  int64_t cap = c.kv_blocks;
+  for (const LayerRange& r : ranges_) {
+    const double free =
+        device.memory_bytes - StageWeightBytesAt(model_config_, r.begin, r.end, device);
+    const double per_block =
+        StageKvBytesPerToken(model_config_, r.begin, r.end, device) * c.kv_block_size;
+    const int64_t fits = free <= 0 ? 0 : static_cast<int64_t>(free / per_block);
+    if (fits < blocks_per_context) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("layers ", r.begin, "-", r.end - 1, " leave room for ", fits,
+                       " KV blocks on the simulated ", device.name, "; one full context needs ",
+                       blocks_per_context, ": use more --stages or a device with more memory"));
+    }
+    cap = std::min(cap, fits);
+  }
+  if (cap < c.kv_blocks) {
+    LOG(INFO) << "KV blocks per pipeline capped at " << cap << " by the simulated " << device.name
+              << "'s memory";
+  }
+  c.kv_blocks = cap;
+  return absl::OkStatus();
+}
+
 // Stages per pipeline, their layer ranges and the KV blocks per pipeline.
 absl::Status Router::PlanLayout() {
   RouterConfig& c = config_;
@@ -100,13 +161,29 @@ absl::Status Router::PlanLayout() {
         absl::StrCat("--workers lists ", workers_.size(), " addresses; ", c.stages, " stages x ",
                      c.replicas, " replicas need ", c.stages * c.replicas));
   }
+  // Balance by the first worker's cost model (a simulated device's profile, or cpu-here) for a
+  // decode micro-batch of the pipeline's share of --max-seqs; by bytes when it cannot say.
+  auto cost = DescribeCost(workers_[0]);
   if (ranges_.empty()) {
-    ASSIGN_OR_RETURN(ranges_, BalancedPlacement(model_config_, c.stages));
+    if (cost.ok()) {
+      const int64_t seqs = std::max<int64_t>(1, std::min<int64_t>(c.max_seqs, 64) / c.stages);
+      const int64_t context = std::min<int64_t>(512, model_config_.max_position_embeddings);
+      const PlacementWeights weights = CostWeights(model_config_, cost->profile, seqs, context);
+      ASSIGN_OR_RETURN(ranges_, BalancedPlacement(model_config_, c.stages, {}, &weights));
+      LOG(INFO) << "placement by the " << cost->profile.name << " cost model: layers "
+                << FormatLayerRanges(ranges_);
+    } else {
+      LOG(INFO) << "placement by weight bytes (" << cost.status().message() << ")";
+      ASSIGN_OR_RETURN(ranges_, BalancedPlacement(model_config_, c.stages));
+    }
   }
   const int64_t context = model_config_.max_position_embeddings;
   const int64_t blocks_per_context = (context + c.kv_block_size - 1) / c.kv_block_size;
   if (c.kv_blocks == 0) {
     c.kv_blocks = DefaultKvBlocks(model_config_, ranges_, c.kv_block_size, c.max_seqs);
+    if (cost.ok() && cost->simulated) {
+      RETURN_IF_ERROR(CapKvToDeviceMemory(cost->profile, blocks_per_context));
+    }
   }
   if (c.kv_blocks < blocks_per_context) {
     return absl::InvalidArgumentError(absl::StrCat("--kv-blocks ", c.kv_blocks,

@@ -62,6 +62,12 @@ class Router {
 
   absl::Status FindWorkers();
   absl::Status PlanLayout();
+  struct WorkerCost {
+    DeviceProfile profile;
+    bool simulated = false;
+  };
+  absl::StatusOr<WorkerCost> DescribeCost(const std::string& worker) const;
+  absl::Status CapKvToDeviceMemory(const DeviceProfile& device, int64_t blocks_per_context);
   absl::Status ChooseTemplates();
   void BuildReplicas();
   absl::Status StartHttp();

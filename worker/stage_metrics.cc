@@ -63,6 +63,11 @@ std::string StageMetrics::Render(const v1::StatsResponse& stats) const {
   w.Sample("shardserve_stage_steps_total", stage, stats.steps());
   w.Family("shardserve_stage_tokens_total", "Tokens run through the loaded shard.", "counter");
   w.Sample("shardserve_stage_tokens_total", stage, stats.tokens());
+  w.Family("shardserve_stage_busy_seconds_total",
+           "Seconds the loaded shard's device spent running steps (simulated stages: the cost "
+           "model's time); its rate is the stage's utilization.",
+           "counter");
+  w.Sample("shardserve_stage_busy_seconds_total", stage, stats.busy_seconds());
   w.Family("shardserve_kv_cache_blocks_used", "KV cache blocks held on this stage.", "gauge");
   w.Sample("shardserve_kv_cache_blocks_used", stage, stats.kv_blocks_used());
   w.Family("shardserve_kv_cache_blocks_capacity", "KV cache blocks on this stage.", "gauge");

@@ -1,5 +1,6 @@
 #include "worker/stage_runtime.h"
 
+#include <chrono>
 #include <cmath>
 #include <unordered_set>
 
@@ -202,7 +203,16 @@ absl::StatusOr<v1::StepsResponse> StageRuntime::Execute(const v1::StepPlan& plan
   if (!is_first()) {
     ASSIGN_OR_RETURN(input, ReceiveInput(plan.step_id(), upstream, total_tokens));
   }
+  const auto forward_start = std::chrono::steady_clock::now();
   ASSIGN_OR_RETURN(StepOutput out, stage_->Forward(batch, input.data));
+  // Busy: the stage's compute and, on the last stage, the sampling; not the wait for input.
+  const double modelled_busy = out.busy_seconds;
+  auto busy = [&] {
+    return modelled_busy >= 0
+               ? modelled_busy
+               : std::chrono::duration<double>(std::chrono::steady_clock::now() - forward_start)
+                     .count();
+  };
 
   v1::StepsResponse response;
   response.set_step_id(plan.step_id());
@@ -210,6 +220,7 @@ absl::StatusOr<v1::StepsResponse> StageRuntime::Execute(const v1::StepPlan& plan
   // Record tokens and blocks before sampling: the penalties see this step's tokens.
   RecordLocked(plan, total_tokens);
   if (!is_last()) {
+    busy_seconds_ += busy();
     if (downstream == nullptr) return absl::FailedPreconditionError("no link to the next stage");
     ActivationTensor t{out.rows, out.cols, std::move(out.data)};
     mu_.Unlock();
@@ -220,6 +231,7 @@ absl::StatusOr<v1::StepsResponse> StageRuntime::Execute(const v1::StepPlan& plan
     return response;
   }
   RETURN_IF_ERROR(SampleLocked(plan, out, &response));
+  busy_seconds_ += busy();
   return response;
 }
 
@@ -242,7 +254,7 @@ absl::StatusOr<ActivationTensor> StageRuntime::ReceiveInput(uint64_t step, Activ
                                                             int64_t total_tokens) {
   if (upstream == nullptr) return absl::FailedPreconditionError("no link from the previous stage");
   ASSIGN_OR_RETURN(ActivationTensor input, upstream->Recv(step));
-  const int64_t hidden = stage_->config().hidden_size;
+  const int64_t hidden = stage_->activation_width();
   if (input.rows != total_tokens || input.cols != hidden ||
       static_cast<int64_t>(input.data.size()) != total_tokens * hidden) {
     return absl::InvalidArgumentError(absl::StrCat("activations for step ", step, " are [",
@@ -279,6 +291,7 @@ absl::Status StageRuntime::SampleLocked(const v1::StepPlan& plan, const StepOutp
                                         v1::StepsResponse* response) {
   int64_t row = 0;
   const int64_t vocab = stage_->config().vocab_size;
+  if (!out.tokens.empty()) return TakeChosenTokens(plan, out, response);
   for (const v1::SequencePlan& s : plan.sequences()) {
     if (!s.sample()) continue;
     if (row >= out.rows || out.cols != vocab) {
@@ -306,6 +319,27 @@ absl::Status StageRuntime::SampleLocked(const v1::StepPlan& plan, const StepOutp
   return absl::OkStatus();
 }
 
+absl::Status StageRuntime::TakeChosenTokens(const v1::StepPlan& plan, const StepOutput& out,
+                                            v1::StepsResponse* response) {
+  size_t row = 0;
+  for (const v1::SequencePlan& s : plan.sequences()) {
+    if (!s.sample()) continue;
+    if (row >= out.tokens.size()) {
+      return absl::InternalError("stage returned fewer tokens than sequences to sample");
+    }
+    v1::SampledToken* tok = response->add_tokens();
+    tok->set_sequence_id(s.sequence_id());
+    tok->set_token_id(out.tokens[row++]);
+    tok->set_logprob(0);
+    if (s.sampling().top_logprobs() > 0) {
+      v1::TokenProb* p = tok->add_top();
+      p->set_token_id(tok->token_id());
+      p->set_logprob(0);
+    }
+  }
+  return absl::OkStatus();
+}
+
 StageStats StageRuntime::Stats() const {
   absl::MutexLock lock(&mu_);
   StageStats s;
@@ -315,6 +349,7 @@ StageStats StageRuntime::Stats() const {
   s.steps = steps_;
   s.tokens = tokens_;
   s.prefix_cached_tokens = prefix_cached_tokens_;
+  s.busy_seconds = busy_seconds_;
   return s;
 }
 

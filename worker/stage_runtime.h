@@ -45,6 +45,9 @@ struct StageStats {
   uint64_t steps = 0;
   uint64_t tokens = 0;
   uint64_t prefix_cached_tokens = 0;  // positions new sequences took from shared blocks
+  // Time the stage's device spent on steps (Forward's wall time; a simulated stage's modelled
+  // compute time), canaries included.
+  double busy_seconds = 0;
 };
 
 class StageRuntime {
@@ -106,6 +109,9 @@ class StageRuntime {
   // Last stage: one sampled token per sequence with `sample`, with its penalties' history.
   absl::Status SampleLocked(const v1::StepPlan& plan, const StepOutput& out,
                             v1::StepsResponse* response) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Last stage of a stage that picks its own tokens (simulated): returns them as sampled.
+  absl::Status TakeChosenTokens(const v1::StepPlan& plan, const StepOutput& out,
+                                v1::StepsResponse* response) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ReleaseLocked(uint64_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Queues a send behind the one in flight; the sticky error of an earlier send, if any.
   absl::Status SendAsync(uint64_t step, ActivationTensor tensor, ActivationLink* link);
@@ -131,6 +137,7 @@ class StageRuntime {
   uint64_t steps_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t tokens_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t prefix_cached_tokens_ ABSL_GUARDED_BY(mu_) = 0;
+  double busy_seconds_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 // The position argument the sampler gets for a chunk ending at `end_pos` (exclusive): shared by

@@ -29,8 +29,16 @@ absl::StatusOr<std::unique_ptr<Worker>> Worker::Create(WorkerConfig config) {
   backend_options.cpu.threads = c.threads;
   backend_options.device = c.device;
   backend_options.memory_fraction = c.gpu_memory_fraction;
-  ASSIGN_OR_RETURN(w->backend_, NewBackend(c.backend, backend_options));
   WorkerOptions options;
+  if (c.backend == "sim") {
+    // The simulated device needs no kernels; a one-thread CPU backend stands in for the
+    // Backend the service holds.
+    ASSIGN_OR_RETURN(options.sim, c.Sim());
+    backend_options.cpu.threads = 1;
+    ASSIGN_OR_RETURN(w->backend_, NewBackend("cpu", backend_options));
+  } else {
+    ASSIGN_OR_RETURN(w->backend_, NewBackend(c.backend, backend_options));
+  }
   options.threads = c.threads;
   options.recv_timeout = absl::Seconds(c.recv_timeout_s);
   options.lease_ttl = absl::Seconds(c.lease_ttl_s);
@@ -70,7 +78,12 @@ absl::Status Worker::Serve() {
   }
   service_->SetHealth(server_->GetHealthCheckService());
   LOG(INFO) << "shardserve-worker listening on " << config_.listen << " (port " << port
-            << "), backend " << backend_->name() << ", " << config_.threads << " threads";
+            << "), backend "
+            << (config_.backend == "sim"
+                    ? "sim " +
+                          (config_.sim_profile.empty() ? config_.sim_device : config_.sim_profile)
+                    : std::string(backend_->name()))
+            << ", " << config_.threads << " threads";
   RETURN_IF_ERROR(StartMetrics());
   if (!config_.router.empty()) announcer_ = std::thread([this] { AnnounceLoop(); });
   return absl::OkStatus();

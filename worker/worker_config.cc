@@ -5,6 +5,7 @@
 #include "common/listen.h"
 #include "common/status.h"
 #include "common/tls_flags.h"
+#include "model/cost_model.h"
 
 namespace shardserve {
 namespace {
@@ -18,8 +19,22 @@ void AddServingFlags(CLI::App& app, WorkerConfig* c) {
                  "only load model folders inside this one (LoadShard paths are resolved, "
                  "symlinks included; default: any folder this process can read)");
   AddClusterAuthFlags(app, &c->cluster_auth);
-  app.add_option("--backend", c->backend, "compute backend: cpu or cuda")
-      ->check(CLI::IsMember({"cpu", "cuda"}))
+  app.add_option("--backend", c->backend,
+                 "compute backend: cpu, cuda, or sim (a simulated device: steps take the cost "
+                 "model's time, see --sim-device)")
+      ->check(CLI::IsMember({"cpu", "cuda", "sim"}))
+      ->capture_default_str();
+  app.add_option("--sim-device", c->sim_device,
+                 "with --backend sim: the simulated device (h200, h100, a100-80g, l40s, cpu-here)")
+      ->capture_default_str();
+  app.add_option("--sim-profile", c->sim_profile,
+                 "with --backend sim: a JSON device profile instead of --sim-device "
+                 "(docs/SCALING.md lists its fields)");
+  app.add_option("--sim-link-latency-us", c->sim_link_latency_us,
+                 "with --backend sim: per-hop latency to the next stage, overriding the profile's")
+      ->check(CLI::Range(0.0, 1e7));
+  app.add_option("--sim-seed", c->sim_seed,
+                 "with --backend sim: seed of the tokens the simulated last stage emits")
       ->capture_default_str();
   app.add_option("--device", c->device, "GPU index with --backend cuda")->capture_default_str();
   app.add_option("--gpu-memory-fraction", c->gpu_memory_fraction,
@@ -68,9 +83,24 @@ void AddWorkerFlags(CLI::App& app, WorkerConfig* c) {
   AddClusterFlags(app, c);
 }
 
+absl::StatusOr<SimOptions> WorkerConfig::Sim() const {
+  SimOptions sim;
+  if (!sim_profile.empty()) {
+    ASSIGN_OR_RETURN(sim.profile, ProfileFromFile(sim_profile));
+  } else {
+    ASSIGN_OR_RETURN(sim.profile, BuiltinProfile(sim_device));
+  }
+  if (sim_link_latency_us >= 0) sim.profile.link_latency_s = sim_link_latency_us * 1e-6;
+  sim.seed = sim_seed;
+  return sim;
+}
+
 absl::Status WorkerConfig::Validate() const {
   RETURN_IF_ERROR(
       ValidateListenAddresses({{listen, "--listen"}, {metrics_listen, "--metrics-listen"}}));
+  if (backend != "sim" && (!sim_profile.empty() || sim_link_latency_us >= 0)) {
+    return absl::InvalidArgumentError("--sim-profile and --sim-link-latency-us need --backend sim");
+  }
   std::error_code ec;
   if (!model_root.empty() && !std::filesystem::is_directory(model_root, ec)) {
     return absl::InvalidArgumentError("--model-root " + model_root + " is not a folder");

@@ -10,6 +10,7 @@
 #include "absl/status/status.h"
 #include "common/cluster_auth.h"
 #include "common/tls.h"
+#include "model/sim_stage.h"
 
 namespace shardserve {
 
@@ -21,6 +22,10 @@ struct WorkerConfig {
   TlsFiles tls;
   ClusterAuthFlags cluster_auth;
   std::string backend = "cpu";
+  std::string sim_device = "h200";
+  std::string sim_profile;
+  double sim_link_latency_us = -1;  // < 0: the profile's
+  uint64_t sim_seed = 0;
   int device = 0;
   double gpu_memory_fraction = 0.9;
   int threads = 1;
@@ -35,6 +40,8 @@ struct WorkerConfig {
 
   // INVALID_ARGUMENT naming the flag for values CLI11's checks cannot see.
   absl::Status Validate() const;
+  // With --backend sim: the device profile and seed from --sim-device / --sim-profile.
+  absl::StatusOr<SimOptions> Sim() const;
 };
 
 // Adds every shardserve-worker flag, writing into `config`.

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <filesystem>
@@ -21,6 +22,24 @@ namespace shardserve {
 namespace {
 
 constexpr char kServiceName[] = "shardserve.v1.WorkerService";
+
+void ToProto(const DeviceProfile& p, v1::DeviceCost* out) {
+  out->set_name(p.name);
+  out->set_memory_bytes(p.memory_bytes);
+  out->set_memory_bandwidth(p.memory_bandwidth);
+  out->set_flops(p.flops);
+  out->set_step_overhead_seconds(p.step_overhead_s);
+  out->set_token_overhead_seconds(p.token_overhead_s);
+  out->set_sample_seconds_per_logit(p.sample_s_per_logit);
+  out->set_link_bandwidth(p.link_bandwidth);
+  out->set_link_latency_seconds(p.link_latency_s);
+  out->set_weight_bytes_per_param(p.weight_bytes_per_param);
+  out->set_kv_bytes_per_value(p.kv_bytes_per_value);
+  out->set_activation_bytes_per_value(p.activation_bytes_per_value);
+  out->set_serial_fraction(p.serial_fraction);
+  out->set_kv_bandwidth(p.kv_bandwidth);
+  out->set_pair_overhead_seconds(p.pair_overhead_s);
+}
 
 grpc::Status Invalid(absl::string_view field, absl::string_view what) {
   return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, absl::StrCat(field, ": ", what));
@@ -58,10 +77,54 @@ double MeasureGflops() {
   return 2.0 * n * n * n * reps / seconds / 1e9;
 }
 
+// The cpu-here profile scaled to this core: the loaded stage runs a one-token decode step and a
+// prefill chunk (twice each, the faster kept), and every time parameter is scaled by the median
+// ratio of measured to predicted. About three decode steps' time at load.
+DeviceProfile CalibrateCpu(ModelStage& stage) {
+  DeviceProfile p = *BuiltinProfile("cpu-here");
+  const ModelConfig& c = stage.config();
+  const KvCacheSpec& kv = stage.kv_spec();
+  const int64_t room = std::min(kv.block_size * kv.num_blocks, c.max_position_embeddings);
+  std::vector<double> ratios;
+  for (int64_t tokens : {int64_t{1}, std::min<int64_t>(64, room)}) {
+    SequenceStep step;
+    step.tokens.assign(tokens, 0);
+    step.compute_logits = true;
+    for (int64_t b = 0; b * kv.block_size < tokens; ++b) step.block_table.push_back(b);
+    const bool first = stage.layer_begin() == 0;
+    std::vector<float> hidden(first ? 0 : tokens * stage.activation_width(), 0.0f);
+    double best = 1e30;
+    for (int rep = 0; rep < 2; ++rep) {
+      const auto start = std::chrono::steady_clock::now();
+      if (!stage.Forward({step}, hidden).ok()) return p;
+      best = std::min(
+          best, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    }
+    const SeqLoad load{tokens, tokens, stage.layer_end() == c.num_layers};
+    const double predicted =
+        StageStepCost(c, stage.layer_begin(), stage.layer_end(), {load}, p).seconds;
+    if (predicted > 0) ratios.push_back(best / predicted);
+  }
+  if (ratios.empty()) return p;
+  std::sort(ratios.begin(), ratios.end());
+  const double k = std::clamp(ratios[ratios.size() / 2], 0.05, 20.0);
+  p.memory_bandwidth /= k;
+  p.kv_bandwidth /= k;
+  p.flops /= k;
+  p.pair_overhead_s *= k;
+  p.step_overhead_s *= k;
+  p.token_overhead_s *= k;
+  p.sample_s_per_logit *= k;
+  p.name = absl::StrFormat("cpu-here x %.2f (calibrated at load)", k);
+  return p;
+}
+
 }  // namespace
 
 WorkerServiceImpl::WorkerServiceImpl(Backend* backend, WorkerOptions options)
-    : backend_(backend), options_(std::move(options)), speed_gflops_(MeasureGflops()) {
+    : backend_(backend),
+      options_(std::move(options)),
+      speed_gflops_(options_.sim ? options_.sim->profile.flops / 1e9 : MeasureGflops()) {
   const absl::Duration period =
       std::min(absl::Seconds(1), std::max(absl::Milliseconds(20), options_.lease_ttl / 4));
   reaper_ = std::thread([this, period] {
@@ -136,12 +199,24 @@ absl::StatusOr<std::string> WorkerServiceImpl::ResolveModelPath(const std::strin
 grpc::Status WorkerServiceImpl::Describe(grpc::ServerContext* context, const v1::DescribeRequest*,
                                          v1::DescribeResponse* response) {
   if (grpc::Status s = Authorize(context); !s.ok()) return s;
-  response->set_device(v1::DEVICE_KIND_CPU);
-  response->set_device_name(std::string(backend_->name()));
+  const bool sim = options_.sim.has_value();
+  response->set_device(sim ? v1::DEVICE_KIND_SIM : v1::DEVICE_KIND_CPU);
+  response->set_device_name(sim ? "sim " + options_.sim->profile.name
+                                : std::string(backend_->name()));
   response->set_threads(options_.threads);
-  response->set_free_memory_bytes(AvailableMemoryBytes());
-  response->set_speed_gflops(speed_gflops_ * std::max(1, options_.threads));
+  response->set_free_memory_bytes(sim ? static_cast<uint64_t>(options_.sim->profile.memory_bytes)
+                                      : AvailableMemoryBytes());
+  response->set_speed_gflops(sim ? speed_gflops_ : speed_gflops_ * std::max(1, options_.threads));
   auto shard = current();
+  DeviceProfile profile;
+  if (sim) {
+    profile = options_.sim->profile;
+  } else if (shard != nullptr) {
+    profile = shard->cost;
+  } else {
+    profile = *BuiltinProfile("cpu-here");
+  }
+  ToProto(profile, response->mutable_cost());
   if (shard != nullptr) {
     response->set_loaded(true);
     response->set_model_path(shard->model_path);
@@ -190,6 +265,8 @@ absl::StatusOr<std::pair<std::string, ModelConfig>> WorkerServiceImpl::CheckLoad
   if (req.max_step_tokens() < 1 || req.max_step_tokens() > kMaxStepTokens) {
     return invalid("max_step_tokens", absl::StrCat("outside [1, ", kMaxStepTokens, "]"));
   }
+  // A simulated stage bounds weights and KV by its profile's memory when it loads.
+  if (options_.sim) return std::make_pair(std::move(model_path), std::move(config));
   // The KV pool is allocated (and touched) at load: bound it by this machine's memory first.
   const double kv_bytes = static_cast<double>(KvCacheValuesPerToken(config)) * sizeof(float) *
                           req.kv_block_size() * req.kv_num_blocks() *
@@ -240,10 +317,12 @@ grpc::Status WorkerServiceImpl::LoadShard(grpc::ServerContext* context,
   old.reset();
   StageSpec spec{req->layer_begin(), req->layer_end()};
   KvCacheSpec kv{req->kv_block_size(), req->kv_num_blocks()};
-  auto stage = LoadStage(model_path, spec, kv, backend_);
+  auto stage = options_.sim ? LoadSimStage(model_path, spec, kv, *options_.sim)
+                            : LoadStage(model_path, spec, kv, backend_);
   if (!stage.ok()) return ToGrpc(Annotate(stage.status(), "loading shard"));
   auto shard = std::make_shared<Shard>();
   shard->model_path = req->model_path();
+  shard->cost = options_.sim ? options_.sim->profile : CalibrateCpu(**stage);
   response->set_kv_bytes_per_token((*stage)->KvBytesPerToken());
   response->set_num_layers(config.num_layers);
   response->set_hidden_size(config.hidden_size);
@@ -328,7 +407,7 @@ grpc::Status WorkerServiceImpl::Activations(grpc::ServerContext* context,
     auto shard = current();
     if (shard == nullptr)
       return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "no shard loaded");
-    const int64_t hidden = shard->runtime->stage().config().hidden_size;
+    const int64_t hidden = shard->runtime->stage().activation_width();
     if (msg.cols() != hidden || msg.rows() < 1 || msg.rows() > kMaxStepTokens ||
         msg.data().size() != static_cast<size_t>(msg.rows() * msg.cols() * sizeof(float))) {
       return Invalid("activations",
@@ -506,6 +585,7 @@ grpc::Status WorkerServiceImpl::Stats(grpc::ServerContext* context, const v1::St
   response->set_steps(s.steps);
   response->set_tokens(s.tokens);
   response->set_prefix_cached_tokens(s.prefix_cached_tokens);
+  response->set_busy_seconds(s.busy_seconds);
   std::shared_ptr<ActivationLink> next;
   {
     absl::MutexLock lock(&shard->links_mu);

@@ -31,6 +31,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 
@@ -38,6 +39,7 @@
 #include "common/cluster_auth.h"
 #include "kernels/backend.h"
 #include "model/config.h"
+#include "model/sim_stage.h"
 #include "shardserve/v1/worker.grpc.pb.h"
 #include "worker/activation_link.h"
 #include "worker/stage_runtime.h"
@@ -55,6 +57,9 @@ struct WorkerOptions {
   ClusterAuthenticator auth{"", false, /*insecure=*/true};
   // When set, LoadShard only loads model folders inside it (symlinks resolved).
   std::string model_root;
+  // Set: a simulated device (--backend sim). Shards are SimStages that take the profile's time
+  // and need only the model's config.json; KV is bounded by the profile's memory.
+  std::optional<SimOptions> sim;
 };
 
 class WorkerServiceImpl final : public v1::WorkerService::Service {
@@ -91,6 +96,8 @@ class WorkerServiceImpl final : public v1::WorkerService::Service {
   // Everything tied to one loaded shard; replaced as a unit.
   struct Shard {
     std::string model_path;
+    // The device's cost model (Describe): the sim profile, or cpu-here calibrated at load.
+    DeviceProfile cost;
     std::shared_ptr<ActivationLink> inbox;  // filled by Activations; set before publication
     // Replaced by ConnectNext (under the service's load_mu_) while Stats and the runtime's
     // sender use them.

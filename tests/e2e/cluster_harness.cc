@@ -37,12 +37,16 @@ std::string Stories260K() {
       .string();
 }
 
-std::string SyntheticModel(const std::string& like) {
-  const std::string dir = absl::StrCat(SHARDSERVE_BINARY_DIR, "/test-models/", like);
+namespace {
+
+std::string WriteOnce(const std::string& like, bool config_only) {
+  const std::string dir =
+      absl::StrCat(SHARDSERVE_BINARY_DIR, "/test-models/", like, config_only ? "-shape" : "");
   if (!fs::exists(dir + "/config.json")) {
     const std::string tmp = dir + ".tmp" + std::to_string(getpid());
-    const std::string cmd = absl::StrCat(BinPath("shardserve"), " synth --like ", like,
-                                         " --dtype f32 --seed 7 --out ", tmp, " 2>/dev/null");
+    const std::string cmd =
+        absl::StrCat(BinPath("shardserve"), " synth --like ", like, " --dtype f32 --seed 7 ",
+                     config_only ? "--config-only " : "", "--out ", tmp, " 2>/dev/null");
     if (std::system(cmd.c_str()) == 0) {
       // Tests running in parallel may race to write the same model: the first rename wins and
       // the others drop their copy.
@@ -53,6 +57,11 @@ std::string SyntheticModel(const std::string& like) {
   }
   return dir;
 }
+
+}  // namespace
+
+std::string SyntheticModel(const std::string& like) { return WriteOnce(like, false); }
+std::string ShapeOnlyModel(const std::string& like) { return WriteOnce(like, true); }
 
 std::string Synthetic8Layer() { return SyntheticModel("tiny-llama-8l"); }
 
@@ -297,6 +306,18 @@ absl::StatusOr<v1::StatsResponse> WorkerStats(const std::string& address) {
   context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
   v1::StatsResponse resp;
   grpc::Status s = stub->Stats(&context, v1::StatsRequest(), &resp);
+  if (!s.ok()) return absl::UnavailableError(s.error_message());
+  return resp;
+}
+
+absl::StatusOr<v1::DescribeResponse> WorkerDescribe(const std::string& address) {
+  ClusterSecretFile();
+  auto stub = v1::WorkerService::NewStub(grpc::CreateChannel(address, ProcessChannelCredentials()));
+  grpc::ClientContext context;
+  AttachClusterCredential(&context);
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+  v1::DescribeResponse resp;
+  grpc::Status s = stub->Describe(&context, v1::DescribeRequest(), &resp);
   if (!s.ok()) return absl::UnavailableError(s.error_message());
   return resp;
 }

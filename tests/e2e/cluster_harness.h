@@ -23,6 +23,9 @@ std::string Stories260K();                     // ../shared/models/stories260K f
 // A synthetic 8-layer model, written once into the build tree.
 // A random-weight model of a `shardserve synth --like` shape, written once per build tree.
 std::string SyntheticModel(const std::string& like);
+// Only config.json and the tokenizer of a shape (`shardserve synth --config-only`), for
+// simulated workers (--backend sim).
+std::string ShapeOnlyModel(const std::string& like);
 std::string Synthetic8Layer();
 int FreePort();
 // The cluster secret every router and worker the tests start uses: written once per build tree,
@@ -104,6 +107,7 @@ v1::GenerateRequest TextRequest(const std::string& prompt, int max_tokens, float
                                 uint64_t seed);
 
 absl::StatusOr<v1::StatsResponse> WorkerStats(const std::string& address);
+absl::StatusOr<v1::DescribeResponse> WorkerDescribe(const std::string& address);
 
 // A finished command: its exit status (-1 when it did not exit normally) and its output.
 struct CommandResult {

@@ -1,0 +1,271 @@
+#include "model/cost_model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "nlohmann/json.hpp"
+
+namespace shardserve {
+namespace {
+
+using nlohmann::json;
+
+DeviceProfile Gpu(std::string name, double mem_gib, double bw_gbps, double tflops, double link_gbps,
+                  double link_latency_us) {
+  DeviceProfile p;
+  p.name = std::move(name);
+  p.memory_bytes = mem_gib * double(1 << 30);
+  p.memory_bandwidth = bw_gbps * 1e9;
+  p.flops = tflops * 1e12;
+  // A decode step of a CUDA-graph-captured stage: launches, the sampler's host round trip.
+  p.step_overhead_s = 150e-6;
+  p.token_overhead_s = 0;
+  p.sample_s_per_logit = 0;
+  p.link_bandwidth = link_gbps * 1e9;
+  p.link_latency_s = link_latency_us * 1e-6;
+  return p;
+}
+
+// Fitted by bench/stage_cost --fit (docs/SCALING.md) to this project's CPU stage with F32
+// weights and one thread per worker, on the synthetic llama-110m shape (decode of 1 to 32
+// sequences, prefill chunks of 64 to 512, both halves of a 2-stage split) on an AMD EPYC (AVX2)
+// core. A CPU core mostly runs memory and math one after the other (serial fraction 1); paged
+// K/V reads are gathered 16 positions at a time and run at a third of the weights' streaming
+// rate; attention's softmax costs per query-key pair beyond its FLOPs. Workers re-scale it to their
+// own core with a short measurement at load (WorkerServiceImpl::LoadShard).
+DeviceProfile CpuHere() {
+  DeviceProfile p;
+  p.name = "cpu-here";
+  p.memory_bytes = 16.0 * double(1 << 30);
+  p.memory_bandwidth = 27.7e9;
+  p.kv_bandwidth = 9.0e9;
+  p.flops = 93.6e9;
+  p.serial_fraction = 1;
+  p.step_overhead_s = 0;
+  p.token_overhead_s = 0;
+  p.pair_overhead_s = 107e-9;
+  p.sample_s_per_logit = 10e-9;
+  p.link_bandwidth = 2.0e9;  // loopback gRPC
+  p.link_latency_s = 150e-6;
+  p.weight_bytes_per_param = 4;
+  p.kv_bytes_per_value = 4;
+  p.activation_bytes_per_value = 4;
+  return p;
+}
+
+// Attention FLOPs per (query token, context position) pair, and the context positions `s`
+// attends over in total (each new token sees every earlier position and itself).
+double AttentionFlopsPerPair(const ModelConfig& c) {
+  if (c.is_deepseek()) {
+    // MLA with the up-projections absorbed: scores over the latent plus the rotary key, and the
+    // weighted sum over the latent, per head.
+    const DeepseekConfig& d = c.deepseek;
+    return 2.0 * c.num_heads * (2.0 * d.kv_lora_rank + d.qk_rope_head_dim);
+  }
+  return 4.0 * c.num_heads * c.head_dim;
+}
+
+double Pairs(const SeqLoad& s) {
+  const double t = static_cast<double>(s.tokens), ctx = static_cast<double>(s.context);
+  return t * ctx - t * (t - 1) / 2;
+}
+
+double MlpParams(const ModelConfig& c, int64_t width) {
+  return 3.0 * static_cast<double>(c.hidden_size) * static_cast<double>(width);
+}
+
+}  // namespace
+
+std::vector<std::string> BuiltinProfileNames() {
+  return {"h200", "h100", "a100-80g", "l40s", "cpu-here"};
+}
+
+absl::StatusOr<DeviceProfile> BuiltinProfile(absl::string_view name) {
+  // Published figures: HBM size and bandwidth, dense BF16 tensor-core peak; links are NVLink
+  // (H200/H100 900 GB/s, A100 600 GB/s both ways) or PCIe 4.0 x16 (L40S).
+  if (name == "h200") return Gpu("h200", 141, 4800, 989, 450, 5);
+  if (name == "h100") return Gpu("h100", 80, 3350, 989, 450, 5);
+  if (name == "a100-80g") return Gpu("a100-80g", 80, 2039, 312, 300, 5);
+  if (name == "l40s") return Gpu("l40s", 48, 864, 362, 25, 10);
+  if (name == "cpu-here") return CpuHere();
+  return absl::InvalidArgumentError(absl::StrCat(
+      "--sim-device '", name, "' is not a known device (",
+      absl::StrJoin(BuiltinProfileNames(), ", "), "); --sim-profile takes a JSON profile"));
+}
+
+absl::StatusOr<DeviceProfile> ProfileFromJson(absl::string_view json_text,
+                                              absl::string_view source) {
+  json j = json::parse(json_text.begin(), json_text.end(), nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object()) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ": not a JSON object"));
+  }
+  std::string base = "h200";
+  if (j.contains("base")) {
+    if (!j["base"].is_string()) return absl::InvalidArgumentError(absl::StrCat(source, ": base"));
+    base = j["base"].get<std::string>();
+  }
+  auto p = BuiltinProfile(base);
+  if (!p.ok())
+    return absl::InvalidArgumentError(absl::StrCat(source, ": base: ", p.status().message()));
+  struct Field {
+    const char* key;
+    double* value;
+    double scale;
+    double min, max;  // of the value as written
+  };
+  const Field fields[] = {
+      {"memory_gib", &p->memory_bytes, double(1 << 30), 1e-3, 1e6},
+      {"memory_bandwidth_gbps", &p->memory_bandwidth, 1e9, 1e-3, 1e6},
+      {"kv_bandwidth_gbps", &p->kv_bandwidth, 1e9, 0, 1e6},
+      {"tflops", &p->flops, 1e12, 1e-6, 1e6},
+      {"step_overhead_us", &p->step_overhead_s, 1e-6, 0, 1e7},
+      {"token_overhead_us", &p->token_overhead_s, 1e-6, 0, 1e6},
+      {"pair_overhead_ns", &p->pair_overhead_s, 1e-9, 0, 1e6},
+      {"sample_ns_per_logit", &p->sample_s_per_logit, 1e-9, 0, 1e6},
+      {"link_bandwidth_gbps", &p->link_bandwidth, 1e9, 1e-6, 1e6},
+      {"link_latency_us", &p->link_latency_s, 1e-6, 0, 1e7},
+      {"serial_fraction", &p->serial_fraction, 1, 0, 1},
+      {"weight_bytes_per_param", &p->weight_bytes_per_param, 1, 0.125, 8},
+      {"kv_bytes_per_value", &p->kv_bytes_per_value, 1, 0.125, 8},
+      {"activation_bytes_per_value", &p->activation_bytes_per_value, 1, 0.125, 8},
+  };
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    if (it.key() == "name" || it.key() == "base") continue;
+    const Field* f = nullptr;
+    for (const Field& candidate : fields) {
+      if (it.key() == candidate.key) f = &candidate;
+    }
+    if (f == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat(source, ": unknown field '", it.key(), "'"));
+    }
+    if (!it.value().is_number()) {
+      return absl::InvalidArgumentError(absl::StrCat(source, ": ", f->key, " is not a number"));
+    }
+    const double v = it.value().get<double>();
+    if (!(v >= f->min && v <= f->max)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(source, ": ", f->key, " ", v, " is outside [", f->min, ", ", f->max, "]"));
+    }
+    *f->value = v * f->scale;
+  }
+  if (j.contains("name")) {
+    if (!j["name"].is_string()) return absl::InvalidArgumentError(absl::StrCat(source, ": name"));
+    p->name = j["name"].get<std::string>();
+  } else {
+    p->name = std::string(source);
+  }
+  return p;
+}
+
+absl::StatusOr<DeviceProfile> ProfileFromFile(const std::string& path) {
+  std::ifstream f(path);
+  if (!f) return absl::NotFoundError(absl::StrCat("--sim-profile ", path, ": cannot open"));
+  std::stringstream text;
+  text << f.rdbuf();
+  if (text.str().size() > (1 << 20)) {
+    return absl::InvalidArgumentError(absl::StrCat("--sim-profile ", path, ": over 1 MiB"));
+  }
+  return ProfileFromJson(text.str(), absl::StrCat("--sim-profile ", path));
+}
+
+std::string ProfileToJson(const DeviceProfile& p) {
+  json j = {{"name", p.name},
+            {"memory_gib", p.memory_bytes / double(1 << 30)},
+            {"memory_bandwidth_gbps", p.memory_bandwidth / 1e9},
+            {"kv_bandwidth_gbps", p.kv_bandwidth / 1e9},
+            {"tflops", p.flops / 1e12},
+            {"step_overhead_us", p.step_overhead_s * 1e6},
+            {"token_overhead_us", p.token_overhead_s * 1e6},
+            {"pair_overhead_ns", p.pair_overhead_s * 1e9},
+            {"sample_ns_per_logit", p.sample_s_per_logit * 1e9},
+            {"link_bandwidth_gbps", p.link_bandwidth / 1e9},
+            {"link_latency_us", p.link_latency_s * 1e6},
+            {"serial_fraction", p.serial_fraction},
+            {"weight_bytes_per_param", p.weight_bytes_per_param},
+            {"kv_bytes_per_value", p.kv_bytes_per_value},
+            {"activation_bytes_per_value", p.activation_bytes_per_value}};
+  return j.dump(2);
+}
+
+double ExpectedDistinctExperts(int64_t experts, int64_t per_token, int64_t tokens) {
+  if (experts <= 0 || per_token <= 0 || tokens <= 0) return 0;
+  const double e = static_cast<double>(experts);
+  const double miss = 1.0 - std::min(1.0, static_cast<double>(per_token) / e);
+  return e * (1.0 - std::pow(miss, static_cast<double>(tokens)));
+}
+
+double StageWeightBytesAt(const ModelConfig& c, int64_t begin, int64_t end,
+                          const DeviceProfile& profile) {
+  double params = 0;
+  for (int64_t l = begin; l < end; ++l) params += static_cast<double>(LayerParameterCount(c, l));
+  if (begin == 0) params += static_cast<double>(EmbeddingParameterCount(c));
+  if (end == c.num_layers) params += static_cast<double>(HeadParameterCount(c));
+  return params * profile.weight_bytes_per_param;
+}
+
+double StageKvBytesPerToken(const ModelConfig& c, int64_t begin, int64_t end,
+                            const DeviceProfile& profile) {
+  return static_cast<double>(end - begin) * static_cast<double>(KvCacheValuesPerToken(c)) *
+         profile.kv_bytes_per_value;
+}
+
+StepCost StageStepCost(const ModelConfig& c, int64_t begin, int64_t end,
+                       absl::Span<const SeqLoad> batch, const DeviceProfile& p) {
+  StepCost cost;
+  double tokens = 0, pairs = 0, context = 0, logit_rows = 0;
+  for (const SeqLoad& s : batch) {
+    tokens += static_cast<double>(s.tokens);
+    pairs += Pairs(s);
+    context += static_cast<double>(s.context);
+    if (s.logits && end == c.num_layers) logit_rows += 1;  // only the last stage has a head
+  }
+  if (tokens == 0) return cost;
+  const double wb = p.weight_bytes_per_param;
+  const double attention_per_pair = AttentionFlopsPerPair(c);
+  const double kv_per_position =
+      static_cast<double>(KvCacheValuesPerToken(c)) * p.kv_bytes_per_value;
+  const DeepseekConfig& d = c.deepseek;
+  for (int64_t l = begin; l < end; ++l) {
+    const double all = static_cast<double>(LayerParameterCount(c, l));
+    if (c.is_deepseek() && d.IsMoeLayer(l)) {
+      const double expert = MlpParams(c, d.moe_intermediate_size);
+      const double dense = all - static_cast<double>(d.n_routed_experts) * expert;
+      const double touched = ExpectedDistinctExperts(d.n_routed_experts, d.num_experts_per_tok,
+                                                     static_cast<int64_t>(tokens));
+      cost.weight_bytes += (dense + touched * expert) * wb;
+      cost.flops += 2.0 * tokens * (dense + static_cast<double>(d.num_experts_per_tok) * expert);
+    } else {
+      cost.weight_bytes += all * wb;
+      cost.flops += 2.0 * tokens * all;
+    }
+    cost.flops += attention_per_pair * pairs;
+    cost.kv_bytes += kv_per_position * context;
+  }
+  const double H = static_cast<double>(c.hidden_size), V = static_cast<double>(c.vocab_size);
+  if (begin == 0) cost.weight_bytes += tokens * H * wb;  // the embedding rows read
+  if (end == c.num_layers && logit_rows > 0) {
+    cost.weight_bytes += (V * H + H) * wb;
+    cost.flops += 2.0 * logit_rows * V * H;
+  }
+  const double kv_bandwidth = p.kv_bandwidth > 0 ? p.kv_bandwidth : p.memory_bandwidth;
+  const double memory = cost.weight_bytes / p.memory_bandwidth + cost.kv_bytes / kv_bandwidth;
+  const double math = cost.flops / p.flops;
+  const double roofline = std::max(memory, math) + p.serial_fraction * std::min(memory, math);
+  cost.seconds = roofline + p.step_overhead_s +
+                 p.token_overhead_s * tokens * static_cast<double>(end - begin) +
+                 p.pair_overhead_s * pairs * static_cast<double>(end - begin) +
+                 p.sample_s_per_logit * logit_rows * V;
+  return cost;
+}
+
+double HopSeconds(const ModelConfig& c, int64_t tokens, const DeviceProfile& p) {
+  return static_cast<double>(tokens) * static_cast<double>(c.hidden_size) *
+             p.activation_bytes_per_value / p.link_bandwidth +
+         p.link_latency_s;
+}
+
+}  // namespace shardserve
