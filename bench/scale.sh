@@ -53,6 +53,7 @@ start_cluster() {
   local dir
   dir=$(mktemp -d "$logs/cluster-XXXX")
   cluster_pids=()
+  trap 'stop_cluster; bench_stop_all' EXIT
   for i in $(seq 0 $((n - 1))); do
     "$bin/shardserve-worker" --listen 127.0.0.1:0 --port-file "$dir/port$i" \
       --metrics-listen 127.0.0.1:0 --backend sim "$@" 2>"$dir/worker$i.log" &
@@ -75,8 +76,9 @@ start_cluster() {
 }
 
 stop_cluster() {
-  for p in "${cluster_pids[@]}"; do kill -INT "$p" 2>/dev/null || true; done
-  for p in "${cluster_pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  for p in "${cluster_pids[@]+"${cluster_pids[@]}"}"; do kill -INT "$p" 2>/dev/null || true; done
+  for p in "${cluster_pids[@]+"${cluster_pids[@]}"}"; do wait "$p" 2>/dev/null || true; done
+  cluster_pids=()
 }
 
 # measure SECTION LABEL MODEL STAGES REPLICAS CONCURRENCY MAX_TOKENS LATENCY_US [metrics]:
@@ -104,14 +106,7 @@ print(json.dumps({"section": section, "label": label, "stages": int(stages),
                   "throughput": b["throughput_tokens_per_s"], "bound": bound,
                   "of_bound": b["throughput_tokens_per_s"] / bound if bound else 0}))
 EOF
-  tail -1 "$results" | python3 -c '
-import json, sys
-r = json.loads(sys.stdin.read()); b = r["bench"]
-eff = b.get("pipeline_efficiency")
-print(f"{r[\"section\"]:8s} {r[\"label\"]:22s} c={r[\"concurrency\"]:4d} {r[\"throughput\"]:9.0f} tok/s "
-      f"bound {r[\"bound\"]:9.0f} ({100*r[\"of_bound\"]:5.1f}%) TTFT p50 {b[\"ttft_ms_p50\"]:8.1f} ms "
-      f"ITL p50 {b[\"itl_ms_p50\"]:7.2f} ms errors {b[\"errors\"]}"
-      + (f" efficiency {eff:.3f}" if eff is not None else ""))' >&2
+  python3 "$here/scale_report.py" --last "$results" >&2
 }
 
 run_depth() {

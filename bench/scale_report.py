@@ -2,6 +2,7 @@
 """Tables and a plot from bench/scale.sh's results.jsonl.
 
     scale_report.py RESULTS.jsonl OUT_DIR
+    scale_report.py --last RESULTS.jsonl     one line for the newest measurement
 
 Prints one Markdown table per section and writes OUT_DIR/depth.svg: throughput against
 concurrency for each pipeline depth (solid) with its analytic bound (dashed), log-log.
@@ -89,7 +90,20 @@ def plot(rows, path):
         f.write("\n".join(out) + "\n")
 
 
+def last_line(results):
+    r = [json.loads(line) for line in open(results) if line.strip()][-1]
+    b = r["bench"]
+    eff = b.get("pipeline_efficiency")
+    print(f"{r['section']:8s} {r['label']:24s} c={r['concurrency']:<4d} "
+          f"{r['throughput']:8.0f} tok/s, bound {r['bound']:8.0f} ({100 * r['of_bound']:5.1f}%), "
+          f"TTFT p50 {b['ttft_ms_p50']:7.1f} ms, ITL p50 {b['itl_ms_p50']:6.2f} ms, "
+          f"errors {b['errors']}" + (f", efficiency {eff:.3f}" if eff is not None else ""))
+
+
 def main():
+    if sys.argv[1] == "--last":
+        last_line(sys.argv[2])
+        return
     results, out_dir = sys.argv[1], sys.argv[2]
     rows = [json.loads(line) for line in open(results) if line.strip()]
     for section in ("depth", "distance", "large", "ceiling"):

@@ -87,17 +87,6 @@ bool UseClientTls(const TlsFiles& tls) {
   return true;
 }
 
-std::string FinishReasonName(v1::FinishReason reason) {
-  switch (reason) {
-    case v1::FINISH_REASON_STOP:
-      return "stop";
-    case v1::FINISH_REASON_LENGTH:
-      return "length";
-    default:
-      return "";
-  }
-}
-
 absl::StatusOr<CompletionResult> RunCompletion(const std::string& server,
                                                const v1::GenerateRequest& request,
                                                absl::Duration timeout, std::FILE* out,

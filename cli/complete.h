@@ -17,6 +17,7 @@
 #include "CLI/CLI.hpp"
 #include "absl/status/statusor.h"
 #include "common/tls.h"
+#include "router/finish_reason.h"
 #include "shardserve/v1/inference.pb.h"
 
 namespace shardserve {
@@ -49,9 +50,6 @@ void AddClientTlsFlags(CLI::App& app, TlsFiles* tls);
 // Makes every later channel of this process use `tls` (plaintext when empty). False, after
 // printing an error naming the flag, when a file is unusable.
 bool UseClientTls(const TlsFiles& tls);
-
-// "stop" / "length" / "" as the JSON output spells them.
-std::string FinishReasonName(v1::FinishReason reason);
 
 }  // namespace shardserve
 

@@ -1,5 +1,7 @@
 #include "router/http_openai.h"
 
+#include "router/finish_reason.h"
+
 #include <algorithm>
 #include <climits>
 #include <optional>
@@ -101,19 +103,8 @@ absl::Status ParseMessages(const json& body, v1::GenerateRequest* out) {
   return absl::OkStatus();
 }
 
-std::string FinishName(v1::FinishReason r) {
-  switch (r) {
-    case v1::FINISH_REASON_STOP:
-      return "stop";
-    case v1::FINISH_REASON_LENGTH:
-      return "length";
-    default:
-      return "";
-  }
-}
-
 json FinishJson(v1::FinishReason r) {
-  const std::string name = FinishName(r);
+  const std::string name = FinishReasonName(r);
   return name.empty() ? json(nullptr) : json(name);
 }
 

@@ -282,13 +282,23 @@ std::optional<ReasoningParser> InferenceServiceImpl::ReasoningParserFor(
 
 bool InferenceServiceImpl::Next(Generation& g, absl::Duration timeout, v1::GenerateResponse* out,
                                 bool* done, absl::Status* error) {
-  bool got = g.sink->Take(timeout, out, done, error);
+  // The first message (time to first token) is never held back.
+  const int batch = g.messages == 0 ? 1 : StreamBatch();
+  bool got = g.sink->Take(timeout, out, done, error, batch, kMaxStreamBatchDelay);
+  if (got) ++g.messages;
   if (g.reasoning.has_value() && (got || *done)) {
     SplitReasoning(*g.reasoning, *done, out);
     got = got || out->ByteSizeLong() > 0;
   }
   if (metrics_ != nullptr && got) metrics_->OnOutput(g.trace, out, *done, *error);
   return got;
+}
+
+int InferenceServiceImpl::StreamBatch() const {
+  if (stream_interval_ > 0) return stream_interval_;
+  // One token per message until 64 streams run, then one more per 64 streams, up to 8.
+  const int64_t streams = admitted_.load(std::memory_order_relaxed);
+  return static_cast<int>(std::clamp<int64_t>(streams / 64 + (streams > 64 ? 1 : 0), 1, 8));
 }
 
 void InferenceServiceImpl::Cancel(Generation& g) {

@@ -84,10 +84,12 @@ class InferenceServiceImpl final : public v1::InferenceService::Service {
     std::string request_id;
     RequestTrace trace;
     std::shared_ptr<void> admission_slot;  // released when the generation is destroyed
+    int64_t messages = 0;                  // responses handed to the client so far
   };
   // Validates and tokenizes `request` and submits it to a ready replica (see routing.h), with
   // Generate's errors (INVALID_ARGUMENT naming the field, UNAVAILABLE saying why).
   absl::StatusOr<Generation> Start(const v1::GenerateRequest& request);
+  int StreamBatch() const;
   // RequestSink::Take for `generation`; with a reasoning parser, `out` has the reasoning in
   // reasoning_text and the rest in text, and what the parser held back comes with the end.
   bool Next(Generation& generation, absl::Duration timeout, v1::GenerateResponse* out, bool* done,
@@ -117,6 +119,11 @@ class InferenceServiceImpl final : public v1::InferenceService::Service {
   grpc::Status Authorize(const grpc::ServerContext* context) const;
   // Generations admitted and not yet destroyed.
   int64_t admitted() const { return admitted_.load(); }
+  // Tokens per streamed message: `interval` (>= 1) fixes it; 0 (the default) adapts to load,
+  // one per message up to 64 streams and up to 8 beyond (--stream-interval).
+  void set_stream_interval(int interval) { stream_interval_ = interval; }
+  // How long a stream holds a message back waiting for more tokens under load.
+  static constexpr absl::Duration kMaxStreamBatchDelay = absl::Milliseconds(50);
   const std::string& model_name() const { return model_name_; }
   // The replicas now (more may be added while serving).
   std::vector<Replica*> replicas() const;
@@ -158,6 +165,7 @@ class InferenceServiceImpl final : public v1::InferenceService::Service {
   const WorkerRegistry* registry_ = nullptr;
   absl::Mutex route_mu_;  // serialises replica choice and submission
   std::atomic<int64_t> admitted_{0};
+  int stream_interval_ = 0;
   std::atomic<bool> draining_{false};
 };
 

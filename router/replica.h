@@ -55,8 +55,10 @@ class RequestSink {
   std::string waiting() const;
 
   // Waits up to `timeout` for output; moves it into `out`. Returns true when `out` has
-  // something or the stream has ended.
-  bool Take(absl::Duration timeout, v1::GenerateResponse* out, bool* done, absl::Status* error);
+  // something or the stream has ended. With `min_tokens` > 1, once output is there it waits up
+  // to `max_delay` more for that many tokens (or the end), to send them in one message.
+  bool Take(absl::Duration timeout, v1::GenerateResponse* out, bool* done, absl::Status* error,
+            int min_tokens = 1, absl::Duration max_delay = absl::ZeroDuration());
 
  private:
   mutable absl::Mutex mu_;

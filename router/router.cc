@@ -267,6 +267,7 @@ void Router::BuildReplicas() {
   admission.api_key = c.api_key;
   service_->set_admission_limits(admission);
   service_->set_reasoning_parser(reasoning_parser_);
+  service_->set_stream_interval(c.stream_interval);
   service_->set_routing(*ParseRoutingPolicy(c.routing));
   service_->set_registry(&registry_);
 }

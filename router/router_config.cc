@@ -95,6 +95,11 @@ void AddRequestFlags(CLI::App& app, RouterConfig* c) {
                  "largest max_tokens accepted (0: the model's context)")
       ->check(CLI::Range(0, 1 << 24))
       ->capture_default_str();
+  app.add_option("--stream-interval", c->stream_interval,
+                 "tokens per streamed message (0: adapt to load, 1 per message up to 64 "
+                 "streams, then up to 8, each held back at most 50 ms)")
+      ->check(CLI::Range(0, 64))
+      ->capture_default_str();
   app.add_option("--max-stop-strings", c->admission.max_stop_strings, "stop strings per request")
       ->check(CLI::Range(0, kMaxStopStrings))
       ->capture_default_str();

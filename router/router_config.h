@@ -32,7 +32,8 @@ struct RouterConfig {
   // Batching and the KV cache.
   int64_t max_batch_tokens = 256;
   int max_seqs = 64;
-  int64_t kv_blocks = 0;  // 0: sized from --max-seqs
+  int stream_interval = 0;  // tokens per streamed message; 0: adaptive
+  int64_t kv_blocks = 0;    // 0: sized from --max-seqs
   int kv_block_size = 16;
   bool no_prefix_cache = false;
   std::string routing = "prefix";

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "CLI/CLI.hpp"
+#include "absl/synchronization/mutex.h"
 #include "common/logging.h"
 #include "common/signals.h"
 #include "worker/worker.h"
@@ -20,6 +21,9 @@ int Fail(const absl::Status& status, int code) {
 
 int WorkerMain(int argc, char** argv) {
   const sigset_t signals = BlockShutdownSignals();  // before any thread starts
+  // Abseil's lock-order graph is a debugging aid that costs every contended lock a graph
+  // update; the thread-safety analysis and TSan check lock order in CI instead.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   CLI::App app{"shardserve-worker: one pipeline stage of a shardserve cluster"};
   WorkerConfig config;
   AddWorkerFlags(app, &config);

@@ -4,7 +4,9 @@
 #include "router/inference_service.h"
 
 #include <fstream>
+#include <thread>
 
+#include "absl/time/clock.h"
 #include "gtest/gtest.h"
 #include "model/synth.h"
 #include "tests/testing/temp_dir.h"
@@ -138,6 +140,42 @@ TEST_F(ReasoningSplitTest, ChatPromptsSeparateByDefaultAndTheFieldDecides) {
   service_->set_reasoning_parser(ReasoningParserKind::kNone);
   EXPECT_FALSE(service_->ReasoningParserFor(chat, opened).has_value());
   EXPECT_FALSE(service_->ReasoningParserFor(text, opened).has_value());
+}
+
+// Under load a stream takes several tokens per message: Take waits for min_tokens (or the end)
+// once output is there, and hands over what it has after max_delay.
+TEST(RequestSink, BatchesTokensUnderLoadAndNeverHoldsTheEnd) {
+  RequestSink sink;
+  v1::SampledToken t;
+  v1::GenerateResponse out;
+  bool done = false;
+  absl::Status error;
+  std::thread producer([&] {
+    for (int i = 0; i < 3; ++i) {
+      t.set_token_id(10 + i);
+      sink.Push("x", &t, false, v1::FINISH_REASON_UNSPECIFIED, nullptr);
+      absl::SleepFor(absl::Milliseconds(5));
+    }
+  });
+  ASSERT_TRUE(sink.Take(absl::Seconds(5), &out, &done, &error, 3, absl::Seconds(5)));
+  producer.join();
+  EXPECT_EQ(out.token_ids_size(), 3);
+  EXPECT_EQ(out.text(), "xxx");
+  EXPECT_FALSE(done);
+  // Fewer than min_tokens: handed over once max_delay has passed.
+  t.set_token_id(20);
+  sink.Push("y", &t, false, v1::FINISH_REASON_UNSPECIFIED, nullptr);
+  const absl::Time start = absl::Now();
+  ASSERT_TRUE(sink.Take(absl::Seconds(5), &out, &done, &error, 8, absl::Milliseconds(30)));
+  EXPECT_GE(absl::Now() - start, absl::Milliseconds(29));
+  EXPECT_EQ(out.token_ids_size(), 1);
+  // The end is never held back for more tokens.
+  sink.Push("z", &t, false, v1::FINISH_REASON_LENGTH, nullptr);
+  const absl::Time end_start = absl::Now();
+  ASSERT_TRUE(sink.Take(absl::Seconds(5), &out, &done, &error, 8, absl::Seconds(5)));
+  EXPECT_LT(absl::Now() - end_start, absl::Seconds(1));
+  EXPECT_TRUE(done);
+  EXPECT_EQ(out.finish_reason(), v1::FINISH_REASON_LENGTH);
 }
 
 }  // namespace
