@@ -9,6 +9,7 @@
 #include <mutex>
 
 #include "CLI/CLI.hpp"
+#include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "common/tls_flags.h"
@@ -120,7 +121,11 @@ absl::StatusOr<CompletionResult> RunCompletion(const std::string& server,
   if (!s.ok()) {
     return absl::Status(
         static_cast<absl::StatusCode>(s.error_code()),
-        s.error_message().empty() ? "connection to " + server + " failed" : s.error_message());
+        s.error_message().empty()
+            ? absl::StrCat(server, " answered ",
+                           absl::StatusCodeToString(static_cast<absl::StatusCode>(s.error_code())),
+                           " with no message (is it a shardserve router?)")
+            : s.error_message());
   }
   return result;
 }

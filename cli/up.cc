@@ -28,6 +28,7 @@
 #include "absl/time/time.h"
 #include "cli/complete.h"
 #include "common/cluster_auth.h"
+#include "common/listen.h"
 #include "shardserve/v1/inference.grpc.pb.h"
 
 extern char** environ;
@@ -236,7 +237,18 @@ std::optional<Failure> CheckChildren(std::vector<Child>& children) {
   return std::nullopt;
 }
 
-// The port in a worker's --port-file: 0 while it is not there (yet), -1 when unreadable.
+// Where a local client reaches a server listening on `listen` (host:port, port 0 allowed) that
+// bound `port`: a wildcard host is reached on loopback.
+std::string ConnectAddress(const std::string& listen, int port) {
+  auto hp = SplitHostPort(listen, "--listen");
+  std::string host = hp.ok() ? hp->first : "127.0.0.1";
+  if (host == "0.0.0.0") host = "127.0.0.1";
+  if (host == "::") host = "::1";
+  if (host.find(':') != std::string::npos) host = "[" + host + "]";
+  return absl::StrCat(host, ":", port);
+}
+
+// The port in a --port-file: 0 while it is not there (yet), -1 when unreadable.
 int ReadPortFile(const fs::path& path) {
   std::ifstream in(path);
   if (!in) return 0;
@@ -270,7 +282,8 @@ void AddUpFlags(CLI::App& app, UpOptions* o) {
   app.add_option("--model", o->model,
                  "Hugging Face model folder (default: $SHARDSERVE_MODEL, "
                  "../shared/models/stories260K, models/, else a small synthetic model)");
-  app.add_option("--listen", o->listen, "router gRPC address host:port")->capture_default_str();
+  app.add_option("--listen", o->listen, "router gRPC address host:port (port 0: any free port)")
+      ->capture_default_str();
   app.add_option("--http-listen", o->http_listen,
                  "router OpenAI-compatible HTTP address host:port (default: no HTTP)");
   app.add_option("--threads", o->threads, "compute threads per worker (0: CPUs / workers)")
@@ -345,12 +358,14 @@ class LocalCluster {
   void ClearProgress() {
     if (tty_) std::fprintf(stderr, "\r\033[K");
   }
+  fs::path RouterPortFile() const { return run_dir_ / "router.port"; }
 
   UpOptions o_;
   const sigset_t signals_;
   const bool tty_;
   fs::path bin_, run_dir_, secret_file_;
   std::string router_bin_, worker_bin_;
+  std::string address_;  // where the router answers, once its --port-file says it listens
   std::vector<Child> children_;
   absl::Time started_;
 };
@@ -366,10 +381,9 @@ std::optional<int> LocalCluster::CheckBinaries() {
       return 1;
     }
   }
-  // `up` asks the router's health on --listen: it needs a port it knows.
-  if (absl::EndsWith(o_.listen, ":0") || o_.listen.find(':') == std::string::npos) {
-    std::fprintf(stderr, "error: --listen %s: give host:port with a fixed port\n",
-                 o_.listen.c_str());
+  // Port 0 is fine: the router reports the port it bound in its --port-file.
+  if (absl::Status s = ValidateListenAddress(o_.listen, "--listen"); !s.ok()) {
+    std::fprintf(stderr, "error: %s\n", std::string(s.message()).c_str());
     return 2;
   }
   if (!o_.model.empty() && !IsModelFolder(o_.model)) {
@@ -472,9 +486,15 @@ std::optional<int> LocalCluster::StartWorkers(std::vector<std::string>* addresse
 }
 
 std::optional<int> LocalCluster::StartRouter(const std::vector<std::string>& addresses) {
-  std::vector<std::string> args = {
-      router_bin_, "--listen", o_.listen, "--workers", absl::StrJoin(addresses, ","),
-      "--model",   o_.model};
+  std::vector<std::string> args = {router_bin_,
+                                   "--listen",
+                                   o_.listen,
+                                   "--port-file",
+                                   RouterPortFile().string(),
+                                   "--workers",
+                                   absl::StrJoin(addresses, ","),
+                                   "--model",
+                                   o_.model};
   if (!o_.layers.empty()) args.insert(args.end(), {"--layers", o_.layers});
   if (!o_.http_listen.empty()) args.insert(args.end(), {"--http-listen", o_.http_listen});
   if (Start("router", args, run_dir_ / "router.log")) return std::nullopt;
@@ -486,10 +506,17 @@ std::optional<int> LocalCluster::StartRouter(const std::vector<std::string>& add
 std::optional<int> LocalCluster::WaitServing() {
   const absl::Time give_up = started_ + absl::Seconds(o_.ready_timeout_s);
   while (true) {
-    // Logs first: a router that cannot load the model keeps retrying (and is not serving), and
-    // another process already serving on --listen would answer the health check below.
+    // Logs first: a router that cannot load the model keeps retrying (and is not serving).
     if (std::optional<Failure> f = CheckChildren(children_)) return Fail(*f);
-    if (HealthServing(o_.listen, absl::Milliseconds(500))) break;
+    // Health is asked only once the router has written its --port-file, that is once it holds
+    // the port: another process on --listen (or one that took the port between a caller's
+    // choice and the router's bind) is never mistaken for this cluster.
+    if (address_.empty()) {
+      const int port = ReadPortFile(RouterPortFile());
+      if (port < 0) return Fail({"router: unreadable --port-file " + RouterPortFile().string(), 1});
+      if (port > 0) address_ = ConnectAddress(o_.listen, port);
+    }
+    if (!address_.empty() && HealthServing(address_, absl::Milliseconds(500))) break;
     if (absl::Now() > give_up) {
       return Fail({absl::StrCat("the cluster was not serving after ",
                                 static_cast<int64_t>(o_.ready_timeout_s + 0.5), " s"),
@@ -503,8 +530,7 @@ std::optional<int> LocalCluster::WaitServing() {
                "shardserve is up: model %s, %d workers\n  gRPC:  %s\n  logs:  %s\n"
                "  try:   shardserve complete --server %s --prompt \"Once upon a time\" "
                "--max-tokens 64 --temperature 0\n",
-               o_.model.c_str(), o_.workers, o_.listen.c_str(), run_dir_.c_str(),
-               o_.listen.c_str());
+               o_.model.c_str(), o_.workers, address_.c_str(), run_dir_.c_str(), address_.c_str());
   return std::nullopt;
 }
 
@@ -514,7 +540,7 @@ int LocalCluster::RunPrompt() {
   request.set_max_tokens(o_.max_tokens);
   request.mutable_sampling()->set_temperature(o_.temperature);
   std::fwrite(o_.prompt.data(), 1, o_.prompt.size(), stdout);
-  auto result = RunCompletion(o_.listen, request, absl::Minutes(10), stdout);
+  auto result = RunCompletion(address_, request, absl::Minutes(10), stdout);
   std::fputc('\n', stdout);
   Stop();
   if (!result.ok()) {

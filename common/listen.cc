@@ -2,6 +2,9 @@
 
 #include <sys/socket.h>
 
+#include <filesystem>
+#include <fstream>
+
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 
@@ -54,6 +57,20 @@ absl::Status CannotListen(const std::string& flag, const std::string& address) {
   return absl::UnavailableError(absl::StrCat(flag, " ", address, ": cannot listen on port ", port,
                                              " (in use by another process, or not an address "
                                              "of this host)"));
+}
+
+absl::Status WritePortFile(const std::string& path, int port) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << port << "\n";
+    out.flush();
+    if (!out) return absl::InvalidArgumentError("--port-file " + path + ": cannot write " + tmp);
+  }
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) return absl::InvalidArgumentError("--port-file " + path + ": " + ec.message());
+  return absl::OkStatus();
 }
 
 }  // namespace shardserve

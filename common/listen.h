@@ -38,6 +38,11 @@ void ExclusiveSocketOptions(int fd);
 // The error for a server that could not bind: names the flag and the port.
 absl::Status CannotListen(const std::string& flag, const std::string& address);
 
+// Writes `port` (and a newline) to `path` atomically (a temporary file, then a rename), so a
+// reader sees the whole number or no file. A process writes it only once it holds the port: a
+// launcher that reads it knows the process, not a stranger on the same port, answers there.
+absl::Status WritePortFile(const std::string& path, int port);
+
 }  // namespace shardserve
 
 #endif  // SHARDSERVE_COMMON_LISTEN_H_

@@ -301,6 +301,7 @@ absl::Status Router::StartGrpc() {
   builder.RegisterService(registration_.get());
   server_ = builder.BuildAndStart();
   if (server_ == nullptr || port == 0) return CannotListen("--listen", config_.listen);
+  if (!config_.port_file.empty()) RETURN_IF_ERROR(WritePortFile(config_.port_file, port));
   health_ = server_->GetHealthCheckService();
   health_->SetServingStatus(false);
   LOG(INFO) << "shardserve-router on " << config_.listen << " (port " << port << "): model "

@@ -123,6 +123,8 @@ void AddRequestFlags(CLI::App& app, RouterConfig* c) {
 void AddRouterFlags(CLI::App& app, RouterConfig* c) {
   app.add_option("--listen", c->listen, "host:port for the public gRPC API (port 0: any free port)")
       ->required();
+  app.add_option("--port-file", c->port_file,
+                 "write the bound --listen port to this file once listening (for launchers)");
   AddClusterAuthFlags(app, &c->cluster_auth);
   AddPlacementFlags(app, c);
   AddReliabilityFlags(app, c);

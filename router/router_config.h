@@ -18,6 +18,7 @@ namespace shardserve {
 struct RouterConfig {
   // Where it listens, and who may call the cluster.
   std::string listen;
+  std::string port_file;  // written with the bound gRPC port once listening
   std::string http_listen;
   TlsFiles tls;
   ClusterAuthFlags cluster_auth;

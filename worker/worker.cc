@@ -4,8 +4,6 @@
 #include <grpcpp/health_check_service_interface.h>
 
 #include <chrono>
-#include <filesystem>
-#include <fstream>
 
 #include "common/cluster_auth.h"
 #include "common/listen.h"
@@ -67,15 +65,7 @@ absl::Status Worker::Serve() {
   builder.RegisterService(service_.get());
   server_ = builder.BuildAndStart();
   if (server_ == nullptr || port == 0) return CannotListen("--listen", config_.listen);
-  if (!config_.port_file.empty()) {
-    const std::string tmp = config_.port_file + ".tmp";
-    std::ofstream(tmp) << port << "\n";
-    std::error_code ec;
-    std::filesystem::rename(tmp, config_.port_file, ec);
-    if (ec) {
-      return absl::InvalidArgumentError("--port-file " + config_.port_file + ": " + ec.message());
-    }
-  }
+  if (!config_.port_file.empty()) RETURN_IF_ERROR(WritePortFile(config_.port_file, port));
   service_->SetHealth(server_->GetHealthCheckService());
   LOG(INFO) << "shardserve-worker listening on " << config_.listen << " (port " << port
             << "), backend "

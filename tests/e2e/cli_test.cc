@@ -78,13 +78,17 @@ class StartupLock {
 };
 
 // The folder `up` printed as "logs:  DIR", or "".
-std::string UpLogFolder(const std::string& err) {
+// A "name: value" line of the banner `up` prints once the cluster serves.
+std::string UpBannerField(const std::string& err, absl::string_view name) {
   for (absl::string_view line : absl::StrSplit(err, '\n')) {
     line = absl::StripAsciiWhitespace(line);
-    if (absl::ConsumePrefix(&line, "logs:")) return std::string(absl::StripAsciiWhitespace(line));
+    if (absl::ConsumePrefix(&line, name) && absl::ConsumePrefix(&line, ":")) {
+      return std::string(absl::StripAsciiWhitespace(line));
+    }
   }
   return "";
 }
+std::string UpLogFolder(const std::string& err) { return UpBannerField(err, "logs"); }
 
 TEST(Up, StreamsThePromptsCompletionAndExitsZero) {
   const std::string listen = "127.0.0.1:" + std::to_string(FreePort());
@@ -149,27 +153,57 @@ TEST(Up, UpOnATruncatedModelFailsFastWithTheTensorError) {
   EXPECT_FALSE(HealthServing(listen, absl::Milliseconds(500)));
 }
 
+// Another shardserve server (here a worker, which answers health) already holds --listen: `up`
+// reports that its router cannot listen there, and never takes the stranger for its cluster.
+TEST(Up, ATakenListenPortIsTheRoutersErrorNotAnotherServer) {
+  const std::string port_file = (BuildDir() / "test-logs" / "up-taken.port").string();
+  fs::create_directories(fs::path(port_file).parent_path());
+  fs::remove(port_file);
+  Process holder({BinPath("shardserve-worker"), "--listen", "127.0.0.1:0", "--port-file", port_file,
+                  "--cluster-secret-file", ClusterSecretFile()},
+                 (BuildDir() / "test-logs" / "up-taken-worker.log").string());
+  const int port = WaitPortFile(port_file, holder);
+  ASSERT_GT(port, 0);
+  const std::string listen = absl::StrCat("127.0.0.1:", port);
+  // The holder answers health on the port, so a check on the address alone would pass.
+  ASSERT_TRUE(HealthServing(listen, absl::Seconds(5)));
+  StartupLock lock;
+  CommandResult r =
+      RunCommand({BinPath("shardserve"), "up", "--workers", "1", "--threads", "1", "--model",
+                  Stories260K(), "--listen", listen, "--prompt", "hi", "--max-tokens", "4"},
+                 "", absl::Seconds(60));
+  EXPECT_GT(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(absl::StrContains(r.err, absl::StrCat("cannot listen on port ", port))) << r.err;
+  EXPECT_FALSE(absl::StrContains(r.err, "shardserve is up")) << r.err;
+  EXPECT_TRUE(holder.alive());
+}
+
 TEST(Up, UpWithSixteenWorkersServes) {
   const std::string model = Synthetic16Layer();
   ASSERT_TRUE(fs::exists(fs::path(model) / "config.json")) << model;
-  const std::string listen = "127.0.0.1:" + std::to_string(FreePort());
   StartupLock lock;
+  // Port 0: the router binds a free port and `up` learns it from the router's --port-file, so no
+  // other process can hold the port between choosing it and binding it.
   CommandResult r = RunCommand(
       {BinPath("shardserve"), "up", "--workers", "16", "--threads", "1", "--model", model,
-       "--listen", listen, "--prompt", "Once", "--max-tokens", "8", "--temperature", "0"},
+       "--listen", "127.0.0.1:0", "--prompt", "Once", "--max-tokens", "8", "--temperature", "0"},
       "", absl::Seconds(120));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.out.rfind("Once", 0), 0u) << r.out;
   EXPECT_GT(r.out.size(), std::string("Once\n").size()) << r.out;
   EXPECT_TRUE(absl::StrContains(r.err, "16 workers")) << r.err;
-  // Each worker reported the port it bound; the cluster secret went with the cluster.
+  const std::string address = UpBannerField(r.err, "gRPC");
+  EXPECT_TRUE(absl::StartsWith(address, "127.0.0.1:") && !absl::EndsWith(address, ":0")) << r.err;
+  // Each worker, and the router, reported the port it bound; the cluster secret went with the
+  // cluster.
   const std::string logs = UpLogFolder(r.err);
   ASSERT_FALSE(logs.empty()) << r.err;
   for (int i = 0; i < 16; ++i) {
     EXPECT_TRUE(fs::exists(fs::path(logs) / absl::StrCat("worker-", i, ".port"))) << logs;
   }
+  EXPECT_TRUE(fs::exists(fs::path(logs) / "router.port")) << logs;
   EXPECT_FALSE(fs::exists(fs::path(logs) / "cluster-secret")) << logs;
-  EXPECT_FALSE(HealthServing(listen, absl::Milliseconds(500)));
+  EXPECT_FALSE(HealthServing(address, absl::Milliseconds(500)));
 }
 
 class Client : public ::testing::Test {

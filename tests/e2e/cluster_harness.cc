@@ -15,6 +15,7 @@
 #include <array>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -64,6 +65,17 @@ std::string SyntheticModel(const std::string& like) { return WriteOnce(like, fal
 std::string ShapeOnlyModel(const std::string& like) { return WriteOnce(like, true); }
 
 std::string Synthetic8Layer() { return SyntheticModel("tiny-llama-8l"); }
+
+int WaitPortFile(const std::string& port_file, Process& process, absl::Duration timeout) {
+  const absl::Time give_up = absl::Now() + timeout;
+  while (absl::Now() < give_up && process.alive()) {
+    std::ifstream in(port_file);
+    int port = 0;
+    if (in >> port && port > 0) return port;
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  return 0;
+}
 
 int FreePort() {
   int fd = socket(AF_INET, SOCK_STREAM, 0);

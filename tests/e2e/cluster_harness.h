@@ -33,6 +33,12 @@ int FreePort();
 // process's own calls to workers. Processes and commands started here call it themselves.
 const std::string& ClusterSecretFile();
 
+class Process;
+// The port a process started with --port-file wrote there: 0 when it exited, or wrote nothing
+// within `timeout`.
+int WaitPortFile(const std::string& port_file, Process& process,
+                 absl::Duration timeout = absl::Seconds(30));
+
 class Process {
  public:
   Process(std::vector<std::string> args, std::string log_path);

@@ -182,18 +182,6 @@ TEST_F(Secured, RegisterWorkerNeedsTheCredential) {
   }
 }
 
-// The worker waits for its --port-file, so tests know its port without probing.
-int StartedPort(const std::string& port_file, Process& process) {
-  const absl::Time give_up = absl::Now() + absl::Seconds(30);
-  while (absl::Now() < give_up && process.alive()) {
-    std::ifstream in(port_file);
-    int port = 0;
-    if (in >> port && port > 0) return port;
-    absl::SleepFor(absl::Milliseconds(20));
-  }
-  return 0;
-}
-
 TEST(Credential, WorkersAndRoutersRefuseToStartWithoutOne) {
   ClusterSecretFile();
   const std::string saved = getenv(kClusterSecretEnv);
@@ -231,7 +219,7 @@ TEST(Credential, InsecureClusterIsAnExplicitLoggedChoice) {
                   "--insecure-cluster"},
                  log);
   setenv(kClusterSecretEnv, saved.c_str(), 1);
-  const int port = StartedPort(port_file, worker);
+  const int port = WaitPortFile(port_file, worker);
   ASSERT_GT(port, 0);
   Stranger anyone(absl::StrCat("127.0.0.1:", port));
   v1::DescribeResponse r;
@@ -249,7 +237,7 @@ TEST(ModelRoot, LoadShardOutsideTheRootRevealsNothing) {
   Process worker({BinPath("shardserve-worker"), "--listen", "127.0.0.1:0", "--port-file", port_file,
                   "--model-root", root},
                  LogDir() + "/root-worker.log");
-  const int port = StartedPort(port_file, worker);
+  const int port = WaitPortFile(port_file, worker);
   ASSERT_GT(port, 0);
   Stranger member(absl::StrCat("127.0.0.1:", port), ReadClusterSecret(ClusterSecretFile()).value());
   auto load = [&](const std::string& path) {
@@ -286,7 +274,7 @@ TEST(Ports, ASecondProcessOnATakenPortExitsTwoNamingThePort) {
   Process first({BinPath("shardserve-worker"), "--listen", "127.0.0.1:0", "--port-file", port_file,
                  "--metrics-listen", absl::StrCat("127.0.0.1:", metrics_port)},
                 LogDir() + "/taken-first.log");
-  const int port = StartedPort(port_file, first);
+  const int port = WaitPortFile(port_file, first);
   ASSERT_GT(port, 0);
   const std::string taken = absl::StrCat("127.0.0.1:", port);
   const std::string taken_metrics = absl::StrCat("127.0.0.1:", metrics_port);
