@@ -301,7 +301,8 @@ void AddUpFlags(CLI::App& app, UpOptions* o) {
       ->check(CLI::Range(1.0, 86400.0))
       ->capture_default_str();
   app.footer(
-      "Workers listen on ports the system picks (127.0.0.1:0); the cluster's processes share a "
+      "Workers listen on ports the system picks (127.0.0.1:0) and load only the model folder "
+      "(--model-root); the cluster's processes share a "
       "fresh secret (--cluster-secret-file) written into the log folder. If any of them logs an "
       "error or exits before the cluster serves, that line is printed and everything stops.");
 }
@@ -447,7 +448,7 @@ std::optional<int> LocalCluster::StartWorkers(std::vector<std::string>* addresse
     port_files.push_back(run_dir_ / absl::StrCat("worker-", i, ".port"));
     if (!Start(absl::StrCat("worker ", i),
                {worker_bin_, "--listen", "127.0.0.1:0", "--port-file", port_files.back().string(),
-                "--threads", std::to_string(o_.threads)},
+                "--threads", std::to_string(o_.threads), "--model-root", o_.model},
                run_dir_ / absl::StrCat("worker-", i, ".log"))) {
       std::fprintf(stderr, "error: cannot start %s\n", worker_bin_.c_str());
       Stop();

@@ -74,6 +74,12 @@ absl::Status Worker::Serve() {
                           (config_.sim_profile.empty() ? config_.sim_device : config_.sim_profile)
                     : std::string(backend_->name()))
             << ", " << config_.threads << " threads";
+  if (config_.model_root.empty()) {
+    LOG(WARNING) << "no --model-root: the cluster's routers may load any model folder this "
+                    "process can read";
+  } else {
+    LOG(INFO) << "loads models only from inside --model-root " << config_.model_root;
+  }
   RETURN_IF_ERROR(StartMetrics());
   if (!config_.router.empty()) announcer_ = std::thread([this] { AnnounceLoop(); });
   return absl::OkStatus();

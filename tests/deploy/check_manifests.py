@@ -17,6 +17,8 @@ For every overlay's `kubectl kustomize` output:
     not --insecure-cluster) naming a file inside a read-only mount of a non-optional volume of the
     Secret shardserve-cluster-secret, key `secret`; no rendered Secret carries a value (the
     credential is created in the cluster, never kept in git);
+  * every worker container confines LoadShard with --model-root inside one of its volumeMounts,
+    and every router's --model lies inside the model roots of the workers;
   * NetworkPolicy: some policy isolates every worker pod for ingress; the worker's --listen port
     admits only pods selected by a non-empty podSelector of this namespace that matches router or
     worker pods (no open rule, ipBlock, namespaceSelector or empty podSelector), and admits the
@@ -232,6 +234,7 @@ class Checker:
                       for d in docs if d.get("kind") == "ConfigMap"}
         templates = [t for d in docs for t in pod_templates(d)]
         worker_ports = set()
+        model_roots = set()
         routers = []
         # Per pod template: (where, template, extra labels, role, {flag: (port, port name)}).
         self.pods = []
@@ -292,6 +295,10 @@ class Checker:
                                f" s + drain {drain_s} s + shutdown {binary.shutdown_s} s + 1 s")
                 if binary.name == "shardserve-worker" and listen_port is not None:
                     worker_ports.add(listen_port)
+                if binary.name == "shardserve-worker":
+                    root = self.check_model_root(cwhere, container, flags)
+                    if root:
+                        model_roots.add(root)
                 if binary.name == "shardserve-router":
                     routers.append((cwhere, flags))
                 role = "router" if binary.name == "shardserve-router" else "worker"
@@ -299,6 +306,11 @@ class Checker:
         headless = {d["metadata"]["name"] for d in docs
                     if d.get("kind") == "Service" and d["spec"].get("clusterIP") == "None"}
         for cwhere, flags in routers:
+            model = flags.get("--model", "")
+            outside = sorted(r for r in model_roots if not model.startswith(r.rstrip("/") + "/"))
+            if model and outside:
+                self.error(cwhere, f"--model {model} is not inside the workers' --model-root "
+                           f"{outside}: they would refuse to load it")
             spec = flags.get("--workers", "")
             stages = int(flags.get("--stages") or 0)
             replicas = int(flags.get("--replicas") or 1)
@@ -329,6 +341,20 @@ class Checker:
                 self.error(f"Secret/{d['metadata']['name']}", "carries a value; credentials "
                            "must not live in git: create the Secret in the cluster "
                            "(docs/DEPLOY.md) and only refer to it here")
+
+    def check_model_root(self, where, container, flags):
+        """--model-root is set and lies inside a volumeMount; returns it."""
+        root = flags.get("--model-root")
+        if not root:
+            self.error(where, "lacks --model-root (without it a caller holding the cluster "
+                       "credential may load any folder the worker can read): pass the model "
+                       "volume's mountPath")
+            return None
+        mounts = [m.get("mountPath", "").rstrip("/") for m in container.get("volumeMounts", [])]
+        if not any(root.rstrip("/") == m or root.startswith(m + "/") for m in mounts if m):
+            self.error(where, f"--model-root {root} is not inside any volumeMount of the "
+                       f"container ({sorted(mounts)})")
+        return root
 
     def check_cluster_secret(self, where, spec, container, flags):
         """--cluster-secret-file names the key of the cluster Secret, mounted read-only."""
@@ -609,6 +635,15 @@ def self_test(binaries, docs, overlay):
     def secret_mount_writable(docs):
         secret_volume(last_worker_pod(docs))[0]["readOnly"] = False
 
+    def model_root_missing(docs):
+        container = worker_containers(docs)[-1]
+        container["args"] = [a for a in container["args"] if not a.startswith("--model-root")]
+
+    def model_root_elsewhere(docs):
+        for container in worker_containers(docs):
+            container["args"] = [("--model-root=/srv/other" if a.startswith("--model-root")
+                                  else a) for a in container["args"]]
+
     def insecure_cluster(docs):
         worker_containers(docs)[-1]["args"].append("--insecure-cluster")
 
@@ -654,7 +689,7 @@ def self_test(binaries, docs, overlay):
 
     doc_mutations = (secret_flag_missing, secret_flag_outside_mount, secret_wrong_key,
                      secret_volume_empty_dir, secret_volume_other_secret, secret_mount_writable,
-                     insecure_cluster, secret_in_git, no_worker_policy, worker_port_open,
+                     insecure_cluster, model_root_missing, model_root_elsewhere, secret_in_git, no_worker_policy, worker_port_open,
                      worker_port_any_pod, worker_port_namespace, worker_port_ip_block,
                      worker_port_all_ports, routers_shut_out, router_ports_closed)
     if overlay == "cpu":

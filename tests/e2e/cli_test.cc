@@ -202,6 +202,12 @@ TEST(Up, UpWithSixteenWorkersServes) {
     EXPECT_TRUE(fs::exists(fs::path(logs) / absl::StrCat("worker-", i, ".port"))) << logs;
   }
   EXPECT_TRUE(fs::exists(fs::path(logs) / "router.port")) << logs;
+  // The workers load only the model folder `up` was started with.
+  std::ifstream worker_log(fs::path(logs) / "worker-0.log");
+  const std::string worker_text((std::istreambuf_iterator<char>(worker_log)),
+                                std::istreambuf_iterator<char>());
+  EXPECT_TRUE(absl::StrContains(worker_text, "only from inside --model-root " + model))
+      << worker_text;
   EXPECT_FALSE(fs::exists(fs::path(logs) / "cluster-secret")) << logs;
   EXPECT_FALSE(HealthServing(address, absl::Milliseconds(500)));
 }
