@@ -23,6 +23,12 @@ grpc::ChannelArguments ClusterChannelArguments();
 // A channel to `address` with ClusterChannelArguments and the process's channel credentials.
 std::shared_ptr<grpc::Channel> NewClusterChannel(const std::string& address);
 
+// A request that does not parse as its method's message (most often a proto3 string field with
+// bytes that are not UTF-8) is answered INVALID_ARGUMENT naming the field, where gRPC alone
+// answers INTERNAL with no message; protobuf's own stderr line for it is dropped (the caller
+// hears it instead). Call on every server builder; the RPC's handler never runs.
+void ReportUnparsableRequests(grpc::ServerBuilder* builder);
+
 }  // namespace shardserve
 
 #endif  // SHARDSERVE_COMMON_GRPC_UTIL_H_

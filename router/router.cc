@@ -292,6 +292,7 @@ absl::Status Router::StartGrpc() {
   grpc::ServerBuilder builder;
   int port = 0;
   ConfigureExclusivePort(&builder);
+  ReportUnparsableRequests(&builder);
   builder.AddListeningPort(config_.listen, server_credentials_, &port);
   builder.SetMaxReceiveMessageSize(static_cast<int>(config_.max_receive_message_bytes));
   builder.RegisterService(service_.get());

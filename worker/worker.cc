@@ -6,6 +6,7 @@
 #include <chrono>
 
 #include "common/cluster_auth.h"
+#include "common/grpc_util.h"
 #include "common/listen.h"
 #include "common/logging.h"
 #include "common/status.h"
@@ -59,6 +60,7 @@ absl::Status Worker::Serve() {
   grpc::ServerBuilder builder;
   int port = 0;
   ConfigureExclusivePort(&builder);
+  ReportUnparsableRequests(&builder);
   builder.AddListeningPort(config_.listen, server_credentials_, &port);
   builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
   builder.SetMaxSendMessageSize(kMaxMessageBytes);

@@ -199,9 +199,9 @@ void Cluster::StartRouter() {
                                    "--replicas",
                                    std::to_string(options_.replicas)};
   args.insert(args.end(), options_.router_args.begin(), options_.router_args.end());
-  router_ = std::make_unique<Process>(
-      args, absl::StrCat(logs_, "/router-", router_address_.substr(router_address_.find(':') + 1),
-                         ".log"));
+  router_log_ = absl::StrCat(logs_, "/router-",
+                             router_address_.substr(router_address_.find(':') + 1), ".log");
+  router_ = std::make_unique<Process>(args, router_log_);
 }
 
 void Cluster::KillWorker(int i) {

@@ -76,6 +76,7 @@ class Cluster {
   const std::string& router_address() const { return router_address_; }
   const std::vector<std::string>& worker_addresses() const { return worker_addresses_; }
   Process& router() { return *router_; }
+  const std::string& router_log() const { return router_log_; }
   Process& worker(int i) { return *workers_[i]; }
   // SIGKILLs worker i (and reaps it); StartWorker starts it again on the same address, with the
   // same flags, as a replacement with nothing loaded.
@@ -98,6 +99,7 @@ class Cluster {
   int restarts_ = 0;
   bool served_ = false;
   std::unique_ptr<Process> router_;
+  std::string router_log_;
   std::string router_address_;
   std::vector<std::string> worker_addresses_;
 };

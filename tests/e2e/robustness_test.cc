@@ -4,8 +4,11 @@
 
 #include <signal.h>
 
+#include <fstream>
+#include <iterator>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "gtest/gtest.h"
 #include "tests/e2e/cluster_harness.h"
 
@@ -168,6 +171,30 @@ TEST_F(BadInput, TopPAboveOne) {
   v1::GenerateRequest r = Good();
   r.mutable_sampling()->set_top_p(1.5f);
   ExpectInvalid(r, "top_p");
+}
+
+// Proto3 string fields must be UTF-8: gRPC alone answers INTERNAL with no message (and
+// protobuf prints an ERROR line on the server's stderr). The caller hears which field.
+TEST_F(BadInput, InvalidUtf8IsInvalidArgumentNamingTheField) {
+  v1::GenerateRequest r = Good();
+  r.set_text(std::string("Once \xff\xfe upon"));
+  ExpectInvalid(r, "shardserve.v1.GenerateRequest.text");
+  v1::GenerateRequest stop = Good();
+  stop.add_stop(std::string("\xc3"));
+  ExpectInvalid(stop, "shardserve.v1.GenerateRequest.stop");
+
+  auto stub = cluster_->Stub();
+  grpc::ClientContext context;
+  v1::TokenizeRequest tokenize;
+  tokenize.set_text(std::string("\x80"));
+  v1::TokenizeResponse out;
+  const grpc::Status s = stub->Tokenize(&context, tokenize, &out);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+  EXPECT_TRUE(absl::StrContains(s.error_message(), "TokenizeRequest.text")) << s.error_message();
+
+  std::ifstream log(cluster_->router_log());
+  const std::string text((std::istreambuf_iterator<char>(log)), std::istreambuf_iterator<char>());
+  EXPECT_FALSE(absl::StrContains(text, "invalid UTF-8")) << text;
 }
 
 TEST_F(BadInput, UnknownModel) {
