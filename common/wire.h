@@ -19,6 +19,11 @@ inline constexpr int kMaxKvBlockSize = 1024;
 inline constexpr int64_t kMaxStepTokens = int64_t{1} << 16;
 // Largest top_logprobs a request may ask for.
 inline constexpr int kMaxTopLogprobs = 20;
+// The version of the activation-link set-up (Describe.link_version, PrepareLink, ConnectNext):
+// both ends of a hop must speak the same one.
+inline constexpr uint32_t kLinkVersion = 1;
+// Bytes of an NCCL link id (NCCL_UNIQUE_ID_BYTES; checked against nccl.h where NCCL is built).
+inline constexpr int kNcclLinkIdBytes = 128;
 
 }  // namespace shardserve
 

@@ -112,6 +112,12 @@ grpc::Status Call(Worker& w, int rpc, int credential, const std::string& bytes) 
       v1::DrainResponse r;
       return w.stub->Drain(Context(credential).get(), v1::DrainRequest(), &r);
     }
+    case 6: {
+      v1::PrepareLinkRequest q;
+      if (!q.ParseFromString(bytes)) q.Clear();  // e.g. invalid UTF-8: not sendable
+      v1::PrepareLinkResponse r;
+      return w.stub->PrepareLink(Context(credential).get(), q, &r);
+    }
     default: {
       v1::StatsResponse r;
       return w.stub->Stats(Context(credential).get(), v1::StatsRequest(), &r);
@@ -133,7 +139,7 @@ std::string Snapshot(Worker& w) {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size < 2) return 0;
   Worker& w = Get();
-  const int rpc = data[0] % 7;
+  const int rpc = data[0] % 8;
   const int credential = data[1] % 3;
   const std::string bytes(reinterpret_cast<const char*>(data + 2), size - 2);
   const std::string before = credential == 2 ? std::string() : Snapshot(w);

@@ -93,10 +93,18 @@ struct AttentionShape {
   int64_t num_blocks = 0;
 };
 
+// The device a backend computes on, for Describe (placement and link choice).
+struct DeviceInfo {
+  std::string uuid;          // GPU-xxxxxxxx-... on CUDA; empty on the CPU
+  uint64_t total_bytes = 0;  // 0: the host's memory (the caller reads it)
+  uint64_t free_bytes = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
   virtual absl::string_view name() const = 0;
+  virtual DeviceInfo device_info() const { return {}; }
   virtual bool SupportsOp(Op op, DType weight_dtype) const = 0;
 
   virtual absl::StatusOr<std::unique_ptr<Buffer>> Allocate(size_t bytes) = 0;

@@ -94,6 +94,15 @@ std::string RouterMetrics::Render(const std::vector<ReplicaGauges>& replicas) co
                [](const ReplicaGauges& r) { return r.preemptions; });
   per_pipeline("shardserve_pipeline_ready", "1 while the pipeline takes requests.", "gauge",
                [](const ReplicaGauges& r) { return r.ready ? 1 : 0; });
+  w.Family("shardserve_pipeline_links",
+           "Hops between adjacent stages by the link the router chose (grpc, nccl, device_local).",
+           "gauge");
+  for (const ReplicaGauges& r : replicas) {
+    for (const auto& [kind, n] : r.links) {
+      w.Sample("shardserve_pipeline_links",
+               {{"pipeline", std::to_string(r.pipeline)}, {"link", kind}}, n);
+    }
+  }
   per_pipeline("shardserve_failovers_total",
                "Pipeline failures that moved its sequences off the pipeline.", "counter",
                [](const ReplicaGauges& r) { return r.failovers; });

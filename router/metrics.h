@@ -43,6 +43,7 @@ struct ReplicaGauges {
   uint64_t resumed = 0;  // sequences taken over from a failed pipeline
   int64_t parked = 0;    // sequences of this failed pipeline waiting for one to take them
   std::map<std::string, uint64_t> failures_by_code;  // the failing stage's status code
+  std::map<std::string, int> links;                  // hops by link kind ("grpc", "nccl", ...)
   bool ready = false;
 };
 

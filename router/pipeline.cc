@@ -3,10 +3,13 @@
 #include <future>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/cluster_auth.h"
 #include "common/grpc_util.h"
 #include "common/logging.h"
 #include "common/status.h"
+#include "common/wire.h"
+#include "router/link_choice.h"
 
 namespace shardserve {
 namespace {
@@ -49,10 +52,11 @@ absl::Status Pipeline::Connect(ResultFn on_result, FailureFn on_failure) {
   const int n = static_cast<int>(stages_.size());
   unusable_stage_ = -1;
   unusable_is_leased_ = false;
+  std::vector<v1::DescribeResponse> described(n);
   for (int i = 0; i < n; ++i) {
     grpc::ClientContext context;
     SetDeadline(&context, options_.rpc_timeout);
-    v1::DescribeResponse info;
+    v1::DescribeResponse& info = described[i];
     grpc::Status s = stubs_[i]->Describe(&context, v1::DescribeRequest(), &info);
     if (!s.ok()) {
       unusable_stage_ = i;
@@ -90,15 +94,46 @@ absl::Status Pipeline::Connect(ResultFn on_result, FailureFn on_failure) {
     if (!s.ok() && first_error.ok()) first_error = WorkerError(i, "cannot load its shard", s);
   }
   RETURN_IF_ERROR(first_error);
-  for (int i = 0; i < n; ++i) {
+  // Links are set up from the last hop back: a receiver that needs an id (NCCL) makes it in
+  // PrepareLink and starts joining, then its sender joins in ConnectNext.
+  std::vector<v1::LinkKind> links(n > 0 ? n - 1 : 0, v1::LINK_KIND_GRPC);
+  for (int i = n - 1; i >= 0; --i) {
     v1::ConnectNextRequest req;
-    if (i + 1 < n) req.set_next_address(stages_[i + 1].address);
     req.set_owner(options_.owner);
+    req.set_link_version(kLinkVersion);
+    if (i + 1 < n) {
+      req.set_next_address(stages_[i + 1].address);
+      links[i] = ChooseLink(described[i], described[i + 1]);
+      req.set_link(links[i]);
+      if (links[i] != v1::LINK_KIND_GRPC) {
+        v1::PrepareLinkRequest prepare;
+        prepare.set_owner(options_.owner);
+        prepare.set_link(links[i]);
+        prepare.set_previous_address(stages_[i].address);
+        prepare.set_link_version(kLinkVersion);
+        grpc::ClientContext context;
+        SetDeadline(&context, options_.rpc_timeout);
+        v1::PrepareLinkResponse prepared;
+        grpc::Status s = stubs_[i + 1]->PrepareLink(&context, prepare, &prepared);
+        if (!s.ok()) {
+          return WorkerError(i + 1, "cannot prepare its " + LinkKindName(links[i]) + " link", s);
+        }
+        req.set_link_id(prepared.link_id());
+      }
+    }
     grpc::ClientContext context;
     SetDeadline(&context, options_.rpc_timeout);
     v1::ConnectNextResponse resp;
     grpc::Status s = stubs_[i]->ConnectNext(&context, req, &resp);
     if (!s.ok()) return WorkerError(i, "cannot link to the next stage", s);
+  }
+  {
+    absl::MutexLock lock(&links_mu_);
+    links_ = links;
+  }
+  std::vector<std::string> hops;
+  for (int i = 0; i + 1 < n; ++i) {
+    hops.push_back(absl::StrCat(i, "->", i + 1, " ", LinkKindName(links[i])));
   }
   streams_.resize(n);
   for (int i = 0; i < n; ++i) {
@@ -108,7 +143,8 @@ absl::Status Pipeline::Connect(ResultFn on_result, FailureFn on_failure) {
     streams_[i].stream = stubs_[i]->Steps(streams_[i].context.get());
   }
   for (int i = 0; i < n; ++i) streams_[i].reader = std::thread([this, i] { ReadLoop(i); });
-  LOG(INFO) << "pipeline ready: " << n << " stages";
+  LOG(INFO) << "pipeline ready: " << n << " stages"
+            << (hops.empty() ? "" : ", links " + absl::StrJoin(hops, ", "));
   return absl::OkStatus();
 }
 

@@ -78,6 +78,12 @@ class Pipeline {
   // Points stage `i` at another worker; only while not connected (Connect/Close's thread).
   void ReplaceStage(int i, const std::string& address);
 
+  // The link kind of each hop (stage i -> i+1) as the last successful Connect chose it.
+  std::vector<v1::LinkKind> links() const {
+    absl::MutexLock lock(&links_mu_);
+    return links_;
+  }
+
  private:
   struct Stream {
     std::unique_ptr<grpc::ClientContext> context;
@@ -105,6 +111,8 @@ class Pipeline {
   FailureFn on_failure_;
   std::atomic<bool> failed_{false};
   std::atomic<bool> closing_{false};
+  mutable absl::Mutex links_mu_;
+  std::vector<v1::LinkKind> links_ ABSL_GUARDED_BY(links_mu_);
 };
 
 }  // namespace shardserve

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
+#include "router/link_choice.h"
 
 namespace shardserve {
 
@@ -399,6 +400,8 @@ void Replica::Cancel(uint64_t sequence_id) {
 }
 
 ReplicaGauges Replica::Gauges() const {
+  std::map<std::string, int> links;
+  for (v1::LinkKind kind : pipeline_->links()) ++links[LinkKindName(kind)];
   absl::MutexLock lock(&mu_);
   const SchedulerCounters& c = scheduler_.counters();
   return {.pipeline = index_,
@@ -414,6 +417,7 @@ ReplicaGauges Replica::Gauges() const {
           .resumed = resumed_.load(),
           .parked = static_cast<int64_t>(parked_.size()),
           .failures_by_code = failures_by_code_,
+          .links = std::move(links),
           .ready = ready_.load()};
 }
 

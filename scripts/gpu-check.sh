@@ -9,7 +9,9 @@
 #   2. the NCCL link's single-rank self send/recv test (tests/nccl_link_test),
 #   3. greedy stories260K and a synthetic BF16 model on GPU vs CPU (tests/cuda_model_test),
 #   4. decode throughput at batch 1 and 32 on a synthetic Llama-3-8B-shape BF16 model made here
-#      with `shardserve synth` (tests/cuda_decode_bench).
+#      with `shardserve synth` (tests/cuda_decode_bench),
+#   5. 2 CUDA worker processes on the one GPU behind a router against 1: the same greedy ids.
+# scripts/gpu-bundle.sh packs what it needs into one archive to carry to such a machine.
 # Writes a JSON report to $OUT/gpu-report.json when $OUT is set, else ./gpu-report.json, and
 # keeps to a 6-minute budget (later steps are skipped, and reported so, when time runs out).
 # Exit status: 0 all run steps passed; 1 a step failed; 2 no usable GPU or missing binaries
@@ -62,7 +64,7 @@ if [ -x "$BENCH" ] && ! DEVICE=$("$BENCH" --probe 2>"$LOGS/probe.err"); then
   exit 2
 fi
 NEEDED=("$BUILD/tests/cuda_backend_test" "$BUILD/tests/cuda_model_test" "$BUILD/tests/nccl_link_test"
-        "$BENCH" "$BUILD/bin/shardserve")
+        "$BENCH" "$BUILD/bin/shardserve" "$BUILD/bin/shardserve-worker" "$BUILD/bin/shardserve-router")
 for b in "${NEEDED[@]}"; do
   if [ ! -x "$b" ]; then
     echo "gpu-check: missing $b: build the CUDA targets first (cmake with the CUDA toolkit, then" \
@@ -138,8 +140,54 @@ for batch in 1 32; do
   echo "gpu-check: decode batch $batch: ${STEPS[-1]:0:300}"
 done
 
-add_step "two_stage_pipeline_one_gpu" "not_run" 0 \
-  "shardserve-worker has no --backend cuda yet; see the CUDA section of the README"
+# A cluster of N CUDA workers (processes) on this GPU behind one router: prints the greedy ids of
+# one completion as `shardserve complete --json` gives them. Two stages on one GPU use the gRPC
+# link (one GPU cannot hold two ranks of an NCCL communicator).
+cluster_ids() {  # stages
+  local n=$1 dir="$LOGS/cluster$1" pids=() addresses=() i port
+  mkdir -p "$dir"
+  head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$dir/secret"
+  for ((i = 0; i < n; i++)); do
+    "$BUILD/bin/shardserve-worker" --backend cuda --listen 127.0.0.1:0 --port-file "$dir/w$i.port" \
+      --cluster-secret-file "$dir/secret" --model-root "$ROOT/../shared/models" >"$dir/w$i.log" 2>&1 &
+    pids+=($!)
+  done
+  for ((i = 0; i < n; i++)); do
+    for _ in $(seq 300); do [ -s "$dir/w$i.port" ] && break; sleep 0.2; done
+    port=$(cat "$dir/w$i.port" 2>/dev/null) || { kill "${pids[@]}"; return 1; }
+    addresses+=("127.0.0.1:$port")
+  done
+  "$BUILD/bin/shardserve-router" --listen 127.0.0.1:0 --port-file "$dir/r.port" \
+    --workers "$(IFS=,; echo "${addresses[*]}")" --model "$ROOT/../shared/models/stories260K" \
+    --cluster-secret-file "$dir/secret" >"$dir/router.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 300); do [ -s "$dir/r.port" ] && break; sleep 0.2; done
+  local out=""
+  for _ in $(seq 120); do
+    if out=$("$BUILD/bin/shardserve" complete --server "127.0.0.1:$(cat "$dir/r.port")" \
+        --prompt "Once upon a time" --max-tokens 48 --temperature 0 --json 2>>"$dir/complete.err"); then
+      break
+    fi
+    out=""
+    sleep 0.5
+  done
+  kill "${pids[@]}" 2>/dev/null
+  wait "${pids[@]}" 2>/dev/null
+  [ -n "$out" ] && grep -o '"ids":\[[^]]*\]' <<<"$out"
+}
+
+start=$SECONDS
+if [ "$(left)" -lt 90 ]; then
+  add_step "two_stage_pipeline_one_gpu" "skipped_time_budget" 0 ""
+elif one=$(cluster_ids 1) && two=$(cluster_ids 2) && [ "$one" = "$two" ]; then
+  add_step "two_stage_pipeline_one_gpu" "passed" $((SECONDS - start)) "1 and 2 CUDA stages: $one"
+else
+  FAILED=1
+  add_step "two_stage_pipeline_one_gpu" "failed" $((SECONDS - start)) \
+    "1 stage: ${one:-none}; 2 stages: ${two:-none}; $(tail -n 3 "$LOGS"/cluster*/*.log 2>/dev/null)"
+fi
+echo "gpu-check: two stages on one GPU: ${STEPS[-1]:0:300}"
+
 write_report "$([ $FAILED = 0 ] && echo passed || echo failed)" "$DEVICE"
 echo "gpu-check: logs in $LOGS"
 exit $FAILED

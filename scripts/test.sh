@@ -30,6 +30,13 @@ scripts/check-layering.py
 echo "== clang thread-safety analysis (-Wthread-safety -Werror)"
 scripts/thread-safety.sh "$build"
 
+echo "== the worker links the GPU data path (CUDA runtime, cuBLASLt, NCCL)"
+scripts/check-gpu-link.sh "$build"
+if command -v nvcc >/dev/null 2>&1; then
+  echo "== the GPU bundle (scripts/gpu-bundle.sh: what scripts/gpu-check.sh runs, under 60 MiB)"
+  scripts/gpu-bundle.sh "$build"
+fi
+
 echo "== ctest (label gpu excluded: this machine has no GPU)"
 ctest --test-dir "$build" -LE gpu --output-on-failure -j2 --timeout 600
 

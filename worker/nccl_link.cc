@@ -12,9 +12,13 @@
 #include "absl/synchronization/mutex.h"
 #include "common/logging.h"
 #include "common/status.h"
+#include "common/wire.h"
 #include "kernels/cuda/cuda_handles.h"
 
 namespace shardserve {
+
+static_assert(sizeof(ncclUniqueId::internal) == kNcclLinkIdBytes,
+              "kNcclLinkIdBytes (common/wire.h) is NCCL_UNIQUE_ID_BYTES");
 namespace {
 
 constexpr absl::Duration kPollInterval = absl::Microseconds(50);
@@ -367,6 +371,36 @@ absl::StatusOr<std::unique_ptr<ActivationLink>> NewNcclLink(const std::string& u
   }
   return std::unique_ptr<ActivationLink>(
       std::make_unique<NcclLink>(options, comm, std::move(stream), std::move(event)));
+}
+
+namespace {
+
+class NcclLinkFactory : public LinkFactory {
+ public:
+  explicit NcclLinkFactory(int device) : device_(device) {}
+  std::string name() const override { return "nccl"; }
+  size_t id_bytes() const override { return sizeof(ncclUniqueId::internal); }
+  absl::StatusOr<std::string> NewId() override { return NewNcclUniqueId(); }
+  absl::StatusOr<std::unique_ptr<ActivationLink>> Join(const std::string& id,
+                                                       const LinkJoin& join) override {
+    NcclLinkOptions options;
+    options.role = join.role == LinkJoin::Role::kReceiver ? NcclLinkOptions::Role::kReceiver
+                                                          : NcclLinkOptions::Role::kSender;
+    options.device = device_;
+    options.peer = join.peer;
+    options.timeout = join.timeout;
+    if (join.max_elements > 0) options.max_elements = join.max_elements;
+    return NewNcclLink(id, options);
+  }
+
+ private:
+  const int device_;
+};
+
+}  // namespace
+
+std::shared_ptr<LinkFactory> NewNcclLinkFactory(int device) {
+  return std::make_shared<NcclLinkFactory>(device);
 }
 
 }  // namespace shardserve

@@ -31,6 +31,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "worker/activation_link.h"
+#include "worker/link_factory.h"
 
 namespace shardserve {
 
@@ -50,6 +51,10 @@ struct NcclLinkOptions {
 // UNAVAILABLE without a GPU or when the peer does not join within the timeout.
 absl::StatusOr<std::unique_ptr<ActivationLink>> NewNcclLink(const std::string& unique_id,
                                                             const NcclLinkOptions& options);
+
+// NCCL links of one CUDA device as a LinkFactory: NewId is NewNcclUniqueId, Join is NewNcclLink
+// with the sender or receiver role.
+std::shared_ptr<LinkFactory> NewNcclLinkFactory(int device);
 
 }  // namespace shardserve
 

@@ -28,6 +28,11 @@ void StageMetrics::ObserveRefusedCall(const std::string& code) {
   ++refused_calls_[code];
 }
 
+void StageMetrics::ObserveLoadFailure() {
+  absl::MutexLock lock(&mu_);
+  ++load_failures_;
+}
+
 std::string StageMetrics::Render(const v1::StatsResponse& stats) const {
   ExpositionWriter w;
   {
@@ -51,6 +56,9 @@ std::string StageMetrics::Render(const v1::StatsResponse& stats) const {
       w.Sample("shardserve_worker_refused_calls_total", {{"code", code}},
                it == refused_calls_.end() ? 0 : it->second);
     }
+    w.Family("shardserve_worker_shard_load_failures_total",
+             "LoadShard calls that failed (bad request, unreadable model, no room).", "counter");
+    w.Sample("shardserve_worker_shard_load_failures_total", {}, load_failures_);
   }
   const MetricLabels stage = {
       {"layers", absl::StrCat(stats.layer_begin(), "-", stats.layer_end())}};

@@ -26,6 +26,8 @@ class StageMetrics {
   // A caller without the cluster credential was refused (code: "unauthenticated" or
   // "permission_denied").
   void ObserveRefusedCall(const std::string& code);
+  // A LoadShard that failed (a bad request, or a model that cannot be read or does not fit).
+  void ObserveLoadFailure();
   // `stats` is the worker's own Stats answer at scrape time.
   std::string Render(const v1::StatsResponse& stats) const;
 
@@ -36,6 +38,7 @@ class StageMetrics {
   std::map<std::string, uint64_t> lease_releases_ ABSL_GUARDED_BY(mu_);
   uint64_t released_sequences_ ABSL_GUARDED_BY(mu_) = 0;
   std::map<std::string, uint64_t> refused_calls_ ABSL_GUARDED_BY(mu_);
+  uint64_t load_failures_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace shardserve

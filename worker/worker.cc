@@ -14,6 +14,10 @@
 #include "kernels/backend_factory.h"
 #include "worker/stage_metrics.h"
 
+#if defined(SHARDSERVE_HAS_NCCL)
+#include "worker/nccl_link.h"
+#endif
+
 namespace shardserve {
 
 absl::StatusOr<std::unique_ptr<Worker>> Worker::Create(WorkerConfig config) {
@@ -45,6 +49,10 @@ absl::StatusOr<std::unique_ptr<Worker>> Worker::Create(WorkerConfig config) {
   options.send_faults.fail_after_sends = c.fault_fail_after_sends;
   options.auth = std::move(credentials.cluster);
   options.model_root = c.model_root;
+#if defined(SHARDSERVE_HAS_NCCL)
+  // A CUDA stage sends to and receives from CUDA stages on other GPUs over NCCL.
+  if (c.backend == "cuda") options.nccl = NewNcclLinkFactory(c.device);
+#endif
   w->service_ = std::make_unique<WorkerServiceImpl>(w->backend_.get(), std::move(options));
   return w;
 }

@@ -7,7 +7,9 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/grpc_util.h"
@@ -54,6 +56,20 @@ uint64_t AvailableMemoryBytes() {
     if (key == "MemAvailable:") return kb * 1024;
   }
   return static_cast<uint64_t>(sysconf(_SC_AVPHYS_PAGES)) * sysconf(_SC_PAGESIZE);
+}
+
+uint64_t PhysicalMemoryBytes() {
+  return static_cast<uint64_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGESIZE);
+}
+
+// This machine: its hostname and boot id (a container's hostname alone may repeat).
+std::string HostId() {
+  char name[256] = {};
+  gethostname(name, sizeof(name) - 1);
+  std::ifstream in("/proc/sys/kernel/random/boot_id");
+  std::string boot;
+  std::getline(in, boot);
+  return absl::StrCat(name, "/", boot);
 }
 
 // A short single-threaded multiply-add loop: enough to rank workers for placement.
@@ -200,12 +216,29 @@ grpc::Status WorkerServiceImpl::Describe(grpc::ServerContext* context, const v1:
                                          v1::DescribeResponse* response) {
   if (grpc::Status s = Authorize(context); !s.ok()) return s;
   const bool sim = options_.sim.has_value();
-  response->set_device(sim ? v1::DEVICE_KIND_SIM : v1::DEVICE_KIND_CPU);
+  const bool cuda = absl::StartsWith(backend_->name(), "cuda");
+  response->set_device(sim    ? v1::DEVICE_KIND_SIM
+                       : cuda ? v1::DEVICE_KIND_CUDA
+                              : v1::DEVICE_KIND_CPU);
+  response->set_host_id(HostId());
+  response->set_link_version(kLinkVersion);
+  response->add_links(v1::LINK_KIND_GRPC);
+  if (options_.nccl != nullptr) response->add_links(v1::LINK_KIND_NCCL);
+  const DeviceInfo device = backend_->device_info();
+  response->set_device_uuid(device.uuid);
   response->set_device_name(sim ? "sim " + options_.sim->profile.name
                                 : std::string(backend_->name()));
   response->set_threads(options_.threads);
-  response->set_free_memory_bytes(sim ? static_cast<uint64_t>(options_.sim->profile.memory_bytes)
-                                      : AvailableMemoryBytes());
+  if (sim) {
+    response->set_free_memory_bytes(static_cast<uint64_t>(options_.sim->profile.memory_bytes));
+    response->set_total_memory_bytes(static_cast<uint64_t>(options_.sim->profile.memory_bytes));
+  } else if (device.total_bytes > 0) {
+    response->set_free_memory_bytes(device.free_bytes);
+    response->set_total_memory_bytes(device.total_bytes);
+  } else {
+    response->set_free_memory_bytes(AvailableMemoryBytes());
+    response->set_total_memory_bytes(PhysicalMemoryBytes());
+  }
   response->set_speed_gflops(sim ? speed_gflops_ : speed_gflops_ * std::max(1, options_.threads));
   auto shard = current();
   DeviceProfile profile;
@@ -309,7 +342,10 @@ grpc::Status WorkerServiceImpl::LoadShard(grpc::ServerContext* context,
     if (grpc::Status s = TakeLease(req->owner()); !s.ok()) return s;
   }
   auto checked = CheckLoadRequest(*req);
-  if (!checked.ok()) return ToGrpc(checked.status());
+  if (!checked.ok()) {
+    StageMetrics::Global().ObserveLoadFailure();
+    return ToGrpc(checked.status());
+  }
   const auto& [model_path, config] = *checked;
 
   std::shared_ptr<Shard> old = DetachShard();
@@ -319,7 +355,10 @@ grpc::Status WorkerServiceImpl::LoadShard(grpc::ServerContext* context,
   KvCacheSpec kv{req->kv_block_size(), req->kv_num_blocks()};
   auto stage = options_.sim ? LoadSimStage(model_path, spec, kv, *options_.sim)
                             : LoadStage(model_path, spec, kv, backend_);
-  if (!stage.ok()) return ToGrpc(Annotate(stage.status(), "loading shard"));
+  if (!stage.ok()) {
+    StageMetrics::Global().ObserveLoadFailure();
+    return ToGrpc(Annotate(stage.status(), "loading shard"));
+  }
   auto shard = std::make_shared<Shard>();
   shard->model_path = req->model_path();
   shard->cost = options_.sim ? options_.sim->profile : CalibrateCpu(**stage);
@@ -343,6 +382,85 @@ grpc::Status WorkerServiceImpl::LoadShard(grpc::ServerContext* context,
   return grpc::Status::OK;
 }
 
+absl::StatusOr<LinkFactory*> WorkerServiceImpl::LinkFactoryFor(v1::LinkKind kind,
+                                                               uint32_t version) const {
+  if (kind == v1::LINK_KIND_UNSPECIFIED || kind == v1::LINK_KIND_GRPC) {
+    // Routers before link_version sent none; gRPC links need nothing else.
+    if (version != 0 && version != kLinkVersion) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "link_version ", version, ": this worker speaks link version ", kLinkVersion));
+    }
+    return nullptr;
+  }
+  if (version != kLinkVersion) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("link_version ", version, ": this worker speaks link version ", kLinkVersion));
+  }
+  if (kind == v1::LINK_KIND_NCCL) {
+    if (options_.nccl != nullptr) return options_.nccl.get();
+    return absl::FailedPreconditionError(
+        absl::StrCat("link nccl: this worker does not offer NCCL links (backend ", backend_->name(),
+                     "; they need --backend cuda in a build with NCCL)"));
+  }
+  return absl::FailedPreconditionError(absl::StrCat("link ", v1::LinkKind_Name(kind),
+                                                    ": not offered by this worker (see "
+                                                    "Describe.links)"));
+}
+
+grpc::Status WorkerServiceImpl::PrepareLink(grpc::ServerContext* context,
+                                            const v1::PrepareLinkRequest* req,
+                                            v1::PrepareLinkResponse* resp) {
+  if (grpc::Status s = Authorize(context); !s.ok()) return s;
+  absl::MutexLock load_lock(&load_mu_);
+  {
+    absl::MutexLock lock(&mu_);
+    if (grpc::Status s = TakeLease(req->owner()); !s.ok()) return s;
+  }
+  auto shard = current();
+  if (shard == nullptr)
+    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "no shard loaded");
+  if (shard->runtime->is_first()) {
+    return Invalid("link", "the first stage receives no activations");
+  }
+  if (req->previous_address().size() > 255) {
+    return Invalid("previous_address", "longer than 255 bytes");
+  }
+  auto factory = LinkFactoryFor(req->link(), req->link_version());
+  if (!factory.ok()) return ToGrpc(factory.status());
+  resp->set_link_version(kLinkVersion);
+  ActivationLink* upstream = shard->inbox.get();
+  std::shared_ptr<ActivationLink> old_prev;
+  if (*factory != nullptr) {
+    auto id = (*factory)->NewId();
+    if (!id.ok()) return ToGrpc(id.status());
+    resp->set_link_id(*id);
+    LinkJoin join{.role = LinkJoin::Role::kReceiver,
+                  .peer = req->previous_address(),
+                  .max_elements = kMaxStepTokens * shard->runtime->stage().activation_width(),
+                  .timeout = options_.recv_timeout};
+    // The join finishes once the previous stage joins in its ConnectNext; steps wait for it.
+    std::shared_ptr<ActivationLink> prev =
+        NewJoiningLink([f = *factory, id = *id, join] { return f->Join(id, join); },
+                       req->previous_address(), options_.recv_timeout);
+    upstream = prev.get();
+    absl::MutexLock lock(&shard->links_mu);
+    old_prev = std::exchange(shard->prev, std::move(prev));
+  } else {
+    absl::MutexLock lock(&shard->links_mu);
+    old_prev = std::exchange(shard->prev, nullptr);
+  }
+  ActivationLink* downstream;
+  {
+    absl::MutexLock lock(&shard->links_mu);
+    downstream = shard->next_faulty ? shard->next_faulty.get() : shard->next.get();
+  }
+  shard->runtime->SetLinks(upstream, downstream);
+  if (old_prev) old_prev->Close(absl::AbortedError("replaced"));
+  LOG(INFO) << "link from " << req->previous_address() << ": "
+            << (*factory != nullptr ? (*factory)->name() : std::string("grpc"));
+  return grpc::Status::OK;
+}
+
 grpc::Status WorkerServiceImpl::ConnectNext(grpc::ServerContext* context,
                                             const v1::ConnectNextRequest* req,
                                             v1::ConnectNextResponse*) {
@@ -360,12 +478,38 @@ grpc::Status WorkerServiceImpl::ConnectNext(grpc::ServerContext* context,
     return Invalid("next_address", shard->runtime->is_last() ? "set on the last stage"
                                                              : "empty on a stage that is not last");
   }
+  if (req->link_id().size() > 4096) return Invalid("link_id", "longer than 4096 bytes");
+  auto factory = LinkFactoryFor(req->link(), req->link_version());
+  if (!factory.ok()) return ToGrpc(factory.status());
+  if (*factory != nullptr && req->link_id().size() != (*factory)->id_bytes()) {
+    return Invalid("link_id", absl::StrCat(req->link_id().size(), " bytes; a ", (*factory)->name(),
+                                           " link id has ", (*factory)->id_bytes()));
+  }
+  if (*factory == nullptr && !req->link_id().empty()) {
+    return Invalid("link_id", "set for a gRPC link");
+  }
+  ActivationLink* upstream;
+  {
+    absl::MutexLock lock(&shard->links_mu);
+    upstream = shard->prev ? shard->prev.get() : shard->inbox.get();
+  }
   if (req->next_address().empty()) return grpc::Status::OK;
-  // The next stage accepts the stream only if the same router holds its lease.
-  auto link = NewGrpcSendLink(req->next_address(), req->owner(), absl::Seconds(5));
+  absl::StatusOr<std::unique_ptr<ActivationLink>> link;
+  if (*factory != nullptr) {
+    // Blocks until the next stage (which made the id in PrepareLink) has joined too.
+    link = (*factory)->Join(
+        req->link_id(),
+        LinkJoin{.role = LinkJoin::Role::kSender,
+                 .peer = req->next_address(),
+                 .max_elements = kMaxStepTokens * shard->runtime->stage().activation_width(),
+                 .timeout = options_.recv_timeout});
+  } else {
+    // The next stage accepts the stream only if the same router holds its lease.
+    link = NewGrpcSendLink(req->next_address(), req->owner(), absl::Seconds(5));
+  }
   if (!link.ok()) return ToGrpc(link.status());
   // Detach the old link (waiting out a send in flight) before it goes away.
-  shard->runtime->SetLinks(shard->inbox.get(), nullptr);
+  shard->runtime->SetLinks(upstream, nullptr);
   ActivationLink* downstream;
   {
     absl::MutexLock lock(&shard->links_mu);
@@ -381,7 +525,7 @@ grpc::Status WorkerServiceImpl::ConnectNext(grpc::ServerContext* context,
   }
   // The runtime uses `downstream` only until the next SetLinks, which ConnectNext (serialised
   // by load_mu_) calls before replacing the links again.
-  shard->runtime->SetLinks(shard->inbox.get(), downstream);
+  shard->runtime->SetLinks(upstream, downstream);
   return grpc::Status::OK;
 }
 
@@ -586,12 +730,14 @@ grpc::Status WorkerServiceImpl::Stats(grpc::ServerContext* context, const v1::St
   response->set_tokens(s.tokens);
   response->set_prefix_cached_tokens(s.prefix_cached_tokens);
   response->set_busy_seconds(s.busy_seconds);
-  std::shared_ptr<ActivationLink> next;
+  std::shared_ptr<ActivationLink> next, prev;
   {
     absl::MutexLock lock(&shard->links_mu);
     next = shard->next;
+    prev = shard->prev;
   }
-  for (const auto& link : {shard->inbox, next}) {
+  // The link steps read from (the gRPC inbox unless PrepareLink set up another), then the sender.
+  for (const auto& link : {prev ? prev : shard->inbox, next}) {
     if (link == nullptr) continue;
     LinkCounters c = link->counters();
     v1::LinkStats* out = response->add_links();

@@ -42,6 +42,7 @@
 #include "model/sim_stage.h"
 #include "shardserve/v1/worker.grpc.pb.h"
 #include "worker/activation_link.h"
+#include "worker/link_factory.h"
 #include "worker/stage_runtime.h"
 
 namespace shardserve {
@@ -57,6 +58,8 @@ struct WorkerOptions {
   ClusterAuthenticator auth{"", false, /*insecure=*/true};
   // When set, LoadShard only loads model folders inside it (symlinks resolved).
   std::string model_root;
+  // Set: this worker offers NCCL links (a CUDA backend in a build with NCCL).
+  std::shared_ptr<LinkFactory> nccl;
   // Set: a simulated device (--backend sim). Shards are SimStages that take the profile's time
   // and need only the model's config.json; KV is bounded by the profile's memory.
   std::optional<SimOptions> sim;
@@ -75,6 +78,8 @@ class WorkerServiceImpl final : public v1::WorkerService::Service {
                         v1::DescribeResponse*) override;
   grpc::Status LoadShard(grpc::ServerContext*, const v1::LoadShardRequest*,
                          v1::LoadShardResponse*) override;
+  grpc::Status PrepareLink(grpc::ServerContext*, const v1::PrepareLinkRequest*,
+                           v1::PrepareLinkResponse*) override;
   grpc::Status ConnectNext(grpc::ServerContext*, const v1::ConnectNextRequest*,
                            v1::ConnectNextResponse*) override;
   grpc::Status Activations(grpc::ServerContext*, grpc::ServerReader<v1::ActivationsRequest>*,
@@ -104,6 +109,8 @@ class WorkerServiceImpl final : public v1::WorkerService::Service {
     mutable absl::Mutex links_mu;
     std::shared_ptr<ActivationLink> next ABSL_GUARDED_BY(links_mu);         // to the next stage
     std::shared_ptr<ActivationLink> next_faulty ABSL_GUARDED_BY(links_mu);  // wraps `next`
+    // From the previous stage when that hop is not gRPC (PrepareLink); else `inbox`.
+    std::shared_ptr<ActivationLink> prev ABSL_GUARDED_BY(links_mu);
     // Last, so that it is destroyed first: its sender thread may be using the links.
     std::unique_ptr<StageRuntime> runtime;
 
@@ -112,6 +119,7 @@ class WorkerServiceImpl final : public v1::WorkerService::Service {
       if (inbox) inbox->Close(why);
       absl::MutexLock lock(&links_mu);
       if (next) next->Close(why);
+      if (prev) prev->Close(why);
     }
   };
 
@@ -131,6 +139,9 @@ class WorkerServiceImpl final : public v1::WorkerService::Service {
   void CloseStepStream(const std::string& owner);
   // `path` resolved, or INVALID_ARGUMENT that says nothing of what exists outside the root.
   absl::StatusOr<std::string> ResolveModelPath(const std::string& path) const;
+  // The link factory for `kind`, or FAILED_PRECONDITION saying why this worker does not offer
+  // it; checks the set-up protocol's version too.
+  absl::StatusOr<LinkFactory*> LinkFactoryFor(v1::LinkKind kind, uint32_t version) const;
   // Drops the current shard's sequences for `reason` ("expired", "stream_closed").
   void ReleaseSequences(const std::shared_ptr<Shard>& shard, const std::string& reason);
   void UpdateHealth() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

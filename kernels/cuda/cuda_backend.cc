@@ -157,6 +157,11 @@ class CudaBackend final : public Backend {
   }
 
   absl::string_view name() const override { return name_; }
+  DeviceInfo device_info() const override {
+    return DeviceInfo{.uuid = info_.uuid,
+                      .total_bytes = static_cast<uint64_t>(budget_->limit),
+                      .free_bytes = static_cast<uint64_t>(std::max<int64_t>(0, FreeBytes()))};
+  }
 
   bool SupportsOp(Op op, DType weight_dtype) const override {
     ElemType t;
@@ -573,6 +578,15 @@ absl::StatusOr<CudaDeviceInfo> DescribeCudaDevice(int device) {
   CudaDeviceInfo info;
   info.device = device;
   info.name = prop.name;
+  {
+    const auto* u = reinterpret_cast<const unsigned char*>(prop.uuid.bytes);
+    std::string hex;
+    for (int i = 0; i < 16; ++i) {
+      if (i == 4 || i == 6 || i == 8 || i == 10) hex += '-';
+      absl::StrAppend(&hex, absl::Hex(u[i], absl::kZeroPad2));
+    }
+    info.uuid = "GPU-" + hex;
+  }
   info.compute_major = prop.major;
   info.compute_minor = prop.minor;
   info.total_bytes = static_cast<int64_t>(total_bytes);

@@ -45,6 +45,7 @@ struct CudaBackendOptions {
 struct CudaDeviceInfo {
   int device = 0;
   std::string name;
+  std::string uuid;  // GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx, as nvidia-smi prints it
   int compute_major = 0, compute_minor = 0;
   int64_t total_bytes = 0;
   int64_t free_bytes = 0;

@@ -180,6 +180,9 @@ TEST(Failover, KilledWorkersStreamsContinueOnTheOtherReplica) {
                    .replicas = 2,
                    .router_args = {"--http-listen", absl::StrCat("127.0.0.1:", http)}});
   ASSERT_TRUE(cluster.WaitServing(absl::Seconds(60)).ok());
+  // Two CPU stages: each pipeline's one hop is a gRPC link.
+  EXPECT_EQ(Metric(http, "shardserve_pipeline_links{pipeline=\"0\",link=\"grpc\"}"), 1);
+  EXPECT_EQ(Metric(http, "shardserve_pipeline_links{pipeline=\"1\",link=\"grpc\"}"), 1);
   JobRun run(cluster, /*copies=*/2);
   WaitForTokens(http, 100);
   // Worker 0 is stage 0 of pipeline 0.

@@ -14,6 +14,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "common/cluster_auth.h"
 #include "common/tls.h"
 #include "gtest/gtest.h"
@@ -71,6 +72,15 @@ std::vector<std::pair<std::string, grpc::Status>> CallEveryRpc(const Stranger& w
     q.set_owner(owner);
     v1::ConnectNextResponse r;
     out.emplace_back("ConnectNext", who.stub->ConnectNext(who.Context().get(), q, &r));
+  }
+  {
+    v1::PrepareLinkRequest q;
+    q.set_link(v1::LINK_KIND_NCCL);
+    q.set_previous_address("127.0.0.1:1");
+    q.set_owner(owner);
+    q.set_link_version(1);
+    v1::PrepareLinkResponse r;
+    out.emplace_back("PrepareLink", who.stub->PrepareLink(who.Context().get(), q, &r));
   }
   {
     auto context = who.Context();
@@ -510,6 +520,44 @@ TEST(RetryBudget, AStageThatFailsEveryStepEndsTheRequestWithUnavailable) {
           metrics.body, R"(shardserve_pipeline_failures_total{pipeline="0",code="UNAVAILABLE"})"),
       4)
       << metrics.body;
+}
+
+}  // namespace
+}  // namespace shardserve::e2e
+
+namespace shardserve::e2e {
+namespace {
+
+// A worker that cannot load its shard (here: the model lies outside its --model-root) is retried
+// with backoff, and the router logs the reason once, not once per try.
+TEST(LoadRetries, ARouterLogsAnUnchangedLoadFailureOnce) {
+  const int metrics_port = FreePort();
+  Cluster cluster({.model = Stories260K(),
+                   .stages = 1,
+                   .worker_args = {"--model-root", LogDir(), "--metrics-listen",
+                                   absl::StrCat("127.0.0.1:", metrics_port)}});
+  auto failures = [&] {
+    const auto r = api_testing::HttpGet(metrics_port, "/metrics");
+    return r.status == 200
+               ? api_testing::MetricValue(r.body, "shardserve_worker_shard_load_failures_total")
+               : -1.0;
+  };
+  const absl::Time give_up = absl::Now() + absl::Seconds(30);
+  while (failures() < 4 && absl::Now() < give_up) absl::SleepFor(absl::Milliseconds(100));
+  ASSERT_GE(failures(), 4) << "the router did not retry the load";
+  std::ifstream in(cluster.router_log());
+  std::stringstream text;
+  text << in.rdbuf();
+  const std::string log = text.str();
+  // (The router may first log that the worker is not up yet: another reason.)
+  int lines = 0;
+  for (absl::string_view line : absl::StrSplit(log, '\n')) {
+    lines += absl::StrContains(line, "not ready: ") &&
+             absl::StrContains(line, "cannot load its shard: model_path: not inside");
+  }
+  EXPECT_EQ(lines, 1) << log;
+  EXPECT_TRUE(absl::StrContains(log, "logged again only when the reason changes")) << log;
+  EXPECT_TRUE(cluster.router().alive());
 }
 
 }  // namespace
