@@ -407,18 +407,26 @@ absl::StatusOr<LinkFactory*> WorkerServiceImpl::LinkFactoryFor(v1::LinkKind kind
                                                     "Describe.links)"));
 }
 
+grpc::Status WorkerServiceImpl::LeasedShard(const std::string& owner,
+                                            std::shared_ptr<Shard>* shard) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (grpc::Status s = TakeLease(owner); !s.ok()) return s;
+  }
+  *shard = current();
+  if (*shard == nullptr) {
+    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "no shard loaded");
+  }
+  return grpc::Status::OK;
+}
+
 grpc::Status WorkerServiceImpl::PrepareLink(grpc::ServerContext* context,
                                             const v1::PrepareLinkRequest* req,
                                             v1::PrepareLinkResponse* resp) {
   if (grpc::Status s = Authorize(context); !s.ok()) return s;
   absl::MutexLock load_lock(&load_mu_);
-  {
-    absl::MutexLock lock(&mu_);
-    if (grpc::Status s = TakeLease(req->owner()); !s.ok()) return s;
-  }
-  auto shard = current();
-  if (shard == nullptr)
-    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "no shard loaded");
+  std::shared_ptr<Shard> shard;
+  if (grpc::Status s = LeasedShard(req->owner(), &shard); !s.ok()) return s;
   if (shard->runtime->is_first()) {
     return Invalid("link", "the first stage receives no activations");
   }
@@ -466,13 +474,8 @@ grpc::Status WorkerServiceImpl::ConnectNext(grpc::ServerContext* context,
                                             v1::ConnectNextResponse*) {
   if (grpc::Status s = Authorize(context); !s.ok()) return s;
   absl::MutexLock load_lock(&load_mu_);
-  {
-    absl::MutexLock lock(&mu_);
-    if (grpc::Status s = TakeLease(req->owner()); !s.ok()) return s;
-  }
-  auto shard = current();
-  if (shard == nullptr)
-    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "no shard loaded");
+  std::shared_ptr<Shard> shard;
+  if (grpc::Status s = LeasedShard(req->owner(), &shard); !s.ok()) return s;
   if (req->next_address().size() > 255) return Invalid("next_address", "longer than 255 bytes");
   if (req->next_address().empty() != shard->runtime->is_last()) {
     return Invalid("next_address", shard->runtime->is_last() ? "set on the last stage"

@@ -139,6 +139,10 @@ class WorkerServiceImpl final : public v1::WorkerService::Service {
   void CloseStepStream(const std::string& owner);
   // `path` resolved, or INVALID_ARGUMENT that says nothing of what exists outside the root.
   absl::StatusOr<std::string> ResolveModelPath(const std::string& path) const;
+  // Takes `owner`'s lease and the loaded shard (FAILED_PRECONDITION without one); for the link
+  // set-up calls, under load_mu_.
+  grpc::Status LeasedShard(const std::string& owner, std::shared_ptr<Shard>* shard)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(load_mu_);
   // The link factory for `kind`, or FAILED_PRECONDITION saying why this worker does not offer
   // it; checks the set-up protocol's version too.
   absl::StatusOr<LinkFactory*> LinkFactoryFor(v1::LinkKind kind, uint32_t version) const;
