@@ -43,6 +43,53 @@ absl::Status Pipeline::WorkerError(int stage, absl::string_view what, const grpc
                                              ") ", what, ": ", s.error_message()));
 }
 
+absl::Status Pipeline::LinkStages(const std::vector<v1::DescribeResponse>& described) {
+  const int n = static_cast<int>(stages_.size());
+  // Links are set up from the last hop back: a receiver that needs an id (NCCL) makes it in
+  // PrepareLink and starts joining, then its sender joins in ConnectNext.
+  std::vector<v1::LinkKind> links(n > 0 ? n - 1 : 0, v1::LINK_KIND_GRPC);
+  for (int i = n - 1; i >= 0; --i) {
+    v1::ConnectNextRequest req;
+    req.set_owner(options_.owner);
+    req.set_link_version(kLinkVersion);
+    if (i + 1 < n) {
+      req.set_next_address(stages_[i + 1].address);
+      links[i] = ChooseLink(described[i], described[i + 1]);
+      req.set_link(links[i]);
+      if (links[i] != v1::LINK_KIND_GRPC) {
+        v1::PrepareLinkRequest prepare;
+        prepare.set_owner(options_.owner);
+        prepare.set_link(links[i]);
+        prepare.set_previous_address(stages_[i].address);
+        prepare.set_link_version(kLinkVersion);
+        grpc::ClientContext context;
+        SetDeadline(&context, options_.rpc_timeout);
+        v1::PrepareLinkResponse prepared;
+        grpc::Status s = stubs_[i + 1]->PrepareLink(&context, prepare, &prepared);
+        if (!s.ok()) {
+          return WorkerError(i + 1, "cannot prepare its " + LinkKindName(links[i]) + " link", s);
+        }
+        req.set_link_id(prepared.link_id());
+      }
+    }
+    grpc::ClientContext context;
+    SetDeadline(&context, options_.rpc_timeout);
+    v1::ConnectNextResponse resp;
+    grpc::Status s = stubs_[i]->ConnectNext(&context, req, &resp);
+    if (!s.ok()) return WorkerError(i, "cannot link to the next stage", s);
+  }
+  {
+    absl::MutexLock lock(&links_mu_);
+    links_ = links;
+  }
+  std::vector<std::string> hops;
+  for (int i = 0; i + 1 < n; ++i) {
+    hops.push_back(absl::StrCat(i, "->", i + 1, " ", LinkKindName(links[i])));
+  }
+  if (!hops.empty()) LOG(INFO) << "pipeline links: " << absl::StrJoin(hops, ", ");
+  return absl::OkStatus();
+}
+
 absl::Status Pipeline::Connect(ResultFn on_result, FailureFn on_failure) {
   Close();
   on_result_ = std::move(on_result);
@@ -94,47 +141,7 @@ absl::Status Pipeline::Connect(ResultFn on_result, FailureFn on_failure) {
     if (!s.ok() && first_error.ok()) first_error = WorkerError(i, "cannot load its shard", s);
   }
   RETURN_IF_ERROR(first_error);
-  // Links are set up from the last hop back: a receiver that needs an id (NCCL) makes it in
-  // PrepareLink and starts joining, then its sender joins in ConnectNext.
-  std::vector<v1::LinkKind> links(n > 0 ? n - 1 : 0, v1::LINK_KIND_GRPC);
-  for (int i = n - 1; i >= 0; --i) {
-    v1::ConnectNextRequest req;
-    req.set_owner(options_.owner);
-    req.set_link_version(kLinkVersion);
-    if (i + 1 < n) {
-      req.set_next_address(stages_[i + 1].address);
-      links[i] = ChooseLink(described[i], described[i + 1]);
-      req.set_link(links[i]);
-      if (links[i] != v1::LINK_KIND_GRPC) {
-        v1::PrepareLinkRequest prepare;
-        prepare.set_owner(options_.owner);
-        prepare.set_link(links[i]);
-        prepare.set_previous_address(stages_[i].address);
-        prepare.set_link_version(kLinkVersion);
-        grpc::ClientContext context;
-        SetDeadline(&context, options_.rpc_timeout);
-        v1::PrepareLinkResponse prepared;
-        grpc::Status s = stubs_[i + 1]->PrepareLink(&context, prepare, &prepared);
-        if (!s.ok()) {
-          return WorkerError(i + 1, "cannot prepare its " + LinkKindName(links[i]) + " link", s);
-        }
-        req.set_link_id(prepared.link_id());
-      }
-    }
-    grpc::ClientContext context;
-    SetDeadline(&context, options_.rpc_timeout);
-    v1::ConnectNextResponse resp;
-    grpc::Status s = stubs_[i]->ConnectNext(&context, req, &resp);
-    if (!s.ok()) return WorkerError(i, "cannot link to the next stage", s);
-  }
-  {
-    absl::MutexLock lock(&links_mu_);
-    links_ = links;
-  }
-  std::vector<std::string> hops;
-  for (int i = 0; i + 1 < n; ++i) {
-    hops.push_back(absl::StrCat(i, "->", i + 1, " ", LinkKindName(links[i])));
-  }
+  RETURN_IF_ERROR(LinkStages(described));
   streams_.resize(n);
   for (int i = 0; i < n; ++i) {
     streams_[i].context = std::make_unique<grpc::ClientContext>();
@@ -143,8 +150,7 @@ absl::Status Pipeline::Connect(ResultFn on_result, FailureFn on_failure) {
     streams_[i].stream = stubs_[i]->Steps(streams_[i].context.get());
   }
   for (int i = 0; i < n; ++i) streams_[i].reader = std::thread([this, i] { ReadLoop(i); });
-  LOG(INFO) << "pipeline ready: " << n << " stages"
-            << (hops.empty() ? "" : ", links " + absl::StrJoin(hops, ", "));
+  LOG(INFO) << "pipeline ready: " << n << " stages";
   return absl::OkStatus();
 }
 

@@ -96,6 +96,9 @@ class Pipeline {
   grpc::Status FinishStream(int i);
 
   absl::Status WorkerError(int stage, absl::string_view what, const grpc::Status& s) const;
+  // Chooses each hop's link from the stages' Describe and sets it up (PrepareLink on the
+  // receiver where the link needs an id, then ConnectNext), from the last stage back.
+  absl::Status LinkStages(const std::vector<v1::DescribeResponse>& described);
   void ReadLoop(int stage);
   void Fail(const absl::Status& status);
 
