@@ -57,8 +57,21 @@ void RouterMetrics::Finish(RequestTrace& trace, const std::string& reason) {
   if (reason == "error") ++finished_error_;
 }
 
-std::string RouterMetrics::Render(const std::vector<ReplicaGauges>& replicas) const {
-  ExpositionWriter w;
+namespace {
+
+// The per-pipeline families, from what each replica reported at scrape time.
+void RenderPipelines(ExpositionWriter& w, const std::vector<ReplicaGauges>& replicas) {
+  // One sample per pipeline and per key of a map the gauges carry (a status code, a link kind).
+  auto per_pipeline_by = [&](const std::string& name, const std::string& help,
+                             const std::string& type, const std::string& label, auto map) {
+    w.Family(name, help, type);
+    for (const ReplicaGauges& r : replicas) {
+      for (const auto& [key, n] : map(r)) {
+        w.Sample(name, {{"pipeline", std::to_string(r.pipeline)}, {label, key}},
+                 static_cast<double>(n));
+      }
+    }
+  };
   auto per_pipeline = [&](const std::string& name, const std::string& help, const std::string& type,
                           auto value) {
     w.Family(name, help, type);
@@ -94,26 +107,16 @@ std::string RouterMetrics::Render(const std::vector<ReplicaGauges>& replicas) co
                [](const ReplicaGauges& r) { return r.preemptions; });
   per_pipeline("shardserve_pipeline_ready", "1 while the pipeline takes requests.", "gauge",
                [](const ReplicaGauges& r) { return r.ready ? 1 : 0; });
-  w.Family("shardserve_pipeline_links",
-           "Hops between adjacent stages by the link the router chose (grpc, nccl, device_local).",
-           "gauge");
-  for (const ReplicaGauges& r : replicas) {
-    for (const auto& [kind, n] : r.links) {
-      w.Sample("shardserve_pipeline_links",
-               {{"pipeline", std::to_string(r.pipeline)}, {"link", kind}}, n);
-    }
-  }
+  per_pipeline_by("shardserve_pipeline_links",
+                  "Hops between adjacent stages by the link the router chose (grpc, nccl, "
+                  "device_local).",
+                  "gauge", "link", [](const ReplicaGauges& r) { return r.links; });
   per_pipeline("shardserve_failovers_total",
                "Pipeline failures that moved its sequences off the pipeline.", "counter",
                [](const ReplicaGauges& r) { return r.failovers; });
-  w.Family("shardserve_pipeline_failures_total",
-           "Pipeline failures by the gRPC status code the failing stage reported.", "counter");
-  for (const ReplicaGauges& r : replicas) {
-    for (const auto& [code, n] : r.failures_by_code) {
-      w.Sample("shardserve_pipeline_failures_total",
-               {{"pipeline", std::to_string(r.pipeline)}, {"code", code}}, n);
-    }
-  }
+  per_pipeline_by("shardserve_pipeline_failures_total",
+                  "Pipeline failures by the gRPC status code the failing stage reported.",
+                  "counter", "code", [](const ReplicaGauges& r) { return r.failures_by_code; });
   per_pipeline("shardserve_sequences_resumed_total",
                "Sequences this pipeline took over from a failed one (re-prefilled from the "
                "token log).",
@@ -121,6 +124,13 @@ std::string RouterMetrics::Render(const std::vector<ReplicaGauges>& replicas) co
   per_pipeline("shardserve_sequences_parked",
                "Sequences of a failed pipeline waiting for a new one.", "gauge",
                [](const ReplicaGauges& r) { return r.parked; });
+}
+
+}  // namespace
+
+std::string RouterMetrics::Render(const std::vector<ReplicaGauges>& replicas) const {
+  ExpositionWriter w;
+  RenderPipelines(w, replicas);
 
   w.Family("shardserve_time_to_first_token_seconds", "Time to first token.", "histogram");
   w.HistogramSamples("shardserve_time_to_first_token_seconds", {}, ttft_.Read());
