@@ -177,8 +177,7 @@ class DeepseekStage : public DecoderStageBase {
 
   absl::StatusOr<StepBuffers> PrepareStep(int64_t total) override {
     RETURN_IF_ERROR(Reserve(total));
-    return StepBuffers{ws_.x->data(), ws_.h->data(),  &ws_.logits,
-                       &embed_.t,     &final_norm_.t, &lm_head_.t};
+    return BuffersOf(ws_);
   }
 
   absl::Status RunLayers(Tensor x, int64_t total, const StepRows& rows) override {

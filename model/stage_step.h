@@ -83,6 +83,12 @@ class DecoderStageBase : public ModelStage {
     const Tensor* lm_head = nullptr;
   };
   virtual absl::StatusOr<StepBuffers> PrepareStep(int64_t total) = 0;
+  // The StepBuffers over a derived stage's workspace (its x, h and logits) and the head weights.
+  template <typename Workspace>
+  StepBuffers BuffersOf(Workspace& ws) {
+    return StepBuffers{ws.x->data(), ws.h->data(),   &ws.logits,
+                       &embed_.t,    &final_norm_.t, &lm_head_.t};
+  }
   virtual absl::Status RunLayers(Tensor x, int64_t total, const StepRows& rows) = 0;
 
   bool is_first() const { return begin_ == 0; }
