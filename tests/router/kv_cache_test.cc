@@ -344,8 +344,8 @@ TEST(BlockAllocator, EvictsLeastRecentlyUsedAndDropCacheForgetsEverything) {
   BlockAllocator blocks(4, 1);
   uint64_t h;
   auto a = *blocks.Allocate(2);
-  blocks.Commit(a[0], BlockAllocator::kRootHash, {{1}});
-  blocks.Commit(a[1], BlockAllocator::ChainHash(BlockAllocator::kRootHash, {{1}}), {{2}});
+  blocks.Commit(a[0], BlockAllocator::kRootHash, {1});
+  blocks.Commit(a[1], BlockAllocator::ChainHash(BlockAllocator::kRootHash, {1}), {2});
   blocks.Free(a);
   EXPECT_EQ(blocks.num_free(), 4);
   EXPECT_EQ(blocks.num_evictable(), 2);
