@@ -384,18 +384,13 @@ grpc::Status WorkerServiceImpl::LoadShard(grpc::ServerContext* context,
 
 absl::StatusOr<LinkFactory*> WorkerServiceImpl::LinkFactoryFor(v1::LinkKind kind,
                                                                uint32_t version) const {
-  if (kind == v1::LINK_KIND_UNSPECIFIED || kind == v1::LINK_KIND_GRPC) {
-    // Routers before link_version sent none; gRPC links need nothing else.
-    if (version != 0 && version != kLinkVersion) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "link_version ", version, ": this worker speaks link version ", kLinkVersion));
-    }
-    return nullptr;
-  }
-  if (version != kLinkVersion) {
+  const bool grpc = kind == v1::LINK_KIND_UNSPECIFIED || kind == v1::LINK_KIND_GRPC;
+  // Routers before link_version sent none; gRPC links need nothing else.
+  if (version != kLinkVersion && !(grpc && version == 0)) {
     return absl::FailedPreconditionError(
         absl::StrCat("link_version ", version, ": this worker speaks link version ", kLinkVersion));
   }
+  if (grpc) return nullptr;
   if (kind == v1::LINK_KIND_NCCL) {
     if (options_.nccl != nullptr) return options_.nccl.get();
     return absl::FailedPreconditionError(
@@ -436,8 +431,8 @@ grpc::Status WorkerServiceImpl::PrepareLink(grpc::ServerContext* context,
   auto factory = LinkFactoryFor(req->link(), req->link_version());
   if (!factory.ok()) return ToGrpc(factory.status());
   resp->set_link_version(kLinkVersion);
-  ActivationLink* upstream = shard->inbox.get();
-  std::shared_ptr<ActivationLink> old_prev;
+  // A link that needs an id gets one here, and steps read from it; gRPC fills the inbox.
+  std::shared_ptr<ActivationLink> prev;
   if (*factory != nullptr) {
     auto id = (*factory)->NewId();
     if (!id.ok()) return ToGrpc(id.status());
@@ -447,19 +442,15 @@ grpc::Status WorkerServiceImpl::PrepareLink(grpc::ServerContext* context,
                   .max_elements = kMaxStepTokens * shard->runtime->stage().activation_width(),
                   .timeout = options_.recv_timeout};
     // The join finishes once the previous stage joins in its ConnectNext; steps wait for it.
-    std::shared_ptr<ActivationLink> prev =
-        NewJoiningLink([f = *factory, id = *id, join] { return f->Join(id, join); },
-                       req->previous_address(), options_.recv_timeout);
-    upstream = prev.get();
-    absl::MutexLock lock(&shard->links_mu);
-    old_prev = std::exchange(shard->prev, std::move(prev));
-  } else {
-    absl::MutexLock lock(&shard->links_mu);
-    old_prev = std::exchange(shard->prev, nullptr);
+    prev = NewJoiningLink([f = *factory, id = *id, join] { return f->Join(id, join); },
+                          req->previous_address(), options_.recv_timeout);
   }
+  ActivationLink* upstream = prev ? prev.get() : shard->inbox.get();
+  std::shared_ptr<ActivationLink> old_prev;
   ActivationLink* downstream;
   {
     absl::MutexLock lock(&shard->links_mu);
+    old_prev = std::exchange(shard->prev, std::move(prev));
     downstream = shard->next_faulty ? shard->next_faulty.get() : shard->next.get();
   }
   shard->runtime->SetLinks(upstream, downstream);
