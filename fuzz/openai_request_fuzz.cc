@@ -29,7 +29,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const shardserve::ModelLimits limits{"stories260K", 512, 512};
   const absl::Status valid = shardserve::ValidateGenerateRequest(request->generate, limits);
   if (valid.ok()) {
-    (void)shardserve::ResolveSampling(request->generate);
+    (void)shardserve::ResolveSampling(request->generate, 1);
     (void)shardserve::ValidatePromptLength(1, request->generate.max_tokens(), limits);
   } else {
     (void)shardserve::ErrorBody(valid).dump();

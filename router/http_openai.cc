@@ -8,6 +8,8 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/wire.h"
+#include "model/tokenizer/utf8.h"
 
 namespace shardserve {
 namespace {
@@ -114,6 +116,22 @@ std::vector<int> Bytes(const std::string& s) {
   return out;
 }
 
+// A token as OpenAI shows it: its text (" there", not the vocabulary piece "▁there"), or, when
+// its bytes are not whole UTF-8 characters, "bytes:\xe2\x96" (the exact bytes are in `bytes`).
+std::string TokenString(const std::string& bytes) {
+  if (utf8::IsValid(bytes)) return bytes;
+  std::string out = "bytes:";
+  for (unsigned char c : bytes) absl::StrAppend(&out, "\\x", absl::Hex(c, absl::kZeroPad2));
+  return out;
+}
+
+// Characters `bytes` starts (its UTF-8 lead bytes), so that text offsets summed over a stream
+// count every character once, at the token holding its first byte.
+int64_t CharsStarted(const std::string& bytes) {
+  return std::count_if(bytes.begin(), bytes.end(),
+                       [](char c) { return (static_cast<unsigned char>(c) & 0xC0) != 0x80; });
+}
+
 }  // namespace
 
 namespace {
@@ -131,6 +149,24 @@ absl::Status ParseUnsupported(const json& body) {
   auto echo = Bool(body, "echo");
   if (!echo.ok()) return echo.status();
   if (*echo) return Invalid("echo", "is not supported");
+  // Accepted by OpenAI but not applied here: refused rather than silently dropped.
+  if (auto it = body.find("logit_bias"); it != body.end() && !it->is_null()) {
+    if (!it->is_object()) return Invalid("logit_bias", "must be an object");
+    if (!it->empty()) return Invalid("logit_bias", "is not supported by this server");
+  }
+  if (auto it = body.find("response_format"); it != body.end() && !it->is_null()) {
+    if (!it->is_object() || !it->contains("type") || !(*it)["type"].is_string()) {
+      return Invalid("response_format", "must be an object with a string `type`");
+    }
+    if ((*it)["type"] != "text") {
+      return Invalid("response_format", absl::StrCat("type '", (*it)["type"].get<std::string>(),
+                                                     "' is not supported; only 'text'"));
+    }
+  }
+  if (auto it = body.find("tools"); it != body.end() && !it->is_null()) {
+    if (!it->is_array()) return Invalid("tools", "must be an array");
+    if (!it->empty()) return Invalid("tools", "tool calls are not supported by this server");
+  }
 
   return absl::OkStatus();
 }
@@ -225,7 +261,10 @@ absl::Status ParseLogprobs(const json& body, OpenAiEndpoint endpoint, v1::Genera
     auto lp = Integer(body, "logprobs");
     if (!lp.ok()) return lp.status();
     if (lp->has_value()) {
-      if (**lp < 0) return Invalid("logprobs", "must be at least 0");
+      // Checked here, not by the shared validation, so that the error names this API's field.
+      if (**lp < 0 || **lp > kMaxTopLogprobs) {
+        return Invalid("logprobs", absl::StrCat(**lp, " is outside [0, ", kMaxTopLogprobs, "]"));
+      }
       g.set_logprobs(true);
       g.set_top_logprobs(ClampInt32(**lp));
     }
@@ -354,38 +393,41 @@ OpenAiResponseBuilder::OpenAiResponseBuilder(const OpenAiRequest& request, std::
       created_(created),
       tokenizer_(tokenizer) {}
 
-json OpenAiResponseBuilder::Logprobs(const v1::GenerateResponse& delta, int64_t text_offset) const {
+json OpenAiResponseBuilder::Logprobs(const v1::GenerateResponse& delta,
+                                     int64_t* text_offset) const {
   if (!logprobs_) return nullptr;
   if (endpoint_ == OpenAiEndpoint::kChat) {
     json content = json::array();
     for (const v1::TokenLogprob& lp : delta.logprobs()) {
-      const std::string token = tokenizer_->IdToPiece(lp.token_id());
+      const std::string token = tokenizer_->TokenText(lp.token_id());
       json top = json::array();
       for (const v1::TopLogprob& t : lp.top()) {
-        const std::string piece = tokenizer_->IdToPiece(t.token_id());
-        top.push_back({{"token", piece}, {"logprob", t.logprob()}, {"bytes", Bytes(piece)}});
+        const std::string alternative = tokenizer_->TokenText(t.token_id());
+        top.push_back({{"token", TokenString(alternative)},
+                       {"logprob", t.logprob()},
+                       {"bytes", Bytes(alternative)}});
       }
-      content.push_back({{"token", token},
+      content.push_back({{"token", TokenString(token)},
                          {"logprob", lp.logprob()},
                          {"bytes", Bytes(token)},
                          {"top_logprobs", top}});
     }
     return {{"content", content}};
   }
+  // Completions: text_offset is where each token starts in the completion text, in characters.
   json tokens = json::array(), token_logprobs = json::array(), top = json::array(),
        offsets = json::array();
-  int64_t offset = text_offset;
   for (const v1::TokenLogprob& lp : delta.logprobs()) {
-    const std::string token = tokenizer_->IdToPiece(lp.token_id());
-    tokens.push_back(token);
+    const std::string token = tokenizer_->TokenText(lp.token_id());
+    tokens.push_back(TokenString(token));
     token_logprobs.push_back(lp.logprob());
     json alternatives = json::object();
     for (const v1::TopLogprob& t : lp.top()) {
-      alternatives[tokenizer_->IdToPiece(t.token_id())] = t.logprob();
+      alternatives[TokenString(tokenizer_->TokenText(t.token_id()))] = t.logprob();
     }
     top.push_back(alternatives);
-    offsets.push_back(offset);
-    offset += static_cast<int64_t>(token.size());
+    offsets.push_back(*text_offset);
+    *text_offset += CharsStarted(token);
   }
   return {{"tokens", tokens},
           {"token_logprobs", token_logprobs},
@@ -399,11 +441,12 @@ json OpenAiResponseBuilder::UsageJson(const v1::Usage& usage) {
           {"total_tokens", usage.prompt_tokens() + usage.completion_tokens()}};
 }
 
-json OpenAiResponseBuilder::Chunk(const v1::GenerateResponse& delta, bool first) const {
+json OpenAiResponseBuilder::Chunk(const v1::GenerateResponse& delta, bool first) {
   json choice = {{"index", 0},
-                 {"logprobs", Logprobs(delta, 0)},
+                 {"logprobs", Logprobs(delta, &stream_text_offset_)},
                  {"finish_reason", FinishJson(delta.finish_reason())}};
   json out = {{"id", id_}, {"created", created_}, {"model", model_}};
+  if (delta.has_seed()) out["seed"] = delta.seed();
   if (endpoint_ == OpenAiEndpoint::kChat) {
     json d = json::object();
     if (first) d["role"] = "assistant";
@@ -435,6 +478,7 @@ void OpenAiResponseBuilder::Add(const v1::GenerateResponse& delta) {
   reasoning_ += delta.reasoning_text();
   all_.mutable_token_ids()->MergeFrom(delta.token_ids());
   all_.mutable_logprobs()->MergeFrom(delta.logprobs());
+  if (delta.has_seed()) all_.set_seed(delta.seed());
   if (delta.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) {
     finish_ = delta.finish_reason();
     usage_ = delta.usage();
@@ -442,9 +486,12 @@ void OpenAiResponseBuilder::Add(const v1::GenerateResponse& delta) {
 }
 
 json OpenAiResponseBuilder::Final() const {
-  json choice = {
-      {"index", 0}, {"logprobs", Logprobs(all_, 0)}, {"finish_reason", FinishJson(finish_)}};
+  int64_t text_offset = 0;
+  json choice = {{"index", 0},
+                 {"logprobs", Logprobs(all_, &text_offset)},
+                 {"finish_reason", FinishJson(finish_)}};
   json out = {{"id", id_}, {"created", created_}, {"model", model_}};
+  if (all_.has_seed()) out["seed"] = all_.seed();
   if (endpoint_ == OpenAiEndpoint::kChat) {
     choice["message"] = {{"role", "assistant"}, {"content", text_}};
     if (!reasoning_.empty()) choice["message"]["reasoning_content"] = reasoning_;

@@ -30,9 +30,10 @@ struct OpenAiRequest {
   bool include_usage = false;  // stream_options.include_usage
 };
 
-// Default max_tokens: /v1/completions' is OpenAI's (16); chat has none there, so 256 here.
+// Default max_tokens: /v1/completions' is OpenAI's and vLLM's (16); chat's, as in vLLM, is the
+// room left in the context after the prompt (0 in GenerateRequest).
 constexpr int kDefaultCompletionTokens = 16;
-constexpr int kDefaultChatTokens = 256;
+constexpr int kDefaultChatTokens = 0;
 
 // INVALID_ARGUMENT whose message starts with the offending parameter ("n: ...").
 absl::StatusOr<OpenAiRequest> ParseOpenAiRequest(OpenAiEndpoint endpoint, const std::string& body);
@@ -59,8 +60,9 @@ class OpenAiResponseBuilder {
   OpenAiResponseBuilder(const OpenAiRequest& request, std::string id, std::string model,
                         int64_t created, const Tokenizer* tokenizer);
 
-  // One streamed chunk for `delta` (text, tokens, logprobs, maybe the finish reason).
-  nlohmann::json Chunk(const v1::GenerateResponse& delta, bool first) const;
+  // One streamed chunk for `delta` (text, tokens, logprobs, maybe the finish reason). The first
+  // carries the request's sampling seed in `seed`, as the non-streamed answer does.
+  nlohmann::json Chunk(const v1::GenerateResponse& delta, bool first);
   // The last streamed chunk when include_usage is set: empty choices and the usage.
   nlohmann::json UsageChunk(const v1::Usage& usage) const;
   // Accumulates a delta for the non-streamed answer.
@@ -68,7 +70,9 @@ class OpenAiResponseBuilder {
   nlohmann::json Final() const;
 
  private:
-  nlohmann::json Logprobs(const v1::GenerateResponse& delta, int64_t text_offset) const;
+  // `text_offset`: where the delta's first token starts in the completion text; advanced past
+  // the delta's tokens.
+  nlohmann::json Logprobs(const v1::GenerateResponse& delta, int64_t* text_offset) const;
   static nlohmann::json UsageJson(const v1::Usage& usage);
 
   const OpenAiEndpoint endpoint_;
@@ -82,6 +86,7 @@ class OpenAiResponseBuilder {
   v1::GenerateResponse all_;  // token ids and logprobs so far
   v1::FinishReason finish_ = v1::FINISH_REASON_UNSPECIFIED;
   v1::Usage usage_;
+  int64_t stream_text_offset_ = 0;  // characters streamed so far
 };
 
 }  // namespace shardserve

@@ -2,12 +2,17 @@
 
 #include <httplib.h>
 
+#include <sys/socket.h>
+
 #include <csignal>
+#include <deque>
 #include <optional>
+#include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
+#include "absl/synchronization/mutex.h"
 #include "common/cluster_auth.h"
 #include "common/listen.h"
 #include "common/logging.h"
@@ -84,6 +89,68 @@ std::optional<absl::string_view> BearerToken(absl::string_view header) {
   return token;
 }
 
+// httplib serves a connection on one pool thread for its whole keep-alive life, and its own
+// ThreadPool has a fixed size, so a crowd larger than the pool waits unanswered in a queue. This
+// pool starts a thread whenever a connection waits and none is idle, up to `max_threads`;
+// threads stay for the next crowd (an idle one costs only its stack) and are joined at shutdown.
+class ElasticThreadPool : public httplib::TaskQueue {
+ public:
+  explicit ElasticThreadPool(size_t max_threads) : max_threads_(max_threads) {}
+  ~ElasticThreadPool() override = default;
+
+  void enqueue(std::function<void()> fn) override {
+    absl::MutexLock lock(&mu_);
+    jobs_.push_back(std::move(fn));
+    if (idle_ < jobs_.size() && threads_.size() < max_threads_) {
+      threads_.emplace_back([this] { Work(); });
+    }
+  }
+
+  void shutdown() override {
+    std::vector<std::thread> threads;
+    {
+      absl::MutexLock lock(&mu_);
+      shutdown_ = true;
+      threads.swap(threads_);
+    }
+    for (std::thread& t : threads) t.join();
+  }
+
+ private:
+  bool HasWork() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !jobs_.empty() || shutdown_; }
+
+  void Work() {
+    while (true) {
+      std::function<void()> fn;
+      {
+        absl::MutexLock lock(&mu_);
+        ++idle_;
+        mu_.Await(absl::Condition(this, &ElasticThreadPool::HasWork));
+        --idle_;
+        if (jobs_.empty()) return;  // shutting down with nothing left
+        fn = std::move(jobs_.front());
+        jobs_.pop_front();
+      }
+      fn();
+    }
+  }
+
+  const size_t max_threads_;
+  absl::Mutex mu_;
+  std::deque<std::function<void()>> jobs_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::thread> threads_ ABSL_GUARDED_BY(mu_);
+  size_t idle_ ABSL_GUARDED_BY(mu_) = 0;
+  bool shutdown_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+// The accept queue httplib's listen() asks for is 5, so a crowd connecting at once loses SYNs
+// and waits out TCP's retransmit (1 s, 3 s, ...). Linux lets listen() be called again on a
+// listening socket to change it; the kernel caps it at net.core.somaxconn.
+constexpr int kListenBacklog = 4096;
+// Requests one keep-alive connection may carry (httplib's default is 5, after which every
+// client reconnects).
+constexpr size_t kKeepAliveMaxRequests = 10000;
+
 // Counts one HTTP generation in flight for as long as it lives.
 class InFlight {
  public:
@@ -157,7 +224,11 @@ struct HttpGeneration {
 
 HttpServer::HttpServer(InferenceServiceImpl* service, const Tokenizer* tokenizer,
                        RouterMetrics* metrics, HttpServerOptions options)
-    : service_(service), tokenizer_(tokenizer), metrics_(metrics), options_(std::move(options)) {}
+    : service_(service),
+      tokenizer_(tokenizer),
+      metrics_(metrics),
+      options_(std::move(options)),
+      created_(absl::ToUnixSeconds(absl::Now())) {}
 
 HttpServer::~HttpServer() { Stop(); }
 
@@ -167,9 +238,14 @@ absl::Status HttpServer::Start(const std::string& address) {
   // A client that hangs up must not kill the process on the next write.
   std::signal(SIGPIPE, SIG_IGN);
   server_ = std::make_unique<httplib::Server>();
-  server_->set_socket_options(ExclusiveSocketOptions);
-  const int threads = options_.max_in_flight + 16;
-  server_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+  int listen_fd = -1;
+  server_->set_socket_options([&listen_fd](int fd) {
+    ExclusiveSocketOptions(fd);
+    listen_fd = fd;
+  });
+  const size_t threads = static_cast<size_t>(options_.max_connections);
+  server_->new_task_queue = [threads] { return new ElasticThreadPool(threads); };
+  server_->set_keep_alive_max_count(kKeepAliveMaxRequests);
   server_->set_payload_max_length(static_cast<size_t>(options_.max_body_bytes));
   server_->set_pre_routing_handler(MethodNotAllowedWithoutBody);
   server_->Get("/v1/models",
@@ -220,6 +296,11 @@ absl::Status HttpServer::Start(const std::string& address) {
     port_ = server_->bind_to_port(hp->first, hp->second) ? hp->second : -1;
   }
   if (port_ <= 0) return CannotListen("--http-listen", address);
+  if (listen_fd < 0 || ::listen(listen_fd, kListenBacklog) != 0) {
+    LOG(WARNING) << "--http-listen: could not raise the accept queue to " << kListenBacklog
+                 << "; a crowd of new connections may wait for TCP retransmits";
+  }
+  server_->set_socket_options(ExclusiveSocketOptions);
   thread_ = std::thread([this] { server_->listen_after_bind(); });
   return absl::OkStatus();
 }
@@ -256,7 +337,7 @@ void HttpServer::Models(const httplib::Request& req, httplib::Response& res) {
   for (const v1::ModelSummary& m : models.models()) {
     json model = {{"id", m.name()},
                   {"object", "model"},
-                  {"created", 0},
+                  {"created", created_},
                   {"owned_by", "shardserve"},
                   {"max_model_len", m.context_length()}};
     if (req.matches.size() > 1) {

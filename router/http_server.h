@@ -40,6 +40,9 @@ struct HttpServerOptions {
   std::string api_key;
   // Generations in flight over HTTP; more are answered 429.
   int max_in_flight = 256;
+  // Connections served at once, one thread each (threads are started as connections arrive);
+  // more wait, accepted, until one closes.
+  int max_connections = 2048;
   // Largest request body read (413 past it); the router derives it from its prompt limits.
   int64_t max_body_bytes = int64_t{64} << 20;
 };
@@ -65,6 +68,7 @@ class HttpServer {
   const Tokenizer* const tokenizer_;
   RouterMetrics* const metrics_;
   const HttpServerOptions options_;
+  const int64_t created_;  // Unix seconds the server started: /v1/models' `created`
   std::unique_ptr<httplib::Server> server_;
   std::thread thread_;
   int port_ = 0;

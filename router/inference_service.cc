@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "absl/random/distributions.h"
+#include "absl/random/random.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -189,8 +191,9 @@ absl::StatusOr<std::vector<int32_t>> InferenceServiceImpl::PromptIds(
         return absl::FailedPreconditionError("chat: this model has no chat template");
       }
       std::vector<ChatMessage> messages;
+      // OpenAI's "developer" role is its newer name for "system": templates know only the latter.
       for (const v1::ChatMessage& m : r.chat().messages())
-        messages.push_back({m.role(), m.content()});
+        messages.push_back({m.role() == "developer" ? "system" : m.role(), m.content()});
       auto text = chat_template_->Render(messages, /*add_generation_prompt=*/true);
       if (!text.ok()) {
         return absl::InvalidArgumentError(absl::StrCat("chat.messages: ", text.status().message()));
@@ -221,6 +224,12 @@ absl::StatusOr<InferenceServiceImpl::Generation> InferenceServiceImpl::Start(
                                                    admission_.max_prompt_tokens));
   }
   RETURN_IF_ERROR(ValidatePromptLength(prompt.size(), request.max_tokens(), limits_));
+  const int32_t max_tokens =
+      ResolveMaxTokens(request.max_tokens(), prompt.size(), limits_, admission_.max_tokens_limit);
+  // Drawn outside the lock; the bit generator is this thread's own.
+  thread_local absl::BitGen bitgen;
+  const uint64_t fresh_seed =
+      absl::Uniform<uint64_t>(absl::IntervalClosed, bitgen, 0, kMaxDrawnSeed);
   // Choosing and submitting under one lock: concurrent requests see each other's load, instead
   // of all picking the replica that looked idlest a moment ago.
   absl::MutexLock route_lock(&route_mu_);
@@ -238,11 +247,15 @@ absl::StatusOr<InferenceServiceImpl::Generation> InferenceServiceImpl::Start(
   seq.id = next_sequence_id_++;
   seq.prompt_len = prompt.size();
   seq.tokens = std::move(prompt);
-  seq.max_tokens = request.max_tokens();
+  seq.max_tokens = max_tokens;
   if (!request.ignore_eos()) seq.stop_ids.insert(eos_ids_.begin(), eos_ids_.end());
   seq.stop_ids.insert(request.stop_token_ids().begin(), request.stop_token_ids().end());
-  seq.sampling = ResolveSampling(request);
-  g.request_id = request.request_id().empty() ? absl::StrCat("req-", seq.id) : request.request_id();
+  seq.sampling = ResolveSampling(request, fresh_seed);
+  // Unique across routers and restarts, as vLLM's: 128 random bits in hex.
+  g.request_id = request.request_id().empty()
+                     ? absl::StrCat(absl::Hex(absl::Uniform<uint64_t>(bitgen), absl::kZeroPad16),
+                                    absl::Hex(absl::Uniform<uint64_t>(bitgen), absl::kZeroPad16))
+                     : request.request_id();
   g.reasoning = ReasoningParserFor(request, seq.tokens);
   g.sink = std::make_shared<RequestSink>();
   const std::vector<std::string> stops(request.stop().begin(), request.stop().end());
@@ -285,7 +298,7 @@ bool InferenceServiceImpl::Next(Generation& g, absl::Duration timeout, v1::Gener
   // The first message (time to first token) is never held back.
   const int batch = g.messages == 0 ? 1 : StreamBatch();
   bool got = g.sink->Take(timeout, out, done, error, batch, kMaxStreamBatchDelay);
-  if (got) ++g.messages;
+  if (got && g.messages++ == 0 && g.sequence != nullptr) out->set_seed(g.sequence->sampling.seed());
   if (g.reasoning.has_value() && (got || *done)) {
     SplitReasoning(*g.reasoning, *done, out);
     got = got || out->ByteSizeLong() > 0;

@@ -258,7 +258,8 @@ void Router::BuildReplicas() {
     pointers.push_back(replicas_.back().get());
   }
   const std::filesystem::path path = std::filesystem::path(c.model).lexically_normal();
-  model_name_ = path.filename().string();
+  model_name_ = c.served_model_name;
+  if (model_name_.empty()) model_name_ = path.filename().string();
   if (model_name_.empty()) model_name_ = path.parent_path().filename().string();
   service_ = std::make_unique<InferenceServiceImpl>(model_name_, model_config_, tokenizer_.get(),
                                                     chat_template_, pointers);
@@ -276,6 +277,7 @@ absl::Status Router::StartHttp() {
   if (config_.http_listen.empty()) return absl::OkStatus();
   HttpServerOptions options;
   options.api_key = config_.api_key;
+  options.max_connections = config_.http_max_connections;
   // JSON may spell a byte as \uXXXX (6 bytes).
   options.max_body_bytes =
       std::min<int64_t>(int64_t{64} << 20, 6 * service_->max_prompt_bytes() + (1 << 20));

@@ -1,5 +1,8 @@
 #include "router/router_config.h"
 
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
 #include "common/listen.h"
 #include "common/status.h"
 #include "common/tls_flags.h"
@@ -17,6 +20,9 @@ void AddPlacementFlags(CLI::App& app, RouterConfig* c) {
       ->required();
   app.add_option("--model", c->model, "model folder (readable by every worker at the same path)")
       ->required();
+  app.add_option("--served-model-name", c->served_model_name,
+                 "the model's name in the API, what clients send as `model` (default: the "
+                 "model folder's name)");
   app.add_option("--stages", c->stages, "stages per pipeline (default: workers / replicas)")
       ->check(CLI::Range(1, 1024));
   app.add_option("--layers", c->layers, "manual split, inclusive ranges: 0-2,3-4");
@@ -81,6 +87,11 @@ void AddRequestFlags(CLI::App& app, RouterConfig* c) {
       ->capture_default_str();
   app.add_option("--http-listen", c->http_listen,
                  "host:port for the OpenAI-compatible HTTP API and /metrics");
+  app.add_option("--http-max-connections", c->http_max_connections,
+                 "HTTP connections served at once (a thread each, started as they arrive); more "
+                 "wait, accepted, until one closes")
+      ->check(CLI::Range(1, 65536))
+      ->capture_default_str();
   app.add_option("--api-key", c->api_key,
                  "key clients must send as Authorization: Bearer KEY (HTTP header, gRPC metadata)");
   app.add_option("--max-queued-requests", c->admission.max_queued_requests,
@@ -134,6 +145,14 @@ void AddRouterFlags(CLI::App& app, RouterConfig* c) {
 absl::Status RouterConfig::Validate() const {
   RETURN_IF_ERROR(ValidateListenAddresses({{listen, "--listen"}, {http_listen, "--http-listen"}}));
   if (absl::Status s = ParseRoutingPolicy(routing).status(); !s.ok()) return s;
+  // It goes into URLs (/v1/models/NAME), JSON and metric labels.
+  if (served_model_name.size() > 256 ||
+      !std::all_of(served_model_name.begin(), served_model_name.end(),
+                   [](char ch) { return ch > ' ' && ch < 0x7f && ch != '"' && ch != '\\'; })) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--served-model-name '", served_model_name,
+        "' must be at most 256 printable ASCII characters without spaces, quotes or backslashes"));
+  }
   return absl::OkStatus();
 }
 

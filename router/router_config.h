@@ -20,14 +20,16 @@ struct RouterConfig {
   std::string listen;
   std::string port_file;  // written with the bound gRPC port once listening
   std::string http_listen;
+  int http_max_connections = 2048;
   TlsFiles tls;
   ClusterAuthFlags cluster_auth;
   std::string api_key;
   // The model and its split into pipelines.
   std::string model;
-  std::string workers;  // host:port,... or dns:///NAME:PORT
-  std::string layers;   // manual split "0-2,3-4", or "" for balanced
-  int stages = 0;       // 0: workers / replicas
+  std::string served_model_name;  // the model's name in the API; "": the model folder's name
+  std::string workers;            // host:port,... or dns:///NAME:PORT
+  std::string layers;             // manual split "0-2,3-4", or "" for balanced
+  int stages = 0;                 // 0: workers / replicas
   int replicas = 1;
   int max_replicas = 0;  // 0: --replicas
   // Batching and the KV cache.

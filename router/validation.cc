@@ -1,5 +1,6 @@
 #include "router/validation.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
@@ -57,9 +58,9 @@ absl::Status ValidatePrompt(const v1::GenerateRequest& r, const ModelLimits& lim
       }
       for (int i = 0; i < messages.size(); ++i) {
         const std::string& role = messages[i].role();
-        if (role != "system" && role != "user" && role != "assistant") {
+        if (role != "system" && role != "developer" && role != "user" && role != "assistant") {
           return Invalid(absl::StrCat("chat.messages[", i, "].role"),
-                         absl::StrCat("'", role, "' is not system, user or assistant"));
+                         absl::StrCat("'", role, "' is not system, developer, user or assistant"));
         }
       }
       if (messages[messages.size() - 1].role() == "assistant") {
@@ -119,8 +120,8 @@ absl::Status ValidateGenerateRequest(const v1::GenerateRequest& r, const ModelLi
     return Invalid("request_id", absl::StrCat("longer than ", kMaxRequestIdBytes, " bytes"));
   }
   RETURN_IF_ERROR(ValidatePrompt(r, limits));
-  if (r.max_tokens() <= 0)
-    return Invalid("max_tokens", absl::StrCat(r.max_tokens(), " is not positive"));
+  if (r.max_tokens() < 0)
+    return Invalid("max_tokens", absl::StrCat(r.max_tokens(), " is negative"));
   if (r.max_tokens() >= limits.context) {
     return Invalid("max_tokens",
                    absl::StrCat(r.max_tokens(), " is past the context of ", limits.context));
@@ -150,7 +151,15 @@ absl::Status ValidatePromptLength(int64_t prompt_tokens, int32_t max_tokens,
   return absl::OkStatus();
 }
 
-v1::StepSampling ResolveSampling(const v1::GenerateRequest& r) {
+int32_t ResolveMaxTokens(int32_t max_tokens, int64_t prompt_tokens, const ModelLimits& limits,
+                         int32_t limit) {
+  if (max_tokens > 0) return max_tokens;
+  int64_t room = std::max<int64_t>(1, limits.context - prompt_tokens);
+  if (limit > 0) room = std::min<int64_t>(room, limit);
+  return static_cast<int32_t>(room);
+}
+
+v1::StepSampling ResolveSampling(const v1::GenerateRequest& r, uint64_t fresh_seed) {
   const v1::SamplingParameters& s = r.sampling();
   v1::StepSampling out;
   out.set_temperature(s.has_temperature() ? s.temperature() : 1.0f);
@@ -160,7 +169,7 @@ v1::StepSampling ResolveSampling(const v1::GenerateRequest& r) {
   out.set_repetition_penalty(s.has_repetition_penalty() ? s.repetition_penalty() : 1.0f);
   out.set_presence_penalty(s.presence_penalty());
   out.set_frequency_penalty(s.frequency_penalty());
-  out.set_seed(s.has_seed() ? s.seed() : 0);
+  out.set_seed(s.has_seed() ? s.seed() : fresh_seed);
   out.set_logprobs(r.logprobs());
   out.set_top_logprobs(r.logprobs() ? r.top_logprobs() : 0);
   return out;

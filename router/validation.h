@@ -27,12 +27,22 @@ constexpr int kMaxChatMessages = 1024;
 // sampling, logprobs and chat messages.
 absl::Status ValidateGenerateRequest(const v1::GenerateRequest& request, const ModelLimits& limits);
 
-// Checks the tokenized prompt against the context.
+// Checks the tokenized prompt against the context. max_tokens 0 (unset) always fits once the
+// prompt does.
 absl::Status ValidatePromptLength(int64_t prompt_tokens, int32_t max_tokens,
                                   const ModelLimits& limits);
 
+// The tokens to generate: the request's max_tokens, or when it is 0 (unset) the room left in
+// the context after the prompt, capped by `limit` when that is positive (--max-tokens-limit).
+int32_t ResolveMaxTokens(int32_t max_tokens, int64_t prompt_tokens, const ModelLimits& limits,
+                         int32_t limit);
+
+// The largest seed a router draws: seeds stay exact as JSON numbers (doubles) in any client.
+constexpr uint64_t kMaxDrawnSeed = (uint64_t{1} << 53) - 1;
+
 // The request's sampling parameters with defaults filled in, as the stages get them.
-v1::StepSampling ResolveSampling(const v1::GenerateRequest& request);
+// `fresh_seed` is used when the request sets no seed.
+v1::StepSampling ResolveSampling(const v1::GenerateRequest& request, uint64_t fresh_seed);
 
 // INVALID_ARGUMENT "model: ..." unless `model` is empty or the served model's name.
 absl::Status ValidateModelName(const std::string& model, const ModelLimits& limits);

@@ -56,6 +56,10 @@ class Tokenizer {
   // the decoder's leading-space rule; skip_special drops special tokens. Lossless on purpose:
   // tokenizer_config.json's clean_up_tokenization_spaces is not applied.
   std::string Decode(absl::Span<const int32_t> ids, bool skip_special = true) const;
+  // The bytes `id` adds to decoded text, special tokens included (" hello" for "Ġhello",
+  // " the" for "▁the", "\n" for "<0x0A>"); may be part of a UTF-8 character. "" for an unknown
+  // id.
+  std::string TokenText(int32_t id) const { return std::string(TokenBytes(id, false)); }
   // The raw vocabulary piece ("Ġhello", "▁the", "<0x0A>", "<|eot_id|>"); "" for an unknown id.
   std::string IdToPiece(int32_t id) const;
   // -1 when `piece` is neither a vocabulary piece nor an added token.

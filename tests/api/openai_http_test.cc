@@ -12,6 +12,7 @@
 #include <chrono>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "tests/api/api_testing.h"
@@ -92,6 +93,127 @@ TEST_F(OpenAiHttp, OpenAiNpmClientStreamsTheGrpcTextForTheSameSeed) {
   EXPECT_EQ(got["first_role"], "assistant");
   EXPECT_GT(got["chunks"].get<int>(), 2);
   EXPECT_EQ(got["n_status"], 400);
+}
+
+// What an `openai` npm client user relies on: logprobs that show token text (" there", not
+// "▁there") with offsets into the completion; ids unique per response; the `developer` role;
+// a fresh seed per unseeded request, returned so that the request can be replayed; fields the
+// server does not apply refused, naming them; and a real `created` in /v1/models.
+TEST_F(OpenAiHttp, OpenAiNpmClientSeesFaithfulLogprobsIdsSeedsAndRefusals) {
+  auto modules = api_testing::NodeModules();
+  ASSERT_TRUE(modules.ok()) << modules.status();
+  auto r = api_testing::Run(absl::StrCat(
+      "NODE_PATH='", *modules, "' node tests/api/openai_fidelity.js http://127.0.0.1:", http_port_,
+      "/v1 ", kKey));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  json got = json::parse(r.output.substr(r.output.rfind("{\"completion\"")));
+
+  const json& c = got["completion"];
+  const std::string text = c["text"];
+  const json& lp = c["logprobs"];
+  ASSERT_EQ(lp["tokens"].size(), 12u) << c;
+  std::string joined;
+  for (size_t i = 0; i < lp["tokens"].size(); ++i) {
+    const std::string token = lp["tokens"][i];
+    EXPECT_EQ(token.find("\xE2\x96\x81"), std::string::npos) << "a raw piece: " << token;
+    EXPECT_EQ(lp["text_offset"][i], joined.size()) << c;  // stories260K's text is ASCII
+    EXPECT_EQ(lp["top_logprobs"][i].size(), 3u) << c;
+    joined += token;
+  }
+  EXPECT_EQ(joined, text) << "the tokens' text spells the completion";
+  EXPECT_NE(text.find(' '), std::string::npos) << text;
+
+  EXPECT_NE(got["chat_ids"][0], got["chat_ids"][1]);
+  for (const json& id : got["chat_ids"]) {
+    EXPECT_TRUE(absl::StartsWith(id.get<std::string>(), "chatcmpl-")) << id;
+    EXPECT_GE(id.get<std::string>().size(), 9u + 32u) << "128 random bits in hex: " << id;
+  }
+  EXPECT_FALSE(got["developer"]["text"].get<std::string>().empty()) << got["developer"];
+
+  const json& u = got["unseeded"];
+  ASSERT_TRUE(u["first"]["seed"].is_number_unsigned()) << u;
+  EXPECT_NE(u["first"]["seed"], u["second"]["seed"]) << u;
+  EXPECT_NE(u["first"]["text"], u["second"]["text"]) << "two unseeded samples are different";
+  EXPECT_EQ(u["replay"]["seed"], u["first"]["seed"]) << u;
+  EXPECT_EQ(u["replay"]["text"], u["first"]["text"]) << "the returned seed replays the answer";
+
+  for (const auto& [name, param] :
+       std::vector<std::pair<std::string, std::string>>{{"logprobs_30", "logprobs"},
+                                                        {"logit_bias", "logit_bias"},
+                                                        {"tools", "tools"},
+                                                        {"response_format", "response_format"}}) {
+    EXPECT_EQ(got["errors"][name]["status"], 400) << name << ": " << got["errors"][name];
+    EXPECT_EQ(got["errors"][name]["param"], param) << name << ": " << got["errors"][name];
+  }
+  ASSERT_EQ(got["models"].size(), 1u);
+  const int64_t now = absl::ToUnixSeconds(absl::Now());
+  EXPECT_GT(got["models"][0]["created"].get<int64_t>(), now - 3600) << got["models"];
+  EXPECT_LE(got["models"][0]["created"].get<int64_t>(), now) << got["models"];
+}
+
+// Over gRPC the same: no seed is a fresh one, returned on the first response and replayable.
+TEST_F(OpenAiHttp, UnseededGrpcRequestsDifferAndReturnTheirSeed) {
+  v1::GenerateRequest request;
+  request.set_text("Once upon a time");
+  request.set_max_tokens(24);
+  request.mutable_sampling()->set_temperature(1.0f);
+  auto first_seed = [&](uint64_t* seed, std::string* text) {
+    auto stub = cluster_->Stub();
+    grpc::ClientContext context;
+    context.AddMetadata("authorization", absl::StrCat("Bearer ", kKey));
+    auto reader = stub->Generate(&context, request);
+    v1::GenerateResponse response;
+    int messages = 0;
+    while (reader->Read(&response)) {
+      if (messages++ == 0) {
+        ASSERT_TRUE(response.has_seed());
+        *seed = response.seed();
+      } else {
+        EXPECT_FALSE(response.has_seed()) << "only the first response carries it";
+      }
+      *text += response.text();
+    }
+    ASSERT_TRUE(reader->Finish().ok());
+  };
+  uint64_t seed_a = 0, seed_b = 0, seed_replay = 0;
+  std::string a, b, replay;
+  first_seed(&seed_a, &a);
+  first_seed(&seed_b, &b);
+  EXPECT_NE(seed_a, seed_b);
+  EXPECT_NE(a, b);
+  EXPECT_LE(seed_a, (uint64_t{1} << 53) - 1) << "exact as a JSON number";
+  request.mutable_sampling()->set_seed(seed_a);
+  first_seed(&seed_replay, &replay);
+  EXPECT_EQ(seed_replay, seed_a);
+  EXPECT_EQ(replay, a);
+}
+
+// A chat that never set max_tokens gets the room left in the context, however long its prompt,
+// instead of a 400 about a field it did not send.
+TEST_F(OpenAiHttp, ChatWithoutMaxTokensGetsTheRoomLeftInTheContext) {
+  auto chat_of = [](int repeats) {
+    std::string content;
+    for (int i = 0; i < repeats; ++i) content += "The cat sat on the mat. ";
+    return json{{"messages", {{{"role", "user"}, {"content", content}}}}, {"temperature", 0}};
+  };
+  auto usage_of = [&](const json& body) {
+    auto r = HttpPost(http_port_, "/v1/chat/completions", body.dump(), kKey);
+    EXPECT_EQ(r.status, 200) << r.body;
+    return r.status == 200 ? json::parse(r.body)["usage"] : json();
+  };
+  json one = chat_of(1), two = chat_of(2);
+  one["max_tokens"] = 1;
+  two["max_tokens"] = 1;
+  const int base = usage_of(one)["prompt_tokens"];
+  const int per = usage_of(two)["prompt_tokens"].get<int>() - base;
+  ASSERT_GT(per, 0);
+  const json usage = usage_of(chat_of(1 + (490 - base) / per));
+  ASSERT_TRUE(usage.is_object());
+  const int prompt = usage["prompt_tokens"];
+  EXPECT_GE(prompt, 490 - per);
+  EXPECT_LE(prompt, 490);
+  EXPECT_GT(usage["completion_tokens"].get<int>(), 0);
+  EXPECT_LE(prompt + usage["completion_tokens"].get<int>(), 512) << "within the context";
 }
 
 TEST_F(OpenAiHttp, ModelsAndNonStreamedCompletions) {

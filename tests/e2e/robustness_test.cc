@@ -131,10 +131,15 @@ TEST_F(BadInput, PromptLongerThanContext) {
   ExpectInvalid(r, "prompt");
 }
 
-TEST_F(BadInput, MaxTokensZero) {
+// 0 is unset: the room left in the context, as vLLM defaults it.
+TEST_F(BadInput, MaxTokensZeroIsTheRoomLeftInTheContext) {
   v1::GenerateRequest r = Good();
   r.set_max_tokens(0);
-  ExpectInvalid(r, "max_tokens");
+  r.set_ignore_eos(true);
+  auto got = RunCompletion(cluster_->router_address(), r, absl::Seconds(60), nullptr);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->usage.prompt_tokens() + got->usage.completion_tokens(), 512) << "the context";
+  EXPECT_EQ(got->finish_reason, v1::FINISH_REASON_LENGTH);
 }
 
 TEST_F(BadInput, MaxTokensNegative) {

@@ -207,10 +207,24 @@ class Validation : public ::testing::Test {
 
 TEST_F(Validation, AcceptsAGoodRequestAndFillsDefaults) {
   EXPECT_TRUE(ValidateGenerateRequest(Good(), limits_).ok());
-  v1::StepSampling s = ResolveSampling(Good());
+  v1::StepSampling s = ResolveSampling(Good(), 77);
   EXPECT_EQ(s.temperature(), 1.0f);
   EXPECT_EQ(s.top_p(), 1.0f);
   EXPECT_EQ(s.repetition_penalty(), 1.0f);
+  EXPECT_EQ(s.seed(), 77u) << "no seed in the request: the fresh one";
+  auto seeded = Good();
+  seeded.mutable_sampling()->set_seed(0);
+  EXPECT_EQ(ResolveSampling(seeded, 77).seed(), 0u) << "seed 0 given is seed 0";
+}
+
+TEST_F(Validation, UnsetMaxTokensIsTheRoomLeftInTheContext) {
+  auto r = Good();
+  r.set_max_tokens(0);
+  EXPECT_TRUE(ValidateGenerateRequest(r, limits_).ok());
+  EXPECT_TRUE(ValidatePromptLength(490, 0, limits_).ok());
+  EXPECT_EQ(ResolveMaxTokens(0, 490, limits_, 0), limits_.context - 490);
+  EXPECT_EQ(ResolveMaxTokens(0, 490, limits_, 8), 8) << "capped by --max-tokens-limit";
+  EXPECT_EQ(ResolveMaxTokens(5, 490, limits_, 0), 5) << "a given max_tokens stays";
 }
 
 TEST_F(Validation, NamesTheField) {
@@ -218,7 +232,7 @@ TEST_F(Validation, NamesTheField) {
   r.set_text("");
   ExpectField(r, "prompt");
   r = Good();
-  r.set_max_tokens(0);
+  r.set_max_tokens(-1);
   ExpectField(r, "max_tokens");
   r = Good();
   r.set_max_tokens(512);
