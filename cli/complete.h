@@ -10,12 +10,15 @@
 #ifndef SHARDSERVE_CLI_COMPLETE_H_
 #define SHARDSERVE_CLI_COMPLETE_H_
 
+#include <atomic>
 #include <cstdio>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "CLI/CLI.hpp"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "common/tls.h"
 #include "router/finish_reason.h"
 #include "shardserve/v1/inference.pb.h"
@@ -31,7 +34,49 @@ struct CompletionResult {
   std::string reasoning;  // reasoning_text, when the router separated it
   v1::FinishReason finish_reason = v1::FINISH_REASON_UNSPECIFIED;
   v1::Usage usage;
+  uint64_t seed = 0;  // the sampling seed the router used
 };
+
+// Sampling and connection flags shared by complete and chat.
+struct SamplingFlags {
+  int max_tokens = 128;
+  const char* max_tokens_help = "tokens to generate";
+  float temperature = 0.8f;
+  float top_p = 1.0f;
+  int top_k = 0;
+  float min_p = 0.0f;
+  float repetition_penalty = 1.0f;
+  std::optional<uint64_t> seed;  // unset: the router draws one per request
+  std::vector<std::string> stop;
+  double timeout_s = 600;
+  std::string api_key;
+  TlsFiles tls;
+
+  void Add(CLI::App& app);
+  // --api-key, else $SHARDSERVE_API_KEY.
+  std::string Key() const;
+  void Fill(v1::GenerateRequest* r) const;
+};
+
+// Prints "error: CODE: message" on stderr and returns 2, the exit status of every failure.
+int FailWith(const absl::Status& status);
+
+// INVALID_ARGUMENT when `server` is not a host:port (a URL such as http://...).
+absl::Status CheckServerAddress(const std::string& server);
+
+struct StreamOptions {
+  absl::Duration timeout = absl::Minutes(10);
+  std::FILE* out = nullptr;            // text deltas, as they arrive
+  std::FILE* reasoning_out = nullptr;  // reasoning deltas
+  std::string api_key;                 // sent as authorization: Bearer KEY when set
+  // When it turns true (a Ctrl-C handler sets it) the call is cancelled: CANCELLED, with what
+  // came so far in the result.
+  const std::atomic<bool>* interrupt = nullptr;
+};
+
+// One Generate call; `result` holds what arrived even when the call fails part way.
+absl::Status StreamCompletion(const std::string& server, const v1::GenerateRequest& request,
+                              const StreamOptions& options, CompletionResult* result);
 
 // Runs one Generate call against `server` with a deadline of `timeout`; text deltas are written
 // to `out` and reasoning deltas to `reasoning_out` as they arrive, each when not null. A

@@ -11,6 +11,8 @@
 #include <thread>
 
 #include "CLI/CLI.hpp"
+#include "absl/random/distributions.h"
+#include "absl/random/random.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
@@ -67,6 +69,7 @@ struct GenerateFlags {
   SamplingParams sampling{.temperature = 0.8f};
   int threads = 0;
   bool json = false, ignore_eos = false, no_bos = false, mmap_weights = false;
+  bool seed_given = false;
   std::string backend = "cpu";
   int device = 0;
   std::string quantize = "none";
@@ -85,7 +88,8 @@ void AddGenerateFlags(CLI::App& app, GenerateFlags* f) {
   app.add_option("--repetition-penalty", sp.repetition_penalty)->capture_default_str();
   app.add_option("--presence-penalty", sp.presence_penalty)->capture_default_str();
   app.add_option("--frequency-penalty", sp.frequency_penalty)->capture_default_str();
-  app.add_option("--seed", sp.seed, "sampling seed")->capture_default_str();
+  app.add_option("--seed", sp.seed, "sampling seed (default: a fresh one, shown by --json)")
+      ->each([f](const std::string&) { f->seed_given = true; });
   app.add_option("--threads", f->threads, "compute threads (0: all CPUs)")->capture_default_str();
   app.add_flag("--json", f->json, "print one JSON object instead of streaming text");
   app.add_flag("--ignore-eos", f->ignore_eos, "keep generating past end-of-sequence tokens");
@@ -138,8 +142,9 @@ absl::StatusOr<std::unique_ptr<ModelStage>> LoadWholeModel(const GenerateFlags& 
 }
 
 void PrintJson(const Tokenizer& tokenizer, const std::vector<int32_t>& prompt_ids,
-               const GenerateResult& result) {
+               const GenerateResult& result, uint64_t seed) {
   nlohmann::json out;
+  out["seed"] = seed;
   out["prompt_ids"] = prompt_ids;
   out["ids"] = result.ids;
   out["text"] = tokenizer.Decode(result.ids);
@@ -162,6 +167,12 @@ int GenerateMain(int argc, char** argv) {
   AddGenerateFlags(app, &f);
   if (auto rc = Parse(app, argc, argv)) return *rc;
   if (absl::Status s = ValidateGenerateFlags(f); !s.ok()) return Fail(s);
+  // As the router does: no seed is a fresh one, below 2^53 so that it is exact in JSON.
+  if (!f.seed_given) {
+    absl::BitGen bitgen;
+    f.sampling.seed =
+        absl::Uniform<uint64_t>(absl::IntervalClosed, bitgen, 0, (uint64_t{1} << 53) - 1);
+  }
   auto tokenizer = Tokenizer::Load(f.model);
   if (!tokenizer.ok()) return Fail(tokenizer.status());
   std::vector<int32_t> prompt_ids;
@@ -195,7 +206,7 @@ int GenerateMain(int argc, char** argv) {
   auto result = Generate(**stage, prompt_ids, options, on_token);
   if (!result.ok()) return Fail(result.status());
   if (f.json) {
-    PrintJson(**tokenizer, prompt_ids, *result);
+    PrintJson(**tokenizer, prompt_ids, *result, f.sampling.seed);
     return 0;
   }
   const std::string rest = decoder.Flush();
