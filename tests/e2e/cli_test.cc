@@ -215,13 +215,72 @@ TEST(Up, UpWithSixteenWorkersServes) {
 class Client : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    cluster_ = new Cluster({.model = Stories260K(), .stages = 2});
+    http_port_ = FreePort();
+    cluster_ = new Cluster(
+        {.model = Stories260K(),
+         .stages = 2,
+         .router_args = {"--http-listen", absl::StrCat("127.0.0.1:", http_port_),
+                         "--served-model-name", "tiny-stories"}});
     ASSERT_TRUE(cluster_->WaitServing(absl::Seconds(60)).ok());
   }
   static void TearDownTestSuite() { delete cluster_; }
   static Cluster* cluster_;
+  static int http_port_;
+
+  static CommandResult Complete(std::vector<std::string> args) {
+    std::vector<std::string> argv = {BinPath("shardserve"), "complete", "--server",
+                                     cluster_->router_address(), "--prompt", "Once upon a time",
+                                     "--max-tokens", "24"};
+    argv.insert(argv.end(), args.begin(), args.end());
+    return RunCommand(argv, "", absl::Seconds(60));
+  }
 };
 Cluster* Client::cluster_ = nullptr;
+int Client::http_port_ = 0;
+
+TEST_F(Client, UnseededCompletionsDifferAndTheSeedShownReplaysOne) {
+  auto run = [](std::vector<std::string> args) {
+    args.insert(args.end(), {"--temperature", "1", "--json"});
+    CommandResult r = Complete(args);
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    return nlohmann::json::parse(r.out, nullptr, false);
+  };
+  const nlohmann::json a = run({}), b = run({});
+  ASSERT_TRUE(a.contains("seed") && b.contains("seed")) << a << b;
+  EXPECT_NE(a["seed"], b["seed"]);
+  EXPECT_NE(a["text"], b["text"]);
+  const nlohmann::json replay = run({"--seed", std::to_string(a["seed"].get<uint64_t>())});
+  EXPECT_EQ(replay["text"], a["text"]);
+  EXPECT_EQ(replay["seed"], a["seed"]);
+}
+
+TEST_F(Client, ServedModelNameIsTheNameInTheApi) {
+  CommandResult ok = Complete({"--model", "tiny-stories", "--temperature", "0"});
+  EXPECT_EQ(ok.exit_code, 0) << ok.err;
+  CommandResult folder = Complete({"--model", "stories260K"});
+  EXPECT_EQ(folder.exit_code, 2);
+  EXPECT_TRUE(absl::StrContains(folder.err, "this router serves 'tiny-stories'")) << folder.err;
+  grpc::ClientContext context;
+  v1::ListModelsResponse models;
+  ASSERT_TRUE(cluster_->Stub()->ListModels(&context, {}, &models).ok());
+  ASSERT_EQ(models.models_size(), 1);
+  EXPECT_EQ(models.models(0).name(), "tiny-stories");
+}
+
+TEST_F(Client, CompleteAtTheHttpPortOrAUrlSaysWhatToGive) {
+  const std::string http = absl::StrCat("127.0.0.1:", http_port_);
+  for (const std::string& server : {http, "http://" + http}) {
+    CommandResult r =
+        RunCommand({BinPath("shardserve"), "complete", "--server", server, "--prompt", "Hi",
+                    "--timeout-s", "10"},
+                   "", absl::Seconds(30));
+    EXPECT_EQ(r.exit_code, 2) << server;
+    EXPECT_EQ(LineCount(r.err), 1) << r.err;
+    EXPECT_TRUE(absl::StartsWith(r.err, "error: ")) << r.err;
+    EXPECT_TRUE(absl::StrContains(r.err, "--listen")) << "names the gRPC port's flag: " << r.err;
+    EXPECT_EQ(r.out, "") << "no empty line before the error";
+  }
+}
 
 TEST_F(Client, CompleteJsonMatchesGenerate) {
   auto ref = RunGenerate(Stories260K(), "The little dog", 20, 0.0f, 0);
