@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
 #include <iostream>
 #include <mutex>
 #include <random>
@@ -18,6 +19,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
 #include "cli/complete.h"
+#include "common/cli_flags.h"
 #include "httplib.h"
 #include "nlohmann/json.hpp"
 #include "shardserve/v1/inference.grpc.pb.h"
@@ -45,6 +47,7 @@ struct BenchConfig {
   // host:port of each worker's /metrics, in stage order: busy fractions and pipeline
   // efficiency.
   std::string worker_metrics;
+  std::string api_key;  // --api-key, else $SHARDSERVE_API_KEY
   TlsFiles tls;
   bool chat() const { return scenario == "chat"; }
   int total_requests() const { return chat() ? requests * turns : requests; }
@@ -83,6 +86,8 @@ void AddBenchFlags(CLI::App& app, BenchConfig* c) {
       ->check(CLI::Range(1, 1 << 20))
       ->capture_default_str();
   app.add_flag("--json", c->json, "print one JSON object");
+  app.add_option("--api-key", c->api_key,
+                 "sent as authorization: Bearer KEY (default: $SHARDSERVE_API_KEY)");
   app.add_option("--worker-metrics", c->worker_metrics,
                  "host:port,... of the workers' /metrics (shardserve-worker --metrics-listen), in "
                  "stage order: report each stage's busy fraction and the pipeline efficiency");
@@ -108,11 +113,17 @@ struct StreamTiming {
   grpc::Status status;
 };
 
-StreamTiming RunStream(v1::InferenceService::Stub& stub, const v1::GenerateRequest& req,
-                       double timeout_s, std::vector<int32_t>* conversation) {
+// Sends the key, when there is one, as the router's --api-key expects it.
+void Authorize(const BenchConfig& c, grpc::ClientContext* context) {
+  if (!c.api_key.empty()) context->AddMetadata("authorization", "Bearer " + c.api_key);
+}
+
+StreamTiming RunStream(const BenchConfig& c, v1::InferenceService::Stub& stub,
+                       const v1::GenerateRequest& req, std::vector<int32_t>* conversation) {
   StreamTiming out;
   grpc::ClientContext rpc;
-  rpc.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(timeout_s)));
+  rpc.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(c.timeout_s)));
+  Authorize(c, &rpc);
   const auto sent = Clock::now();
   auto last = sent;
   auto reader = stub.Generate(&rpc, req);
@@ -161,7 +172,7 @@ void RunClient(const BenchConfig& c, const std::shared_ptr<grpc::Channel>& chann
       req.set_ignore_eos(true);
       req.mutable_sampling()->set_temperature(c.temperature);
       req.mutable_sampling()->set_seed(n);
-      StreamTiming timing = RunStream(*stub, req, c.timeout_s, &conversation);
+      StreamTiming timing = RunStream(c, *stub, req, &conversation);
       std::lock_guard<std::mutex> lock(results->mu);
       if (!timing.status.ok()) {
         ++results->errors;
@@ -203,6 +214,9 @@ nlohmann::json Summary(const BenchConfig& c, const BenchResults& r, double secon
   out["seconds"] = seconds;
   out["output_tokens"] = r.tokens;
   out["throughput_tokens_per_s"] = seconds > 0 ? r.tokens / seconds : 0.0;
+  out["concurrency"] = c.concurrency;
+  out["temperature"] = c.temperature;
+  out["requests_per_s"] = seconds > 0 ? (c.total_requests() - r.errors) / seconds : 0.0;
   out["ttft_ms_p50"] = Percentile(r.ttft_ms, 0.5);
   out["ttft_ms_p99"] = Percentile(r.ttft_ms, 0.99);
   out["itl_ms_p50"] = Percentile(r.itl_ms, 0.5);
@@ -258,11 +272,16 @@ void AddBusy(const std::vector<double>& before, const std::vector<double>& after
 }
 
 void PrintHuman(const BenchConfig& c, const nlohmann::json& out) {
+  std::printf("%s: %s, concurrency %d, prompt %d tokens, max_tokens %d, temperature %g\n",
+              c.server.c_str(), c.scenario.c_str(), c.concurrency, c.prompt_tokens, c.max_tokens,
+              c.temperature);
   std::printf(
-      "requests %d (errors %d), %lld tokens in %.2f s: %.1f tokens/s\n"
+      "requests %d (errors %d) in %.2f s: %.2f requests/s\n"
+      "output tokens %lld: %.1f output tokens/s\n"
       "TTFT ms: p50 %.2f p99 %.2f\ninter-token ms: p50 %.3f p99 %.3f\n",
-      out["requests"].get<int>(), out["errors"].get<int>(),
-      static_cast<long long>(out["output_tokens"].get<int64_t>()), out["seconds"].get<double>(),
+      out["requests"].get<int>(), out["errors"].get<int>(), out["seconds"].get<double>(),
+      out["requests_per_s"].get<double>(),
+      static_cast<long long>(out["output_tokens"].get<int64_t>()),
       out["throughput_tokens_per_s"].get<double>(), out["ttft_ms_p50"].get<double>(),
       out["ttft_ms_p99"].get<double>(), out["itl_ms_p50"].get<double>(),
       out["itl_ms_p99"].get<double>());
@@ -288,12 +307,11 @@ int BenchMain(int argc, char** argv) {
   CLI::App app{"Measures a shardserve router under concurrent streaming load.", "shardserve bench"};
   BenchConfig c;
   AddBenchFlags(app, &c);
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    return app.exit(e);
-  }
+  if (auto rc = ParseCommandLine(app, argc, argv)) return *rc;
   if (c.requests <= 0) c.requests = 2 * c.concurrency;
+  if (c.api_key.empty()) {
+    if (const char* env = std::getenv("SHARDSERVE_API_KEY"); env != nullptr) c.api_key = env;
+  }
   if (!UseClientTls(c.tls)) return 2;
 
   auto channel = grpc::CreateChannel(c.server, ProcessChannelCredentials());
@@ -302,11 +320,12 @@ int BenchMain(int argc, char** argv) {
   {
     grpc::ClientContext context;
     context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+    Authorize(c, &context);
     grpc::Status s = stub->GetModelInfo(&context, v1::GetModelInfoRequest(), &info);
     if (!s.ok()) {
       std::fprintf(stderr, "error: GetModelInfo on %s: %s\n", c.server.c_str(),
                    s.error_message().c_str());
-      return 1;
+      return 2;
     }
   }
   const int32_t vocab = static_cast<int32_t>(info.vocab_size());

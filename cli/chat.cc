@@ -20,6 +20,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "cli/complete.h"
+#include "common/cli_flags.h"
 
 namespace shardserve {
 namespace {
@@ -193,11 +194,7 @@ int ChatMain(int argc, char** argv) {
   app.add_option("--system", system, "system prompt");
   app.add_option("--model", model, "model name (default: the router's)");
   sampling.Add(app);
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    return app.exit(e);
-  }
+  if (auto rc = ParseCommandLine(app, argc, argv)) return *rc;
   if (!UseClientTls(sampling.tls)) return 2;
   if (absl::Status s = CheckServerAddress(server); !s.ok()) return FailWith(s);
   ChatSession session{server, &sampling, {}, Conversation(system)};

@@ -17,6 +17,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "common/cli_flags.h"
 #include "common/status.h"
 #include "common/tls_flags.h"
 #include "nlohmann/json.hpp"
@@ -211,11 +212,7 @@ int CompleteMain(int argc, char** argv) {
                "ask for <think>...</think> reasoning apart from the answer (needs a router "
                "reasoning parser); it goes to stderr");
   app.add_flag("--json", json, "print one JSON object: ids, text, finish_reason, usage");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    return app.exit(e);
-  }
+  if (auto rc = ParseCommandLine(app, argc, argv)) return *rc;
   if (!UseClientTls(sampling.tls)) return 2;
   if (absl::Status s = CheckServerAddress(server); !s.ok()) return FailWith(s);
   v1::GenerateRequest request;

@@ -16,6 +16,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "common/cli_flags.h"
 #include "common/status.h"
 #include "kernels/backend.h"
 #include "kernels/backend_factory.h"
@@ -45,18 +46,6 @@ absl::StatusOr<std::vector<int32_t>> ParseIds(const std::string& text) {
   }
   if (ids.empty()) return absl::InvalidArgumentError("--prompt-ids is empty");
   return ids;
-}
-
-// Parses flags; help prints and exits 0, a parse error prints one line and exits 2.
-std::optional<int> Parse(CLI::App& app, int argc, char** argv) {
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    if (e.get_exit_code() == 0) return app.exit(e);
-    std::fprintf(stderr, "error: %s (see %s --help)\n", e.what(), app.get_name().c_str());
-    return 2;
-  }
-  return std::nullopt;
 }
 
 }  // namespace
@@ -165,7 +154,7 @@ int GenerateMain(int argc, char** argv) {
   app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   GenerateFlags f;
   AddGenerateFlags(app, &f);
-  if (auto rc = Parse(app, argc, argv)) return *rc;
+  if (auto rc = ParseCommandLine(app, argc, argv)) return *rc;
   if (absl::Status s = ValidateGenerateFlags(f); !s.ok()) return Fail(s);
   // As the router does: no seed is a fresh one, below 2^53 so that it is exact in JSON.
   if (!f.seed_given) {
@@ -230,7 +219,7 @@ int SynthMain(int argc, char** argv) {
                "write only config.json and the tokenizer: a model by shape alone, for "
                "shardserve-worker --backend sim");
   app.footer("Known shapes: " + absl::StrJoin(SynthShapeNames(), ", "));
-  if (auto rc = Parse(app, argc, argv)) return *rc;
+  if (auto rc = ParseCommandLine(app, argc, argv)) return *rc;
   auto dtype = ParseDType(dtype_name);
   if (!dtype.has_value() || *dtype == DType::kI32 || IsQuantized(*dtype)) {
     return Fail(absl::InvalidArgumentError(

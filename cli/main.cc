@@ -9,6 +9,7 @@
 #include "cli/inspect.h"
 #include "cli/predict.h"
 #include "cli/up.h"
+#include "common/cli_flags.h"
 
 namespace {
 
@@ -30,8 +31,9 @@ const Command kCommands[] = {
 };
 
 void Usage(FILE* out) {
-  std::fprintf(
-      out, "usage: shardserve <command> [flags]   (shardserve <command> --help)\n\ncommands:\n");
+  std::fprintf(out,
+               "usage: shardserve <command> [flags]   (shardserve <command> --help; shardserve "
+               "--version)\n\ncommands:\n");
   for (const Command& c : kCommands) std::fprintf(out, "  %-10s %s\n", c.name, c.help);
 }
 
@@ -43,6 +45,10 @@ int main(int argc, char** argv) {
     return 2;
   }
   const std::string verb = argv[1];
+  if (verb == "--version") {
+    std::printf("%s\n", shardserve::VersionString().c_str());
+    return 0;
+  }
   if (verb == "--help" || verb == "-h" || verb == "help") {
     Usage(stdout);
     return 0;

@@ -8,6 +8,7 @@
 
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
+#include "common/cli_flags.h"
 #include "model/config.h"
 #include "model/cost_model.h"
 #include "nlohmann/json.hpp"
@@ -58,11 +59,7 @@ int PredictMain(int argc, char** argv) {
       ->check(CLI::Range(1, 1 << 20))
       ->capture_default_str();
   app.add_flag("--json", c.json, "print one JSON object");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    return app.exit(e);
-  }
+  if (auto rc = ParseCommandLine(app, argc, argv)) return *rc;
   auto config = ModelConfig::FromFile(c.model + "/config.json");
   if (!config.ok()) return Fail(config.status());
   auto profile = c.profile.empty() ? BuiltinProfile(c.device) : ProfileFromFile(c.profile);

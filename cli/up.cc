@@ -27,6 +27,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/time.h"
 #include "cli/complete.h"
+#include "common/cli_flags.h"
 #include "common/cluster_auth.h"
 #include "common/listen.h"
 #include "shardserve/v1/inference.grpc.pb.h"
@@ -580,11 +581,7 @@ int UpMain(int argc, char** argv) {
   CLI::App app{"Starts a local shardserve cluster: a router and N workers.", "shardserve up"};
   UpOptions options;
   AddUpFlags(app, &options);
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    return app.exit(e);
-  }
+  if (auto rc = ParseCommandLine(app, argc, argv)) return *rc;
   // Block the signals we wait for; children get an empty mask (see Spawn).
   sigset_t signals;
   sigemptyset(&signals);

@@ -6,6 +6,7 @@
 
 #include "CLI/CLI.hpp"
 #include "absl/synchronization/mutex.h"
+#include "common/cli_flags.h"
 #include "common/logging.h"
 #include "common/signals.h"
 #include "router/router.h"
@@ -28,11 +29,7 @@ int RouterMain(int argc, char** argv) {
   CLI::App app{"shardserve-router: serves a model split into pipeline stages across workers"};
   RouterConfig config;
   AddRouterFlags(app, &config);
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    return app.exit(e);
-  }
+  if (auto rc = ParseCommandLine(app, argc, argv)) return *rc;
   auto router = Router::Create(std::move(config));
   if (!router.ok()) return Fail(router.status());
   if (absl::Status s = (*router)->Serve(); !s.ok()) return Fail(s);

@@ -6,6 +6,7 @@
 
 #include "CLI/CLI.hpp"
 #include "absl/synchronization/mutex.h"
+#include "common/cli_flags.h"
 #include "common/logging.h"
 #include "common/signals.h"
 #include "worker/worker.h"
@@ -27,11 +28,7 @@ int WorkerMain(int argc, char** argv) {
   CLI::App app{"shardserve-worker: one pipeline stage of a shardserve cluster"};
   WorkerConfig config;
   AddWorkerFlags(app, &config);
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    return app.exit(e);
-  }
+  if (auto rc = ParseCommandLine(app, argc, argv)) return *rc;
   auto worker = Worker::Create(std::move(config));
   if (!worker.ok()) {
     // Bad flags and files are 2; a backend that cannot start (no GPU) is 1.

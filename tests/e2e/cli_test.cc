@@ -212,15 +212,48 @@ TEST(Up, UpWithSixteenWorkersServes) {
   EXPECT_FALSE(HealthServing(address, absl::Milliseconds(500)));
 }
 
+// Every binary prints its version and build with --version, and a misspelt flag is one line
+// naming it with the closest real flag, exit status 2, in every command.
+TEST(Cli, VersionAndMisspeltFlagsAreAnsweredAlikeEverywhere) {
+  for (const std::vector<std::string>& argv :
+       {std::vector<std::string>{BinPath("shardserve"), "--version"},
+        {BinPath("shardserve"), "complete", "--version"},
+        {BinPath("shardserve-router"), "--version"},
+        {BinPath("shardserve-worker"), "--version"}}) {
+    CommandResult r = RunCommand(argv, "", absl::Seconds(30));
+    EXPECT_EQ(r.exit_code, 0) << argv[0] << r.err;
+    EXPECT_TRUE(absl::StartsWith(r.out, "shardserve ")) << r.out;
+    EXPECT_TRUE(absl::StrContains(r.out, "commit ")) << r.out;
+    EXPECT_TRUE(absl::StrContains(r.out, "CUDA ")) << r.out;
+  }
+  struct Case {
+    std::vector<std::string> argv;
+    std::string want;
+  };
+  for (const Case& c : std::vector<Case>{
+           {{BinPath("shardserve"), "complete", "--server", "x:1", "--promt", "hi"}, "--prompt"},
+           {{BinPath("shardserve"), "generate", "--model", Stories260K(), "--max-token", "3"},
+            "--max-tokens"},
+           {{BinPath("shardserve"), "bench", "--server", "x:1", "--concurency", "2"},
+            "--concurrency"},
+           {{BinPath("shardserve-router"), "--workerz", "a", "--model", "m"}, "--workers"},
+           {{BinPath("shardserve-worker"), "--lisen", "x:1"}, "--listen"}}) {
+    CommandResult r = RunCommand(c.argv, "", absl::Seconds(30));
+    EXPECT_EQ(r.exit_code, 2) << c.argv[1] << ": " << r.err;
+    EXPECT_EQ(LineCount(r.err), 1) << r.err;
+    EXPECT_TRUE(absl::StartsWith(r.err, "error: unknown flag ")) << r.err;
+    EXPECT_TRUE(absl::StrContains(r.err, "did you mean " + c.want + "?")) << r.err;
+  }
+}
+
 class Client : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     http_port_ = FreePort();
-    cluster_ = new Cluster(
-        {.model = Stories260K(),
-         .stages = 2,
-         .router_args = {"--http-listen", absl::StrCat("127.0.0.1:", http_port_),
-                         "--served-model-name", "tiny-stories"}});
+    cluster_ = new Cluster({.model = Stories260K(),
+                            .stages = 2,
+                            .router_args = {"--http-listen", absl::StrCat("127.0.0.1:", http_port_),
+                                            "--served-model-name", "tiny-stories"}});
     ASSERT_TRUE(cluster_->WaitServing(absl::Seconds(60)).ok());
   }
   static void TearDownTestSuite() { delete cluster_; }
@@ -228,9 +261,9 @@ class Client : public ::testing::Test {
   static int http_port_;
 
   static CommandResult Complete(std::vector<std::string> args) {
-    std::vector<std::string> argv = {BinPath("shardserve"), "complete", "--server",
-                                     cluster_->router_address(), "--prompt", "Once upon a time",
-                                     "--max-tokens", "24"};
+    std::vector<std::string> argv = {
+        BinPath("shardserve"), "complete",     "--server", cluster_->router_address(), "--prompt",
+        "Once upon a time",    "--max-tokens", "24"};
     argv.insert(argv.end(), args.begin(), args.end());
     return RunCommand(argv, "", absl::Seconds(60));
   }
@@ -270,10 +303,9 @@ TEST_F(Client, ServedModelNameIsTheNameInTheApi) {
 TEST_F(Client, CompleteAtTheHttpPortOrAUrlSaysWhatToGive) {
   const std::string http = absl::StrCat("127.0.0.1:", http_port_);
   for (const std::string& server : {http, "http://" + http}) {
-    CommandResult r =
-        RunCommand({BinPath("shardserve"), "complete", "--server", server, "--prompt", "Hi",
-                    "--timeout-s", "10"},
-                   "", absl::Seconds(30));
+    CommandResult r = RunCommand({BinPath("shardserve"), "complete", "--server", server, "--prompt",
+                                  "Hi", "--timeout-s", "10"},
+                                 "", absl::Seconds(30));
     EXPECT_EQ(r.exit_code, 2) << server;
     EXPECT_EQ(LineCount(r.err), 1) << r.err;
     EXPECT_TRUE(absl::StartsWith(r.err, "error: ")) << r.err;
