@@ -216,6 +216,26 @@ TEST_F(OpenAiHttp, ChatWithoutMaxTokensGetsTheRoomLeftInTheContext) {
   EXPECT_LE(prompt + usage["completion_tokens"].get<int>(), 512) << "within the context";
 }
 
+// A keyed router can be benchmarked: the key from $SHARDSERVE_API_KEY (or --api-key).
+TEST_F(OpenAiHttp, BenchSendsTheApiKey) {
+  const std::string bench =
+      absl::StrCat(BinPath("shardserve"), " bench --server ", cluster_->router_address(),
+                   " --concurrency 2 --requests 4 --prompt-tokens 8 --max-tokens 4");
+  auto keyed = api_testing::Run(absl::StrCat("SHARDSERVE_API_KEY=", kKey, " ", bench, " --json"));
+  ASSERT_EQ(keyed.exit_code, 0) << keyed.output;
+  json out = json::parse(keyed.output.substr(keyed.output.rfind('{')));
+  EXPECT_EQ(out["errors"], 0) << out;
+  EXPECT_EQ(out["output_tokens"], 16) << out;
+  EXPECT_GT(out["requests_per_s"].get<double>(), 0) << out;
+  auto flag = api_testing::Run(absl::StrCat(bench, " --api-key ", kKey));
+  ASSERT_EQ(flag.exit_code, 0) << flag.output;
+  EXPECT_TRUE(absl::StrContains(flag.output, "requests/s")) << flag.output;
+  EXPECT_TRUE(absl::StrContains(flag.output, "concurrency 2")) << flag.output;
+  auto keyless = api_testing::Run(bench);
+  EXPECT_EQ(keyless.exit_code, 2) << keyless.output;
+  EXPECT_TRUE(absl::StrContains(keyless.output, "api key")) << keyless.output;
+}
+
 TEST_F(OpenAiHttp, ModelsAndNonStreamedCompletions) {
   auto models = HttpGet(http_port_, "/v1/models", kKey);
   ASSERT_EQ(models.status, 200) << models.body;
