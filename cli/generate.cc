@@ -14,6 +14,7 @@
 #include "absl/random/distributions.h"
 #include "absl/random/random.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "common/cli_flags.h"
@@ -31,7 +32,7 @@ namespace {
 
 int Fail(const absl::Status& s) {
   std::fprintf(stderr, "error: %s\n", std::string(s.message()).c_str());
-  return s.code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
+  return 2;
 }
 
 absl::StatusOr<std::vector<int32_t>> ParseIds(const std::string& text) {
@@ -136,7 +137,10 @@ void PrintJson(const Tokenizer& tokenizer, const std::vector<int32_t>& prompt_id
   out["seed"] = seed;
   out["prompt_ids"] = prompt_ids;
   out["ids"] = result.ids;
-  out["text"] = tokenizer.Decode(result.ids);
+  StreamingDecoder decoder(tokenizer, /*skip_special=*/true, /*continuation=*/true);
+  std::string text;
+  for (int32_t id : result.ids) text += decoder.Add(id);
+  out["text"] = text + decoder.Flush();
   out["finish_reason"] = result.finish_reason;
   out["prefill_tokens_per_s"] =
       result.prefill_seconds > 0 ? prompt_ids.size() / result.prefill_seconds : 0.0;
@@ -162,6 +166,9 @@ int GenerateMain(int argc, char** argv) {
     f.sampling.seed =
         absl::Uniform<uint64_t>(absl::IntervalClosed, bitgen, 0, (uint64_t{1} << 53) - 1);
   }
+  if (std::error_code ec; !std::filesystem::exists(f.model, ec)) {
+    return Fail(absl::NotFoundError(absl::StrCat("--model ", f.model, ": no such file or folder")));
+  }
   auto tokenizer = Tokenizer::Load(f.model);
   if (!tokenizer.ok()) return Fail(tokenizer.status());
   std::vector<int32_t> prompt_ids;
@@ -176,6 +183,13 @@ int GenerateMain(int argc, char** argv) {
   auto stage = LoadWholeModel(f, &backend);
   if (!stage.ok()) return Fail(stage.status());
 
+  // As the router: a prompt and max_tokens past the context is refused, not cut short.
+  const int64_t context = (*stage)->config().max_position_embeddings;
+  if (context > 0 && static_cast<int64_t>(prompt_ids.size()) + f.max_tokens > context) {
+    return Fail(absl::InvalidArgumentError(
+        absl::StrCat("--max-tokens ", f.max_tokens, ": the prompt's ", prompt_ids.size(),
+                     " tokens + ", f.max_tokens, " is past the context of ", context)));
+  }
   GenerateOptions options;
   options.max_tokens = f.max_tokens;
   options.sampling = f.sampling;
@@ -183,7 +197,8 @@ int GenerateMain(int argc, char** argv) {
     options.stop_ids = (*stage)->config().eos_token_ids;
     for (int32_t id : (*tokenizer)->eos_ids()) options.stop_ids.push_back(id);
   }
-  StreamingDecoder decoder(**tokenizer);
+  // The output continues the prompt: its first token keeps its leading space, as the router's.
+  StreamingDecoder decoder(**tokenizer, /*skip_special=*/true, /*continuation=*/true);
   auto on_token = [&](int32_t id) {
     if (!f.json) {
       const std::string piece = decoder.Add(id);

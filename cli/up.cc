@@ -30,6 +30,7 @@
 #include "common/cli_flags.h"
 #include "common/cluster_auth.h"
 #include "common/listen.h"
+#include "nlohmann/json.hpp"
 #include "shardserve/v1/inference.grpc.pb.h"
 
 extern char** environ;
@@ -273,8 +274,43 @@ struct UpOptions {
   int workers = 2, threads = 0, max_tokens = 128;
   float temperature = 0.8f;
   std::string model, listen = "127.0.0.1:50051", http_listen, prompt, layers;
+  std::string api_key;  // --api-key, else $SHARDSERVE_API_KEY
+  std::string log_dir;  // "": a fresh folder under the temp directory
+  bool keep_logs = false;
   double ready_timeout_s = 300;
+  std::vector<std::string> router_args;  // after `--`
 };
+
+// "1 worker", "2 workers".
+std::string Workers(int n) { return absl::StrCat(n, n == 1 ? " worker" : " workers"); }
+
+// The port a process logged on its line with `marker` ("metrics on 127.0.0.1:0 (port 41234)"),
+// or 0.
+int LoggedPort(const fs::path& log, const std::string& marker) {
+  std::ifstream in(log);
+  std::string line;
+  while (std::getline(in, line)) {
+    const size_t at = line.find(marker);
+    const size_t port = line.find("(port ", at == std::string::npos ? 0 : at);
+    if (at == std::string::npos || port == std::string::npos) continue;
+    int value = 0;
+    if (absl::SimpleAtoi(line.substr(port + 6, line.find(')', port) - port - 6), &value)) {
+      return value;
+    }
+  }
+  return 0;
+}
+
+// The model's layer count from its config.json, or 0 when unreadable.
+int ModelLayers(const std::string& model) {
+  std::ifstream in(fs::path(model) / "config.json");
+  auto config = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+  if (config.is_discarded() || !config.contains("num_hidden_layers") ||
+      !config["num_hidden_layers"].is_number_integer()) {
+    return 0;
+  }
+  return config["num_hidden_layers"].get<int>();
+}
 
 void AddUpFlags(CLI::App& app, UpOptions* o) {
   app.add_option("--workers", o->workers, "pipeline stages (one worker each)")
@@ -301,11 +337,21 @@ void AddUpFlags(CLI::App& app, UpOptions* o) {
   app.add_option("--ready-timeout-s", o->ready_timeout_s, "how long to wait for SERVING")
       ->check(CLI::Range(1.0, 86400.0))
       ->capture_default_str();
+  app.add_option("--api-key", o->api_key,
+                 "the router's --api-key: clients must send it (default: $SHARDSERVE_API_KEY)");
+  app.add_option("--log-dir", o->log_dir,
+                 "folder for the processes' logs and port files (default: a new folder in the "
+                 "temp directory)");
+  app.add_flag("--keep-logs", o->keep_logs,
+               "keep the log folder after a clean stop (it is always kept after a failure)");
   app.footer(
-      "Workers listen on ports the system picks (127.0.0.1:0) and load only the model folder "
-      "(--model-root); the cluster's processes share a "
-      "fresh secret (--cluster-secret-file) written into the log folder. If any of them logs an "
-      "error or exits before the cluster serves, that line is printed and everything stops.");
+      "Flags after `--` go to the router as they are: shardserve up -- --max-seqs 128 "
+      "--chat-template FILE.\n"
+      "Workers listen on ports the system picks (127.0.0.1:0), with /metrics on another, and "
+      "load only the model folder (--model-root); the cluster's processes share a fresh secret "
+      "(--cluster-secret-file) written into the log folder and removed at the end. If any of "
+      "them logs an error or exits before the cluster serves, that line is printed and "
+      "everything stops.");
 }
 
 // The local cluster `up` runs: its folder (logs, port files, the secret), its processes and the
@@ -338,6 +384,17 @@ class LocalCluster {
     std::fprintf(stderr, "shardserve up: stopped the cluster (logs in %s)\n", run_dir_.c_str());
     return f.exit_code;
   }
+  // A clean end: the log folder goes unless --keep-logs (or the user named it).
+  int Finish(int exit_code) {
+    Stop();
+    if (exit_code != 0 || o_.keep_logs || !o_.log_dir.empty()) {
+      std::fprintf(stderr, "shardserve up: logs in %s\n", run_dir_.c_str());
+      return exit_code;
+    }
+    std::error_code ec;
+    fs::remove_all(run_dir_, ec);
+    return exit_code;
+  }
   int Interrupt() {
     ClearProgress();
     Stop();
@@ -354,13 +411,14 @@ class LocalCluster {
   // Progress on a terminal only; piped output stays clean.
   void Progress(const char* what) {
     if (!tty_) return;
-    std::fprintf(stderr, "\r\033[K%s on %d worker%s... %.0f s", what, o_.workers,
-                 o_.workers == 1 ? "" : "s", absl::ToDoubleSeconds(absl::Now() - started_));
+    std::fprintf(stderr, "\r\033[K%s on %s... %.0f s", what, Workers(o_.workers).c_str(),
+                 absl::ToDoubleSeconds(absl::Now() - started_));
   }
   void ClearProgress() {
     if (tty_) std::fprintf(stderr, "\r\033[K");
   }
   fs::path RouterPortFile() const { return run_dir_ / "router.port"; }
+  void PrintBanner() const;
 
   UpOptions o_;
   const sigset_t signals_;
@@ -368,6 +426,7 @@ class LocalCluster {
   fs::path bin_, run_dir_, secret_file_;
   std::string router_bin_, worker_bin_;
   std::string address_;  // where the router answers, once its --port-file says it listens
+  std::vector<std::string> addresses_;  // the workers', in stage order
   std::vector<Child> children_;
   absl::Time started_;
 };
@@ -423,18 +482,42 @@ std::optional<int> LocalCluster::ChooseModel() {
 std::optional<int> LocalCluster::Prepare() {
   if (auto rc = CheckBinaries()) return rc;
   // Mode 0700: the cluster secret lives here too.
-  char dir_template[] = "/tmp/shardserve-up-XXXXXX";
-  if (mkdtemp(dir_template) == nullptr) {
-    std::fprintf(stderr, "error: cannot create a temporary folder\n");
-    return 1;
+  if (!o_.log_dir.empty()) {
+    std::error_code ec;
+    fs::create_directories(o_.log_dir, ec);
+    if (ec || !fs::is_directory(o_.log_dir)) {
+      std::fprintf(stderr, "error: --log-dir %s: cannot create it: %s\n", o_.log_dir.c_str(),
+                   ec.message().c_str());
+      return 2;
+    }
+    fs::permissions(o_.log_dir, fs::perms::owner_all, ec);
+    run_dir_ = fs::absolute(o_.log_dir);
+  } else {
+    const std::string tmp = fs::temp_directory_path().string() + "/shardserve-up-XXXXXX";
+    std::vector<char> dir_template(tmp.begin(), tmp.end());
+    dir_template.push_back('\0');
+    if (mkdtemp(dir_template.data()) == nullptr) {
+      std::fprintf(stderr, "error: cannot create a folder in %s\n", tmp.c_str());
+      return 1;
+    }
+    run_dir_ = dir_template.data();
   }
-  run_dir_ = dir_template;
   secret_file_ = run_dir_ / "cluster-secret";
   if (absl::Status s = WriteClusterSecret(secret_file_.string()); !s.ok()) {
     std::fprintf(stderr, "error: %s\n", std::string(s.message()).c_str());
     return 1;
   }
   if (auto rc = ChooseModel()) return rc;
+  // More workers than layers would leave a stage empty: say so in up's own terms.
+  if (const int layers = ModelLayers(o_.model); layers > 0 && o_.workers > layers) {
+    std::fprintf(stderr,
+                 "error: --workers %d: the model in %s has %d layers, so at most %d workers (one "
+                 "pipeline stage each)\n",
+                 o_.workers, o_.model.c_str(), layers, layers);
+    std::error_code ec;
+    if (o_.log_dir.empty()) fs::remove_all(run_dir_, ec);
+    return 2;
+  }
   if (o_.threads == 0) {
     o_.threads =
         std::max<int>(1, static_cast<int>(std::thread::hardware_concurrency()) / o_.workers);
@@ -449,7 +532,8 @@ std::optional<int> LocalCluster::StartWorkers(std::vector<std::string>* addresse
     port_files.push_back(run_dir_ / absl::StrCat("worker-", i, ".port"));
     if (!Start(absl::StrCat("worker ", i),
                {worker_bin_, "--listen", "127.0.0.1:0", "--port-file", port_files.back().string(),
-                "--threads", std::to_string(o_.threads), "--model-root", o_.model},
+                "--metrics-listen", "127.0.0.1:0", "--threads", std::to_string(o_.threads),
+                "--model-root", o_.model},
                run_dir_ / absl::StrCat("worker-", i, ".log"))) {
       std::fprintf(stderr, "error: cannot start %s\n", worker_bin_.c_str());
       Stop();
@@ -499,6 +583,9 @@ std::optional<int> LocalCluster::StartRouter(const std::vector<std::string>& add
                                    o_.model};
   if (!o_.layers.empty()) args.insert(args.end(), {"--layers", o_.layers});
   if (!o_.http_listen.empty()) args.insert(args.end(), {"--http-listen", o_.http_listen});
+  if (!o_.api_key.empty()) args.insert(args.end(), {"--api-key", o_.api_key});
+  args.insert(args.end(), o_.router_args.begin(), o_.router_args.end());
+  addresses_ = addresses;
   if (Start("router", args, run_dir_ / "router.log")) return std::nullopt;
   std::fprintf(stderr, "error: cannot start %s\n", router_bin_.c_str());
   Stop();
@@ -528,12 +615,32 @@ std::optional<int> LocalCluster::WaitServing() {
     if (Interrupted(signals_, absl::Milliseconds(100))) return Interrupt();
   }
   ClearProgress();
-  std::fprintf(stderr,
-               "shardserve is up: model %s, %d workers\n  gRPC:  %s\n  logs:  %s\n"
-               "  try:   shardserve complete --server %s --prompt \"Once upon a time\" "
-               "--max-tokens 64 --temperature 0\n",
-               o_.model.c_str(), o_.workers, address_.c_str(), run_dir_.c_str(), address_.c_str());
+  PrintBanner();
   return std::nullopt;
+}
+
+void LocalCluster::PrintBanner() const {
+  std::string banner = absl::StrCat("shardserve is up: model ", o_.model, ", ", Workers(o_.workers),
+                                    "\n  gRPC:  ", address_, "\n");
+  if (!o_.http_listen.empty()) {
+    const int port = LoggedPort(run_dir_ / "router.log", "HTTP and /metrics on ");
+    absl::StrAppend(&banner, "  HTTP:  http://",
+                    port > 0 ? ConnectAddress(o_.http_listen, port) : o_.http_listen,
+                    " (OpenAI API, /metrics)\n");
+  }
+  for (size_t i = 0; i < addresses_.size(); ++i) {
+    const int metrics = LoggedPort(run_dir_ / absl::StrCat("worker-", i, ".log"), "metrics on ");
+    absl::StrAppend(&banner, "  worker ", i, ": ", addresses_[i]);
+    if (metrics > 0) absl::StrAppend(&banner, ", metrics http://127.0.0.1:", metrics, "/metrics");
+    absl::StrAppend(&banner, "\n");
+  }
+  absl::StrAppend(&banner, "  logs:  ", run_dir_.string(), "\n");
+  if (!o_.keep_logs && o_.log_dir.empty()) {
+    absl::StrAppend(&banner, "         (removed at a clean stop; --keep-logs keeps them)\n");
+  }
+  absl::StrAppend(&banner, "  try:   shardserve complete --server ", address_,
+                  " --prompt \"Once upon a time\" --max-tokens 64 --temperature 0\n");
+  std::fputs(banner.c_str(), stderr);
 }
 
 int LocalCluster::RunPrompt() {
@@ -542,14 +649,13 @@ int LocalCluster::RunPrompt() {
   request.set_max_tokens(o_.max_tokens);
   request.mutable_sampling()->set_temperature(o_.temperature);
   std::fwrite(o_.prompt.data(), 1, o_.prompt.size(), stdout);
-  auto result = RunCompletion(address_, request, absl::Minutes(10), stdout);
+  auto result = RunCompletion(address_, request, absl::Minutes(10), stdout, o_.api_key);
   std::fputc('\n', stdout);
-  Stop();
   if (!result.ok()) {
     std::fprintf(stderr, "error: %s\n", std::string(result.status().message()).c_str());
-    return 1;
+    return Finish(1);
   }
-  return 0;
+  return Finish(0);
 }
 
 int LocalCluster::ServeUntilInterrupted() {
@@ -571,8 +677,7 @@ int LocalCluster::ServeUntilInterrupted() {
       break;
     }
   }
-  Stop();
-  return exit_code;
+  return Finish(exit_code);
 }
 
 }  // namespace
@@ -581,7 +686,17 @@ int UpMain(int argc, char** argv) {
   CLI::App app{"Starts a local shardserve cluster: a router and N workers.", "shardserve up"};
   UpOptions options;
   AddUpFlags(app, &options);
+  // Everything after `--` is the router's.
+  for (int i = 1; i < argc; ++i) {
+    if (std::string(argv[i]) != "--") continue;
+    options.router_args.assign(argv + i + 1, argv + argc);
+    argc = i;
+    break;
+  }
   if (auto rc = ParseCommandLine(app, argc, argv)) return *rc;
+  if (options.api_key.empty()) {
+    if (const char* env = std::getenv("SHARDSERVE_API_KEY"); env != nullptr) options.api_key = env;
+  }
   // Block the signals we wait for; children get an empty mask (see Spawn).
   sigset_t signals;
   sigemptyset(&signals);

@@ -246,6 +246,7 @@ absl::StatusOr<InferenceServiceImpl::Generation> InferenceServiceImpl::Start(
   Sequence& seq = *g.sequence;
   seq.id = next_sequence_id_++;
   seq.prompt_len = prompt.size();
+  seq.follows_text = request.prompt_case() != v1::GenerateRequest::kChat;
   seq.tokens = std::move(prompt);
   seq.max_tokens = max_tokens;
   if (!request.ignore_eos()) seq.stop_ids.insert(eos_ids_.begin(), eos_ids_.end());

@@ -380,7 +380,8 @@ absl::Status Replica::Submit(std::shared_ptr<Sequence> sequence, std::shared_ptr
   Client c;
   c.sequence = sequence;
   c.sink = std::move(sink);
-  c.text = std::make_unique<TextStream>(*options_.tokenizer, std::move(stop_strings));
+  c.text = std::make_unique<TextStream>(*options_.tokenizer, std::move(stop_strings),
+                                        sequence->follows_text);
   clients_.emplace(sequence->id, std::move(c));
   scheduler_.Enqueue(std::move(sequence));
   load_ = scheduler_.load();

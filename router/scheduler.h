@@ -46,6 +46,9 @@ struct Sequence {
   uint64_t id = 0;
   std::vector<int32_t> tokens;
   int64_t prompt_len = 0;
+  // The output continues a text or token-id prompt (not a chat): its text keeps the first
+  // token's leading space.
+  bool follows_text = false;
   int32_t max_tokens = 1;
   absl::flat_hash_set<int32_t> stop_ids;  // EOS and request stop ids
   v1::StepSampling sampling;

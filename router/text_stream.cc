@@ -4,8 +4,10 @@
 
 namespace shardserve {
 
-TextStream::TextStream(const Tokenizer& tokenizer, std::vector<std::string> stop_strings)
-    : decoder_(tokenizer, /*skip_special=*/true), stops_(std::move(stop_strings)) {}
+TextStream::TextStream(const Tokenizer& tokenizer, std::vector<std::string> stop_strings,
+                       bool follows_text)
+    : decoder_(tokenizer, /*skip_special=*/true, /*continuation=*/follows_text),
+      stops_(std::move(stop_strings)) {}
 
 std::string TextStream::Add(int32_t id) {
   if (stopped_) return "";

@@ -17,7 +17,10 @@ namespace shardserve {
 
 class TextStream {
  public:
-  TextStream(const Tokenizer& tokenizer, std::vector<std::string> stop_strings);
+  // follows_text: the output continues a text prompt (completions), so its first token keeps
+  // its leading space ("Once" + " upon"); a chat answer starts its own text.
+  TextStream(const Tokenizer& tokenizer, std::vector<std::string> stop_strings,
+             bool follows_text = false);
 
   // The text that may be shown after `id`.
   std::string Add(int32_t id);

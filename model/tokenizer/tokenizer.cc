@@ -206,8 +206,8 @@ const std::string& Tokenizer::chat_template() const { return state_->chat_templa
 std::string Tokenizer::bos_token() const { return state_->bos_token; }
 std::string Tokenizer::eos_token() const { return state_->eos_token; }
 
-StreamingDecoder::StreamingDecoder(const Tokenizer& tok, bool skip_special)
-    : tok_(tok), skip_special_(skip_special) {}
+StreamingDecoder::StreamingDecoder(const Tokenizer& tok, bool skip_special, bool continuation)
+    : tok_(tok), skip_special_(skip_special), continuation_(continuation), started_(continuation) {}
 
 std::string StreamingDecoder::Add(int32_t id) {
   absl::string_view bytes = tok_.TokenBytes(id, skip_special_);
@@ -227,7 +227,7 @@ std::string StreamingDecoder::Flush() {
   std::string out;
   utf8::DecodeLossy(pending_, /*final=*/true, &out);
   pending_.clear();
-  started_ = false;
+  started_ = continuation_;
   return out;
 }
 

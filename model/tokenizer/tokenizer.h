@@ -95,7 +95,9 @@ class Tokenizer {
 // concatenation of all Add() outputs and Flush() equals Decode(all ids, skip_special).
 class StreamingDecoder {
  public:
-  StreamingDecoder(const Tokenizer& tok, bool skip_special = true);
+  // continuation: the ids follow text already shown (a completion after its prompt), so the
+  // decoder's leading-space rule does not apply to the first one: "Once" + " upon", not "upon".
+  StreamingDecoder(const Tokenizer& tok, bool skip_special = true, bool continuation = false);
   std::string Add(int32_t id);
   // Emits what is still held back (an unfinished character becomes U+FFFD) and resets.
   std::string Flush();
@@ -103,7 +105,8 @@ class StreamingDecoder {
  private:
   const Tokenizer& tok_;
   bool skip_special_;
-  bool started_ = false;
+  bool continuation_;
+  bool started_;
   std::string pending_;
 };
 

@@ -47,6 +47,30 @@ class GenerateCliTest : public ::testing::Test {
   TempDir dir_;
 };
 
+TEST_F(GenerateCliTest, UnseededSamplingDiffersAndTheSeedShownReplaysIt) {
+  auto run = [&](const std::string& extra) {
+    const auto r = Generate("--json --temperature 1 --max-tokens 24 " + extra);
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    return nlohmann::json::parse(r.out, nullptr, false);
+  };
+  const auto a = run(""), b = run("");
+  ASSERT_TRUE(a.contains("seed") && b.contains("seed")) << a << b;
+  EXPECT_NE(a["seed"], b["seed"]);
+  EXPECT_NE(a["ids"], b["ids"]);
+  const auto replay = run("--seed " + std::to_string(a["seed"].get<uint64_t>()));
+  EXPECT_EQ(replay["ids"], a["ids"]);
+}
+
+TEST_F(GenerateCliTest, AMissingModelAndTokensPastTheContextAreNamed) {
+  const auto missing =
+      RunCommand(BinaryPath("shardserve") + " generate --model /nonexistent/model --prompt hi");
+  ExpectOneLineError(missing, "--model /nonexistent/model: no such file or folder");
+  EXPECT_EQ(missing.exit_code, 2);
+  const auto past = Generate("--max-tokens 100000");
+  ExpectOneLineError(past, "is past the context of");
+  EXPECT_EQ(past.exit_code, 2);
+}
+
 TEST_F(GenerateCliTest, JsonOutputFollowsTheContract) {
   const auto r = Generate("--json");
   ASSERT_EQ(r.exit_code, 0) << r.err;

@@ -104,6 +104,79 @@ TEST(Up, StreamsThePromptsCompletionAndExitsZero) {
   EXPECT_FALSE(HealthServing(listen, absl::Milliseconds(500)));
 }
 
+// The banner shows every address (gRPC, HTTP, each worker and its /metrics); flags after `--`
+// reach the router; --api-key keys it (and up's own prompt sends the key); the log folder goes at
+// a clean stop unless --keep-logs.
+TEST(Up, ShowsEveryAddressPassesRouterFlagsAndKeysTheRouter) {
+  StartupLock lock;
+  const std::string logs = (BuildDir() / "test-tmp" / absl::StrCat("up-logs-", getpid())).string();
+  fs::remove_all(logs);
+  CommandResult r = RunCommand({BinPath("shardserve"),
+                                "up",
+                                "--workers",
+                                "2",
+                                "--threads",
+                                "1",
+                                "--model",
+                                Stories260K(),
+                                "--listen",
+                                "127.0.0.1:0",
+                                "--http-listen",
+                                "127.0.0.1:0",
+                                "--api-key",
+                                "k-123",
+                                "--log-dir",
+                                logs,
+                                "--prompt",
+                                "Once upon a time",
+                                "--max-tokens",
+                                "8",
+                                "--",
+                                "--max-seqs",
+                                "3",
+                                "--served-model-name",
+                                "up-model"},
+                               "", absl::Seconds(90));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::string http = UpBannerField(r.err, "HTTP");
+  EXPECT_TRUE(absl::StartsWith(http, "http://127.0.0.1:") && !absl::StrContains(http, ":0 "))
+      << r.err;
+  for (int i = 0; i < 2; ++i) {
+    const std::string worker = UpBannerField(r.err, absl::StrCat("worker ", i));
+    EXPECT_TRUE(absl::StartsWith(worker, "127.0.0.1:")) << r.err;
+    EXPECT_TRUE(absl::StrContains(worker, "/metrics")) << r.err;
+  }
+  EXPECT_TRUE(absl::StrContains(r.err, "2 workers")) << r.err;
+  // The named log folder stays; the router got the flags after `--` and the key.
+  std::ifstream router_log(fs::path(logs) / "router.log");
+  const std::string router_text((std::istreambuf_iterator<char>(router_log)),
+                                std::istreambuf_iterator<char>());
+  EXPECT_TRUE(absl::StrContains(router_text, "up-model")) << router_text;
+  EXPECT_FALSE(fs::exists(fs::path(logs) / "cluster-secret"));
+
+  // Without --log-dir or --keep-logs, a clean stop removes the folder; one worker is "1 worker".
+  CommandResult plain = RunCommand(
+      {BinPath("shardserve"), "up", "--workers", "1", "--threads", "1", "--model", Stories260K(),
+       "--listen", "127.0.0.1:0", "--prompt", "Once", "--max-tokens", "4"},
+      "", absl::Seconds(90));
+  ASSERT_EQ(plain.exit_code, 0) << plain.err;
+  EXPECT_TRUE(absl::StrContains(plain.err, "1 worker\n")) << plain.err;
+  const std::string temp_logs = UpLogFolder(plain.err);
+  ASSERT_FALSE(temp_logs.empty()) << plain.err;
+  EXPECT_FALSE(fs::exists(temp_logs)) << temp_logs;
+}
+
+TEST(Up, MoreWorkersThanLayersIsUpsOwnError) {
+  CommandResult r = RunCommand({BinPath("shardserve"), "up", "--workers", "6", "--model",
+                                Stories260K(), "--listen", "127.0.0.1:0", "--prompt", "Hi"},
+                               "", absl::Seconds(30));
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_EQ(LineCount(r.err), 1) << r.err;
+  EXPECT_TRUE(absl::StrContains(r.err, "--workers 6")) << r.err;
+  EXPECT_TRUE(absl::StrContains(r.err, "at most 5 workers")) << r.err;
+  EXPECT_FALSE(absl::StrContains(r.err, "--stages")) << r.err;
+}
+
 TEST(Up, MissingModelIsOneLineError) {
   const std::string listen = "127.0.0.1:" + std::to_string(FreePort());
   CommandResult r = RunCommand({BinPath("shardserve"), "up", "--model", "/nonexistent/model",
@@ -184,10 +257,10 @@ TEST(Up, UpWithSixteenWorkersServes) {
   StartupLock lock;
   // Port 0: the router binds a free port and `up` learns it from the router's --port-file, so no
   // other process can hold the port between choosing it and binding it.
-  CommandResult r = RunCommand(
-      {BinPath("shardserve"), "up", "--workers", "16", "--threads", "1", "--model", model,
-       "--listen", "127.0.0.1:0", "--prompt", "Once", "--max-tokens", "8", "--temperature", "0"},
-      "", absl::Seconds(120));
+  CommandResult r = RunCommand({BinPath("shardserve"), "up", "--workers", "16", "--threads", "1",
+                                "--model", model, "--listen", "127.0.0.1:0", "--prompt", "Once",
+                                "--max-tokens", "8", "--temperature", "0", "--keep-logs"},
+                               "", absl::Seconds(120));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.out.rfind("Once", 0), 0u) << r.out;
   EXPECT_GT(r.out.size(), std::string("Once\n").size()) << r.out;
