@@ -309,9 +309,7 @@ int BenchMain(int argc, char** argv) {
   AddBenchFlags(app, &c);
   if (auto rc = ParseCommandLine(app, argc, argv)) return *rc;
   if (c.requests <= 0) c.requests = 2 * c.concurrency;
-  if (c.api_key.empty()) {
-    if (const char* env = std::getenv("SHARDSERVE_API_KEY"); env != nullptr) c.api_key = env;
-  }
+  c.api_key = ApiKeyOrEnv(c.api_key);
   if (!UseClientTls(c.tls)) return 2;
 
   auto channel = grpc::CreateChannel(c.server, ProcessChannelCredentials());

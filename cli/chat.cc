@@ -149,8 +149,7 @@ struct ChatSession {
       if (s.ok() || stopped) {
         conversation.Add("assistant", reply.text);
       } else {
-        std::fprintf(stderr, "error: %s: %s\n", absl::StatusCodeToString(s.code()).c_str(),
-                     std::string(s.message()).c_str());
+        PrintError(s);
         conversation.DropNewest();
       }
       return;

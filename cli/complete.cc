@@ -40,11 +40,13 @@ void SamplingFlags::Add(CLI::App& app) {
   AddClientTlsFlags(app, &tls);
 }
 
-std::string SamplingFlags::Key() const {
-  if (!api_key.empty()) return api_key;
+std::string ApiKeyOrEnv(const std::string& flag) {
+  if (!flag.empty()) return flag;
   const char* env = std::getenv("SHARDSERVE_API_KEY");
   return env != nullptr ? env : "";
 }
+
+std::string SamplingFlags::Key() const { return ApiKeyOrEnv(api_key); }
 
 void SamplingFlags::Fill(v1::GenerateRequest* r) const {
   r->set_max_tokens(max_tokens);
@@ -58,9 +60,13 @@ void SamplingFlags::Fill(v1::GenerateRequest* r) const {
   for (const std::string& x : stop) r->add_stop(x);
 }
 
-int FailWith(const absl::Status& s) {
+void PrintError(const absl::Status& s) {
   std::fprintf(stderr, "error: %s: %s\n", absl::StatusCodeToString(s.code()).c_str(),
                std::string(s.message()).c_str());
+}
+
+int FailWith(const absl::Status& s) {
+  PrintError(s);
   return 2;
 }
 

@@ -58,7 +58,12 @@ struct SamplingFlags {
   void Fill(v1::GenerateRequest* r) const;
 };
 
-// Prints "error: CODE: message" on stderr and returns 2, the exit status of every failure.
+// `flag` when set, else $SHARDSERVE_API_KEY, else "": the key every client command sends.
+std::string ApiKeyOrEnv(const std::string& flag);
+
+// Prints "error: CODE: message" on stderr.
+void PrintError(const absl::Status& status);
+// PrintError, then 2: the exit status of every failure.
 int FailWith(const absl::Status& status);
 
 // INVALID_ARGUMENT when `server` is not a host:port (a URL such as http://...).

@@ -19,6 +19,7 @@
 #include "absl/strings/str_split.h"
 #include "common/cli_flags.h"
 #include "common/status.h"
+#include "common/wire.h"
 #include "kernels/backend.h"
 #include "kernels/backend_factory.h"
 #include "model/generator.h"
@@ -163,8 +164,7 @@ int GenerateMain(int argc, char** argv) {
   // As the router does: no seed is a fresh one, below 2^53 so that it is exact in JSON.
   if (!f.seed_given) {
     absl::BitGen bitgen;
-    f.sampling.seed =
-        absl::Uniform<uint64_t>(absl::IntervalClosed, bitgen, 0, (uint64_t{1} << 53) - 1);
+    f.sampling.seed = absl::Uniform<uint64_t>(absl::IntervalClosed, bitgen, 0, kMaxDrawnSeed);
   }
   if (std::error_code ec; !std::filesystem::exists(f.model, ec)) {
     return Fail(absl::NotFoundError(absl::StrCat("--model ", f.model, ": no such file or folder")));

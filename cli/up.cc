@@ -694,9 +694,7 @@ int UpMain(int argc, char** argv) {
     break;
   }
   if (auto rc = ParseCommandLine(app, argc, argv)) return *rc;
-  if (options.api_key.empty()) {
-    if (const char* env = std::getenv("SHARDSERVE_API_KEY"); env != nullptr) options.api_key = env;
-  }
+  options.api_key = ApiKeyOrEnv(options.api_key);
   // Block the signals we wait for; children get an empty mask (see Spawn).
   sigset_t signals;
   sigemptyset(&signals);

@@ -19,6 +19,9 @@ inline constexpr int kMaxKvBlockSize = 1024;
 inline constexpr int64_t kMaxStepTokens = int64_t{1} << 16;
 // Largest top_logprobs a request may ask for.
 inline constexpr int kMaxTopLogprobs = 20;
+// The largest seed drawn for a request that sets none (the router's, `generate`'s): seeds stay
+// exact as JSON numbers (doubles) in any client.
+inline constexpr uint64_t kMaxDrawnSeed = (uint64_t{1} << 53) - 1;
 // The version of the activation-link set-up (Describe.link_version, PrepareLink, ConnectNext):
 // both ends of a hop must speak the same one.
 inline constexpr uint32_t kLinkVersion = 1;

@@ -12,6 +12,7 @@
 #include "common/grpc_util.h"
 #include "common/logging.h"
 #include "common/status.h"
+#include "common/wire.h"
 
 namespace shardserve {
 namespace {

@@ -37,9 +37,6 @@ absl::Status ValidatePromptLength(int64_t prompt_tokens, int32_t max_tokens,
 int32_t ResolveMaxTokens(int32_t max_tokens, int64_t prompt_tokens, const ModelLimits& limits,
                          int32_t limit);
 
-// The largest seed a router draws: seeds stay exact as JSON numbers (doubles) in any client.
-constexpr uint64_t kMaxDrawnSeed = (uint64_t{1} << 53) - 1;
-
 // The request's sampling parameters with defaults filled in, as the stages get them.
 // `fresh_seed` is used when the request sets no seed.
 v1::StepSampling ResolveSampling(const v1::GenerateRequest& request, uint64_t fresh_seed);
