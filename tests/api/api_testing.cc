@@ -29,16 +29,22 @@ CommandResult Run(const std::string& command) {
   return r;
 }
 
+// Runs the script that fills `dir` under an exclusive lock on `dir`.lock: test processes that
+// ctest runs side by side must not use (or install over) a folder another one is installing.
+CommandResult RunFilling(const std::string& dir, const std::string& script) {
+  return Run(absl::StrCat("flock '", dir, ".lock' ", script, " '", dir, "'"));
+}
+
 absl::StatusOr<std::string> NodeModules() {
   const std::string dir = absl::StrCat(SHARDSERVE_BINARY_DIR, "/api-node");
-  CommandResult r = Run(absl::StrCat("tests/api/npm_ci.sh '", dir, "'"));
+  CommandResult r = RunFilling(dir, "tests/api/npm_ci.sh");
   if (r.exit_code != 0) return absl::UnavailableError(absl::StrCat("npm ci: ", r.output));
   return dir + "/node_modules";
 }
 
 absl::StatusOr<std::string> PythonStubs() {
   const std::string dir = absl::StrCat(SHARDSERVE_BINARY_DIR, "/api-python");
-  CommandResult r = Run(absl::StrCat("clients/python/generate_stubs.sh '", dir, "'"));
+  CommandResult r = RunFilling(dir, "clients/python/generate_stubs.sh");
   if (r.exit_code != 0) return absl::UnavailableError(absl::StrCat("stubs: ", r.output));
   return dir;
 }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs clients/node's locked npm packages into DIR (default build/api-node), once per
-# lockfile: `npm ci` needs the npm registry the first time, nothing afterwards.
+# lockfile: `npm ci` needs the npm registry the first time, nothing afterwards. Callers that may
+# run side by side hold a lock on DIR.lock (tests/api/api_testing.cc).
 set -euo pipefail
 src="$(cd "$(dirname "$0")/../../clients/node" && pwd)"
 dir="${1:-build/api-node}"
@@ -10,4 +11,5 @@ if [ -d "$dir/node_modules" ] && cmp -s "$src/package-lock.json" "$dir/package-l
 fi
 cp "$src/package.json" "$src/package-lock.json" "$dir/"
 cd "$dir"
-npm ci --no-audit --no-fund --loglevel=error >/dev/null
+# A failed install leaves no lockfile behind, so that the next run does not take it as done.
+npm ci --no-audit --no-fund --loglevel=error >/dev/null || { rm -f package-lock.json; exit 1; }
