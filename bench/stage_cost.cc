@@ -24,6 +24,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
+#include "common/layers.h"
 #include "common/status.h"
 #include "kernels/backend.h"
 #include "model/config.h"
@@ -297,7 +298,7 @@ absl::Status Run(const Args& a) {
   out["worst_error"] = worst;
   for (const Point& p : points) {
     const double predicted = StageStepCost(config, p.begin, p.end, p.loads, profile).seconds;
-    out["points"].push_back({{"layers", std::to_string(p.begin) + "-" + std::to_string(p.end - 1)},
+    out["points"].push_back({{"layers", LayerRangeText(p.begin, p.end)},
                              {"kind", p.kind},
                              {"size", p.size},
                              {"measured_ms", p.measured * 1e3},

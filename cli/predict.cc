@@ -9,6 +9,7 @@
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
 #include "common/cli_flags.h"
+#include "common/layers.h"
 #include "model/config.h"
 #include "model/cost_model.h"
 #include "nlohmann/json.hpp"
@@ -97,7 +98,7 @@ int PredictMain(int argc, char** argv) {
     const double hop = last ? 0.0 : HopSeconds(*config, batch, *profile);
     round_trip += d.seconds + hop;
     out["stages"].push_back(
-        {{"layers", absl::StrCat(r.begin, "-", r.end - 1)},
+        {{"layers", LayerRangeText(r.begin, r.end)},
          {"weights_gib", StageWeightBytesAt(*config, r.begin, r.end, *profile) / double(1 << 30)},
          {"decode_ms", d.seconds * 1e3},
          {"prefill_ms", p.seconds * 1e3},

@@ -10,6 +10,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/layers.h"
 #include "common/status.h"
 
 namespace shardserve {
@@ -142,8 +143,9 @@ absl::StatusOr<std::unique_ptr<ModelStage>> LoadSimStage(const std::string& path
   StageSpec s = spec;
   if (s.layer_end < 0) s.layer_end = config.num_layers;
   if (s.layer_begin < 0 || s.layer_begin >= s.layer_end || s.layer_end > config.num_layers) {
-    return absl::InvalidArgumentError(absl::StrCat("layers [", s.layer_begin, ", ", s.layer_end,
-                                                   ") are not a range of ", config.num_layers));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "layers ", LayerRangeText(s.layer_begin, s.layer_end), " are not a range of the model's ",
+        config.num_layers, " layers (0-", config.num_layers - 1, ")"));
   }
   KvCacheSpec kv = kv_in;
   RETURN_IF_ERROR(ResolveKvSpec(config, &kv));
@@ -154,10 +156,10 @@ absl::StatusOr<std::unique_ptr<ModelStage>> LoadSimStage(const std::string& path
   if (weights + kv_bytes > p.memory_bytes) {
     constexpr double kGiB = double(1 << 30);
     return absl::ResourceExhaustedError(absl::StrFormat(
-        "layers [%d, %d) need %.1f GiB of weights and %.1f GiB of KV cache (%d blocks); the "
+        "layers %s need %.1f GiB of weights and %.1f GiB of KV cache (%d blocks); the "
         "simulated %s has %.1f GiB",
-        s.layer_begin, s.layer_end, weights / kGiB, kv_bytes / kGiB, kv.num_blocks, p.name,
-        p.memory_bytes / kGiB));
+        LayerRangeText(s.layer_begin, s.layer_end), weights / kGiB, kv_bytes / kGiB, kv.num_blocks,
+        p.name, p.memory_bytes / kGiB));
   }
   return std::unique_ptr<ModelStage>(new SimStage(config, s, kv, options));
 }

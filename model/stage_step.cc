@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "common/layers.h"
 #include "common/status.h"
 
 namespace shardserve {
@@ -35,8 +36,9 @@ absl::Status DecoderStageBase::CheckSpec() const {
         absl::StrCat("cannot quantize to ", DTypeName(quantize_), " (supported: q8_0, q4_0)"));
   }
   if (begin_ < 0 || begin_ >= end_ || end_ > config_.num_layers) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "layer range [", begin_, ", ", end_, ") is not inside [0, ", config_.num_layers, ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("layers ", LayerRangeText(begin_, end_), " are not a range of the model's ",
+                     config_.num_layers, " layers (0-", config_.num_layers - 1, ")"));
   }
   return absl::OkStatus();
 }

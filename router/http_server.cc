@@ -315,7 +315,7 @@ void HttpServer::Stop() {
 std::string HttpServer::RenderMetrics() const {
   std::vector<ReplicaGauges> gauges;
   for (Replica* r : service_->replicas()) gauges.push_back(r->Gauges());
-  return metrics_ == nullptr ? "" : metrics_->Render(gauges);
+  return metrics_ == nullptr ? "" : metrics_->Render(service_->model_name(), gauges);
 }
 
 bool HttpServer::Authorized(const httplib::Request& req, httplib::Response& res) const {

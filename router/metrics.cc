@@ -60,15 +60,18 @@ void RouterMetrics::Finish(RequestTrace& trace, const std::string& reason) {
 namespace {
 
 // The per-pipeline families, from what each replica reported at scrape time.
-void RenderPipelines(ExpositionWriter& w, const std::vector<ReplicaGauges>& replicas) {
+void RenderPipelines(ExpositionWriter& w, const std::string& model_name,
+                     const std::vector<ReplicaGauges>& replicas) {
   // One sample per pipeline and per key of a map the gauges carry (a status code, a link kind).
   auto per_pipeline_by = [&](const std::string& name, const std::string& help,
                              const std::string& type, const std::string& label, auto map) {
     w.Family(name, help, type);
     for (const ReplicaGauges& r : replicas) {
       for (const auto& [key, n] : map(r)) {
-        w.Sample(name, {{"pipeline", std::to_string(r.pipeline)}, {label, key}},
-                 static_cast<double>(n));
+        w.Sample(
+            name,
+            {{"model_name", model_name}, {"pipeline", std::to_string(r.pipeline)}, {label, key}},
+            static_cast<double>(n));
       }
     }
   };
@@ -76,7 +79,8 @@ void RenderPipelines(ExpositionWriter& w, const std::vector<ReplicaGauges>& repl
                           auto value) {
     w.Family(name, help, type);
     for (const ReplicaGauges& r : replicas) {
-      w.Sample(name, {{"pipeline", std::to_string(r.pipeline)}}, static_cast<double>(value(r)));
+      w.Sample(name, {{"model_name", model_name}, {"pipeline", std::to_string(r.pipeline)}},
+               static_cast<double>(value(r)));
     }
   };
   per_pipeline("shardserve_num_requests_running", "Requests scheduled on a pipeline.", "gauge",
@@ -128,32 +132,38 @@ void RenderPipelines(ExpositionWriter& w, const std::vector<ReplicaGauges>& repl
 
 }  // namespace
 
-std::string RouterMetrics::Render(const std::vector<ReplicaGauges>& replicas) const {
+std::string RouterMetrics::Render(const std::string& model_name,
+                                  const std::vector<ReplicaGauges>& replicas) const {
   ExpositionWriter w;
-  RenderPipelines(w, replicas);
+  RenderPipelines(w, model_name, replicas);
+  // Every sample carries the served model's name, as vLLM's do: dashboards filter on it.
+  const MetricLabels model = {{"model_name", model_name}};
+  auto with_model = [&](const std::string& key, const std::string& value) {
+    return MetricLabels{{"model_name", model_name}, {key, value}};
+  };
 
   w.Family("shardserve_time_to_first_token_seconds", "Time to first token.", "histogram");
-  w.HistogramSamples("shardserve_time_to_first_token_seconds", {}, ttft_.Read());
+  w.HistogramSamples("shardserve_time_to_first_token_seconds", model, ttft_.Read());
   w.Family("shardserve_inter_token_latency_seconds",
            "Time between output tokens (vLLM's time_per_output_token).", "histogram");
-  w.HistogramSamples("shardserve_inter_token_latency_seconds", {}, itl_.Read());
+  w.HistogramSamples("shardserve_inter_token_latency_seconds", model, itl_.Read());
   w.Family("shardserve_e2e_request_latency_seconds", "Request latency, arrival to last token.",
            "histogram");
-  w.HistogramSamples("shardserve_e2e_request_latency_seconds", {}, e2e_.Read());
+  w.HistogramSamples("shardserve_e2e_request_latency_seconds", model, e2e_.Read());
 
   w.Family("shardserve_prompt_tokens_total", "Prompt tokens of admitted requests.", "counter");
-  w.Sample("shardserve_prompt_tokens_total", {}, prompt_tokens_.load());
+  w.Sample("shardserve_prompt_tokens_total", model, prompt_tokens_.load());
   w.Family("shardserve_generation_tokens_total", "Generated tokens.", "counter");
-  w.Sample("shardserve_generation_tokens_total", {}, generation_tokens_.load());
+  w.Sample("shardserve_generation_tokens_total", model, generation_tokens_.load());
   w.Family("shardserve_request_success_total",
            "Finished requests by finish reason (stop, length, abort, error).", "counter");
-  w.Sample("shardserve_request_success_total", {{"finished_reason", "stop"}},
+  w.Sample("shardserve_request_success_total", with_model("finished_reason", "stop"),
            finished_stop_.load());
-  w.Sample("shardserve_request_success_total", {{"finished_reason", "length"}},
+  w.Sample("shardserve_request_success_total", with_model("finished_reason", "length"),
            finished_length_.load());
-  w.Sample("shardserve_request_success_total", {{"finished_reason", "abort"}},
+  w.Sample("shardserve_request_success_total", with_model("finished_reason", "abort"),
            finished_abort_.load());
-  w.Sample("shardserve_request_success_total", {{"finished_reason", "error"}},
+  w.Sample("shardserve_request_success_total", with_model("finished_reason", "error"),
            finished_error_.load());
   return w.Take();
 }

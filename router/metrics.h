@@ -57,7 +57,9 @@ class RouterMetrics {
                 const absl::Status& error);
   void OnCancel(RequestTrace& trace);
 
-  std::string Render(const std::vector<ReplicaGauges>& replicas) const;
+  // Every sample is labelled model_name="`model_name`" (the served name).
+  std::string Render(const std::string& model_name,
+                     const std::vector<ReplicaGauges>& replicas) const;
 
  private:
   void Finish(RequestTrace& trace, const std::string& reason);

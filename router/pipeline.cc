@@ -125,6 +125,7 @@ absl::Status Pipeline::Connect(ResultFn on_result, FailureFn on_failure) {
       req.set_kv_num_blocks(options_.kv_num_blocks);
       req.set_max_step_tokens(options_.max_step_tokens);
       req.set_owner(options_.owner);
+      req.set_model_name(options_.model_name);
       grpc::ClientContext context;
       SetDeadline(&context, options_.load_timeout);
       v1::LoadShardResponse resp;

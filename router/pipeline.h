@@ -40,6 +40,8 @@ struct StageEndpoint {
 
 struct PipelineOptions {
   std::string model_path;
+  // The served model name, for the workers' metric labels (LoadShardRequest.model_name).
+  std::string model_name;
   int64_t num_layers = 0;
   int32_t kv_block_size = 16;
   int32_t kv_num_blocks = 0;

@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "common/layers.h"
 
 namespace shardserve {
 
@@ -156,7 +157,7 @@ int64_t DefaultKvBlocks(const ModelConfig& config, const std::vector<LayerRange>
 
 std::string FormatLayerRanges(const std::vector<LayerRange>& ranges) {
   return absl::StrJoin(ranges, ",", [](std::string* out, const LayerRange& r) {
-    absl::StrAppend(out, r.begin, "-", r.end - 1);
+    absl::StrAppend(out, LayerRangeText(r.begin, r.end));
   });
 }
 

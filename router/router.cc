@@ -12,6 +12,7 @@
 #include "absl/strings/str_join.h"
 #include "common/cluster_auth.h"
 #include "common/grpc_util.h"
+#include "common/layers.h"
 #include "common/listen.h"
 #include "common/logging.h"
 #include "common/status.h"
@@ -129,7 +130,7 @@ absl::Status Router::CapKvToDeviceMemory(const DeviceProfile& device, int64_t bl
     const int64_t fits = free <= 0 ? 0 : static_cast<int64_t>(free / per_block);
     if (fits < blocks_per_context) {
       return absl::InvalidArgumentError(
-          absl::StrCat("layers ", r.begin, "-", r.end - 1, " leave room for ", fits,
+          absl::StrCat("layers ", LayerRangeText(r.begin, r.end), " leave room for ", fits,
                        " KV blocks on the simulated ", device.name, "; one full context needs ",
                        blocks_per_context, ": use more --stages or a device with more memory"));
     }
@@ -223,7 +224,12 @@ absl::Status Router::ChooseTemplates() {
 void Router::BuildReplicas() {
   const RouterConfig& c = config_;
   ReplicaOptions& o = replica_options_;
+  const std::filesystem::path path = std::filesystem::path(c.model).lexically_normal();
+  model_name_ = c.served_model_name;
+  if (model_name_.empty()) model_name_ = path.filename().string();
+  if (model_name_.empty()) model_name_ = path.parent_path().filename().string();
   o.pipeline.model_path = std::filesystem::absolute(c.model).string();
+  o.pipeline.model_name = model_name_;
   o.pipeline.num_layers = model_config_.num_layers;
   o.pipeline.kv_block_size = c.kv_block_size;
   o.pipeline.kv_num_blocks = static_cast<int32_t>(c.kv_blocks);
@@ -257,10 +263,6 @@ void Router::BuildReplicas() {
     replicas_.push_back(std::make_unique<Replica>(r, std::move(endpoints), o));
     pointers.push_back(replicas_.back().get());
   }
-  const std::filesystem::path path = std::filesystem::path(c.model).lexically_normal();
-  model_name_ = c.served_model_name;
-  if (model_name_.empty()) model_name_ = path.filename().string();
-  if (model_name_.empty()) model_name_ = path.parent_path().filename().string();
   service_ = std::make_unique<InferenceServiceImpl>(model_name_, model_config_, tokenizer_.get(),
                                                     chat_template_, pointers);
   service_->set_metrics(&metrics_);

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "common/layers.h"
 
 namespace shardserve {
 
@@ -60,10 +61,16 @@ std::string StageMetrics::Render(const v1::StatsResponse& stats) const {
              "LoadShard calls that failed (bad request, unreadable model, no room).", "counter");
     w.Sample("shardserve_worker_shard_load_failures_total", {}, load_failures_);
   }
-  const MetricLabels stage = {
-      {"layers", absl::StrCat(stats.layer_begin(), "-", stats.layer_end())}};
+  // The loaded shard's families carry the model's served name (vLLM's `model_name`) and its
+  // layers; with no shard loaded there is only `shardserve_stage_loaded 0`.
+  MetricLabels stage;
+  if (stats.loaded()) {
+    stage = {{"model_name", stats.model_name()},
+             {"layers", LayerRangeText(stats.layer_begin(), stats.layer_end())}};
+  }
   w.Family("shardserve_stage_loaded", "1 while a shard is loaded.", "gauge");
-  w.Sample("shardserve_stage_loaded", {}, stats.loaded() ? 1 : 0);
+  w.Sample("shardserve_stage_loaded", stage, stats.loaded() ? 1 : 0);
+  if (!stats.loaded()) return w.Take();
   w.Family("shardserve_stage_step_duration_seconds", "Time to run one step plan on this stage.",
            "histogram");
   w.HistogramSamples("shardserve_stage_step_duration_seconds", stage, step_.Read());
@@ -76,20 +83,23 @@ std::string StageMetrics::Render(const v1::StatsResponse& stats) const {
            "model's time); its rate is the stage's utilization.",
            "counter");
   w.Sample("shardserve_stage_busy_seconds_total", stage, stats.busy_seconds());
-  w.Family("shardserve_kv_cache_blocks_used", "KV cache blocks held on this stage.", "gauge");
-  w.Sample("shardserve_kv_cache_blocks_used", stage, stats.kv_blocks_used());
-  w.Family("shardserve_kv_cache_blocks_capacity", "KV cache blocks on this stage.", "gauge");
-  w.Sample("shardserve_kv_cache_blocks_capacity", stage, stats.kv_blocks_total());
+  // Not the router's shardserve_kv_cache_blocks_*: one name, one meaning, one set of labels.
+  w.Family("shardserve_stage_kv_cache_blocks_used", "KV cache blocks held on this stage.", "gauge");
+  w.Sample("shardserve_stage_kv_cache_blocks_used", stage, stats.kv_blocks_used());
+  w.Family("shardserve_stage_kv_cache_blocks_capacity", "KV cache blocks on this stage.", "gauge");
+  w.Sample("shardserve_stage_kv_cache_blocks_capacity", stage, stats.kv_blocks_total());
   w.Family("shardserve_activation_bytes_total", "Activation bytes over each link.", "counter");
   for (const v1::LinkStats& l : stats.links()) {
-    w.Sample("shardserve_activation_bytes_total",
-             {{"direction", l.direction()}, {"peer", l.peer()}}, l.bytes());
+    MetricLabels labels = stage;
+    labels.insert(labels.end(), {{"direction", l.direction()}, {"peer", l.peer()}});
+    w.Sample("shardserve_activation_bytes_total", labels, l.bytes());
   }
   w.Family("shardserve_activation_messages_total", "Activation messages over each link.",
            "counter");
   for (const v1::LinkStats& l : stats.links()) {
-    w.Sample("shardserve_activation_messages_total",
-             {{"direction", l.direction()}, {"peer", l.peer()}}, l.messages());
+    MetricLabels labels = stage;
+    labels.insert(labels.end(), {{"direction", l.direction()}, {"peer", l.peer()}});
+    w.Sample("shardserve_activation_messages_total", labels, l.messages());
   }
   return w.Take();
 }

@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/grpc_util.h"
+#include "common/layers.h"
 #include "common/logging.h"
 #include "common/status.h"
 #include "common/wire.h"
@@ -276,9 +277,11 @@ absl::StatusOr<std::pair<std::string, ModelConfig>> WorkerServiceImpl::CheckLoad
   ASSIGN_OR_RETURN(ModelConfig config, ModelConfig::FromFile(model_path + "/config.json"));
   const int64_t layers = config.num_layers;
   if (req.layer_begin() < 0 || req.layer_begin() >= req.layer_end() || req.layer_end() > layers) {
-    return invalid("layer_begin/layer_end",
-                   absl::StrCat("[", req.layer_begin(), ", ", req.layer_end(),
-                                ") is not a range of ", layers, " layers"));
+    return invalid(
+        "layer_begin/layer_end",
+        absl::StrCat(req.layer_begin(), " and ", req.layer_end(), " (layers ",
+                     LayerRangeText(req.layer_begin(), req.layer_end()),
+                     ") are not a range of the model's ", layers, " layers (0-", layers - 1, ")"));
   }
   if (req.is_first() != (req.layer_begin() == 0)) {
     return invalid("is_first", "disagrees with layer_begin");
@@ -297,6 +300,11 @@ absl::StatusOr<std::pair<std::string, ModelConfig>> WorkerServiceImpl::CheckLoad
   }
   if (req.max_step_tokens() < 1 || req.max_step_tokens() > kMaxStepTokens) {
     return invalid("max_step_tokens", absl::StrCat("outside [1, ", kMaxStepTokens, "]"));
+  }
+  if (req.model_name().size() > 256) return invalid("model_name", "longer than 256 bytes");
+  if (std::any_of(req.model_name().begin(), req.model_name().end(),
+                  [](char c) { return static_cast<unsigned char>(c) < 0x20 || c == 0x7f; })) {
+    return invalid("model_name", "has a control character");
   }
   // A simulated stage bounds weights and KV by its profile's memory when it loads.
   if (options_.sim) return std::make_pair(std::move(model_path), std::move(config));
@@ -361,6 +369,7 @@ grpc::Status WorkerServiceImpl::LoadShard(grpc::ServerContext* context,
   }
   auto shard = std::make_shared<Shard>();
   shard->model_path = req->model_path();
+  shard->model_name = req->model_name();
   shard->cost = options_.sim ? options_.sim->profile : CalibrateCpu(**stage);
   response->set_kv_bytes_per_token((*stage)->KvBytesPerToken());
   response->set_num_layers(config.num_layers);
@@ -372,7 +381,7 @@ grpc::Status WorkerServiceImpl::LoadShard(grpc::ServerContext* context,
   shard->runtime->SetLinks(shard->inbox.get(), nullptr);
   response->set_load_seconds(
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
-  LOG(INFO) << "loaded layers [" << req->layer_begin() << ", " << req->layer_end() << ") of "
+  LOG(INFO) << "loaded layers " << LayerRangeText(req->layer_begin(), req->layer_end()) << " of "
             << req->model_path() << " with " << req->kv_num_blocks() << " KV blocks in "
             << response->load_seconds() << " s";
   absl::MutexLock lock(&mu_);
@@ -714,6 +723,7 @@ grpc::Status WorkerServiceImpl::Stats(grpc::ServerContext* context, const v1::St
   if (shard == nullptr) return grpc::Status::OK;
   StageStats s = shard->runtime->Stats();
   response->set_loaded(true);
+  response->set_model_name(shard->model_name);
   response->set_layer_begin(shard->runtime->stage().layer_begin());
   response->set_layer_end(shard->runtime->stage().layer_end());
   response->set_kv_blocks_total(s.kv_blocks_total);

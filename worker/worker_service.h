@@ -101,6 +101,7 @@ class WorkerServiceImpl final : public v1::WorkerService::Service {
   // Everything tied to one loaded shard; replaced as a unit.
   struct Shard {
     std::string model_path;
+    std::string model_name;  // the router's served name, for metric labels
     // The device's cost model (Describe): the sim profile, or cpu-here calibrated at load.
     DeviceProfile cost;
     std::shared_ptr<ActivationLink> inbox;  // filled by Activations; set before publication

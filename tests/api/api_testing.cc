@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <sstream>
 
 #include "absl/strings/numbers.h"
@@ -75,15 +76,73 @@ HttpResult HttpPost(int port, const std::string& path, const std::string& body,
   return {res->status, res->body};
 }
 
-double MetricValue(const std::string& text, const std::string& sample) {
-  for (absl::string_view line : absl::StrSplit(text, '\n')) {
-    if (line.size() > sample.size() && line.substr(0, sample.size()) == sample &&
-        line[sample.size()] == ' ') {
-      double v = 0;
-      if (absl::SimpleAtod(line.substr(sample.size() + 1), &v)) return v;
+namespace {
+
+// `name{k="v",...} value`, or without a value when `with_value` is false.
+std::optional<MetricSample> ParseSample(absl::string_view line, bool with_value) {
+  MetricSample s;
+  size_t i = 0;
+  while (i < line.size() && line[i] != '{' && line[i] != ' ') ++i;
+  s.name = std::string(line.substr(0, i));
+  if (s.name.empty()) return std::nullopt;
+  if (i < line.size() && line[i] == '{') {
+    ++i;
+    while (i < line.size() && line[i] != '}') {
+      const size_t eq = line.find("=\"", i);
+      if (eq == absl::string_view::npos) return std::nullopt;
+      std::string key(line.substr(i, eq - i));
+      std::string value;
+      size_t j = eq + 2;
+      for (; j < line.size() && line[j] != '"'; ++j) {
+        if (line[j] == '\\' && j + 1 < line.size()) {
+          ++j;
+          value += line[j] == 'n' ? '\n' : line[j];
+        } else {
+          value += line[j];
+        }
+      }
+      if (j >= line.size()) return std::nullopt;
+      s.labels[key] = value;
+      i = j + 1;
+      if (i < line.size() && line[i] == ',') ++i;
     }
+    if (i >= line.size()) return std::nullopt;
+    ++i;  // '}'
   }
-  return -1;
+  if (!with_value) return i == line.size() ? std::optional(s) : std::nullopt;
+  if (i >= line.size() || line[i] != ' ') return std::nullopt;
+  if (!absl::SimpleAtod(line.substr(i + 1), &s.value)) return std::nullopt;
+  return s;
+}
+
+}  // namespace
+
+std::vector<MetricSample> ParseMetrics(const std::string& text) {
+  std::vector<MetricSample> out;
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    if (line.empty() || line[0] == '#') continue;
+    if (auto s = ParseSample(line, /*with_value=*/true)) out.push_back(std::move(*s));
+  }
+  return out;
+}
+
+double MetricValue(const std::string& text, const std::string& selector) {
+  auto want = ParseSample(selector, /*with_value=*/false);
+  if (!want) return -1;
+  double total = 0;
+  bool found = false;
+  for (const MetricSample& s : ParseMetrics(text)) {
+    if (s.name != want->name) continue;
+    bool match = true;
+    for (const auto& [key, value] : want->labels) {
+      auto it = s.labels.find(key);
+      if (it == s.labels.end() || it->second != value) match = false;
+    }
+    if (!match) continue;
+    total += s.value;
+    found = true;
+  }
+  return found ? total : -1;
 }
 
 CommandResult Promtool(const std::string& text) {

@@ -3,7 +3,9 @@
 #ifndef SHARDSERVE_TESTS_API_API_TESTING_H_
 #define SHARDSERVE_TESTS_API_API_TESTING_H_
 
+#include <map>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 
@@ -31,9 +33,18 @@ HttpResult HttpGet(int port, const std::string& path, const std::string& api_key
 HttpResult HttpPost(int port, const std::string& path, const std::string& body,
                     const std::string& api_key = "");
 
-// The value of the sample `name{labels}` ("name" alone for no labels) in Prometheus text;
-// -1 when absent.
-double MetricValue(const std::string& text, const std::string& sample);
+// One sample line of Prometheus text.
+struct MetricSample {
+  std::string name;
+  std::map<std::string, std::string> labels;
+  double value = 0;
+};
+// The sample lines of `text` (comments skipped); a line that does not parse is left out.
+std::vector<MetricSample> ParseMetrics(const std::string& text);
+// PromQL's sum(selector): the total of the samples named `name` whose labels include the
+// selector's (`name{a="x"}`, or "name" alone for every sample of that name); -1 when none
+// matches. Labels the selector leaves out (model_name, layers) do not matter.
+double MetricValue(const std::string& text, const std::string& selector);
 // Exit code and output of `promtool check metrics` on `text`.
 CommandResult Promtool(const std::string& text);
 

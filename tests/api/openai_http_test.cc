@@ -10,9 +10,13 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <fstream>
+#include <set>
+#include <sstream>
 #include <thread>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_split.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "tests/api/api_testing.h"
@@ -501,9 +505,72 @@ TEST_F(OpenAiHttp, PromtoolAcceptsMetricsAndCountersMove) {
   ASSERT_FALSE(steps.empty()) << worker_after;
   EXPECT_GE(MetricValue(worker_after, steps) - MetricValue(worker_before, steps), 15)
       << worker_after;
-  EXPECT_NE(worker_after.find("shardserve_activation_bytes_total{direction=\"send\""),
-            std::string::npos)
+  EXPECT_GT(MetricValue(worker_after, "shardserve_activation_bytes_total{direction=\"send\"}"), 0)
       << worker_after;
+}
+
+// What a Grafana dashboard built for vLLM relies on: every router sample and every sample of a
+// worker's loaded shard carries model_name, the name /v1/models serves; the router and the
+// workers never export one family name with two meanings; and a stage's layers are spelt as the
+// router's placement and --layers spell them (first-last).
+TEST_F(OpenAiHttp, MetricsNameTheModelAndSpellLayersOneWay) {
+  auto models = HttpGet(http_port_, "/v1/models", kKey);
+  ASSERT_EQ(models.status, 200) << models.body;
+  const std::string served = json::parse(models.body)["data"][0]["id"];
+  ASSERT_FALSE(served.empty());
+
+  const std::string router = HttpGet(http_port_, "/metrics").body;
+  const std::string worker = HttpGet(worker_metrics_port_, "/metrics").body;
+  auto router_samples = api_testing::ParseMetrics(router);
+  auto worker_samples = api_testing::ParseMetrics(worker);
+  ASSERT_GT(router_samples.size(), 20u) << router;
+  ASSERT_GT(worker_samples.size(), 10u) << worker;
+  for (const auto& s : router_samples) {
+    EXPECT_EQ(s.labels.count("model_name") ? s.labels.at("model_name") : "<none>", served)
+        << s.name;
+  }
+
+  auto stats = WorkerStats(cluster_->worker_addresses()[0]);
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  ASSERT_TRUE(stats->loaded());
+  const std::string layers = absl::StrCat(stats->layer_begin(), "-", stats->layer_end() - 1);
+  int shard_samples = 0;
+  for (const auto& s : worker_samples) {
+    if (!absl::StartsWith(s.name, "shardserve_stage_") &&
+        !absl::StartsWith(s.name, "shardserve_activation_")) {
+      continue;
+    }
+    ++shard_samples;
+    EXPECT_EQ(s.labels.count("model_name") ? s.labels.at("model_name") : "<none>", served)
+        << s.name;
+    EXPECT_EQ(s.labels.count("layers") ? s.labels.at("layers") : "<none>", layers) << s.name;
+  }
+  EXPECT_GT(shard_samples, 10);
+  EXPECT_GT(MetricValue(worker, "shardserve_stage_kv_cache_blocks_capacity"), 0) << worker;
+
+  // No family in both expositions: a name means one thing, with one set of labels.
+  auto families = [](const std::string& text) {
+    std::set<std::string> out;
+    for (absl::string_view line : absl::StrSplit(text, '\n')) {
+      if (absl::StartsWith(line, "# TYPE ")) {
+        out.insert(std::string(line.substr(7, line.find(' ', 7) - 7)));
+      }
+    }
+    return out;
+  };
+  const std::set<std::string> router_families = families(router);
+  ASSERT_TRUE(router_families.count("shardserve_kv_cache_blocks_used")) << router;
+  for (const std::string& f : families(worker)) {
+    EXPECT_FALSE(router_families.count(f)) << f << " is exported by the router and a worker";
+  }
+
+  // The router's log shows the placement with the same spelling.
+  std::ifstream log(cluster_->router_log());
+  std::stringstream text;
+  text << log.rdbuf();
+  EXPECT_TRUE(absl::StrContains(text.str(), absl::StrCat("layers ", layers, ",")))
+      << "router log does not show layers " << layers << ":\n"
+      << text.str();
 }
 
 TEST_F(OpenAiHttp, HealthEndpoint) { EXPECT_EQ(HttpGet(http_port_, "/health").status, 200); }
