@@ -93,7 +93,9 @@ void AddRequestFlags(CLI::App& app, RouterConfig* c) {
       ->check(CLI::Range(1, 65536))
       ->capture_default_str();
   app.add_option("--api-key", c->api_key,
-                 "key clients must send as Authorization: Bearer KEY (HTTP header, gRPC metadata)");
+                 "key clients must send as Authorization: Bearer KEY (HTTP header, gRPC metadata); "
+                 "prefer the environment variable, which `ps` does not show")
+      ->envname("SHARDSERVE_API_KEY");
   app.add_option("--max-queued-requests", c->admission.max_queued_requests,
                  "requests queued or running at once; past it RESOURCE_EXHAUSTED (HTTP 429)")
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 20))

@@ -4,7 +4,9 @@
 # npm from tests/deploy/package-lock.json into the build folder), and tests/deploy/check_manifests.py
 # (flags, probe ports and drain timing against the built binaries' --help; the cluster-secret
 # mount behind every --cluster-secret-file; NetworkPolicies that admit only router and worker pods
-# to the workers' gRPC port), with its self-test that each check catches a broken manifest.
+# to the workers' gRPC port; the API key Secret; the model-loader Job and the pods' wait for the
+# model; TLS on the Ingress), with its self-test that each check catches a broken manifest; and
+# tests/deploy/model_loader_test.sh (the loader's script against local folders).
 #
 #   scripts/validate-deploy.sh        after scripts/build.sh
 set -euo pipefail
@@ -43,6 +45,9 @@ cat >"$npm_dir/tsconfig.json" <<'JSON'
   "include": ["typed/*.ts"]
 }
 JSON
+
+echo "== the model-loader Job's script (rclone, local folders)"
+tests/deploy/model_loader_test.sh
 
 echo "== manifests against the binaries"
 python3 tests/deploy/check_manifests.py --build "$build" --typescript "$npm_dir/typed" --self-test

@@ -19,6 +19,15 @@ For every overlay's `kubectl kustomize` output:
     credential is created in the cluster, never kept in git);
   * every worker container confines LoadShard with --model-root inside one of its volumeMounts,
     and every router's --model lies inside the model roots of the workers;
+  * the public API key: every router container reads --api-key from $SHARDSERVE_API_KEY, filled
+    from the Secret shardserve-api-key (key `api-key`, not optional), never from a literal in
+    the manifests, and the router's --help says it reads that variable;
+  * the model: every router and worker pod waits in an init container for $(MODEL)/config.json
+    on the model volume it mounts read-only; a model-loader Job, where rendered, runs
+    load-model.sh with the same MODEL, writes the same claim (ReadWriteMany, mounted writable at
+    a folder holding MODEL) and is the only writer; no other pod mounts the claim writable;
+  * Ingress: TLS for every host, routes only to the router Service's HTTP port, and only /v1
+    (never /metrics or the whole site);
   * NetworkPolicy: some policy isolates every worker pod for ingress; the worker's --listen port
     admits only pods selected by a non-empty podSelector of this namespace that matches router or
     worker pods (no open rule, ipBlock, namespaceSelector or empty podSelector), and admits the
@@ -26,8 +35,8 @@ For every overlay's `kubectl kustomize` output:
     pod that a policy isolates keeps its --listen and --http-listen ports open to every source.
 With --typescript DIR it also writes one .ts file per overlay that assigns every object to its
 kubernetes-types type, for `tsc --noEmit` (misspelt or misplaced fields fail there).
-With --self-test it breaks the rendered cpu and cpu-statefulset overlays in known ways and
-checks that each is caught.
+With --self-test it breaks the rendered cpu, cpu-statefulset and gpu-production overlays in known
+ways and checks that each is caught.
 """
 
 import argparse
@@ -49,6 +58,14 @@ RUNTIME = object()  # a value known only in the running pod (fieldRef)
 # The cluster credential: a Secret created in the namespace, not rendered (docs/DEPLOY.md).
 CLUSTER_SECRET = "shardserve-cluster-secret"
 CLUSTER_SECRET_KEY = "secret"
+# The public API key: a Secret created in the namespace, read by the router from this variable.
+API_KEY_SECRET = "shardserve-api-key"
+API_KEY_SECRET_KEY = "api-key"
+API_KEY_ENV = "SHARDSERVE_API_KEY"
+MODEL_CLAIM = "shardserve-models"
+MODEL_LOADER_JOB = "shardserve-model-loader"
+# Paths an Ingress may route to the router's HTTP port: the OpenAI API only.
+INGRESS_PATHS = ("/v1",)
 
 TS_TYPES = {
     ("v1", "ConfigMap"): ("kubernetes-types/core/v1", "ConfigMap"),
@@ -61,6 +78,8 @@ TS_TYPES = {
         ("kubernetes-types/autoscaling/v2", "HorizontalPodAutoscaler"),
     ("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet"): ("./leaderworkerset", "LeaderWorkerSet"),
     ("networking.k8s.io/v1", "NetworkPolicy"): ("kubernetes-types/networking/v1", "NetworkPolicy"),
+    ("networking.k8s.io/v1", "Ingress"): ("kubernetes-types/networking/v1", "Ingress"),
+    ("batch/v1", "Job"): ("kubernetes-types/batch/v1", "Job"),
 }
 
 
@@ -71,6 +90,7 @@ class Binary:
         self.name = name
         self.flags = {}  # --flag -> default string or None
         self.required = set()
+        self.env = {}  # --flag -> the environment variable CLI11 reads it from
         for line in help_text.splitlines():
             m = re.match(r"^\s+(?:-\w,)?(--[a-z0-9][a-z0-9-]*)(\s.*)?$", line)
             if not m:
@@ -80,6 +100,9 @@ class Binary:
             self.flags[m.group(1)] = default.group(1) if default else None
             if "REQUIRED" in rest:
                 self.required.add(m.group(1))
+            env = re.search(r"\(Env:([A-Za-z0-9_]+)\)", rest)
+            if env:
+                self.env[m.group(1)] = env.group(1)
         self.shutdown_s = shutdown_s
         self.binary_bytes = binary_bytes
 
@@ -180,6 +203,8 @@ class Checker:
     def container_env(self, where, container, configmaps):
         env = {}
         for source in container.get("envFrom", []):
+            if "secretRef" in source:
+                continue  # values live in the cluster, never in the manifests
             ref = source.get("configMapRef", {}).get("name")
             if ref not in configmaps:
                 self.error(where, f"envFrom names ConfigMap {ref!r}, which is not rendered")
@@ -241,6 +266,7 @@ class Checker:
         for where, template, extra in templates:
             spec = template.get("spec", {})
             grace = spec.get("terminationGracePeriodSeconds", 30)
+            self.check_waits_for_model(where, spec, configmaps)
             for container in spec.get("containers", []):
                 cwhere = f"{where} container {container.get('name')}"
                 command = container.get("command") or []
@@ -301,6 +327,7 @@ class Checker:
                         model_roots.add(root)
                 if binary.name == "shardserve-router":
                     routers.append((cwhere, flags))
+                    self.check_api_key(cwhere, binary, container, args)
                 role = "router" if binary.name == "shardserve-router" else "worker"
                 self.pods.append((cwhere, template, extra, role, listens))
         headless = {d["metadata"]["name"] for d in docs
@@ -336,11 +363,155 @@ class Checker:
                                f"listens on ({sorted(worker_ports)})")
         self.check_selectors(docs, templates)
         self.check_network_policies(docs)
+        self.check_model_loader(docs, configmaps)
+        self.check_ingresses(docs)
         for d in docs:
             if d.get("kind") == "Secret" and (d.get("data") or d.get("stringData")):
                 self.error(f"Secret/{d['metadata']['name']}", "carries a value; credentials "
                            "must not live in git: create the Secret in the cluster "
                            "(docs/DEPLOY.md) and only refer to it here")
+
+    def check_api_key(self, where, binary, container, args):
+        """The router's --api-key comes from the Secret through $SHARDSERVE_API_KEY."""
+        if any(a == "--api-key" or a.startswith("--api-key=") for a in args):
+            self.error(where, "passes --api-key in its arguments: the key would sit in the "
+                       f"manifests and in `ps`; set ${API_KEY_ENV} from the Secret "
+                       f"{API_KEY_SECRET} instead")
+        if binary.env.get("--api-key") != API_KEY_ENV:
+            self.error(where, f"{binary.name} --help does not read --api-key from ${API_KEY_ENV} "
+                       f"(it reads {binary.env.get('--api-key')!r}), so the Secret never "
+                       "reaches it")
+        var = next((v for v in container.get("env", []) if v.get("name") == API_KEY_ENV), None)
+        ref = ((var or {}).get("valueFrom") or {}).get("secretKeyRef")
+        if ref is None:
+            self.error(where, f"lacks env {API_KEY_ENV} from the Secret {API_KEY_SECRET} (key "
+                       f"{API_KEY_SECRET_KEY!r}): without it the public APIs take any caller")
+            return
+        if ref.get("name") != API_KEY_SECRET or ref.get("key") != API_KEY_SECRET_KEY:
+            self.error(where, f"{API_KEY_ENV} comes from Secret {ref.get('name')!r} key "
+                       f"{ref.get('key')!r}, not {API_KEY_SECRET} key {API_KEY_SECRET_KEY!r}")
+        if ref.get("optional"):
+            self.error(where, f"{API_KEY_ENV}: the Secret {API_KEY_SECRET} must not be optional "
+                       "(a router without it would serve everyone)")
+
+    def model_mounts(self, spec, container):
+        """The container's mounts of the model claim: [(mountPath, writable)]."""
+        claims = {v.get("name"): v for v in spec.get("volumes", [])
+                  if (v.get("persistentVolumeClaim") or {}).get("claimName") == MODEL_CLAIM}
+        out = []
+        for m in container.get("volumeMounts", []):
+            volume = claims.get(m.get("name"))
+            if volume is None:
+                continue
+            writable = not m.get("readOnly") and not volume["persistentVolumeClaim"].get(
+                "readOnly")
+            out.append((m.get("mountPath", "").rstrip("/"), writable))
+        return out
+
+    def check_waits_for_model(self, where, spec, configmaps):
+        """An init container waits for $(MODEL)/config.json on the model volume, read-only."""
+        waits = []
+        for container in spec.get("initContainers", []):
+            text = " ".join(container.get("command", []) + container.get("args", []))
+            env = self.container_env(where, container, configmaps)
+            if "$MODEL/config.json" not in text or not isinstance(env.get("MODEL"), str):
+                continue
+            mounts = self.model_mounts(spec, container)
+            model = env["MODEL"]
+            if not any(model.startswith(path + "/") for path, _ in mounts):
+                self.error(f"{where} init container {container.get('name')}",
+                           f"waits for {model} but does not mount the claim {MODEL_CLAIM} "
+                           "above it")
+                continue
+            waits.append(container)
+        if not waits:
+            self.error(where, "has no init container waiting for $(MODEL)/config.json: the "
+                       "router and workers would start (and crash-loop) before the model is on "
+                       "the volume")
+        for container in spec.get("containers", []) + spec.get("initContainers", []):
+            for path, writable in self.model_mounts(spec, container):
+                if writable:
+                    self.error(f"{where} container {container.get('name')}",
+                               f"mounts the model claim writable at {path}: only the "
+                               f"{MODEL_LOADER_JOB} Job writes it")
+
+    def check_model_loader(self, docs, configmaps):
+        """The loader Job writes the claim the pods read, at the same MODEL, with load-model.sh."""
+        script = (REPO / "deploy/k8s/components/model-loader/load-model.sh").read_text()
+        claim = next((d for d in docs if d.get("kind") == "PersistentVolumeClaim" and
+                      d["metadata"]["name"] == MODEL_CLAIM), None)
+        for job in (d for d in docs if d.get("kind") == "Job"):
+            where = f"Job/{job['metadata']['name']}"
+            spec = job["spec"].get("template", {}).get("spec", {})
+            if spec.get("restartPolicy") not in ("OnFailure", "Never"):
+                self.error(where, "restartPolicy must be OnFailure or Never")
+            if not (spec.get("securityContext") or {}).get("runAsNonRoot"):
+                self.error(where, "must run as non-root (securityContext.runAsNonRoot)")
+            for container in spec.get("containers", []):
+                cwhere = f"{where} container {container.get('name')}"
+                env = self.container_env(cwhere, container, configmaps)
+                model = env.get("MODEL")
+                if not isinstance(model, str) or not model:
+                    self.error(cwhere, "has no MODEL from the shardserve-flags ConfigMap")
+                    continue
+                writable = [p for p, w in self.model_mounts(spec, container) if w]
+                if not any(model.startswith(p + "/") for p in writable):
+                    self.error(cwhere, f"does not mount the claim {MODEL_CLAIM} writable above "
+                               f"MODEL={model} (mounted writable: {writable})")
+                if not env.get("MODEL_SOURCE"):
+                    self.error(cwhere, "has no MODEL_SOURCE (shardserve-model-source)")
+                command = container.get("command", [])
+                loader = next((c for c in command if c.endswith("/load-model.sh")), None)
+                mounted = [(m.get("mountPath", "").rstrip("/"), m.get("name"))
+                           for m in container.get("volumeMounts", [])]
+                source = None
+                for path, name in mounted:
+                    if loader and loader == f"{path}/load-model.sh":
+                        volume = next((v for v in spec.get("volumes", [])
+                                       if v.get("name") == name), {})
+                        cm = (volume.get("configMap") or {}).get("name")
+                        source = (next((d for d in docs if d.get("kind") == "ConfigMap" and
+                                        d["metadata"]["name"] == cm), None) or {}).get(
+                                            "data", {}).get("load-model.sh")
+                if source != script:
+                    self.error(cwhere, "does not run deploy/k8s/components/model-loader/"
+                               "load-model.sh from a ConfigMap volume")
+            if claim is not None and "ReadWriteMany" not in claim["spec"].get("accessModes", []):
+                self.error(where, f"writes the claim {MODEL_CLAIM}, whose accessModes "
+                           f"{claim['spec'].get('accessModes')} lack ReadWriteMany")
+
+    def check_ingresses(self, docs):
+        """TLS for every host; only /v1, and only to the router Service's HTTP port."""
+        services = {d["metadata"]["name"]: d for d in docs if d.get("kind") == "Service"}
+        for ingress in (d for d in docs if d.get("kind") == "Ingress"):
+            where = f"Ingress/{ingress['metadata']['name']}"
+            spec = ingress.get("spec", {})
+            tls_hosts = {h for t in spec.get("tls", []) if t.get("secretName")
+                         for h in t.get("hosts", [])}
+            if spec.get("defaultBackend"):
+                self.error(where, "has a defaultBackend: route only /v1")
+            for rule in spec.get("rules", []):
+                host = rule.get("host")
+                if not host or host not in tls_hosts:
+                    self.error(where, f"host {host!r} has no TLS (spec.tls with a secretName): "
+                               "API keys and prompts would cross the internet in clear text")
+                for path in (rule.get("http") or {}).get("paths", []):
+                    p = path.get("path", "/")
+                    if p.rstrip("/") not in INGRESS_PATHS:
+                        self.error(where, f"routes path {p!r}: only {list(INGRESS_PATHS)} may "
+                                   "leave the cluster (/metrics and /health stay inside)")
+                    backend = (path.get("backend") or {}).get("service") or {}
+                    svc = services.get(backend.get("name"))
+                    port = backend.get("port") or {}
+                    target = None
+                    for sp in (svc or {}).get("spec", {}).get("ports", []):
+                        if sp.get("name") == port.get("name") or sp.get("port") == port.get(
+                                "number"):
+                            target = sp.get("targetPort")
+                    if svc is None or target != "http":
+                        self.error(where, f"path {p!r} goes to {backend.get('name')!r} port "
+                                   f"{port}: not the router Service's port that targets the "
+                                   "router's http (--http-listen) port")
 
     def check_model_root(self, where, container, flags):
         """--model-root is set and lies inside a volumeMount; returns it."""
@@ -682,16 +853,110 @@ def self_test(binaries, docs, overlay):
                       d["metadata"]["name"] == "shardserve-router")
         router["spec"]["ingress"][0]["from"] = [{"podSelector": {}}]
 
+    def router_containers(docs):
+        return [c for d in docs for _, t, _ in pod_templates(d) for c in t["spec"]["containers"]
+                if c["command"][0].endswith("shardserve-router")]
+
+    def api_key_env(container):
+        return next(v for v in container["env"] if v["name"] == "SHARDSERVE_API_KEY")
+
+    def api_key_missing(docs):
+        container = router_containers(docs)[0]
+        container["env"] = [v for v in container["env"] if v["name"] != "SHARDSERVE_API_KEY"]
+
+    def api_key_optional(docs):
+        api_key_env(router_containers(docs)[0])["valueFrom"]["secretKeyRef"]["optional"] = True
+
+    def api_key_other_secret(docs):
+        api_key_env(router_containers(docs)[0])["valueFrom"]["secretKeyRef"]["name"] = "keys"
+
+    def api_key_in_args(docs):
+        router_containers(docs)[0]["args"].append("--api-key=sk-in-git")
+
+    def api_key_in_git(docs):
+        docs.append({"apiVersion": "v1", "kind": "Secret",
+                     "metadata": {"name": "shardserve-api-key"},
+                     "data": {"api-key": "c2staW4tZ2l0"}})
+
+    def no_wait_for_model(docs):
+        last_worker_pod(docs).pop("initContainers")
+
+    def wait_without_volume(docs):
+        spec = last_worker_pod(docs)
+        spec["initContainers"][0]["volumeMounts"] = []
+
+    def model_mount_writable(docs):
+        container = worker_containers(docs)[0]
+        next(m for m in container["volumeMounts"] if m["name"] == "models")["readOnly"] = False
+        for d in docs:
+            for _, t, _ in pod_templates(d):
+                for v in t["spec"].get("volumes", []):
+                    if "persistentVolumeClaim" in v:
+                        v["persistentVolumeClaim"].pop("readOnly", None)
+
+    def loader_job(docs):
+        return next(d for d in docs if d["kind"] == "Job")
+
+    def loader_read_only(docs):
+        spec = loader_job(docs)["spec"]["template"]["spec"]
+        next(m for m in spec["containers"][0]["volumeMounts"]
+             if m["name"] == "models")["readOnly"] = True
+
+    def loader_other_model(docs):
+        spec = loader_job(docs)["spec"]["template"]["spec"]
+        spec["containers"][0].setdefault("env", []).append({"name": "MODEL",
+                                                            "value": "/data/model"})
+
+    def loader_other_script(docs):
+        cm = next(d for d in docs if d["kind"] == "ConfigMap" and
+                  "load-model.sh" in d.get("data", {}))
+        cm["data"]["load-model.sh"] = "cp -r \"$MODEL_SOURCE\" \"$MODEL\"\n"
+
+    def loader_claim_read_only_many(docs):
+        claim = next(d for d in docs if d["kind"] == "PersistentVolumeClaim")
+        claim["spec"]["accessModes"] = ["ReadOnlyMany"]
+
+    def ingress(docs):
+        return next(d for d in docs if d["kind"] == "Ingress")
+
+    def ingress_no_tls(docs):
+        ingress(docs)["spec"].pop("tls")
+
+    def ingress_whole_site(docs):
+        ingress(docs)["spec"]["rules"][0]["http"]["paths"][0]["path"] = "/"
+
+    def ingress_metrics(docs):
+        paths = ingress(docs)["spec"]["rules"][0]["http"]["paths"]
+        paths.append(copy.deepcopy(paths[0]))
+        paths[-1]["path"] = "/metrics"
+
+    def ingress_grpc_port(docs):
+        backend = ingress(docs)["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+        backend["port"] = {"name": "grpc"}
+
     def old_binary(binaries):
         # A binary built before the cluster credential: --help lacks the flag.
         for binary in binaries.values():
             binary.flags.pop("--cluster-secret-file", None)
 
+    def router_without_env(binaries):
+        # A router whose --api-key does not read $SHARDSERVE_API_KEY: the Secret is lost.
+        binaries["shardserve-router"].env.pop("--api-key", None)
+
     doc_mutations = (secret_flag_missing, secret_flag_outside_mount, secret_wrong_key,
                      secret_volume_empty_dir, secret_volume_other_secret, secret_mount_writable,
-                     insecure_cluster, model_root_missing, model_root_elsewhere, secret_in_git, no_worker_policy, worker_port_open,
-                     worker_port_any_pod, worker_port_namespace, worker_port_ip_block,
-                     worker_port_all_ports, routers_shut_out, router_ports_closed)
+                     insecure_cluster, model_root_missing, model_root_elsewhere, secret_in_git,
+                     no_worker_policy, worker_port_open, worker_port_any_pod,
+                     worker_port_namespace, worker_port_ip_block, worker_port_all_ports,
+                     routers_shut_out, router_ports_closed, api_key_missing, api_key_optional,
+                     api_key_other_secret, api_key_in_args, api_key_in_git, no_wait_for_model,
+                     wait_without_volume, model_mount_writable)
+    binary_mutations = (old_binary, router_without_env)
+    if overlay == "gpu-production":
+        doc_mutations = (loader_read_only, loader_other_model, loader_other_script,
+                         loader_claim_read_only_many, ingress_no_tls, ingress_whole_site,
+                         ingress_metrics, ingress_grpc_port)
+        binary_mutations = ()
     if overlay == "cpu":
         doc_mutations = (flag, probe, named_probe, grace, config_port, undefined_var,
                          service_port, hpa_metric) + doc_mutations
@@ -699,9 +964,9 @@ def self_test(binaries, docs, overlay):
     baseline = Checker(binaries)
     baseline.check(docs)
     failures = 0
-    for mutate in doc_mutations + (old_binary,):
+    for mutate in doc_mutations + binary_mutations:
         broken, broken_binaries = copy.deepcopy(docs), copy.deepcopy(binaries)
-        mutate(broken_binaries if mutate is old_binary else broken)
+        mutate(broken_binaries if mutate in binary_mutations else broken)
         checker = Checker(broken_binaries)
         checker.check(broken)
         new = [e for e in checker.errors if e not in baseline.errors]
@@ -713,12 +978,15 @@ def self_test(binaries, docs, overlay):
     parsed = Binary("shardserve-worker", "Options:\n"
                     "  --cluster-secret-file TEXT (Env:SHARDSERVE_CLUSTER_SECRET_FILE)\n"
                     "                              file holding the cluster's shared secret\n"
+                    "  --api-key TEXT (Env:SHARDSERVE_API_KEY)\n"
+                    "                              key clients must send\n"
                     "  --insecure-cluster          run without a cluster credential\n", 0, b"")
-    ok = {"--cluster-secret-file", "--insecure-cluster"} <= parsed.flags.keys()
+    ok = ({"--cluster-secret-file", "--insecure-cluster", "--api-key"} <= parsed.flags.keys() and
+          parsed.env.get("--api-key") == "SHARDSERVE_API_KEY")
     failures += not ok
     print(f"  self-test {overlay} help_parser: " +
-          ("reads --cluster-secret-file, --insecure-cluster" if ok else
-           f"MISSED (parsed {sorted(parsed.flags)})"))
+          ("reads --cluster-secret-file, --insecure-cluster, --api-key (Env:SHARDSERVE_API_KEY)"
+           if ok else f"MISSED (parsed {sorted(parsed.flags)}, env {parsed.env})"))
     return failures
 
 
@@ -746,7 +1014,7 @@ def main():
               f"{len(checker.errors)} problems")
         if args.typescript:
             write_typescript(docs, overlay.name, args.typescript)
-        if args.self_test and overlay.name in ("cpu", "cpu-statefulset"):
+        if args.self_test and overlay.name in ("cpu", "cpu-statefulset", "gpu-production"):
             errors += self_test(binaries, docs, overlay.name)
     return 1 if errors else 0
 
