@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
@@ -283,6 +284,158 @@ TEST(Up, UpWithSixteenWorkersServes) {
       << worker_text;
   EXPECT_FALSE(fs::exists(fs::path(logs) / "cluster-secret")) << logs;
   EXPECT_FALSE(HealthServing(address, absl::Milliseconds(500)));
+}
+
+// The parameters of a safetensors file by dtype, read from its header here (8-byte length, then
+// JSON), independently of the model loader.
+std::map<std::string, int64_t> SafetensorsParams(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  uint64_t n = 0;
+  in.read(reinterpret_cast<char*>(&n), 8);
+  std::string header(n, '\0');
+  in.read(header.data(), static_cast<std::streamsize>(n));
+  std::map<std::string, int64_t> out;
+  const nlohmann::json tensors = nlohmann::json::parse(header);
+  for (const auto& [name, t] : tensors.items()) {
+    if (name == "__metadata__") continue;
+    int64_t numel = 1;
+    for (int64_t d : t["shape"]) numel *= d;
+    out[t["dtype"].get<std::string>()] += numel;
+  }
+  return out;
+}
+
+// `inspect` shows what config.json, the weights' headers and the tokenizer files say, for a
+// folder and for the same model as GGUF; the chat template's family; and errors like every
+// other command (one line, exit 2 for usage, 1 for an unreadable model). `inspect tokenize`
+// has its own --help.
+TEST(Inspect, MetadataOfAFolderAndOfTheSameModelAsGguf) {
+  CommandResult r =
+      RunCommand({BinPath("shardserve"), "inspect", "--model", Stories260K(), "--json"}, "",
+                 absl::Seconds(30));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto folder = nlohmann::json::parse(r.out);
+  const auto config = nlohmann::json::parse(std::ifstream(fs::path(Stories260K()) / "config.json"));
+  EXPECT_EQ(folder["format"], "safetensors");
+  EXPECT_EQ(folder["architecture"], config["model_type"]);
+  EXPECT_EQ(folder["layers"], config["num_hidden_layers"]);
+  EXPECT_EQ(folder["hidden_size"], config["hidden_size"]);
+  EXPECT_EQ(folder["attention_heads"], config["num_attention_heads"]);
+  EXPECT_EQ(folder["kv_heads"], config["num_key_value_heads"]);
+  EXPECT_EQ(folder["context"], config["max_position_embeddings"]);
+  EXPECT_EQ(folder["vocab_size"], config["vocab_size"]);
+  const auto params = SafetensorsParams((fs::path(Stories260K()) / "model.safetensors").string());
+  const auto by_dtype = folder["parameters_by_dtype"].get<std::map<std::string, int64_t>>();
+  EXPECT_EQ(by_dtype, params);
+  int64_t total = 0;
+  for (const auto& [_, n] : params) total += n;
+  EXPECT_EQ(folder["parameters"], total);
+  EXPECT_EQ(folder["tokenizer"]["vocab_size"], 512);
+  EXPECT_EQ(folder["tokenizer"]["bos"], "<s>");
+  EXPECT_EQ(folder["tokenizer"]["eos"], nlohmann::json::array({"</s>"}));
+  EXPECT_TRUE(folder["chat_template"]["family"].is_null()) << folder.dump();
+
+  const std::string gguf = (fs::path(Stories260K()) / "stories260K.gguf").string();
+  r = RunCommand({BinPath("shardserve"), "inspect", "--model", gguf, "--json"}, "",
+                 absl::Seconds(30));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto file = nlohmann::json::parse(r.out);
+  EXPECT_EQ(file["format"], "gguf");
+  for (const char* key : {"architecture", "layers", "hidden_size", "attention_heads", "kv_heads",
+                          "head_dim", "context", "vocab_size"}) {
+    EXPECT_EQ(file[key], folder[key]) << key;
+  }
+  EXPECT_EQ(file["tokenizer"]["vocab_size"], 512);
+  // The GGUF stores the output projection that the folder ties to the embedding.
+  const int64_t untied =
+      file["tie_word_embeddings"].get<bool>()
+          ? 0
+          : config["vocab_size"].get<int64_t>() * config["hidden_size"].get<int64_t>();
+  EXPECT_EQ(file["parameters"].get<int64_t>(), total + untied);
+  EXPECT_EQ(file["parameters_by_dtype"]["F32"].get<int64_t>(), total + untied);
+
+  // Human output: one row per fact.
+  r = RunCommand({BinPath("shardserve"), "inspect", "--model", Stories260K()}, "",
+                 absl::Seconds(30));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(absl::StrContains(r.out, "layers         5\n")) << r.out;
+  EXPECT_TRUE(absl::StrContains(r.out, absl::StrCat("F32 ", "260,032"))) << r.out;
+  EXPECT_TRUE(absl::StrContains(r.out, "chat template  none")) << r.out;
+
+  // The same folder with a ChatML template in tokenizer_config.json.
+  const fs::path chat = BuildDir() / absl::StrCat("inspect-chatml-", getpid());
+  fs::remove_all(chat);
+  fs::create_directories(chat);
+  for (const char* f : {"config.json", "model.safetensors", "tokenizer.json"}) {
+    fs::copy_file(fs::path(Stories260K()) / f, chat / f);
+  }
+  auto tokenizer_config =
+      nlohmann::json::parse(std::ifstream(fs::path(Stories260K()) / "tokenizer_config.json"));
+  tokenizer_config["chat_template"] =
+      "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + "
+      "message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}"
+      "{{ '<|im_start|>assistant\\n' }}{% endif %}";
+  std::ofstream(chat / "tokenizer_config.json") << tokenizer_config.dump();
+  r = RunCommand({BinPath("shardserve"), "inspect", "--model", chat.string(), "--json"}, "",
+                 absl::Seconds(30));
+  fs::remove_all(chat);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(nlohmann::json::parse(r.out)["chat_template"]["family"], "chatml") << r.out;
+
+  struct Case {
+    std::vector<std::string> argv;
+    int code;
+    std::string says;
+  };
+  for (const Case& c : std::vector<Case>{
+           {{"inspect"}, 2, "--model is required"},
+           {{"inspect", "--model", "/nonexistent"}, 1, "--model /nonexistent: not a model folder"},
+           {{"inspect", "--model", "/tmp"}, 1, "no config.json"},
+           {{"inspect", "--modle", Stories260K()}, 2, "did you mean --model?"},
+           {{"inspect", "tokenize", "--model", Stories260K(), "--txt", "x"},
+            2,
+            "did you mean --text?"},
+           {{"inspect", "tokenize", "--model", "/nonexistent", "--text", "x"},
+            1,
+            "cannot load a tokenizer"}}) {
+    std::vector<std::string> argv = {BinPath("shardserve")};
+    argv.insert(argv.end(), c.argv.begin(), c.argv.end());
+    r = RunCommand(argv, "", absl::Seconds(30));
+    EXPECT_EQ(r.exit_code, c.code) << c.argv.back() << ": " << r.err;
+    EXPECT_EQ(LineCount(r.err), 1) << r.err;
+    EXPECT_TRUE(absl::StartsWith(r.err, "error: ")) << r.err;
+    EXPECT_TRUE(absl::StrContains(r.err, c.says)) << r.err;
+    EXPECT_TRUE(r.out.empty()) << r.out;
+  }
+  r = RunCommand({BinPath("shardserve"), "inspect", "tokenize", "--help"}, "", absl::Seconds(30));
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(absl::StrContains(r.out, "--text")) << r.out;
+  r = RunCommand({BinPath("shardserve"), "inspect", "--help"}, "", absl::Seconds(30));
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(absl::StrContains(r.out, "inspect tokenize")) << r.out;
+}
+
+// `inspect tokenize` against the tokenizers' own ids: a model folder with BOS, and a vocab-only
+// GGUF without.
+TEST(Inspect, TokenizeShowsIdsAndPieces) {
+  CommandResult r = RunCommand({BinPath("shardserve"), "inspect", "tokenize", "--model",
+                                Stories260K(), "--text", "Once upon a time", "--json"},
+                               "", absl::Seconds(30));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j.at("ids").get<std::vector<int>>(), (std::vector<int>{1, 403, 407, 261, 378}));
+  EXPECT_EQ(j.at("pieces")[0], "<s>");
+  EXPECT_EQ(j.at("pieces")[1], "\xE2\x96\x81Once");
+  const std::string vocab = (fs::path(Stories260K()).parent_path().parent_path() / "tokenizers" /
+                             "ggml-vocab-llama-spm.gguf")
+                                .string();
+  r = RunCommand({BinPath("shardserve"), "inspect", "tokenize", "--model", vocab,
+                  "--text=Hello world", "--no-bos", "--json"},
+                 "", absl::Seconds(30));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j.at("ids").get<std::vector<int>>(), (std::vector<int>{15043, 3186}));
+  EXPECT_EQ(j.at("pieces").size(), 2u);
 }
 
 // Every binary prints its version and build with --version, and a misspelt flag is one line
