@@ -56,6 +56,15 @@ class FakeTransport : public LinkFactory {
     absl::MutexLock lock(&mu_);
     return pairs_.count(id) ? pairs_[id].joined : 0;
   }
+  // Waits until `n` ends have joined `id` (the receiver joins on its own thread); whether they did
+  // within `timeout`.
+  bool WaitJoined(const std::string& id, int n, absl::Duration timeout) {
+    absl::MutexLock lock(&mu_);
+    auto enough = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return pairs_.count(id) && pairs_[id].joined >= n;
+    };
+    return mu_.AwaitWithTimeout(absl::Condition(&enough), timeout);
+  }
 
  private:
   // The sending end: Send lands in the receiver's mailbox (owned by the receiving worker).
@@ -190,6 +199,7 @@ TEST(LinkSetup, TheReceiversIdJoinsBothEndsAndCarriesActivations) {
   s = first.Connect(v1::LINK_KIND_NCCL, *id, kLinkVersion + 1);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << s.error_message();
   EXPECT_TRUE(absl::StrContains(s.error_message(), "link_version")) << s.error_message();
+  EXPECT_TRUE(fake->WaitJoined(*id, 1, absl::Seconds(30)));
   EXPECT_EQ(fake->joined(*id), 1);
   // The sender joins with the id; both ends are one link.
   s = first.Connect(v1::LINK_KIND_NCCL, *id);
