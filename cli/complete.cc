@@ -85,9 +85,6 @@ bool UseClientTls(const TlsFiles& tls) {
   return true;
 }
 
-namespace {
-
-// The status of a failed Generate call, said so that a user can act on it.
 absl::Status ExplainFailure(const std::string& server, const grpc::Status& s) {
   const auto code = static_cast<absl::StatusCode>(s.error_code());
   if (s.error_message().empty()) {
@@ -101,8 +98,6 @@ absl::Status ExplainFailure(const std::string& server, const grpc::Status& s) {
   }
   return absl::Status(code, s.error_message());
 }
-
-}  // namespace
 
 absl::Status CheckServerAddress(const std::string& server) {
   if (absl::StrContains(server, "://")) {

@@ -16,6 +16,8 @@
 #include <string>
 #include <vector>
 
+#include <grpcpp/support/status.h>
+
 #include "CLI/CLI.hpp"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -27,6 +29,8 @@ namespace shardserve {
 
 int CompleteMain(int argc, char** argv);
 int ChatMain(int argc, char** argv);
+// `shardserve status` (cli/status.cc): the router's cluster status as a table.
+int StatusMain(int argc, char** argv);
 
 struct CompletionResult {
   std::vector<int32_t> ids;
@@ -100,6 +104,9 @@ void AddClientTlsFlags(CLI::App& app, TlsFiles* tls);
 // Makes every later channel of this process use `tls` (plaintext when empty). False, after
 // printing an error naming the flag, when a file is unusable.
 bool UseClientTls(const TlsFiles& tls);
+// The status of a failed call to `server`, said so that a user can act on it (an HTTP port
+// given for the gRPC one, a server that is not a router).
+absl::Status ExplainFailure(const std::string& server, const grpc::Status& s);
 
 }  // namespace shardserve
 

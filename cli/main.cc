@@ -27,6 +27,7 @@ const Command kCommands[] = {
     {"complete", shardserve::CompleteMain, "stream a completion from a server"},
     {"chat", shardserve::ChatMain, "interactive chat with a server"},
     {"bench", shardserve::BenchMain, "load-test a server"},
+    {"status", shardserve::StatusMain, "a router's pipelines, stages, load and events"},
     {"predict", shardserve::PredictMain, "predicted step times and throughput bound of a pipeline"},
 };
 

@@ -624,9 +624,10 @@ void LocalCluster::PrintBanner() const {
                                     "\n  gRPC:  ", address_, "\n");
   if (!o_.http_listen.empty()) {
     const int port = LoggedPort(run_dir_ / "router.log", "HTTP and /metrics on ");
-    absl::StrAppend(&banner, "  HTTP:  http://",
-                    port > 0 ? ConnectAddress(o_.http_listen, port) : o_.http_listen,
-                    " (OpenAI API, /metrics)\n");
+    const std::string http =
+        absl::StrCat("http://", port > 0 ? ConnectAddress(o_.http_listen, port) : o_.http_listen);
+    absl::StrAppend(&banner, "  HTTP:  ", http, " (OpenAI API, /metrics)\n", "  console: ", http,
+                    "/console\n");
   }
   for (size_t i = 0; i < addresses_.size(); ++i) {
     const int metrics = LoggedPort(run_dir_ / absl::StrCat("worker-", i, ".log"), "metrics on ");
@@ -639,7 +640,8 @@ void LocalCluster::PrintBanner() const {
     absl::StrAppend(&banner, "         (removed at a clean stop; --keep-logs keeps them)\n");
   }
   absl::StrAppend(&banner, "  try:   shardserve complete --server ", address_,
-                  " --prompt \"Once upon a time\" --max-tokens 64 --temperature 0\n");
+                  " --prompt \"Once upon a time\" --max-tokens 64 --temperature 0\n",
+                  "         shardserve status --server ", address_, "\n");
   std::fputs(banner.c_str(), stderr);
 }
 

@@ -2,6 +2,7 @@
 
 #include <httplib.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <thread>
@@ -73,6 +74,38 @@ void Histogram::Observe(double value) {
 Histogram::Snapshot Histogram::Read() const {
   absl::MutexLock lock(&mu_);
   return {bounds_, counts_, sum_, count_};
+}
+
+RecentWindow::RecentWindow(size_t capacity, absl::Duration window)
+    : capacity_(capacity), window_(window) {}
+
+void RecentWindow::Observe(double value, absl::Time now) {
+  absl::MutexLock lock(&mu_);
+  if (ring_.size() < capacity_) {
+    ring_.emplace_back(now, value);
+  } else {
+    ring_[next_] = {now, value};
+  }
+  next_ = (next_ + 1) % capacity_;
+}
+
+std::vector<double> RecentWindow::Quantiles(const std::vector<double>& qs, absl::Time now) const {
+  std::vector<double> values;
+  {
+    absl::MutexLock lock(&mu_);
+    values.reserve(ring_.size());
+    for (const auto& [t, v] : ring_) {
+      if (now - t <= window_) values.push_back(v);
+    }
+  }
+  std::vector<double> out(qs.size(), 0.0);
+  if (values.empty()) return out;
+  std::sort(values.begin(), values.end());
+  for (size_t i = 0; i < qs.size(); ++i) {
+    const double rank = std::ceil(std::clamp(qs[i], 0.0, 1.0) * values.size());
+    out[i] = values[static_cast<size_t>(std::max(1.0, rank)) - 1];
+  }
+  return out;
 }
 
 void ExpositionWriter::Family(const std::string& name, const std::string& help,

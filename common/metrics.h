@@ -14,6 +14,8 @@
 
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 
 namespace shardserve {
 
@@ -45,6 +47,24 @@ class Histogram {
   std::vector<uint64_t> counts_ ABSL_GUARDED_BY(mu_);
   double sum_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t count_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+// The most recent observations, for "over the last minute" figures (the console, status): keeps
+// the last `capacity` values with their times and answers quantiles over those younger than
+// `window`.
+class RecentWindow {
+ public:
+  RecentWindow(size_t capacity, absl::Duration window);
+  void Observe(double value, absl::Time now = absl::Now());
+  // The q-quantile (0..1, nearest rank) of each of `qs`; 0 for each when there is nothing recent.
+  std::vector<double> Quantiles(const std::vector<double>& qs, absl::Time now = absl::Now()) const;
+
+ private:
+  const size_t capacity_;
+  const absl::Duration window_;
+  mutable absl::Mutex mu_;
+  std::vector<std::pair<absl::Time, double>> ring_ ABSL_GUARDED_BY(mu_);
+  size_t next_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 // Builds one exposition. Families must be written whole, one after another.

@@ -1,5 +1,6 @@
 #include "router/http_server.h"
 
+#include <google/protobuf/util/json_util.h>
 #include <httplib.h>
 
 #include <sys/socket.h>
@@ -11,11 +12,13 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
 #include "common/cluster_auth.h"
 #include "common/listen.h"
 #include "common/logging.h"
+#include "router/console_html.h"
 #include "router/http_openai.h"
 
 namespace shardserve {
@@ -262,8 +265,23 @@ absl::Status HttpServer::Start(const std::string& address) {
   server_->Get("/health", [this](const httplib::Request&, httplib::Response& r) {
     r.status = service_->serving() ? 200 : 503;
   });
+  server_->Get("/v1/cluster",
+               [this](const httplib::Request& q, httplib::Response& r) { Cluster(q, r); });
+  // The console page holds no data: it asks /v1/cluster, with the key the user types.
+  // It says whether a key is needed, so that it asks for one before its first request.
+  console_html_ = absl::StrReplaceAll(
+      kConsoleHtml, {{"content=\"KEY_REQUIRED\"",
+                      options_.api_key.empty() ? "content=\"false\"" : "content=\"true\""}});
+  server_->Get("/console", [this](const httplib::Request&, httplib::Response& r) {
+    r.set_header("Cache-Control", "no-cache");
+    r.set_header("Content-Security-Policy",
+                 "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+                 "img-src data:");
+    r.set_content(console_html_, "text/html; charset=utf-8");
+  });
   // Every other method httplib routes, on every route above: 405 with Allow.
-  for (const char* path : {"/v1/models", R"(/v1/models/(.+))", "/metrics", "/health"}) {
+  for (const char* path :
+       {"/v1/models", R"(/v1/models/(.+))", "/metrics", "/health", "/v1/cluster", "/console"}) {
     const auto not_allowed = [](const httplib::Request& q, httplib::Response& r) {
       SendMethodNotAllowed(q, r, "GET, HEAD");
     };
@@ -327,6 +345,29 @@ bool HttpServer::Authorized(const httplib::Request& req, httplib::Response& res)
                      header.empty() ? "missing API key: send Authorization: Bearer <key>"
                                     : "invalid API key"));
   return false;
+}
+
+void HttpServer::Cluster(const httplib::Request& req, httplib::Response& res) {
+  if (!Authorized(req, res)) return;
+  v1::GetClusterStatusRequest request;
+  const std::string history = req.get_param_value("history");
+  request.set_history(history == "1" || history == "true");
+  v1::GetClusterStatusResponse status;
+  const grpc::Status s = service_->GetClusterStatus(nullptr, &request, &status);
+  if (!s.ok()) {
+    SendError(res, absl::UnavailableError(s.error_message()));
+    return;
+  }
+  google::protobuf::util::JsonPrintOptions options;
+  options.preserve_proto_field_names = true;
+  options.always_print_primitive_fields = true;
+  std::string body;
+  if (!google::protobuf::util::MessageToJsonString(status, &body, options).ok()) {
+    SendError(res, absl::InternalError("cannot write the cluster status as JSON"));
+    return;
+  }
+  res.set_header("Cache-Control", "no-store");
+  res.set_content(body, kJson);
 }
 
 void HttpServer::Models(const httplib::Request& req, httplib::Response& res) {

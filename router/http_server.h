@@ -60,6 +60,8 @@ class HttpServer {
 
  private:
   void Models(const httplib::Request& req, httplib::Response& res);
+  // GET /v1/cluster[?history=1]: GetClusterStatus as JSON (proto field names).
+  void Cluster(const httplib::Request& req, httplib::Response& res);
   void Generate(bool chat, const httplib::Request& req, httplib::Response& res);
   bool Authorized(const httplib::Request& req, httplib::Response& res) const;
   std::string RenderMetrics() const;
@@ -68,7 +70,8 @@ class HttpServer {
   const Tokenizer* const tokenizer_;
   RouterMetrics* const metrics_;
   const HttpServerOptions options_;
-  const int64_t created_;  // Unix seconds the server started: /v1/models' `created`
+  const int64_t created_;     // Unix seconds the server started: /v1/models' `created`
+  std::string console_html_;  // the /console page, with whether a key is required
   std::unique_ptr<httplib::Server> server_;
   std::thread thread_;
   int port_ = 0;

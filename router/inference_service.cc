@@ -13,6 +13,7 @@
 #include "common/logging.h"
 #include "common/status.h"
 #include "common/wire.h"
+#include "router/cluster_monitor.h"
 
 namespace shardserve {
 namespace {
@@ -409,6 +410,17 @@ grpc::Status InferenceServiceImpl::ListModels(grpc::ServerContext* context,
   m->set_name(model_name_);
   m->set_architecture(std::string(ArchitectureName(config_.architecture)));
   m->set_context_length(config_.max_position_embeddings);
+  return grpc::Status::OK;
+}
+
+grpc::Status InferenceServiceImpl::GetClusterStatus(grpc::ServerContext* context,
+                                                    const v1::GetClusterStatusRequest* req,
+                                                    v1::GetClusterStatusResponse* resp) {
+  if (grpc::Status auth = Authorize(context); !auth.ok()) return auth;
+  if (monitor_ == nullptr) {
+    return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the cluster monitor is not running");
+  }
+  *resp = monitor_->Status(req->history());
   return grpc::Status::OK;
 }
 

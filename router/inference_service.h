@@ -45,6 +45,8 @@
 
 namespace shardserve {
 
+class ClusterMonitor;
+
 struct AdmissionLimits {
   int64_t max_queued_requests = 256;  // admitted generations, queued or running
   int64_t max_prompt_tokens = 0;      // 0: only the model's context bounds the prompt
@@ -68,6 +70,9 @@ class InferenceServiceImpl final : public v1::InferenceService::Service {
                           v1::ListModelsResponse*) override;
   grpc::Status GetModelInfo(grpc::ServerContext*, const v1::GetModelInfoRequest*,
                             v1::GetModelInfoResponse*) override;
+  // UNAVAILABLE until the cluster monitor is set.
+  grpc::Status GetClusterStatus(grpc::ServerContext*, const v1::GetClusterStatusRequest*,
+                                v1::GetClusterStatusResponse*) override;
 
   // True while at least one replica can take requests and the router is not draining.
   bool serving() const;
@@ -99,6 +104,8 @@ class InferenceServiceImpl final : public v1::InferenceService::Service {
 
   // Optional; set before serving. Must outlive the service.
   void set_metrics(RouterMetrics* metrics) { metrics_ = metrics; }
+  // Set before serving: what GetClusterStatus answers from.
+  void set_cluster_monitor(const ClusterMonitor* monitor) { monitor_ = monitor; }
   void set_admission_limits(AdmissionLimits limits) { admission_ = std::move(limits); }
   const AdmissionLimits& admission_limits() const { return admission_; }
   // The most prompt bytes that can still fit the prompt-token limit (--max-prompt-tokens, else
@@ -159,6 +166,7 @@ class InferenceServiceImpl final : public v1::InferenceService::Service {
   std::vector<int32_t> eos_ids_;
   std::atomic<uint64_t> next_sequence_id_{1};
   RouterMetrics* metrics_ = nullptr;
+  const ClusterMonitor* monitor_ = nullptr;
   AdmissionLimits admission_;
   ReasoningParserKind reasoning_parser_ = ReasoningParserKind::kNone;
   RoutingPolicy routing_ = RoutingPolicy::kPrefix;

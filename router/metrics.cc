@@ -7,7 +7,18 @@
 namespace shardserve {
 
 RouterMetrics::RouterMetrics()
-    : ttft_(kFirstTokenBuckets), itl_(kTokenBuckets), e2e_(kRequestBuckets) {}
+    : ttft_(kFirstTokenBuckets),
+      itl_(kTokenBuckets),
+      e2e_(kRequestBuckets),
+      recent_ttft_(65536, absl::Minutes(1)),
+      recent_itl_(65536, absl::Minutes(1)) {}
+
+RouterMetrics::RecentLatency RouterMetrics::Recent() const {
+  const absl::Time now = absl::Now();
+  const std::vector<double> ttft = recent_ttft_.Quantiles({0.5, 0.99}, now);
+  const std::vector<double> itl = recent_itl_.Quantiles({0.5, 0.99}, now);
+  return {ttft[0], ttft[1], itl[0], itl[1]};
+}
 
 void RouterMetrics::OnStart(RequestTrace& trace, int64_t prompt_tokens) {
   trace.start = absl::Now();
@@ -24,14 +35,21 @@ void RouterMetrics::OnOutput(RequestTrace& trace, const v1::GenerateResponse* re
     generation_tokens_ += tokens;
     if (!trace.seen_token) {
       ttft_.Observe(absl::ToDoubleSeconds(now - trace.start));
+      recent_ttft_.Observe(absl::ToDoubleSeconds(now - trace.start), now);
       trace.seen_token = true;
       // Tokens that came with the first one arrived with it: one observation each, so the count
       // is always generated tokens - 1 per request, however the stream was batched.
-      for (int i = 1; i < tokens; ++i) itl_.Observe(0.0);
+      for (int i = 1; i < tokens; ++i) {
+        itl_.Observe(0.0);
+        recent_itl_.Observe(0.0, now);
+      }
     } else {
       // Tokens that arrive together share the gap since the previous output.
       const double gap = absl::ToDoubleSeconds(now - trace.last_token) / tokens;
-      for (int i = 0; i < tokens; ++i) itl_.Observe(gap);
+      for (int i = 0; i < tokens; ++i) {
+        itl_.Observe(gap);
+        recent_itl_.Observe(gap, now);
+      }
     }
     trace.last_token = now;
   }

@@ -61,12 +61,25 @@ class RouterMetrics {
   std::string Render(const std::string& model_name,
                      const std::vector<ReplicaGauges>& replicas) const;
 
+  // For the cluster status: totals so far, and latency quantiles over the last minute.
+  uint64_t generation_tokens() const { return generation_tokens_.load(); }
+  uint64_t finished_requests() const {
+    return finished_stop_.load() + finished_length_.load() + finished_abort_.load() +
+           finished_error_.load();
+  }
+  struct RecentLatency {
+    double ttft_p50 = 0, ttft_p99 = 0, itl_p50 = 0, itl_p99 = 0;
+  };
+  RecentLatency Recent() const;
+
  private:
   void Finish(RequestTrace& trace, const std::string& reason);
 
   Histogram ttft_;
   Histogram itl_;
   Histogram e2e_;
+  RecentWindow recent_ttft_;
+  RecentWindow recent_itl_;
   std::atomic<uint64_t> prompt_tokens_{0};
   std::atomic<uint64_t> generation_tokens_{0};
   std::atomic<uint64_t> finished_stop_{0};

@@ -273,6 +273,8 @@ void Router::BuildReplicas() {
   service_->set_stream_interval(c.stream_interval);
   service_->set_routing(*ParseRoutingPolicy(c.routing));
   service_->set_registry(&registry_);
+  monitor_ = std::make_unique<ClusterMonitor>(service_.get(), &metrics_, &registry_);
+  service_->set_cluster_monitor(monitor_.get());
 }
 
 absl::Status Router::StartHttp() {
@@ -323,6 +325,7 @@ absl::Status Router::Serve() {
     return s;
   }
   for (auto& r : replicas_) r->Start();
+  monitor_->Start();
   health_thread_ = std::thread([this] { HealthLoop(); });
   if (config_.max_replicas > config_.replicas) scaler_ = std::thread([this] { ScaleOutLoop(); });
   if (IsDnsWorkers(config_.workers)) discovery_ = std::thread([this] { DiscoveryLoop(); });
@@ -400,6 +403,7 @@ void Router::DrainAndStop(const sigset_t& signals) {
   }
   health_->SetServingStatus(false);
   if (http_ != nullptr) http_->Stop();
+  monitor_->Stop();
   for (auto& r : replicas_) r->Stop();
   server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
 }

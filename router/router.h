@@ -30,6 +30,7 @@
 #include "model/reasoning.h"
 #include "model/tokenizer/chat_template.h"
 #include "model/tokenizer/tokenizer.h"
+#include "router/cluster_monitor.h"
 #include "router/http_server.h"
 #include "router/inference_service.h"
 #include "router/kserve_service.h"
@@ -92,6 +93,7 @@ class Router {
   std::vector<std::unique_ptr<Replica>> replicas_;  // grows only on the scaler thread
   std::unique_ptr<InferenceServiceImpl> service_;
   RouterMetrics metrics_;
+  std::unique_ptr<ClusterMonitor> monitor_;
   std::unique_ptr<HttpServer> http_;
   std::unique_ptr<KServeService> kserve_;
   std::unique_ptr<RegistrationService> registration_;

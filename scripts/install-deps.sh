@@ -9,7 +9,7 @@ packages=(
   libabsl-dev nlohmann-json3-dev libpcre2-dev libcli11-dev libcpp-httplib-dev
   libopenblas-dev libgtest-dev libgmock-dev libicu-dev
   clang libclang-rt-14-dev prometheus python3-grpcio python3-protobuf grpc-proto
-  yamllint openssl libedit-dev rclone
+  yamllint openssl libedit-dev rclone chromium
 )
 
 missing=()

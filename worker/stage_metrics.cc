@@ -12,10 +12,16 @@ StageMetrics& StageMetrics::Global() {
   return *metrics;
 }
 
-StageMetrics::StageMetrics() : step_(kTokenBuckets) {}
+StageMetrics::StageMetrics() : step_(kTokenBuckets), recent_steps_(4096, absl::Minutes(1)) {}
 
 void StageMetrics::ObserveStep(absl::Duration duration) {
   step_.Observe(absl::ToDoubleSeconds(duration));
+  recent_steps_.Observe(absl::ToDoubleSeconds(duration));
+}
+
+std::pair<double, double> StageMetrics::RecentStepSeconds() const {
+  const std::vector<double> q = recent_steps_.Quantiles({0.5, 0.99});
+  return {q[0], q[1]};
 }
 
 void StageMetrics::ObserveLeaseRelease(const std::string& reason, int64_t sequences) {

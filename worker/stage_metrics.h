@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <utility>
 
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
@@ -20,6 +21,8 @@ class StageMetrics {
  public:
   static StageMetrics& Global();
   void ObserveStep(absl::Duration duration);
+  // Step times over the last minute: {p50, p99} in seconds, 0 without steps.
+  std::pair<double, double> RecentStepSeconds() const;
   // A router's lease ended (reason: "expired" or "stream_closed") and `sequences` of its
   // sequences were dropped with their KV blocks.
   void ObserveLeaseRelease(const std::string& reason, int64_t sequences);
@@ -34,6 +37,7 @@ class StageMetrics {
  private:
   StageMetrics();
   Histogram step_;
+  RecentWindow recent_steps_;
   mutable absl::Mutex mu_;
   std::map<std::string, uint64_t> lease_releases_ ABSL_GUARDED_BY(mu_);
   uint64_t released_sequences_ ABSL_GUARDED_BY(mu_) = 0;

@@ -719,8 +719,16 @@ grpc::Status WorkerServiceImpl::Drain(grpc::ServerContext* context, const v1::Dr
 grpc::Status WorkerServiceImpl::Stats(grpc::ServerContext* context, const v1::StatsRequest*,
                                       v1::StatsResponse* response) {
   if (grpc::Status s = Authorize(context); !s.ok()) return s;
+  {
+    absl::MutexLock lock(&mu_);
+    response->set_draining(draining_);
+    response->set_lease_owner(lease_owner_);
+  }
   auto shard = current();
   if (shard == nullptr) return grpc::Status::OK;
+  const auto [p50, p99] = StageMetrics::Global().RecentStepSeconds();
+  response->set_step_seconds_p50(p50);
+  response->set_step_seconds_p99(p99);
   StageStats s = shard->runtime->Stats();
   response->set_loaded(true);
   response->set_model_name(shard->model_name);

@@ -16,6 +16,10 @@
 namespace shardserve::api_testing {
 namespace fs = std::filesystem;
 
+std::string SourcePath(const std::string& relative) {
+  return absl::StrCat(SHARDSERVE_SOURCE_DIR, "/", relative);
+}
+
 CommandResult Run(const std::string& command) {
   CommandResult r;
   const std::string full =
@@ -32,13 +36,22 @@ CommandResult Run(const std::string& command) {
 
 // Runs the script that fills `dir` under an exclusive lock on `dir`.lock: test processes that
 // ctest runs side by side must not use (or install over) a folder another one is installing.
-CommandResult RunFilling(const std::string& dir, const std::string& script) {
-  return Run(absl::StrCat("flock '", dir, ".lock' ", script, " '", dir, "'"));
+CommandResult RunFilling(const std::string& dir, const std::string& script,
+                         const std::string& arg = "") {
+  return Run(absl::StrCat("flock '", dir, ".lock' ", script, " '", dir, "'",
+                          arg.empty() ? "" : absl::StrCat(" '", arg, "'")));
 }
 
 absl::StatusOr<std::string> NodeModules() {
   const std::string dir = absl::StrCat(SHARDSERVE_BINARY_DIR, "/api-node");
   CommandResult r = RunFilling(dir, "tests/api/npm_ci.sh");
+  if (r.exit_code != 0) return absl::UnavailableError(absl::StrCat("npm ci: ", r.output));
+  return dir + "/node_modules";
+}
+
+absl::StatusOr<std::string> ConsoleNodeModules() {
+  const std::string dir = absl::StrCat(SHARDSERVE_BINARY_DIR, "/console-node");
+  CommandResult r = RunFilling(dir, "tests/api/npm_ci.sh", "tests/console");
   if (r.exit_code != 0) return absl::UnavailableError(absl::StrCat("npm ci: ", r.output));
   return dir + "/node_modules";
 }

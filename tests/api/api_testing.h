@@ -15,11 +15,15 @@ struct CommandResult {
   int exit_code = -1;
   std::string output;  // stdout and stderr
 };
+// `relative` (a path in the source tree) as an absolute path.
+std::string SourcePath(const std::string& relative);
 // Runs `command` with /bin/sh from the source tree root.
 CommandResult Run(const std::string& command);
 
 // The folder holding clients/node's node_modules (installed by tests/api/npm_ci.sh).
 absl::StatusOr<std::string> NodeModules();
+// The folder holding tests/console's node_modules (puppeteer-core).
+absl::StatusOr<std::string> ConsoleNodeModules();
 // The folder holding Python stubs for shardserve.v1, KServe v2, health and reflection.
 absl::StatusOr<std::string> PythonStubs();
 // A Python interpreter with Debian's grpcio and protobuf.

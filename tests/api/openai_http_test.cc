@@ -11,6 +11,8 @@
 
 #include <chrono>
 #include <fstream>
+#include <functional>
+#include <regex>
 #include <set>
 #include <sstream>
 #include <thread>
@@ -571,6 +573,50 @@ TEST_F(OpenAiHttp, MetricsNameTheModelAndSpellLayersOneWay) {
   EXPECT_TRUE(absl::StrContains(text.str(), absl::StrCat("layers ", layers, ",")))
       << "router log does not show layers " << layers << ":\n"
       << text.str();
+}
+
+// deploy/grafana/shardserve.json queries only metrics a live router or worker exports: every
+// shardserve_* name in its queries is a sample or a family of this cluster's /metrics.
+TEST_F(OpenAiHttp, GrafanaDashboardQueriesOnlyMetricsThatExist) {
+  std::ifstream in(api_testing::SourcePath("deploy/grafana/shardserve.json"));
+  ASSERT_TRUE(in.good());
+  const json dashboard = json::parse(in);
+  std::vector<std::string> exprs;
+  std::function<void(const json&)> collect = [&](const json& j) {
+    if (j.is_object()) {
+      for (const auto& [key, value] : j.items()) {
+        if (key == "expr" && value.is_string()) exprs.push_back(value);
+        collect(value);
+      }
+    } else if (j.is_array()) {
+      for (const json& v : j) collect(v);
+    }
+  };
+  collect(dashboard["panels"]);
+  ASSERT_GE(exprs.size(), 20u);
+
+  std::set<std::string> exported;
+  for (const std::string& text :
+       {HttpGet(http_port_, "/metrics").body, HttpGet(worker_metrics_port_, "/metrics").body}) {
+    for (const auto& s : api_testing::ParseMetrics(text)) exported.insert(s.name);
+    for (absl::string_view line : absl::StrSplit(text, '\n')) {
+      if (absl::StartsWith(line, "# TYPE ")) {
+        exported.insert(std::string(line.substr(7, line.find(' ', 7) - 7)));
+      }
+    }
+  }
+  std::set<std::string> queried;
+  const std::regex name("shardserve_[a-z0-9_]+");
+  for (const std::string& e : exprs) {
+    for (auto it = std::sregex_iterator(e.begin(), e.end(), name); it != std::sregex_iterator();
+         ++it) {
+      queried.insert(it->str());
+    }
+  }
+  EXPECT_GE(queried.size(), 25u);
+  for (const std::string& q : queried) {
+    EXPECT_TRUE(exported.count(q)) << q << " is queried by the dashboard but no process exports it";
+  }
 }
 
 TEST_F(OpenAiHttp, HealthEndpoint) { EXPECT_EQ(HttpGet(http_port_, "/health").status, 200); }

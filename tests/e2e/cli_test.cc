@@ -6,6 +6,7 @@
 #include <sys/file.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <filesystem>
@@ -436,6 +437,78 @@ TEST(Inspect, TokenizeShowsIdsAndPieces) {
   j = nlohmann::json::parse(r.out);
   EXPECT_EQ(j.at("ids").get<std::vector<int>>(), (std::vector<int>{15043, 3186}));
   EXPECT_EQ(j.at("pieces").size(), 2u);
+}
+
+// `shardserve status` against a 2-stage cluster: every stage with its worker, layers and health;
+// after SIGKILL of a worker its stage reads unreachable and a failover event is listed, within
+// a few seconds (the router polls its workers once a second).
+TEST(Status, ShowsStagesAndAWorkersLossAsAFailover) {
+  Cluster cluster({.model = Stories260K(), .stages = 2});
+  ASSERT_TRUE(cluster.WaitServing(absl::Seconds(60)).ok());
+  auto status = [&](bool json) {
+    std::vector<std::string> argv = {BinPath("shardserve"), "status", "--server",
+                                     cluster.router_address()};
+    if (json) argv.push_back("--json");
+    return RunCommand(argv, "", absl::Seconds(30));
+  };
+  // The first poll after the pipeline became ready shows it whole.
+  CommandResult r;
+  nlohmann::json got;
+  auto whole = [&] {
+    return got["pipelines"].size() == 1 && got["pipelines"][0]["ready"] == true &&
+           got["pipelines"][0]["stages"].size() == 2 &&
+           got["pipelines"][0]["stages"][1]["healthy"] == true;
+  };
+  for (const absl::Time give_up = absl::Now() + absl::Seconds(30); absl::Now() < give_up;
+       absl::SleepFor(absl::Milliseconds(200))) {
+    r = status(true);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    got = nlohmann::json::parse(r.out);
+    if (whole()) break;
+  }
+  ASSERT_EQ(got["pipelines"].size(), 1u) << r.out;
+  const auto& stages = got["pipelines"][0]["stages"];
+  ASSERT_EQ(stages.size(), 2u) << r.out;
+  EXPECT_EQ(stages[0]["layers"], "0-2");
+  EXPECT_EQ(stages[1]["layers"], "3-4");
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_EQ(stages[i]["address"], cluster.worker_addresses()[i]);
+    EXPECT_EQ(stages[i]["health"], "serving") << r.out;
+    EXPECT_EQ(stages[i]["backend"], "cpu") << r.out;
+    EXPECT_FALSE(stages[i]["lease_owner"].get<std::string>().empty()) << r.out;
+  }
+  EXPECT_TRUE(std::any_of(got["events"].begin(), got["events"].end(), [](const nlohmann::json& e) {
+    return e["kind"] == "pipeline_ready";
+  })) << r.out;
+
+  r = status(false);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(absl::StrContains(r.out, "pipeline 0: ready")) << r.out;
+  EXPECT_TRUE(absl::StrContains(r.out, cluster.worker_addresses()[1])) << r.out;
+  EXPECT_TRUE(absl::StrContains(r.out, " 3-4 ")) << r.out;
+
+  cluster.KillWorker(1);
+  const absl::Time killed = absl::Now();
+  bool lost = false, failover = false;
+  while (!(lost && failover) && absl::Now() < killed + absl::Seconds(30)) {
+    absl::SleepFor(absl::Milliseconds(200));
+    r = status(false);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    lost = absl::StrContains(r.out, "unreachable");
+    failover = absl::StrContains(r.out, " failover ");
+  }
+  const absl::Duration took = absl::Now() - killed;
+  EXPECT_TRUE(lost) << r.out;
+  EXPECT_TRUE(failover) << r.out;
+  EXPECT_LT(took, absl::Seconds(5)) << r.out;
+  EXPECT_TRUE(absl::StrContains(r.out, "pipeline 0: down")) << r.out;
+
+  // A router that is not there, and the HTTP port given for the gRPC one, are named.
+  r = RunCommand({BinPath("shardserve"), "status", "--server", "127.0.0.1:1"}, "",
+                 absl::Seconds(30));
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_EQ(LineCount(r.err), 1) << r.err;
+  EXPECT_TRUE(absl::StartsWith(r.err, "error: ")) << r.err;
 }
 
 // Every binary prints its version and build with --version, and a misspelt flag is one line
