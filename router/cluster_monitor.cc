@@ -42,8 +42,12 @@ int32_t Clamp32(int64_t v) {
 }  // namespace
 
 ClusterMonitor::ClusterMonitor(InferenceServiceImpl* service, const RouterMetrics* metrics,
-                               WorkerRegistry* registry, absl::Duration interval)
-    : service_(service), metrics_(metrics), registry_(registry), interval_(interval) {}
+                               WorkerRegistry* registry, std::string owner, absl::Duration interval)
+    : service_(service),
+      metrics_(metrics),
+      registry_(registry),
+      owner_(std::move(owner)),
+      interval_(interval) {}
 
 ClusterMonitor::~ClusterMonitor() { Stop(); }
 
@@ -93,8 +97,10 @@ void ClusterMonitor::FillStage(const std::string& address, absl::Time now, v1::S
   grpc::ClientContext context;
   AttachClusterCredential(&context);
   context.set_deadline(absl::ToChronoTime(now + kWorkerDeadline));
+  v1::StatsRequest request;
+  request.set_owner(owner_);
   v1::StatsResponse s;
-  const grpc::Status status = stub->Stats(&context, v1::StatsRequest(), &s);
+  const grpc::Status status = stub->Stats(&context, request, &s);
   if (!status.ok()) {
     stage->set_healthy(false);
     stage->set_health(absl::StrCat("unreachable: ", status.error_message()));
@@ -102,7 +108,9 @@ void ClusterMonitor::FillStage(const std::string& address, absl::Time now, v1::S
     described_.erase(address);  // a worker that comes back may be another one
     return;
   }
-  stage->set_lease_owner(s.lease_owner());
+  stage->set_lease_owner(s.leased_by_caller() ? "this router"
+                         : s.leased()         ? "another router"
+                                              : "none");
   if (!s.loaded()) {
     stage->set_healthy(false);
     stage->set_health("no shard");

@@ -36,9 +36,11 @@ class WorkerRegistry;
 
 class ClusterMonitor {
  public:
-  // All must outlive the monitor. `registry` may be null (no spares).
+  // All must outlive the monitor. `registry` may be null (no spares). `owner` is this router's
+  // lease identity (PipelineOptions.owner): workers say whether it holds their lease.
   ClusterMonitor(InferenceServiceImpl* service, const RouterMetrics* metrics,
-                 WorkerRegistry* registry, absl::Duration interval = absl::Seconds(1));
+                 WorkerRegistry* registry, std::string owner,
+                 absl::Duration interval = absl::Seconds(1));
   ~ClusterMonitor();
 
   void Start();
@@ -79,6 +81,7 @@ class ClusterMonitor {
   InferenceServiceImpl* const service_;
   const RouterMetrics* const metrics_;
   WorkerRegistry* const registry_;
+  const std::string owner_;
   const absl::Duration interval_;
   const absl::Time started_ = absl::Now();
 

@@ -273,7 +273,8 @@ void Router::BuildReplicas() {
   service_->set_stream_interval(c.stream_interval);
   service_->set_routing(*ParseRoutingPolicy(c.routing));
   service_->set_registry(&registry_);
-  monitor_ = std::make_unique<ClusterMonitor>(service_.get(), &metrics_, &registry_);
+  monitor_ = std::make_unique<ClusterMonitor>(service_.get(), &metrics_, &registry_,
+                                              replica_options_.pipeline.owner);
   service_->set_cluster_monitor(monitor_.get());
 }
 

@@ -716,13 +716,15 @@ grpc::Status WorkerServiceImpl::Drain(grpc::ServerContext* context, const v1::Dr
   return grpc::Status::OK;
 }
 
-grpc::Status WorkerServiceImpl::Stats(grpc::ServerContext* context, const v1::StatsRequest*,
+grpc::Status WorkerServiceImpl::Stats(grpc::ServerContext* context, const v1::StatsRequest* request,
                                       v1::StatsResponse* response) {
   if (grpc::Status s = Authorize(context); !s.ok()) return s;
   {
     absl::MutexLock lock(&mu_);
     response->set_draining(draining_);
-    response->set_lease_owner(lease_owner_);
+    response->set_leased(!lease_owner_.empty());
+    response->set_leased_by_caller(request != nullptr && !request->owner().empty() &&
+                                   request->owner() == lease_owner_);
   }
   auto shard = current();
   if (shard == nullptr) return grpc::Status::OK;
