@@ -412,4 +412,114 @@ void Avx2QuantGemvRows(DType dt, const void* w, int64_t k, const Q8Block* xq, in
   }
 }
 
+// K-quants against Q8 activation blocks. Each 32-value sub-block of a super-block meets exactly one
+// activation block, so a sub-block's integer dot product is scaled once: Q4_K by d * scale (and
+// less dmin * min * the activations' sum), Q6_K by d * the scale of each 16-value half.
+namespace {
+
+// The 6-bit scale and min of Q4_K sub-block j (ggml's get_scale_min_k4).
+inline void ScaleMinK4(int j, const uint8_t* q, int* sc, int* m) {
+  if (j < 4) {
+    *sc = q[j] & 63;
+    *m = q[j + 4] & 63;
+  } else {
+    *sc = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+    *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+  }
+}
+
+// Unsigned 4-bit quants (0..15) . signed activations, as 8 int32 lane sums.
+inline __m256i DotU8(__m256i w_unsigned, __m256i x) {
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(w_unsigned, x), _mm256_set1_epi16(1));
+}
+
+float Q4KRowDot(const uint8_t* row, const Q8Block* x, int64_t supers) {
+  const __m256i low4 = _mm256_set1_epi8(0x0F);
+  __m256 acc = _mm256_setzero_ps();
+  float mins = 0;
+  for (int64_t s = 0; s < supers; ++s, row += 144, x += 8) {
+    _mm_prefetch(reinterpret_cast<const char*>(row) + 576, _MM_HINT_T0);
+    const float d = HalfToFloat(row), dmin = HalfToFloat(row + 2);
+    const uint8_t* scales = row + 4;
+    const uint8_t* q = row + 16;
+    for (int c = 0; c < 4; ++c, q += 32) {
+      const __m256i packed = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q));
+      const __m256i lo = _mm256_and_si256(packed, low4);
+      const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low4);
+      for (int h = 0; h < 2; ++h) {
+        const Q8Block& xb = x[2 * c + h];
+        int sc, m;
+        ScaleMinK4(2 * c + h, scales, &sc, &m);
+        const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb.q));
+        const __m256i dot = DotU8(h == 0 ? lo : hi, xv);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d * static_cast<float>(sc) * xb.d),
+                              _mm256_cvtepi32_ps(dot), acc);
+        mins += dmin * static_cast<float>(m) * xb.d * static_cast<float>(xb.qsum);
+      }
+    }
+  }
+  return HorizontalSum(acc) - mins;
+}
+
+float Q6KRowDot(const uint8_t* row, const Q8Block* x, int64_t supers) {
+  const __m256i low4 = _mm256_set1_epi8(0x0F);
+  const __m256i offset = _mm256_set1_epi8(32);
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t s = 0; s < supers; ++s, row += 210, x += 8) {
+    _mm_prefetch(reinterpret_cast<const char*>(row) + 840, _MM_HINT_T0);
+    const float d = HalfToFloat(row + 208);
+    const uint8_t* ql = row;
+    const uint8_t* qh = row + 128;
+    const auto* sc = reinterpret_cast<const int8_t*>(row + 192);
+    for (int h = 0; h < 2; ++h, ql += 64, qh += 32, sc += 8) {
+      const __m256i l0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ql));
+      const __m256i l1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ql + 32));
+      const __m256i hb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qh));
+      // The four 32-value groups of this half: low/high nibbles of ql, two high bits from qh.
+      const __m256i q[4] = {
+          _mm256_or_si256(_mm256_and_si256(l0, low4),
+                          _mm256_slli_epi16(_mm256_and_si256(hb, _mm256_set1_epi8(0x03)), 4)),
+          _mm256_or_si256(_mm256_and_si256(l1, low4),
+                          _mm256_slli_epi16(_mm256_and_si256(hb, _mm256_set1_epi8(0x0C)), 2)),
+          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low4),
+                          _mm256_and_si256(hb, _mm256_set1_epi8(0x30))),
+          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low4),
+                          _mm256_srli_epi16(_mm256_and_si256(hb, _mm256_set1_epi8(-64)), 2)),
+      };
+      for (int g = 0; g < 4; ++g) {
+        const Q8Block& xb = x[4 * h + g];
+        const __m256i w = _mm256_sub_epi8(q[g], offset);  // -32..31
+        const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb.q));
+        const __m256i dot =
+            _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(xv, w)),
+                              _mm256_set1_epi16(1));
+        // Lanes 0-3 hold the first 16 values (scale sc[2g]), lanes 4-7 the second (sc[2g+1]).
+        const float dx = d * xb.d;
+        const __m256 scale =
+            _mm256_setr_m128(_mm_set1_ps(dx * sc[2 * g]), _mm_set1_ps(dx * sc[2 * g + 1]));
+        acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(dot), acc);
+      }
+    }
+  }
+  return HorizontalSum(acc);
+}
+
+}  // namespace
+
+void Avx2KQuantGemvRows(DType dt, const void* w, int64_t k, const Q8Block* xq, int64_t n,
+                        int64_t xq_stride, const float* bias, float* out, int64_t out_stride,
+                        int64_t j0, int64_t j1) {
+  const int64_t supers = k / 256;
+  const size_t row_bytes = static_cast<size_t>(supers) * DTypeBlockBytes(dt);
+  const auto* base = static_cast<const uint8_t*>(w);
+  for (int64_t j = j0; j < j1; ++j) {
+    const uint8_t* row = base + j * row_bytes;
+    for (int64_t i = 0; i < n; ++i) {
+      const Q8Block* x = xq + i * xq_stride;
+      const float dot = dt == DType::kQ4_K ? Q4KRowDot(row, x, supers) : Q6KRowDot(row, x, supers);
+      out[i * out_stride + j] = dot + (bias != nullptr ? bias[j] : 0.0f);
+    }
+  }
+}
+
 }  // namespace shardserve::cpu

@@ -312,10 +312,11 @@ class CpuBackend : public Backend {
     }
   }
 
-  // Q8_0 / Q4_0 decode: activations quantized to Q8 blocks, integer block dot products.
-  // Prefill, and every batch of K-quant weights, widens weight panels for sgemm instead.
+  // Decode: activations quantized to Q8 blocks, integer block dot products (Q8_0 / Q4_0
+  // everywhere, Q4_K / Q6_K with AVX2). Prefill widens weight panels for sgemm instead.
   void QuantMatMul(const cpu::GemvArgs& a, int threads) {
-    const bool int_dot = a.wt == DType::kQ8_0 || a.wt == DType::kQ4_0;
+    const bool kquant = a.wt == DType::kQ4_K || a.wt == DType::kQ6_K;
+    const bool int_dot = a.wt == DType::kQ8_0 || a.wt == DType::kQ4_0 || (kquant && fast_);
     if (!int_dot || (fast_ && a.n >= kGemmMinRows)) {
       pool_.ParallelFor(
           a.rows, 16, [&](int64_t j0, int64_t j1) { GemmPanel(a, j0, j1); }, threads);
@@ -331,6 +332,11 @@ class CpuBackend : public Backend {
     pool_.ParallelFor(
         a.rows, 4,
         [&](int64_t j0, int64_t j1) {
+          if (kquant) {
+            cpu::Avx2KQuantGemvRows(a.wt, a.w, a.k, xq.data(), a.n, nb, a.bias, a.out, a.out_stride,
+                                    j0, j1);
+            return;
+          }
           if (vnni_ && a.n == 1) {
             cpu::VnniQuantGemvRows1(a.wt, a.w, a.k, xq.data(), a.bias, a.out, j0, j1);
             return;

@@ -34,6 +34,21 @@ void QuantizeActivations(const float* x, int64_t n, Q8Block* out) {
 float RefQuantDot(DType dt, const void* w_row, const Q8Block* x, int64_t k) {
   const auto* p = static_cast<const uint8_t*>(w_row);
   float sum = 0;
+  if (dt == DType::kQ4_K || dt == DType::kQ6_K) {
+    // The weights as the format decodes them, against each activation block's values.
+    float w[256];
+    const size_t block_bytes = DTypeBlockBytes(dt);
+    for (int64_t s = 0; s < k / 256; ++s) {
+      DequantizeRow(dt, p + s * block_bytes, 256, w);
+      for (int b = 0; b < 8; ++b) {
+        const Q8Block& xb = x[s * 8 + b];
+        float acc = 0;
+        for (int i = 0; i < 32; ++i) acc += w[32 * b + i] * xb.q[i];
+        sum += xb.d * acc;
+      }
+    }
+    return sum;
+  }
   for (int64_t b = 0; b < k / 32; ++b) {
     int32_t acc = 0;
     float dw;

@@ -29,8 +29,8 @@ void QuantizeActivations(const float* x, int64_t n, Q8Block* out);
 using ::shardserve::DequantizeRow;
 using ::shardserve::QuantizeRow;
 
-// Dot product of one Q8_0 or Q4_0 weight row (k values) with Q8 activation blocks; the plain
-// scalar reference of the AVX2 kernels.
+// Dot product of one Q8_0, Q4_0, Q4_K or Q6_K weight row (k values) with Q8 activation blocks;
+// the plain scalar reference of the AVX2 kernels.
 float RefQuantDot(DType dt, const void* w_row, const Q8Block* x, int64_t k);
 
 // Rows [j0, j1) of out = x * w^T for Q8_0 / Q4_0 weights (AVX2). x: n rows of k / 32 blocks,
@@ -38,6 +38,13 @@ float RefQuantDot(DType dt, const void* w_row, const Q8Block* x, int64_t k);
 void Avx2QuantGemvRows(DType dt, const void* w, int64_t k, const Q8Block* xq, int64_t n,
                        int64_t xq_stride, const float* bias, float* out, int64_t out_stride,
                        int64_t j0, int64_t j1);
+
+// Rows [j0, j1) of out = x * w^T for Q4_K / Q6_K weights (AVX2): integer dot products of each
+// 32-value sub-block with its Q8 activation block, scaled by the sub-block's scale (and, for
+// Q4_K, less its min times the activations' sum). k % 256 == 0.
+void Avx2KQuantGemvRows(DType dt, const void* w, int64_t k, const Q8Block* xq, int64_t n,
+                        int64_t xq_stride, const float* bias, float* out, int64_t out_stride,
+                        int64_t j0, int64_t j1);
 
 // The n == 1 case with AVX-VNNI dot products (check CpuHasAvxVnni() first).
 void VnniQuantGemvRows1(DType dt, const void* w, int64_t k, const Q8Block* xq, const float* bias,

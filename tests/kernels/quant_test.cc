@@ -115,6 +115,89 @@ TEST(QuantTest, IntegerDotFastEqualsReference) {
   }
 }
 
+// K-quant rows of random bytes (every byte pattern is a valid block) with finite scales.
+std::vector<uint8_t> RandomKQuantRows(DType dt, int64_t rows, int64_t k, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int> byte(0, 255);
+  const size_t block = DTypeBlockBytes(dt);
+  std::vector<uint8_t> w(RowBytes(dt, k) * rows);
+  for (uint8_t& b : w) b = static_cast<uint8_t>(byte(rng));
+  std::uniform_real_distribution<float> scale(0.001f, 0.05f);
+  for (size_t off = 0; off < w.size(); off += block) {
+    const uint16_t d = F32ToF16(scale(rng)), dmin = F32ToF16(scale(rng));
+    if (dt == DType::kQ4_K) {
+      std::memcpy(&w[off], &d, 2);
+      std::memcpy(&w[off + 2], &dmin, 2);
+    } else {
+      std::memcpy(&w[off + 208], &d, 2);
+    }
+  }
+  return w;
+}
+
+// The AVX2 K-quant kernels (sub-block integer dots) equal the reference (decoded weights against
+// each activation block) for Q4_K and Q6_K, at decode (1 row) and small batches, odd row
+// counts and several super-blocks per row, with a bias.
+TEST(QuantTest, KQuantIntegerDotEqualsReference) {
+  for (DType dt : {DType::kQ4_K, DType::kQ6_K}) {
+    for (int64_t k : {256, 768}) {
+      const int64_t m = 13, n = 3;
+      const std::vector<uint8_t> wq = RandomKQuantRows(dt, m, k, 7 + static_cast<uint32_t>(k));
+      const std::vector<float> x = Random(n * k, 4), bias = Random(m, 5);
+      std::vector<cpu::Q8Block> xq(n * k / 32);
+      for (int64_t i = 0; i < n; ++i) cpu::QuantizeActivations(&x[i * k], k, &xq[i * k / 32]);
+      std::vector<float> out(n * m, -1.0f), one(m, -1.0f);
+      cpu::Avx2KQuantGemvRows(dt, wq.data(), k, xq.data(), n, k / 32, bias.data(), out.data(), m, 0,
+                              m);
+      // Rows split unevenly, as the thread pool splits them; one activation row.
+      cpu::Avx2KQuantGemvRows(dt, wq.data(), k, xq.data(), 1, k / 32, bias.data(), one.data(), m, 0,
+                              5);
+      cpu::Avx2KQuantGemvRows(dt, wq.data(), k, xq.data(), 1, k / 32, bias.data(), one.data(), m, 5,
+                              m);
+      for (int64_t i = 0; i < n; ++i) {
+        for (int64_t j = 0; j < m; ++j) {
+          const float ref =
+              cpu::RefQuantDot(dt, &wq[RowBytes(dt, k) * j], &xq[i * k / 32], k) + bias[j];
+          EXPECT_NEAR(out[i * m + j], ref, 1e-4f * (1 + std::fabs(ref)))
+              << DTypeName(dt) << " k " << k << " row " << j << " x " << i;
+          if (i == 0) {
+            EXPECT_NEAR(one[j], ref, 1e-4f * (1 + std::fabs(ref))) << DTypeName(dt);
+          }
+        }
+      }
+    }
+  }
+}
+
+// The backend's K-quant decode (activations quantized to Q8 blocks, integer dots) tracks the F32
+// product of the decoded weights within the activations' quantization error.
+TEST(QuantTest, KQuantDecodeTracksTheDecodedWeights) {
+  for (DType dt : {DType::kQ4_K, DType::kQ6_K}) {
+    for (int64_t n : {int64_t{1}, int64_t{3}}) {
+      const int64_t k = 512, m = 70;
+      const std::vector<uint8_t> wq = RandomKQuantRows(dt, m, k, 11);
+      std::vector<float> w(m * k);
+      for (int64_t r = 0; r < m; ++r)
+        cpu::DequantizeRow(dt, &wq[RowBytes(dt, k) * r], k, &w[r * k]);
+      const std::vector<float> x = Random(n * k, 6);
+      std::vector<float> exact(n * m), fast(n * m);
+      auto f32 = NewCpuBackend({.threads = 2});
+      f32->MatMul(Tensor::Of(const_cast<float*>(x.data()), DType::kF32, n, k),
+                  Tensor::Of(w.data(), DType::kF32, m, k), nullptr,
+                  Tensor::Of(exact.data(), DType::kF32, n, m));
+      f32->MatMul(Tensor::Of(const_cast<float*>(x.data()), DType::kF32, n, k),
+                  Tensor::Of(const_cast<uint8_t*>(wq.data()), dt, m, k), nullptr,
+                  Tensor::Of(fast.data(), DType::kF32, n, m));
+      double err = 0, norm = 0;
+      for (int64_t i = 0; i < n * m; ++i) {
+        err += (fast[i] - exact[i]) * (fast[i] - exact[i]);
+        norm += exact[i] * exact[i];
+      }
+      EXPECT_LT(std::sqrt(err / norm), 0.02) << DTypeName(dt) << " n " << n;
+    }
+  }
+}
+
 class QuantMatMulTest : public ::testing::TestWithParam<std::tuple<DType, int64_t>> {};
 
 TEST_P(QuantMatMulTest, BackendTracksF32WithinFormatError) {
