@@ -105,7 +105,9 @@ absl::StatusOr<ModelFacts> ReadModel(const std::string& path) {
       ++facts.weights.tensors;
     }
     facts.format = "gguf";
-    facts.storage = absl::StrCat("GGUF v", file->version(), ", ", Bytes(fs::file_size(path, ec)));
+    const uintmax_t size = fs::file_size(path, ec);
+    facts.storage = absl::StrCat("GGUF v", file->version(),
+                                 ec ? "" : absl::StrCat(", ", Bytes(static_cast<double>(size))));
     return facts;
   }
   if (!fs::is_directory(path, ec)) {

@@ -3,6 +3,7 @@
 // the last events.
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
 #include <atomic>
 #include <csignal>
 #include <cstdio>
@@ -28,6 +29,16 @@ std::atomic<bool> g_interrupted{false};
 
 void OnInterrupt(int) { g_interrupted = true; }
 
+// Text from the server (error messages, event sentences) without control characters, so that
+// nothing it says can move the cursor or recolour the terminal.
+std::string Printable(const std::string& s) {
+  std::string out = s;
+  for (char& c : out) {
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = ' ';
+  }
+  return out;
+}
+
 std::string Ms(double seconds) { return absl::StrFormat("%.1f ms", seconds * 1e3); }
 
 std::string Uptime(double seconds) {
@@ -46,7 +57,7 @@ std::string Render(const v1::GetClusterStatusResponse& s, int events) {
   int ready = 0;
   for (const v1::PipelineStatus& p : s.pipelines()) ready += p.ready() ? 1 : 0;
   absl::StrAppendFormat(&out, "model %s, up %s: %d of %d pipelines ready, %d spare workers\n",
-                        s.model(), Uptime(s.uptime_seconds()), ready, s.pipelines_size(),
+                        Printable(s.model()), Uptime(s.uptime_seconds()), ready, s.pipelines_size(),
                         s.spare_workers_size());
   absl::StrAppendFormat(&out,
                         "load: %.1f tokens/s, %.2f requests/s, %d running, %d waiting; TTFT p50 %s "
@@ -57,7 +68,7 @@ std::string Render(const v1::GetClusterStatusResponse& s, int events) {
   for (const v1::PipelineStatus& p : s.pipelines()) {
     absl::StrAppendFormat(
         &out, "\npipeline %d: %s; %d running, %d waiting; KV %d/%d (%s)", p.index(),
-        p.ready() ? "ready" : "down (" + p.last_error() + ")", p.running(), p.waiting(),
+        p.ready() ? "ready" : "down (" + Printable(p.last_error()) + ")", p.running(), p.waiting(),
         p.kv_blocks_used(), p.kv_blocks_total(),
         Percent(p.kv_blocks_total() == 0
                     ? 0.0
@@ -67,14 +78,15 @@ std::string Render(const v1::GetClusterStatusResponse& s, int events) {
                           "worker", "layers", "device", "health", "busy", "tok/s", "step p50/p99",
                           "KV");
     for (const v1::StageStatus& st : p.stages()) {
-      std::string health = st.health();
+      std::string health = Printable(st.health());
       if (!st.healthy() && health.rfind("unreachable", 0) == 0) health = "unreachable";
       const std::string mark = p.bottleneck_stage() == st.index() && st.busy_fraction() > 0
                                    ? absl::StrCat(st.index(), " *")
                                    : std::to_string(st.index());
       absl::StrAppendFormat(
-          &out, "  %-6s %-22s %-7s %-16s %-10s %6s %8.0f %19s %11s\n", mark, st.address(),
-          st.layers(), absl::StrCat(st.backend(), st.device().empty() ? "" : " ", st.device()),
+          &out, "  %-6s %-22s %-7s %-16s %-10s %6s %8.0f %19s %11s\n", mark,
+          Printable(st.address()), st.layers(),
+          Printable(absl::StrCat(st.backend(), st.device().empty() ? "" : " ", st.device())),
           health, Percent(st.busy_fraction()), st.tokens_per_second(),
           absl::StrFormat("%.2f/%.2f ms", st.step_seconds_p50() * 1e3, st.step_seconds_p99() * 1e3),
           absl::StrCat(st.kv_blocks_used(), "/", st.kv_blocks_total()));
@@ -86,7 +98,8 @@ std::string Render(const v1::GetClusterStatusResponse& s, int events) {
   }
   if (any_bottleneck) out += "  (* the pipeline's bottleneck: its busiest stage)\n";
   if (s.spare_workers_size() > 0) {
-    absl::StrAppend(&out, "\nspare workers: ", absl::StrJoin(s.spare_workers(), ", "), "\n");
+    absl::StrAppend(&out, "\nspare workers: ", Printable(absl::StrJoin(s.spare_workers(), ", ")),
+                    "\n");
   }
   const int first = std::max(0, s.events_size() - events);
   if (s.events_size() > 0) {
@@ -96,8 +109,8 @@ std::string Render(const v1::GetClusterStatusResponse& s, int events) {
     const v1::ClusterEvent& e = s.events(i);
     const absl::Time t = absl::FromUnixMicros(static_cast<int64_t>(e.time_unix() * 1e6));
     absl::StrAppendFormat(&out, "  %s  %-16s %s\n",
-                          absl::FormatTime("%H:%M:%S", t, absl::LocalTimeZone()), e.kind(),
-                          e.message());
+                          absl::FormatTime("%H:%M:%S", t, absl::LocalTimeZone()),
+                          Printable(e.kind()), Printable(e.message()));
   }
   return out;
 }
@@ -141,13 +154,19 @@ int StatusMain(int argc, char** argv) {
     v1::GetClusterStatusRequest request;
     v1::GetClusterStatusResponse status;
     const grpc::Status s = stub->GetClusterStatus(&context, request, &status);
-    if (!s.ok()) return FailWith(ExplainFailure(server, s));
     std::string text;
-    if (json) {
+    if (!s.ok()) {
+      // Once: the error and exit 2. --watch: say so and try again (a router restarting).
+      if (!watch) return FailWith(ExplainFailure(server, s));
+      text = absl::StrCat("error: ", Printable(ExplainFailure(server, s).ToString()),
+                          "\n(retrying every ", interval_s, " s; Ctrl-C to stop)\n");
+    } else if (json) {
       google::protobuf::util::JsonPrintOptions options;
       options.preserve_proto_field_names = true;
       options.always_print_primitive_fields = true;
-      (void)google::protobuf::util::MessageToJsonString(status, &text, options);
+      if (!google::protobuf::util::MessageToJsonString(status, &text, options).ok()) {
+        return FailWith(absl::InternalError("cannot write the status as JSON"));
+      }
       text += "\n";
     } else {
       text = Render(status, events);

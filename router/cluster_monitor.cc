@@ -52,6 +52,7 @@ ClusterMonitor::ClusterMonitor(InferenceServiceImpl* service, const RouterMetric
 ClusterMonitor::~ClusterMonitor() { Stop(); }
 
 void ClusterMonitor::Start() {
+  if (thread_.joinable()) return;
   thread_ = std::thread([this] { Loop(); });
 }
 
@@ -84,7 +85,8 @@ void ClusterMonitor::FillStage(const std::string& address, absl::Time now, v1::S
   if (!described_.count(address)) {
     grpc::ClientContext context;
     AttachClusterCredential(&context);
-    context.set_deadline(absl::ToChronoTime(now + kWorkerDeadline));
+    // Each call its own deadline: a worker that does not answer costs only its own.
+    context.set_deadline(absl::ToChronoTime(absl::Now() + kWorkerDeadline));
     v1::DescribeResponse d;
     if (stub->Describe(&context, v1::DescribeRequest(), &d).ok()) {
       described_[address] = {DeviceKindName(d.device()), d.device_name()};
@@ -96,7 +98,8 @@ void ClusterMonitor::FillStage(const std::string& address, absl::Time now, v1::S
   }
   grpc::ClientContext context;
   AttachClusterCredential(&context);
-  context.set_deadline(absl::ToChronoTime(now + kWorkerDeadline));
+  // Each call its own deadline: a worker that does not answer costs only its own.
+  context.set_deadline(absl::ToChronoTime(absl::Now() + kWorkerDeadline));
   v1::StatsRequest request;
   request.set_owner(owner_);
   v1::StatsResponse s;
@@ -263,6 +266,24 @@ void ClusterMonitor::Poll() {
   }
   if (registry_ != nullptr) {
     for (const std::string& a : registry_->Spares()) status.add_spare_workers(a);
+  }
+  // Workers no pipeline uses any more (replaced, or gone from DNS) leave no state behind.
+  std::set<std::string> in_use;
+  for (const v1::PipelineStatus& p : status.pipelines()) {
+    for (const v1::StageStatus& s : p.stages()) in_use.insert(s.address());
+  }
+  for (auto it = stubs_.begin(); it != stubs_.end();) {
+    it = in_use.count(it->first) ? std::next(it) : stubs_.erase(it);
+  }
+  for (auto it = described_.begin(); it != described_.end();) {
+    it = in_use.count(it->first) ? std::next(it) : described_.erase(it);
+  }
+  for (auto it = samples_.begin(); it != samples_.end();) {
+    it = in_use.count(it->first) ? std::next(it) : samples_.erase(it);
+  }
+  for (auto it = served_.begin(); it != served_.end();) {
+    const std::string address = it->substr(it->rfind('/') + 1);
+    it = in_use.count(address) ? std::next(it) : served_.erase(it);
   }
 
   // Router-wide load: rates over the last 10 s, latency over the last minute.

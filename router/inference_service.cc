@@ -421,6 +421,11 @@ grpc::Status InferenceServiceImpl::GetClusterStatus(grpc::ServerContext* context
     return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the cluster monitor is not running");
   }
   *resp = monitor_->Status(req->history());
+  if (resp->sampled_at_unix() == 0) {
+    return grpc::Status(
+        grpc::StatusCode::UNAVAILABLE,
+        "the cluster monitor has not polled the workers yet; try again in a second");
+  }
   return grpc::Status::OK;
 }
 

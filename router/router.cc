@@ -7,8 +7,10 @@
 #include <algorithm>
 #include <chrono>
 #include <filesystem>
+#include <random>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/cluster_auth.h"
 #include "common/grpc_util.h"
@@ -235,7 +237,11 @@ void Router::BuildReplicas() {
   o.pipeline.kv_num_blocks = static_cast<int32_t>(c.kv_blocks);
   o.pipeline.max_step_tokens = static_cast<int32_t>(c.max_batch_tokens);
   // This router's name in the workers' leases: routers sharing workers never double-book one.
-  o.pipeline.owner = absl::StrCat(c.listen, "/", getpid(), "/", absl::ToUnixNanos(absl::Now()));
+  // A cluster member that knew it could act as this router, so it is 128 bits from the OS's
+  // random source, not something one could work out (address, pid, start time).
+  std::random_device entropy;
+  o.pipeline.owner =
+      absl::StrFormat("router-%08x%08x%08x%08x", entropy(), entropy(), entropy(), entropy());
   o.prefix_caching = !c.no_prefix_cache;
   o.step_timeout = absl::Seconds(c.step_timeout_s);
   o.failover_wait = absl::Seconds(c.failover_wait_s);
