@@ -64,8 +64,9 @@ API_KEY_SECRET_KEY = "api-key"
 API_KEY_ENV = "SHARDSERVE_API_KEY"
 MODEL_CLAIM = "shardserve-models"
 MODEL_LOADER_JOB = "shardserve-model-loader"
-# Paths an Ingress may route to the router's HTTP port: the OpenAI API only.
-INGRESS_PATHS = ("/v1",)
+# Paths an Ingress may route to the router's HTTP port: the OpenAI API only (a /v1 prefix would
+# also publish /v1/cluster, the operators' view of the workers).
+INGRESS_PATHS = ("/v1/completions", "/v1/chat/completions", "/v1/models")
 
 TS_TYPES = {
     ("v1", "ConfigMap"): ("kubernetes-types/core/v1", "ConfigMap"),
@@ -363,6 +364,7 @@ class Checker:
                                f"listens on ({sorted(worker_ports)})")
         self.check_selectors(docs, templates)
         self.check_network_policies(docs)
+        self.router_models = {flags.get("--model") for _, flags in routers}
         self.check_model_loader(docs, configmaps)
         self.check_ingresses(docs)
         for d in docs:
@@ -454,6 +456,10 @@ class Checker:
                 if not isinstance(model, str) or not model:
                     self.error(cwhere, "has no MODEL from the shardserve-flags ConfigMap")
                     continue
+                if model not in self.router_models:
+                    self.error(cwhere, f"loads MODEL={model}, but the routers read "
+                               f"{sorted(m for m in self.router_models if m)}: the pods would wait "
+                               "for a model that never comes")
                 writable = [p for p, w in self.model_mounts(spec, container) if w]
                 if not any(model.startswith(p + "/") for p in writable):
                     self.error(cwhere, f"does not mount the claim {MODEL_CLAIM} writable above "
@@ -499,14 +505,15 @@ class Checker:
                     p = path.get("path", "/")
                     if p.rstrip("/") not in INGRESS_PATHS:
                         self.error(where, f"routes path {p!r}: only {list(INGRESS_PATHS)} may "
-                                   "leave the cluster (/metrics and /health stay inside)")
+                                   "leave the cluster (/v1/cluster, /console, /metrics and "
+                                   "/health stay inside)")
                     backend = (path.get("backend") or {}).get("service") or {}
                     svc = services.get(backend.get("name"))
                     port = backend.get("port") or {}
                     target = None
                     for sp in (svc or {}).get("spec", {}).get("ports", []):
-                        if sp.get("name") == port.get("name") or sp.get("port") == port.get(
-                                "number"):
+                        if ("name" in port and sp.get("name") == port["name"]) or (
+                                "number" in port and sp.get("port") == port["number"]):
                             target = sp.get("targetPort")
                     if svc is None or target != "http":
                         self.error(where, f"path {p!r} goes to {backend.get('name')!r} port "
@@ -907,6 +914,11 @@ def self_test(binaries, docs, overlay):
         spec["containers"][0].setdefault("env", []).append({"name": "MODEL",
                                                             "value": "/data/model"})
 
+    def loader_model_beside(docs):
+        spec = loader_job(docs)["spec"]["template"]["spec"]
+        spec["containers"][0].setdefault("env", []).append({"name": "MODEL",
+                                                            "value": "/models/other"})
+
     def loader_other_script(docs):
         cm = next(d for d in docs if d["kind"] == "ConfigMap" and
                   "load-model.sh" in d.get("data", {}))
@@ -929,6 +941,9 @@ def self_test(binaries, docs, overlay):
         paths = ingress(docs)["spec"]["rules"][0]["http"]["paths"]
         paths.append(copy.deepcopy(paths[0]))
         paths[-1]["path"] = "/metrics"
+
+    def ingress_cluster_status(docs):
+        ingress(docs)["spec"]["rules"][0]["http"]["paths"][0]["path"] = "/v1"
 
     def ingress_grpc_port(docs):
         backend = ingress(docs)["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
@@ -953,9 +968,10 @@ def self_test(binaries, docs, overlay):
                      wait_without_volume, model_mount_writable)
     binary_mutations = (old_binary, router_without_env)
     if overlay == "gpu-production":
-        doc_mutations = (loader_read_only, loader_other_model, loader_other_script,
+        doc_mutations = (loader_read_only, loader_other_model, loader_model_beside,
+                         loader_other_script,
                          loader_claim_read_only_many, ingress_no_tls, ingress_whole_site,
-                         ingress_metrics, ingress_grpc_port)
+                         ingress_metrics, ingress_cluster_status, ingress_grpc_port)
         binary_mutations = ()
     if overlay == "cpu":
         doc_mutations = (flag, probe, named_probe, grace, config_port, undefined_var,

@@ -3,7 +3,7 @@
 # folders, with Debian's rclone: it copies a model folder whole and renames it into place; a
 # second run copies nothing; a source that is not a model folder, or no source at all, fails
 # with an error naming the problem and leaves no model behind; a copy left half-done by a failed
-# try is resumed, not trusted.
+# try is resumed, not trusted, and what another source's try left is not mixed in.
 #
 #   tests/deploy/model_loader_test.sh        (run by scripts/validate-deploy.sh)
 set -euo pipefail
@@ -61,6 +61,12 @@ head -c 1000 "$model_src/model.safetensors" >"$work/vol5/.incoming-model/model.s
 run "$work/vol5/model" "$model_src"
 check "a half-done copy is completed" [ "$status" -eq 0 ]
 check "the completed copy equals the source" diff -r "$model_src" "$work/vol5/model"
+
+# A try with another MODEL_SOURCE left a file behind: it is not mixed into the model.
+mkdir -p "$work/vol7/.incoming-model" && echo stray >"$work/vol7/.incoming-model/extra.safetensors"
+run "$work/vol7/model" "$model_src"
+check "a copy after another source's try succeeds" [ "$status" -eq 0 ]
+check "files of the other source are not mixed in" diff -r "$model_src" "$work/vol7/model"
 
 # A model folder that exists without config.json is not overwritten.
 mkdir -p "$work/vol6/model" && echo keep >"$work/vol6/model/notes"

@@ -34,12 +34,14 @@ parent=$(dirname "$MODEL")
 incoming="$parent/.incoming-$(basename "$MODEL")"
 mkdir -p "$parent"
 echo "load-model: copying $MODEL_SOURCE to $MODEL"
-rclone copy --stats 30s --stats-one-line --stats-log-level NOTICE --transfers 8 \
+# sync, not copy: files a failed try left from another MODEL_SOURCE are removed, not mixed in.
+rclone sync --stats 30s --stats-one-line --stats-log-level NOTICE --transfers 8 \
   "$MODEL_SOURCE" "$incoming"
 [ -f "$incoming/config.json" ] ||
   fail "$MODEL_SOURCE holds no config.json: point MODEL_SOURCE at a Hugging Face model folder" \
     "(config.json, *.safetensors, tokenizer.json)"
 ls "$incoming"/*.safetensors >/dev/null 2>&1 ||
   fail "$MODEL_SOURCE holds no *.safetensors weights"
-mv "$incoming" "$MODEL"
+# -T: should MODEL have appeared meanwhile (another loader), fail rather than nest inside it.
+mv -T "$incoming" "$MODEL"
 echo "load-model: $MODEL is ready ($(du -sh "$MODEL" | cut -f1))"
