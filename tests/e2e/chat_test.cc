@@ -6,6 +6,7 @@
 #include <pty.h>
 #include <signal.h>
 #include <sys/wait.h>
+#include <termios.h>
 #include <unistd.h>
 
 #include <string>
@@ -63,6 +64,19 @@ class PtyProcess {
     }
     return true;
   }
+  // Waits until the terminal is in the line editor's raw mode (`editing`: libedit reads keys one
+  // by one, so arrows and Ctrl-C reach it) or back in cooked mode (a reply is being written:
+  // Ctrl-C raises SIGINT), reading the screen meanwhile. Keys typed before that would be seen by
+  // the terminal driver instead (an up arrow echoed as "^[[A").
+  bool WaitForTerminal(bool editing, absl::Duration timeout) {
+    const absl::Time deadline = absl::Now() + timeout;
+    while (absl::Now() < deadline) {
+      termios mode{};
+      if (tcgetattr(master_, &mode) == 0 && ((mode.c_lflag & ICANON) == 0) == editing) return true;
+      WaitFor([](const std::string&) { return false; }, absl::Milliseconds(5));
+    }
+    return false;
+  }
   bool WaitForText(const std::string& text, absl::Duration timeout, size_t count = 1) {
     return WaitFor(
         [&](const std::string& s) {
@@ -118,18 +132,36 @@ TEST(Chat, ATerminalUserGetsCommandsCtrlCAndHistory) {
   ASSERT_TRUE(chat.WaitForText("> ", t, 3)) << chat.screen();
 
   const std::string ask = "Tell me a story.";
-  chat.Type(ask + "\r");
-  // Some of the reply, then Ctrl-C: the reply stops and the prompt comes back.
   const size_t asked_at = chat.screen().size();
+  chat.Type(ask + "\r");
+  // Ctrl-C once the request is running on the router (the line has left the editor) and some of
+  // the reply is on the screen: the reply stops and the prompt comes back.
+  auto running = [&] {
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
+    v1::GetClusterStatusResponse status;
+    return cluster.Stub()
+               ->GetClusterStatus(&context, v1::GetClusterStatusRequest(), &status)
+               .ok() &&
+           status.load().running() >= 1;
+  };
+  bool in_flight = false;
+  for (const absl::Time until = absl::Now() + t; !in_flight && absl::Now() < until;
+       absl::SleepFor(absl::Milliseconds(50))) {
+    in_flight = running();
+  }
+  ASSERT_TRUE(in_flight) << chat.screen();
   ASSERT_TRUE(
       chat.WaitFor([&](const std::string& s) { return s.size() > asked_at + ask.size() + 12; }, t))
       << chat.screen();
+  ASSERT_TRUE(chat.WaitForTerminal(/*editing=*/false, t));
   chat.Type("\x03");
   ASSERT_TRUE(chat.WaitForText("[stopped]", t)) << chat.screen();
   ASSERT_TRUE(chat.WaitForText("> ", t, 4)) << chat.screen();
 
   // The up arrow brings the last line back (libedit), not "^[[A"; Enter sends it again.
   const size_t before_recall = chat.screen().size();
+  ASSERT_TRUE(chat.WaitForTerminal(/*editing=*/true, t));
   chat.Type("\x1b[A");
   ASSERT_TRUE(chat.WaitFor(
       [&](const std::string& s) { return s.find(ask, before_recall) != std::string::npos; }, t))
@@ -139,6 +171,7 @@ TEST(Chat, ATerminalUserGetsCommandsCtrlCAndHistory) {
   const size_t resent_at = chat.screen().size();
   ASSERT_TRUE(chat.WaitFor([&](const std::string& s) { return s.size() > resent_at + 12; }, t))
       << chat.screen();
+  ASSERT_TRUE(chat.WaitForTerminal(/*editing=*/false, t));
   chat.Type("\x03");
   ASSERT_TRUE(chat.WaitForText("[stopped]", t, 2)) << chat.screen();
 
