@@ -203,7 +203,7 @@ void ClusterMonitor::Diff(absl::Time now, const v1::GetClusterStatusResponse& cu
                  absl::StrCat(where, " replaces ", old->address()));
         continue;
       }
-      const std::string key = absl::StrCat(pi, "/", s.index(), "/", s.address());
+      const ServedKey key{pi, s.index(), s.address()};
       if (old->healthy() && !s.healthy()) {
         const bool draining = s.health() == "draining";
         AddEvent(now, draining ? "worker_draining" : "worker_lost", pi, s.index(),
@@ -272,19 +272,11 @@ void ClusterMonitor::Poll() {
   for (const v1::PipelineStatus& p : status.pipelines()) {
     for (const v1::StageStatus& s : p.stages()) in_use.insert(s.address());
   }
-  for (auto it = stubs_.begin(); it != stubs_.end();) {
-    it = in_use.count(it->first) ? std::next(it) : stubs_.erase(it);
-  }
-  for (auto it = described_.begin(); it != described_.end();) {
-    it = in_use.count(it->first) ? std::next(it) : described_.erase(it);
-  }
-  for (auto it = samples_.begin(); it != samples_.end();) {
-    it = in_use.count(it->first) ? std::next(it) : samples_.erase(it);
-  }
-  for (auto it = served_.begin(); it != served_.end();) {
-    const std::string address = it->substr(it->rfind('/') + 1);
-    it = in_use.count(address) ? std::next(it) : served_.erase(it);
-  }
+  auto unused = [&](const auto& entry) { return !in_use.count(entry.first); };
+  std::erase_if(stubs_, unused);
+  std::erase_if(described_, unused);
+  std::erase_if(samples_, unused);
+  std::erase_if(served_, [&](const ServedKey& k) { return !in_use.count(std::get<2>(k)); });
 
   // Router-wide load: rates over the last 10 s, latency over the last minute.
   totals_.push_back({now, metrics_->generation_tokens(), metrics_->finished_requests()});

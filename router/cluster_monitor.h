@@ -21,6 +21,7 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
@@ -94,8 +95,9 @@ class ClusterMonitor {
   v1::GetClusterStatusResponse previous_ ABSL_GUARDED_BY(poll_mu_);
   bool first_poll_ ABSL_GUARDED_BY(poll_mu_) = true;
   std::deque<v1::ClusterEvent> events_ ABSL_GUARDED_BY(poll_mu_);
-  // pipeline/stage/address of stages that have served: their return is an event.
-  std::set<std::string> served_ ABSL_GUARDED_BY(poll_mu_);
+  // (pipeline, stage, address) of stages that have served: their return is an event.
+  using ServedKey = std::tuple<int, int, std::string>;
+  std::set<ServedKey> served_ ABSL_GUARDED_BY(poll_mu_);
 
   // What readers see.
   mutable absl::Mutex mu_ ABSL_ACQUIRED_AFTER(poll_mu_);
