@@ -1,0 +1,274 @@
+#include "model/grammar/matcher.h"
+
+#include <algorithm>
+#include <limits>
+#include <numeric>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "model/tokenizer/tokenizer.h"
+
+namespace shardserve::grammar {
+namespace {
+
+constexpr uint32_t kInfinite = std::numeric_limits<uint32_t>::max();
+
+uint32_t AddSat(uint32_t a, uint32_t b) { return a >= kInfinite - b ? kInfinite : a + b; }
+
+}  // namespace
+
+Vocabulary::Vocabulary(std::vector<std::string> token_bytes, std::vector<int32_t> eos_ids)
+    : bytes_(std::move(token_bytes)), eos_ids_(std::move(eos_ids)) {
+  std::sort(eos_ids_.begin(), eos_ids_.end());
+  eos_ids_.erase(std::unique(eos_ids_.begin(), eos_ids_.end()), eos_ids_.end());
+  std::vector<int32_t> sorted;
+  std::bitset<256> single;
+  for (int32_t id = 0; id < size(); ++id) {
+    if (bytes_[id].empty() || is_eos(id)) continue;
+    sorted.push_back(id);
+    max_length_ = std::max(max_length_, bytes_[id].size());
+    if (bytes_[id].size() == 1) single.set(static_cast<unsigned char>(bytes_[id][0]));
+  }
+  has_all_bytes_ = single.all();
+  std::sort(sorted.begin(), sorted.end(), [&](int32_t a, int32_t b) {
+    return bytes_[a] != bytes_[b] ? bytes_[a] < bytes_[b] : a < b;
+  });
+  nodes_.emplace_back();
+  Fill(0, sorted, 0, sorted.size(), 0);
+}
+
+void Vocabulary::Fill(uint32_t node, const std::vector<int32_t>& sorted, size_t lo, size_t hi,
+                      size_t depth) {
+  size_t i = lo;
+  nodes_[node].tokens_begin = static_cast<uint32_t>(node_tokens_.size());
+  while (i < hi && bytes_[sorted[i]].size() == depth) node_tokens_.push_back(sorted[i++]);
+  nodes_[node].tokens_end = static_cast<uint32_t>(node_tokens_.size());
+  // Children, one per next byte, laid out together.
+  std::vector<std::pair<size_t, size_t>> groups;
+  while (i < hi) {
+    const char b = bytes_[sorted[i]][depth];
+    size_t j = i;
+    while (j < hi && bytes_[sorted[j]][depth] == b) ++j;
+    groups.emplace_back(i, j);
+    i = j;
+  }
+  const uint32_t first = static_cast<uint32_t>(nodes_.size());
+  nodes_.resize(nodes_.size() + groups.size());
+  nodes_[node].children_begin = first;
+  nodes_[node].children_end = first + static_cast<uint32_t>(groups.size());
+  for (size_t k = 0; k < groups.size(); ++k) {
+    nodes_[first + k].byte = static_cast<uint8_t>(bytes_[sorted[groups[k].first]][depth]);
+    Fill(first + static_cast<uint32_t>(k), sorted, groups[k].first, groups[k].second, depth + 1);
+  }
+}
+
+bool Vocabulary::is_eos(int32_t id) const {
+  return std::binary_search(eos_ids_.begin(), eos_ids_.end(), id);
+}
+
+std::shared_ptr<const Vocabulary> Vocabulary::FromTokenizer(const Tokenizer& tokenizer) {
+  std::vector<std::string> bytes(tokenizer.vocab_size());
+  for (int32_t id = 0; id < tokenizer.vocab_size(); ++id) {
+    if (!tokenizer.IsSpecial(id)) bytes[id] = tokenizer.TokenText(id);
+  }
+  return std::make_shared<const Vocabulary>(std::move(bytes), tokenizer.eos_ids());
+}
+
+Matcher::Matcher(std::shared_ptr<const Grammar> grammar,
+                 std::shared_ptr<const Vocabulary> vocabulary)
+    : grammar_(std::move(grammar)),
+      vocab_(std::move(vocabulary)),
+      scratch_(vocab_->max_length() + 1) {
+  State start;
+  for (uint32_t alt : grammar_->alternatives(grammar_->root())) Expand(alt, nullptr, &start);
+  Normalize(&start);
+  frames_ = std::move(start.frames);
+  can_end_ = start.can_end;
+}
+
+const Matcher::Frame* Matcher::Intern(uint32_t pos, const Frame* parent) {
+  auto [it, added] = interned_.try_emplace(std::make_pair(pos, parent), nullptr);
+  if (added) {
+    if (frame_store_.size() >= kMaxFrames) overflow_ = true;
+    const uint32_t rest = AddSat(grammar_->min_rest(pos), parent ? parent->rest : 0);
+    frame_store_.push_back(Frame{pos, rest, parent});
+    it->second = &frame_store_.back();
+  }
+  return it->second;
+}
+
+void Matcher::Expand(uint32_t pos, const Frame* parent, State* out) {
+  for (;;) {
+    const Element& e = grammar_->element(pos);
+    if (e.kind == Element::kEnd) {
+      if (parent == nullptr) {
+        out->can_end = true;
+        return;
+      }
+      pos = parent->pos;
+      parent = parent->parent;
+      continue;
+    }
+    if (e.kind == Element::kBytes) {
+      out->frames.push_back(Intern(pos, parent));
+      return;
+    }
+    // A rule: what follows it is the continuation (none when the alternative ends with it).
+    const Frame* cont =
+        grammar_->element(pos + 1).kind == Element::kEnd ? parent : Intern(pos + 1, parent);
+    for (uint32_t alt : grammar_->alternatives(e.index)) Expand(alt, cont, out);
+    return;
+  }
+}
+
+void Matcher::Normalize(State* s) {
+  std::sort(s->frames.begin(), s->frames.end());
+  s->frames.erase(std::unique(s->frames.begin(), s->frames.end()), s->frames.end());
+}
+
+void Matcher::Advance(const State& in, uint8_t byte, State* out) {
+  out->Clear();
+  for (const Frame* f : in.frames) {
+    if (grammar_->byte_set(grammar_->element(f->pos).index).test(byte)) {
+      Expand(f->pos + 1, f->parent, out);
+    }
+  }
+  Normalize(out);
+}
+
+int64_t Matcher::MinBytesToEnd() const {
+  if (can_end_) return 0;
+  uint32_t best = kInfinite;
+  for (const Frame* f : frames_) best = std::min(best, f->rest);
+  return best;
+}
+
+absl::Status Matcher::Accept(int32_t id) {
+  if (id < 0 || id >= vocab_->size()) {
+    return absl::InvalidArgumentError(absl::StrCat("token ", id, " is outside the vocabulary"));
+  }
+  if (finished_) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("token ", id, " follows the end of the constrained output"));
+  }
+  if (vocab_->is_eos(id)) {
+    if (!can_end_) {
+      return absl::InvalidArgumentError(absl::StrCat("end-of-generation token ", id,
+                                                     " before the constrained output is complete"));
+    }
+    finished_ = true;
+    return absl::OkStatus();
+  }
+  const std::string& bytes = vocab_->bytes(id);
+  if (bytes.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("token ", id, " (a special token) is not allowed in constrained output"));
+  }
+  State cur;
+  cur.frames = frames_;
+  State next;
+  for (size_t i = 0; i < bytes.size(); ++i) {
+    Advance(cur, static_cast<uint8_t>(bytes[i]), &next);
+    if (next.frames.empty() && !next.can_end) {
+      return absl::InvalidArgumentError(absl::StrCat("token ", id, " ('", absl::CHexEscape(bytes),
+                                                     "') breaks the grammar at its byte ", i));
+    }
+    if (next.frames.empty() && i + 1 < bytes.size()) {
+      return absl::InvalidArgumentError(absl::StrCat("token ", id, " ('", absl::CHexEscape(bytes),
+                                                     "') runs past the end of the grammar"));
+    }
+    std::swap(cur, next);
+  }
+  if (overflow_) {
+    return absl::ResourceExhaustedError(
+        "the grammar is too ambiguous to track (too many parse stacks)");
+  }
+  frames_ = std::move(cur.frames);
+  can_end_ = cur.can_end;
+  return absl::OkStatus();
+}
+
+void Matcher::Walk(uint32_t node, const State& state, size_t depth, int64_t budget,
+                   std::string* bits, int64_t* max_need) {
+  std::bitset<256> next_bytes;
+  for (const Frame* f : state.frames)
+    next_bytes |= grammar_->byte_set(grammar_->element(f->pos).index);
+  const Vocabulary::Node& n = vocab_->node(node);
+  for (uint32_t c = n.children_begin; c < n.children_end; ++c) {
+    const Vocabulary::Node& child = vocab_->node(c);
+    if (!next_bytes.test(child.byte)) continue;
+    State& next = scratch_[depth];
+    Advance(state, child.byte, &next);
+    if (next.frames.empty() && !next.can_end) continue;
+    if (child.tokens_begin != child.tokens_end) {
+      int64_t need = 0;
+      if (!next.can_end) {
+        uint32_t best = kInfinite;
+        for (const Frame* f : next.frames) best = std::min(best, f->rest);
+        need = best;
+      }
+      if (budget < 0 || need <= budget) {
+        for (uint32_t t = child.tokens_begin; t < child.tokens_end; ++t) {
+          const int32_t id = vocab_->node_token(t);
+          (*bits)[id >> 3] = static_cast<char>((*bits)[id >> 3] | (1 << (id & 7)));
+        }
+        *max_need = std::max(*max_need, need);
+      }
+    }
+    // The child's walk reads scratch_[depth] and writes only deeper slots.
+    if (!next.frames.empty() && child.children_begin != child.children_end) {
+      Walk(c, next, depth + 1, budget, bits, max_need);
+    }
+  }
+}
+
+void Matcher::AddEos(std::string* bits) const {
+  if (!can_end_ || finished_) return;
+  for (int32_t id : vocab_->eos_ids()) {
+    if (id >= 0 && id < vocab_->size()) {
+      (*bits)[id >> 3] = static_cast<char>((*bits)[id >> 3] | (1 << (id & 7)));
+    }
+  }
+}
+
+absl::StatusOr<std::string> Matcher::Mask(int64_t budget) {
+  std::vector<const Frame*> key = frames_;
+  if (can_end_) key.push_back(nullptr);
+  const size_t n_bytes = (static_cast<size_t>(vocab_->size()) + 7) / 8;
+  State state;
+  state.frames = frames_;
+  state.can_end = can_end_;
+  auto it = cache_.find(key);
+  if (it == cache_.end()) {
+    ++cache_misses_;
+    Cached fresh;
+    fresh.bits.assign(n_bytes, '\0');
+    Walk(0, state, 0, -1, &fresh.bits, &fresh.max_need);
+    if (overflow_) {
+      return absl::ResourceExhaustedError(
+          "the grammar is too ambiguous to track (too many parse stacks)");
+    }
+    AddEos(&fresh.bits);
+    if (cache_bytes_ + n_bytes > kMaxCacheBytes) {
+      cache_.clear();
+      cache_bytes_ = 0;
+    }
+    cache_bytes_ += n_bytes;
+    it = cache_.emplace(std::move(key), std::move(fresh)).first;
+  } else {
+    ++cache_hits_;
+  }
+  if (budget < 0 || budget >= it->second.max_need) return it->second.bits;
+  // A tight budget: walk again keeping only tokens that leave room to finish (not cached: the
+  // budget shrinks with every token).
+  std::string bits(n_bytes, '\0');
+  int64_t unused = 0;
+  Walk(0, state, 0, budget, &bits, &unused);
+  AddEos(&bits);
+  return bits;
+}
+
+}  // namespace shardserve::grammar

@@ -1,0 +1,157 @@
+// Constrained decoding: which tokens may come next so that the output stays a prefix of a
+// sentence of a Grammar, and always can be finished.
+//
+// The matcher is a pushdown automaton over bytes run as a set of stacks (as llama.cpp's grammar
+// sampler does): each stack is a path of positions in the grammar's alternatives, top first, and
+// a byte advances every stack whose top position accepts it. Stacks are hash-consed (equal
+// stacks are one object), so a state is a sorted list of pointers, cheap to compare and to key
+// a cache by. A token's mask walks a byte trie of the vocabulary once, advancing the state byte
+// by byte and pruning a whole subtree as soon as no stack survives; masks are cached per state,
+// so the positions a generation keeps returning to (inside a string, between digits) cost a
+// lookup.
+//
+// Budget: each stack knows the fewest bytes that would finish the output from it. Given how
+// many tokens may still follow, Mask() allows only tokens after which the output can still be
+// finished, counting one byte per token (a vocabulary with byte tokens can always do that), so
+// a constrained output cut by max_tokens still parses.
+//
+// A Matcher is used by one thread at a time; Grammar and Vocabulary are immutable and shared.
+#ifndef SHARDSERVE_MODEL_GRAMMAR_MATCHER_H_
+#define SHARDSERVE_MODEL_GRAMMAR_MATCHER_H_
+
+#include <bitset>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "model/grammar/grammar.h"
+
+namespace shardserve {
+class Tokenizer;
+}  // namespace shardserve
+
+namespace shardserve::grammar {
+
+// What each token writes, and a trie over those bytes. Built once per tokenizer.
+class Vocabulary {
+ public:
+  // token_bytes[i]: the bytes token i adds to the output; empty for a token never allowed.
+  // eos_ids: the tokens that end the output (allowed once the output is a whole match).
+  Vocabulary(std::vector<std::string> token_bytes, std::vector<int32_t> eos_ids);
+  // Special tokens other than the end-of-generation ones are never allowed.
+  static std::shared_ptr<const Vocabulary> FromTokenizer(const Tokenizer& tokenizer);
+
+  int32_t size() const { return static_cast<int32_t>(bytes_.size()); }
+  const std::string& bytes(int32_t id) const { return bytes_[id]; }
+  bool is_eos(int32_t id) const;
+  const std::vector<int32_t>& eos_ids() const { return eos_ids_; }
+  // Whether every single byte is some token's whole text (then the budget rule holds).
+  bool has_all_bytes() const { return has_all_bytes_; }
+  // The longest token's bytes (the trie's depth).
+  size_t max_length() const { return max_length_; }
+
+  struct Node {
+    uint32_t children_begin = 0;
+    uint32_t children_end = 0;
+    uint32_t tokens_begin = 0;  // into tokens(): the tokens whose bytes end here
+    uint32_t tokens_end = 0;
+    uint8_t byte = 0;
+  };
+  const Node& node(uint32_t i) const { return nodes_[i]; }
+  int32_t node_token(uint32_t i) const { return node_tokens_[i]; }
+
+ private:
+  void Fill(uint32_t node, const std::vector<int32_t>& sorted, size_t lo, size_t hi, size_t depth);
+
+  std::vector<std::string> bytes_;
+  std::vector<int32_t> eos_ids_;
+  std::vector<Node> nodes_;  // nodes_[0] is the root (the empty prefix)
+  std::vector<int32_t> node_tokens_;
+  bool has_all_bytes_ = false;
+  size_t max_length_ = 0;
+};
+
+class Matcher {
+ public:
+  // Interned stacks per matcher, bounding memory for ambiguous grammars.
+  static constexpr size_t kMaxFrames = 1 << 18;
+  // Bytes of cached masks per matcher.
+  static constexpr size_t kMaxCacheBytes = 4 << 20;
+
+  Matcher(std::shared_ptr<const Grammar> grammar, std::shared_ptr<const Vocabulary> vocabulary);
+  Matcher(const Matcher&) = delete;
+  Matcher& operator=(const Matcher&) = delete;
+
+  // Feeds token `id`. INVALID_ARGUMENT when the grammar does not allow it here (the state is
+  // then unchanged); an end-of-generation token is allowed when CanEnd().
+  absl::Status Accept(int32_t id);
+  // The output so far is a whole match.
+  bool CanEnd() const { return can_end_; }
+  // Nothing may follow: the output is a whole match that no byte extends, or it took an EOS.
+  bool Finished() const { return finished_ || (frames_.empty() && can_end_); }
+  // Fewest bytes that finish the output from here.
+  int64_t MinBytesToEnd() const;
+
+  // The tokens allowed next: bit i of byte i/8 (least significant first) for token i,
+  // (vocabulary size + 7) / 8 bytes. With `budget` >= 0, only tokens after which the output can
+  // be finished in `budget` more tokens. RESOURCE_EXHAUSTED when the grammar is too ambiguous
+  // to track (kMaxFrames).
+  absl::StatusOr<std::string> Mask(int64_t budget);
+
+  // Mask lookups answered from the cache, and computed.
+  int64_t cache_hits() const { return cache_hits_; }
+  int64_t cache_misses() const { return cache_misses_; }
+
+ private:
+  struct Frame {
+    uint32_t pos;
+    uint32_t rest;  // fewest bytes to empty this stack
+    const Frame* parent;
+  };
+  struct State {
+    std::vector<const Frame*> frames;  // sorted, unique
+    bool can_end = false;
+    void Clear() {
+      frames.clear();
+      can_end = false;
+    }
+  };
+  struct Cached {
+    std::string bits;
+    int64_t max_need = 0;  // the largest need of an allowed token
+  };
+
+  const Frame* Intern(uint32_t pos, const Frame* parent);
+  void Expand(uint32_t pos, const Frame* parent, State* out);
+  void Advance(const State& in, uint8_t byte, State* out);
+  static void Normalize(State* s);
+  void AddEos(std::string* bits) const;
+  void Walk(uint32_t node, const State& state, size_t depth, int64_t budget, std::string* bits,
+            int64_t* max_need);
+
+  std::shared_ptr<const Grammar> grammar_;
+  std::shared_ptr<const Vocabulary> vocab_;
+  std::deque<Frame> frame_store_;
+  absl::flat_hash_map<std::pair<uint32_t, const Frame*>, const Frame*> interned_;
+  bool overflow_ = false;
+
+  std::vector<const Frame*> frames_;
+  bool can_end_ = false;
+  bool finished_ = false;
+
+  std::vector<State> scratch_;  // one per trie depth
+  absl::flat_hash_map<std::vector<const Frame*>, Cached> cache_;
+  size_t cache_bytes_ = 0;
+  int64_t cache_hits_ = 0;
+  int64_t cache_misses_ = 0;
+};
+
+}  // namespace shardserve::grammar
+
+#endif  // SHARDSERVE_MODEL_GRAMMAR_MATCHER_H_

@@ -1,0 +1,102 @@
+// Masks over real vocabularies: SentencePiece with byte fallback (stories260K) and byte-level
+// BPE (Llama-3, 128k tokens, many spanning JSON punctuation and text at once).
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "model/grammar/grammar.h"
+#include "model/grammar/json_schema.h"
+#include "model/grammar/matcher.h"
+#include "model/tokenizer/tokenizer.h"
+#include "nlohmann/json.hpp"
+
+namespace shardserve::grammar {
+namespace {
+
+bool Allowed(const std::string& mask, int32_t id) { return (mask[id >> 3] >> (id & 7)) & 1; }
+
+std::unique_ptr<Tokenizer> Load(const std::string& path) {
+  auto t = Tokenizer::Load(path);
+  EXPECT_TRUE(t.ok()) << t.status();
+  return t.ok() ? std::move(*t) : nullptr;
+}
+
+const char kSchema[] = R"({
+  "type": "object",
+  "properties": {
+    "title": {"type": "string"},
+    "year": {"type": "integer"},
+    "genres": {"type": "array", "items": {"enum": ["drama", "comedy", "sci-fi"]}, "maxItems": 3},
+    "rating": {"type": "number"},
+    "seen": {"type": "boolean"}
+  },
+  "required": ["title", "year", "genres"]
+})";
+
+// Random generations: every allowed token keeps the output valid, the mask holds only tokens
+// Accept takes (checked on a sample of tokens per step, all of them where `exhaustive`), and
+// outputs cut by the budget still parse.
+void RandomWalks(const Tokenizer& tok, bool exhaustive) {
+  auto vocab = Vocabulary::FromTokenizer(tok);
+  ASSERT_TRUE(vocab->has_all_bytes());
+  auto gbnf = JsonSchemaToGbnf(kSchema);
+  ASSERT_TRUE(gbnf.ok()) << gbnf.status();
+  auto g = Grammar::Parse(*gbnf);
+  ASSERT_TRUE(g.ok()) << g.status();
+  std::mt19937 rng(5);
+  for (int walk = 0; walk < 6; ++walk) {
+    const int max_tokens = 34 + 12 * walk;  // the shortest output is 33 bytes
+    Matcher m(*g, vocab);
+    std::vector<int32_t> history;
+    std::vector<int32_t> ids;
+    for (int used = 0; used < max_tokens && !m.Finished(); ++used) {
+      auto mask = m.Mask(max_tokens - used - 1);
+      ASSERT_TRUE(mask.ok()) << mask.status();
+      std::vector<int32_t> allowed;
+      for (int32_t id = 0; id < vocab->size(); ++id) {
+        if (Allowed(*mask, id)) allowed.push_back(id);
+      }
+      ASSERT_FALSE(allowed.empty());
+      if (exhaustive || used % 8 == 0) {
+        // Tokens outside the mask that Accept takes would mean a valid continuation was lost.
+        const int probes = exhaustive ? vocab->size() : 2000;
+        for (int p = 0; p < probes; ++p) {
+          const int32_t id = exhaustive ? p : static_cast<int32_t>(rng() % vocab->size());
+          Matcher probe(*g, vocab);
+          for (int32_t h : history) ASSERT_TRUE(probe.Accept(h).ok());
+          if (Allowed(*mask, id)) continue;  // allowed tokens are checked by taking them
+          EXPECT_FALSE(probe.Accept(id).ok() && probe.MinBytesToEnd() <= max_tokens - used - 1)
+              << "token " << id << " ('" << vocab->bytes(id) << "') missing from the mask";
+        }
+      }
+      const int32_t id = allowed[rng() % allowed.size()];
+      ASSERT_TRUE(m.Accept(id).ok()) << "allowed token " << id << " refused";
+      history.push_back(id);
+      if (!vocab->is_eos(id)) ids.push_back(id);
+    }
+    ASSERT_TRUE(m.CanEnd());
+    std::string text;
+    for (int32_t id : ids) text += vocab->bytes(id);
+    auto v = nlohmann::json::parse(text, nullptr, false);
+    ASSERT_FALSE(v.is_discarded()) << text;
+    EXPECT_TRUE(v.contains("title") && v.contains("year") && v.contains("genres")) << text;
+  }
+}
+
+TEST(GrammarVocab, StoriesSentencePiece) {
+  auto tok = Load(std::string(SHARDSERVE_SOURCE_DIR) + "/../shared/models/stories260K");
+  ASSERT_NE(tok, nullptr);
+  RandomWalks(*tok, /*exhaustive=*/true);
+}
+
+TEST(GrammarVocab, Llama3ByteLevel) {
+  auto tok = Load(std::string(SHARDSERVE_BINARY_DIR) + "/testdata/tokenizers/llama3");
+  ASSERT_NE(tok, nullptr);
+  EXPECT_GT(tok->vocab_size(), 128000);
+  RandomWalks(*tok, /*exhaustive=*/false);
+}
+
+}  // namespace
+}  // namespace shardserve::grammar
