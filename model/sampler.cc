@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 #include <unordered_map>
 
@@ -99,7 +100,20 @@ SampleResult Sample(absl::Span<const float> raw, const SamplingParams& p, int64_
     }
   }
   (void)total;
+  // Never a token of zero probability (a masked one), whatever the rounding.
+  while (chosen > 0 && probs[chosen] == 0) --chosen;
   return {order[chosen], static_cast<float>(std::log(probs[chosen] / kept))};
+}
+
+void MaskLogits(absl::string_view allowed, absl::Span<float> logits) {
+  const float off = -std::numeric_limits<float>::infinity();
+  for (size_t i = 0; i < logits.size(); ++i) {
+    const size_t byte = i >> 3;
+    if (byte >= allowed.size() ||
+        ((static_cast<unsigned char>(allowed[byte]) >> (i & 7)) & 1) == 0) {
+      logits[i] = off;
+    }
+  }
 }
 
 std::vector<std::pair<int32_t, float>> TopLogprobs(absl::Span<const float> logits, int n) {

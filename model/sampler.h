@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 #include "kernels/sampling.h"
 
@@ -19,6 +20,11 @@ namespace shardserve {
 // convention, so the same seed gives the same text on every path.
 SampleResult Sample(absl::Span<const float> logits, const SamplingParams& params, int64_t position,
                     absl::Span<const int32_t> history);
+
+// Sets the logits of the tokens `allowed` leaves out to -infinity: bit i of byte i / 8 (least
+// significant first) allows token i (v1::SequencePlan.allowed_tokens). Sampling afterwards never
+// picks a masked token, and penalties, temperature, top-k/p and min-p act on the rest.
+void MaskLogits(absl::string_view allowed, absl::Span<float> logits);
 
 // The n most likely tokens with their log-probabilities under the raw logits.
 std::vector<std::pair<int32_t, float>> TopLogprobs(absl::Span<const float> logits, int n);

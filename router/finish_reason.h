@@ -1,4 +1,5 @@
-// The OpenAI-style name of a finish reason ("stop", "length"; "" while unfinished): what the HTTP
+// The OpenAI-style name of a finish reason ("stop", "length", "tool_calls"; "" while
+// unfinished): what the HTTP
 // API sends as finish_reason and `shardserve complete --json` prints. Header-only, so that the
 // CLI can use it without linking the router.
 #ifndef SHARDSERVE_ROUTER_FINISH_REASON_H_
@@ -16,6 +17,8 @@ inline std::string FinishReasonName(v1::FinishReason reason) {
       return "stop";
     case v1::FINISH_REASON_LENGTH:
       return "length";
+    case v1::FINISH_REASON_TOOL_CALLS:
+      return "tool_calls";
     default:
       return "";
   }

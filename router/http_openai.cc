@@ -154,20 +154,66 @@ absl::Status ParseUnsupported(const json& body) {
     if (!it->is_object()) return Invalid("logit_bias", "must be an object");
     if (!it->empty()) return Invalid("logit_bias", "is not supported by this server");
   }
-  if (auto it = body.find("response_format"); it != body.end() && !it->is_null()) {
-    if (!it->is_object() || !it->contains("type") || !(*it)["type"].is_string()) {
-      return Invalid("response_format", "must be an object with a string `type`");
-    }
-    if ((*it)["type"] != "text") {
-      return Invalid("response_format", absl::StrCat("type '", (*it)["type"].get<std::string>(),
-                                                     "' is not supported; only 'text'"));
-    }
-  }
   if (auto it = body.find("tools"); it != body.end() && !it->is_null()) {
     if (!it->is_array()) return Invalid("tools", "must be an array");
     if (!it->empty()) return Invalid("tools", "tool calls are not supported by this server");
   }
 
+  return absl::OkStatus();
+}
+
+// response_format: text (free), json_object, json_schema ({name, schema, strict}) and, as an
+// extension, grammar ({grammar: GBNF text}). The schema is taken from `body_text` again with
+// its key order kept: properties come out in the order the schema lists them.
+absl::Status ParseResponseFormat(const json& body, const std::string& body_text,
+                                 v1::GenerateRequest* req) {
+  auto it = body.find("response_format");
+  if (it == body.end() || it->is_null()) return absl::OkStatus();
+  if (!it->is_object() || !it->contains("type") || !(*it)["type"].is_string()) {
+    return Invalid("response_format", "must be an object with a string `type`");
+  }
+  const std::string type = (*it)["type"].get<std::string>();
+  if (type == "text") return absl::OkStatus();
+  if (type == "json_object") {
+    req->mutable_response_format()->mutable_json_object();
+    return absl::OkStatus();
+  }
+  if (type == "grammar") {
+    auto g = it->find("grammar");
+    if (g == it->end() || !g->is_string()) {
+      return Invalid("response_format.grammar", "must be a string (GBNF)");
+    }
+    req->mutable_response_format()->set_grammar(g->get<std::string>());
+    return absl::OkStatus();
+  }
+  if (type != "json_schema") {
+    return Invalid(
+        "response_format",
+        absl::StrCat("type '", type,
+                     "' is not supported; use text, json_object, json_schema or grammar"));
+  }
+  auto spec = it->find("json_schema");
+  if (spec == it->end() || !spec->is_object()) {
+    return Invalid("response_format.json_schema", "must be an object with `name` and `schema`");
+  }
+  v1::JsonSchemaFormat* out = req->mutable_response_format()->mutable_json_schema();
+  if (auto name = spec->find("name"); name != spec->end() && !name->is_null()) {
+    if (!name->is_string()) return Invalid("response_format.json_schema.name", "must be a string");
+    out->set_name(name->get<std::string>());
+  }
+  if (auto strict = spec->find("strict");
+      strict != spec->end() && !strict->is_null() && !strict->is_boolean()) {
+    return Invalid("response_format.json_schema.strict", "must be true or false");
+  }
+  auto schema = spec->find("schema");
+  if (schema == spec->end() || schema->is_null()) {
+    return Invalid("response_format.json_schema.schema", "is required");
+  }
+  if (!schema->is_object() && !schema->is_boolean()) {
+    return Invalid("response_format.json_schema.schema", "must be a JSON Schema object");
+  }
+  const auto ordered = nlohmann::ordered_json::parse(body_text, nullptr, false);
+  out->set_schema(ordered["response_format"]["json_schema"]["schema"].dump());
   return absl::OkStatus();
 }
 
@@ -307,6 +353,7 @@ absl::StatusOr<OpenAiRequest> ParseOpenAiRequest(OpenAiEndpoint endpoint,
   }
 
   if (absl::Status s = ParseUnsupported(body); !s.ok()) return s;
+  if (absl::Status s = ParseResponseFormat(body, body_text, &g); !s.ok()) return s;
   if (absl::Status s = ParseStreaming(body, &req); !s.ok()) return s;
   if (absl::Status s = ParseMaxTokens(body, endpoint, &g); !s.ok()) return s;
   if (absl::Status s = ParseStops(body, &g); !s.ok()) return s;

@@ -13,6 +13,7 @@
 #include "common/logging.h"
 #include "common/status.h"
 #include "common/wire.h"
+#include "model/grammar/matcher.h"
 #include "router/cluster_monitor.h"
 
 namespace shardserve {
@@ -41,6 +42,7 @@ InferenceServiceImpl::InferenceServiceImpl(std::string model_name, ModelConfig c
       config_(std::move(config)),
       tokenizer_(tokenizer),
       chat_template_(std::move(chat_template)),
+      structured_(tokenizer),
       replicas_(std::move(replicas)) {
   limits_.name = model_name_;
   limits_.context = config_.max_position_embeddings;
@@ -207,6 +209,25 @@ absl::StatusOr<std::vector<int32_t>> InferenceServiceImpl::PromptIds(
   }
 }
 
+namespace {
+
+// The first token's mask, once max_tokens is known to leave room for the shortest output.
+absl::StatusOr<std::string> FirstMask(grammar::Matcher& matcher, int32_t max_tokens,
+                                      const std::string& field) {
+  const int64_t shortest = matcher.MinBytesToEnd();
+  if (shortest > max_tokens) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_tokens: ", max_tokens, " cannot hold the shortest output ", field,
+                     " allows (", shortest, " bytes; a token may carry only one)"));
+  }
+  auto mask = matcher.Mask(max_tokens - 1);
+  if (!mask.ok())
+    return absl::InvalidArgumentError(absl::StrCat(field, ": ", mask.status().message()));
+  return mask;
+}
+
+}  // namespace
+
 absl::StatusOr<InferenceServiceImpl::Generation> InferenceServiceImpl::Start(
     const v1::GenerateRequest& request) {
   if (draining_) {
@@ -228,6 +249,12 @@ absl::StatusOr<InferenceServiceImpl::Generation> InferenceServiceImpl::Start(
   RETURN_IF_ERROR(ValidatePromptLength(prompt.size(), request.max_tokens(), limits_));
   const int32_t max_tokens =
       ResolveMaxTokens(request.max_tokens(), prompt.size(), limits_, admission_.max_tokens_limit);
+  std::shared_ptr<grammar::Matcher> matcher;
+  std::string allowed_tokens;
+  if (request.has_response_format()) {
+    ASSIGN_OR_RETURN(matcher, structured_.NewMatcher(request.response_format()));
+    ASSIGN_OR_RETURN(allowed_tokens, FirstMask(*matcher, max_tokens, "response_format"));
+  }
   // Drawn outside the lock; the bit generator is this thread's own.
   thread_local absl::BitGen bitgen;
   const uint64_t fresh_seed =
@@ -254,6 +281,8 @@ absl::StatusOr<InferenceServiceImpl::Generation> InferenceServiceImpl::Start(
   if (!request.ignore_eos()) seq.stop_ids.insert(eos_ids_.begin(), eos_ids_.end());
   seq.stop_ids.insert(request.stop_token_ids().begin(), request.stop_token_ids().end());
   seq.sampling = ResolveSampling(request, fresh_seed);
+  seq.matcher = std::move(matcher);
+  seq.allowed_tokens = std::move(allowed_tokens);
   // Unique across routers and restarts, as vLLM's: 128 random bits in hex.
   g.request_id = request.request_id().empty()
                      ? absl::StrCat(absl::Hex(absl::Uniform<uint64_t>(bitgen), absl::kZeroPad16),

@@ -39,6 +39,7 @@
 #include "router/metrics.h"
 #include "router/replica.h"
 #include "router/routing.h"
+#include "router/structured_output.h"
 #include "router/validation.h"
 #include "router/worker_registry.h"
 #include "shardserve/v1/inference.grpc.pb.h"
@@ -159,6 +160,7 @@ class InferenceServiceImpl final : public v1::InferenceService::Service {
   const ModelConfig config_;
   const Tokenizer* const tokenizer_;
   const std::optional<ChatTemplate> chat_template_;
+  StructuredOutput structured_;
   mutable absl::Mutex replicas_mu_;
   std::vector<Replica*> replicas_ ABSL_GUARDED_BY(replicas_mu_);
   ModelLimits limits_;

@@ -337,6 +337,11 @@ void Replica::DeliverLocked(const v1::StepsResponse& result) {
     auto it = clients_.find(ev.sequence->id);
     if (it == clients_.end()) continue;
     Client& c = it->second;
+    if (!ev.error.ok()) {
+      c.sink->Fail(ev.error);
+      clients_.erase(it);
+      continue;
+    }
     std::string text = c.text->Add(ev.token.token_id());
     v1::FinishReason finish = ev.finish;
     if (c.text->stopped() && finish == v1::FINISH_REASON_UNSPECIFIED) {

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
+#include "model/grammar/matcher.h"
 
 namespace shardserve {
 
@@ -179,7 +180,10 @@ std::optional<v1::StepPlan> Scheduler::NextPlan() {
         const int64_t nblocks = allocator_->BlocksFor(s.num_computed + e.chunk);
         sp->mutable_block_table()->Add(s.blocks.begin(), s.blocks.begin() + nblocks);
         sp->set_sample(e.sample);
-        if (e.sample) *sp->mutable_sampling() = s.sampling;
+        if (e.sample) {
+          *sp->mutable_sampling() = s.sampling;
+          if (!s.allowed_tokens.empty()) sp->set_allowed_tokens(s.allowed_tokens);
+        }
       }
       batches_.emplace(plan.step_id(), Batch{std::move(entries), absl::Now()});
     }
@@ -262,12 +266,36 @@ absl::StatusOr<std::vector<TokenEvent>> Scheduler::Complete(const v1::StepsRespo
       FinishSequence(s);
       continue;
     }
-    TokenEvent ev{s, t, v1::FINISH_REASON_UNSPECIFIED};
+    TokenEvent ev{s, t, v1::FINISH_REASON_UNSPECIFIED, absl::OkStatus()};
+    if (s->matcher != nullptr) {
+      if (absl::Status taken = s->matcher->Accept(t.token_id()); !taken.ok()) {
+        ev.error = absl::InternalError(
+            absl::StrCat("step ", result.step_id(),
+                         " sampled a token the output format does not allow: ", taken.message()));
+        FinishSequence(s);
+        events.push_back(std::move(ev));
+        continue;
+      }
+    }
     s->tokens.push_back(t.token_id());
     if (s->stop_ids.contains(t.token_id())) {
       ev.finish = v1::FINISH_REASON_STOP;
+    } else if (s->matcher != nullptr && s->matcher->Finished()) {
+      ev.finish = v1::FINISH_REASON_STOP;  // the output is whole and nothing may follow
     } else if (s->generated() >= s->max_tokens) {
       ev.finish = v1::FINISH_REASON_LENGTH;
+    }
+    if (ev.finish == v1::FINISH_REASON_UNSPECIFIED && s->matcher != nullptr) {
+      // The next token's mask, leaving room to finish in the tokens after it.
+      auto mask = s->matcher->Mask(s->max_tokens - s->generated() - 1);
+      if (mask.ok()) {
+        s->allowed_tokens = *std::move(mask);
+      } else {
+        ev.error = mask.status();
+        FinishSequence(s);
+        events.push_back(std::move(ev));
+        continue;
+      }
     }
     if (ev.finish != v1::FINISH_REASON_UNSPECIFIED) FinishSequence(s);
     events.push_back(std::move(ev));

@@ -25,6 +25,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
@@ -36,6 +37,10 @@
 #include "shardserve/v1/worker.pb.h"
 
 namespace shardserve {
+
+namespace grammar {
+class Matcher;
+}  // namespace grammar
 
 // One request's sequence: its token log (prompt, then generated) and where it stands.
 // A request whose pipelines fail more often than this while running it ends with UNAVAILABLE
@@ -52,6 +57,11 @@ struct Sequence {
   int32_t max_tokens = 1;
   absl::flat_hash_set<int32_t> stop_ids;  // EOS and request stop ids
   v1::StepSampling sampling;
+  // Structured output (router/structured_output.h): the matcher over what was generated so far
+  // and the mask for the next token (SequencePlan.allowed_tokens); null and empty when free.
+  // They travel with the token log, so a failover or preemption resumes under the same state.
+  std::shared_ptr<grammar::Matcher> matcher;
+  std::string allowed_tokens;
 
   // Scheduler state.
   uint64_t arrival = 0;      // Enqueue order; the latest arrival is preempted first
@@ -96,6 +106,8 @@ struct TokenEvent {
   std::shared_ptr<Sequence> sequence;
   v1::SampledToken token;
   v1::FinishReason finish = v1::FINISH_REASON_UNSPECIFIED;
+  // Not OK: the sequence ended with this error (its output format could not go on).
+  absl::Status error;
 };
 
 class Scheduler {

@@ -56,7 +56,15 @@ absl::Status ValidatePrompt(const v1::GenerateRequest& r, const ModelLimits& lim
       if (messages.size() > kMaxChatMessages) {
         return Invalid("chat.messages", absl::StrCat("more than ", kMaxChatMessages));
       }
+      // Tool calls are not served yet: refused, never dropped.
+      if (r.chat().tools_size() > 0 || r.chat().has_tool_choice()) {
+        return Invalid("chat.tools", "tool calls are not supported by this server");
+      }
       for (int i = 0; i < messages.size(); ++i) {
+        if (messages[i].tool_calls_size() > 0 || !messages[i].tool_call_id().empty()) {
+          return Invalid(absl::StrCat("chat.messages[", i, "]"),
+                         "tool calls are not supported by this server");
+        }
         const std::string& role = messages[i].role();
         if (role != "system" && role != "developer" && role != "user" && role != "assistant") {
           return Invalid(absl::StrCat("chat.messages[", i, "].role"),

@@ -155,6 +155,24 @@ absl::Status StageRuntime::Validate(const v1::StepPlan& plan) const {
         return Invalid(i, "sampling.top_logprobs",
                        absl::StrCat("outside [0, ", kMaxTopLogprobs, "]"));
       }
+      if (!s.allowed_tokens().empty()) {
+        const size_t want = (static_cast<size_t>(config.vocab_size) + 7) / 8;
+        if (s.allowed_tokens().size() != want) {
+          return Invalid(i, "allowed_tokens",
+                         absl::StrCat(s.allowed_tokens().size(), " bytes for a vocabulary of ",
+                                      config.vocab_size, " (", want, " expected)"));
+        }
+        bool any = false;
+        for (int32_t t = 0; t < config.vocab_size && !any; ++t) {
+          any = (static_cast<unsigned char>(s.allowed_tokens()[t >> 3]) >> (t & 7)) & 1;
+        }
+        if (!any) return Invalid(i, "allowed_tokens", "allows no token of the vocabulary");
+        // Bits past the vocabulary, in the last byte, stay clear.
+        if (config.vocab_size % 8 != 0 && (static_cast<unsigned char>(s.allowed_tokens().back()) >>
+                                           (config.vocab_size % 8)) != 0) {
+          return Invalid(i, "allowed_tokens", "sets bits past the vocabulary");
+        }
+      }
     }
   }
   return absl::OkStatus();
@@ -301,8 +319,15 @@ absl::Status StageRuntime::SampleLocked(const v1::StepPlan& plan, const StepOutp
     ++row;
     static const std::vector<int32_t> kNoHistory;
     auto known = sequences_.find(s.sequence_id());
+    std::vector<float> masked;
+    absl::Span<const float> sample_from = logits;
+    if (!s.allowed_tokens().empty()) {
+      masked.assign(logits.begin(), logits.end());
+      MaskLogits(s.allowed_tokens(), absl::MakeSpan(masked));
+      sample_from = masked;
+    }
     SampleResult r =
-        Sample(logits, ToParams(s.sampling()), SamplePosition(s.start_pos() + s.tokens_size()),
+        Sample(sample_from, ToParams(s.sampling()), SamplePosition(s.start_pos() + s.tokens_size()),
                known == sequences_.end() ? kNoHistory : known->second.history);
     v1::SampledToken* tok = response->add_tokens();
     tok->set_sequence_id(s.sequence_id());
@@ -319,6 +344,25 @@ absl::Status StageRuntime::SampleLocked(const v1::StepPlan& plan, const StepOutp
   return absl::OkStatus();
 }
 
+namespace {
+
+// `token` when `allowed` is empty or allows it, else the next allowed id after it (wrapping): a
+// stage that chooses its own tokens (a simulated one) stays deterministic under a mask.
+int32_t AllowedNear(const std::string& allowed, int32_t token) {
+  if (allowed.empty()) return token;
+  const int64_t n = static_cast<int64_t>(allowed.size()) * 8;
+  auto ok = [&](int64_t t) {
+    return ((static_cast<unsigned char>(allowed[t >> 3]) >> (t & 7)) & 1) != 0;
+  };
+  for (int64_t step = 0; step < n; ++step) {
+    const int64_t t = (token + step) % n;
+    if (ok(t)) return static_cast<int32_t>(t);
+  }
+  return token;
+}
+
+}  // namespace
+
 absl::Status StageRuntime::TakeChosenTokens(const v1::StepPlan& plan, const StepOutput& out,
                                             v1::StepsResponse* response) {
   size_t row = 0;
@@ -329,7 +373,7 @@ absl::Status StageRuntime::TakeChosenTokens(const v1::StepPlan& plan, const Step
     }
     v1::SampledToken* tok = response->add_tokens();
     tok->set_sequence_id(s.sequence_id());
-    tok->set_token_id(out.tokens[row++]);
+    tok->set_token_id(AllowedNear(s.allowed_tokens(), out.tokens[row++]));
     tok->set_logprob(0);
     if (s.sampling().top_logprobs() > 0) {
       v1::TokenProb* p = tok->add_top();

@@ -2,7 +2,7 @@
 // outputs a JSON Schema allows (json_schema), written as GBNF for grammar/grammar.h.
 //
 // Outputs are compact: no whitespace except one optional space after ',' and ':'. Numbers keep
-// to what every JSON parser reads back exactly as a finite double: up to 16 integer digits, 15
+// to what every JSON parser reads back exactly as a finite double: up to 15 integer digits, 15
 // fraction digits and a 2-digit exponent. Object properties come in the schema's order.
 //
 // Supported keywords: type (a name or a list), properties, required, additionalProperties

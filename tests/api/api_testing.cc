@@ -56,6 +56,13 @@ absl::StatusOr<std::string> ConsoleNodeModules() {
   return dir + "/node_modules";
 }
 
+absl::StatusOr<std::string> StructuredNodeModules() {
+  const std::string dir = absl::StrCat(SHARDSERVE_BINARY_DIR, "/structured-node");
+  CommandResult r = RunFilling(dir, "tests/api/npm_ci.sh", "tests/structured");
+  if (r.exit_code != 0) return absl::UnavailableError(absl::StrCat("npm ci: ", r.output));
+  return dir + "/node_modules";
+}
+
 absl::StatusOr<std::string> PythonStubs() {
   const std::string dir = absl::StrCat(SHARDSERVE_BINARY_DIR, "/api-python");
   CommandResult r = RunFilling(dir, "clients/python/generate_stubs.sh");

@@ -24,6 +24,8 @@ CommandResult Run(const std::string& command);
 absl::StatusOr<std::string> NodeModules();
 // The folder holding tests/console's node_modules (puppeteer-core).
 absl::StatusOr<std::string> ConsoleNodeModules();
+// The folder holding tests/structured's node_modules (openai, ajv, ajv-formats).
+absl::StatusOr<std::string> StructuredNodeModules();
 // The folder holding Python stubs for shardserve.v1, KServe v2, health and reflection.
 absl::StatusOr<std::string> PythonStubs();
 // A Python interpreter with Debian's grpcio and protobuf.

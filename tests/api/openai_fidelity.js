@@ -56,7 +56,13 @@ async function main() {
     tools: await refused(ask({
       tools: [{type: 'function', function: {name: 'f', parameters: {type: 'object'}}}],
     })),
-    response_format: await refused(ask({response_format: {type: 'json_object'}})),
+    // A schema keyword the engine does not support is refused, never ignored.
+    response_format: await refused(ask({
+      response_format: {
+        type: 'json_schema',
+        json_schema: {name: 'n', schema: {type: 'string', pattern: '^a+$'}},
+      },
+    })),
   };
 
   const models = await client.models.list();

@@ -143,11 +143,11 @@ TEST_F(OpenAiHttp, OpenAiNpmClientSeesFaithfulLogprobsIdsSeedsAndRefusals) {
   EXPECT_EQ(u["replay"]["seed"], u["first"]["seed"]) << u;
   EXPECT_EQ(u["replay"]["text"], u["first"]["text"]) << "the returned seed replays the answer";
 
-  for (const auto& [name, param] :
-       std::vector<std::pair<std::string, std::string>>{{"logprobs_30", "logprobs"},
-                                                        {"logit_bias", "logit_bias"},
-                                                        {"tools", "tools"},
-                                                        {"response_format", "response_format"}}) {
+  for (const auto& [name, param] : std::vector<std::pair<std::string, std::string>>{
+           {"logprobs_30", "logprobs"},
+           {"logit_bias", "logit_bias"},
+           {"tools", "tools"},
+           {"response_format", "response_format.json_schema.schema"}}) {
     EXPECT_EQ(got["errors"][name]["status"], 400) << name << ": " << got["errors"][name];
     EXPECT_EQ(got["errors"][name]["param"], param) << name << ": " << got["errors"][name];
   }

@@ -193,6 +193,49 @@ TEST(Failover, KilledWorkersStreamsContinueOnTheOtherReplica) {
       << "no stream was on the killed pipeline";
 }
 
+// A constrained stream (a JSON schema, sampled) that fails over mid-way is exactly the no-fault
+// one: the matcher and its next mask travel with the token log, and the re-prefill samples the
+// next token under the same mask and the same (seed, position) draw.
+TEST(Failover, ConstrainedStreamsResumeExactly) {
+  const int http = FreePort();
+  Cluster cluster({.model = Stories260K(),
+                   .stages = 2,
+                   .replicas = 2,
+                   .router_args = {"--http-listen", absl::StrCat("127.0.0.1:", http)}});
+  ASSERT_TRUE(cluster.WaitServing(absl::Seconds(60)).ok());
+  auto request = [](size_t i) {
+    v1::GenerateRequest r = TextRequest(kJobs[i].prompt, kMaxTokens, 0.8f, 100 + i);
+    r.mutable_response_format()->mutable_json_schema()->set_schema(
+        R"({"type":"object","properties":{"title":{"type":"string"},"pages":{"type":"integer"},)"
+        R"("tags":{"type":"array","items":{"type":"string"}}},"required":["title","tags"]})");
+    return r;
+  };
+  std::vector<CompletionResult> refs;
+  double streamed = 0;
+  for (size_t i = 0; i < kJobs.size(); ++i) {
+    auto r = RunCompletion(cluster.router_address(), request(i), absl::Seconds(60), nullptr);
+    ASSERT_TRUE(r.ok()) << r.status();
+    streamed += r->ids.size();
+    refs.push_back(*r);
+  }
+  std::vector<std::unique_ptr<Stream>> streams;
+  for (size_t i = 0; i < kJobs.size(); ++i) {
+    streams.push_back(std::make_unique<Stream>(cluster, request(i), absl::Seconds(60)));
+  }
+  WaitForTokens(http, streamed + 60);
+  cluster.KillWorker(0);  // stage 0 of pipeline 0
+  for (size_t i = 0; i < kJobs.size(); ++i) {
+    const auto& got = streams[i]->Finish();
+    ASSERT_TRUE(got.ok()) << kJobs[i].prompt << ": " << got.status();
+    EXPECT_EQ(got->ids, refs[i].ids) << kJobs[i].prompt;
+    EXPECT_EQ(got->text, refs[i].text) << kJobs[i].prompt;
+    EXPECT_EQ(got->text.front(), '{') << got->text;
+  }
+  EXPECT_EQ(Metric(http, "shardserve_failovers_total{pipeline=\"0\"}"), 1);
+  EXPECT_GT(Metric(http, "shardserve_sequences_resumed_total{pipeline=\"1\"}"), 0)
+      << "no stream was on the killed pipeline";
+}
+
 TEST(Failover, ReplacementWorkerTakesOverTheStage) {
   const std::vector<Reference> refs = References();
   const int http = FreePort();

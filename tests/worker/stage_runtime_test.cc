@@ -97,6 +97,35 @@ TEST_F(StageRuntimeTest, RejectsBadPlans) {
   EXPECT_FALSE(whole->Execute(p).ok());
 }
 
+// A constrained sequence samples only what allowed_tokens allows, greedy or not; a mask of the
+// wrong size or one that allows nothing is refused naming the field.
+TEST_F(StageRuntimeTest, AllowedTokensMaskTheSample) {
+  auto whole = Load(backend_.get(), 0, 5);
+  std::string mask(512 / 8, '\0');
+  for (int32_t t : {300, 301, 450}) mask[t >> 3] = static_cast<char>(mask[t >> 3] | (1 << (t & 7)));
+  for (float temperature : {0.0f, 1.0f}) {
+    for (uint64_t seed = 0; seed < 4; ++seed) {
+      v1::StepPlan p = Plan(1, {1, 403, 407}, 0, true);
+      p.mutable_sequences(0)->set_allowed_tokens(mask);
+      p.mutable_sequences(0)->mutable_sampling()->set_temperature(temperature);
+      p.mutable_sequences(0)->mutable_sampling()->set_seed(seed);
+      auto r = whole->Execute(p);
+      ASSERT_TRUE(r.ok()) << r.status();
+      const int32_t t = r->tokens(0).token_id();
+      EXPECT_TRUE(t == 300 || t == 301 || t == 450) << t;
+      whole->Release(std::vector<uint64_t>{7});
+    }
+  }
+  v1::StepPlan p = Plan(1, {1}, 0, true);
+  p.mutable_sequences(0)->set_allowed_tokens(std::string(10, '\xff'));
+  auto short_mask = whole->Execute(p);
+  EXPECT_EQ(short_mask.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(short_mask.status().message().find("allowed_tokens"), std::string::npos);
+  p.mutable_sequences(0)->set_allowed_tokens(std::string(64, '\0'));
+  auto none = whole->Execute(p);
+  EXPECT_NE(none.status().message().find("allows no token"), std::string::npos) << none.status();
+}
+
 // A sequence that starts after blocks another sequence computed (the router's prefix cache)
 // samples what a sequence computing everything itself samples, repetition penalties included.
 TEST_F(StageRuntimeTest, NewSequenceReusesAnotherSequencesBlocks) {
