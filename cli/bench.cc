@@ -7,6 +7,8 @@
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
+#include <fstream>
+#include <sstream>
 #include <iostream>
 #include <mutex>
 #include <random>
@@ -49,6 +51,8 @@ struct BenchConfig {
   std::string worker_metrics;
   std::string api_key;  // --api-key, else $SHARDSERVE_API_KEY
   TlsFiles tls;
+  std::string response_format_flag;  // --response-format as given
+  v1::ResponseFormat response_format;
   bool chat() const { return scenario == "chat"; }
   int total_requests() const { return chat() ? requests * turns : requests; }
 };
@@ -91,7 +95,42 @@ void AddBenchFlags(CLI::App& app, BenchConfig* c) {
   app.add_option("--worker-metrics", c->worker_metrics,
                  "host:port,... of the workers' /metrics (shardserve-worker --metrics-listen), in "
                  "stage order: report each stage's busy fraction and the pipeline efficiency");
+  app.add_option("--response-format", c->response_format_flag,
+                 "constrain every output (structured outputs): json_object, json_schema:FILE (a "
+                 "JSON Schema) or grammar:FILE (GBNF)");
   AddClientTlsFlags(app, &c->tls);
+}
+
+// --response-format into c->response_format; false (after saying why) when it is unusable.
+bool ParseResponseFormat(BenchConfig* c) {
+  const std::string& f = c->response_format_flag;
+  if (f.empty()) return true;
+  if (f == "json_object") {
+    c->response_format.mutable_json_object();
+    return true;
+  }
+  for (const char* kind : {"json_schema:", "grammar:"}) {
+    if (!absl::StartsWith(f, kind)) continue;
+    const std::string path = f.substr(std::string(kind).size());
+    std::ifstream in(path);
+    std::stringstream text;
+    text << in.rdbuf();
+    if (!in) {
+      std::fprintf(stderr, "error: --response-format: cannot read %s\n", path.c_str());
+      return false;
+    }
+    if (std::string(kind) == "grammar:") {
+      c->response_format.set_grammar(text.str());
+    } else {
+      c->response_format.mutable_json_schema()->set_schema(text.str());
+    }
+    return true;
+  }
+  std::fprintf(stderr,
+               "error: --response-format: '%s' is not json_object, json_schema:FILE or "
+               "grammar:FILE\n",
+               f.c_str());
+  return false;
 }
 
 // What every client thread adds to, under mu.
@@ -172,6 +211,7 @@ void RunClient(const BenchConfig& c, const std::shared_ptr<grpc::Channel>& chann
       req.set_ignore_eos(true);
       req.mutable_sampling()->set_temperature(c.temperature);
       req.mutable_sampling()->set_seed(n);
+      if (!c.response_format_flag.empty()) *req.mutable_response_format() = c.response_format;
       StreamTiming timing = RunStream(c, *stub, req, &conversation);
       std::lock_guard<std::mutex> lock(results->mu);
       if (!timing.status.ok()) {
@@ -216,6 +256,7 @@ nlohmann::json Summary(const BenchConfig& c, const BenchResults& r, double secon
   out["throughput_tokens_per_s"] = seconds > 0 ? r.tokens / seconds : 0.0;
   out["concurrency"] = c.concurrency;
   out["temperature"] = c.temperature;
+  if (!c.response_format_flag.empty()) out["response_format"] = c.response_format_flag;
   out["requests_per_s"] = seconds > 0 ? (c.total_requests() - r.errors) / seconds : 0.0;
   out["ttft_ms_p50"] = Percentile(r.ttft_ms, 0.5);
   out["ttft_ms_p99"] = Percentile(r.ttft_ms, 0.99);
@@ -311,6 +352,7 @@ int BenchMain(int argc, char** argv) {
   if (c.requests <= 0) c.requests = 2 * c.concurrency;
   c.api_key = ApiKeyOrEnv(c.api_key);
   if (!UseClientTls(c.tls)) return 2;
+  if (!ParseResponseFormat(&c)) return 2;
 
   auto channel = grpc::CreateChannel(c.server, ProcessChannelCredentials());
   auto stub = v1::InferenceService::NewStub(channel);
