@@ -83,6 +83,31 @@ absl::Status ParseMessages(const json& body, v1::GenerateRequest* out) {
     if (role == m.end() || !role->is_string()) return Invalid(where + ".role", "is required");
     v1::ChatMessage* msg = out->mutable_chat()->add_messages();
     msg->set_role(role->get<std::string>());
+    if (auto id = m.find("tool_call_id"); id != m.end() && !id->is_null()) {
+      if (!id->is_string()) return Invalid(where + ".tool_call_id", "must be a string");
+      msg->set_tool_call_id(id->get<std::string>());
+    }
+    if (auto calls = m.find("tool_calls"); calls != m.end() && !calls->is_null()) {
+      if (!calls->is_array()) return Invalid(where + ".tool_calls", "must be an array");
+      for (size_t k = 0; k < calls->size(); ++k) {
+        const json& c = (*calls)[k];
+        const std::string at = absl::StrCat(where, ".tool_calls[", k, "]");
+        if (!c.is_object() || !c.contains("function") || !c["function"].is_object()) {
+          return Invalid(at, "must be {\"type\": \"function\", \"function\": {name, arguments}}");
+        }
+        const json& f = c["function"];
+        if (!f.contains("name") || !f["name"].is_string()) {
+          return Invalid(at + ".function.name", "must be a string");
+        }
+        if (!f.contains("arguments") || !f["arguments"].is_string()) {
+          return Invalid(at + ".function.arguments", "must be a string (JSON text)");
+        }
+        v1::ToolCall* call = msg->add_tool_calls();
+        if (c.contains("id") && c["id"].is_string()) call->set_id(c["id"].get<std::string>());
+        call->set_name(f["name"].get<std::string>());
+        call->set_arguments(f["arguments"].get<std::string>());
+      }
+    }
     auto content = m.find("content");
     if (content == m.end() || content->is_null()) continue;
     if (content->is_string()) {
@@ -154,11 +179,6 @@ absl::Status ParseUnsupported(const json& body) {
     if (!it->is_object()) return Invalid("logit_bias", "must be an object");
     if (!it->empty()) return Invalid("logit_bias", "is not supported by this server");
   }
-  if (auto it = body.find("tools"); it != body.end() && !it->is_null()) {
-    if (!it->is_array()) return Invalid("tools", "must be an array");
-    if (!it->empty()) return Invalid("tools", "tool calls are not supported by this server");
-  }
-
   return absl::OkStatus();
 }
 
@@ -214,6 +234,73 @@ absl::Status ParseResponseFormat(const json& body, const std::string& body_text,
   }
   const auto ordered = nlohmann::ordered_json::parse(body_text, nullptr, false);
   out->set_schema(ordered["response_format"]["json_schema"]["schema"].dump());
+  return absl::OkStatus();
+}
+
+// tools ([{type: "function", function: {name, description, parameters, strict}}]) and
+// tool_choice ("none", "auto", "required" or {type: "function", function: {name}}); chat only.
+// The parameters schemas are taken from `body_text` again with their key order kept.
+absl::Status ParseTools(const json& body, const std::string& body_text, OpenAiEndpoint endpoint,
+                        v1::GenerateRequest* req) {
+  auto tools = body.find("tools");
+  auto choice = body.find("tool_choice");
+  const bool has_tools = tools != body.end() && !tools->is_null();
+  const bool has_choice = choice != body.end() && !choice->is_null();
+  if (!has_tools && !has_choice) return absl::OkStatus();
+  if (endpoint != OpenAiEndpoint::kChat) {
+    return Invalid(has_tools ? "tools" : "tool_choice", "is only for chat completions");
+  }
+  v1::ChatPrompt* chat = req->mutable_chat();
+  if (has_tools) {
+    if (!tools->is_array()) return Invalid("tools", "must be an array");
+    const auto ordered = nlohmann::ordered_json::parse(body_text, nullptr, false);
+    for (size_t i = 0; i < tools->size(); ++i) {
+      const json& t = (*tools)[i];
+      const std::string at = absl::StrCat("tools[", i, "]");
+      if (!t.is_object() || t.value("type", "") != "function" || !t.contains("function") ||
+          !t["function"].is_object()) {
+        return Invalid(at, "must be {\"type\": \"function\", \"function\": {...}}");
+      }
+      const json& f = t["function"];
+      if (!f.contains("name") || !f["name"].is_string()) {
+        return Invalid(at + ".function.name", "must be a string");
+      }
+      v1::Tool* tool = chat->add_tools();
+      tool->set_name(f["name"].get<std::string>());
+      if (f.contains("description") && f["description"].is_string()) {
+        tool->set_description(f["description"].get<std::string>());
+      }
+      if (f.contains("parameters") && !f["parameters"].is_null()) {
+        if (!f["parameters"].is_object()) {
+          return Invalid(at + ".function.parameters", "must be a JSON Schema object");
+        }
+        tool->set_parameters(ordered["tools"][i]["function"]["parameters"].dump());
+      }
+    }
+  }
+  if (has_choice) {
+    v1::ToolChoice* c = chat->mutable_tool_choice();
+    if (choice->is_string()) {
+      const std::string mode = choice->get<std::string>();
+      if (mode == "none") {
+        c->set_mode(v1::TOOL_CHOICE_MODE_NONE);
+      } else if (mode == "auto") {
+        c->set_mode(v1::TOOL_CHOICE_MODE_AUTO);
+      } else if (mode == "required") {
+        c->set_mode(v1::TOOL_CHOICE_MODE_REQUIRED);
+      } else {
+        return Invalid("tool_choice", absl::StrCat("'", mode, "' is not none, auto or required"));
+      }
+    } else if (choice->is_object() && choice->contains("function") &&
+               (*choice)["function"].is_object() && (*choice)["function"].contains("name") &&
+               (*choice)["function"]["name"].is_string()) {
+      c->set_function((*choice)["function"]["name"].get<std::string>());
+    } else {
+      return Invalid("tool_choice",
+                     "must be none, auto, required or {\"type\": \"function\", \"function\": "
+                     "{\"name\": ...}}");
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -354,6 +441,7 @@ absl::StatusOr<OpenAiRequest> ParseOpenAiRequest(OpenAiEndpoint endpoint,
 
   if (absl::Status s = ParseUnsupported(body); !s.ok()) return s;
   if (absl::Status s = ParseResponseFormat(body, body_text, &g); !s.ok()) return s;
+  if (absl::Status s = ParseTools(body, body_text, endpoint, &g); !s.ok()) return s;
   if (absl::Status s = ParseStreaming(body, &req); !s.ok()) return s;
   if (absl::Status s = ParseMaxTokens(body, endpoint, &g); !s.ok()) return s;
   if (absl::Status s = ParseStops(body, &g); !s.ok()) return s;
@@ -499,7 +587,22 @@ json OpenAiResponseBuilder::Chunk(const v1::GenerateResponse& delta, bool first)
     if (first) d["role"] = "assistant";
     // vLLM's shape: a delta carries reasoning_content while the model reasons, content after.
     if (!delta.reasoning_text().empty()) d["reasoning_content"] = delta.reasoning_text();
-    if (!delta.text().empty() || delta.reasoning_text().empty()) d["content"] = delta.text();
+    if (!delta.text().empty() || (delta.reasoning_text().empty() && delta.tool_calls().empty())) {
+      d["content"] = delta.text();
+    }
+    if (!delta.tool_calls().empty()) {
+      // Each call whole in one delta, with its index, id, type and name (OpenAI's first delta
+      // of a call) and all of its arguments.
+      json calls = json::array();
+      for (int i = 0; i < delta.tool_calls_size(); ++i) {
+        const v1::ToolCall& c = delta.tool_calls(i);
+        calls.push_back({{"index", i},
+                         {"id", c.id()},
+                         {"type", "function"},
+                         {"function", {{"name", c.name()}, {"arguments", c.arguments()}}}});
+      }
+      d["tool_calls"] = calls;
+    }
     choice["delta"] = d;
     out["object"] = "chat.completion.chunk";
   } else {
@@ -523,6 +626,7 @@ json OpenAiResponseBuilder::UsageChunk(const v1::Usage& usage) const {
 void OpenAiResponseBuilder::Add(const v1::GenerateResponse& delta) {
   text_ += delta.text();
   reasoning_ += delta.reasoning_text();
+  all_.mutable_tool_calls()->MergeFrom(delta.tool_calls());
   all_.mutable_token_ids()->MergeFrom(delta.token_ids());
   all_.mutable_logprobs()->MergeFrom(delta.logprobs());
   if (delta.has_seed()) all_.set_seed(delta.seed());
@@ -542,6 +646,16 @@ json OpenAiResponseBuilder::Final() const {
   if (endpoint_ == OpenAiEndpoint::kChat) {
     choice["message"] = {{"role", "assistant"}, {"content", text_}};
     if (!reasoning_.empty()) choice["message"]["reasoning_content"] = reasoning_;
+    if (!all_.tool_calls().empty()) {
+      json calls = json::array();
+      for (const v1::ToolCall& c : all_.tool_calls()) {
+        calls.push_back({{"id", c.id()},
+                         {"type", "function"},
+                         {"function", {{"name", c.name()}, {"arguments", c.arguments()}}}});
+      }
+      choice["message"]["tool_calls"] = calls;
+      if (text_.empty()) choice["message"]["content"] = nullptr;
+    }
     out["object"] = "chat.completion";
   } else {
     choice["text"] = text_;

@@ -15,6 +15,7 @@
 #include "common/wire.h"
 #include "model/grammar/matcher.h"
 #include "router/cluster_monitor.h"
+#include "router/tool_calls.h"
 
 namespace shardserve {
 namespace {
@@ -196,9 +197,18 @@ absl::StatusOr<std::vector<int32_t>> InferenceServiceImpl::PromptIds(
       }
       std::vector<ChatMessage> messages;
       // OpenAI's "developer" role is its newer name for "system": templates know only the latter.
-      for (const v1::ChatMessage& m : r.chat().messages())
-        messages.push_back({m.role() == "developer" ? "system" : m.role(), m.content()});
-      auto text = chat_template_->Render(messages, /*add_generation_prompt=*/true);
+      for (const v1::ChatMessage& m : r.chat().messages()) {
+        ChatMessage msg{m.role() == "developer" ? "system" : m.role(), m.content()};
+        for (const v1::ToolCall& c : m.tool_calls())
+          msg.tool_calls.push_back({c.name(), c.arguments()});
+        msg.tool_call_id = m.tool_call_id();
+        messages.push_back(std::move(msg));
+      }
+      std::vector<ChatTool> tools;
+      for (const v1::Tool& t : r.chat().tools()) {
+        tools.push_back({t.name(), t.description(), t.parameters()});
+      }
+      auto text = chat_template_->Render(messages, tools, /*add_generation_prompt=*/true);
       if (!text.ok()) {
         return absl::InvalidArgumentError(absl::StrCat("chat.messages: ", text.status().message()));
       }
@@ -255,6 +265,24 @@ absl::StatusOr<InferenceServiceImpl::Generation> InferenceServiceImpl::Start(
     ASSIGN_OR_RETURN(matcher, structured_.NewMatcher(request.response_format()));
     ASSIGN_OR_RETURN(allowed_tokens, FirstMask(*matcher, max_tokens, "response_format"));
   }
+  // Tools: the calls are parsed from the output; `required` and a named function are enforced
+  // by a grammar of calls.
+  ToolCallFormat tool_format = ToolCallFormat::kNone;
+  if (request.prompt_case() == v1::GenerateRequest::kChat && request.chat().tools_size() > 0) {
+    const v1::ToolChoice& choice = request.chat().tool_choice();
+    if (!(choice.has_mode() && choice.mode() == v1::TOOL_CHOICE_MODE_NONE)) {
+      tool_format = chat_template_->tool_call_format();
+    }
+    const bool forced = choice.has_function() ||
+                        (choice.has_mode() && choice.mode() == v1::TOOL_CHOICE_MODE_REQUIRED);
+    if (forced) {
+      ASSIGN_OR_RETURN(std::string gbnf,
+                       ToolCallGbnf(tool_format, request.chat().tools(),
+                                    choice.has_function() ? choice.function() : ""));
+      ASSIGN_OR_RETURN(matcher, structured_.NewMatcherForGbnf(gbnf, "chat.tools"));
+      ASSIGN_OR_RETURN(allowed_tokens, FirstMask(*matcher, max_tokens, "tool_choice"));
+    }
+  }
   // Drawn outside the lock; the bit generator is this thread's own.
   thread_local absl::BitGen bitgen;
   const uint64_t fresh_seed =
@@ -289,6 +317,7 @@ absl::StatusOr<InferenceServiceImpl::Generation> InferenceServiceImpl::Start(
                                     absl::Hex(absl::Uniform<uint64_t>(bitgen), absl::kZeroPad16))
                      : request.request_id();
   g.reasoning = ReasoningParserFor(request, seq.tokens);
+  g.tool_format = tool_format;
   g.sink = std::make_shared<RequestSink>();
   const std::vector<std::string> stops(request.stop().begin(), request.stop().end());
   // A replica that looked ready may have failed a moment ago: the next best one takes it.
@@ -334,6 +363,18 @@ bool InferenceServiceImpl::Next(Generation& g, absl::Duration timeout, v1::Gener
   if (g.reasoning.has_value() && (got || *done)) {
     SplitReasoning(*g.reasoning, *done, out);
     got = got || out->ByteSizeLong() > 0;
+  }
+  if (g.tool_format != ToolCallFormat::kNone && (got || *done)) {
+    // Held back until the end, then split into content and calls.
+    g.tool_text += out->text();
+    out->clear_text();
+    if (*done && error->ok()) {
+      ParsedOutput parsed = ParseToolCalls(g.tool_format, g.tool_text);
+      out->set_text(parsed.content);
+      for (v1::ToolCall& c : parsed.calls) *out->add_tool_calls() = std::move(c);
+      if (!parsed.calls.empty()) out->set_finish_reason(v1::FINISH_REASON_TOOL_CALLS);
+      got = true;
+    }
   }
   if (metrics_ != nullptr && got) metrics_->OnOutput(g.trace, out, *done, *error);
   return got;

@@ -91,6 +91,10 @@ class InferenceServiceImpl final : public v1::InferenceService::Service {
     RequestTrace trace;
     std::shared_ptr<void> admission_slot;  // released when the generation is destroyed
     int64_t messages = 0;                  // responses handed to the client so far
+    // Chat with tools: the calls are parsed from the whole output, which is held back (text)
+    // until the end (ToolCallFormat::kNone: no tools).
+    ToolCallFormat tool_format = ToolCallFormat::kNone;
+    std::string tool_text;
   };
   // Validates and tokenizes `request` and submits it to a ready replica (see routing.h), with
   // Generate's errors (INVALID_ARGUMENT naming the field, UNAVAILABLE saying why).

@@ -2,7 +2,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <set>
+#include <string>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
 #include "common/wire.h"
@@ -32,6 +35,8 @@ absl::Status ValidateModelName(const std::string& model, const ModelLimits& limi
 
 namespace {
 
+absl::Status ValidateTools(const v1::GenerateRequest& r);
+
 absl::Status ValidatePrompt(const v1::GenerateRequest& r, const ModelLimits& limits) {
   switch (r.prompt_case()) {
     case v1::GenerateRequest::PROMPT_NOT_SET:
@@ -56,19 +61,24 @@ absl::Status ValidatePrompt(const v1::GenerateRequest& r, const ModelLimits& lim
       if (messages.size() > kMaxChatMessages) {
         return Invalid("chat.messages", absl::StrCat("more than ", kMaxChatMessages));
       }
-      // Tool calls are not served yet: refused, never dropped.
-      if (r.chat().tools_size() > 0 || r.chat().has_tool_choice()) {
-        return Invalid("chat.tools", "tool calls are not supported by this server");
-      }
+      RETURN_IF_ERROR(ValidateTools(r));
       for (int i = 0; i < messages.size(); ++i) {
-        if (messages[i].tool_calls_size() > 0 || !messages[i].tool_call_id().empty()) {
-          return Invalid(absl::StrCat("chat.messages[", i, "]"),
-                         "tool calls are not supported by this server");
-        }
         const std::string& role = messages[i].role();
+        if (messages[i].tool_calls_size() > 0 && role != "assistant") {
+          return Invalid(absl::StrCat("chat.messages[", i, "].tool_calls"),
+                         "only assistant messages make tool calls");
+        }
+        for (int k = 0; k < messages[i].tool_calls_size(); ++k) {
+          if (messages[i].tool_calls(k).name().empty()) {
+            return Invalid(absl::StrCat("chat.messages[", i, "].tool_calls[", k, "].name"),
+                           "is empty");
+          }
+        }
+        if (role == "tool") continue;
         if (role != "system" && role != "developer" && role != "user" && role != "assistant") {
-          return Invalid(absl::StrCat("chat.messages[", i, "].role"),
-                         absl::StrCat("'", role, "' is not system, developer, user or assistant"));
+          return Invalid(
+              absl::StrCat("chat.messages[", i, "].role"),
+              absl::StrCat("'", role, "' is not system, developer, user, assistant or tool"));
         }
       }
       if (messages[messages.size() - 1].role() == "assistant") {
@@ -76,6 +86,45 @@ absl::Status ValidatePrompt(const v1::GenerateRequest& r, const ModelLimits& lim
                        "the last message must not be the assistant's");
       }
       return absl::OkStatus();
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateTools(const v1::GenerateRequest& r) {
+  const v1::ChatPrompt& chat = r.chat();
+  if (chat.tools_size() > kMaxTools) {
+    return Invalid("chat.tools", absl::StrCat(chat.tools_size(), " tools; at most ", kMaxTools));
+  }
+  std::set<std::string> names;
+  for (int i = 0; i < chat.tools_size(); ++i) {
+    const std::string& name = chat.tools(i).name();
+    const bool ok =
+        !name.empty() && name.size() <= 64 && std::all_of(name.begin(), name.end(), [](char c) {
+          return absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-';
+        });
+    if (!ok) {
+      return Invalid(absl::StrCat("chat.tools[", i, "].name"),
+                     absl::StrCat("'", name, "' must be 1 to 64 of a-z, A-Z, 0-9, _ and -"));
+    }
+    if (!names.insert(name).second) {
+      return Invalid(absl::StrCat("chat.tools[", i, "].name"), absl::StrCat("'", name, "' twice"));
+    }
+  }
+  if (chat.has_tool_choice()) {
+    const v1::ToolChoice& c = chat.tool_choice();
+    if (c.has_function() && !names.contains(c.function())) {
+      return Invalid("chat.tool_choice.function",
+                     absl::StrCat("no tool named '", c.function(), "'"));
+    }
+    if (c.has_mode() && c.mode() == v1::TOOL_CHOICE_MODE_REQUIRED && names.empty()) {
+      return Invalid("chat.tool_choice", "required, but no tools are given");
+    }
+    if (c.has_function() || (c.has_mode() && c.mode() == v1::TOOL_CHOICE_MODE_REQUIRED)) {
+      if (r.has_response_format()) {
+        return Invalid("response_format",
+                       "cannot be combined with tool_choice required or a named function");
+      }
     }
   }
   return absl::OkStatus();

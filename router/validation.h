@@ -22,6 +22,8 @@ constexpr int kMaxStopStrings = 16;
 constexpr int kMaxStopStringBytes = 256;
 constexpr int kMaxRequestIdBytes = 256;
 constexpr int kMaxChatMessages = 1024;
+// Tools one chat request may offer.
+constexpr int kMaxTools = 128;
 
 // Checks everything that does not need the tokenizer: model, prompt shape, max_tokens, stops,
 // sampling, logprobs and chat messages.

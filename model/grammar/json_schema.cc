@@ -70,13 +70,13 @@ std::string PointerPart(const std::string& key) {
 
 class Compiler {
  public:
-  explicit Compiler(const json& root) : root_(root) {}
+  Compiler(const json& root, std::string name) : root_(root), name_(std::move(name)) {}
 
+  // The rules, the top one named name_; without the primitives.
   absl::StatusOr<std::string> Run() {
     ASSIGN_OR_RETURN(std::string top, Visit(root_, "", "root", 0));
-    std::string out = absl::StrCat("root ::= ", top, "\n");
+    std::string out = absl::StrCat(name_, " ::= ", top, "\n");
     for (const auto& [name, body] : rules_) absl::StrAppend(&out, name, " ::= ", body, "\n");
-    absl::StrAppend(&out, kPrimitives);
     return out;
   }
 
@@ -93,7 +93,7 @@ class Compiler {
       base.push_back(ok ? c : '-');
     }
     if (base.size() > 40) base.resize(40);
-    base = absl::StrCat("s-", base);
+    base = absl::StrCat(name_, "-", base);
     std::string name = base;
     for (int i = 2; used_.contains(name); ++i) name = absl::StrCat(base, "-", i);
     used_.insert(name);
@@ -339,6 +339,7 @@ class Compiler {
   }
 
   const json& root_;
+  const std::string name_;
   std::vector<std::pair<std::string, std::string>> rules_;
   std::set<std::string> used_;
   std::map<std::string, std::string> refs_;
@@ -348,11 +349,18 @@ class Compiler {
 
 std::string JsonObjectGbnf() { return absl::StrCat("root ::= json-object\n", kPrimitives); }
 
-absl::StatusOr<std::string> JsonSchemaToGbnf(std::string_view schema_json) {
+std::string JsonPrimitivesGbnf() { return kPrimitives; }
+
+absl::StatusOr<std::string> JsonSchemaRules(std::string_view schema_json, const std::string& name) {
   json schema = json::parse(schema_json, nullptr, /*allow_exceptions=*/false);
   if (schema.is_discarded()) return absl::InvalidArgumentError("the schema is not valid JSON");
-  Compiler compiler(schema);
+  Compiler compiler(schema, name);
   return compiler.Run();
+}
+
+absl::StatusOr<std::string> JsonSchemaToGbnf(std::string_view schema_json) {
+  ASSIGN_OR_RETURN(std::string rules, JsonSchemaRules(schema_json, "root"));
+  return absl::StrCat(rules, kPrimitives);
 }
 
 }  // namespace shardserve::grammar

@@ -28,6 +28,12 @@ std::string JsonObjectGbnf();
 // pointer into the schema) for malformed or unsupported schemas.
 absl::StatusOr<std::string> JsonSchemaToGbnf(std::string_view schema_json);
 
+// The same as rules to combine with others: the top rule is `name`, the rest are prefixed
+// with "name-", and they refer to the shared rules of JsonPrimitivesGbnf() (json-value,
+// json-object, json-string, ..., ws), which the whole grammar must include once.
+absl::StatusOr<std::string> JsonSchemaRules(std::string_view schema_json, const std::string& name);
+std::string JsonPrimitivesGbnf();
+
 }  // namespace shardserve::grammar
 
 #endif  // SHARDSERVE_MODEL_GRAMMAR_JSON_SCHEMA_H_

@@ -79,9 +79,7 @@ std::shared_ptr<const Vocabulary> Vocabulary::FromTokenizer(const Tokenizer& tok
 
 Matcher::Matcher(std::shared_ptr<const Grammar> grammar,
                  std::shared_ptr<const Vocabulary> vocabulary)
-    : grammar_(std::move(grammar)),
-      vocab_(std::move(vocabulary)),
-      scratch_(vocab_->max_length() + 1) {
+    : grammar_(std::move(grammar)), vocab_(std::move(vocabulary)) {
   State start;
   for (uint32_t alt : grammar_->alternatives(grammar_->root())) Expand(alt, nullptr, &start);
   Normalize(&start);
@@ -191,36 +189,57 @@ absl::Status Matcher::Accept(int32_t id) {
   return absl::OkStatus();
 }
 
-void Matcher::Walk(uint32_t node, const State& state, size_t depth, int64_t budget,
-                   std::string* bits, int64_t* max_need) {
-  std::bitset<256> next_bytes;
-  for (const Frame* f : state.frames)
-    next_bytes |= grammar_->byte_set(grammar_->element(f->pos).index);
+int32_t Matcher::InternState(State&& s) {
+  std::vector<const Frame*> key = s.frames;
+  if (s.can_end) key.push_back(nullptr);
+  auto [it, added] = state_ids_.try_emplace(std::move(key), static_cast<int32_t>(states_.size()));
+  if (added) {
+    StateInfo info;
+    info.can_end = s.can_end;
+    uint32_t need = kInfinite;
+    for (const Frame* f : s.frames) {
+      need = std::min(need, f->rest);
+      info.next_bytes |= grammar_->byte_set(grammar_->element(f->pos).index);
+    }
+    info.need = s.can_end ? 0 : need;
+    info.frames = std::move(s.frames);
+    states_.push_back(std::move(info));
+  }
+  return it->second;
+}
+
+int32_t Matcher::Transition(int32_t state, uint8_t byte) {
+  const uint64_t key = (static_cast<uint64_t>(state) << 8) | byte;
+  auto it = transitions_.find(key);
+  if (it != transitions_.end()) return it->second;
+  State in;
+  in.frames = states_[state].frames;
+  State out;
+  Advance(in, byte, &out);
+  const int32_t next = out.frames.empty() && !out.can_end ? -1 : InternState(std::move(out));
+  transitions_.emplace(key, next);
+  return next;
+}
+
+void Matcher::Walk(uint32_t node, int32_t state, int64_t budget, std::string* bits,
+                   int64_t* max_need) {
+  const StateInfo& st = states_[state];  // a deque: stays put while states are added
   const Vocabulary::Node& n = vocab_->node(node);
   for (uint32_t c = n.children_begin; c < n.children_end; ++c) {
     const Vocabulary::Node& child = vocab_->node(c);
-    if (!next_bytes.test(child.byte)) continue;
-    State& next = scratch_[depth];
-    Advance(state, child.byte, &next);
-    if (next.frames.empty() && !next.can_end) continue;
-    if (child.tokens_begin != child.tokens_end) {
-      int64_t need = 0;
-      if (!next.can_end) {
-        uint32_t best = kInfinite;
-        for (const Frame* f : next.frames) best = std::min(best, f->rest);
-        need = best;
+    if (!st.next_bytes.test(child.byte)) continue;
+    const int32_t next = Transition(state, child.byte);
+    if (next < 0) continue;
+    const StateInfo& ns = states_[next];
+    if (child.tokens_begin != child.tokens_end && (budget < 0 || ns.need <= budget)) {
+      for (uint32_t t = child.tokens_begin; t < child.tokens_end; ++t) {
+        const int32_t id = vocab_->node_token(t);
+        (*bits)[id >> 3] = static_cast<char>((*bits)[id >> 3] | (1 << (id & 7)));
       }
-      if (budget < 0 || need <= budget) {
-        for (uint32_t t = child.tokens_begin; t < child.tokens_end; ++t) {
-          const int32_t id = vocab_->node_token(t);
-          (*bits)[id >> 3] = static_cast<char>((*bits)[id >> 3] | (1 << (id & 7)));
-        }
-        *max_need = std::max(*max_need, need);
-      }
+      *max_need = std::max<int64_t>(*max_need, ns.need);
     }
-    // The child's walk reads scratch_[depth] and writes only deeper slots.
-    if (!next.frames.empty() && child.children_begin != child.children_end) {
-      Walk(c, next, depth + 1, budget, bits, max_need);
+    if (!ns.frames.empty() && child.children_begin != child.children_end) {
+      Walk(c, next, budget, bits, max_need);
     }
   }
 }
@@ -238,15 +257,22 @@ absl::StatusOr<std::string> Matcher::Mask(int64_t budget) {
   std::vector<const Frame*> key = frames_;
   if (can_end_) key.push_back(nullptr);
   const size_t n_bytes = (static_cast<size_t>(vocab_->size()) + 7) / 8;
-  State state;
-  state.frames = frames_;
-  state.can_end = can_end_;
+  // Memoized states and transitions, bounded: dropped between masks when they grow large.
+  if (transitions_.size() > kMaxTransitions) {
+    transitions_.clear();
+    state_ids_.clear();
+    states_.clear();
+  }
+  State current;
+  current.frames = frames_;
+  current.can_end = can_end_;
+  const int32_t state = InternState(std::move(current));
   auto it = cache_.find(key);
   if (it == cache_.end()) {
     ++cache_misses_;
     Cached fresh;
     fresh.bits.assign(n_bytes, '\0');
-    Walk(0, state, 0, -1, &fresh.bits, &fresh.max_need);
+    Walk(0, state, -1, &fresh.bits, &fresh.max_need);
     if (overflow_) {
       return absl::ResourceExhaustedError(
           "the grammar is too ambiguous to track (too many parse stacks)");
@@ -266,7 +292,7 @@ absl::StatusOr<std::string> Matcher::Mask(int64_t budget) {
   // budget shrinks with every token).
   std::string bits(n_bytes, '\0');
   int64_t unused = 0;
-  Walk(0, state, 0, budget, &bits, &unused);
+  Walk(0, state, budget, &bits, &unused);
   AddEos(&bits);
   return bits;
 }

@@ -83,6 +83,8 @@ class Matcher {
   static constexpr size_t kMaxFrames = 1 << 18;
   // Bytes of cached masks per matcher.
   static constexpr size_t kMaxCacheBytes = 4 << 20;
+  // Memoized transitions per matcher before they are dropped.
+  static constexpr size_t kMaxTransitions = 1 << 20;
 
   Matcher(std::shared_ptr<const Grammar> grammar, std::shared_ptr<const Vocabulary> vocabulary);
   Matcher(const Matcher&) = delete;
@@ -132,8 +134,12 @@ class Matcher {
   void Advance(const State& in, uint8_t byte, State* out);
   static void Normalize(State* s);
   void AddEos(std::string* bits) const;
-  void Walk(uint32_t node, const State& state, size_t depth, int64_t budget, std::string* bits,
-            int64_t* max_need);
+  // Walks the trie below `node` from `state` (an index into states_), setting the bits of the
+  // tokens that survive (with `budget` >= 0, only those that leave room to finish).
+  void Walk(uint32_t node, int32_t state, int64_t budget, std::string* bits, int64_t* max_need);
+  int32_t InternState(State&& s);
+  // The state after `byte`, or -1 when no stack survives it (memoized).
+  int32_t Transition(int32_t state, uint8_t byte);
 
   std::shared_ptr<const Grammar> grammar_;
   std::shared_ptr<const Vocabulary> vocab_;
@@ -145,7 +151,17 @@ class Matcher {
   bool can_end_ = false;
   bool finished_ = false;
 
-  std::vector<State> scratch_;  // one per trie depth
+  // Interned states and the transitions between them, so that a trie walk costs one lookup per
+  // node once a state's successors are known.
+  struct StateInfo {
+    std::vector<const Frame*> frames;
+    bool can_end = false;
+    uint32_t need = 0;            // fewest bytes to finish from here
+    std::bitset<256> next_bytes;  // bytes some stack accepts
+  };
+  std::deque<StateInfo> states_;
+  absl::flat_hash_map<std::vector<const Frame*>, int32_t> state_ids_;
+  absl::flat_hash_map<uint64_t, int32_t> transitions_;  // (state << 8 | byte) -> state or -1
   absl::flat_hash_map<std::vector<const Frame*>, Cached> cache_;
   size_t cache_bytes_ = 0;
   int64_t cache_hits_ = 0;

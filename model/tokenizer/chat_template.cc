@@ -3,6 +3,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "nlohmann/json.hpp"
 
 namespace shardserve {
 namespace {
@@ -17,6 +18,69 @@ absl::string_view Strip(absl::string_view s) {
   if (b == absl::string_view::npos) return {};
   const size_t e = s.find_last_not_of(kSpace);
   return s.substr(b, e - b + 1);
+}
+
+// Python's json.dumps(value, ensure_ascii=False) as transformers' `tojson` filter calls it:
+// ", " and ": " between items, or with indent > 0 one item per line ("," at line ends).
+void PyDumps(const nlohmann::ordered_json& v, int indent, int depth, std::string* out) {
+  const bool nested = v.is_object() || v.is_array();
+  if (!nested || v.empty()) {
+    *out += v.is_object() ? "{}" : v.is_array() ? "[]" : v.dump();
+    return;
+  }
+  const std::string pad =
+      indent > 0 ? std::string(static_cast<size_t>(indent) * (depth + 1), ' ') : "";
+  const std::string close_pad =
+      indent > 0 ? "\n" + std::string(static_cast<size_t>(indent) * depth, ' ') : "";
+  const char* sep = indent > 0 ? ",\n" : ", ";
+  *out += v.is_object() ? "{" : "[";
+  if (indent > 0) *out += "\n";
+  bool first = true;
+  if (v.is_object()) {
+    for (const auto& [key, item] : v.items()) {
+      if (!first) *out += sep;
+      first = false;
+      absl::StrAppend(out, pad, nlohmann::ordered_json(key).dump(), ": ");
+      PyDumps(item, indent, depth + 1, out);
+    }
+  } else {
+    for (const auto& item : v) {
+      if (!first) *out += sep;
+      first = false;
+      *out += pad;
+      PyDumps(item, indent, depth + 1, out);
+    }
+  }
+  *out += close_pad;
+  *out += v.is_object() ? "}" : "]";
+}
+
+std::string PyDumps(const nlohmann::ordered_json& v, int indent = 0) {
+  std::string out;
+  PyDumps(v, indent, 0, &out);
+  return out;
+}
+
+// The tool as the request gave it: {"type": "function", "function": {...}}.
+nlohmann::ordered_json ToolJson(const ChatTool& t) {
+  nlohmann::ordered_json f;
+  f["name"] = t.name;
+  if (!t.description.empty()) f["description"] = t.description;
+  if (!t.parameters.empty()) {
+    auto p = nlohmann::ordered_json::parse(t.parameters, nullptr, false);
+    if (!p.is_discarded()) f["parameters"] = p;
+  }
+  nlohmann::ordered_json tool;
+  tool["type"] = "function";
+  tool["function"] = f;
+  return tool;
+}
+
+// `arguments | tojson` after the serving layer parsed the arguments string (as vLLM does): the
+// object re-dumped, or the string quoted when it is not JSON.
+std::string ArgumentsJson(const std::string& arguments) {
+  auto a = nlohmann::ordered_json::parse(arguments, nullptr, false);
+  return PyDumps(a.is_discarded() ? nlohmann::ordered_json(arguments) : a);
 }
 
 absl::Status Alternation() {
@@ -93,6 +157,132 @@ absl::StatusOr<ChatTemplate> ChatTemplate::Detect(absl::string_view jinja, std::
         absl::StrCat("unrecognised chat template in the model's tokenizer config: ", kFlagHelp));
   }
   return ChatTemplate(kind, std::move(bos_token), std::move(eos_token), std::move(default_system));
+}
+
+ToolCallFormat ChatTemplate::tool_call_format() const {
+  switch (kind_) {
+    case ChatTemplateKind::kChatML:
+      return ToolCallFormat::kHermes;
+    case ChatTemplateKind::kLlama3:
+      return ToolCallFormat::kLlama3Json;
+    default:
+      return ToolCallFormat::kNone;
+  }
+}
+
+absl::StatusOr<std::string> ChatTemplate::Render(const std::vector<ChatMessage>& messages,
+                                                 const std::vector<ChatTool>& tools,
+                                                 bool add_generation_prompt) const {
+  bool tool_messages = !tools.empty();
+  for (const ChatMessage& m : messages) {
+    tool_messages = tool_messages || m.role == "tool" || !m.tool_calls.empty();
+    if (m.role != "system" && m.role != "user" && m.role != "assistant" && m.role != "tool") {
+      return absl::InvalidArgumentError(absl::StrCat("unsupported chat role \"", m.role, "\""));
+    }
+  }
+  if (!tool_messages) return Render(messages, add_generation_prompt);
+  std::string out;
+  switch (tool_call_format()) {
+    case ToolCallFormat::kHermes: {
+      // Qwen2.5's template (Qwen3's without reasoning is the same).
+      size_t first = 0;
+      if (!tools.empty()) {
+        out += "<|im_start|>system\n";
+        if (!messages.empty() && messages[0].role == "system") {
+          absl::StrAppend(&out, messages[0].content, "\n\n");
+          first = 1;
+        } else if (!default_system_.empty()) {
+          absl::StrAppend(&out, default_system_, "\n\n");
+        }
+        out +=
+            "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+            "You are provided with function signatures within <tools></tools> XML tags:\n<tools>";
+        for (const ChatTool& t : tools) absl::StrAppend(&out, "\n", PyDumps(ToolJson(t)));
+        out +=
+            "\n</tools>\n\nFor each function call, return a json object with function name and "
+            "arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": "
+            "<function-name>, \"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n";
+      } else if (!default_system_.empty() && (messages.empty() || messages[0].role != "system")) {
+        absl::StrAppend(&out, "<|im_start|>system\n", default_system_, "<|im_end|>\n");
+      }
+      for (size_t i = first; i < messages.size(); ++i) {
+        const ChatMessage& m = messages[i];
+        if (m.role == "tool") {
+          if (i == 0 || messages[i - 1].role != "tool") out += "<|im_start|>user";
+          absl::StrAppend(&out, "\n<tool_response>\n", m.content, "\n</tool_response>");
+          if (i + 1 == messages.size() || messages[i + 1].role != "tool") out += "<|im_end|>\n";
+        } else if (m.role == "assistant" && !m.tool_calls.empty()) {
+          out += "<|im_start|>assistant";
+          if (!m.content.empty()) absl::StrAppend(&out, "\n", m.content);
+          for (const ChatToolCall& c : m.tool_calls) {
+            absl::StrAppend(&out, "\n<tool_call>\n{\"name\": \"", c.name,
+                            "\", \"arguments\": ", ArgumentsJson(c.arguments), "}\n</tool_call>");
+          }
+          out += "<|im_end|>\n";
+        } else {
+          absl::StrAppend(&out, "<|im_start|>", m.role, "\n", m.content, "<|im_end|>\n");
+        }
+      }
+      if (add_generation_prompt) out += "<|im_start|>assistant\n";
+      return out;
+    }
+    case ToolCallFormat::kLlama3Json: {
+      // Llama-3.1's template with tools_in_user_message (its default) and no built-in tools.
+      size_t i = 0;
+      std::string system;
+      if (!messages.empty() && messages[0].role == "system") {
+        system = std::string(Strip(messages[0].content));
+        i = 1;
+      }
+      absl::StrAppend(&out, bos_, "<|start_header_id|>system<|end_header_id|>\n\n");
+      if (!tools.empty()) out += "Environment: ipython\n";
+      absl::StrAppend(&out, "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n",
+                      system, "<|eot_id|>");
+      if (!tools.empty()) {
+        if (i >= messages.size()) {
+          return absl::InvalidArgumentError(
+              "Cannot put tools in the first user message when there's no first user message!");
+        }
+        const std::string first_user(Strip(messages[i].content));
+        ++i;
+        out +=
+            "<|start_header_id|>user<|end_header_id|>\n\nGiven the following functions, please "
+            "respond with a JSON for a function call with its proper arguments that best answers "
+            "the given prompt.\n\nRespond in the format {\"name\": function name, \"parameters\": "
+            "dictionary of argument name and its value}.Do not use variables.\n\n";
+        for (const ChatTool& t : tools) absl::StrAppend(&out, PyDumps(ToolJson(t), 4), "\n\n");
+        absl::StrAppend(&out, first_user, "<|eot_id|>");
+      }
+      for (; i < messages.size(); ++i) {
+        const ChatMessage& m = messages[i];
+        if (m.role == "tool") {
+          // A string is iterable in Jinja: the template quotes it as JSON.
+          absl::StrAppend(&out, "<|start_header_id|>ipython<|end_header_id|>\n\n",
+                          nlohmann::ordered_json(m.content).dump(), "<|eot_id|>");
+        } else if (!m.tool_calls.empty()) {
+          if (m.tool_calls.size() != 1) {
+            return absl::InvalidArgumentError(
+                "This model only supports single tool-calls at once!");
+          }
+          absl::StrAppend(&out, "<|start_header_id|>assistant<|end_header_id|>\n\n{\"name\": \"",
+                          m.tool_calls[0].name,
+                          "\", \"parameters\": ", ArgumentsJson(m.tool_calls[0].arguments),
+                          "}<|eot_id|>");
+        } else {
+          absl::StrAppend(&out, "<|start_header_id|>", m.role, "<|end_header_id|>\n\n",
+                          Strip(m.content), "<|eot_id|>");
+        }
+      }
+      if (add_generation_prompt) out += "<|start_header_id|>assistant<|end_header_id|>\n\n";
+      return out;
+    }
+    case ToolCallFormat::kNone:
+      break;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("tools: the ", ChatTemplateName(kind_),
+                   " chat template renders no tools (tool calls are served with the chatml/qwen2 "
+                   "and llama3 templates)"));
 }
 
 absl::StatusOr<std::string> ChatTemplate::Render(const std::vector<ChatMessage>& messages,

@@ -11,6 +11,7 @@
 #define SHARDSERVE_MODEL_TOKENIZER_CHAT_TEMPLATE_H_
 
 #include <string>
+#include <utility>
 #include <vector>
 #include "absl/strings/string_view.h"
 
@@ -18,9 +19,31 @@
 
 namespace shardserve {
 
+// A call an assistant message made.
+struct ChatToolCall {
+  std::string name;
+  std::string arguments;  // JSON text
+};
+
 struct ChatMessage {
-  std::string role;  // "system", "user", "assistant"
+  std::string role;  // "system", "user", "assistant", "tool"
   std::string content;
+  std::vector<ChatToolCall> tool_calls = {};  // assistant
+  std::string tool_call_id = {};              // tool
+};
+
+// A function the model may call, rendered into the prompt.
+struct ChatTool {
+  std::string name;
+  std::string description;  // may be empty
+  std::string parameters;   // JSON Schema as JSON text; empty: none given
+};
+
+// How a family's model writes tool calls.
+enum class ToolCallFormat {
+  kNone,    // the template renders no tools
+  kHermes,  // ChatML (Qwen2.5, Qwen3): <tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>
+  kLlama3Json,  // Llama-3.1+: the whole answer is {"name": ..., "parameters": {...}}
 };
 
 enum class ChatTemplateKind {
@@ -58,6 +81,13 @@ class ChatTemplate {
   // user/assistant for Llama-2 and Mistral, or an unknown role).
   absl::StatusOr<std::string> Render(const std::vector<ChatMessage>& messages,
                                      bool add_generation_prompt) const;
+  // With tools (and tool calls and results in `messages`), as the family's published template
+  // renders them: Qwen2.5's (ChatML) and Llama-3.1's JSON tool calling (tools in the first
+  // user message). INVALID_ARGUMENT for a family whose template renders no tools.
+  absl::StatusOr<std::string> Render(const std::vector<ChatMessage>& messages,
+                                     const std::vector<ChatTool>& tools,
+                                     bool add_generation_prompt) const;
+  ToolCallFormat tool_call_format() const;
 
  private:
   ChatTemplateKind kind_;

@@ -53,8 +53,16 @@ async function main() {
     logprobs_30: await refused(
         client.completions.create({model, prompt: 'Hi', max_tokens: 2, logprobs: 30})),
     logit_bias: await refused(ask({logit_bias: {'5': 10}})),
+    // A tool whose schema the grammar cannot enforce, when the call is required.
     tools: await refused(ask({
-      tools: [{type: 'function', function: {name: 'f', parameters: {type: 'object'}}}],
+      tools: [{
+        type: 'function',
+        function: {
+          name: 'f',
+          parameters: {type: 'object', properties: {n: {type: 'integer', minimum: 1}}},
+        },
+      }],
+      tool_choice: 'required',
     })),
     // A schema keyword the engine does not support is refused, never ignored.
     response_format: await refused(ask({

@@ -146,7 +146,7 @@ TEST_F(OpenAiHttp, OpenAiNpmClientSeesFaithfulLogprobsIdsSeedsAndRefusals) {
   for (const auto& [name, param] : std::vector<std::pair<std::string, std::string>>{
            {"logprobs_30", "logprobs"},
            {"logit_bias", "logit_bias"},
-           {"tools", "tools"},
+           {"tools", "tools[0].parameters"},
            {"response_format", "response_format.json_schema.schema"}}) {
     EXPECT_EQ(got["errors"][name]["status"], 400) << name << ": " << got["errors"][name];
     EXPECT_EQ(got["errors"][name]["param"], param) << name << ": " << got["errors"][name];

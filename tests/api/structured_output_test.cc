@@ -3,6 +3,10 @@
 // with 5 seeds, and json_object outputs parse, on stories260K (chat) and on a random-weight
 // synthetic model (completions), where only the constraint makes the output JSON. Bad schemas
 // and grammars get 400 naming the spot; gRPC takes a GBNF grammar.
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <string>
 
@@ -138,6 +142,55 @@ TEST_F(StructuredStories, GrpcGrammarOutputIsASentence) {
   EXPECT_TRUE(sentence) << t;
   EXPECT_EQ(got->finish_reason, v1::FINISH_REASON_STOP);
 }
+
+// A random-weight tiny Llama with a 4096-token context (tool definitions make long prompts),
+// written once per build tree.
+std::string LongContextModel() {
+  namespace fs = std::filesystem;
+  const std::string dir = absl::StrCat(SHARDSERVE_BINARY_DIR, "/test-models/tiny-llama-4k");
+  if (fs::exists(dir + "/config.json")) return dir;
+  json config = json::parse(std::ifstream(SyntheticModel("tiny-llama") + "/config.json"));
+  config["max_position_embeddings"] = 4096;
+  const std::string tmp = dir + ".tmp" + std::to_string(getpid());
+  fs::create_directories(tmp);
+  std::ofstream(tmp + "/in-config.json") << config.dump();
+  const std::string cmd = absl::StrCat(BinPath("shardserve"), " synth --config ", tmp,
+                                       "/in-config.json --seed 7 --out ", tmp, " 2>&1");
+  EXPECT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  std::error_code ec;
+  fs::rename(tmp, dir, ec);
+  if (ec) fs::remove_all(tmp, ec);
+  return dir;
+}
+
+// Tool calls with the openai client on a random-weight model (the grammar makes the calls),
+// rendered with each template that serves
+// tools: call (required or named; arguments validated with ajv), tool result, answer; streamed
+// and not.
+class ToolCalls : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(ToolCalls, RoundTripWithTheOpenAiClient) {
+  const int http = FreePort();
+  Cluster cluster({.model = LongContextModel(),
+                   .stages = 2,
+                   .router_args = {"--chat-template", GetParam(), "--http-listen",
+                                   absl::StrCat("127.0.0.1:", http), "--api-key", kKey}});
+  ASSERT_TRUE(cluster.WaitServing(absl::Seconds(60)).ok());
+  auto modules = api_testing::StructuredNodeModules();
+  ASSERT_TRUE(modules.ok()) << modules.status();
+  auto r = api_testing::Run(
+      absl::StrCat("NODE_PATH='", *modules,
+                   "' node tests/structured/tool_calls.js http://127.0.0.1:", http, "/v1 ", kKey));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const size_t at = r.output.rfind("{\"runs\"");
+  ASSERT_NE(at, std::string::npos) << r.output;
+  const json got = json::parse(r.output.substr(at), nullptr, false);
+  std::cout << GetParam() << ": " << got["sample"].dump() << "\n";
+  EXPECT_EQ(got["runs"], 13);
+  EXPECT_EQ(got["passed"], got["runs"]) << got["failures"].dump(1);
+}
+
+INSTANTIATE_TEST_SUITE_P(Templates, ToolCalls, ::testing::Values("qwen2", "llama3"));
 
 class StructuredRandom : public ::testing::Test {
  protected:

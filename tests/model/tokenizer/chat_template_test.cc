@@ -137,3 +137,87 @@ TEST(ChatTemplateTest, ErrorsNameTheFlag) {
 
 }  // namespace
 }  // namespace shardserve
+
+namespace shardserve {
+namespace {
+
+const std::vector<ChatTool> kWeatherTool = {
+    {"get_weather", "Weather in a city",
+     R"({"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]})"}};
+
+// Rendered with Qwen3's published template (jinja2, transformers' tojson): a tool call and its
+// result in a conversation without a system message.
+TEST(ChatTemplateTest, ChatMLToolsFollowQwensTemplate) {
+  ChatTemplate t(ChatTemplateKind::kChatML, "", "<|im_end|>");
+  EXPECT_EQ(t.tool_call_format(), ToolCallFormat::kHermes);
+  std::vector<ChatMessage> m = {{"user", "Weather in Paris?"}};
+  ChatMessage call{"assistant", ""};
+  call.tool_calls.push_back({"get_weather", R"({"city":"Paris"})"});
+  m.push_back(call);
+  ChatMessage result{"tool", "sunny, 21C"};
+  result.tool_call_id = "c1";
+  m.push_back(result);
+  auto s = t.Render(m, kWeatherTool, true);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(
+      *s,
+      "<|im_start|>system\n# Tools\n\nYou may call one or more functions to assist with the "
+      "user query.\n\nYou are provided with function signatures within <tools></tools> XML "
+      "tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"get_weather\", "
+      "\"description\": \"Weather in a city\", \"parameters\": {\"type\": \"object\", "
+      "\"properties\": {\"city\": {\"type\": \"string\"}}, \"required\": [\"city\"]}}}\n</"
+      "tools>\n\nFor each function call, return a json object with function name and "
+      "arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": "
+      "<function-name>, \"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n<|im_"
+      "start|>user\nWeather in Paris?<|im_end|>\n<|im_start|>assistant\n<tool_call>\n{\"name\": "
+      "\"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call><|im_end|>\n<|im_"
+      "start|>user\n<tool_response>\nsunny, 21C\n</tool_response><|im_end|>\n<|im_start|>"
+      "assistant\n");
+  // Qwen2.5's default system text leads the tools block when the conversation has none.
+  ChatTemplate qwen(ChatTemplateKind::kChatML, "", "<|im_end|>", "You are Qwen.");
+  auto q = qwen.Render({{"user", "x"}}, kWeatherTool, true);
+  ASSERT_TRUE(q.ok());
+  EXPECT_EQ(q->rfind("<|im_start|>system\nYou are Qwen.\n\n# Tools\n", 0), 0u) << *q;
+}
+
+// Llama-3.1's JSON tool calling: tools (json.dumps, indent 4) in the first user message, calls
+// as {"name", "parameters"}, results under the ipython role (quoted as JSON strings).
+TEST(ChatTemplateTest, Llama3ToolsFollowLlama31Template) {
+  ChatTemplate t(ChatTemplateKind::kLlama3, "<|begin_of_text|>", "<|eot_id|>");
+  EXPECT_EQ(t.tool_call_format(), ToolCallFormat::kLlama3Json);
+  const std::vector<ChatTool> tools = {
+      {"get_weather", "D", R"({"type":"object","properties":{"city":{"type":"string"}}})"}};
+  std::vector<ChatMessage> m = {{"system", "S"}, {"user", "Weather?"}};
+  ChatMessage call{"assistant", ""};
+  call.tool_calls.push_back({"get_weather", R"({"city":"Oslo"})"});
+  m.push_back(call);
+  m.push_back({"tool", "cold"});
+  auto s = t.Render(m, tools, true);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(
+      *s,
+      "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nEnvironment: "
+      "ipython\nCutting Knowledge Date: December 2023\nToday Date: 26 Jul "
+      "2024\n\nS<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nGiven the following "
+      "functions, please respond with a JSON for a function call with its proper arguments "
+      "that best answers the given prompt.\n\nRespond in the format {\"name\": function name, "
+      "\"parameters\": dictionary of argument name and its value}.Do not use variables.\n\n"
+      "{\n    \"type\": \"function\",\n    \"function\": {\n        \"name\": "
+      "\"get_weather\",\n        \"description\": \"D\",\n        \"parameters\": {\n       "
+      "     \"type\": \"object\",\n            \"properties\": {\n                \"city\": "
+      "{\n                    \"type\": \"string\"\n                }\n            }\n       "
+      " }\n    }\n}\n\nWeather?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n{"
+      "\"name\": \"get_weather\", \"parameters\": {\"city\": \"Oslo\"}}<|eot_id|><|start_"
+      "header_id|>ipython<|end_header_id|>\n\n\"cold\"<|eot_id|><|start_header_id|>assistant<"
+      "|end_header_id|>\n\n");
+}
+
+TEST(ChatTemplateTest, ToolsWithATemplateThatHasNoneAreRefused) {
+  ChatTemplate t(ChatTemplateKind::kMistral, "<s>", "</s>");
+  auto s = t.Render({{"user", "x"}}, kWeatherTool, true);
+  ASSERT_FALSE(s.ok());
+  EXPECT_THAT(s.status().message(), HasSubstr("renders no tools"));
+}
+
+}  // namespace
+}  // namespace shardserve
