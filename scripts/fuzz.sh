@@ -9,7 +9,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 seconds=${1:-30}
 build="$root/build-fuzz"
 targets=(tokenizer_json_fuzz tokenizer_encode_fuzz gguf_fuzz safetensors_fuzz config_fuzz
-  step_plan_fuzz openai_request_fuzz worker_rpc_fuzz)
+  step_plan_fuzz openai_request_fuzz worker_rpc_fuzz grammar_fuzz)
 # FUZZ_TARGETS="a b" runs a subset.
 if [ -n "${FUZZ_TARGETS:-}" ]; then read -r -a targets <<<"$FUZZ_TARGETS"; fi
 

@@ -230,7 +230,12 @@ class Parser {
       } else if (c == '(') {
         Advance();
         SkipSpace();
-        if (absl::Status s = Alternatives(&item); !s.ok()) return s;
+        if (++nesting_ > Grammar::kMaxNesting) {
+          return Error(absl::StrCat("groups nest more than ", Grammar::kMaxNesting, " deep"));
+        }
+        absl::Status nested = Alternatives(&item);
+        --nesting_;
+        if (!nested.ok()) return nested;
         SkipSpace();
         if (Peek() != ')') return Error("expected ')'");
         Advance();
@@ -398,6 +403,7 @@ class Parser {
 
   std::string_view text_;
   size_t pos_ = 0;
+  int nesting_ = 0;
   int line_ = 1;
   size_t line_start_ = 0;
 };
@@ -674,6 +680,33 @@ class GrammarBuilder {
           mark[next] = 1;
           stack.emplace_back(next, 0);
         }
+      }
+    }
+
+    // How deep rules nest before their first byte bounds the matcher's recursion.
+    std::vector<int> chain(n, -1);
+    for (size_t start = 0; start < n; ++start) {
+      std::vector<std::pair<uint32_t, size_t>> stack = {{static_cast<uint32_t>(start), 0}};
+      while (!stack.empty()) {
+        auto& [r, i] = stack.back();
+        if (chain[r] >= 0) {
+          stack.pop_back();
+          continue;
+        }
+        if (i < left[r].size()) {
+          const uint32_t next = left[r][i++];
+          if (chain[next] < 0) stack.emplace_back(next, 0);
+          continue;
+        }
+        int deepest = 0;
+        for (uint32_t next : left[r]) deepest = std::max(deepest, chain[next] + 1);
+        chain[r] = deepest;
+        if (deepest > Grammar::kMaxNesting) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("grammar rule '", names_[r], "' nests more than ",
+                           Grammar::kMaxNesting, " rules deep before its first byte"));
+        }
+        stack.pop_back();
       }
     }
 

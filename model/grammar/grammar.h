@@ -35,6 +35,8 @@ class Grammar {
   static constexpr int64_t kMaxElements = 1 << 20;
   // Largest repetition count in {m,n}.
   static constexpr int kMaxRepeat = 10000;
+  // Nested groups, and rules nested before their first byte (bounds recursion).
+  static constexpr int kMaxNesting = 256;
 
   // INVALID_ARGUMENT naming the line and column of the first problem.
   static absl::StatusOr<std::shared_ptr<const Grammar>> Parse(std::string_view text);

@@ -107,7 +107,7 @@ class Compiler {
 
   static std::string Literal(const json& value) { return GbnfLiteral(value.dump()); }
 
-  absl::StatusOr<std::string> Ref(const std::string& ref, const std::string& pointer) {
+  absl::StatusOr<std::string> Ref(const std::string& ref, const std::string& pointer, int depth) {
     if (auto it = refs_.find(ref); it != refs_.end()) return it->second;
     const json* target = nullptr;
     std::string target_pointer;
@@ -136,7 +136,7 @@ class Compiler {
     refs_[ref] = name;
     const size_t slot = rules_.size();
     rules_.emplace_back(name, "");
-    ASSIGN_OR_RETURN(std::string body, Visit(*target, target_pointer, name, 0));
+    ASSIGN_OR_RETURN(std::string body, Visit(*target, target_pointer, name, depth + 1));
     rules_[slot].second = body;
     return name;
   }
@@ -163,7 +163,7 @@ class Compiler {
                      "keywords beside $ref are not supported");
         }
       }
-      return Ref(it->get<std::string>(), pointer);
+      return Ref(it->get<std::string>(), pointer, depth);
     }
     if (auto it = schema.find("const"); it != schema.end()) return Literal(*it);
     if (auto it = schema.find("enum"); it != schema.end()) {

@@ -81,6 +81,7 @@ Matcher::Matcher(std::shared_ptr<const Grammar> grammar,
                  std::shared_ptr<const Vocabulary> vocabulary)
     : grammar_(std::move(grammar)), vocab_(std::move(vocabulary)) {
   State start;
+  expanded_.clear();
   for (uint32_t alt : grammar_->alternatives(grammar_->root())) Expand(alt, nullptr, &start);
   Normalize(&start);
   frames_ = std::move(start.frames);
@@ -100,6 +101,9 @@ const Matcher::Frame* Matcher::Intern(uint32_t pos, const Frame* parent) {
 
 void Matcher::Expand(uint32_t pos, const Frame* parent, State* out) {
   for (;;) {
+    // Each (position, continuation) once per closure: ambiguous or nullable alternatives reach
+    // the same point by many paths, and following each would multiply them.
+    if (!expanded_.insert({pos, parent}).second) return;
     const Element& e = grammar_->element(pos);
     if (e.kind == Element::kEnd) {
       if (parent == nullptr) {
@@ -129,6 +133,7 @@ void Matcher::Normalize(State* s) {
 
 void Matcher::Advance(const State& in, uint8_t byte, State* out) {
   out->Clear();
+  expanded_.clear();
   for (const Frame* f : in.frames) {
     if (grammar_->byte_set(grammar_->element(f->pos).index).test(byte)) {
       Expand(f->pos + 1, f->parent, out);
@@ -263,11 +268,15 @@ absl::StatusOr<std::string> Matcher::Mask(int64_t budget) {
     state_ids_.clear();
     states_.clear();
   }
+  auto it = cache_.find(key);
+  if (it != cache_.end() && (budget < 0 || budget >= it->second.max_need)) {
+    ++cache_hits_;
+    return it->second.bits;
+  }
   State current;
   current.frames = frames_;
   current.can_end = can_end_;
   const int32_t state = InternState(std::move(current));
-  auto it = cache_.find(key);
   if (it == cache_.end()) {
     ++cache_misses_;
     Cached fresh;

@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "model/grammar/grammar.h"
@@ -146,6 +147,8 @@ class Matcher {
   std::deque<Frame> frame_store_;
   absl::flat_hash_map<std::pair<uint32_t, const Frame*>, const Frame*> interned_;
   bool overflow_ = false;
+
+  absl::flat_hash_set<std::pair<uint32_t, const Frame*>> expanded_;  // within one closure
 
   std::vector<const Frame*> frames_;
   bool can_end_ = false;

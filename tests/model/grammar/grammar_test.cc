@@ -119,6 +119,20 @@ TEST(GrammarParse, ErrorsNameTheProblemAndItsPlace) {
   ASSERT_FALSE(huge.ok());
   EXPECT_THAT(huge.status().message(), HasSubstr("more than"));
 
+  // Nesting is bounded: the parser and the matcher recurse over it.
+  auto deep_groups =
+      Grammar::Parse("root ::= " + std::string(300, '(') + "\"a\"" + std::string(300, ')'));
+  ASSERT_FALSE(deep_groups.ok());
+  EXPECT_THAT(deep_groups.status().message(), HasSubstr("nest more than 256"));
+  std::string chain = "root ::= r0\n";
+  for (int i = 0; i < 300; ++i) {
+    chain += "r" + std::to_string(i) + " ::= r" + std::to_string(i + 1) + " \"x\"\n";
+  }
+  chain += "r300 ::= \"y\"\n";
+  auto deep_rules = Grammar::Parse(chain);
+  ASSERT_FALSE(deep_rules.ok());
+  EXPECT_THAT(deep_rules.status().message(), HasSubstr("nests more than 256 rules deep"));
+
   auto twice = Grammar::Parse("root ::= \"a\"\nroot ::= \"b\"\n");
   ASSERT_FALSE(twice.ok());
   EXPECT_THAT(twice.status().message(), HasSubstr("defined twice"));
