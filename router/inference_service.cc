@@ -43,7 +43,7 @@ InferenceServiceImpl::InferenceServiceImpl(std::string model_name, ModelConfig c
       config_(std::move(config)),
       tokenizer_(tokenizer),
       chat_template_(std::move(chat_template)),
-      structured_(tokenizer),
+      structured_(tokenizer, static_cast<int32_t>(config_.vocab_size)),
       replicas_(std::move(replicas)) {
   limits_.name = model_name_;
   limits_.context = config_.max_position_embeddings;

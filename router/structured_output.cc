@@ -14,7 +14,7 @@ namespace shardserve {
 
 std::shared_ptr<const grammar::Vocabulary> StructuredOutput::Vocabulary() {
   absl::MutexLock lock(&mu_);
-  if (vocab_ == nullptr) vocab_ = grammar::Vocabulary::FromTokenizer(*tokenizer_);
+  if (vocab_ == nullptr) vocab_ = grammar::Vocabulary::FromTokenizer(*tokenizer_, vocab_size_);
   return vocab_;
 }
 

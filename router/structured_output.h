@@ -38,7 +38,9 @@ class StructuredOutput {
   // Largest grammar or schema text a request may carry.
   static constexpr size_t kMaxSpecBytes = 256 << 10;
 
-  explicit StructuredOutput(const Tokenizer* tokenizer) : tokenizer_(tokenizer) {}
+  // `vocab_size`: the model's (its logits'), which masks cover.
+  StructuredOutput(const Tokenizer* tokenizer, int32_t vocab_size)
+      : tokenizer_(tokenizer), vocab_size_(vocab_size) {}
 
   // A matcher for `format`. INVALID_ARGUMENT naming the field (and, for a schema or grammar,
   // the spot in it) when it is malformed or uses what the engine does not support.
@@ -52,6 +54,7 @@ class StructuredOutput {
   std::shared_ptr<const grammar::Vocabulary> Vocabulary();
 
   const Tokenizer* const tokenizer_;
+  const int32_t vocab_size_;
   absl::Mutex mu_;
   std::shared_ptr<const grammar::Vocabulary> vocab_ ABSL_GUARDED_BY(mu_);
   // Least recently used first.

@@ -5,7 +5,8 @@
 #   scripts/sanitize.sh [--quick] [ctest args...]
 # --quick (what scripts/test.sh runs in CI) builds and runs only the tests of the router's
 # scheduler, KV cache, failover bookkeeping, worker registry and request handling and of the
-# worker's stage runtime: the concurrent, network-facing state machines.
+# worker's stage runtime (the concurrent, network-facing state machines), and of the grammar
+# engine and tool-call parser, which read what requests send.
 set -euo pipefail
 
 quick=
@@ -30,7 +31,7 @@ mapfile -t targets < <(ninja -C "$build" -t targets all | grep -oE '^tests/[a-z0
   grep -vE '^tests/(e2e_|api_|cuda_|nccl_|all$|test$|edit_cache$|rebuild_cache$|install)')
 quick_tests=(tests/router_scheduler_test tests/router_kv_cache_test tests/router_worker_registry_test
   tests/router_inference_service_test tests/router_placement_validation_test
-  tests/worker_stage_runtime_test)
+  tests/worker_stage_runtime_test tests/router_tool_calls_test tests/grammar_test)
 if [ -n "$quick" ]; then targets=("${quick_tests[@]}"); fi
 echo "== building ${#targets[@]} unit tests under ASan+UBSan in $build"
 ninja -C "$build" -j"${ASAN_JOBS:-2}" "${targets[@]}"

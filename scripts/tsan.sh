@@ -35,11 +35,12 @@ for t in "${unit[@]}"; do
   echo "-- ${t#tests/}"
   "$build/$t" --gtest_brief=1 || status=1
 done
-echo "-- end to end: a 2-stage cluster, a failover, a drain"
+echo "-- end to end: a 2-stage cluster, failovers (one of constrained streams), a drain"
 "$build/tests/e2e_correctness_test" --gtest_brief=1 \
   --gtest_filter='Stages/PipelineMatchesGenerate.GreedyAndSeeded/stories260K_2stages' || status=1
 "$build/tests/e2e_failover_test" --gtest_brief=1 \
-  --gtest_filter='Failover.KilledWorkersStreamsContinueOnTheOtherReplica:Drain.*' || status=1
+  --gtest_filter='Failover.KilledWorkersStreamsContinueOnTheOtherReplica:Failover.ConstrainedStreamsResumeExactly:Drain.*' \
+  || status=1
 # Races in shardserve's own code fail the run; races between accesses made inside Debian's
 # uninstrumented gRPC/Protobuf/Abseil are counted but cannot be judged (scripts/tsan_reports.py).
 "$root/scripts/tsan_reports.py" "$logs" "$root" || status=1

@@ -69,12 +69,18 @@ bool Vocabulary::is_eos(int32_t id) const {
   return std::binary_search(eos_ids_.begin(), eos_ids_.end(), id);
 }
 
-std::shared_ptr<const Vocabulary> Vocabulary::FromTokenizer(const Tokenizer& tokenizer) {
-  std::vector<std::string> bytes(tokenizer.vocab_size());
-  for (int32_t id = 0; id < tokenizer.vocab_size(); ++id) {
+std::shared_ptr<const Vocabulary> Vocabulary::FromTokenizer(const Tokenizer& tokenizer,
+                                                            int32_t size) {
+  const int32_t n = size > 0 ? size : tokenizer.vocab_size();
+  std::vector<std::string> bytes(n);
+  for (int32_t id = 0; id < std::min(n, tokenizer.vocab_size()); ++id) {
     if (!tokenizer.IsSpecial(id)) bytes[id] = tokenizer.TokenText(id);
   }
-  return std::make_shared<const Vocabulary>(std::move(bytes), tokenizer.eos_ids());
+  std::vector<int32_t> eos;
+  for (int32_t id : tokenizer.eos_ids()) {
+    if (id < n) eos.push_back(id);
+  }
+  return std::make_shared<const Vocabulary>(std::move(bytes), std::move(eos));
 }
 
 Matcher::Matcher(std::shared_ptr<const Grammar> grammar,

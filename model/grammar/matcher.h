@@ -45,8 +45,11 @@ class Vocabulary {
   // token_bytes[i]: the bytes token i adds to the output; empty for a token never allowed.
   // eos_ids: the tokens that end the output (allowed once the output is a whole match).
   Vocabulary(std::vector<std::string> token_bytes, std::vector<int32_t> eos_ids);
-  // Special tokens other than the end-of-generation ones are never allowed.
-  static std::shared_ptr<const Vocabulary> FromTokenizer(const Tokenizer& tokenizer);
+  // Special tokens other than the end-of-generation ones are never allowed. `size` > 0 is the
+  // model's vocabulary size (its logits), which may differ from the tokenizer's: ids the
+  // tokenizer lacks are never allowed, ids past `size` do not exist.
+  static std::shared_ptr<const Vocabulary> FromTokenizer(const Tokenizer& tokenizer,
+                                                         int32_t size = 0);
 
   int32_t size() const { return static_cast<int32_t>(bytes_.size()); }
   const std::string& bytes(int32_t id) const { return bytes_[id]; }

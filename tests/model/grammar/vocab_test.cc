@@ -91,6 +91,30 @@ TEST(GrammarVocab, StoriesSentencePiece) {
   RandomWalks(*tok, /*exhaustive=*/true);
 }
 
+// Masks cover the model's vocabulary (its logits), which may be larger than the tokenizer's:
+// the extra ids are never allowed.
+TEST(GrammarVocab, MasksCoverTheModelsVocabulary) {
+  auto tok = Load(std::string(SHARDSERVE_SOURCE_DIR) + "/../shared/models/stories260K");
+  ASSERT_NE(tok, nullptr);
+  auto vocab = Vocabulary::FromTokenizer(*tok, tok->vocab_size() + 13);
+  EXPECT_EQ(vocab->size(), tok->vocab_size() + 13);
+  auto g = Grammar::Parse(JsonObjectGbnf());
+  ASSERT_TRUE(g.ok());
+  Matcher m(*g, vocab);
+  auto id_of = [&](const std::string& bytes) {
+    for (int32_t id = 0; id < vocab->size(); ++id) {
+      if (vocab->bytes(id) == bytes) return id;
+    }
+    return -1;
+  };
+  ASSERT_TRUE(m.Accept(id_of("{")).ok());
+  ASSERT_TRUE(m.Accept(id_of("\"")).ok());
+  auto mask = m.Mask(-1);
+  ASSERT_TRUE(mask.ok());
+  EXPECT_EQ(mask->size(), static_cast<size_t>((tok->vocab_size() + 13 + 7) / 8));
+  for (int32_t id = tok->vocab_size(); id < vocab->size(); ++id) EXPECT_FALSE(Allowed(*mask, id));
+}
+
 TEST(GrammarVocab, Llama3ByteLevel) {
   auto tok = Load(std::string(SHARDSERVE_BINARY_DIR) + "/testdata/tokenizers/llama3");
   ASSERT_NE(tok, nullptr);
