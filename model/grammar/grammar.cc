@@ -702,9 +702,9 @@ class GrammarBuilder {
         for (uint32_t next : left[r]) deepest = std::max(deepest, chain[next] + 1);
         chain[r] = deepest;
         if (deepest > Grammar::kMaxNesting) {
-          return absl::InvalidArgumentError(
-              absl::StrCat("grammar rule '", names_[r], "' nests more than ",
-                           Grammar::kMaxNesting, " rules deep before its first byte"));
+          return absl::InvalidArgumentError(absl::StrCat("grammar rule '", names_[r],
+                                                         "' nests more than ", Grammar::kMaxNesting,
+                                                         " rules deep before its first byte"));
         }
         stack.pop_back();
       }
