@@ -90,6 +90,7 @@ Matcher::Matcher(std::shared_ptr<const Grammar> grammar,
   expanded_.clear();
   for (uint32_t alt : grammar_->alternatives(grammar_->root())) Expand(alt, nullptr, &start);
   Normalize(&start);
+  if (start.frames.size() > kMaxStacks) overflow_ = true;
   frames_ = std::move(start.frames);
   can_end_ = start.can_end;
 }
@@ -110,6 +111,10 @@ void Matcher::Expand(uint32_t pos, const Frame* parent, State* out) {
     // Each (position, continuation) once per closure: ambiguous or nullable alternatives reach
     // the same point by many paths, and following each would multiply them.
     if (!expanded_.insert({pos, parent}).second) return;
+    if (expanded_.size() > kMaxClosure) {
+      overflow_ = true;
+      return;
+    }
     const Element& e = grammar_->element(pos);
     if (e.kind == Element::kEnd) {
       if (parent == nullptr) {
@@ -141,11 +146,15 @@ void Matcher::Advance(const State& in, uint8_t byte, State* out) {
   out->Clear();
   expanded_.clear();
   for (const Frame* f : in.frames) {
+    if (overflow_) break;
     if (grammar_->byte_set(grammar_->element(f->pos).index).test(byte)) {
       Expand(f->pos + 1, f->parent, out);
     }
   }
   Normalize(out);
+  // Bounds the work of every later step: too ambiguous a grammar fails its request instead.
+  if (out->frames.size() > kMaxStacks) overflow_ = true;
+  if (overflow_) out->Clear();
 }
 
 int64_t Matcher::MinBytesToEnd() const {
@@ -181,6 +190,10 @@ absl::Status Matcher::Accept(int32_t id) {
   State next;
   for (size_t i = 0; i < bytes.size(); ++i) {
     Advance(cur, static_cast<uint8_t>(bytes[i]), &next);
+    if (overflow_) {
+      return absl::ResourceExhaustedError(
+          "the grammar is too ambiguous to track (too many parse stacks)");
+    }
     if (next.frames.empty() && !next.can_end) {
       return absl::InvalidArgumentError(absl::StrCat("token ", id, " ('", absl::CHexEscape(bytes),
                                                      "') breaks the grammar at its byte ", i));
@@ -236,7 +249,7 @@ void Matcher::Walk(uint32_t node, int32_t state, int64_t budget, std::string* bi
                    int64_t* max_need) {
   const StateInfo& st = states_[state];  // a deque: stays put while states are added
   const Vocabulary::Node& n = vocab_->node(node);
-  for (uint32_t c = n.children_begin; c < n.children_end; ++c) {
+  for (uint32_t c = n.children_begin; c < n.children_end && !overflow_; ++c) {
     const Vocabulary::Node& child = vocab_->node(c);
     if (!st.next_bytes.test(child.byte)) continue;
     const int32_t next = Transition(state, child.byte);

@@ -85,6 +85,10 @@ class Matcher {
  public:
   // Interned stacks per matcher, bounding memory for ambiguous grammars.
   static constexpr size_t kMaxFrames = 1 << 18;
+  // Parse stacks alive at once, and positions visited to close one byte's step: bound the work
+  // per byte (JSON and tool-call grammars keep a handful).
+  static constexpr size_t kMaxStacks = 1024;
+  static constexpr size_t kMaxClosure = 1 << 16;
   // Bytes of cached masks per matcher.
   static constexpr size_t kMaxCacheBytes = 4 << 20;
   // Memoized transitions per matcher before they are dropped.
@@ -107,7 +111,7 @@ class Matcher {
   // The tokens allowed next: bit i of byte i/8 (least significant first) for token i,
   // (vocabulary size + 7) / 8 bytes. With `budget` >= 0, only tokens after which the output can
   // be finished in `budget` more tokens. RESOURCE_EXHAUSTED when the grammar is too ambiguous
-  // to track (kMaxFrames).
+  // to track (kMaxFrames, kMaxStacks, kMaxClosure).
   absl::StatusOr<std::string> Mask(int64_t budget);
 
   // Mask lookups answered from the cache, and computed.

@@ -237,6 +237,26 @@ TEST(Matcher, BudgetAlwaysLeavesRoomToFinish) {
   }
 }
 
+// A grammar ambiguous enough to keep thousands of parse stacks alive fails cleanly instead of
+// slowing every later token.
+TEST(Matcher, TooAmbiguousGrammarsAreResourceExhausted) {
+  auto g = MustParse(R"(root ::= ( "a" | "a" "a" | "a" "a" "a" | "a" "a" "a" "a" )*)");
+  ASSERT_NE(g, nullptr);
+  Matcher m(g, TestVocab());
+  absl::Status last;
+  for (int i = 0; i < 4000 && last.ok(); ++i) last = m.Accept('a');
+  // Dedup keeps this one small: each position is one stack, whatever the path.
+  EXPECT_TRUE(last.ok()) << last;
+  // After k "a"s, 2^k stacks: each remembers its own string of pending "b"s and "c"s.
+  auto wide = MustParse(R"(root ::= "a" root "b" | "a" root "c" | "x")");
+  ASSERT_NE(wide, nullptr);
+  Matcher w(wide, TestVocab());
+  absl::Status status;
+  for (int i = 0; i < 200 && status.ok(); ++i) status = w.Accept('a');
+  EXPECT_EQ(status.code(), absl::StatusCode::kResourceExhausted) << status;
+  EXPECT_EQ(w.Mask(-1).status().code(), absl::StatusCode::kResourceExhausted);
+}
+
 TEST(Matcher, CacheAnswersRepeatedStates) {
   auto g = MustParse(JsonObjectGbnf());
   ASSERT_NE(g, nullptr);
