@@ -111,7 +111,7 @@ void Matcher::Expand(uint32_t pos, const Frame* parent, State* out) {
     // Each (position, continuation) once per closure: ambiguous or nullable alternatives reach
     // the same point by many paths, and following each would multiply them.
     if (!expanded_.insert({pos, parent}).second) return;
-    if (expanded_.size() > kMaxClosure) {
+    if (expanded_.size() > kMaxClosure || ++work_ > kMaxWork) {
       overflow_ = true;
       return;
     }
@@ -165,6 +165,7 @@ int64_t Matcher::MinBytesToEnd() const {
 }
 
 absl::Status Matcher::Accept(int32_t id) {
+  work_ = 0;
   if (id < 0 || id >= vocab_->size()) {
     return absl::InvalidArgumentError(absl::StrCat("token ", id, " is outside the vocabulary"));
   }
@@ -278,6 +279,7 @@ void Matcher::AddEos(std::string* bits) const {
 }
 
 absl::StatusOr<std::string> Matcher::Mask(int64_t budget) {
+  work_ = 0;
   std::vector<const Frame*> key = frames_;
   if (can_end_) key.push_back(nullptr);
   const size_t n_bytes = (static_cast<size_t>(vocab_->size()) + 7) / 8;

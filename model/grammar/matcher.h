@@ -89,6 +89,9 @@ class Matcher {
   // per byte (JSON and tool-call grammars keep a handful).
   static constexpr size_t kMaxStacks = 1024;
   static constexpr size_t kMaxClosure = 1 << 16;
+  // Positions visited by one Accept or Mask in all: bounds the time of a mask over a grammar
+  // ambiguous enough to stay just under the other bounds at every byte.
+  static constexpr size_t kMaxWork = 1 << 22;
   // Bytes of cached masks per matcher.
   static constexpr size_t kMaxCacheBytes = 4 << 20;
   // Memoized transitions per matcher before they are dropped.
@@ -111,7 +114,7 @@ class Matcher {
   // The tokens allowed next: bit i of byte i/8 (least significant first) for token i,
   // (vocabulary size + 7) / 8 bytes. With `budget` >= 0, only tokens after which the output can
   // be finished in `budget` more tokens. RESOURCE_EXHAUSTED when the grammar is too ambiguous
-  // to track (kMaxFrames, kMaxStacks, kMaxClosure).
+  // to track (kMaxFrames, kMaxStacks, kMaxClosure, kMaxWork).
   absl::StatusOr<std::string> Mask(int64_t budget);
 
   // Mask lookups answered from the cache, and computed.
@@ -154,6 +157,7 @@ class Matcher {
   std::deque<Frame> frame_store_;
   absl::flat_hash_map<std::pair<uint32_t, const Frame*>, const Frame*> interned_;
   bool overflow_ = false;
+  size_t work_ = 0;  // positions visited by the current Accept or Mask
 
   absl::flat_hash_set<std::pair<uint32_t, const Frame*>> expanded_;  // within one closure
 
