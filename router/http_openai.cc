@@ -130,6 +130,13 @@ absl::Status ParseMessages(const json& body, v1::GenerateRequest* out) {
   return absl::OkStatus();
 }
 
+// A call as OpenAI writes it in message.tool_calls (a streamed delta adds its index).
+json ToolCallJson(const v1::ToolCall& c) {
+  return {{"id", c.id()},
+          {"type", "function"},
+          {"function", {{"name", c.name()}, {"arguments", c.arguments()}}}};
+}
+
 json FinishJson(v1::FinishReason r) {
   const std::string name = FinishReasonName(r);
   return name.empty() ? json(nullptr) : json(name);
@@ -595,11 +602,9 @@ json OpenAiResponseBuilder::Chunk(const v1::GenerateResponse& delta, bool first)
       // of a call) and all of its arguments.
       json calls = json::array();
       for (int i = 0; i < delta.tool_calls_size(); ++i) {
-        const v1::ToolCall& c = delta.tool_calls(i);
-        calls.push_back({{"index", i},
-                         {"id", c.id()},
-                         {"type", "function"},
-                         {"function", {{"name", c.name()}, {"arguments", c.arguments()}}}});
+        json call = ToolCallJson(delta.tool_calls(i));
+        call["index"] = i;
+        calls.push_back(std::move(call));
       }
       d["tool_calls"] = calls;
     }
@@ -648,11 +653,7 @@ json OpenAiResponseBuilder::Final() const {
     if (!reasoning_.empty()) choice["message"]["reasoning_content"] = reasoning_;
     if (!all_.tool_calls().empty()) {
       json calls = json::array();
-      for (const v1::ToolCall& c : all_.tool_calls()) {
-        calls.push_back({{"id", c.id()},
-                         {"type", "function"},
-                         {"function", {{"name", c.name()}, {"arguments", c.arguments()}}}});
-      }
+      for (const v1::ToolCall& c : all_.tool_calls()) calls.push_back(ToolCallJson(c));
       choice["message"]["tool_calls"] = calls;
       if (text_.empty()) choice["message"]["content"] = nullptr;
     }

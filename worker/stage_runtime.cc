@@ -1,5 +1,6 @@
 #include "worker/stage_runtime.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <unordered_set>
@@ -162,10 +163,13 @@ absl::Status StageRuntime::Validate(const v1::StepPlan& plan) const {
                          absl::StrCat(s.allowed_tokens().size(), " bytes for a vocabulary of ",
                                       config.vocab_size, " (", want, " expected)"));
         }
-        bool any = false;
-        for (int32_t t = 0; t < config.vocab_size && !any; ++t) {
-          any = (static_cast<unsigned char>(s.allowed_tokens()[t >> 3]) >> (t & 7)) & 1;
-        }
+        // Byte by byte (a bit loop is 128k steps per sequence and step on a large vocabulary);
+        // the last byte's bits past the vocabulary do not count.
+        const std::string& mask = s.allowed_tokens();
+        const unsigned char in_vocab =
+            config.vocab_size % 8 == 0 ? 0xFF : (1u << (config.vocab_size % 8)) - 1;
+        const bool any = std::any_of(mask.begin(), mask.end() - 1, [](char b) { return b != 0; }) ||
+                         (static_cast<unsigned char>(mask.back()) & in_vocab) != 0;
         if (!any) return Invalid(i, "allowed_tokens", "allows no token of the vocabulary");
         // Bits past the vocabulary, in the last byte, stay clear.
         if (config.vocab_size % 8 != 0 && (static_cast<unsigned char>(s.allowed_tokens().back()) >>

@@ -18,6 +18,11 @@ constexpr uint32_t kInfinite = std::numeric_limits<uint32_t>::max();
 
 uint32_t AddSat(uint32_t a, uint32_t b) { return a >= kInfinite - b ? kInfinite : a + b; }
 
+// Allows token `id` in a mask (bit id % 8 of byte id / 8).
+void SetBit(std::string* bits, int32_t id) {
+  (*bits)[id >> 3] = static_cast<char>((*bits)[id >> 3] | (1 << (id & 7)));
+}
+
 }  // namespace
 
 Vocabulary::Vocabulary(std::vector<std::string> token_bytes, std::vector<int32_t> eos_ids)
@@ -258,8 +263,7 @@ void Matcher::Walk(uint32_t node, int32_t state, int64_t budget, std::string* bi
     const StateInfo& ns = states_[next];
     if (child.tokens_begin != child.tokens_end && (budget < 0 || ns.need <= budget)) {
       for (uint32_t t = child.tokens_begin; t < child.tokens_end; ++t) {
-        const int32_t id = vocab_->node_token(t);
-        (*bits)[id >> 3] = static_cast<char>((*bits)[id >> 3] | (1 << (id & 7)));
+        SetBit(bits, vocab_->node_token(t));
       }
       *max_need = std::max<int64_t>(*max_need, ns.need);
     }
@@ -273,7 +277,7 @@ void Matcher::AddEos(std::string* bits) const {
   if (!can_end_ || finished_) return;
   for (int32_t id : vocab_->eos_ids()) {
     if (id >= 0 && id < vocab_->size()) {
-      (*bits)[id >> 3] = static_cast<char>((*bits)[id >> 3] | (1 << (id & 7)));
+      SetBit(bits, id);
     }
   }
 }
