@@ -23,6 +23,8 @@
 #include "kernels/backend.h"
 #include "kernels/backend_factory.h"
 #include "model/generator.h"
+#include "model/gguf_export.h"
+#include "model/gguf_model.h"
 #include "model/stage.h"
 #include "model/synth.h"
 #include "model/tokenizer/tokenizer.h"
@@ -249,6 +251,47 @@ int SynthMain(int argc, char** argv) {
   if (!config.ok()) return Fail(config.status());
   if (absl::Status s = WriteSynthModel(*config, out, options); !s.ok()) return Fail(s);
   std::fprintf(stderr, "wrote %s\n", out.c_str());
+  return 0;
+}
+
+int ExportGgufMain(int argc, char** argv) {
+  CLI::App app{
+      "Writes a Hugging Face Llama model folder as one GGUF file that llama.cpp's tools "
+      "and shardserve load.",
+      "shardserve export-gguf"};
+  std::string model, out, dtype_name = "f16";
+  app.add_option("--model", model,
+                 "Hugging Face model folder (config.json, safetensors, "
+                 "tokenizer.json)")
+      ->required();
+  app.add_option("--out", out, "output file (.gguf)")->required();
+  app.add_option("--dtype", dtype_name, "f32, f16, bf16, q8_0 or q4_0")->capture_default_str();
+  app.footer(
+      "Quantize further with llama.cpp's llama-quantize (Q4_K_M, Q6_K, ...); shardserve loads "
+      "its output.");
+  if (auto rc = ParseCommandLine(app, argc, argv)) return *rc;
+  GgufExportOptions options;
+  if (auto d = ParseDType(dtype_name);
+      d.has_value() && (*d == DType::kF32 || *d == DType::kF16 || *d == DType::kBF16 ||
+                        *d == DType::kQ8_0 || *d == DType::kQ4_0)) {
+    options.dtype = *d;
+  } else {
+    return Fail(absl::InvalidArgumentError(
+        absl::StrCat("--dtype '", dtype_name, "' is not f32, f16, bf16, q8_0 or q4_0")));
+  }
+  if (!IsGgufPath(out)) {
+    return Fail(absl::InvalidArgumentError(absl::StrCat("--out '", out, "' must end in .gguf")));
+  }
+  const bool tty = isatty(fileno(stderr));
+  options.progress = [tty](uint64_t done, uint64_t total) {
+    if (tty)
+      std::fprintf(stderr, "\rexport-gguf: %5.1f%% of %.2f GB", 100.0 * done / total, total / 1e9);
+  };
+  if (absl::Status s = ExportGguf(model, out, options); !s.ok()) {
+    if (tty) std::fputc('\n', stderr);
+    return Fail(s);
+  }
+  std::fprintf(stderr, "%swrote %s\n", tty ? "\n" : "", out.c_str());
   return 0;
 }
 

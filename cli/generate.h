@@ -6,6 +6,7 @@ namespace shardserve {
 
 int GenerateMain(int argc, char** argv);
 int SynthMain(int argc, char** argv);
+int ExportGgufMain(int argc, char** argv);
 
 }  // namespace shardserve
 

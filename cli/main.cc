@@ -22,6 +22,7 @@ struct Command {
 const Command kCommands[] = {
     {"generate", shardserve::GenerateMain, "generate text in this process (no network)"},
     {"synth", shardserve::SynthMain, "write a random-weight model of a given shape"},
+    {"export-gguf", shardserve::ExportGgufMain, "write a model folder as a llama.cpp GGUF file"},
     {"inspect", shardserve::InspectMain, "model metadata and tokenization"},
     {"up", shardserve::UpMain, "start a local router and workers"},
     {"complete", shardserve::CompleteMain, "stream a completion from a server"},
@@ -35,7 +36,7 @@ void Usage(FILE* out) {
   std::fprintf(out,
                "usage: shardserve <command> [flags]   (shardserve <command> --help; shardserve "
                "--version)\n\ncommands:\n");
-  for (const Command& c : kCommands) std::fprintf(out, "  %-10s %s\n", c.name, c.help);
+  for (const Command& c : kCommands) std::fprintf(out, "  %-12s %s\n", c.name, c.help);
 }
 
 }  // namespace

@@ -28,12 +28,12 @@ class GgufWeights : public WeightSource {
       : file_(std::move(file)), config_(config) {}
 
   bool Has(const std::string& name) const override {
-    const std::string g = GgufName(name);
+    const std::string g = GgufTensorName(name);
     return !g.empty() && file_->tensor(g) != nullptr;
   }
 
   absl::StatusOr<TensorRef> Get(const std::string& name) const override {
-    const std::string g = GgufName(name);
+    const std::string g = GgufTensorName(name);
     const GgufTensorInfo* info = g.empty() ? nullptr : file_->tensor(g);
     if (info == nullptr) {
       return absl::NotFoundError(
@@ -97,38 +97,6 @@ class GgufWeights : public WeightSource {
   }
 
  private:
-  // Hugging Face name -> GGUF name; "" when there is no counterpart.
-  static std::string GgufName(const std::string& hf) {
-    static const std::map<std::string, std::string> kGlobal = {
-        {"model.embed_tokens.weight", "token_embd.weight"},
-        {"model.norm.weight", "output_norm.weight"},
-        {"lm_head.weight", "output.weight"}};
-    if (auto it = kGlobal.find(hf); it != kGlobal.end()) return it->second;
-    static const std::map<std::string, std::string> kLayer = {
-        {"input_layernorm.weight", "attn_norm.weight"},
-        {"post_attention_layernorm.weight", "ffn_norm.weight"},
-        {"self_attn.q_proj.weight", "attn_q.weight"},
-        {"self_attn.k_proj.weight", "attn_k.weight"},
-        {"self_attn.v_proj.weight", "attn_v.weight"},
-        {"self_attn.o_proj.weight", "attn_output.weight"},
-        {"self_attn.q_proj.bias", "attn_q.bias"},
-        {"self_attn.k_proj.bias", "attn_k.bias"},
-        {"self_attn.v_proj.bias", "attn_v.bias"},
-        {"mlp.gate_proj.weight", "ffn_gate.weight"},
-        {"mlp.up_proj.weight", "ffn_up.weight"},
-        {"mlp.down_proj.weight", "ffn_down.weight"}};
-    constexpr absl::string_view kPrefix = "model.layers.";
-    if (!absl::StartsWith(hf, kPrefix)) return "";
-    const std::string rest = hf.substr(kPrefix.size());
-    const size_t dot = rest.find('.');
-    if (dot == std::string::npos) return "";
-    int layer;
-    if (!absl::SimpleAtoi(rest.substr(0, dot), &layer)) return "";
-    auto it = kLayer.find(rest.substr(dot + 1));
-    if (it == kLayer.end()) return "";
-    return absl::StrCat("blk.", layer, ".", it->second);
-  }
-
   // Llama's q/k rows are stored in interleaved-pair order; other architectures are not.
   int RopePermutedHeads(const std::string& name) const {
     if (config_.architecture != Architecture::kLlama) return 0;
@@ -170,6 +138,37 @@ class GgufWeights : public WeightSource {
 };
 
 }  // namespace
+
+std::string GgufTensorName(const std::string& hf) {
+  static const std::map<std::string, std::string> kGlobal = {
+      {"model.embed_tokens.weight", "token_embd.weight"},
+      {"model.norm.weight", "output_norm.weight"},
+      {"lm_head.weight", "output.weight"}};
+  if (auto it = kGlobal.find(hf); it != kGlobal.end()) return it->second;
+  static const std::map<std::string, std::string> kLayer = {
+      {"input_layernorm.weight", "attn_norm.weight"},
+      {"post_attention_layernorm.weight", "ffn_norm.weight"},
+      {"self_attn.q_proj.weight", "attn_q.weight"},
+      {"self_attn.k_proj.weight", "attn_k.weight"},
+      {"self_attn.v_proj.weight", "attn_v.weight"},
+      {"self_attn.o_proj.weight", "attn_output.weight"},
+      {"self_attn.q_proj.bias", "attn_q.bias"},
+      {"self_attn.k_proj.bias", "attn_k.bias"},
+      {"self_attn.v_proj.bias", "attn_v.bias"},
+      {"mlp.gate_proj.weight", "ffn_gate.weight"},
+      {"mlp.up_proj.weight", "ffn_up.weight"},
+      {"mlp.down_proj.weight", "ffn_down.weight"}};
+  constexpr absl::string_view kPrefix = "model.layers.";
+  if (!absl::StartsWith(hf, kPrefix)) return "";
+  const std::string rest = hf.substr(kPrefix.size());
+  const size_t dot = rest.find('.');
+  if (dot == std::string::npos) return "";
+  int layer;
+  if (!absl::SimpleAtoi(rest.substr(0, dot), &layer)) return "";
+  auto it = kLayer.find(rest.substr(dot + 1));
+  if (it == kLayer.end()) return "";
+  return absl::StrCat("blk.", layer, ".", it->second);
+}
 
 bool IsGgufPath(const std::string& path) { return absl::EndsWith(path, ".gguf"); }
 

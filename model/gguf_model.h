@@ -3,8 +3,8 @@
 //
 // Architectures `llama` and `qwen2`. llama.cpp stores Llama's q/k projection rows in Meta's
 // interleaved RoPE order; they are permuted back to the rotate_half order on load, so a GGUF
-// model computes exactly what the same safetensors model does. Tensor types F32, F16 and BF16;
-// quantized types are refused by name.
+// model computes exactly what the same safetensors model does. Tensor types F32, F16, BF16,
+// Q8_0, Q4_0, Q4_K and Q6_K; other types are refused by name.
 #ifndef SHARDSERVE_MODEL_GGUF_MODEL_H_
 #define SHARDSERVE_MODEL_GGUF_MODEL_H_
 
@@ -25,6 +25,10 @@ std::unique_ptr<WeightSource> NewGgufWeightSource(std::shared_ptr<const GgufFile
                                                   const ModelConfig& config);
 
 bool IsGgufPath(const std::string& path);
+
+// The GGUF name of a Hugging Face Llama/Qwen2 tensor ("model.layers.3.mlp.up_proj.weight" ->
+// "blk.3.ffn_up.weight"); "" when there is none.
+std::string GgufTensorName(const std::string& hf_name);
 
 }  // namespace shardserve
 

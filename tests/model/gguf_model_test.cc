@@ -1,17 +1,24 @@
 // GGUF models against the same weights in safetensors: identical logits for F32 (after undoing
 // llama.cpp's q/k row order), and quantized weights (GGUF Q8_0 tensors, --quantize q8_0 / q4_0)
-// within a documented tolerance of F32, with greedy top-1 agreement over 1,000 positions.
+// within a documented tolerance of F32, with greedy top-1 agreement over 1,000 positions. The
+// GGUF files are written by ExportGguf (`shardserve export-gguf`), so these also check that the
+// exporter's q/k order, names and metadata round-trip, and its vocabulary tokenizes as the
+// tokenizer.json it came from.
+#include <filesystem>
+#include <fstream>
 #include <numeric>
 
 #include "absl/strings/str_cat.h"
+#include "common/mapped_file.h"
 #include "gtest/gtest.h"
 #include "kernels/backend.h"
-#include "kernels/cpu/quant.h"
+#include "model/gguf.h"
+#include "model/gguf_export.h"
 #include "model/gguf_model.h"
 #include "model/stage.h"
 #include "model/synth.h"
+#include "model/tokenizer/tokenizer.h"
 #include "model/weights.h"
-#include "tests/model/tokenizer/gguf_writer.h"
 #include "tests/testing/temp_dir.h"
 
 namespace shardserve {
@@ -19,64 +26,10 @@ namespace {
 
 using testing::TempDir;
 
-// Writes `dir`'s safetensors model as a llama-architecture GGUF: llama.cpp's names, its
-// interleaved q/k row order, and matrices stored as `type` (0 = F32, 8 = Q8_0).
-void WriteGguf(const std::string& dir, const ModelConfig& c, const std::string& path,
-               uint32_t type) {
-  auto w = OpenSafetensorsFolder(dir);
-  ASSERT_TRUE(w.ok());
-  testing::GgufWriter g;
-  g.AddString("general.architecture", "llama");
-  g.AddUint32("llama.embedding_length", c.hidden_size);
-  g.AddUint32("llama.feed_forward_length", c.intermediate_size);
-  g.AddUint32("llama.block_count", c.num_layers);
-  g.AddUint32("llama.attention.head_count", c.num_heads);
-  g.AddUint32("llama.attention.head_count_kv", c.num_kv_heads);
-  g.AddUint32("llama.context_length", c.max_position_embeddings);
-  g.AddFloat32("llama.attention.layer_norm_rms_epsilon", c.rms_norm_eps);
-  g.AddFloat32("llama.rope.freq_base", c.rope_theta);
-  auto add = [&](const std::string& hf, const std::string& name, int heads = 0) {
-    auto t = (*w)->Get(hf);
-    ASSERT_TRUE(t.ok()) << hf;
-    const auto* f = static_cast<const float*>(t->data);
-    std::vector<float> v(f, f + t->numel());
-    if (heads > 0) {  // rotate_half order -> interleaved pairs
-      const int64_t rows = t->shape[0], cols = t->shape[1], d = rows / heads;
-      std::vector<float> p(v.size());
-      for (int64_t h = 0; h < heads; ++h)
-        for (int64_t i = 0; i < 2; ++i)
-          for (int64_t j = 0; j < d / 2; ++j)
-            std::copy_n(&v[(h * d + i * (d / 2) + j) * cols], cols, &p[(h * d + 2 * j + i) * cols]);
-      v = p;
-    }
-    std::vector<int64_t> dims(t->shape.rbegin(), t->shape.rend());
-    const bool quantize = type == 8 && t->shape.size() == 2;
-    std::string bytes;
-    if (quantize) {
-      bytes.resize(RowBytes(DType::kQ8_0, t->numel()));
-      cpu::QuantizeRow(DType::kQ8_0, v.data(), t->numel(), bytes.data());
-    } else {
-      bytes.assign(reinterpret_cast<const char*>(v.data()), v.size() * 4);
-    }
-    g.AddTensor(name, quantize ? 8 : 0, dims, bytes);
-  };
-  add("model.embed_tokens.weight", "token_embd.weight");
-  for (int64_t l = 0; l < c.num_layers; ++l) {
-    const std::string p = absl::StrCat("model.layers.", l, ".");
-    const std::string b = absl::StrCat("blk.", l, ".");
-    add(p + "input_layernorm.weight", b + "attn_norm.weight");
-    add(p + "post_attention_layernorm.weight", b + "ffn_norm.weight");
-    add(p + "self_attn.q_proj.weight", b + "attn_q.weight", c.num_heads);
-    add(p + "self_attn.k_proj.weight", b + "attn_k.weight", c.num_kv_heads);
-    add(p + "self_attn.v_proj.weight", b + "attn_v.weight");
-    add(p + "self_attn.o_proj.weight", b + "attn_output.weight");
-    add(p + "mlp.gate_proj.weight", b + "ffn_gate.weight");
-    add(p + "mlp.up_proj.weight", b + "ffn_up.weight");
-    add(p + "mlp.down_proj.weight", b + "ffn_down.weight");
-  }
-  add("model.norm.weight", "output_norm.weight");
-  add("lm_head.weight", "output.weight");
-  ASSERT_TRUE(g.WriteTo(path));
+// Writes `dir`'s safetensors model with `shardserve export-gguf`'s exporter.
+void WriteGguf(const std::string& dir, const std::string& path, DType dtype) {
+  absl::Status s = ExportGguf(dir, path, {.dtype = dtype, .progress = nullptr});
+  ASSERT_TRUE(s.ok()) << s;
 }
 
 // Logits at every position of `tokens` (teacher-forced), one decode step per position.
@@ -153,7 +106,7 @@ Agreement Compare(const std::vector<std::vector<float>>& a,
 
 TEST_F(GgufModelTest, F32GgufEqualsSafetensors) {
   const std::string gguf = dir_ / "model.gguf";
-  WriteGguf(dir_.path(), config_, gguf, 0);
+  WriteGguf(dir_.path(), gguf, DType::kF32);
   const auto st = Logits(dir_.path());
   const auto gg = Logits(gguf);
   ASSERT_EQ(st.size(), gg.size());
@@ -167,7 +120,7 @@ TEST_F(GgufModelTest, F32GgufEqualsSafetensors) {
 TEST_F(GgufModelTest, QuantizedWeightsTrackF32) {
   const auto f32 = Logits(dir_.path());
   const std::string gguf = dir_ / "model-q8.gguf";
-  WriteGguf(dir_.path(), config_, gguf, 8);
+  WriteGguf(dir_.path(), gguf, DType::kQ8_0);
   // Four runs: GGUF Q8_0 tensors, and --quantize q8_0 / q4_0 of the safetensors model.
   const Agreement gguf_q8 = Compare(Logits(gguf), f32);
   const Agreement q8 = Compare(Logits(dir_.path(), DType::kQ8_0), f32);
@@ -185,6 +138,60 @@ TEST_F(GgufModelTest, QuantizedWeightsTrackF32) {
   EXPECT_GT(q4.max_rel_error, q8.max_rel_error);
   EXPECT_GE(q8.top1_same, 900);
   EXPECT_GE(q4.top1_same, 500);
+}
+
+TEST_F(GgufModelTest, ExportedMetadataAndVocabularyMatchTheFolder) {
+  const std::string gguf = dir_ / "model-f16.gguf";
+  WriteGguf(dir_.path(), gguf, DType::kF16);
+  auto file = GgufFile::Open(gguf);
+  ASSERT_TRUE(file.ok()) << file.status();
+  auto config = ConfigFromGguf(**file);
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->hidden_size, config_.hidden_size);
+  EXPECT_EQ(config->num_layers, config_.num_layers);
+  EXPECT_EQ(config->num_kv_heads, config_.num_kv_heads);
+  EXPECT_EQ(config->vocab_size, config_.vocab_size);
+  EXPECT_EQ(config->bos_token_id, config_.bos_token_id);
+  EXPECT_EQ(config->eos_token_ids, config_.eos_token_ids);
+  EXPECT_FALSE(config->tie_word_embeddings);
+  EXPECT_EQ(*(*file)->GetInt("general.file_type"), 1);  // MOSTLY_F16
+  EXPECT_EQ((*file)->tensor("blk.0.ffn_up.weight")->ggml_type, 1u);
+  EXPECT_EQ((*file)->tensor("blk.0.attn_norm.weight")->ggml_type, 0u);  // norms stay F32
+
+  auto hf = Tokenizer::Load(dir_.path());
+  auto gg = Tokenizer::Load(gguf);
+  ASSERT_TRUE(hf.ok()) << hf.status();
+  ASSERT_TRUE(gg.ok()) << gg.status();
+  for (const char* text : {"Once upon a time, there was a little girl.", "  two  spaces",
+                           "bytes: caf\xc3\xa9 \xe6\x97\xa5\xe6\x9c\xac \xf0\x9f\x98\x80",
+                           "tabs\tand\nnewlines\n", ""}) {
+    const std::vector<int32_t> a = (*hf)->Encode(text), b = (*gg)->Encode(text);
+    EXPECT_EQ(a, b) << text;
+    EXPECT_EQ((*gg)->Decode(b), text);
+  }
+}
+
+TEST_F(GgufModelTest, ExportRefusesWhatItCannotWrite) {
+  absl::Status s =
+      ExportGguf(dir_.path(), dir_ / "x.gguf", {.dtype = DType::kQ4_K, .progress = nullptr});
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("q8_0"), std::string::npos) << s;
+  s = ExportGguf(dir_ / "missing", dir_ / "x.gguf", {});
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("missing"), std::string::npos) << s;
+  // A byte-level tokenizer (Llama-3, Qwen) is refused by name, and no partial file is left.
+  auto tj = ReadFileToString(dir_ / "tokenizer.json");
+  ASSERT_TRUE(tj.ok());
+  std::string text = *tj;
+  const size_t at = text.find("\"byte_fallback\": true");
+  ASSERT_NE(at, std::string::npos);
+  text.replace(at, 21, "\"byte_fallback\": false");
+  std::ofstream(dir_ / "tokenizer.json", std::ios::trunc) << text;
+  s = ExportGguf(dir_.path(), dir_ / "x.gguf", {});
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnimplemented);
+  EXPECT_NE(s.message().find("byte_fallback"), std::string::npos) << s;
+  EXPECT_FALSE(std::filesystem::exists(dir_ / "x.gguf"));
+  EXPECT_FALSE(std::filesystem::exists(dir_ / "x.gguf.tmp"));
 }
 
 }  // namespace
