@@ -24,7 +24,7 @@ namespace {
 // Batches of at least this many rows take the GEMM path.
 constexpr int64_t kGemmMinRows = 12;
 // Weight rows widened to F32 per sgemm call on the GEMM path.
-constexpr int64_t kPanelRows = 128;
+constexpr int64_t kPanelRows = 512;
 
 class HostBuffer : public Buffer {
  public:
@@ -81,6 +81,7 @@ class CpuBackend : public Backend {
         fast_(!o.reference && cpu::CpuHasAvx2Fma()),
         avx512_(fast_ && o.avx512 && cpu::CpuHasAvx512()),
         vnni_(avx512_ && cpu::CpuHasAvxVnni()),
+        vnni512_(avx512_ && cpu::CpuHasAvx512Vnni()),
         copy_weights_(o.copy_weights) {
     // Parallelism comes from our pool; each sgemm call runs on the thread that makes it.
     openblas_set_num_threads(1);
@@ -313,10 +314,12 @@ class CpuBackend : public Backend {
   }
 
   // Decode: activations quantized to Q8 blocks, integer block dot products (Q8_0 / Q4_0
-  // everywhere, Q4_K / Q6_K with AVX2). Prefill widens weight panels for sgemm instead.
+  // everywhere, Q4_K / Q6_K with AVX2; all four with AVX-512 VNNI where the CPU has it). Prefill
+  // widens weight panels for sgemm instead.
   void QuantMatMul(const cpu::GemvArgs& a, int threads) {
     const bool kquant = a.wt == DType::kQ4_K || a.wt == DType::kQ6_K;
     const bool int_dot = a.wt == DType::kQ8_0 || a.wt == DType::kQ4_0 || (kquant && fast_);
+    if (vnni512_ && a.n >= kGemmMinRows) return QuantGemm(a, threads);
     if (!int_dot || (fast_ && a.n >= kGemmMinRows)) {
       pool_.ParallelFor(
           a.rows, 16, [&](int64_t j0, int64_t j1) { GemmPanel(a, j0, j1); }, threads);
@@ -332,6 +335,11 @@ class CpuBackend : public Backend {
     pool_.ParallelFor(
         a.rows, 4,
         [&](int64_t j0, int64_t j1) {
+          if (vnni512_) {
+            cpu::Avx512VnniQuantGemvRows(a.wt, a.w, a.k, xq.data(), a.n, nb, a.bias, a.out,
+                                         a.out_stride, j0, j1);
+            return;
+          }
           if (kquant) {
             cpu::Avx2KQuantGemvRows(a.wt, a.w, a.k, xq.data(), a.n, nb, a.bias, a.out, a.out_stride,
                                     j0, j1);
@@ -353,6 +361,29 @@ class CpuBackend : public Backend {
                                             (a.bias != nullptr ? a.bias[j] : 0.0f);
             }
           }
+        },
+        threads);
+  }
+
+  // Prefill with AVX-512 VNNI: the activations quantized to Q8 blocks (rows split across the
+  // threads), then an int8 GEMM over panels of 16 weight rows.
+  void QuantGemm(const cpu::GemvArgs& a, int threads) {
+    const int64_t nb = a.k / 32;
+    std::vector<cpu::Q8Block>& xq = activation_blocks_;
+    xq.resize(static_cast<size_t>(a.n * nb));
+    pool_.ParallelFor(
+        a.n, 1,
+        [&](int64_t i0, int64_t i1) {
+          for (int64_t i = i0; i < i1; ++i) {
+            cpu::QuantizeActivations(a.x + i * a.x_stride, a.k, &xq[i * nb]);
+          }
+        },
+        threads);
+    pool_.ParallelFor(
+        a.rows, 16,
+        [&](int64_t j0, int64_t j1) {
+          cpu::Avx512VnniQuantGemmRows(a.wt, a.w, a.k, xq.data(), a.n, nb, a.bias, a.out,
+                                       a.out_stride, j0, j1);
         },
         threads);
   }
@@ -394,7 +425,8 @@ class CpuBackend : public Backend {
   ThreadPool pool_;
   const bool fast_;
   const bool avx512_;
-  const bool vnni_;  // AVX-VNNI integer dot products (with the other wide-vector paths)
+  const bool vnni_;     // AVX-VNNI integer dot products (with the other wide-vector paths)
+  const bool vnni512_;  // AVX-512 VNNI: every quantized GEMV, any batch below the GEMM size
   const bool copy_weights_;
   std::vector<cpu::Q8Block> activation_blocks_;
 };

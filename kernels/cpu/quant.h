@@ -51,6 +51,18 @@ void VnniQuantGemvRows1(DType dt, const void* w, int64_t k, const Q8Block* xq, c
                         float* out, int64_t j0, int64_t j1);
 bool CpuHasAvxVnni();
 
+// Rows [j0, j1) of out = x * w^T for Q8_0, Q4_0, Q4_K and Q6_K weights with 512-bit VNNI dot
+// products, any n (check CpuHasAvx512Vnni() first). Q4_K / Q6_K need k % 256 == 0.
+void Avx512VnniQuantGemvRows(DType dt, const void* w, int64_t k, const Q8Block* xq, int64_t n,
+                             int64_t xq_stride, const float* bias, float* out, int64_t out_stride,
+                             int64_t j0, int64_t j1);
+// The same for prefill-sized n: an int8 GEMM over panels of 16 weight rows (AVX-512 VNNI).
+// Every row range [j0, j1) is valid; panels start at j0.
+void Avx512VnniQuantGemmRows(DType dt, const void* w, int64_t k, const Q8Block* xq, int64_t n,
+                             int64_t xq_stride, const float* bias, float* out, int64_t out_stride,
+                             int64_t j0, int64_t j1);
+bool CpuHasAvx512Vnni();
+
 }  // namespace shardserve::cpu
 
 #endif  // SHARDSERVE_KERNELS_CPU_QUANT_H_

@@ -171,6 +171,89 @@ TEST(QuantTest, KQuantIntegerDotEqualsReference) {
 
 // The backend's K-quant decode (activations quantized to Q8 blocks, integer dots) tracks the F32
 // product of the decoded weights within the activations' quantization error.
+// The AVX-512 VNNI kernels equal the reference for all four formats: odd and even block counts
+// (Q8_0 / Q4_0 rows of 11 and 10 blocks), several super-blocks, row ranges that split the
+// four-row groups, a bias, and 1 to 3 activation rows. Skipped where the CPU lacks AVX-512 VNNI.
+TEST(QuantTest, Avx512VnniEqualsReference) {
+  if (!cpu::CpuHasAvx512Vnni()) GTEST_SKIP() << "no AVX-512 VNNI on this CPU";
+  for (DType dt : {DType::kQ8_0, DType::kQ4_0, DType::kQ4_K, DType::kQ6_K}) {
+    const bool kq = dt == DType::kQ4_K || dt == DType::kQ6_K;
+    for (int64_t k : kq ? std::vector<int64_t>{256, 768} : std::vector<int64_t>{320, 352}) {
+      const int64_t m = 13, n = 3;
+      std::vector<uint8_t> wq;
+      if (kq) {
+        wq = RandomKQuantRows(dt, m, k, 11 + static_cast<uint32_t>(k));
+      } else {
+        const std::vector<float> w = Random(m * k, 6);
+        wq.resize(RowBytes(dt, k) * m);
+        for (int64_t r = 0; r < m; ++r) {
+          cpu::QuantizeRow(dt, &w[r * k], k, &wq[RowBytes(dt, k) * r]);
+        }
+      }
+      const std::vector<float> x = Random(n * k, 8), bias = Random(m, 9);
+      std::vector<cpu::Q8Block> xq(n * k / 32);
+      for (int64_t i = 0; i < n; ++i) cpu::QuantizeActivations(&x[i * k], k, &xq[i * k / 32]);
+      for (int64_t rows : {int64_t{1}, n}) {
+        std::vector<float> out(rows * m, -1.0f);
+        // Rows split unevenly, as the thread pool splits them.
+        cpu::Avx512VnniQuantGemvRows(dt, wq.data(), k, xq.data(), rows, k / 32, bias.data(),
+                                     out.data(), m, 0, 6);
+        cpu::Avx512VnniQuantGemvRows(dt, wq.data(), k, xq.data(), rows, k / 32, bias.data(),
+                                     out.data(), m, 6, m);
+        for (int64_t i = 0; i < rows; ++i) {
+          for (int64_t j = 0; j < m; ++j) {
+            const float ref =
+                cpu::RefQuantDot(dt, &wq[RowBytes(dt, k) * j], &xq[i * k / 32], k) + bias[j];
+            EXPECT_NEAR(out[i * m + j], ref, 1e-4f * (1 + std::fabs(ref)))
+                << DTypeName(dt) << " k " << k << " row " << j << " x " << i << " of " << rows;
+          }
+        }
+      }
+    }
+  }
+}
+
+// The AVX-512 VNNI panel GEMM (prefill) equals the reference for all four formats: 9 and 13
+// activation rows (a full eight-row tile and a remainder), 37 weight rows (a partial panel),
+// ranges that start mid-panel, and a bias.
+TEST(QuantTest, Avx512VnniGemmEqualsReference) {
+  if (!cpu::CpuHasAvx512Vnni()) GTEST_SKIP() << "no AVX-512 VNNI on this CPU";
+  for (DType dt : {DType::kQ8_0, DType::kQ4_0, DType::kQ4_K, DType::kQ6_K}) {
+    const bool kq = dt == DType::kQ4_K || dt == DType::kQ6_K;
+    for (int64_t k : kq ? std::vector<int64_t>{256, 768} : std::vector<int64_t>{96, 352}) {
+      const int64_t m = 37;
+      std::vector<uint8_t> wq;
+      if (kq) {
+        wq = RandomKQuantRows(dt, m, k, 13 + static_cast<uint32_t>(k));
+      } else {
+        const std::vector<float> w = Random(m * k, 10);
+        wq.resize(RowBytes(dt, k) * m);
+        for (int64_t r = 0; r < m; ++r) {
+          cpu::QuantizeRow(dt, &w[r * k], k, &wq[RowBytes(dt, k) * r]);
+        }
+      }
+      for (int64_t n : {9, 13}) {
+        const std::vector<float> x = Random(n * k, 11), bias = Random(m, 12);
+        std::vector<cpu::Q8Block> xq(n * k / 32);
+        for (int64_t i = 0; i < n; ++i) cpu::QuantizeActivations(&x[i * k], k, &xq[i * k / 32]);
+        std::vector<float> out(n * m, -1.0f);
+        cpu::Avx512VnniQuantGemmRows(dt, wq.data(), k, xq.data(), n, k / 32, bias.data(),
+                                     out.data(), m, 0, 21);
+        cpu::Avx512VnniQuantGemmRows(dt, wq.data(), k, xq.data(), n, k / 32, bias.data(),
+                                     out.data(), m, 21, m);
+        for (int64_t i = 0; i < n; ++i) {
+          for (int64_t j = 0; j < m; ++j) {
+            const float ref =
+                cpu::RefQuantDot(dt, &wq[RowBytes(dt, k) * j], &xq[i * k / 32], k) + bias[j];
+            ASSERT_NEAR(out[i * m + j], ref, 1e-4f * (1 + std::fabs(ref)))
+                << DTypeName(dt) << " k " << k << " row " << j << " x " << i << " of " << n;
+          }
+        }
+      }
+    }
+  }
+}
+
 TEST(QuantTest, KQuantDecodeTracksTheDecodedWeights) {
   for (DType dt : {DType::kQ4_K, DType::kQ6_K}) {
     for (int64_t n : {int64_t{1}, int64_t{3}}) {
@@ -206,30 +289,38 @@ TEST_P(QuantMatMulTest, BackendTracksF32WithinFormatError) {
   const std::vector<float> w = Random(m * k, 4), x = Random(n * k, 5);
   std::vector<uint8_t> wq(RowBytes(dt, k) * m);
   for (int64_t r = 0; r < m; ++r) cpu::QuantizeRow(dt, &w[r * k], k, &wq[RowBytes(dt, k) * r]);
-  std::vector<float> exact(n * m), fast(n * m), ref(n * m);
+  std::vector<float> exact(n * m), ref(n * m);
   auto f32 = NewCpuBackend({.threads = 2});
   f32->MatMul(Tensor::Of(const_cast<float*>(x.data()), DType::kF32, n, k),
               Tensor::Of(const_cast<float*>(w.data()), DType::kF32, m, k), nullptr,
               Tensor::Of(exact.data(), DType::kF32, n, m));
-  for (bool reference : {false, true}) {
-    auto b = NewCpuBackend({.threads = 2, .reference = reference});
-    b->MatMul(Tensor::Of(const_cast<float*>(x.data()), DType::kF32, n, k),
-              Tensor::Of(wq.data(), dt, m, k), nullptr,
-              Tensor::Of((reference ? ref : fast).data(), DType::kF32, n, m));
+  auto run = [&](const CpuBackendOptions& o, std::vector<float>* out) {
+    out->assign(n * m, 0.0f);
+    NewCpuBackend(o)->MatMul(Tensor::Of(const_cast<float*>(x.data()), DType::kF32, n, k),
+                             Tensor::Of(wq.data(), dt, m, k), nullptr,
+                             Tensor::Of(out->data(), DType::kF32, n, m));
+  };
+  run({.threads = 2, .reference = true}, &ref);
+  // The fast paths this CPU has (AVX-512 VNNI where present) and the AVX2 path, forced.
+  for (bool avx512 : {true, false}) {
+    std::vector<float> fast;
+    run({.threads = 2, .avx512 = avx512}, &fast);
+    // Relative RMS error against F32: about 1% for Q8_0, about 12% for Q4_0 on normal weights.
+    double err = 0, norm = 0, diff_paths = 0;
+    for (int64_t i = 0; i < n * m; ++i) {
+      err += (fast[i] - exact[i]) * (fast[i] - exact[i]);
+      norm += exact[i] * exact[i];
+      diff_paths = std::max<double>(diff_paths, std::fabs(fast[i] - ref[i]));
+    }
+    const double rel = std::sqrt(err / norm);
+    EXPECT_LT(rel, dt == DType::kQ8_0 ? 0.02 : 0.15) << DTypeName(dt) << " avx512 " << avx512;
+    EXPECT_GT(rel, dt == DType::kQ8_0 ? 1e-4 : 0.02);  // the weights really were quantized
+    // Fast and reference paths agree far more closely than either agrees with F32, except
+    // where prefill batches widen the weights instead of quantizing the activations (the AVX2
+    // path at n >= 12).
+    const bool widened = n >= 12 && !(avx512 && cpu::CpuHasAvx512Vnni());
+    EXPECT_LT(diff_paths, widened ? 0.5 : 1e-3) << DTypeName(dt) << " avx512 " << avx512;
   }
-  // Relative RMS error against F32: about 1% for Q8_0, about 12% for Q4_0 on normal weights.
-  double err = 0, norm = 0, diff_paths = 0;
-  for (int64_t i = 0; i < n * m; ++i) {
-    err += (fast[i] - exact[i]) * (fast[i] - exact[i]);
-    norm += exact[i] * exact[i];
-    diff_paths = std::max<double>(diff_paths, std::fabs(fast[i] - ref[i]));
-  }
-  const double rel = std::sqrt(err / norm);
-  EXPECT_LT(rel, dt == DType::kQ8_0 ? 0.02 : 0.15) << DTypeName(dt);
-  EXPECT_GT(rel, dt == DType::kQ8_0 ? 1e-4 : 0.02);  // the weights really were quantized
-  // Fast and reference paths agree far more closely than either agrees with F32 (prefill
-  // batches widen the weights instead of quantizing the activations, so allow that error).
-  EXPECT_LT(diff_paths, n >= 12 ? 0.5 : 1e-3) << DTypeName(dt);
 }
 
 INSTANTIATE_TEST_SUITE_P(Types, QuantMatMulTest,

@@ -1,0 +1,635 @@
+// Quantized GEMV with 512-bit VNNI dot products (vpdpbusd on zmm: 64 unsigned x signed byte
+// products summed into 16 int32 lanes per instruction), for Q8_0, Q4_0, Q4_K and Q6_K weights
+// against Q8 activation blocks. Compiled alone with -mavx512f -mavx512bw -mavx512vl
+// -mavx512vnni and called only when the CPU reports them (CpuHasAvx512Vnni()); AMD Zen 4 and
+// Intel Xeon since Cascade Lake have them.
+//
+// Each call first lays the activations out in the order the weight bytes unpack to, so one
+// 64-byte weight vector meets one 64-byte activation vector: Q4_0 nibbles of two blocks, Q4_K
+// sub-blocks (0,2), (1,3), (4,6), (5,7) of a super-block, Q6_K in value order. Weights are used
+// unsigned (Q8_0 plus 128, Q4_0 and Q4_K nibbles 0..15, Q6_K 0..63), and each format's offset
+// enters through the accumulator's initial value (minus offset x the activations' sum), so no
+// sign juggling is needed. Scales are applied in F32 per 32-value block (Q6_K: per 16 values),
+// so results equal RefQuantDot's up to float rounding.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "kernels/cpu/quant.h"
+
+namespace shardserve::cpu {
+namespace {
+
+inline uint16_t U16At(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return h;
+}
+
+inline uint32_t U32At(const uint8_t* p) {
+  uint32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+// The weights are read one row after the other: one sequential stream per thread. On the AMD
+// EPYC (Zen 4) this was measured on, one core reads one stream at 28 GB/s and four interleaved
+// streams at 12 GB/s (`membw --threads 1 --streams 1|4`), which decides decode speed. The
+// K-quant and Q4_0 kernels also fetch this far ahead in software (bench/quant_gemv: Q4_K 15.5 ->
+// 22 GB/s on one thread); Q8_0, which reads most bytes per instruction, runs fastest without.
+constexpr int kPrefetch = 4096;
+
+// The cache lines of the `bytes` bytes kPrefetch ahead of p.
+inline void Prefetch(const uint8_t* p, int bytes) {
+  for (int o = 0; o < bytes; o += 64) {
+    _mm_prefetch(reinterpret_cast<const char*>(p) + kPrefetch + o, _MM_HINT_T0);
+  }
+}
+
+// Two F16 values at a and b as F32 lanes 0 and 1.
+inline __m128 TwoHalves(const uint8_t* a, const uint8_t* b) {
+  return _mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(U16At(a) | (uint32_t{U16At(b)} << 16))));
+}
+
+// Vector registers as vector elements (std::vector<I512> drops the type's attributes).
+struct I512 {
+  __m512i v;
+};
+struct F512 {
+  __m512 v;
+};
+struct F256 {
+  __m256 v;
+};
+
+// Activations of one row, laid out for one weight format: `q` in the order the weight vectors
+// unpack to (64 bytes per step), `scale` the activation scale of each of a step's 16 int32 lanes,
+// `init` the lanes' initial values (the weight offset times the activations' sums).
+struct PackedRow {
+  std::vector<I512> q;
+  std::vector<F512> scale;
+  std::vector<I512> init;
+};
+
+// Per-thread scratch: the calling thread lays out the activations for its own range of rows.
+thread_local std::vector<PackedRow> packed_rows;
+
+void Put16(int8_t* dst, const int8_t* src) { std::memcpy(dst, src, 16); }
+
+// --- Q8_0 and Q4_0: two 32-value blocks per step. -------------------------------------------
+
+// Q8_0: lanes 0-7 block b, 8-15 block b+1, values in order; weights + 128 (unsigned), so each
+// block's sum starts at -128 x its activations' sum. Q4_0: the low nibbles of blocks b and b+1
+// (values 0-15 of each), then their high nibbles (values 16-31); lanes 0-3 and 8-11 are block b,
+// 4-7 and 12-15 block b+1; the -8 offset enters the same way.
+template <DType T>
+void PackBlockPairs(const Q8Block* x, int64_t nb, PackedRow* p) {
+  const int64_t steps = nb / 2;
+  p->q.resize(steps);
+  p->scale.resize(steps);
+  p->init.resize(steps);
+  for (int64_t s = 0; s < steps; ++s) {
+    const Q8Block& a = x[2 * s];
+    const Q8Block& b = x[2 * s + 1];
+    alignas(64) int8_t q[64];
+    alignas(64) float sc[16];
+    alignas(64) int32_t in[16] = {};
+    if constexpr (T == DType::kQ8_0) {
+      std::memcpy(q, a.q, 32);
+      std::memcpy(q + 32, b.q, 32);
+      for (int l = 0; l < 16; ++l) sc[l] = l < 8 ? a.d : b.d;
+      in[0] = -128 * a.qsum;
+      in[8] = -128 * b.qsum;
+    } else {
+      Put16(q, a.q);
+      Put16(q + 16, b.q);
+      Put16(q + 32, a.q + 16);
+      Put16(q + 48, b.q + 16);
+      for (int l = 0; l < 16; ++l) sc[l] = (l / 4) % 2 == 0 ? a.d : b.d;
+      in[0] = -8 * a.qsum;
+      in[4] = -8 * b.qsum;
+    }
+    p->q[s].v = _mm512_load_si512(q);
+    p->scale[s].v = _mm512_load_ps(sc);
+    p->init[s].v = _mm512_load_si512(in);
+  }
+}
+
+// Unsigned weight bytes of blocks b and b+1 (at blk and blk + bb), in the packed order.
+template <DType T>
+inline __m512i WeightPair(const uint8_t* blk) {
+  if constexpr (T == DType::kQ8_0) {
+    const __m512i w = _mm512_inserti64x4(
+        _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2))),
+        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 36)), 1);
+    return _mm512_xor_si512(w, _mm512_set1_epi8(static_cast<char>(0x80)));
+  } else {
+    const __m256i packed = _mm256_inserti128_si256(
+        _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2))),
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 20)), 1);
+    const __m512i both = _mm512_broadcast_i64x4(packed);
+    // Low half: low nibbles; high half: shifted down by 4.
+    const __m512i shift = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(4), 1);
+    return _mm512_and_si512(_mm512_srlv_epi16(both, shift), _mm512_set1_epi8(0x0F));
+  }
+}
+
+// Dot of the odd last block of a row (256-bit).
+template <DType T>
+inline float LastBlock(const uint8_t* blk, const Q8Block& x) {
+  __m256i w;
+  int32_t init;
+  if constexpr (T == DType::kQ8_0) {
+    w = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2)),
+                         _mm256_set1_epi8(static_cast<char>(0x80)));
+    init = -128 * x.qsum;
+  } else {
+    const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2));
+    w = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(packed, 4), _mm_set1_epi8(0x0F)),
+                         _mm_and_si128(packed, _mm_set1_epi8(0x0F)));
+    init = -8 * x.qsum;
+  }
+  const __m256i dot =
+      _mm256_dpbusd_epi32(_mm256_castsi128_si256(_mm_cvtsi32_si128(init)), w,
+                          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q)));
+  const __m256i s = _mm256_add_epi32(dot, _mm256_srli_si256(dot, 8));
+  const __m128i t = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+  const int32_t sum = _mm_cvtsi128_si32(_mm_add_epi32(t, _mm_srli_si128(t, 4)));
+  return _cvtsh_ss(U16At(blk)) * x.d * static_cast<float>(sum);
+}
+
+// One weight row against every activation row (the row stays in L1 after the first).
+template <DType T>
+void PairRow(const uint8_t* row, int64_t nb, const Q8Block* xq, int64_t xq_stride,
+             const std::vector<PackedRow>& px, const float* bias, float* out, int64_t out_stride,
+             int64_t j) {
+  constexpr int64_t bb = T == DType::kQ8_0 ? 34 : 18;
+  const int64_t steps = nb / 2;
+  const __m512i scale_index =
+      T == DType::kQ8_0 ? _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0)
+                        : _mm512_set_epi32(1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0);
+  for (size_t i = 0; i < px.size(); ++i) {
+    const PackedRow& p = px[i];
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t s = 0; s < steps; ++s) {
+      const uint8_t* blk = row + 2 * s * bb;
+      if constexpr (T == DType::kQ4_0) Prefetch(blk, 36);
+      const __m512i dot = _mm512_dpbusd_epi32(p.init[s].v, WeightPair<T>(blk), p.q[s].v);
+      const __m512 wd =
+          _mm512_permutexvar_ps(scale_index, _mm512_castps128_ps512(TwoHalves(blk, blk + bb)));
+      acc = _mm512_fmadd_ps(_mm512_mul_ps(wd, p.scale[s].v), _mm512_cvtepi32_ps(dot), acc);
+    }
+    float v = _mm512_reduce_add_ps(acc);
+    if (nb % 2 != 0) v += LastBlock<T>(row + (nb - 1) * bb, xq[i * xq_stride + nb - 1]);
+    out[i * out_stride + j] = v + (bias != nullptr ? bias[j] : 0.0f);
+  }
+}
+
+template <DType T>
+void BlockPairGemv(const uint8_t* base, int64_t k, const Q8Block* xq, int64_t n, int64_t xq_stride,
+                   const float* bias, float* out, int64_t out_stride, int64_t j0, int64_t j1) {
+  constexpr int64_t bb = T == DType::kQ8_0 ? 34 : 18;
+  const int64_t nb = k / 32;
+  std::vector<PackedRow>& px = packed_rows;
+  px.resize(n);
+  for (int64_t i = 0; i < n; ++i) PackBlockPairs<T>(xq + i * xq_stride, nb, &px[i]);
+  const size_t row_bytes = static_cast<size_t>(nb) * bb;
+  for (int64_t j = j0; j < j1; ++j) {
+    PairRow<T>(base + j * row_bytes, nb, xq, xq_stride, px, bias, out, out_stride, j);
+  }
+}
+
+// --- Q4_K: super-blocks of 256 values, 8 sub-blocks of 32 with 6-bit scales and mins. --------
+
+// Activations per super-block: sub-blocks (0,2), (1,3), (4,6), (5,7) as four 64-byte steps, the
+// eight block scales, and the eight (scale x sum) products for the mins.
+struct Q4KPacked {
+  std::vector<I512> q;   // 4 per super-block
+  std::vector<F256> d;   // block scales
+  std::vector<F256> dq;  // block scale x block sum
+};
+thread_local std::vector<Q4KPacked> packed_q4k;
+
+void PackQ4K(const Q8Block* x, int64_t supers, Q4KPacked* p) {
+  p->q.resize(supers * 4);
+  p->d.resize(supers);
+  p->dq.resize(supers);
+  static constexpr int kOrder[4][2] = {{0, 2}, {1, 3}, {4, 6}, {5, 7}};
+  for (int64_t s = 0; s < supers; ++s) {
+    const Q8Block* b = x + 8 * s;
+    for (int t = 0; t < 4; ++t) {
+      alignas(64) int8_t q[64];
+      std::memcpy(q, b[kOrder[t][0]].q, 32);
+      std::memcpy(q + 32, b[kOrder[t][1]].q, 32);
+      p->q[4 * s + t].v = _mm512_load_si512(q);
+    }
+    alignas(32) float d[8], dq[8];
+    for (int e = 0; e < 8; ++e) {
+      d[e] = b[e].d;
+      dq[e] = b[e].d * static_cast<float>(b[e].qsum);
+    }
+    p->d[s].v = _mm256_load_ps(d);
+    p->dq[s].v = _mm256_load_ps(dq);
+  }
+}
+
+// The eight 6-bit scales (low 8 bytes) and mins (high 8 bytes) of a Q4_K super-block, as ggml's
+// get_scale_min_k4 reads them: sub-blocks 0-3 from the low 6 bits of bytes 0-3 (scales) and 4-7
+// (mins); 4-7 from the nibbles of bytes 8-11 with the top two bits of bytes 0-7 above them.
+inline void Q4KScalesMins(const uint8_t* s, uint64_t* scales, uint64_t* mins) {
+  const uint32_t w0 = U32At(s), w1 = U32At(s + 4), w2 = U32At(s + 8);
+  const uint32_t sc_lo = w0 & 0x3F3F3F3Fu;
+  const uint32_t m_lo = w1 & 0x3F3F3F3Fu;
+  const uint32_t sc_hi = (w2 & 0x0F0F0F0Fu) | (((w0 >> 6) & 0x03030303u) << 4);
+  const uint32_t m_hi = ((w2 >> 4) & 0x0F0F0F0Fu) | (((w1 >> 6) & 0x03030303u) << 4);
+  *scales = sc_lo | (uint64_t{sc_hi} << 32);
+  *mins = m_lo | (uint64_t{m_hi} << 32);
+}
+
+inline __m256 BytesToFloats(uint64_t v) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(static_cast<long long>(v))));
+}
+
+// One weight row against every activation row.
+void Q4KRow(const uint8_t* row, int64_t supers, const std::vector<Q4KPacked>& px, const float* bias,
+            float* out, int64_t out_stride, int64_t j) {
+  // Lanes of step t: the first sub-block of the pair in lanes 0-7, the second in 8-15.
+  const __m512i index[4] = {_mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0),
+                            _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1),
+                            _mm512_set_epi32(6, 6, 6, 6, 6, 6, 6, 6, 4, 4, 4, 4, 4, 4, 4, 4),
+                            _mm512_set_epi32(7, 7, 7, 7, 7, 7, 7, 7, 5, 5, 5, 5, 5, 5, 5, 5)};
+  const __m512i low4 = _mm512_set1_epi8(0x0F);
+  for (size_t i = 0; i < px.size(); ++i) {
+    const Q4KPacked& p = px[i];
+    __m512 acc = _mm512_setzero_ps();
+    __m256 mins = _mm256_setzero_ps();
+    for (int64_t s = 0; s < supers; ++s) {
+      const uint8_t* blk = row + s * 144;
+      Prefetch(blk, 144);
+      const __m128 dd = _mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(U32At(blk))));
+      uint64_t sc, mn;
+      Q4KScalesMins(blk + 4, &sc, &mn);
+      // d x scale x activation scale of each sub-block; dmin x min x activation scale x sum.
+      const __m256 scale = _mm256_mul_ps(_mm256_mul_ps(BytesToFloats(sc), p.d[s].v),
+                                         _mm256_set1_ps(_mm_cvtss_f32(dd)));
+      mins = _mm256_fmadd_ps(
+          _mm256_mul_ps(BytesToFloats(mn), _mm256_set1_ps(_mm_cvtss_f32(_mm_movehdup_ps(dd)))),
+          p.dq[s].v, mins);
+      const __m512 scale16 = _mm512_castps256_ps512(scale);
+      for (int h = 0; h < 2; ++h) {
+        const __m512i packed =
+            _mm512_loadu_si512(reinterpret_cast<const __m512i*>(blk + 16 + 64 * h));
+        const __m512i lo = _mm512_and_si512(packed, low4);
+        const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(packed, 4), low4);
+        const __m512i d0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, p.q[4 * s + 2 * h].v);
+        const __m512i d1 =
+            _mm512_dpbusd_epi32(_mm512_setzero_si512(), hi, p.q[4 * s + 2 * h + 1].v);
+        acc = _mm512_fmadd_ps(_mm512_permutexvar_ps(index[2 * h], scale16), _mm512_cvtepi32_ps(d0),
+                              acc);
+        acc = _mm512_fmadd_ps(_mm512_permutexvar_ps(index[2 * h + 1], scale16),
+                              _mm512_cvtepi32_ps(d1), acc);
+      }
+    }
+    __m128 t = _mm_add_ps(_mm256_castps256_ps128(mins), _mm256_extractf128_ps(mins, 1));
+    t = _mm_add_ps(t, _mm_movehl_ps(t, t));
+    t = _mm_add_ss(t, _mm_movehdup_ps(t));
+    out[i * out_stride + j] =
+        _mm512_reduce_add_ps(acc) - _mm_cvtss_f32(t) + (bias != nullptr ? bias[j] : 0.0f);
+  }
+}
+
+// --- Q6_K: super-blocks of 256 values, 16 groups of 16 with int8 scales. ---------------------
+
+// Activations in value order, the activation scale of each 16-value group, and the initial lanes
+// (-32 x each group's sum, in the first lane of the group's four).
+struct Q6KPacked {
+  std::vector<I512> q;     // 4 per super-block
+  std::vector<F512> d;     // 16 group scales per super-block
+  std::vector<I512> init;  // 4 per super-block
+};
+thread_local std::vector<Q6KPacked> packed_q6k;
+
+void PackQ6K(const Q8Block* x, int64_t supers, Q6KPacked* p) {
+  p->q.resize(supers * 4);
+  p->d.resize(supers);
+  p->init.resize(supers * 4);
+  for (int64_t s = 0; s < supers; ++s) {
+    const Q8Block* b = x + 8 * s;
+    alignas(64) float d[16];
+    for (int g = 0; g < 16; ++g) d[g] = b[g / 2].d;
+    p->d[s].v = _mm512_load_ps(d);
+    for (int t = 0; t < 4; ++t) {
+      alignas(64) int8_t q[64];
+      std::memcpy(q, b[2 * t].q, 32);
+      std::memcpy(q + 32, b[2 * t + 1].q, 32);
+      p->q[4 * s + t].v = _mm512_load_si512(q);
+      alignas(64) int32_t in[16] = {};
+      for (int g = 0; g < 4; ++g) {
+        int32_t sum = 0;
+        for (int e = 0; e < 16; ++e) sum += q[16 * g + e];
+        in[4 * g] = -32 * sum;
+      }
+      p->init[4 * s + t].v = _mm512_load_si512(in);
+    }
+  }
+}
+
+// One weight row against every activation row.
+void Q6KRow(const uint8_t* row, int64_t supers, const std::vector<Q6KPacked>& px, const float* bias,
+            float* out, int64_t out_stride, int64_t j) {
+  // Step t covers groups 4t..4t+3, four lanes each.
+  __m512i index[4];
+  for (int t = 0; t < 4; ++t) {
+    index[t] = _mm512_set_epi32(4 * t + 3, 4 * t + 3, 4 * t + 3, 4 * t + 3, 4 * t + 2, 4 * t + 2,
+                                4 * t + 2, 4 * t + 2, 4 * t + 1, 4 * t + 1, 4 * t + 1, 4 * t + 1,
+                                4 * t, 4 * t, 4 * t, 4 * t);
+  }
+  const __m512i low4 = _mm512_set1_epi8(0x0F);
+  const __m512i two = _mm512_set1_epi8(0x03);
+  // qh bits for the values of the low / high 256-bit half of a step.
+  const __m512i shift_a = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);
+  const __m512i shift_b = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(6), 1);
+  for (size_t i = 0; i < px.size(); ++i) {
+    const Q6KPacked& p = px[i];
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t s = 0; s < supers; ++s) {
+      const uint8_t* blk = row + s * 210;
+      Prefetch(blk, 210);
+      const __m512 scale = _mm512_mul_ps(
+          _mm512_cvtepi32_ps(
+              _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 192)))),
+          _mm512_mul_ps(p.d[s].v, _mm512_set1_ps(_cvtsh_ss(U16At(blk + 208)))));
+      for (int h = 0; h < 2; ++h) {
+        const __m512i ql = _mm512_loadu_si512(reinterpret_cast<const __m512i*>(blk + 64 * h));
+        const __m512i qh = _mm512_broadcast_i64x4(
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 128 + 32 * h)));
+        // Values 0-63 of this half: low nibbles of ql, bits 0-1 / 2-3 of qh above them;
+        // values 64-127: high nibbles, bits 4-5 / 6-7.
+        const __m512i q0 = _mm512_or_si512(
+            _mm512_and_si512(ql, low4),
+            _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(qh, shift_a), two), 4));
+        const __m512i q1 = _mm512_or_si512(
+            _mm512_and_si512(_mm512_srli_epi16(ql, 4), low4),
+            _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(qh, shift_b), two), 4));
+        const __m512i d0 = _mm512_dpbusd_epi32(p.init[4 * s + 2 * h].v, q0, p.q[4 * s + 2 * h].v);
+        const __m512i d1 =
+            _mm512_dpbusd_epi32(p.init[4 * s + 2 * h + 1].v, q1, p.q[4 * s + 2 * h + 1].v);
+        acc = _mm512_fmadd_ps(_mm512_permutexvar_ps(index[2 * h], scale), _mm512_cvtepi32_ps(d0),
+                              acc);
+        acc = _mm512_fmadd_ps(_mm512_permutexvar_ps(index[2 * h + 1], scale),
+                              _mm512_cvtepi32_ps(d1), acc);
+      }
+    }
+    out[i * out_stride + j] = _mm512_reduce_add_ps(acc) + (bias != nullptr ? bias[j] : 0.0f);
+  }
+}
+
+template <typename Packed, void (*Pack)(const Q8Block*, int64_t, Packed*),
+          void (*Row)(const uint8_t*, int64_t, const std::vector<Packed>&, const float*, float*,
+                      int64_t, int64_t)>
+void KQuantGemv(std::vector<Packed>& px, size_t block_bytes, const uint8_t* base, int64_t k,
+                const Q8Block* xq, int64_t n, int64_t xq_stride, const float* bias, float* out,
+                int64_t out_stride, int64_t j0, int64_t j1) {
+  const int64_t supers = k / 256;
+  px.resize(n);
+  for (int64_t i = 0; i < n; ++i) Pack(xq + i * xq_stride, supers, &px[i]);
+  const size_t row_bytes = static_cast<size_t>(supers) * block_bytes;
+  for (int64_t j = j0; j < j1; ++j) Row(base + j * row_bytes, supers, px, bias, out, out_stride, j);
+}
+
+}  // namespace
+
+void Avx512VnniQuantGemvRows(DType dt, const void* w, int64_t k, const Q8Block* xq, int64_t n,
+                             int64_t xq_stride, const float* bias, float* out, int64_t out_stride,
+                             int64_t j0, int64_t j1) {
+  const auto* base = static_cast<const uint8_t*>(w);
+  switch (dt) {
+    case DType::kQ8_0:
+      BlockPairGemv<DType::kQ8_0>(base, k, xq, n, xq_stride, bias, out, out_stride, j0, j1);
+      return;
+    case DType::kQ4_0:
+      BlockPairGemv<DType::kQ4_0>(base, k, xq, n, xq_stride, bias, out, out_stride, j0, j1);
+      return;
+    case DType::kQ4_K:
+      KQuantGemv<Q4KPacked, PackQ4K, Q4KRow>(packed_q4k, 144, base, k, xq, n, xq_stride, bias, out,
+                                             out_stride, j0, j1);
+      return;
+    case DType::kQ6_K:
+      KQuantGemv<Q6KPacked, PackQ6K, Q6KRow>(packed_q6k, 210, base, k, xq, n, xq_stride, bias, out,
+                                             out_stride, j0, j1);
+      return;
+    default:
+      return;
+  }
+}
+
+// --- Prefill: int8 GEMM over panels of 16 weight rows. ---------------------------------------
+//
+// Each panel of 16 rows is unpacked once into unsigned bytes laid out 4 values x 16 rows per
+// 64-byte vector (one zmm lane per weight row), with one F32 scale per row and block (and
+// Q4_K's F32 min). Then, for every block, vpdpbusd takes a weight vector and four activation
+// bytes broadcast to all lanes, so one instruction adds 4 values of 16 rows for one activation
+// row; 8 activation rows share each weight vector. The integer sums are scaled in F32 once per
+// block. Weight offsets (Q8_0's +128, Q4_0's 8, Q6_K's 32) are taken off through the integer
+// accumulator's start, minus offset x the activations' sum over the block.
+namespace {
+
+constexpr int kPanel = 16;  // weight rows per panel: one per zmm lane
+constexpr int kM = 8;       // activation rows per micro-kernel step
+
+struct Panel {
+  std::vector<I512> u;   // [block][group of 4 values] -> 16 rows x 4 unsigned bytes
+  std::vector<F512> ws;  // [block] -> the 16 rows' scales
+  std::vector<F512> wm;  // [block] -> Q4_K: the 16 rows' dmin x min
+};
+thread_local Panel panel;
+thread_local std::vector<int32_t> group_sums;  // Q6_K: per activation row, per 16 values
+
+// Block size (values per scale) of the unpacked panel.
+constexpr int64_t PanelBlock(DType dt) { return dt == DType::kQ6_K ? 16 : 32; }
+
+// Unpacks weight row `r` of the panel: unsigned values and per-block scales.
+void UnpackRow(DType dt, const uint8_t* row, int64_t k, int r, Panel* p) {
+  auto* u = reinterpret_cast<uint8_t*>(p->u.data());
+  auto* ws = reinterpret_cast<float*>(p->ws.data());
+  auto* wm = reinterpret_cast<float*>(p->wm.data());
+  // Value v of the row goes to lane r of group v / 4 of its block, byte v % 4.
+  auto put = [&](int64_t v, uint8_t q) {
+    const int64_t g = v / 4;
+    u[g * 64 + r * 4 + v % 4] = q;
+  };
+  switch (dt) {
+    case DType::kQ8_0:
+    case DType::kQ4_0: {
+      const int64_t bb = dt == DType::kQ8_0 ? 34 : 18;
+      for (int64_t b = 0; b < k / 32; ++b) {
+        const uint8_t* x = row + b * bb;
+        ws[b * kPanel + r] = _cvtsh_ss(U16At(x));
+        for (int e = 0; e < 32; ++e) {
+          const uint8_t q = dt == DType::kQ8_0 ? static_cast<uint8_t>(x[2 + e] ^ 0x80)
+                                               : (e < 16 ? x[2 + e] & 0x0F : x[2 + e - 16] >> 4);
+          put(b * 32 + e, q);
+        }
+      }
+      return;
+    }
+    case DType::kQ4_K:
+      for (int64_t s = 0; s < k / 256; ++s) {
+        const uint8_t* x = row + s * 144;
+        const float d = _cvtsh_ss(U16At(x)), dmin = _cvtsh_ss(U16At(x + 2));
+        uint64_t sc, mn;
+        Q4KScalesMins(x + 4, &sc, &mn);
+        for (int j = 0; j < 8; ++j) {
+          ws[(s * 8 + j) * kPanel + r] = d * static_cast<float>((sc >> (8 * j)) & 0xFF);
+          wm[(s * 8 + j) * kPanel + r] = dmin * static_cast<float>((mn >> (8 * j)) & 0xFF);
+          const uint8_t* qs = x + 16 + 32 * (j / 2);
+          for (int l = 0; l < 32; ++l) {
+            put(s * 256 + 32 * j + l, j % 2 == 0 ? qs[l] & 0x0F : qs[l] >> 4);
+          }
+        }
+      }
+      return;
+    case DType::kQ6_K:
+      for (int64_t s = 0; s < k / 256; ++s) {
+        const uint8_t* x = row + s * 210;
+        const float d = _cvtsh_ss(U16At(x + 208));
+        const auto* sc = reinterpret_cast<const int8_t*>(x + 192);
+        for (int g = 0; g < 16; ++g) ws[(s * 16 + g) * kPanel + r] = d * sc[g];
+        for (int v = 0; v < 256; ++v) {
+          const int h = v / 128, g = (v % 128) / 32, l = v % 32;
+          const uint8_t ql = x[64 * h + (g % 2) * 32 + l];
+          const uint8_t qh = x[128 + 32 * h + l];
+          put(s * 256 + v,
+              static_cast<uint8_t>(((g < 2 ? ql & 0x0F : ql >> 4)) | (((qh >> (2 * g)) & 3) << 4)));
+        }
+      }
+      return;
+    default:
+      return;
+  }
+}
+
+// Rows [j, j + 16) (`valid` of them real) against activation rows [i0, i0 + M).
+template <DType T, int M>
+void PanelTile(const Panel& p, int64_t k, const Q8Block* xq, int64_t xq_stride, int64_t i0,
+               const int32_t* sums16, const float* bias, float* out, int64_t out_stride, int64_t j,
+               int valid) {
+  constexpr int64_t kBlock = PanelBlock(T);
+  constexpr int kGroups = kBlock / 4;
+  const int64_t blocks = k / kBlock;
+  __m512 acc[M];
+  for (auto& a : acc) a = _mm512_setzero_ps();
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t xb = b * kBlock / 32;      // the activations' 32-value block
+    const int64_t xoff = (b * kBlock) % 32;  // and the offset inside it
+    __m512i dot[M];
+    for (int m = 0; m < M; ++m) {
+      const Q8Block& x = xq[(i0 + m) * xq_stride + xb];
+      int32_t init = 0;
+      if constexpr (T == DType::kQ8_0) init = -128 * x.qsum;
+      if constexpr (T == DType::kQ4_0) init = -8 * x.qsum;
+      if constexpr (T == DType::kQ6_K) init = -32 * sums16[(i0 + m) * (k / 16) + b];
+      dot[m] = _mm512_set1_epi32(init);
+    }
+    const I512* w = &p.u[b * kGroups];
+    for (int g = 0; g < kGroups; ++g) {
+      const __m512i wv = w[g].v;
+      for (int m = 0; m < M; ++m) {
+        const int8_t* xqp = xq[(i0 + m) * xq_stride + xb].q + xoff + 4 * g;
+        int32_t four;
+        std::memcpy(&four, xqp, 4);
+        dot[m] = _mm512_dpbusd_epi32(dot[m], wv, _mm512_set1_epi32(four));
+      }
+    }
+    const __m512 ws = p.ws[b].v;
+    for (int m = 0; m < M; ++m) {
+      const Q8Block& x = xq[(i0 + m) * xq_stride + xb];
+      acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[m]), _mm512_mul_ps(ws, _mm512_set1_ps(x.d)),
+                               acc[m]);
+      if constexpr (T == DType::kQ4_K) {
+        acc[m] =
+            _mm512_fnmadd_ps(p.wm[b].v, _mm512_set1_ps(x.d * static_cast<float>(x.qsum)), acc[m]);
+      }
+    }
+  }
+  const __mmask16 keep = static_cast<__mmask16>((1u << valid) - 1);
+  const __m512 bv = bias != nullptr ? _mm512_maskz_loadu_ps(keep, bias + j) : _mm512_setzero_ps();
+  for (int m = 0; m < M; ++m) {
+    _mm512_mask_storeu_ps(out + (i0 + m) * out_stride + j, keep, _mm512_add_ps(acc[m], bv));
+  }
+}
+
+template <DType T>
+void PanelGemm(const uint8_t* base, int64_t k, const Q8Block* xq, int64_t n, int64_t xq_stride,
+               const float* bias, float* out, int64_t out_stride, int64_t j0, int64_t j1) {
+  constexpr int64_t kBlock = PanelBlock(T);
+  const int64_t blocks = k / kBlock;
+  const size_t row_bytes = RowBytes(T, k);
+  Panel& p = panel;
+  p.u.assign(blocks * (kBlock / 4), I512{_mm512_setzero_si512()});
+  p.ws.assign(blocks, F512{_mm512_setzero_ps()});
+  p.wm.assign(T == DType::kQ4_K ? blocks : 0, F512{_mm512_setzero_ps()});
+  const int32_t* sums16 = nullptr;
+  if constexpr (T == DType::kQ6_K) {
+    group_sums.resize(n * (k / 16));
+    for (int64_t i = 0; i < n; ++i) {
+      for (int64_t g = 0; g < k / 16; ++g) {
+        const int8_t* q = xq[i * xq_stride + g / 2].q + (g % 2) * 16;
+        int32_t s = 0;
+        for (int e = 0; e < 16; ++e) s += q[e];
+        group_sums[i * (k / 16) + g] = s;
+      }
+    }
+    sums16 = group_sums.data();
+  }
+  for (int64_t j = j0; j < j1; j += kPanel) {
+    const int valid = static_cast<int>(std::min<int64_t>(kPanel, j1 - j));
+    if (valid < kPanel) {  // a partial panel: the missing rows read as zero weights
+      std::fill(p.u.begin(), p.u.end(), I512{_mm512_setzero_si512()});
+      std::fill(p.ws.begin(), p.ws.end(), F512{_mm512_setzero_ps()});
+      std::fill(p.wm.begin(), p.wm.end(), F512{_mm512_setzero_ps()});
+    }
+    for (int r = 0; r < valid; ++r) UnpackRow(T, base + (j + r) * row_bytes, k, r, &p);
+    int64_t i = 0;
+    for (; i + kM <= n; i += kM) {
+      PanelTile<T, kM>(p, k, xq, xq_stride, i, sums16, bias, out, out_stride, j, valid);
+    }
+    for (; i < n; ++i) {
+      PanelTile<T, 1>(p, k, xq, xq_stride, i, sums16, bias, out, out_stride, j, valid);
+    }
+  }
+}
+
+}  // namespace
+
+void Avx512VnniQuantGemmRows(DType dt, const void* w, int64_t k, const Q8Block* xq, int64_t n,
+                             int64_t xq_stride, const float* bias, float* out, int64_t out_stride,
+                             int64_t j0, int64_t j1) {
+  const auto* base = static_cast<const uint8_t*>(w);
+  switch (dt) {
+    case DType::kQ8_0:
+      return PanelGemm<DType::kQ8_0>(base, k, xq, n, xq_stride, bias, out, out_stride, j0, j1);
+    case DType::kQ4_0:
+      return PanelGemm<DType::kQ4_0>(base, k, xq, n, xq_stride, bias, out, out_stride, j0, j1);
+    case DType::kQ4_K:
+      return PanelGemm<DType::kQ4_K>(base, k, xq, n, xq_stride, bias, out, out_stride, j0, j1);
+    case DType::kQ6_K:
+      return PanelGemm<DType::kQ6_K>(base, k, xq, n, xq_stride, bias, out, out_stride, j0, j1);
+    default:
+      return;
+  }
+}
+
+bool CpuHasAvx512Vnni() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+}
+
+}  // namespace shardserve::cpu
