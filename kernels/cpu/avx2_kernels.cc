@@ -235,42 +235,72 @@ inline __m256 ExpNonPositive(__m256 x) {
 
 }  // namespace
 
+namespace {
+
+// Calls fn(t0, n, first) for each block of the sequence's cache: positions [t0, t0 + n) live in
+// consecutive slots starting at `first` (no division per position).
+template <typename Fn>
+inline void ForEachBlock(const AttentionArgs& a, const float* base, Fn fn) {
+  for (int64_t b = 0, t0 = 0; t0 < a.len; ++b, t0 += a.block_size) {
+    fn(t0, std::min(a.block_size, a.len - t0),
+       base + a.block_table[b] * a.block_size * a.kv_stride);
+  }
+}
+
+// out = sum_t p[t] * value(t), with the head_dim / 8 partial sums held in registers.
+template <int kChunks>
+void WeightedValues(const AttentionArgs& a, float inv) {
+  __m256 acc[kChunks];
+  for (auto& v : acc) v = _mm256_setzero_ps();
+  ForEachBlock(a, a.v_base, [&](int64_t t0, int64_t n, const float* first) {
+    for (int64_t i = 0; i < n; ++i) {
+      const float* value = first + i * a.kv_stride;
+      const __m256 vp = _mm256_set1_ps(a.scores[t0 + i]);
+      for (int c = 0; c < kChunks; ++c) {
+        acc[c] = _mm256_fmadd_ps(vp, _mm256_loadu_ps(value + 8 * c), acc[c]);
+      }
+    }
+  });
+  const __m256 vi = _mm256_set1_ps(inv);
+  for (int c = 0; c < kChunks; ++c) _mm256_storeu_ps(a.out + 8 * c, _mm256_mul_ps(acc[c], vi));
+}
+
+}  // namespace
+
 void Avx2AttentionHead(const AttentionArgs& a) {
   const int64_t hd = a.head_dim;
   const int64_t hd8 = hd & ~int64_t{7};
-  auto key = [&](int64_t t) {
-    return a.k_base +
-           (a.block_table[t / a.block_size] * a.block_size + t % a.block_size) * a.kv_stride;
-  };
   // Scores, four keys at a time so the four horizontal sums share one reduction.
-  int64_t t = 0;
-  for (; t + 4 <= a.len; t += 4) {
-    const float* k0 = key(t);
-    const float* k1 = key(t + 1);
-    const float* k2 = key(t + 2);
-    const float* k3 = key(t + 3);
-    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(),
-           s3 = _mm256_setzero_ps();
-    for (int64_t d = 0; d < hd8; d += 8) {
-      const __m256 qv = _mm256_loadu_ps(a.q + d);
-      s0 = _mm256_fmadd_ps(_mm256_loadu_ps(k0 + d), qv, s0);
-      s1 = _mm256_fmadd_ps(_mm256_loadu_ps(k1 + d), qv, s1);
-      s2 = _mm256_fmadd_ps(_mm256_loadu_ps(k2 + d), qv, s2);
-      s3 = _mm256_fmadd_ps(_mm256_loadu_ps(k3 + d), qv, s3);
+  ForEachBlock(a, a.k_base, [&](int64_t t0, int64_t n, const float* first) {
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+      const float* k0 = first + i * a.kv_stride;
+      const float* k1 = k0 + a.kv_stride;
+      const float* k2 = k1 + a.kv_stride;
+      const float* k3 = k2 + a.kv_stride;
+      __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(),
+             s3 = _mm256_setzero_ps();
+      for (int64_t d = 0; d < hd8; d += 8) {
+        const __m256 qv = _mm256_loadu_ps(a.q + d);
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(k0 + d), qv, s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(k1 + d), qv, s1);
+        s2 = _mm256_fmadd_ps(_mm256_loadu_ps(k2 + d), qv, s2);
+        s3 = _mm256_fmadd_ps(_mm256_loadu_ps(k3 + d), qv, s3);
+      }
+      const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(s0, s1), _mm256_hadd_ps(s2, s3));
+      __m128 sums = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+      float out[4];
+      _mm_storeu_ps(out, sums);
+      for (int64_t d = hd8; d < hd; ++d) {
+        out[0] += a.q[d] * k0[d];
+        out[1] += a.q[d] * k1[d];
+        out[2] += a.q[d] * k2[d];
+        out[3] += a.q[d] * k3[d];
+      }
+      std::memcpy(a.scores + t0 + i, out, sizeof(out));
     }
-    const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(s0, s1), _mm256_hadd_ps(s2, s3));
-    __m128 sums = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-    float out[4];
-    _mm_storeu_ps(out, sums);
-    for (int64_t d = hd8; d < hd; ++d) {
-      out[0] += a.q[d] * k0[d];
-      out[1] += a.q[d] * k1[d];
-      out[2] += a.q[d] * k2[d];
-      out[3] += a.q[d] * k3[d];
-    }
-    std::memcpy(a.scores + t, out, sizeof(out));
-  }
-  for (; t < a.len; ++t) a.scores[t] = Dot(a.q, key(t), hd);
+    for (; i < n; ++i) a.scores[t0 + i] = Dot(a.q, first + i * a.kv_stride, hd);
+  });
 
   __m256 vmax = _mm256_set1_ps(-INFINITY);
   int64_t i = 0;
@@ -296,18 +326,28 @@ void Avx2AttentionHead(const AttentionArgs& a) {
   }
 
   const float inv = 1.0f / sum;
-  for (int64_t d = 0; d < hd; ++d) a.out[d] = 0.0f;
-  for (t = 0; t < a.len; ++t) {
-    const float* value = a.v_base + (key(t) - a.k_base);
-    const float p = a.scores[t] * inv;
-    const __m256 vp = _mm256_set1_ps(p);
-    int64_t d = 0;
-    for (; d < hd8; d += 8) {
-      _mm256_storeu_ps(a.out + d,
-                       _mm256_fmadd_ps(vp, _mm256_loadu_ps(value + d), _mm256_loadu_ps(a.out + d)));
-    }
-    for (; d < hd; ++d) a.out[d] += p * value[d];
+  switch (hd) {  // the common head sizes keep the output in registers
+    case 64:
+      return WeightedValues<8>(a, inv);
+    case 128:
+      return WeightedValues<16>(a, inv);
+    default:
+      break;
   }
+  for (int64_t d = 0; d < hd; ++d) a.out[d] = 0.0f;
+  ForEachBlock(a, a.v_base, [&](int64_t t0, int64_t n, const float* first) {
+    for (int64_t j = 0; j < n; ++j) {
+      const float* value = first + j * a.kv_stride;
+      const float p = a.scores[t0 + j] * inv;
+      const __m256 vp = _mm256_set1_ps(p);
+      int64_t d = 0;
+      for (; d < hd8; d += 8) {
+        _mm256_storeu_ps(
+            a.out + d, _mm256_fmadd_ps(vp, _mm256_loadu_ps(value + d), _mm256_loadu_ps(a.out + d)));
+      }
+      for (; d < hd; ++d) a.out[d] += p * value[d];
+    }
+  });
 }
 
 bool CpuHasAvx2Fma() {

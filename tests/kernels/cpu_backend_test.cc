@@ -85,38 +85,42 @@ TEST(CpuBackendTest, StridedOutputLeavesOtherColumnsAlone) {
   }
 }
 
+// Head sizes 24 (the generic path), 64 and 128 (outputs held in registers), blocks of 4 with
+// partly filled last blocks.
 TEST(CpuBackendTest, PagedAttentionFastMatchesReference) {
-  AttentionShape shape{
-      .num_heads = 8, .num_kv_heads = 2, .head_dim = 24, .block_size = 4, .num_blocks = 32};
-  const int64_t kvw = shape.num_kv_heads * shape.head_dim;
-  // Three sequences: a prefill chunk continuing at position 5, a decode at 17, a fresh prompt.
-  std::vector<std::vector<int32_t>> tables = {{3, 9, 1, 0}, {4, 5, 6, 7, 8}, {31, 30}};
-  std::vector<AttentionSeq> seqs = {
-      {0, 6, 5, tables[0]}, {6, 1, 17, tables[1]}, {7, 5, 0, tables[2]}};
-  const int64_t rows = 12;
-  std::vector<float> q = Random(rows * shape.num_heads * shape.head_dim, 6);
-  std::vector<float> k = Random(rows * kvw, 7), v = Random(rows * kvw, 8);
-  std::vector<float> out_fast(q.size()), out_ref(q.size());
-  const size_t pool = shape.num_blocks * shape.block_size * kvw;
-  // Positions before each sequence's start_pos already hold keys/values from earlier steps.
-  std::vector<float> k_init = Random(pool, 9), v_init = Random(pool, 10);
-  for (bool reference : {false, true}) {
-    auto b = NewCpuBackend({.threads = 2, .reference = reference});
-    std::vector<float> kc = k_init, vc = v_init;
-    auto& out = reference ? out_ref : out_fast;
-    b->PagedAttention(Tensor::Of(q.data(), DType::kF32, rows, 8 * 24),
-                      Tensor::Of(k.data(), DType::kF32, rows, kvw),
-                      Tensor::Of(v.data(), DType::kF32, rows, kvw), seqs, shape,
-                      KvLayer{kc.data(), vc.data()},
-                      Tensor::Of(out.data(), DType::kF32, rows, 8 * 24));
-    // The new keys landed in their slots: sequence 1's token at position 17 -> block 8, slot 1.
-    EXPECT_EQ(kc[(8 * 4 + 1) * kvw], k[6 * kvw]);
-  }
-  EXPECT_LE(MaxAbsDiff(out_fast, out_ref), 1e-5f);
-  // The first row of sequence 2 attends only to itself: output equals its value rows.
-  for (int64_t h = 0; h < 8; ++h) {
-    for (int64_t d = 0; d < 24; ++d) {
-      EXPECT_NEAR(out_fast[7 * 192 + h * 24 + d], v[7 * kvw + (h / 4) * 24 + d], 1e-6f);
+  for (int64_t hd : {24, 64, 128}) {
+    AttentionShape shape{
+        .num_heads = 8, .num_kv_heads = 2, .head_dim = hd, .block_size = 4, .num_blocks = 32};
+    const int64_t kvw = shape.num_kv_heads * shape.head_dim, qw = 8 * hd;
+    // Three sequences: a prefill chunk continuing at position 5, a decode at 17, a fresh prompt.
+    std::vector<std::vector<int32_t>> tables = {{3, 9, 1, 0}, {4, 5, 6, 7, 8}, {31, 30}};
+    std::vector<AttentionSeq> seqs = {
+        {0, 6, 5, tables[0]}, {6, 1, 17, tables[1]}, {7, 5, 0, tables[2]}};
+    const int64_t rows = 12;
+    std::vector<float> q = Random(rows * qw, 6);
+    std::vector<float> k = Random(rows * kvw, 7), v = Random(rows * kvw, 8);
+    std::vector<float> out_fast(q.size()), out_ref(q.size());
+    const size_t pool = shape.num_blocks * shape.block_size * kvw;
+    // Positions before each sequence's start_pos already hold keys/values from earlier steps.
+    std::vector<float> k_init = Random(pool, 9), v_init = Random(pool, 10);
+    for (bool reference : {false, true}) {
+      auto b = NewCpuBackend({.threads = 2, .reference = reference});
+      std::vector<float> kc = k_init, vc = v_init;
+      auto& out = reference ? out_ref : out_fast;
+      b->PagedAttention(
+          Tensor::Of(q.data(), DType::kF32, rows, qw), Tensor::Of(k.data(), DType::kF32, rows, kvw),
+          Tensor::Of(v.data(), DType::kF32, rows, kvw), seqs, shape, KvLayer{kc.data(), vc.data()},
+          Tensor::Of(out.data(), DType::kF32, rows, qw));
+      // The new keys landed in their slots: sequence 1's token at position 17 -> block 8,
+      // slot 1.
+      EXPECT_EQ(kc[(8 * 4 + 1) * kvw], k[6 * kvw]);
+    }
+    EXPECT_LE(MaxAbsDiff(out_fast, out_ref), 1e-5f) << "head_dim " << hd;
+    // The first row of sequence 2 attends only to itself: output equals its value rows.
+    for (int64_t h = 0; h < 8; ++h) {
+      for (int64_t d = 0; d < hd; ++d) {
+        EXPECT_NEAR(out_fast[7 * qw + h * hd + d], v[7 * kvw + (h / 4) * hd + d], 1e-6f);
+      }
     }
   }
 }
