@@ -6,8 +6,12 @@
 // -Wmaybe-uninitialized reports inside the intrinsic headers (a false positive).
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
 #include <immintrin.h>
+
+#include <algorithm>
+#include <vector>
 
 #include "kernels/cpu/kernels.h"
 
@@ -80,6 +84,88 @@ void Avx512GemvRows1(const GemvArgs& a, int64_t j0, int64_t j1) {
       return Gemv1<DType::kF16>(a, j0, j1);
     case DType::kBF16:
       return Gemv1<DType::kBF16>(a, j0, j1);
+    default:
+      return;
+  }
+}
+
+namespace {
+
+// Prefill from 16-bit weights: panels of kPanel rows widened to F32 once, then tiles of kR weight
+// rows x kM activation rows as dot products along k (kR x kM accumulators), so neither operand
+// is packed again per tile.
+constexpr int64_t kPanel = 32;
+constexpr int kR = 4;
+constexpr int kM = 6;
+
+template <int R, int M>
+void DotTile(const float* w, int64_t k, const float* const* x, const float* bias, float* out,
+             int64_t out_stride, int64_t j, int64_t i) {
+  const int64_t k16 = k & ~int64_t{15};
+  __m512 acc[R][M];
+  for (auto& row : acc) {
+    for (auto& v : row) v = _mm512_setzero_ps();
+  }
+  for (int64_t c = 0; c < k16; c += 16) {
+    __m512 wv[R];
+    for (int r = 0; r < R; ++r) wv[r] = _mm512_loadu_ps(w + r * k + c);
+    for (int m = 0; m < M; ++m) {
+      const __m512 xv = _mm512_loadu_ps(x[m] + c);
+      for (int r = 0; r < R; ++r) acc[r][m] = _mm512_fmadd_ps(wv[r], xv, acc[r][m]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int m = 0; m < M; ++m) {
+      float s = _mm512_reduce_add_ps(acc[r][m]);
+      for (int64_t c = k16; c < k; ++c) s += w[r * k + c] * x[m][c];
+      out[(i + m) * out_stride + j + r] = s + (bias != nullptr ? bias[j + r] : 0.0f);
+    }
+  }
+}
+
+template <DType T>
+void Gemm(const GemvArgs& a, int64_t j0, int64_t j1) {
+  const int64_t k = a.k;
+  thread_local std::vector<float> panel;
+  panel.resize(static_cast<size_t>(kPanel * k));
+  const size_t es = DTypeSize(T);
+  const auto* w = static_cast<const uint8_t*>(a.w);
+  for (int64_t p = j0; p < j1; p += kPanel) {
+    const int64_t rows = std::min(kPanel, j1 - p);
+    for (int64_t r = 0; r < rows; ++r) {
+      const void* src = w + (p + r) * k * es;
+      float* dst = panel.data() + r * k;
+      int64_t c = 0;
+      for (; c + 16 <= k; c += 16) _mm512_storeu_ps(dst + c, Load16<T>(src, c));
+      for (; c < k; ++c) dst[c] = Load1<T>(src, c);
+    }
+    for (int64_t i = 0; i < a.n; i += kM) {
+      const int m = static_cast<int>(std::min<int64_t>(kM, a.n - i));
+      const float* x[kM];
+      for (int q = 0; q < m; ++q) x[q] = a.x + (i + q) * a.x_stride;
+      int64_t r = 0;
+      if (m == kM) {
+        for (; r + kR <= rows; r += kR) {
+          DotTile<kR, kM>(panel.data() + r * k, k, x, a.bias, a.out, a.out_stride, p + r, i);
+        }
+      }
+      for (; r < rows; ++r) {  // the edges: one weight row, one activation row at a time
+        for (int q = 0; q < m; ++q) {
+          DotTile<1, 1>(panel.data() + r * k, k, &x[q], a.bias, a.out, a.out_stride, p + r, i + q);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void Avx512GemmRows(const GemvArgs& a, int64_t j0, int64_t j1) {
+  switch (a.wt) {
+    case DType::kF16:
+      return Gemm<DType::kF16>(a, j0, j1);
+    case DType::kBF16:
+      return Gemm<DType::kBF16>(a, j0, j1);
     default:
       return;
   }

@@ -187,6 +187,11 @@ class CpuBackend : public Backend {
           w.rows, 4, [&](int64_t j0, int64_t j1) { cpu::Avx2GemvRows(args, j0, j1); }, threads);
       return;
     }
+    if (avx512_ && (w.dtype == DType::kF16 || w.dtype == DType::kBF16)) {
+      pool_.ParallelFor(
+          w.rows, 32, [&](int64_t j0, int64_t j1) { cpu::Avx512GemmRows(args, j0, j1); }, threads);
+      return;
+    }
     pool_.ParallelFor(
         w.rows, 16, [&](int64_t j0, int64_t j1) { GemmPanel(args, j0, j1); }, threads);
   }

@@ -68,7 +68,11 @@ INSTANTIATE_TEST_SUITE_P(Shapes, MatMulTest,
                                            MatMulCase{DType::kF16, 64, 300, 128, false},
                                            MatMulCase{DType::kBF16, 1, 35, 72, true},
                                            MatMulCase{DType::kBF16, 2, 17, 13, false},
-                                           MatMulCase{DType::kBF16, 33, 257, 160, true}));
+                                           MatMulCase{DType::kBF16, 33, 257, 160, true},
+                                           // Prefill tiles with edges everywhere: rows past
+                                           // the last full tile, k past the last 16.
+                                           MatMulCase{DType::kF16, 13, 70, 100, true},
+                                           MatMulCase{DType::kBF16, 19, 99, 37, false}));
 
 TEST(CpuBackendTest, StridedOutputLeavesOtherColumnsAlone) {
   auto fast = NewCpuBackend({.threads = 2});
