@@ -24,6 +24,18 @@
 
 namespace shardserve {
 
+// Token types of `tokenizer.ggml.token_type` (llama.cpp's llama_token_type).
+namespace gguf_token {
+enum Type : int32_t {
+  kNormal = 1,
+  kUnknown = 2,
+  kControl = 3,
+  kUserDefined = 4,
+  kUnused = 5,
+  kByte = 6,
+};
+}  // namespace gguf_token
+
 // GGUF metadata value types (the numbers are the file format's).
 enum class GgufType : uint32_t {
   kUint8 = 0,

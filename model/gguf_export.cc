@@ -12,6 +12,7 @@
 #include "common/status.h"
 #include "kernels/quant_format.h"
 #include "model/config.h"
+#include "model/gguf.h"
 #include "model/gguf_model.h"
 #include "model/gguf_writer.h"
 #include "model/weights.h"
@@ -22,15 +23,12 @@ namespace {
 
 using Json = nlohmann::json;
 
-// llama.cpp's token types (llama_token_type).
-enum TokenType : int32_t {
-  kNormal = 1,
-  kUnknown = 2,
-  kControl = 3,
-  kUserDefined = 4,
-  kUnused = 5,
-  kByte = 6,
-};
+using gguf_token::kByte;
+using gguf_token::kControl;
+using gguf_token::kNormal;
+using gguf_token::kUnknown;
+using gguf_token::kUnused;
+using gguf_token::kUserDefined;
 
 struct GgmlOut {
   uint32_t tensor_type;

@@ -11,15 +11,11 @@
 namespace shardserve::tokenizer_internal {
 namespace {
 
-// llama.cpp token types.
-enum TokenType : int64_t {
-  kNormal = 1,
-  kUnknown = 2,
-  kControl = 3,
-  kUserDefined = 4,
-  kUnused = 5,
-  kByte = 6,
-};
+using gguf_token::kByte;
+using gguf_token::kControl;
+using gguf_token::kNormal;
+using gguf_token::kUnknown;
+using gguf_token::kUserDefined;
 
 struct PreSpec {
   std::vector<absl::string_view> names;
