@@ -4,6 +4,7 @@
 #include <cstring>
 #include <map>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -161,41 +162,13 @@ absl::StatusOr<Vocab> VocabFromTokenizerJson(const std::string& path, int64_t vo
 
 // The tensor as F32 values, widened from F32, F16 or BF16.
 absl::StatusOr<std::vector<float>> ToF32(const TensorRef& t) {
-  const int64_t n = t.numel();
-  std::vector<float> out(n);
-  switch (t.dtype) {
-    case DType::kF32:
-      std::memcpy(out.data(), t.data, n * sizeof(float));
-      break;
-    case DType::kF16: {
-      const auto* h = static_cast<const uint16_t*>(t.data);
-      for (int64_t i = 0; i < n; ++i) out[i] = F16ToF32(h[i]);
-      break;
-    }
-    case DType::kBF16: {
-      const auto* h = static_cast<const uint16_t*>(t.data);
-      for (int64_t i = 0; i < n; ++i) out[i] = Bf16ToF32(h[i]);
-      break;
-    }
-    default:
-      return absl::InvalidArgumentError(absl::StrCat("tensor '", t.name, "' is ",
-                                                     DTypeName(t.dtype),
-                                                     "; export-gguf reads F32, F16 and BF16"));
+  if (t.dtype != DType::kF32 && t.dtype != DType::kF16 && t.dtype != DType::kBF16) {
+    return absl::InvalidArgumentError(absl::StrCat("tensor '", t.name, "' is ", DTypeName(t.dtype),
+                                                   "; export-gguf reads F32, F16 and BF16"));
   }
+  std::vector<float> out(t.numel());
+  DequantizeRow(t.dtype, t.data, t.numel(), out.data());
   return out;
-}
-
-// Rotate_half row order (Hugging Face) -> interleaved pairs (llama.cpp), the inverse of the
-// loader's permutation: row h*D + i*D/2 + j moves to h*D + 2j + i.
-std::vector<float> InterleaveRope(const std::vector<float>& v, int64_t rows, int64_t cols,
-                                  int64_t heads) {
-  std::vector<float> p(v.size());
-  const int64_t d = rows / heads;
-  for (int64_t h = 0; h < heads; ++h)
-    for (int64_t i = 0; i < 2; ++i)
-      for (int64_t j = 0; j < d / 2; ++j)
-        std::copy_n(&v[(h * d + i * (d / 2) + j) * cols], cols, &p[(h * d + 2 * j + i) * cols]);
-  return p;
 }
 
 void Encode(const std::vector<float>& v, int64_t cols, DType dtype, std::string* out) {
@@ -312,7 +285,12 @@ absl::Status ExportGguf(const std::string& model_dir, const std::string& out_pat
                 [w, hf, rows, cols, heads, dt](std::string* bytes) -> absl::Status {
                   ASSIGN_OR_RETURN(TensorRef t, w->Get(hf));
                   ASSIGN_OR_RETURN(std::vector<float> v, ToF32(t));
-                  if (heads > 0) v = InterleaveRope(v, rows, cols, heads);
+                  if (heads > 0) {
+                    std::vector<float> p(v.size());
+                    PermuteRopeRows(v.data(), p.data(), rows, cols * sizeof(float), heads,
+                                    /*to_interleaved=*/true);
+                    v = std::move(p);
+                  }
                   Encode(v, cols, dt, bytes);
                   return absl::OkStatus();
                 });

@@ -106,8 +106,6 @@ class GgufWeights : public WeightSource {
     return 0;
   }
 
-  // Row h*D + 2j + i (interleaved) moves to h*D + i*D/2 + j (rotate_half), as transformers'
-  // converter does: view(heads, D/2, 2, in).transpose(1, 2).
   static absl::Status Unpermute(const TensorRef& t, int heads, std::vector<uint8_t>* out) {
     const int64_t rows = t.shape[0], cols = t.shape[1];
     if (rows % heads != 0 || (rows / heads) % 2 != 0) {
@@ -115,19 +113,9 @@ class GgufWeights : public WeightSource {
                                                      " rows, not a multiple of ", heads,
                                                      " heads of even size"));
     }
-    const int64_t d = rows / heads;
-    const size_t row_bytes = RowBytes(t.dtype, cols);
     out->resize(t.nbytes);
-    const auto* src = static_cast<const uint8_t*>(t.data);
-    for (int64_t h = 0; h < heads; ++h) {
-      for (int64_t j = 0; j < d / 2; ++j) {
-        for (int64_t i = 0; i < 2; ++i) {
-          const int64_t from = h * d + 2 * j + i;
-          const int64_t to = h * d + i * (d / 2) + j;
-          std::memcpy(out->data() + to * row_bytes, src + from * row_bytes, row_bytes);
-        }
-      }
-    }
+    PermuteRopeRows(t.data, out->data(), rows, RowBytes(t.dtype, cols), heads,
+                    /*to_interleaved=*/false);
     return absl::OkStatus();
   }
 
@@ -168,6 +156,24 @@ std::string GgufTensorName(const std::string& hf) {
   auto it = kLayer.find(rest.substr(dot + 1));
   if (it == kLayer.end()) return "";
   return absl::StrCat("blk.", layer, ".", it->second);
+}
+
+void PermuteRopeRows(const void* src, void* dst, int64_t rows, size_t row_bytes, int64_t heads,
+                     bool to_interleaved) {
+  const auto* in = static_cast<const uint8_t*>(src);
+  auto* out = static_cast<uint8_t*>(dst);
+  const int64_t d = rows / heads;
+  for (int64_t h = 0; h < heads; ++h) {
+    for (int64_t j = 0; j < d / 2; ++j) {
+      for (int64_t i = 0; i < 2; ++i) {
+        const int64_t interleaved = h * d + 2 * j + i;
+        const int64_t rotate_half = h * d + i * (d / 2) + j;
+        const int64_t from = to_interleaved ? rotate_half : interleaved;
+        const int64_t to = to_interleaved ? interleaved : rotate_half;
+        std::memcpy(out + to * row_bytes, in + from * row_bytes, row_bytes);
+      }
+    }
+  }
 }
 
 bool IsGgufPath(const std::string& path) { return absl::EndsWith(path, ".gguf"); }

@@ -26,6 +26,13 @@ std::unique_ptr<WeightSource> NewGgufWeightSource(std::shared_ptr<const GgufFile
 
 bool IsGgufPath(const std::string& path);
 
+// Llama's q/k projection rows between the two RoPE orders, per head of D = rows / heads rows
+// (D even): row h*D + 2j + i of llama.cpp's interleaved pairs is row h*D + i*D/2 + j of Hugging
+// Face's rotate_half order, as transformers' converter does. `to_interleaved` picks the
+// direction; src and dst must not overlap.
+void PermuteRopeRows(const void* src, void* dst, int64_t rows, size_t row_bytes, int64_t heads,
+                     bool to_interleaved);
+
 // The GGUF name of a Hugging Face Llama/Qwen2 tensor ("model.layers.3.mlp.up_proj.weight" ->
 // "blk.3.ffn_up.weight"); "" when there is none.
 std::string GgufTensorName(const std::string& hf_name);
