@@ -128,17 +128,9 @@ void Gemm(const GemvArgs& a, int64_t j0, int64_t j1) {
   const int64_t k = a.k;
   thread_local std::vector<float> panel;
   panel.resize(static_cast<size_t>(kPanel * k));
-  const size_t es = DTypeSize(T);
-  const auto* w = static_cast<const uint8_t*>(a.w);
   for (int64_t p = j0; p < j1; p += kPanel) {
     const int64_t rows = std::min(kPanel, j1 - p);
-    for (int64_t r = 0; r < rows; ++r) {
-      const void* src = w + (p + r) * k * es;
-      float* dst = panel.data() + r * k;
-      int64_t c = 0;
-      for (; c + 16 <= k; c += 16) _mm512_storeu_ps(dst + c, Load16<T>(src, c));
-      for (; c < k; ++c) dst[c] = Load1<T>(src, c);
-    }
+    Avx2ConvertRows(a.w, T, k, p, p + rows, panel.data());
     for (int64_t i = 0; i < a.n; i += kM) {
       const int m = static_cast<int>(std::min<int64_t>(kM, a.n - i));
       const float* x[kM];

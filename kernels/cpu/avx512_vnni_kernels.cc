@@ -194,12 +194,11 @@ void PairRow(const uint8_t* row, int64_t nb, const Q8Block* xq, int64_t xq_strid
 template <DType T>
 void BlockPairGemv(const uint8_t* base, int64_t k, const Q8Block* xq, int64_t n, int64_t xq_stride,
                    const float* bias, float* out, int64_t out_stride, int64_t j0, int64_t j1) {
-  constexpr int64_t bb = T == DType::kQ8_0 ? 34 : 18;
   const int64_t nb = k / 32;
   std::vector<PackedRow>& px = packed_rows;
   px.resize(n);
   for (int64_t i = 0; i < n; ++i) PackBlockPairs<T>(xq + i * xq_stride, nb, &px[i]);
-  const size_t row_bytes = static_cast<size_t>(nb) * bb;
+  const size_t row_bytes = RowBytes(T, k);
   for (int64_t j = j0; j < j1; ++j) {
     PairRow<T>(base + j * row_bytes, nb, xq, xq_stride, px, bias, out, out_stride, j);
   }
@@ -393,13 +392,12 @@ void Q6KRow(const uint8_t* row, int64_t supers, const std::vector<Q6KPacked>& px
 template <typename Packed, void (*Pack)(const Q8Block*, int64_t, Packed*),
           void (*Row)(const uint8_t*, int64_t, const std::vector<Packed>&, const float*, float*,
                       int64_t, int64_t)>
-void KQuantGemv(std::vector<Packed>& px, size_t block_bytes, const uint8_t* base, int64_t k,
+void KQuantGemv(std::vector<Packed>& px, size_t row_bytes, const uint8_t* base, int64_t k,
                 const Q8Block* xq, int64_t n, int64_t xq_stride, const float* bias, float* out,
                 int64_t out_stride, int64_t j0, int64_t j1) {
   const int64_t supers = k / 256;
   px.resize(n);
   for (int64_t i = 0; i < n; ++i) Pack(xq + i * xq_stride, supers, &px[i]);
-  const size_t row_bytes = static_cast<size_t>(supers) * block_bytes;
   for (int64_t j = j0; j < j1; ++j) Row(base + j * row_bytes, supers, px, bias, out, out_stride, j);
 }
 
@@ -417,12 +415,12 @@ void Avx512VnniQuantGemvRows(DType dt, const void* w, int64_t k, const Q8Block* 
       BlockPairGemv<DType::kQ4_0>(base, k, xq, n, xq_stride, bias, out, out_stride, j0, j1);
       return;
     case DType::kQ4_K:
-      KQuantGemv<Q4KPacked, PackQ4K, Q4KRow>(packed_q4k, 144, base, k, xq, n, xq_stride, bias, out,
-                                             out_stride, j0, j1);
+      KQuantGemv<Q4KPacked, PackQ4K, Q4KRow>(packed_q4k, RowBytes(dt, k), base, k, xq, n, xq_stride,
+                                             bias, out, out_stride, j0, j1);
       return;
     case DType::kQ6_K:
-      KQuantGemv<Q6KPacked, PackQ6K, Q6KRow>(packed_q6k, 210, base, k, xq, n, xq_stride, bias, out,
-                                             out_stride, j0, j1);
+      KQuantGemv<Q6KPacked, PackQ6K, Q6KRow>(packed_q6k, RowBytes(dt, k), base, k, xq, n, xq_stride,
+                                             bias, out, out_stride, j0, j1);
       return;
     default:
       return;

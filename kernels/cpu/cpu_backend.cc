@@ -320,7 +320,7 @@ class CpuBackend : public Backend {
 
   // Decode: activations quantized to Q8 blocks, integer block dot products (Q8_0 / Q4_0
   // everywhere, Q4_K / Q6_K with AVX2; all four with AVX-512 VNNI where the CPU has it). Prefill
-  // widens weight panels for sgemm instead.
+  // is an int8 GEMM with AVX-512 VNNI (QuantGemm), else widened weight panels for sgemm.
   void QuantMatMul(const cpu::GemvArgs& a, int threads) {
     const bool kquant = a.wt == DType::kQ4_K || a.wt == DType::kQ6_K;
     const bool int_dot = a.wt == DType::kQ8_0 || a.wt == DType::kQ4_0 || (kquant && fast_);
@@ -331,11 +331,7 @@ class CpuBackend : public Backend {
       return;
     }
     const int64_t nb = a.k / 32;
-    // A member, not thread_local: the worker threads read the caller's blocks.
-    std::vector<cpu::Q8Block>& xq = activation_blocks_;
-    xq.resize(static_cast<size_t>(a.n * nb));
-    for (int64_t i = 0; i < a.n; ++i)
-      cpu::QuantizeActivations(a.x + i * a.x_stride, a.k, &xq[i * nb]);
+    const std::vector<cpu::Q8Block>& xq = QuantizeActivationRows(a, threads);
     const size_t row_bytes = RowBytes(a.wt, a.k);
     pool_.ParallelFor(
         a.rows, 4,
@@ -370,9 +366,9 @@ class CpuBackend : public Backend {
         threads);
   }
 
-  // Prefill with AVX-512 VNNI: the activations quantized to Q8 blocks (rows split across the
-  // threads), then an int8 GEMM over panels of 16 weight rows.
-  void QuantGemm(const cpu::GemvArgs& a, int threads) {
+  // a.n activation rows as Q8 blocks (k / 32 per row), the rows split across the threads. A
+  // member, not thread_local: the worker threads read the caller's blocks.
+  const std::vector<cpu::Q8Block>& QuantizeActivationRows(const cpu::GemvArgs& a, int threads) {
     const int64_t nb = a.k / 32;
     std::vector<cpu::Q8Block>& xq = activation_blocks_;
     xq.resize(static_cast<size_t>(a.n * nb));
@@ -384,6 +380,14 @@ class CpuBackend : public Backend {
           }
         },
         threads);
+    return xq;
+  }
+
+  // Prefill with AVX-512 VNNI: the activations quantized to Q8 blocks, then an int8 GEMM over
+  // panels of 16 weight rows.
+  void QuantGemm(const cpu::GemvArgs& a, int threads) {
+    const int64_t nb = a.k / 32;
+    const std::vector<cpu::Q8Block>& xq = QuantizeActivationRows(a, threads);
     pool_.ParallelFor(
         a.rows, 16,
         [&](int64_t j0, int64_t j1) {
@@ -431,7 +435,7 @@ class CpuBackend : public Backend {
   const bool fast_;
   const bool avx512_;
   const bool vnni_;     // AVX-VNNI integer dot products (with the other wide-vector paths)
-  const bool vnni512_;  // AVX-512 VNNI: every quantized GEMV, any batch below the GEMM size
+  const bool vnni512_;  // AVX-512 VNNI: every quantized product, decode GEMV and prefill GEMM
   const bool copy_weights_;
   std::vector<cpu::Q8Block> activation_blocks_;
 };
