@@ -5,7 +5,7 @@
 // than the caches of the machines this runs on (32 MiB L3 and less). Prints the median time per
 // GEMV and the weight bytes read per second; compare the latter with `membw --threads 1`.
 //
-//   quant_gemv [--rows 45056] [--k 2048] [--reps 9] [--dtype q8_0|q4_0|q4_k|q6_k|all]
+//   quant_gemv [--rows 45056] [--k 2048] [--reps 9] [--dtype q8_0|q4_0|q4_k|q5_k|q6_k|all]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -35,6 +35,7 @@ std::vector<uint8_t> RandomRows(DType dt, int64_t rows, int64_t k) {
   for (size_t off = 0; off < w.size(); off += block) {
     switch (dt) {
       case DType::kQ4_K:
+      case DType::kQ5_K:
         std::memcpy(&w[off + 2], &d, 2);
         [[fallthrough]];
       case DType::kQ8_0:
@@ -86,12 +87,12 @@ int main(int argc, char** argv) {
   for (float& v : x) v = normal(rng);
   std::vector<Q8Block> xq(k / 32);
   std::vector<float> out(rows);
-  for (DType dt : {DType::kQ8_0, DType::kQ4_0, DType::kQ4_K, DType::kQ6_K}) {
+  for (DType dt : {DType::kQ8_0, DType::kQ4_0, DType::kQ4_K, DType::kQ5_K, DType::kQ6_K}) {
     std::string name(shardserve::DTypeName(dt));
     std::transform(name.begin(), name.end(), name.begin(), ::tolower);
     if (which != "all" && which != name) continue;
     const std::vector<uint8_t> w = RandomRows(dt, rows, k);
-    const bool kq = dt == DType::kQ4_K || dt == DType::kQ6_K;
+    const bool kq = dt == DType::kQ4_K || dt == DType::kQ5_K || dt == DType::kQ6_K;
     struct Path {
       const char* name;
       std::function<void()> run;

@@ -10,7 +10,8 @@
 #
 # --make-models writes the standard set into DIR (kept between runs) and benchmarks it: the
 # TinyLlama-1.1B shape from `shardserve synth` as F16 (`shardserve export-gguf`), then Q8_0, Q4_0,
-# Q4_K_M and Q6_K made from it by llama.cpp's own `llama-quantize`, and the 110M shape as F32.
+# Q4_K_M, Q5_K_M and Q6_K made from it by llama.cpp's own `llama-quantize`, and the 110M shape as
+# F32.
 #
 # llama-bench and llama-quantize come from a llama.cpp source tree built by hand, e.g.
 #   cmake -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF
@@ -40,7 +41,7 @@ while [ $# -gt 0 ]; do
     --gen) gen=$2; shift 2 ;;
     --build) build=$2; shift 2 ;;
     --json) json_out=$2; shift 2 ;;
-    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "error: unknown flag $1 (see the header of $0)" >&2; exit 2 ;;
     *) models+=("$1"); shift ;;
   esac
@@ -58,7 +59,7 @@ if [ -n "$make_models" ]; then
     [ -f "$m/tinyllama/config.json" ] || "$bin" synth --like tinyllama-1.1b --dtype f16 --out "$m/tinyllama" >&2
     "$bin" export-gguf --model "$m/tinyllama" --out "$m/tinyllama-f16.gguf" --dtype f16 >&2
   fi
-  for q in Q8_0 Q4_0 Q4_K_M Q6_K; do
+  for q in Q8_0 Q4_0 Q4_K_M Q5_K_M Q6_K; do
     f=$m/tinyllama-$(echo "$q" | tr 'A-Z' 'a-z').gguf
     [ -f "$f" ] || "$llama_quantize" "$m/tinyllama-f16.gguf" "$f" "$q" "$threads" >"$f.log" 2>&1 ||
       { echo "error: llama-quantize $q failed (log: $f.log)" >&2; exit 1; }
@@ -68,7 +69,8 @@ if [ -n "$make_models" ]; then
     "$bin" export-gguf --model "$m/llama-110m" --out "$m/llama-110m-f32.gguf" --dtype f32 >&2
   fi
   models+=("$m/tinyllama-f16.gguf" "$m/tinyllama-q8_0.gguf" "$m/tinyllama-q4_0.gguf"
-           "$m/tinyllama-q4_k_m.gguf" "$m/tinyllama-q6_k.gguf" "$m/llama-110m-f32.gguf")
+           "$m/tinyllama-q4_k_m.gguf" "$m/tinyllama-q5_k_m.gguf" "$m/tinyllama-q6_k.gguf"
+           "$m/llama-110m-f32.gguf")
 fi
 [ ${#models[@]} -gt 0 ] || { echo "error: no MODEL.gguf given" >&2; exit 2; }
 for f in "${models[@]}"; do

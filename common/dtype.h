@@ -13,8 +13,8 @@
 
 namespace shardserve {
 
-// Q8_0, Q4_0, Q4_K and Q6_K are llama.cpp's block formats, byte for byte: a row of n values is
-// n / DTypeBlockElems() blocks of DTypeBlockBytes() bytes.
+// Q8_0, Q4_0, Q4_K, Q5_K and Q6_K are llama.cpp's block formats, byte for byte: a row of n values
+// is n / DTypeBlockElems() blocks of DTypeBlockBytes() bytes.
 enum class DType : uint8_t {
   kF32 = 0,
   kF16 = 1,
@@ -24,6 +24,7 @@ enum class DType : uint8_t {
   kQ4_0 = 5,
   kQ4_K = 6,
   kQ6_K = 7,
+  kQ5_K = 8,
 };
 
 inline bool IsQuantized(DType t) { return static_cast<int>(t) >= static_cast<int>(DType::kQ8_0); }
@@ -35,6 +36,7 @@ inline int64_t DTypeBlockElems(DType t) {
     case DType::kQ4_0:
       return 32;
     case DType::kQ4_K:
+    case DType::kQ5_K:
     case DType::kQ6_K:
       return 256;
     default:
@@ -57,6 +59,8 @@ inline size_t DTypeBlockBytes(DType t) {
       return 18;
     case DType::kQ4_K:
       return 144;
+    case DType::kQ5_K:
+      return 176;
     case DType::kQ6_K:
       return 210;
   }
@@ -87,6 +91,8 @@ inline absl::string_view DTypeName(DType t) {
       return "Q4_0";
     case DType::kQ4_K:
       return "Q4_K";
+    case DType::kQ5_K:
+      return "Q5_K";
     case DType::kQ6_K:
       return "Q6_K";
   }

@@ -109,6 +109,27 @@ void DequantizeRow(DType dt, const void* src, int64_t n, float* y) {
         }
       }
       return;
+    case DType::kQ5_K:  // Q4_K's scales and mins, plus bit j of qh[l] as bit 4 of sub-block j
+      for (int64_t b = 0; b < n / 256; ++b, p += 176) {
+        const float d = Half(p), min = Half(p + 2);
+        const uint8_t* scales = p + 4;
+        const uint8_t* qh = p + 16;
+        const uint8_t* q = p + 48;
+        float* out = y + 256 * b;
+        for (int j = 0; j < 8; j += 2, q += 32) {
+          uint8_t sc, m;
+          GetScaleMinK4(j, scales, &sc, &m);
+          const float d1 = d * sc, m1 = min * m;
+          GetScaleMinK4(j + 1, scales, &sc, &m);
+          const float d2 = d * sc, m2 = min * m;
+          for (int l = 0; l < 32; ++l)
+            *out++ = d1 * ((q[l] & 0xF) | (((qh[l] >> j) & 1) << 4)) - m1;
+          for (int l = 0; l < 32; ++l) {
+            *out++ = d2 * ((q[l] >> 4) | (((qh[l] >> (j + 1)) & 1) << 4)) - m2;
+          }
+        }
+      }
+      return;
     case DType::kQ6_K:
       for (int64_t b = 0; b < n / 256; ++b, p += 210) {
         const uint8_t* ql = p;

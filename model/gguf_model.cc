@@ -13,13 +13,14 @@
 namespace shardserve {
 namespace {
 
-// ggml type ids of the float types this loader serves.
+// ggml type ids of the tensor types this loader serves.
 constexpr uint32_t kGgmlF32 = 0;
 constexpr uint32_t kGgmlF16 = 1;
 constexpr uint32_t kGgmlBF16 = 30;
 constexpr uint32_t kGgmlQ4_0 = 2;
 constexpr uint32_t kGgmlQ8_0 = 8;
 constexpr uint32_t kGgmlQ4_K = 12;
+constexpr uint32_t kGgmlQ5_K = 13;
 constexpr uint32_t kGgmlQ6_K = 14;
 
 class GgufWeights : public WeightSource {
@@ -60,14 +61,19 @@ class GgufWeights : public WeightSource {
       case kGgmlQ4_K:
         t.dtype = DType::kQ4_K;
         break;
+      case kGgmlQ5_K:
+        t.dtype = DType::kQ5_K;
+        break;
       case kGgmlQ6_K:
         t.dtype = DType::kQ6_K;
         break;
       default: {
         const GgmlTypeInfo* ti = GgmlType(info->ggml_type);
-        return absl::UnimplementedError(absl::StrCat(
-            file_->path(), ": tensor '", g, "' has type ", ti ? ti->name : "unknown", " (id ",
-            info->ggml_type, "); this build reads F32, F16 and BF16 GGUF tensors"));
+        return absl::UnimplementedError(
+            absl::StrCat(file_->path(), ": tensor '", g, "' has type ", ti ? ti->name : "unknown",
+                         " (id ", info->ggml_type,
+                         "); this build reads F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K and Q6_K "
+                         "GGUF tensors"));
       }
     }
     t.shape.assign(info->dims.rbegin(), info->dims.rend());  // GGUF lists the fastest dim first

@@ -1,16 +1,16 @@
 // Quantized GEMV with 512-bit VNNI dot products (vpdpbusd on zmm: 64 unsigned x signed byte
-// products summed into 16 int32 lanes per instruction), for Q8_0, Q4_0, Q4_K and Q6_K weights
-// against Q8 activation blocks. Compiled alone with -mavx512f -mavx512bw -mavx512vl
+// products summed into 16 int32 lanes per instruction), for Q8_0, Q4_0, Q4_K, Q5_K and Q6_K
+// weights against Q8 activation blocks. Compiled alone with -mavx512f -mavx512bw -mavx512vl
 // -mavx512vnni and called only when the CPU reports them (CpuHasAvx512Vnni()); AMD Zen 4 and
 // Intel Xeon since Cascade Lake have them.
 //
 // Each call first lays the activations out in the order the weight bytes unpack to, so one
 // 64-byte weight vector meets one 64-byte activation vector: Q4_0 nibbles of two blocks, Q4_K
-// sub-blocks (0,2), (1,3), (4,6), (5,7) of a super-block, Q6_K in value order. Weights are used
-// unsigned (Q8_0 plus 128, Q4_0 and Q4_K nibbles 0..15, Q6_K 0..63), and each format's offset
-// enters through the accumulator's initial value (minus offset x the activations' sum), so no
-// sign juggling is needed. Scales are applied in F32 per 32-value block (Q6_K: per 16 values),
-// so results equal RefQuantDot's up to float rounding.
+// and Q5_K sub-blocks (0,2), (1,3), (4,6), (5,7) of a super-block, Q6_K in value order. Weights
+// are used unsigned (Q8_0 plus 128, Q4_0 and Q4_K nibbles 0..15, Q5_K 0..31, Q6_K 0..63), and
+// each format's offset enters through the accumulator's initial value (minus offset x the
+// activations' sum), so no sign juggling is needed. Scales are applied in F32 per 32-value block
+// (Q6_K: per 16 values), so results equal RefQuantDot's up to float rounding.
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
@@ -303,6 +303,66 @@ void Q4KRow(const uint8_t* row, int64_t supers, const std::vector<Q4KPacked>& px
   }
 }
 
+// --- Q5_K: Q4_K with a fifth bit per value (bit j of qh[l] for value l of sub-block j). --------
+
+// The activations are laid out as for Q4_K (PackQ4K): the nibbles sit where Q4_K's do.
+void Q5KRow(const uint8_t* row, int64_t supers, const std::vector<Q4KPacked>& px, const float* bias,
+            float* out, int64_t out_stride, int64_t j) {
+  const __m512i index[4] = {_mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0),
+                            _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1),
+                            _mm512_set_epi32(6, 6, 6, 6, 6, 6, 6, 6, 4, 4, 4, 4, 4, 4, 4, 4),
+                            _mm512_set_epi32(7, 7, 7, 7, 7, 7, 7, 7, 5, 5, 5, 5, 5, 5, 5, 5)};
+  // The qh bit of each step's sub-blocks: the first of the pair in bytes 0-31, the second in
+  // 32-63 (steps (0,2), (1,3), (4,6), (5,7)).
+  const __m512i bit[4] = {
+      _mm512_inserti64x4(_mm512_set1_epi8(0x01), _mm256_set1_epi8(0x04), 1),
+      _mm512_inserti64x4(_mm512_set1_epi8(0x02), _mm256_set1_epi8(0x08), 1),
+      _mm512_inserti64x4(_mm512_set1_epi8(0x10), _mm256_set1_epi8(0x40), 1),
+      _mm512_inserti64x4(_mm512_set1_epi8(0x20), _mm256_set1_epi8(static_cast<char>(0x80)), 1)};
+  const __m512i low4 = _mm512_set1_epi8(0x0F);
+  const __m512i sixteen = _mm512_set1_epi8(0x10);
+  for (size_t i = 0; i < px.size(); ++i) {
+    const Q4KPacked& p = px[i];
+    __m512 acc = _mm512_setzero_ps();
+    __m256 mins = _mm256_setzero_ps();
+    for (int64_t s = 0; s < supers; ++s) {
+      const uint8_t* blk = row + s * 176;
+      Prefetch(blk, 176);
+      const __m128 dd = _mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(U32At(blk))));
+      uint64_t sc, mn;
+      Q4KScalesMins(blk + 4, &sc, &mn);
+      const __m256 scale = _mm256_mul_ps(_mm256_mul_ps(BytesToFloats(sc), p.d[s].v),
+                                         _mm256_set1_ps(_mm_cvtss_f32(dd)));
+      mins = _mm256_fmadd_ps(
+          _mm256_mul_ps(BytesToFloats(mn), _mm256_set1_ps(_mm_cvtss_f32(_mm_movehdup_ps(dd)))),
+          p.dq[s].v, mins);
+      const __m512 scale16 = _mm512_castps256_ps512(scale);
+      const __m512i qh =
+          _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 16)));
+      for (int h = 0; h < 2; ++h) {
+        const __m512i packed =
+            _mm512_loadu_si512(reinterpret_cast<const __m512i*>(blk + 48 + 64 * h));
+        __m512i lo = _mm512_and_si512(packed, low4);
+        __m512i hi = _mm512_and_si512(_mm512_srli_epi16(packed, 4), low4);
+        lo = _mm512_mask_add_epi8(lo, _mm512_test_epi8_mask(qh, bit[2 * h]), lo, sixteen);
+        hi = _mm512_mask_add_epi8(hi, _mm512_test_epi8_mask(qh, bit[2 * h + 1]), hi, sixteen);
+        const __m512i d0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, p.q[4 * s + 2 * h].v);
+        const __m512i d1 =
+            _mm512_dpbusd_epi32(_mm512_setzero_si512(), hi, p.q[4 * s + 2 * h + 1].v);
+        acc = _mm512_fmadd_ps(_mm512_permutexvar_ps(index[2 * h], scale16), _mm512_cvtepi32_ps(d0),
+                              acc);
+        acc = _mm512_fmadd_ps(_mm512_permutexvar_ps(index[2 * h + 1], scale16),
+                              _mm512_cvtepi32_ps(d1), acc);
+      }
+    }
+    __m128 t = _mm_add_ps(_mm256_castps256_ps128(mins), _mm256_extractf128_ps(mins, 1));
+    t = _mm_add_ps(t, _mm_movehl_ps(t, t));
+    t = _mm_add_ss(t, _mm_movehdup_ps(t));
+    out[i * out_stride + j] =
+        _mm512_reduce_add_ps(acc) - _mm_cvtss_f32(t) + (bias != nullptr ? bias[j] : 0.0f);
+  }
+}
+
 // --- Q6_K: super-blocks of 256 values, 16 groups of 16 with int8 scales. ---------------------
 
 // Activations in value order, the activation scale of each 16-value group, and the initial lanes
@@ -418,6 +478,10 @@ void Avx512VnniQuantGemvRows(DType dt, const void* w, int64_t k, const Q8Block* 
       KQuantGemv<Q4KPacked, PackQ4K, Q4KRow>(packed_q4k, RowBytes(dt, k), base, k, xq, n, xq_stride,
                                              bias, out, out_stride, j0, j1);
       return;
+    case DType::kQ5_K:
+      KQuantGemv<Q4KPacked, PackQ4K, Q5KRow>(packed_q4k, RowBytes(dt, k), base, k, xq, n, xq_stride,
+                                             bias, out, out_stride, j0, j1);
+      return;
     case DType::kQ6_K:
       KQuantGemv<Q6KPacked, PackQ6K, Q6KRow>(packed_q6k, RowBytes(dt, k), base, k, xq, n, xq_stride,
                                              bias, out, out_stride, j0, j1);
@@ -431,11 +495,11 @@ void Avx512VnniQuantGemvRows(DType dt, const void* w, int64_t k, const Q8Block* 
 //
 // Each panel of 16 rows is unpacked once into unsigned bytes laid out 4 values x 16 rows per
 // 64-byte vector (one zmm lane per weight row), with one F32 scale per row and block (and
-// Q4_K's F32 min). Then, for every block, vpdpbusd takes a weight vector and four activation
-// bytes broadcast to all lanes, so one instruction adds 4 values of 16 rows for one activation
-// row; 8 activation rows share each weight vector. The integer sums are scaled in F32 once per
-// block. Weight offsets (Q8_0's +128, Q4_0's 8, Q6_K's 32) are taken off through the integer
-// accumulator's start, minus offset x the activations' sum over the block.
+// Q4_K's and Q5_K's F32 min). Then, for every block, vpdpbusd takes a weight vector and four
+// activation bytes broadcast to all lanes, so one instruction adds 4 values of 16 rows for one
+// activation row; 8 activation rows share each weight vector. The integer sums are scaled in F32
+// once per block. Weight offsets (Q8_0's +128, Q4_0's 8, Q6_K's 32) are taken off through the
+// integer accumulator's start, minus offset x the activations' sum over the block.
 namespace {
 
 constexpr int kPanel = 16;  // weight rows per panel: one per zmm lane
@@ -444,7 +508,7 @@ constexpr int kM = 8;       // activation rows per micro-kernel step
 struct Panel {
   std::vector<I512> u;   // [block][group of 4 values] -> 16 rows x 4 unsigned bytes
   std::vector<F512> ws;  // [block] -> the 16 rows' scales
-  std::vector<F512> wm;  // [block] -> Q4_K: the 16 rows' dmin x min
+  std::vector<F512> wm;  // [block] -> Q4_K / Q5_K: the 16 rows' dmin x min
 };
 thread_local Panel panel;
 thread_local std::vector<int32_t> group_sums;  // Q6_K: per activation row, per 16 values
@@ -478,21 +542,28 @@ void UnpackRow(DType dt, const uint8_t* row, int64_t k, int r, Panel* p) {
       return;
     }
     case DType::kQ4_K:
+    case DType::kQ5_K: {
+      const bool q5 = dt == DType::kQ5_K;
+      const int64_t bb = q5 ? 176 : 144;
       for (int64_t s = 0; s < k / 256; ++s) {
-        const uint8_t* x = row + s * 144;
+        const uint8_t* x = row + s * bb;
         const float d = _cvtsh_ss(U16At(x)), dmin = _cvtsh_ss(U16At(x + 2));
         uint64_t sc, mn;
         Q4KScalesMins(x + 4, &sc, &mn);
+        const uint8_t* qh = x + 16;  // Q5_K only
         for (int j = 0; j < 8; ++j) {
           ws[(s * 8 + j) * kPanel + r] = d * static_cast<float>((sc >> (8 * j)) & 0xFF);
           wm[(s * 8 + j) * kPanel + r] = dmin * static_cast<float>((mn >> (8 * j)) & 0xFF);
-          const uint8_t* qs = x + 16 + 32 * (j / 2);
+          const uint8_t* qs = x + (q5 ? 48 : 16) + 32 * (j / 2);
           for (int l = 0; l < 32; ++l) {
-            put(s * 256 + 32 * j + l, j % 2 == 0 ? qs[l] & 0x0F : qs[l] >> 4);
+            const int high = q5 ? ((qh[l] >> j) & 1) << 4 : 0;
+            put(s * 256 + 32 * j + l,
+                static_cast<uint8_t>((j % 2 == 0 ? qs[l] & 0x0F : qs[l] >> 4) | high));
           }
         }
       }
       return;
+    }
     case DType::kQ6_K:
       for (int64_t s = 0; s < k / 256; ++s) {
         const uint8_t* x = row + s * 210;
@@ -550,7 +621,7 @@ void PanelTile(const Panel& p, int64_t k, const Q8Block* xq, int64_t xq_stride, 
       const Q8Block& x = xq[(i0 + m) * xq_stride + xb];
       acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[m]), _mm512_mul_ps(ws, _mm512_set1_ps(x.d)),
                                acc[m]);
-      if constexpr (T == DType::kQ4_K) {
+      if constexpr (T == DType::kQ4_K || T == DType::kQ5_K) {
         acc[m] =
             _mm512_fnmadd_ps(p.wm[b].v, _mm512_set1_ps(x.d * static_cast<float>(x.qsum)), acc[m]);
       }
@@ -572,7 +643,7 @@ void PanelGemm(const uint8_t* base, int64_t k, const Q8Block* xq, int64_t n, int
   Panel& p = panel;
   p.u.assign(blocks * (kBlock / 4), I512{_mm512_setzero_si512()});
   p.ws.assign(blocks, F512{_mm512_setzero_ps()});
-  p.wm.assign(T == DType::kQ4_K ? blocks : 0, F512{_mm512_setzero_ps()});
+  p.wm.assign(T == DType::kQ4_K || T == DType::kQ5_K ? blocks : 0, F512{_mm512_setzero_ps()});
   const int32_t* sums16 = nullptr;
   if constexpr (T == DType::kQ6_K) {
     group_sums.resize(n * (k / 16));
@@ -617,6 +688,8 @@ void Avx512VnniQuantGemmRows(DType dt, const void* w, int64_t k, const Q8Block* 
       return PanelGemm<DType::kQ4_0>(base, k, xq, n, xq_stride, bias, out, out_stride, j0, j1);
     case DType::kQ4_K:
       return PanelGemm<DType::kQ4_K>(base, k, xq, n, xq_stride, bias, out, out_stride, j0, j1);
+    case DType::kQ5_K:
+      return PanelGemm<DType::kQ5_K>(base, k, xq, n, xq_stride, bias, out, out_stride, j0, j1);
     case DType::kQ6_K:
       return PanelGemm<DType::kQ6_K>(base, k, xq, n, xq_stride, bias, out, out_stride, j0, j1);
     default:

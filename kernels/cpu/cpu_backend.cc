@@ -319,10 +319,10 @@ class CpuBackend : public Backend {
   }
 
   // Decode: activations quantized to Q8 blocks, integer block dot products (Q8_0 / Q4_0
-  // everywhere, Q4_K / Q6_K with AVX2; all four with AVX-512 VNNI where the CPU has it). Prefill
+  // everywhere, the K-quants with AVX2; all five with AVX-512 VNNI where the CPU has it). Prefill
   // is an int8 GEMM with AVX-512 VNNI (QuantGemm), else widened weight panels for sgemm.
   void QuantMatMul(const cpu::GemvArgs& a, int threads) {
-    const bool kquant = a.wt == DType::kQ4_K || a.wt == DType::kQ6_K;
+    const bool kquant = a.wt == DType::kQ4_K || a.wt == DType::kQ5_K || a.wt == DType::kQ6_K;
     const bool int_dot = a.wt == DType::kQ8_0 || a.wt == DType::kQ4_0 || (kquant && fast_);
     if (vnni512_ && a.n >= kGemmMinRows) return QuantGemm(a, threads);
     if (!int_dot || (fast_ && a.n >= kGemmMinRows)) {

@@ -34,7 +34,7 @@ void QuantizeActivations(const float* x, int64_t n, Q8Block* out) {
 float RefQuantDot(DType dt, const void* w_row, const Q8Block* x, int64_t k) {
   const auto* p = static_cast<const uint8_t*>(w_row);
   float sum = 0;
-  if (dt == DType::kQ4_K || dt == DType::kQ6_K) {
+  if (dt == DType::kQ4_K || dt == DType::kQ5_K || dt == DType::kQ6_K) {
     // The weights as the format decodes them, against each activation block's values.
     float w[256];
     const size_t block_bytes = DTypeBlockBytes(dt);

@@ -4,7 +4,7 @@
 //
 // Block layouts are byte-compatible with GGUF files: Q8_0 {f16 d; i8 q[32]}, Q4_0 {f16 d;
 // u8 q[16]} (low nibbles hold values 0-15 of the block, high nibbles 16-31, both offset by 8),
-// Q4_K and Q6_K as in ggml's k-quants (256 values per super-block).
+// Q4_K, Q5_K and Q6_K as in ggml's k-quants (256 values per super-block).
 #ifndef SHARDSERVE_KERNELS_CPU_QUANT_H_
 #define SHARDSERVE_KERNELS_CPU_QUANT_H_
 
@@ -29,8 +29,8 @@ void QuantizeActivations(const float* x, int64_t n, Q8Block* out);
 using ::shardserve::DequantizeRow;
 using ::shardserve::QuantizeRow;
 
-// Dot product of one Q8_0, Q4_0, Q4_K or Q6_K weight row (k values) with Q8 activation blocks;
-// the plain scalar reference of the AVX2 kernels.
+// Dot product of one Q8_0, Q4_0, Q4_K, Q5_K or Q6_K weight row (k values) with Q8 activation
+// blocks; the plain scalar reference of the AVX2 kernels.
 float RefQuantDot(DType dt, const void* w_row, const Q8Block* x, int64_t k);
 
 // Rows [j0, j1) of out = x * w^T for Q8_0 / Q4_0 weights (AVX2). x: n rows of k / 32 blocks,
@@ -39,9 +39,9 @@ void Avx2QuantGemvRows(DType dt, const void* w, int64_t k, const Q8Block* xq, in
                        int64_t xq_stride, const float* bias, float* out, int64_t out_stride,
                        int64_t j0, int64_t j1);
 
-// Rows [j0, j1) of out = x * w^T for Q4_K / Q6_K weights (AVX2): integer dot products of each
-// 32-value sub-block with its Q8 activation block, scaled by the sub-block's scale (and, for
-// Q4_K, less its min times the activations' sum). k % 256 == 0.
+// Rows [j0, j1) of out = x * w^T for Q4_K / Q5_K / Q6_K weights (AVX2): integer dot products of
+// each 32-value sub-block with its Q8 activation block, scaled by the sub-block's scale (and, for
+// Q4_K / Q5_K, less its min times the activations' sum). k % 256 == 0.
 void Avx2KQuantGemvRows(DType dt, const void* w, int64_t k, const Q8Block* xq, int64_t n,
                         int64_t xq_stride, const float* bias, float* out, int64_t out_stride,
                         int64_t j0, int64_t j1);
@@ -51,8 +51,8 @@ void VnniQuantGemvRows1(DType dt, const void* w, int64_t k, const Q8Block* xq, c
                         float* out, int64_t j0, int64_t j1);
 bool CpuHasAvxVnni();
 
-// Rows [j0, j1) of out = x * w^T for Q8_0, Q4_0, Q4_K and Q6_K weights with 512-bit VNNI dot
-// products, any n (check CpuHasAvx512Vnni() first). Q4_K / Q6_K need k % 256 == 0.
+// Rows [j0, j1) of out = x * w^T for Q8_0, Q4_0, Q4_K, Q5_K and Q6_K weights with 512-bit VNNI
+// dot products, any n (check CpuHasAvx512Vnni() first). K-quants need k % 256 == 0.
 void Avx512VnniQuantGemvRows(DType dt, const void* w, int64_t k, const Q8Block* xq, int64_t n,
                              int64_t xq_stride, const float* bias, float* out, int64_t out_stride,
                              int64_t j0, int64_t j1);

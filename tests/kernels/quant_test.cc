@@ -87,6 +87,19 @@ TEST(QuantTest, KQuantBlocksDecode) {
     const int s = e / 32;
     EXPECT_EQ(y[e], (s + 1) * 3.0f - 0.5f * (s + 1)) << e;
   }
+
+  // Q5_K: Q4_K's header and scales, then qh[32] and the nibbles. Bit j of qh[l] is bit 4 of value
+  // l of sub-block j: qh[l] = 0x55 (even sub-blocks) for even l, 0xAA (odd ones) for odd l.
+  std::vector<uint8_t> q5(176, 0);
+  std::memcpy(q5.data(), q4.data(), 16);
+  for (int l = 0; l < 32; ++l) q5[16 + l] = l % 2 == 0 ? 0x55 : 0xAA;
+  for (int i = 0; i < 128; ++i) q5[48 + i] = 0x33;
+  cpu::DequantizeRow(DType::kQ5_K, q5.data(), 256, y.data());
+  for (int e = 0; e < 256; ++e) {
+    const int s = e / 32, l = e % 32;
+    const int q = 3 + (s % 2 == l % 2 ? 16 : 0);
+    EXPECT_EQ(y[e], (s + 1) * static_cast<float>(q) - 0.5f * (s + 1)) << e;
+  }
 }
 
 TEST(QuantTest, IntegerDotFastEqualsReference) {
@@ -125,7 +138,7 @@ std::vector<uint8_t> RandomKQuantRows(DType dt, int64_t rows, int64_t k, uint32_
   std::uniform_real_distribution<float> scale(0.001f, 0.05f);
   for (size_t off = 0; off < w.size(); off += block) {
     const uint16_t d = F32ToF16(scale(rng)), dmin = F32ToF16(scale(rng));
-    if (dt == DType::kQ4_K) {
+    if (dt == DType::kQ4_K || dt == DType::kQ5_K) {
       std::memcpy(&w[off], &d, 2);
       std::memcpy(&w[off + 2], &dmin, 2);
     } else {
@@ -136,10 +149,10 @@ std::vector<uint8_t> RandomKQuantRows(DType dt, int64_t rows, int64_t k, uint32_
 }
 
 // The AVX2 K-quant kernels (sub-block integer dots) equal the reference (decoded weights against
-// each activation block) for Q4_K and Q6_K, at decode (1 row) and small batches, odd row
+// each activation block) for Q4_K, Q5_K and Q6_K, at decode (1 row) and small batches, odd row
 // counts and several super-blocks per row, with a bias.
 TEST(QuantTest, KQuantIntegerDotEqualsReference) {
-  for (DType dt : {DType::kQ4_K, DType::kQ6_K}) {
+  for (DType dt : {DType::kQ4_K, DType::kQ5_K, DType::kQ6_K}) {
     for (int64_t k : {256, 768}) {
       const int64_t m = 13, n = 3;
       const std::vector<uint8_t> wq = RandomKQuantRows(dt, m, k, 7 + static_cast<uint32_t>(k));
@@ -171,13 +184,13 @@ TEST(QuantTest, KQuantIntegerDotEqualsReference) {
 
 // The backend's K-quant decode (activations quantized to Q8 blocks, integer dots) tracks the F32
 // product of the decoded weights within the activations' quantization error.
-// The AVX-512 VNNI kernels equal the reference for all four formats: odd and even block counts
+// The AVX-512 VNNI kernels equal the reference for all five formats: odd and even block counts
 // (Q8_0 / Q4_0 rows of 11 and 10 blocks), several super-blocks, row ranges that split the
 // four-row groups, a bias, and 1 to 3 activation rows. Skipped where the CPU lacks AVX-512 VNNI.
 TEST(QuantTest, Avx512VnniEqualsReference) {
   if (!cpu::CpuHasAvx512Vnni()) GTEST_SKIP() << "no AVX-512 VNNI on this CPU";
-  for (DType dt : {DType::kQ8_0, DType::kQ4_0, DType::kQ4_K, DType::kQ6_K}) {
-    const bool kq = dt == DType::kQ4_K || dt == DType::kQ6_K;
+  for (DType dt : {DType::kQ8_0, DType::kQ4_0, DType::kQ4_K, DType::kQ5_K, DType::kQ6_K}) {
+    const bool kq = dt == DType::kQ4_K || dt == DType::kQ5_K || dt == DType::kQ6_K;
     for (int64_t k : kq ? std::vector<int64_t>{256, 768} : std::vector<int64_t>{320, 352}) {
       const int64_t m = 13, n = 3;
       std::vector<uint8_t> wq;
@@ -213,13 +226,13 @@ TEST(QuantTest, Avx512VnniEqualsReference) {
   }
 }
 
-// The AVX-512 VNNI panel GEMM (prefill) equals the reference for all four formats: 9 and 13
+// The AVX-512 VNNI panel GEMM (prefill) equals the reference for all five formats: 9 and 13
 // activation rows (a full eight-row tile and a remainder), 37 weight rows (a partial panel),
 // ranges that start mid-panel, and a bias.
 TEST(QuantTest, Avx512VnniGemmEqualsReference) {
   if (!cpu::CpuHasAvx512Vnni()) GTEST_SKIP() << "no AVX-512 VNNI on this CPU";
-  for (DType dt : {DType::kQ8_0, DType::kQ4_0, DType::kQ4_K, DType::kQ6_K}) {
-    const bool kq = dt == DType::kQ4_K || dt == DType::kQ6_K;
+  for (DType dt : {DType::kQ8_0, DType::kQ4_0, DType::kQ4_K, DType::kQ5_K, DType::kQ6_K}) {
+    const bool kq = dt == DType::kQ4_K || dt == DType::kQ5_K || dt == DType::kQ6_K;
     for (int64_t k : kq ? std::vector<int64_t>{256, 768} : std::vector<int64_t>{96, 352}) {
       const int64_t m = 37;
       std::vector<uint8_t> wq;
@@ -255,7 +268,7 @@ TEST(QuantTest, Avx512VnniGemmEqualsReference) {
 }
 
 TEST(QuantTest, KQuantDecodeTracksTheDecodedWeights) {
-  for (DType dt : {DType::kQ4_K, DType::kQ6_K}) {
+  for (DType dt : {DType::kQ4_K, DType::kQ5_K, DType::kQ6_K}) {
     for (int64_t n : {int64_t{1}, int64_t{3}}) {
       const int64_t k = 512, m = 70;
       const std::vector<uint8_t> wq = RandomKQuantRows(dt, m, k, 11);

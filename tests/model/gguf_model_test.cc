@@ -4,6 +4,7 @@
 // GGUF files are written by ExportGguf (`shardserve export-gguf`), so these also check that the
 // exporter's q/k order, names and metadata round-trip, and its vocabulary tokenizes as the
 // tokenizer.json it came from.
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <numeric>
@@ -138,6 +139,65 @@ TEST_F(GgufModelTest, QuantizedWeightsTrackF32) {
   EXPECT_GT(q4.max_rel_error, q8.max_rel_error);
   EXPECT_GE(q8.top1_same, 900);
   EXPECT_GE(q4.top1_same, 500);
+}
+
+// K-quant files as llama.cpp writes them: a 256-wide model exported as F32, quantized by
+// llama.cpp's own `llama-quantize` (the path in SHARDSERVE_LLAMA_QUANTIZE; the header of
+// bench/vs_llamacpp.sh says how to build it), then loaded here. Their logits track the F32
+// model's within each format's error, which a misread bit layout would not. Opt-in: CI has no
+// llama.cpp, and quant_test holds every kernel to the scalar decoder in CI.
+TEST(GgufLlamaCppTest, KQuantFilesFromLlamaQuantizeTrackF32) {
+  const char* quantize = std::getenv("SHARDSERVE_LLAMA_QUANTIZE");
+  if (quantize == nullptr) GTEST_SKIP() << "set SHARDSERVE_LLAMA_QUANTIZE to llama-quantize's path";
+  TempDir dir;
+  auto base = SynthConfigByName("tiny-llama-8l");
+  ASSERT_TRUE(base.ok());
+  ModelConfig c = *base;
+  c.hidden_size = 256;
+  c.intermediate_size = 768;
+  c.num_layers = 2;
+  c.num_heads = 4;
+  c.num_kv_heads = 2;
+  c.head_dim = 64;
+  c.tie_word_embeddings = false;
+  ASSERT_TRUE(WriteSynthModel(c, dir.path(), {.seed = 5, .threads = 1}).ok());
+  const std::string f32 = dir / "f32.gguf";
+  WriteGguf(dir.path(), f32, DType::kF32);
+  std::vector<int32_t> tokens;
+  for (int i = 0; i < 300; ++i) tokens.push_back((i * 7919 + 13) % 512);
+  auto logits = [&](const std::string& path) {
+    auto backend = NewCpuBackend({.threads = 2});
+    auto stage = LoadStage(path, {}, {}, backend.get());
+    EXPECT_TRUE(stage.ok()) << stage.status();
+    return stage.ok() ? AllLogits(**stage, tokens) : std::vector<std::vector<float>>{};
+  };
+  const auto ref = logits(f32);
+  struct Case {
+    const char* type;
+    uint32_t ggml_type;  // of blk.0.ffn_up.weight
+    double max_rel_error;
+  };
+  // From most bits to fewest: each format's error bound, and errors that grow in this order (a
+  // misread fifth bit would put Q5_K below Q4_K).
+  double previous = 0;
+  for (const Case& q : {Case{"Q8_0", 8, 0.03}, Case{"Q6_K", 14, 0.07}, Case{"Q5_K_M", 13, 0.12},
+                        Case{"Q4_K_M", 12, 0.2}, Case{"Q4_0", 2, 0.3}}) {
+    const std::string out = dir / absl::StrCat(q.type, ".gguf");
+    const std::string cmd =
+        absl::StrCat("'", quantize, "' '", f32, "' '", out, "' ", q.type, " > /dev/null 2>&1");
+    ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+    auto file = GgufFile::Open(out);
+    ASSERT_TRUE(file.ok()) << file.status();
+    ASSERT_EQ((*file)->tensor("blk.0.ffn_up.weight")->ggml_type, q.ggml_type) << q.type;
+    const Agreement a = Compare(logits(out), ref);
+    std::printf("%-7s max |diff| / max |logit| = %.4f, top-1 agreement %d/%d\n", q.type,
+                a.max_rel_error, a.top1_same, a.positions);
+    ASSERT_EQ(a.positions, 300);
+    EXPECT_LT(a.max_rel_error, q.max_rel_error) << q.type;
+    EXPECT_GT(a.max_rel_error, previous)
+        << q.type << " is closer to F32 than a format with more bits";
+    previous = a.max_rel_error;
+  }
 }
 
 TEST_F(GgufModelTest, ExportedMetadataAndVocabularyMatchTheFolder) {
