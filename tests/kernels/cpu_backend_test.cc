@@ -59,20 +59,40 @@ TEST_P(MatMulTest, FastMatchesReference) {
   for (float v : out_fast) ASSERT_TRUE(std::isfinite(v));
 }
 
-INSTANTIATE_TEST_SUITE_P(Shapes, MatMulTest,
-                         ::testing::Values(MatMulCase{DType::kF32, 1, 37, 64, false},
-                                           MatMulCase{DType::kF32, 3, 64, 172, true},
-                                           MatMulCase{DType::kF32, 40, 130, 96, true},
-                                           MatMulCase{DType::kF16, 1, 33, 200, false},
-                                           MatMulCase{DType::kF16, 5, 64, 64, true},
-                                           MatMulCase{DType::kF16, 64, 300, 128, false},
-                                           MatMulCase{DType::kBF16, 1, 35, 72, true},
-                                           MatMulCase{DType::kBF16, 2, 17, 13, false},
-                                           MatMulCase{DType::kBF16, 33, 257, 160, true},
-                                           // Prefill tiles with edges everywhere: rows past
-                                           // the last full tile, k past the last 16.
-                                           MatMulCase{DType::kF16, 13, 70, 100, true},
-                                           MatMulCase{DType::kBF16, 19, 99, 37, false}));
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, MatMulTest,
+    ::testing::Values(
+        MatMulCase{DType::kF32, 1, 37, 64, false}, MatMulCase{DType::kF32, 3, 64, 172, true},
+        MatMulCase{DType::kF32, 40, 130, 96, true}, MatMulCase{DType::kF16, 1, 33, 200, false},
+        MatMulCase{DType::kF16, 5, 64, 64, true}, MatMulCase{DType::kF16, 64, 300, 128, false},
+        MatMulCase{DType::kBF16, 1, 35, 72, true}, MatMulCase{DType::kBF16, 2, 17, 13, false},
+        MatMulCase{DType::kBF16, 33, 257, 160, true},
+        // Prefill tiles with edges everywhere: rows past
+        // the last full tile, k past the last 16.
+        MatMulCase{DType::kF16, 13, 70, 100, true}, MatMulCase{DType::kBF16, 19, 99, 37, false},
+        // Three slices of k (the last ragged), panels
+        // ending with 1, 2 and 3 vectors of rows, a
+        // 16-row square holding 11 rows.
+        MatMulCase{DType::kF16, 27, 117, 600, true}, MatMulCase{DType::kBF16, 20, 40, 272, false},
+        MatMulCase{DType::kF16, 12, 16, 16, false}));
+
+// Prefill reads activation rows a stride apart (a view of a wider buffer).
+TEST(CpuBackendTest, PrefillTilesReadStridedRows) {
+  const int64_t n = 21, m = 50, k = 300, stride = 333;
+  std::vector<float> wide = Random(n * stride, 6), dense(n * k);
+  for (int64_t r = 0; r < n; ++r) {
+    for (int64_t c = 0; c < k; ++c) dense[r * k + c] = wide[r * stride + c];
+  }
+  std::vector<uint16_t> w = ToHalf(Random(m * k, 7, 0.05f), DType::kF16);
+  auto fast = NewCpuBackend({.threads = 2});
+  std::vector<float> a(n * m), b(n * m);
+  fast->MatMul(Tensor{wide.data(), DType::kF32, n, k, stride},
+               Tensor::Of(w.data(), DType::kF16, m, k), nullptr,
+               Tensor::Of(a.data(), DType::kF32, n, m));
+  fast->MatMul(Tensor::Of(dense.data(), DType::kF32, n, k), Tensor::Of(w.data(), DType::kF16, m, k),
+               nullptr, Tensor::Of(b.data(), DType::kF32, n, m));
+  EXPECT_EQ(a, b);
+}
 
 TEST(CpuBackendTest, StridedOutputLeavesOtherColumnsAlone) {
   auto fast = NewCpuBackend({.threads = 2});
