@@ -2,7 +2,8 @@
 # Side-by-side CPU benchmark against llama.cpp on the same GGUF files, in one run: alternates
 # `shardserve generate --json` and llama.cpp's `llama-bench` with the same threads, prompt length
 # and generated tokens, for several rounds, and prints the medians, the ratios (shardserve over
-# llama.cpp) and the decode roofline (weight bytes per token over the measured read bandwidth).
+# llama.cpp) and the decode roofline (weight bytes per token over the read bandwidth, measured at
+# the start of every round; the median).
 #
 #   bench/vs_llamacpp.sh --llama-bench PATH [--rounds 3] [--threads 2] [--prompt 562]
 #                        [--gen 128] [--build DIR] [--json FILE] MODEL.gguf...
@@ -41,7 +42,7 @@ while [ $# -gt 0 ]; do
     --gen) gen=$2; shift 2 ;;
     --build) build=$2; shift 2 ;;
     --json) json_out=$2; shift 2 ;;
-    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "error: unknown flag $1 (see the header of $0)" >&2; exit 2 ;;
     *) models+=("$1"); shift ;;
   esac
@@ -80,11 +81,14 @@ done
 work=$(mktemp -d /tmp/vs-llamacpp-XXXXXX)
 runs=$work/runs.jsonl
 # The read bandwidth: the best of 1, 2, 4 and 8 streams per thread (which is fastest depends on
-# the CPU).
-bw=$(for s in 1 2 4 8; do "$build/bin/membw" --threads "$threads" --streams "$s" --reps 3; done |
-     python3 -c 'import json,sys; print(max(json.loads(l)["read_gb_per_s"] for l in sys.stdin))')
+# the CPU), measured at the start of every round; the roofline uses the median, as the speeds do.
+bandwidth() {
+  for s in 1 2 4 8; do "$build/bin/membw" --threads "$threads" --streams "$s" --reps 3; done |
+    python3 -c 'import json,sys; print(max(json.loads(l)["read_gb_per_s"] for l in sys.stdin))'
+}
+bws=()
 cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)
-echo "machine: $cpu, $(nproc) cores; read bandwidth ($threads threads): $bw GB/s" >&2
+echo "machine: $cpu, $(nproc) cores" >&2
 ids=$(python3 -c "print(','.join(str(300 + (i * 7919) % 31000) for i in range($prompt)))")
 
 run_shardserve() {  # model round
@@ -117,6 +121,8 @@ PY
 }
 
 for ((r = 1; r <= rounds; ++r)); do
+  bws+=("$(bandwidth)")
+  echo "round $r/$rounds: read bandwidth ($threads threads) ${bws[-1]} GB/s" >&2
   for f in "${models[@]}"; do
     echo "round $r/$rounds: $(basename "$f")" >&2
     # Alternate which engine goes first, so neither always runs on a cooler or warmer machine.
@@ -125,11 +131,13 @@ for ((r = 1; r <= rounds; ++r)); do
   done
 done
 
-python3 - "$runs" "$bw" "$cpu" "$threads" "$prompt" "$gen" "$rounds" "${json_out:-}" "${models[@]}" <<'PY'
+python3 - "$runs" "$(IFS=,; echo "${bws[*]}")" "$cpu" "$threads" "$prompt" "$gen" "$rounds" \
+    "${json_out:-}" "${models[@]}" <<'PY'
 import json, os, statistics, struct, sys
-runs_path, bw, cpu, threads, prompt, gen, rounds, json_out = sys.argv[1:9]
+runs_path, bws, cpu, threads, prompt, gen, rounds, json_out = sys.argv[1:9]
 models = sys.argv[9:]
-bw = float(bw)
+bws = [float(b) for b in bws.split(",")]
+bw = statistics.median(bws)
 runs = [json.loads(l) for l in open(runs_path)]
 
 TYPES = {0: (1, 4), 1: (1, 2), 30: (1, 2), 2: (32, 18), 3: (32, 20), 6: (32, 22), 7: (32, 24),
@@ -191,8 +199,9 @@ for m in models:
     rows.append(row)
 
 build = next((r.get("build") for r in runs if r["engine"] == "llama.cpp"), "?")
-print(f"machine: {cpu}; {threads} threads; read bandwidth {bw:.2f} GB/s; prompt {prompt} tokens, "
-      f"{gen} generated; medians of {rounds} interleaved rounds; llama.cpp build {build}")
+print(f"machine: {cpu}; {threads} threads; read bandwidth {bw:.2f} GB/s (median of the rounds' "
+      f"{', '.join(f'{b:.1f}' for b in bws)}); prompt {prompt} tokens, {gen} generated; medians "
+      f"of {rounds} interleaved rounds; llama.cpp build {build}")
 print()
 print("| model | tensor types (by bytes) | prefill tok/s: shardserve | llama.cpp | ratio "
       "| decode tok/s: shardserve | llama.cpp | ratio | roofline decode tok/s "
@@ -205,6 +214,7 @@ for r in rows:
           f"| {r['roofline_decode']:.1f} | {r['shardserve_decode'] / r['roofline_decode']:.0%} "
           f"| {r['llamacpp_decode'] / r['roofline_decode']:.0%} |")
 if json_out:
-    json.dump({"cpu": cpu, "threads": int(threads), "read_gb_per_s": bw, "rows": rows,
+    json.dump({"cpu": cpu, "threads": int(threads), "read_gb_per_s": bw,
+               "read_gb_per_s_rounds": bws, "rows": rows,
                "runs": runs}, open(json_out, "w"), indent=1)
 PY
