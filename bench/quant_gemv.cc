@@ -5,7 +5,8 @@
 // than the caches of the machines this runs on (32 MiB L3 and less). Prints the median time per
 // GEMV and the weight bytes read per second; compare the latter with `membw --threads 1`.
 //
-//   quant_gemv [--rows 45056] [--k 2048] [--reps 9] [--dtype q8_0|q4_0|q4_k|q5_k|q6_k|all]
+//   quant_gemv [--rows 45056] [--k 2048] [--reps 9] [--dtype
+//   q8_0|q4_0|q5_0|q5_1|q4_k|q5_k|q6_k|all]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -36,10 +37,12 @@ std::vector<uint8_t> RandomRows(DType dt, int64_t rows, int64_t k) {
     switch (dt) {
       case DType::kQ4_K:
       case DType::kQ5_K:
+      case DType::kQ5_1:
         std::memcpy(&w[off + 2], &d, 2);
         [[fallthrough]];
       case DType::kQ8_0:
       case DType::kQ4_0:
+      case DType::kQ5_0:
         std::memcpy(&w[off], &d, 2);
         break;
       default:
@@ -87,12 +90,14 @@ int main(int argc, char** argv) {
   for (float& v : x) v = normal(rng);
   std::vector<Q8Block> xq(k / 32);
   std::vector<float> out(rows);
-  for (DType dt : {DType::kQ8_0, DType::kQ4_0, DType::kQ4_K, DType::kQ5_K, DType::kQ6_K}) {
+  for (DType dt : {DType::kQ8_0, DType::kQ4_0, DType::kQ5_0, DType::kQ5_1, DType::kQ4_K,
+                   DType::kQ5_K, DType::kQ6_K}) {
     std::string name(shardserve::DTypeName(dt));
     std::transform(name.begin(), name.end(), name.begin(), ::tolower);
     if (which != "all" && which != name) continue;
     const std::vector<uint8_t> w = RandomRows(dt, rows, k);
     const bool kq = dt == DType::kQ4_K || dt == DType::kQ5_K || dt == DType::kQ6_K;
+    const bool q5 = dt == DType::kQ5_0 || dt == DType::kQ5_1;
     struct Path {
       const char* name;
       std::function<void()> run;
@@ -100,7 +105,10 @@ int main(int argc, char** argv) {
     };
     std::vector<Path> paths;
     paths.push_back({"avx2", [&] {
-                       if (kq) {
+                       if (q5) {
+                         cpu::Avx2Q5GemvRows(dt, w.data(), k, xq.data(), 1, k / 32, nullptr,
+                                             out.data(), rows, 0, rows);
+                       } else if (kq) {
                          cpu::Avx2KQuantGemvRows(dt, w.data(), k, xq.data(), 1, k / 32, nullptr,
                                                  out.data(), rows, 0, rows);
                        } else {
@@ -108,7 +116,7 @@ int main(int argc, char** argv) {
                                                 out.data(), rows, 0, rows);
                        }
                      }});
-    if (!kq && cpu::CpuHasAvxVnni()) {
+    if ((dt == DType::kQ8_0 || dt == DType::kQ4_0) && cpu::CpuHasAvxVnni()) {
       paths.push_back({"avx-vnni", [&] {
                          cpu::VnniQuantGemvRows1(dt, w.data(), k, xq.data(), nullptr, out.data(), 0,
                                                  rows);

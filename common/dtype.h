@@ -13,8 +13,8 @@
 
 namespace shardserve {
 
-// Q8_0, Q4_0, Q4_K, Q5_K and Q6_K are llama.cpp's block formats, byte for byte: a row of n values
-// is n / DTypeBlockElems() blocks of DTypeBlockBytes() bytes.
+// Q8_0, Q4_0, Q5_0, Q5_1, Q4_K, Q5_K and Q6_K are llama.cpp's block formats, byte for byte: a row
+// of n values is n / DTypeBlockElems() blocks of DTypeBlockBytes() bytes.
 enum class DType : uint8_t {
   kF32 = 0,
   kF16 = 1,
@@ -25,6 +25,8 @@ enum class DType : uint8_t {
   kQ4_K = 6,
   kQ6_K = 7,
   kQ5_K = 8,
+  kQ5_0 = 9,
+  kQ5_1 = 10,
 };
 
 inline bool IsQuantized(DType t) { return static_cast<int>(t) >= static_cast<int>(DType::kQ8_0); }
@@ -34,6 +36,8 @@ inline int64_t DTypeBlockElems(DType t) {
   switch (t) {
     case DType::kQ8_0:
     case DType::kQ4_0:
+    case DType::kQ5_0:
+    case DType::kQ5_1:
       return 32;
     case DType::kQ4_K:
     case DType::kQ5_K:
@@ -57,6 +61,10 @@ inline size_t DTypeBlockBytes(DType t) {
       return 34;
     case DType::kQ4_0:
       return 18;
+    case DType::kQ5_0:
+      return 22;
+    case DType::kQ5_1:
+      return 24;
     case DType::kQ4_K:
       return 144;
     case DType::kQ5_K:
@@ -93,6 +101,10 @@ inline absl::string_view DTypeName(DType t) {
       return "Q4_K";
     case DType::kQ5_K:
       return "Q5_K";
+    case DType::kQ5_0:
+      return "Q5_0";
+    case DType::kQ5_1:
+      return "Q5_1";
     case DType::kQ6_K:
       return "Q6_K";
   }

@@ -5,6 +5,8 @@
 //
 // Block layouts are byte-compatible with GGUF files: Q8_0 {f16 d; i8 q[32]}, Q4_0 {f16 d;
 // u8 q[16]} (low nibbles hold values 0-15 of the block, high nibbles 16-31, both offset by 8),
+// Q5_0 {f16 d; u32 qh; u8 q[16]} (Q4_0's nibbles with bit v of qh as bit 4 of value v, offset by
+// 16), Q5_1 {f16 d; f16 m; u32 qh; u8 q[16]} (the same bits unsigned, value = d q + m), and
 // Q4_K, Q5_K and Q6_K as in ggml's k-quants (256 values per super-block).
 #ifndef SHARDSERVE_KERNELS_QUANT_FORMAT_H_
 #define SHARDSERVE_KERNELS_QUANT_FORMAT_H_

@@ -18,6 +18,8 @@ constexpr uint32_t kGgmlF32 = 0;
 constexpr uint32_t kGgmlF16 = 1;
 constexpr uint32_t kGgmlBF16 = 30;
 constexpr uint32_t kGgmlQ4_0 = 2;
+constexpr uint32_t kGgmlQ5_0 = 6;
+constexpr uint32_t kGgmlQ5_1 = 7;
 constexpr uint32_t kGgmlQ8_0 = 8;
 constexpr uint32_t kGgmlQ4_K = 12;
 constexpr uint32_t kGgmlQ5_K = 13;
@@ -58,6 +60,12 @@ class GgufWeights : public WeightSource {
       case kGgmlQ4_0:
         t.dtype = DType::kQ4_0;
         break;
+      case kGgmlQ5_0:
+        t.dtype = DType::kQ5_0;
+        break;
+      case kGgmlQ5_1:
+        t.dtype = DType::kQ5_1;
+        break;
       case kGgmlQ4_K:
         t.dtype = DType::kQ4_K;
         break;
@@ -69,11 +77,11 @@ class GgufWeights : public WeightSource {
         break;
       default: {
         const GgmlTypeInfo* ti = GgmlType(info->ggml_type);
-        return absl::UnimplementedError(
-            absl::StrCat(file_->path(), ": tensor '", g, "' has type ", ti ? ti->name : "unknown",
-                         " (id ", info->ggml_type,
-                         "); this build reads F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K and Q6_K "
-                         "GGUF tensors"));
+        return absl::UnimplementedError(absl::StrCat(
+            file_->path(), ": tensor '", g, "' has type ", ti ? ti->name : "unknown", " (id ",
+            info->ggml_type,
+            "); this build reads F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q5_1, Q4_K, Q5_K and Q6_K "
+            "GGUF tensors"));
       }
     }
     t.shape.assign(info->dims.rbegin(), info->dims.rend());  // GGUF lists the fastest dim first

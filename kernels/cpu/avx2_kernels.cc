@@ -452,6 +452,55 @@ void Avx2QuantGemvRows(DType dt, const void* w, int64_t k, const Q8Block* xq, in
   }
 }
 
+namespace {
+
+// Byte v is 0xFF where bit v of `bits` is set: each byte takes the qh byte holding its bit, all
+// other bits are set, and the byte is all ones exactly when its own bit was.
+inline __m256i BitsToBytes(uint32_t bits) {
+  const __m256i spread =
+      _mm256_shuffle_epi8(_mm256_set1_epi32(static_cast<int>(bits)),
+                          _mm256_setr_epi64x(0x0000000000000000, 0x0101010101010101,
+                                             0x0202020202020202, 0x0303030303030303));
+  const __m256i others = _mm256_set1_epi64x(static_cast<long long>(0x7fbfdfeff7fbfdfeULL));
+  return _mm256_cmpeq_epi8(_mm256_or_si256(spread, others), _mm256_set1_epi64x(-1));
+}
+
+}  // namespace
+
+void Avx2Q5GemvRows(DType dt, const void* w, int64_t k, const Q8Block* xq, int64_t n,
+                    int64_t xq_stride, const float* bias, float* out, int64_t out_stride,
+                    int64_t j0, int64_t j1) {
+  const bool q51 = dt == DType::kQ5_1;
+  const size_t bb = DTypeBlockBytes(dt);
+  const int64_t nb = k / 32;
+  const auto* base = static_cast<const uint8_t*>(w);
+  const __m128i low4 = _mm_set1_epi8(0x0F);
+  for (int64_t j = j0; j < j1; ++j) {
+    const uint8_t* row = base + j * nb * bb;
+    for (int64_t i = 0; i < n; ++i) {
+      const Q8Block* x = xq + i * xq_stride;
+      __m256 acc = _mm256_setzero_ps();
+      float mins = 0;
+      for (int64_t b = 0; b < nb; ++b) {
+        const uint8_t* blk = row + b * bb;
+        uint32_t qh;
+        std::memcpy(&qh, blk + (q51 ? 4 : 2), 4);
+        const __m128i packed =
+            _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + (q51 ? 8 : 6)));
+        // Values 0-15 from the low nibbles, 16-31 from the high ones: bit v of qh is value v's.
+        __m256i q = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(packed, 4), low4),
+                                     _mm_and_si128(packed, low4));
+        q = _mm256_or_si256(q, _mm256_and_si256(BitsToBytes(qh), _mm256_set1_epi8(0x10)));
+        if (!q51) q = _mm256_sub_epi8(q, _mm256_set1_epi8(16));
+        const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[b].q));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(HalfToFloat(blk) * x[b].d), BlockDot(q, xv), acc);
+        if (q51) mins += HalfToFloat(blk + 2) * x[b].d * static_cast<float>(x[b].qsum);
+      }
+      out[i * out_stride + j] = HorizontalSum(acc) + mins + (bias ? bias[j] : 0.0f);
+    }
+  }
+}
+
 // K-quants against Q8 activation blocks. Each 32-value sub-block of a super-block meets exactly one
 // activation block, so a sub-block's integer dot product is scaled once: Q4_K and Q5_K by
 // d * scale (and less dmin * min * the activations' sum), Q6_K by d * the scale of each 16-value

@@ -1,6 +1,6 @@
 // Quantized GEMV with 512-bit VNNI dot products (vpdpbusd on zmm: 64 unsigned x signed byte
-// products summed into 16 int32 lanes per instruction), for Q8_0, Q4_0, Q4_K, Q5_K and Q6_K
-// weights against Q8 activation blocks. Compiled alone with -mavx512f -mavx512bw -mavx512vl
+// products summed into 16 int32 lanes per instruction), for Q8_0, Q4_0, Q5_0, Q5_1, Q4_K, Q5_K and
+// Q6_K weights against Q8 activation blocks. Compiled alone with -mavx512f -mavx512bw -mavx512vl
 // -mavx512vnni and called only when the CPU reports them (CpuHasAvx512Vnni()); AMD Zen 4 and
 // Intel Xeon since Cascade Lake have them.
 //
@@ -82,12 +82,13 @@ thread_local std::vector<PackedRow> packed_rows;
 
 void Put16(int8_t* dst, const int8_t* src) { std::memcpy(dst, src, 16); }
 
-// --- Q8_0 and Q4_0: two 32-value blocks per step. -------------------------------------------
+// --- Q8_0, Q4_0, Q5_0, Q5_1: two 32-value blocks per step. ------------------------------------
 
 // Q8_0: lanes 0-7 block b, 8-15 block b+1, values in order; weights + 128 (unsigned), so each
 // block's sum starts at -128 x its activations' sum. Q4_0: the low nibbles of blocks b and b+1
 // (values 0-15 of each), then their high nibbles (values 16-31); lanes 0-3 and 8-11 are block b,
-// 4-7 and 12-15 block b+1; the -8 offset enters the same way.
+// 4-7 and 12-15 block b+1; the -8 offset enters the same way. Q5_0 and Q5_1 are laid out as Q4_0,
+// their fifth bits added under a byte mask; Q5_0's offset is 16, and Q5_1's min is summed apart.
 template <DType T>
 void PackBlockPairs(const Q8Block* x, int64_t nb, PackedRow* p) {
   const int64_t steps = nb / 2;
@@ -106,19 +107,34 @@ void PackBlockPairs(const Q8Block* x, int64_t nb, PackedRow* p) {
       for (int l = 0; l < 16; ++l) sc[l] = l < 8 ? a.d : b.d;
       in[0] = -128 * a.qsum;
       in[8] = -128 * b.qsum;
-    } else {
+    } else {  // Q4_0, Q5_0, Q5_1: nibble order
       Put16(q, a.q);
       Put16(q + 16, b.q);
       Put16(q + 32, a.q + 16);
       Put16(q + 48, b.q + 16);
       for (int l = 0; l < 16; ++l) sc[l] = (l / 4) % 2 == 0 ? a.d : b.d;
-      in[0] = -8 * a.qsum;
-      in[4] = -8 * b.qsum;
+      const int32_t offset = T == DType::kQ4_0 ? 8 : T == DType::kQ5_0 ? 16 : 0;
+      in[0] = -offset * a.qsum;
+      in[4] = -offset * b.qsum;
     }
     p->q[s].v = _mm512_load_si512(q);
     p->scale[s].v = _mm512_load_ps(sc);
     p->init[s].v = _mm512_load_si512(in);
   }
+}
+
+// Bytes of a block: its F16 scale, Q5_1's F16 min, Q5's 32-bit qh, then the quants.
+template <DType T>
+constexpr int64_t BlockBytes() {
+  return T == DType::kQ8_0 ? 34 : T == DType::kQ4_0 ? 18 : T == DType::kQ5_0 ? 22 : 24;
+}
+template <DType T>
+constexpr int64_t QuantsAt() {
+  return T == DType::kQ5_0 ? 6 : T == DType::kQ5_1 ? 8 : 2;
+}
+template <DType T>
+constexpr int64_t HighBitsAt() {
+  return T == DType::kQ5_0 ? 2 : 4;
 }
 
 // Unsigned weight bytes of blocks b and b+1 (at blk and blk + bb), in the packed order.
@@ -130,13 +146,24 @@ inline __m512i WeightPair(const uint8_t* blk) {
         _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 36)), 1);
     return _mm512_xor_si512(w, _mm512_set1_epi8(static_cast<char>(0x80)));
   } else {
+    constexpr int64_t bb = BlockBytes<T>(), qs = QuantsAt<T>();
     const __m256i packed = _mm256_inserti128_si256(
-        _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2))),
-        _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 20)), 1);
+        _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + qs))),
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + bb + qs)), 1);
     const __m512i both = _mm512_broadcast_i64x4(packed);
     // Low half: low nibbles; high half: shifted down by 4.
     const __m512i shift = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(4), 1);
-    return _mm512_and_si512(_mm512_srlv_epi16(both, shift), _mm512_set1_epi8(0x0F));
+    const __m512i w = _mm512_and_si512(_mm512_srlv_epi16(both, shift), _mm512_set1_epi8(0x0F));
+    if constexpr (T == DType::kQ4_0) {
+      return w;
+    } else {
+      // Byte order: values 0-15 of block b, of b+1, then values 16-31 of b, of b+1; bit v of a
+      // block's qh belongs to its value v.
+      const uint64_t ha = U32At(blk + HighBitsAt<T>()), hb = U32At(blk + bb + HighBitsAt<T>());
+      const uint64_t bits =
+          (ha & 0xFFFF) | (hb & 0xFFFF) << 16 | (ha >> 16) << 32 | (hb >> 16) << 48;
+      return _mm512_mask_add_epi8(w, _cvtu64_mask64(bits), w, _mm512_set1_epi8(16));
+    }
   }
 }
 
@@ -150,10 +177,14 @@ inline float LastBlock(const uint8_t* blk, const Q8Block& x) {
                          _mm256_set1_epi8(static_cast<char>(0x80)));
     init = -128 * x.qsum;
   } else {
-    const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2));
+    const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + QuantsAt<T>()));
     w = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(packed, 4), _mm_set1_epi8(0x0F)),
                          _mm_and_si128(packed, _mm_set1_epi8(0x0F)));
-    init = -8 * x.qsum;
+    init = T == DType::kQ4_0 ? -8 * x.qsum : T == DType::kQ5_0 ? -16 * x.qsum : 0;
+    if constexpr (T != DType::kQ4_0) {
+      w = _mm256_mask_add_epi8(w, _cvtu32_mask32(U32At(blk + HighBitsAt<T>())), w,
+                               _mm256_set1_epi8(16));
+    }
   }
   const __m256i dot =
       _mm256_dpbusd_epi32(_mm256_castsi128_si256(_mm_cvtsi32_si128(init)), w,
@@ -161,7 +192,10 @@ inline float LastBlock(const uint8_t* blk, const Q8Block& x) {
   const __m256i s = _mm256_add_epi32(dot, _mm256_srli_si256(dot, 8));
   const __m128i t = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
   const int32_t sum = _mm_cvtsi128_si32(_mm_add_epi32(t, _mm_srli_si128(t, 4)));
-  return _cvtsh_ss(U16At(blk)) * x.d * static_cast<float>(sum);
+  float v = _cvtsh_ss(U16At(blk)) * x.d * static_cast<float>(sum);
+  if constexpr (T == DType::kQ5_1)
+    v += _cvtsh_ss(U16At(blk + 2)) * x.d * static_cast<float>(x.qsum);
+  return v;
 }
 
 // One weight row against every activation row (the row stays in L1 after the first).
@@ -169,23 +203,31 @@ template <DType T>
 void PairRow(const uint8_t* row, int64_t nb, const Q8Block* xq, int64_t xq_stride,
              const std::vector<PackedRow>& px, const float* bias, float* out, int64_t out_stride,
              int64_t j) {
-  constexpr int64_t bb = T == DType::kQ8_0 ? 34 : 18;
+  constexpr int64_t bb = BlockBytes<T>();
   const int64_t steps = nb / 2;
   const __m512i scale_index =
       T == DType::kQ8_0 ? _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0)
                         : _mm512_set_epi32(1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0);
   for (size_t i = 0; i < px.size(); ++i) {
     const PackedRow& p = px[i];
+    const Q8Block* x = xq + i * xq_stride;
     __m512 acc = _mm512_setzero_ps();
+    float mins = 0;  // Q5_1: min x activation scale x activation sum, per block
     for (int64_t s = 0; s < steps; ++s) {
       const uint8_t* blk = row + 2 * s * bb;
-      if constexpr (T == DType::kQ4_0) Prefetch(blk, 36);
+      if constexpr (T != DType::kQ8_0) Prefetch(blk, 2 * bb);
       const __m512i dot = _mm512_dpbusd_epi32(p.init[s].v, WeightPair<T>(blk), p.q[s].v);
       const __m512 wd =
           _mm512_permutexvar_ps(scale_index, _mm512_castps128_ps512(TwoHalves(blk, blk + bb)));
       acc = _mm512_fmadd_ps(_mm512_mul_ps(wd, p.scale[s].v), _mm512_cvtepi32_ps(dot), acc);
+      if constexpr (T == DType::kQ5_1) {
+        const __m128 m = TwoHalves(blk + 2, blk + bb + 2);
+        mins += _mm_cvtss_f32(m) * x[2 * s].d * static_cast<float>(x[2 * s].qsum) +
+                _mm_cvtss_f32(_mm_movehdup_ps(m)) * x[2 * s + 1].d *
+                    static_cast<float>(x[2 * s + 1].qsum);
+      }
     }
-    float v = _mm512_reduce_add_ps(acc);
+    float v = _mm512_reduce_add_ps(acc) + mins;
     if (nb % 2 != 0) v += LastBlock<T>(row + (nb - 1) * bb, xq[i * xq_stride + nb - 1]);
     out[i * out_stride + j] = v + (bias != nullptr ? bias[j] : 0.0f);
   }
@@ -474,6 +516,12 @@ void Avx512VnniQuantGemvRows(DType dt, const void* w, int64_t k, const Q8Block* 
     case DType::kQ4_0:
       BlockPairGemv<DType::kQ4_0>(base, k, xq, n, xq_stride, bias, out, out_stride, j0, j1);
       return;
+    case DType::kQ5_0:
+      BlockPairGemv<DType::kQ5_0>(base, k, xq, n, xq_stride, bias, out, out_stride, j0, j1);
+      return;
+    case DType::kQ5_1:
+      BlockPairGemv<DType::kQ5_1>(base, k, xq, n, xq_stride, bias, out, out_stride, j0, j1);
+      return;
     case DType::kQ4_K:
       KQuantGemv<Q4KPacked, PackQ4K, Q4KRow>(packed_q4k, RowBytes(dt, k), base, k, xq, n, xq_stride,
                                              bias, out, out_stride, j0, j1);
@@ -494,12 +542,12 @@ void Avx512VnniQuantGemvRows(DType dt, const void* w, int64_t k, const Q8Block* 
 // --- Prefill: int8 GEMM over panels of 16 weight rows. ---------------------------------------
 //
 // Each panel of 16 rows is unpacked once into unsigned bytes laid out 4 values x 16 rows per
-// 64-byte vector (one zmm lane per weight row), with one F32 scale per row and block (and
-// Q4_K's and Q5_K's F32 min). Then, for every block, vpdpbusd takes a weight vector and four
-// activation bytes broadcast to all lanes, so one instruction adds 4 values of 16 rows for one
-// activation row; 8 activation rows share each weight vector. The integer sums are scaled in F32
-// once per block. Weight offsets (Q8_0's +128, Q4_0's 8, Q6_K's 32) are taken off through the
-// integer accumulator's start, minus offset x the activations' sum over the block.
+// 64-byte vector (one zmm lane per weight row), with one F32 scale per row and block (and the
+// F32 min of Q4_K, Q5_K and Q5_1). Then, for every block, vpdpbusd takes a weight vector and
+// four activation bytes broadcast to all lanes, so one instruction adds 4 values of 16 rows for
+// one activation row; 8 activation rows share each weight vector. The integer sums are scaled in
+// F32 once per block. Weight offsets (Q8_0's +128, Q4_0's 8, Q5_0's 16, Q6_K's 32) are taken off
+// through the integer accumulator's start, minus offset x the activations' sum over the block.
 namespace {
 
 constexpr int kPanel = 16;  // weight rows per panel: one per zmm lane
@@ -508,7 +556,7 @@ constexpr int kM = 8;       // activation rows per micro-kernel step
 struct Panel {
   std::vector<I512> u;   // [block][group of 4 values] -> 16 rows x 4 unsigned bytes
   std::vector<F512> ws;  // [block] -> the 16 rows' scales
-  std::vector<F512> wm;  // [block] -> Q4_K / Q5_K: the 16 rows' dmin x min
+  std::vector<F512> wm;  // [block] -> Q4_K / Q5_K: the 16 rows' dmin x min; Q5_1: -min
 };
 thread_local Panel panel;
 thread_local std::vector<int32_t> group_sums;  // Q6_K: per activation row, per 16 values
@@ -528,14 +576,22 @@ void UnpackRow(DType dt, const uint8_t* row, int64_t k, int r, Panel* p) {
   };
   switch (dt) {
     case DType::kQ8_0:
-    case DType::kQ4_0: {
-      const int64_t bb = dt == DType::kQ8_0 ? 34 : 18;
+    case DType::kQ4_0:
+    case DType::kQ5_0:
+    case DType::kQ5_1: {
+      const int64_t bb = DTypeBlockBytes(dt);
+      const bool q5 = dt == DType::kQ5_0 || dt == DType::kQ5_1;
+      const int64_t qs = dt == DType::kQ5_0 ? 6 : dt == DType::kQ5_1 ? 8 : 2;
       for (int64_t b = 0; b < k / 32; ++b) {
         const uint8_t* x = row + b * bb;
         ws[b * kPanel + r] = _cvtsh_ss(U16At(x));
+        // Q5_1's min enters as Q4_K's does, subtracted: store its negative.
+        if (dt == DType::kQ5_1) wm[b * kPanel + r] = -_cvtsh_ss(U16At(x + 2));
+        const uint32_t qh = q5 ? U32At(x + (dt == DType::kQ5_0 ? 2 : 4)) : 0;
         for (int e = 0; e < 32; ++e) {
-          const uint8_t q = dt == DType::kQ8_0 ? static_cast<uint8_t>(x[2 + e] ^ 0x80)
-                                               : (e < 16 ? x[2 + e] & 0x0F : x[2 + e - 16] >> 4);
+          uint8_t q = dt == DType::kQ8_0 ? static_cast<uint8_t>(x[2 + e] ^ 0x80)
+                                         : (e < 16 ? x[qs + e] & 0x0F : x[qs + e - 16] >> 4);
+          if (q5) q = static_cast<uint8_t>(q | ((qh >> e) & 1) << 4);
           put(b * 32 + e, q);
         }
       }
@@ -603,6 +659,7 @@ void PanelTile(const Panel& p, int64_t k, const Q8Block* xq, int64_t xq_stride, 
       int32_t init = 0;
       if constexpr (T == DType::kQ8_0) init = -128 * x.qsum;
       if constexpr (T == DType::kQ4_0) init = -8 * x.qsum;
+      if constexpr (T == DType::kQ5_0) init = -16 * x.qsum;
       if constexpr (T == DType::kQ6_K) init = -32 * sums16[(i0 + m) * (k / 16) + b];
       dot[m] = _mm512_set1_epi32(init);
     }
@@ -621,7 +678,7 @@ void PanelTile(const Panel& p, int64_t k, const Q8Block* xq, int64_t xq_stride, 
       const Q8Block& x = xq[(i0 + m) * xq_stride + xb];
       acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[m]), _mm512_mul_ps(ws, _mm512_set1_ps(x.d)),
                                acc[m]);
-      if constexpr (T == DType::kQ4_K || T == DType::kQ5_K) {
+      if constexpr (T == DType::kQ4_K || T == DType::kQ5_K || T == DType::kQ5_1) {
         acc[m] =
             _mm512_fnmadd_ps(p.wm[b].v, _mm512_set1_ps(x.d * static_cast<float>(x.qsum)), acc[m]);
       }
@@ -643,7 +700,8 @@ void PanelGemm(const uint8_t* base, int64_t k, const Q8Block* xq, int64_t n, int
   Panel& p = panel;
   p.u.assign(blocks * (kBlock / 4), I512{_mm512_setzero_si512()});
   p.ws.assign(blocks, F512{_mm512_setzero_ps()});
-  p.wm.assign(T == DType::kQ4_K || T == DType::kQ5_K ? blocks : 0, F512{_mm512_setzero_ps()});
+  constexpr bool mins = T == DType::kQ4_K || T == DType::kQ5_K || T == DType::kQ5_1;
+  p.wm.assign(mins ? blocks : 0, F512{_mm512_setzero_ps()});
   const int32_t* sums16 = nullptr;
   if constexpr (T == DType::kQ6_K) {
     group_sums.resize(n * (k / 16));
@@ -686,6 +744,10 @@ void Avx512VnniQuantGemmRows(DType dt, const void* w, int64_t k, const Q8Block* 
       return PanelGemm<DType::kQ8_0>(base, k, xq, n, xq_stride, bias, out, out_stride, j0, j1);
     case DType::kQ4_0:
       return PanelGemm<DType::kQ4_0>(base, k, xq, n, xq_stride, bias, out, out_stride, j0, j1);
+    case DType::kQ5_0:
+      return PanelGemm<DType::kQ5_0>(base, k, xq, n, xq_stride, bias, out, out_stride, j0, j1);
+    case DType::kQ5_1:
+      return PanelGemm<DType::kQ5_1>(base, k, xq, n, xq_stride, bias, out, out_stride, j0, j1);
     case DType::kQ4_K:
       return PanelGemm<DType::kQ4_K>(base, k, xq, n, xq_stride, bias, out, out_stride, j0, j1);
     case DType::kQ5_K:

@@ -319,11 +319,13 @@ class CpuBackend : public Backend {
   }
 
   // Decode: activations quantized to Q8 blocks, integer block dot products (Q8_0 / Q4_0
-  // everywhere, the K-quants with AVX2; all five with AVX-512 VNNI where the CPU has it). Prefill
-  // is an int8 GEMM with AVX-512 VNNI (QuantGemm), else widened weight panels for sgemm.
+  // everywhere, Q5_0 / Q5_1 and the K-quants with AVX2; all of them with AVX-512 VNNI where the
+  // CPU has it). Prefill is an int8 GEMM with AVX-512 VNNI (QuantGemm), else widened weight
+  // panels for sgemm.
   void QuantMatMul(const cpu::GemvArgs& a, int threads) {
     const bool kquant = a.wt == DType::kQ4_K || a.wt == DType::kQ5_K || a.wt == DType::kQ6_K;
-    const bool int_dot = a.wt == DType::kQ8_0 || a.wt == DType::kQ4_0 || (kquant && fast_);
+    const bool q5 = a.wt == DType::kQ5_0 || a.wt == DType::kQ5_1;
+    const bool int_dot = a.wt == DType::kQ8_0 || a.wt == DType::kQ4_0 || ((kquant || q5) && fast_);
     if (vnni512_ && a.n >= kGemmMinRows) return QuantGemm(a, threads);
     if (!int_dot || (fast_ && a.n >= kGemmMinRows)) {
       pool_.ParallelFor(
@@ -344,6 +346,11 @@ class CpuBackend : public Backend {
           if (kquant) {
             cpu::Avx2KQuantGemvRows(a.wt, a.w, a.k, xq.data(), a.n, nb, a.bias, a.out, a.out_stride,
                                     j0, j1);
+            return;
+          }
+          if (q5) {
+            cpu::Avx2Q5GemvRows(a.wt, a.w, a.k, xq.data(), a.n, nb, a.bias, a.out, a.out_stride, j0,
+                                j1);
             return;
           }
           if (vnni_ && a.n == 1) {

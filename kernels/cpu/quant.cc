@@ -49,6 +49,27 @@ float RefQuantDot(DType dt, const void* w_row, const Q8Block* x, int64_t k) {
     }
     return sum;
   }
+  if (dt == DType::kQ5_0 || dt == DType::kQ5_1) {
+    // Integer sums of the 5-bit values, then Q5_0's offset or Q5_1's min times the activations.
+    const bool q51 = dt == DType::kQ5_1;
+    const size_t bb = DTypeBlockBytes(dt);
+    for (int64_t b = 0; b < k / 32; ++b) {
+      const uint8_t* blk = p + b * bb;
+      uint32_t qh;
+      std::memcpy(&qh, blk + (q51 ? 4 : 2), 4);
+      const uint8_t* qs = blk + (q51 ? 8 : 6);
+      int32_t acc = 0;
+      for (int i = 0; i < 16; ++i) {
+        const int lo = static_cast<int>((qs[i] & 0xF) | (((qh >> i) & 1) << 4));
+        const int hi = static_cast<int>((qs[i] >> 4) | (((qh >> (i + 16)) & 1) << 4));
+        acc += lo * x[b].q[i] + hi * x[b].q[i + 16];
+      }
+      if (!q51) acc -= 16 * x[b].qsum;
+      sum += Half(blk) * x[b].d * static_cast<float>(acc);
+      if (q51) sum += Half(blk + 2) * x[b].d * static_cast<float>(x[b].qsum);
+    }
+    return sum;
+  }
   for (int64_t b = 0; b < k / 32; ++b) {
     int32_t acc = 0;
     float dw;

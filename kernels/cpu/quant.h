@@ -4,7 +4,8 @@
 //
 // Block layouts are byte-compatible with GGUF files: Q8_0 {f16 d; i8 q[32]}, Q4_0 {f16 d;
 // u8 q[16]} (low nibbles hold values 0-15 of the block, high nibbles 16-31, both offset by 8),
-// Q4_K, Q5_K and Q6_K as in ggml's k-quants (256 values per super-block).
+// Q5_0 and Q5_1 (the same with a fifth bit per value from a 32-bit qh; Q5_1 with a min instead of
+// the offset), Q4_K, Q5_K and Q6_K as in ggml's k-quants (256 values per super-block).
 #ifndef SHARDSERVE_KERNELS_CPU_QUANT_H_
 #define SHARDSERVE_KERNELS_CPU_QUANT_H_
 
@@ -29,7 +30,7 @@ void QuantizeActivations(const float* x, int64_t n, Q8Block* out);
 using ::shardserve::DequantizeRow;
 using ::shardserve::QuantizeRow;
 
-// Dot product of one Q8_0, Q4_0, Q4_K, Q5_K or Q6_K weight row (k values) with Q8 activation
+// Dot product of one weight row of any block format (k values) with Q8 activation
 // blocks; the plain scalar reference of the AVX2 kernels.
 float RefQuantDot(DType dt, const void* w_row, const Q8Block* x, int64_t k);
 
@@ -46,13 +47,18 @@ void Avx2KQuantGemvRows(DType dt, const void* w, int64_t k, const Q8Block* xq, i
                         int64_t xq_stride, const float* bias, float* out, int64_t out_stride,
                         int64_t j0, int64_t j1);
 
-// The n == 1 case with AVX-VNNI dot products (check CpuHasAvxVnni() first).
+// Rows [j0, j1) of out = x * w^T for Q5_0 / Q5_1 weights (AVX2), one row at a time.
+void Avx2Q5GemvRows(DType dt, const void* w, int64_t k, const Q8Block* xq, int64_t n,
+                    int64_t xq_stride, const float* bias, float* out, int64_t out_stride,
+                    int64_t j0, int64_t j1);
+
+// The n == 1 case for Q8_0 / Q4_0 with AVX-VNNI dot products (check CpuHasAvxVnni() first).
 void VnniQuantGemvRows1(DType dt, const void* w, int64_t k, const Q8Block* xq, const float* bias,
                         float* out, int64_t j0, int64_t j1);
 bool CpuHasAvxVnni();
 
-// Rows [j0, j1) of out = x * w^T for Q8_0, Q4_0, Q4_K, Q5_K and Q6_K weights with 512-bit VNNI
-// dot products, any n (check CpuHasAvx512Vnni() first). K-quants need k % 256 == 0.
+// Rows [j0, j1) of out = x * w^T for every block format with 512-bit VNNI dot products, any n
+// (check CpuHasAvx512Vnni() first). K-quants need k % 256 == 0.
 void Avx512VnniQuantGemvRows(DType dt, const void* w, int64_t k, const Q8Block* xq, int64_t n,
                              int64_t xq_stride, const float* bias, float* out, int64_t out_stride,
                              int64_t j0, int64_t j1);

@@ -55,6 +55,29 @@ TEST(QuantTest, Q4_0LayoutMatchesGgml) {
   EXPECT_EQ(y[31], 0.5f * (0 - 8));
 }
 
+TEST(QuantTest, Q5BlocksDecode) {
+  // Q5_0: d = 0.5; nibbles as Q4_0's (value i low, value i + 16 high); qh bit v is bit 4 of value
+  // v; offset 16. Q5_1: d = 0.5, m = -3, the same bits unsigned.
+  for (DType dt : {DType::kQ5_0, DType::kQ5_1}) {
+    const bool q51 = dt == DType::kQ5_1;
+    std::vector<uint8_t> block(q51 ? 24 : 22);
+    const uint16_t d = F32ToF16(0.5f), m = F32ToF16(-3.0f);
+    std::memcpy(block.data(), &d, 2);
+    if (q51) std::memcpy(block.data() + 2, &m, 2);
+    const uint32_t qh = 0xA5C3'0F01u;
+    std::memcpy(block.data() + (q51 ? 4 : 2), &qh, 4);
+    uint8_t* qs = block.data() + (q51 ? 8 : 6);
+    for (int i = 0; i < 16; ++i) qs[i] = static_cast<uint8_t>(i | ((15 - i) << 4));
+    std::vector<float> y(32);
+    cpu::DequantizeRow(dt, block.data(), 32, y.data());
+    for (int v = 0; v < 32; ++v) {
+      const int nibble = v < 16 ? v : 15 - (v - 16);
+      const int q = nibble | static_cast<int>((qh >> v) & 1) << 4;
+      EXPECT_EQ(y[v], q51 ? 0.5f * q - 3.0f : 0.5f * (q - 16)) << DTypeName(dt) << " value " << v;
+    }
+  }
+}
+
 TEST(QuantTest, KQuantBlocksDecode) {
   // Q6_K: d = 2, scales[s] = s + 1, every 6-bit quant 33 (value 1 after the -32 offset), so
   // element e of the 256 decodes to 2 * scale(e) where scale index = e / 16.
@@ -128,7 +151,8 @@ TEST(QuantTest, IntegerDotFastEqualsReference) {
   }
 }
 
-// K-quant rows of random bytes (every byte pattern is a valid block) with finite scales.
+// Rows of random bytes (every byte pattern is a valid block) with finite scales: the K-quants,
+// Q5_0 and Q5_1.
 std::vector<uint8_t> RandomKQuantRows(DType dt, int64_t rows, int64_t k, uint32_t seed) {
   std::mt19937 rng(seed);
   std::uniform_int_distribution<int> byte(0, 255);
@@ -138,9 +162,11 @@ std::vector<uint8_t> RandomKQuantRows(DType dt, int64_t rows, int64_t k, uint32_
   std::uniform_real_distribution<float> scale(0.001f, 0.05f);
   for (size_t off = 0; off < w.size(); off += block) {
     const uint16_t d = F32ToF16(scale(rng)), dmin = F32ToF16(scale(rng));
-    if (dt == DType::kQ4_K || dt == DType::kQ5_K) {
+    if (dt == DType::kQ4_K || dt == DType::kQ5_K || dt == DType::kQ5_1) {
       std::memcpy(&w[off], &d, 2);
       std::memcpy(&w[off + 2], &dmin, 2);
+    } else if (dt == DType::kQ5_0) {
+      std::memcpy(&w[off], &d, 2);
     } else {
       std::memcpy(&w[off + 208], &d, 2);
     }
@@ -182,19 +208,44 @@ TEST(QuantTest, KQuantIntegerDotEqualsReference) {
   }
 }
 
+// The AVX2 Q5_0 / Q5_1 kernel equals the reference: odd block counts, uneven row ranges, 1 and 3
+// activation rows, a bias.
+TEST(QuantTest, Q5IntegerDotEqualsReference) {
+  for (DType dt : {DType::kQ5_0, DType::kQ5_1}) {
+    const int64_t k = 352, m = 13, n = 3;
+    const std::vector<uint8_t> wq = RandomKQuantRows(dt, m, k, 17);
+    const std::vector<float> x = Random(n * k, 18), bias = Random(m, 19);
+    std::vector<cpu::Q8Block> xq(n * k / 32);
+    for (int64_t i = 0; i < n; ++i) cpu::QuantizeActivations(&x[i * k], k, &xq[i * k / 32]);
+    std::vector<float> out(n * m, -1.0f);
+    cpu::Avx2Q5GemvRows(dt, wq.data(), k, xq.data(), n, k / 32, bias.data(), out.data(), m, 0, 5);
+    cpu::Avx2Q5GemvRows(dt, wq.data(), k, xq.data(), n, k / 32, bias.data(), out.data(), m, 5, m);
+    for (int64_t i = 0; i < n; ++i) {
+      for (int64_t j = 0; j < m; ++j) {
+        const float ref =
+            cpu::RefQuantDot(dt, &wq[RowBytes(dt, k) * j], &xq[i * k / 32], k) + bias[j];
+        EXPECT_NEAR(out[i * m + j], ref, 1e-4f * (1 + std::fabs(ref)))
+            << DTypeName(dt) << " row " << j << " x " << i;
+      }
+    }
+  }
+}
+
 // The backend's K-quant decode (activations quantized to Q8 blocks, integer dots) tracks the F32
 // product of the decoded weights within the activations' quantization error.
-// The AVX-512 VNNI kernels equal the reference for all five formats: odd and even block counts
+// The AVX-512 VNNI kernels equal the reference for all seven formats: odd and even block counts
 // (Q8_0 / Q4_0 rows of 11 and 10 blocks), several super-blocks, row ranges that split the
 // four-row groups, a bias, and 1 to 3 activation rows. Skipped where the CPU lacks AVX-512 VNNI.
 TEST(QuantTest, Avx512VnniEqualsReference) {
   if (!cpu::CpuHasAvx512Vnni()) GTEST_SKIP() << "no AVX-512 VNNI on this CPU";
-  for (DType dt : {DType::kQ8_0, DType::kQ4_0, DType::kQ4_K, DType::kQ5_K, DType::kQ6_K}) {
+  for (DType dt : {DType::kQ8_0, DType::kQ4_0, DType::kQ5_0, DType::kQ5_1, DType::kQ4_K,
+                   DType::kQ5_K, DType::kQ6_K}) {
     const bool kq = dt == DType::kQ4_K || dt == DType::kQ5_K || dt == DType::kQ6_K;
+    const bool random_bytes = kq || dt == DType::kQ5_0 || dt == DType::kQ5_1;
     for (int64_t k : kq ? std::vector<int64_t>{256, 768} : std::vector<int64_t>{320, 352}) {
       const int64_t m = 13, n = 3;
       std::vector<uint8_t> wq;
-      if (kq) {
+      if (random_bytes) {
         wq = RandomKQuantRows(dt, m, k, 11 + static_cast<uint32_t>(k));
       } else {
         const std::vector<float> w = Random(m * k, 6);
@@ -226,17 +277,19 @@ TEST(QuantTest, Avx512VnniEqualsReference) {
   }
 }
 
-// The AVX-512 VNNI panel GEMM (prefill) equals the reference for all five formats: 9 and 13
+// The AVX-512 VNNI panel GEMM (prefill) equals the reference for all seven formats: 9 and 13
 // activation rows (a full eight-row tile and a remainder), 37 weight rows (a partial panel),
 // ranges that start mid-panel, and a bias.
 TEST(QuantTest, Avx512VnniGemmEqualsReference) {
   if (!cpu::CpuHasAvx512Vnni()) GTEST_SKIP() << "no AVX-512 VNNI on this CPU";
-  for (DType dt : {DType::kQ8_0, DType::kQ4_0, DType::kQ4_K, DType::kQ5_K, DType::kQ6_K}) {
+  for (DType dt : {DType::kQ8_0, DType::kQ4_0, DType::kQ5_0, DType::kQ5_1, DType::kQ4_K,
+                   DType::kQ5_K, DType::kQ6_K}) {
     const bool kq = dt == DType::kQ4_K || dt == DType::kQ5_K || dt == DType::kQ6_K;
+    const bool random_bytes = kq || dt == DType::kQ5_0 || dt == DType::kQ5_1;
     for (int64_t k : kq ? std::vector<int64_t>{256, 768} : std::vector<int64_t>{96, 352}) {
       const int64_t m = 37;
       std::vector<uint8_t> wq;
-      if (kq) {
+      if (random_bytes) {
         wq = RandomKQuantRows(dt, m, k, 13 + static_cast<uint32_t>(k));
       } else {
         const std::vector<float> w = Random(m * k, 10);
@@ -268,7 +321,7 @@ TEST(QuantTest, Avx512VnniGemmEqualsReference) {
 }
 
 TEST(QuantTest, KQuantDecodeTracksTheDecodedWeights) {
-  for (DType dt : {DType::kQ4_K, DType::kQ5_K, DType::kQ6_K}) {
+  for (DType dt : {DType::kQ4_K, DType::kQ5_K, DType::kQ6_K, DType::kQ5_0, DType::kQ5_1}) {
     for (int64_t n : {int64_t{1}, int64_t{3}}) {
       const int64_t k = 512, m = 70;
       const std::vector<uint8_t> wq = RandomKQuantRows(dt, m, k, 11);

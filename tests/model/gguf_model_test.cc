@@ -141,12 +141,12 @@ TEST_F(GgufModelTest, QuantizedWeightsTrackF32) {
   EXPECT_GE(q4.top1_same, 500);
 }
 
-// K-quant files as llama.cpp writes them: a 256-wide model exported as F32, quantized by
+// Block-quantized files as llama.cpp writes them: a 256-wide model exported as F32, quantized by
 // llama.cpp's own `llama-quantize` (the path in SHARDSERVE_LLAMA_QUANTIZE; the header of
 // bench/vs_llamacpp.sh says how to build it), then loaded here. Their logits track the F32
 // model's within each format's error, which a misread bit layout would not. Opt-in: CI has no
 // llama.cpp, and quant_test holds every kernel to the scalar decoder in CI.
-TEST(GgufLlamaCppTest, KQuantFilesFromLlamaQuantizeTrackF32) {
+TEST(GgufLlamaCppTest, FilesFromLlamaQuantizeTrackF32) {
   const char* quantize = std::getenv("SHARDSERVE_LLAMA_QUANTIZE");
   if (quantize == nullptr) GTEST_SKIP() << "set SHARDSERVE_LLAMA_QUANTIZE to llama-quantize's path";
   TempDir dir;
@@ -176,12 +176,16 @@ TEST(GgufLlamaCppTest, KQuantFilesFromLlamaQuantizeTrackF32) {
     const char* type;
     uint32_t ggml_type;  // of blk.0.ffn_up.weight
     double max_rel_error;
+    bool ordered;  // in the chain of errors that must grow
   };
-  // From most bits to fewest: each format's error bound, and errors that grow in this order (a
-  // misread fifth bit would put Q5_K below Q4_K).
-  double previous = 0;
-  for (const Case& q : {Case{"Q8_0", 8, 0.03}, Case{"Q6_K", 14, 0.07}, Case{"Q5_K_M", 13, 0.12},
-                        Case{"Q4_K_M", 12, 0.2}, Case{"Q4_0", 2, 0.3}}) {
+  // Each format's error bound. The chain Q8_0, Q6_K, Q5_K_M, Q4_K_M, Q4_0 runs from most bits to
+  // fewest and its errors must grow in that order (a misread fifth bit would put Q5_K below
+  // Q4_K); Q5_0 and Q5_1 must land between Q6_K and Q4_K_M.
+  double previous = 0, q6 = 0, q5 = 0;
+  for (const Case& q :
+       {Case{"Q8_0", 8, 0.03, true}, Case{"Q6_K", 14, 0.07, true}, Case{"Q5_K_M", 13, 0.12, true},
+        Case{"Q5_0", 6, 0.12, false}, Case{"Q5_1", 7, 0.12, false}, Case{"Q4_K_M", 12, 0.2, true},
+        Case{"Q4_0", 2, 0.3, true}}) {
     const std::string out = dir / absl::StrCat(q.type, ".gguf");
     const std::string cmd =
         absl::StrCat("'", quantize, "' '", f32, "' '", out, "' ", q.type, " > /dev/null 2>&1");
@@ -194,9 +198,18 @@ TEST(GgufLlamaCppTest, KQuantFilesFromLlamaQuantizeTrackF32) {
                 a.max_rel_error, a.top1_same, a.positions);
     ASSERT_EQ(a.positions, 300);
     EXPECT_LT(a.max_rel_error, q.max_rel_error) << q.type;
-    EXPECT_GT(a.max_rel_error, previous)
-        << q.type << " is closer to F32 than a format with more bits";
-    previous = a.max_rel_error;
+    if (q.ordered) {
+      EXPECT_GT(a.max_rel_error, previous)
+          << q.type << " is closer to F32 than a format with more bits";
+      previous = a.max_rel_error;
+    } else {
+      EXPECT_GT(a.max_rel_error, q6) << q.type << " is closer to F32 than Q6_K";
+      q5 = std::max(q5, a.max_rel_error);
+    }
+    if (std::string(q.type) == "Q6_K") q6 = a.max_rel_error;
+    if (std::string(q.type) == "Q4_K_M") {
+      EXPECT_LT(q5, a.max_rel_error) << "Q5_0/Q5_1 against Q4_K_M";
+    }
   }
 }
 
