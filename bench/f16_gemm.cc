@@ -1,14 +1,16 @@
-// Prefill GEMM on 16-bit weights (a prompt of n rows times one weight matrix: out = X W^T)
-// through the CPU backend, its rows split across --threads: the AVX-512 tiles where the CPU has
-// AVX-512, and the AVX2 path (panels widened to F32, then OpenBLAS sgemm) for comparison. The
+// Prefill GEMM on F32 or 16-bit weights (a prompt of n rows times one weight matrix:
+// out = X W^T) through the CPU backend, its rows split across --threads: the AVX-512 GEMM where
+// the CPU has AVX-512, and the AVX2 path (16-bit panels widened to F32, then OpenBLAS sgemm) for
+// comparison. The
 // default shape is TinyLlama's MLP up projection at the 562-token prompt of bench/vs_llamacpp.sh.
 // Prints the median time and GFLOP/s of each path, interleaved within each round.
 //
-//   f16_gemm [--n 562] [--rows 5632] [--k 2048] [--threads 2] [--reps 5] [--dtype f16|bf16]
+//   f16_gemm [--n 562] [--rows 5632] [--k 2048] [--threads 2] [--reps 5] [--dtype f32|f16|bf16]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <random>
 #include <string>
@@ -57,9 +59,10 @@ int main(int argc, char** argv) {
   }
   const std::optional<DType> dt = shardserve::ParseDType(dtype);
   if (n < 1 || rows < 1 || k < 16 || reps < 1 || threads < 1 || !dt.has_value() ||
-      (*dt != DType::kF16 && *dt != DType::kBF16)) {
-    std::fprintf(stderr,
-                 "error: --n, --rows, --threads >= 1, --k >= 16, --reps >= 1, --dtype f16|bf16\n");
+      (*dt != DType::kF32 && *dt != DType::kF16 && *dt != DType::kBF16)) {
+    std::fprintf(
+        stderr,
+        "error: --n, --rows, --threads >= 1, --k >= 16, --reps >= 1, --dtype f32|f16|bf16\n");
     return 2;
   }
   std::mt19937 rng(3);
@@ -68,12 +71,18 @@ int main(int argc, char** argv) {
   for (float& v : x) v = normal(rng);
   // Enough copies of the matrix to pass 128 MiB, used in turn, so the weights come from memory
   // as a model's do, not from the last level cache.
-  const int64_t copies = std::max<int64_t>(1, (int64_t{128} << 20) / (rows * k * 2) + 1);
-  std::vector<std::vector<uint16_t>> ws(copies, std::vector<uint16_t>(rows * k));
+  const size_t es = shardserve::DTypeSize(*dt);
+  const int64_t copies =
+      std::max<int64_t>(1, (int64_t{128} << 20) / (rows * k * static_cast<int64_t>(es)) + 1);
+  std::vector<std::vector<uint16_t>> ws(copies, std::vector<uint16_t>(rows * k * es / 2));
   for (auto& w : ws) {
-    for (uint16_t& v : w) {
+    for (int64_t i = 0; i < rows * k; ++i) {
       const float f = 0.02f * normal(rng);
-      v = *dt == DType::kF16 ? shardserve::F32ToF16(f) : shardserve::F32ToBf16(f);
+      if (*dt == DType::kF32) {
+        std::memcpy(w.data() + 2 * i, &f, 4);
+      } else {
+        w[i] = *dt == DType::kF16 ? shardserve::F32ToF16(f) : shardserve::F32ToBf16(f);
+      }
     }
   }
   int64_t turn = 0;
@@ -90,9 +99,9 @@ int main(int argc, char** argv) {
               shardserve::Tensor::Of(ws[turn++ % copies].data(), *dt, rows, k), nullptr,
               shardserve::Tensor::Of(out.data(), DType::kF32, n, rows));
   };
-  auto tiles = shardserve::NewCpuBackend({.threads = threads});
+  auto gemm = shardserve::NewCpuBackend({.threads = threads});
   auto sgemm = shardserve::NewCpuBackend({.threads = threads, .avx512 = false});
-  if (cpu::CpuHasAvx512()) paths.push_back({"avx512-tiles", [&] { run(tiles.get()); }});
+  if (cpu::CpuHasAvx512()) paths.push_back({"avx512-gemm", [&] { run(gemm.get()); }});
   paths.push_back({"widen+sgemm", [&] { run(sgemm.get()); }});
   for (int r = 0; r < reps + 1; ++r) {  // the first round warms up
     for (Path& p : paths) {

@@ -1,5 +1,5 @@
-// AVX-512 fast paths: single-row decode GEMV, and the prefill GEMM for 16-bit weights. Compiled
-// alone with -mavx512f -mavx512bw and called only when the CPU reports AVX-512
+// AVX-512 fast paths: single-row decode GEMV, and the prefill GEMM for F32 and 16-bit weights.
+// Compiled alone with -mavx512f -mavx512bw and called only when the CPU reports AVX-512
 // (CpuHasAvx512()); every other shape uses the AVX2 kernels. In the GEMV, sixteen lanes per
 // instruction halve the instruction count of the weight stream, which matters most for 16-bit
 // weights, where widening costs as much as the multiply-add.
@@ -92,12 +92,14 @@ void Avx512GemvRows1(const GemvArgs& a, int64_t j0, int64_t j1) {
 
 namespace {
 
-// Prefill from 16-bit weights: a GEMM blocked for the caches, as BLIS and OpenBLAS block theirs.
+// Prefill: a GEMM blocked for the caches, as BLIS and OpenBLAS block theirs, for F32, F16 and
+// BF16 weights.
 //
 // - The activations are packed once per call into blocks of kMr rows laid out k-major
 //   (xp[block][c][kMr]), zero past n.
 // - Weight rows go in panels of kNr = 48, kGroup panels at a time. For each kKc-long slice of
-//   k, each panel of the group is widened and transposed into wt[c][48] (48 KiB per panel).
+//   k, each panel of the group is widened (16-bit weights) and transposed into wt[c][48]
+//   (48 KiB per panel).
 // - A tile of kMr activation rows x 48 weight rows keeps its 8 x 3 accumulators in registers
 //   over the slice: each step loads three weight vectors, broadcasts kMr activations, and issues
 //   24 multiply-adds. The tile adds into the output, which stays in L2 while the slices go by;
@@ -283,6 +285,8 @@ void Gemm(const GemvArgs& a, int64_t j0, int64_t j1) {
 
 void Avx512GemmRows(const GemvArgs& a, int64_t j0, int64_t j1) {
   switch (a.wt) {
+    case DType::kF32:
+      return Gemm<DType::kF32>(a, j0, j1);
     case DType::kF16:
       return Gemm<DType::kF16>(a, j0, j1);
     case DType::kBF16:

@@ -187,7 +187,7 @@ class CpuBackend : public Backend {
           w.rows, 4, [&](int64_t j0, int64_t j1) { cpu::Avx2GemvRows(args, j0, j1); }, threads);
       return;
     }
-    if (avx512_ && (w.dtype == DType::kF16 || w.dtype == DType::kBF16)) {
+    if (avx512_) {  // F32, F16, BF16 (quantized weights went to QuantMatMul)
       pool_.ParallelFor(
           w.rows, 32, [&](int64_t j0, int64_t j1) { cpu::Avx512GemmRows(args, j0, j1); }, threads);
       return;

@@ -29,7 +29,7 @@ void RefGemvRows(const GemvArgs& a, int64_t j0, int64_t j1);
 void Avx2GemvRows(const GemvArgs& a, int64_t j0, int64_t j1);
 // The same for a.n == 1 and F32/F16/BF16 weights, with AVX-512 (check CpuHasAvx512() first).
 void Avx512GemvRows1(const GemvArgs& a, int64_t j0, int64_t j1);
-// Rows [j0, j1) for any a.n with F16 / BF16 weights (prefill), AVX-512.
+// Rows [j0, j1) for any a.n with F32 / F16 / BF16 weights (prefill), AVX-512.
 void Avx512GemmRows(const GemvArgs& a, int64_t j0, int64_t j1);
 bool CpuHasAvx512();
 

@@ -74,7 +74,7 @@ INSTANTIATE_TEST_SUITE_P(
         // ending with 1, 2 and 3 vectors of rows, a
         // 16-row square holding 11 rows.
         MatMulCase{DType::kF16, 27, 117, 600, true}, MatMulCase{DType::kBF16, 20, 40, 272, false},
-        MatMulCase{DType::kF16, 12, 16, 16, false}));
+        MatMulCase{DType::kF16, 12, 16, 16, false}, MatMulCase{DType::kF32, 29, 100, 520, true}));
 
 // Prefill reads activation rows a stride apart (a view of a wider buffer).
 TEST(CpuBackendTest, PrefillTilesReadStridedRows) {
