@@ -251,37 +251,43 @@ class CpuBackend : public Backend {
     const int64_t group = shape.num_heads / shape.num_kv_heads;
     const float scale = 1.0f / std::sqrt(static_cast<float>(shape.head_dim));
     const int64_t items = static_cast<int64_t>(row_seq.size()) * shape.num_heads;
-    pool_.ParallelFor(
-        items, 1,
-        [&](int64_t i0, int64_t i1) {
-          std::vector<float> scores(max_len);
-          std::vector<float> qs(shape.head_dim);
-          for (int64_t item = i0; item < i1; ++item) {
-            const int64_t idx = item / shape.num_heads;
-            const int64_t h = item % shape.num_heads;
-            const auto [seq, t] = row_seq[idx];
-            const int64_t row = seq->row_begin + t;
-            const float* qh = q.row(row) + h * shape.head_dim;
-            for (int64_t d = 0; d < shape.head_dim; ++d) qs[d] = qh[d] * scale;
-            const int64_t g = h / group;
-            cpu::AttentionArgs a{qs.data(),
-                                 cache.k + g * shape.head_dim,
-                                 cache.v + g * shape.head_dim,
-                                 kv_width,
-                                 seq->block_table.data(),
-                                 shape.block_size,
-                                 shape.head_dim,
-                                 seq->start_pos + t + 1,
-                                 scores.data(),
-                                 out.row(row) + h * shape.head_dim};
-            if (fast_) {
-              cpu::Avx2AttentionHead(a);
-            } else {
-              cpu::RefAttentionHead(a);
-            }
-          }
-        },
-        pool_.ThreadsFor(items * max_len * shape.head_dim));
+    // Items go to the threads in turn, not in contiguous ranges: a prompt's later rows attend to
+    // more positions, so contiguous ranges gave the last thread most of a prefill's work.
+    const int threads = static_cast<int>(
+        std::min<int64_t>({static_cast<int64_t>(pool_.size()),
+                           pool_.ThreadsFor(items * max_len * shape.head_dim), items}));
+    auto work = [&](int thread) {
+      std::vector<float> scores(max_len);
+      std::vector<float> qs(shape.head_dim);
+      for (int64_t item = thread; item < items; item += threads) {
+        const int64_t idx = item / shape.num_heads;
+        const int64_t h = item % shape.num_heads;
+        const auto [seq, t] = row_seq[idx];
+        const int64_t row = seq->row_begin + t;
+        const float* qh = q.row(row) + h * shape.head_dim;
+        for (int64_t d = 0; d < shape.head_dim; ++d) qs[d] = qh[d] * scale;
+        const int64_t g = h / group;
+        cpu::AttentionArgs a{qs.data(),
+                             cache.k + g * shape.head_dim,
+                             cache.v + g * shape.head_dim,
+                             kv_width,
+                             seq->block_table.data(),
+                             shape.block_size,
+                             shape.head_dim,
+                             seq->start_pos + t + 1,
+                             scores.data(),
+                             out.row(row) + h * shape.head_dim};
+        if (fast_) {
+          cpu::Avx2AttentionHead(a);
+        } else {
+          cpu::RefAttentionHead(a);
+        }
+      }
+    };
+    if (threads <= 1) return work(0);
+    pool_.Run([&](int thread, int) {
+      if (thread < threads) work(thread);
+    });
   }
 
   void SwiGlu(const Tensor& gate_up, Tensor out) override {
