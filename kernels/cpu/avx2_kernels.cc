@@ -523,54 +523,33 @@ inline __m256i DotU8(__m256i w_unsigned, __m256i x) {
   return _mm256_madd_epi16(_mm256_maddubs_epi16(w_unsigned, x), _mm256_set1_epi16(1));
 }
 
-float Q4KRowDot(const uint8_t* row, const Q8Block* x, int64_t supers) {
-  const __m256i low4 = _mm256_set1_epi8(0x0F);
-  __m256 acc = _mm256_setzero_ps();
-  float mins = 0;
-  for (int64_t s = 0; s < supers; ++s, row += 144, x += 8) {
-    _mm_prefetch(reinterpret_cast<const char*>(row) + 576, _MM_HINT_T0);
-    const float d = HalfToFloat(row), dmin = HalfToFloat(row + 2);
-    const uint8_t* scales = row + 4;
-    const uint8_t* q = row + 16;
-    for (int c = 0; c < 4; ++c, q += 32) {
-      const __m256i packed = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q));
-      const __m256i lo = _mm256_and_si256(packed, low4);
-      const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low4);
-      for (int h = 0; h < 2; ++h) {
-        const Q8Block& xb = x[2 * c + h];
-        int sc, m;
-        ScaleMinK4(2 * c + h, scales, &sc, &m);
-        const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb.q));
-        const __m256i dot = DotU8(h == 0 ? lo : hi, xv);
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d * static_cast<float>(sc) * xb.d),
-                              _mm256_cvtepi32_ps(dot), acc);
-        mins += dmin * static_cast<float>(m) * xb.d * static_cast<float>(xb.qsum);
-      }
-    }
-  }
-  return HorizontalSum(acc) - mins;
-}
-
-// Q5_K: Q4_K's nibbles with a fifth bit from qh (bit j of qh[l] for value l of sub-block j).
-float Q5KRowDot(const uint8_t* row, const Q8Block* x, int64_t supers) {
+// Q4_K, and Q5_K: Q4_K's nibbles with a fifth bit from qh (bit j of qh[l] for value l of
+// sub-block j), stored between the scales and the nibbles.
+template <DType T>
+float KRowDot(const uint8_t* row, const Q8Block* x, int64_t supers) {
+  constexpr bool kQ5 = T == DType::kQ5_K;
+  constexpr int64_t bb = kQ5 ? 176 : 144;
   const __m256i low4 = _mm256_set1_epi8(0x0F);
   const __m256i bit4 = _mm256_set1_epi8(0x10);
   __m256 acc = _mm256_setzero_ps();
   float mins = 0;
-  for (int64_t s = 0; s < supers; ++s, row += 176, x += 8) {
-    _mm_prefetch(reinterpret_cast<const char*>(row) + 704, _MM_HINT_T0);
+  for (int64_t s = 0; s < supers; ++s, row += bb, x += 8) {
+    _mm_prefetch(reinterpret_cast<const char*>(row) + 4 * bb, _MM_HINT_T0);
     const float d = HalfToFloat(row), dmin = HalfToFloat(row + 2);
     const uint8_t* scales = row + 4;
-    __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 16));
-    const uint8_t* q = row + 48;
+    __m256i qh = kQ5 ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 16))
+                     : _mm256_setzero_si256();
+    const uint8_t* q = row + (kQ5 ? 48 : 16);
     for (int c = 0; c < 4; ++c, q += 32, qh = _mm256_srli_epi16(qh, 2)) {
       const __m256i packed = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q));
-      // qh shifted down by 2c: bits 0 and 1 of each byte (sub-blocks 2c and 2c + 1) moved to bit 4.
-      // Shifts in 16-bit lanes bring the high byte's bits only into the low byte's top bits.
-      const __m256i h0 = _mm256_and_si256(_mm256_slli_epi16(qh, 4), bit4);
-      const __m256i h1 = _mm256_and_si256(_mm256_slli_epi16(qh, 3), bit4);
-      const __m256i lo = _mm256_or_si256(_mm256_and_si256(packed, low4), h0);
-      const __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(packed, 4), low4), h1);
+      __m256i lo = _mm256_and_si256(packed, low4);
+      __m256i hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low4);
+      if constexpr (kQ5) {
+        // qh shifted down by 2c: bits 0 and 1 of each byte (sub-blocks 2c and 2c + 1) moved to
+        // bit 4. Shifts in 16-bit lanes bring the high byte's bits only into the low byte's top.
+        lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_slli_epi16(qh, 4), bit4));
+        hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_slli_epi16(qh, 3), bit4));
+      }
       for (int h = 0; h < 2; ++h) {
         const Q8Block& xb = x[2 * c + h];
         int sc, m;
@@ -641,8 +620,8 @@ void Avx2KQuantGemvRows(DType dt, const void* w, int64_t k, const Q8Block* xq, i
     const uint8_t* row = base + j * row_bytes;
     for (int64_t i = 0; i < n; ++i) {
       const Q8Block* x = xq + i * xq_stride;
-      const float dot = dt == DType::kQ4_K   ? Q4KRowDot(row, x, supers)
-                        : dt == DType::kQ5_K ? Q5KRowDot(row, x, supers)
+      const float dot = dt == DType::kQ4_K   ? KRowDot<DType::kQ4_K>(row, x, supers)
+                        : dt == DType::kQ5_K ? KRowDot<DType::kQ5_K>(row, x, supers)
                                              : Q6KRowDot(row, x, supers);
       out[i * out_stride + j] = dot + (bias != nullptr ? bias[j] : 0.0f);
     }

@@ -297,65 +297,21 @@ inline __m256 BytesToFloats(uint64_t v) {
   return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(static_cast<long long>(v))));
 }
 
-// One weight row against every activation row.
-void Q4KRow(const uint8_t* row, int64_t supers, const std::vector<Q4KPacked>& px, const float* bias,
-            float* out, int64_t out_stride, int64_t j) {
+// One Q4_K or Q5_K weight row against every activation row. Q5_K is Q4_K with a fifth bit per
+// value (bit j of qh[l] for value l of sub-block j) between the scales and the nibbles, so the
+// activations are laid out as for Q4_K (PackQ4K).
+template <DType T>
+void KRow(const uint8_t* row, int64_t supers, const std::vector<Q4KPacked>& px, const float* bias,
+          float* out, int64_t out_stride, int64_t j) {
+  constexpr bool kQ5 = T == DType::kQ5_K;
+  constexpr int64_t bb = kQ5 ? 176 : 144, qs = kQ5 ? 48 : 16;
   // Lanes of step t: the first sub-block of the pair in lanes 0-7, the second in 8-15.
   const __m512i index[4] = {_mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0),
                             _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1),
                             _mm512_set_epi32(6, 6, 6, 6, 6, 6, 6, 6, 4, 4, 4, 4, 4, 4, 4, 4),
                             _mm512_set_epi32(7, 7, 7, 7, 7, 7, 7, 7, 5, 5, 5, 5, 5, 5, 5, 5)};
-  const __m512i low4 = _mm512_set1_epi8(0x0F);
-  for (size_t i = 0; i < px.size(); ++i) {
-    const Q4KPacked& p = px[i];
-    __m512 acc = _mm512_setzero_ps();
-    __m256 mins = _mm256_setzero_ps();
-    for (int64_t s = 0; s < supers; ++s) {
-      const uint8_t* blk = row + s * 144;
-      Prefetch(blk, 144);
-      const __m128 dd = _mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(U32At(blk))));
-      uint64_t sc, mn;
-      Q4KScalesMins(blk + 4, &sc, &mn);
-      // d x scale x activation scale of each sub-block; dmin x min x activation scale x sum.
-      const __m256 scale = _mm256_mul_ps(_mm256_mul_ps(BytesToFloats(sc), p.d[s].v),
-                                         _mm256_set1_ps(_mm_cvtss_f32(dd)));
-      mins = _mm256_fmadd_ps(
-          _mm256_mul_ps(BytesToFloats(mn), _mm256_set1_ps(_mm_cvtss_f32(_mm_movehdup_ps(dd)))),
-          p.dq[s].v, mins);
-      const __m512 scale16 = _mm512_castps256_ps512(scale);
-      for (int h = 0; h < 2; ++h) {
-        const __m512i packed =
-            _mm512_loadu_si512(reinterpret_cast<const __m512i*>(blk + 16 + 64 * h));
-        const __m512i lo = _mm512_and_si512(packed, low4);
-        const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(packed, 4), low4);
-        const __m512i d0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, p.q[4 * s + 2 * h].v);
-        const __m512i d1 =
-            _mm512_dpbusd_epi32(_mm512_setzero_si512(), hi, p.q[4 * s + 2 * h + 1].v);
-        acc = _mm512_fmadd_ps(_mm512_permutexvar_ps(index[2 * h], scale16), _mm512_cvtepi32_ps(d0),
-                              acc);
-        acc = _mm512_fmadd_ps(_mm512_permutexvar_ps(index[2 * h + 1], scale16),
-                              _mm512_cvtepi32_ps(d1), acc);
-      }
-    }
-    __m128 t = _mm_add_ps(_mm256_castps256_ps128(mins), _mm256_extractf128_ps(mins, 1));
-    t = _mm_add_ps(t, _mm_movehl_ps(t, t));
-    t = _mm_add_ss(t, _mm_movehdup_ps(t));
-    out[i * out_stride + j] =
-        _mm512_reduce_add_ps(acc) - _mm_cvtss_f32(t) + (bias != nullptr ? bias[j] : 0.0f);
-  }
-}
-
-// --- Q5_K: Q4_K with a fifth bit per value (bit j of qh[l] for value l of sub-block j). --------
-
-// The activations are laid out as for Q4_K (PackQ4K): the nibbles sit where Q4_K's do.
-void Q5KRow(const uint8_t* row, int64_t supers, const std::vector<Q4KPacked>& px, const float* bias,
-            float* out, int64_t out_stride, int64_t j) {
-  const __m512i index[4] = {_mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0),
-                            _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1),
-                            _mm512_set_epi32(6, 6, 6, 6, 6, 6, 6, 6, 4, 4, 4, 4, 4, 4, 4, 4),
-                            _mm512_set_epi32(7, 7, 7, 7, 7, 7, 7, 7, 5, 5, 5, 5, 5, 5, 5, 5)};
-  // The qh bit of each step's sub-blocks: the first of the pair in bytes 0-31, the second in
-  // 32-63 (steps (0,2), (1,3), (4,6), (5,7)).
+  // Q5_K: the qh bit of each step's sub-blocks, the first of the pair in bytes 0-31, the second
+  // in 32-63 (steps (0,2), (1,3), (4,6), (5,7)).
   const __m512i bit[4] = {
       _mm512_inserti64x4(_mm512_set1_epi8(0x01), _mm256_set1_epi8(0x04), 1),
       _mm512_inserti64x4(_mm512_set1_epi8(0x02), _mm256_set1_epi8(0x08), 1),
@@ -368,26 +324,31 @@ void Q5KRow(const uint8_t* row, int64_t supers, const std::vector<Q4KPacked>& px
     __m512 acc = _mm512_setzero_ps();
     __m256 mins = _mm256_setzero_ps();
     for (int64_t s = 0; s < supers; ++s) {
-      const uint8_t* blk = row + s * 176;
-      Prefetch(blk, 176);
+      const uint8_t* blk = row + s * bb;
+      Prefetch(blk, bb);
       const __m128 dd = _mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(U32At(blk))));
       uint64_t sc, mn;
       Q4KScalesMins(blk + 4, &sc, &mn);
+      // d x scale x activation scale of each sub-block; dmin x min x activation scale x sum.
       const __m256 scale = _mm256_mul_ps(_mm256_mul_ps(BytesToFloats(sc), p.d[s].v),
                                          _mm256_set1_ps(_mm_cvtss_f32(dd)));
       mins = _mm256_fmadd_ps(
           _mm256_mul_ps(BytesToFloats(mn), _mm256_set1_ps(_mm_cvtss_f32(_mm_movehdup_ps(dd)))),
           p.dq[s].v, mins);
       const __m512 scale16 = _mm512_castps256_ps512(scale);
-      const __m512i qh =
-          _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 16)));
+      __m512i qh = _mm512_setzero_si512();
+      if constexpr (kQ5) {
+        qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 16)));
+      }
       for (int h = 0; h < 2; ++h) {
         const __m512i packed =
-            _mm512_loadu_si512(reinterpret_cast<const __m512i*>(blk + 48 + 64 * h));
+            _mm512_loadu_si512(reinterpret_cast<const __m512i*>(blk + qs + 64 * h));
         __m512i lo = _mm512_and_si512(packed, low4);
         __m512i hi = _mm512_and_si512(_mm512_srli_epi16(packed, 4), low4);
-        lo = _mm512_mask_add_epi8(lo, _mm512_test_epi8_mask(qh, bit[2 * h]), lo, sixteen);
-        hi = _mm512_mask_add_epi8(hi, _mm512_test_epi8_mask(qh, bit[2 * h + 1]), hi, sixteen);
+        if constexpr (kQ5) {
+          lo = _mm512_mask_add_epi8(lo, _mm512_test_epi8_mask(qh, bit[2 * h]), lo, sixteen);
+          hi = _mm512_mask_add_epi8(hi, _mm512_test_epi8_mask(qh, bit[2 * h + 1]), hi, sixteen);
+        }
         const __m512i d0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, p.q[4 * s + 2 * h].v);
         const __m512i d1 =
             _mm512_dpbusd_epi32(_mm512_setzero_si512(), hi, p.q[4 * s + 2 * h + 1].v);
@@ -523,12 +484,12 @@ void Avx512VnniQuantGemvRows(DType dt, const void* w, int64_t k, const Q8Block* 
       BlockPairGemv<DType::kQ5_1>(base, k, xq, n, xq_stride, bias, out, out_stride, j0, j1);
       return;
     case DType::kQ4_K:
-      KQuantGemv<Q4KPacked, PackQ4K, Q4KRow>(packed_q4k, RowBytes(dt, k), base, k, xq, n, xq_stride,
-                                             bias, out, out_stride, j0, j1);
+      KQuantGemv<Q4KPacked, PackQ4K, KRow<DType::kQ4_K>>(
+          packed_q4k, RowBytes(dt, k), base, k, xq, n, xq_stride, bias, out, out_stride, j0, j1);
       return;
     case DType::kQ5_K:
-      KQuantGemv<Q4KPacked, PackQ4K, Q5KRow>(packed_q4k, RowBytes(dt, k), base, k, xq, n, xq_stride,
-                                             bias, out, out_stride, j0, j1);
+      KQuantGemv<Q4KPacked, PackQ4K, KRow<DType::kQ5_K>>(
+          packed_q4k, RowBytes(dt, k), base, k, xq, n, xq_stride, bias, out, out_stride, j0, j1);
       return;
     case DType::kQ6_K:
       KQuantGemv<Q6KPacked, PackQ6K, Q6KRow>(packed_q6k, RowBytes(dt, k), base, k, xq, n, xq_stride,
