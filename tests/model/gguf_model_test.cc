@@ -5,6 +5,7 @@
 // exporter's q/k order, names and metadata round-trip, and its vocabulary tokenizes as the
 // tokenizer.json it came from.
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <numeric>
@@ -242,6 +243,35 @@ TEST_F(GgufModelTest, ExportedMetadataAndVocabularyMatchTheFolder) {
     EXPECT_EQ(a, b) << text;
     EXPECT_EQ((*gg)->Decode(b), text);
   }
+}
+
+// A tensor type this build does not read (IQ4_NL here) is refused at load, naming the tensor,
+// the type and what the build does read.
+TEST_F(GgufModelTest, UnsupportedTensorTypesAreRefusedByName) {
+  const std::string gguf = dir_ / "model.gguf";
+  WriteGguf(dir_.path(), gguf, DType::kF32);
+  auto bytes = ReadFileToString(gguf);
+  ASSERT_TRUE(bytes.ok());
+  std::string image = *bytes;
+  // The tensor directory entry: name, u32 dims (2), u64 x 2 extents, u32 type, u64 offset.
+  const std::string name = "blk.0.ffn_up.weight";
+  const size_t at = image.find(name);
+  ASSERT_NE(at, std::string::npos);
+  const size_t type_at = at + name.size() + 4 + 16;
+  uint32_t type;
+  std::memcpy(&type, image.data() + type_at, 4);
+  ASSERT_EQ(type, 0u);         // F32 as written
+  const uint32_t iq4_nl = 20;  // a smaller block type, so the data still fits
+  std::memcpy(image.data() + type_at, &iq4_nl, 4);
+  std::ofstream(gguf, std::ios::binary | std::ios::trunc) << image;
+  auto backend = NewCpuBackend({.threads = 1});
+  auto stage = LoadStage(gguf, {}, {}, backend.get());
+  ASSERT_FALSE(stage.ok());
+  EXPECT_EQ(stage.status().code(), absl::StatusCode::kUnimplemented) << stage.status();
+  const std::string message(stage.status().message());
+  EXPECT_NE(message.find("blk.0.ffn_up.weight"), std::string::npos) << message;
+  EXPECT_NE(message.find("iq4_nl"), std::string::npos) << message;
+  EXPECT_NE(message.find("Q5_K"), std::string::npos) << message;  // what this build reads
 }
 
 TEST_F(GgufModelTest, ExportRefusesWhatItCannotWrite) {
