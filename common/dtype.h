@@ -29,10 +29,12 @@ enum class DType : uint8_t {
   kQ5_1 = 10,
 };
 
-inline bool IsQuantized(DType t) { return static_cast<int>(t) >= static_cast<int>(DType::kQ8_0); }
+constexpr bool IsQuantized(DType t) {
+  return static_cast<int>(t) >= static_cast<int>(DType::kQ8_0);
+}
 
 // Values per block: 1 for the plain types.
-inline int64_t DTypeBlockElems(DType t) {
+constexpr int64_t DTypeBlockElems(DType t) {
   switch (t) {
     case DType::kQ8_0:
     case DType::kQ4_0:
@@ -49,7 +51,7 @@ inline int64_t DTypeBlockElems(DType t) {
 }
 
 // Bytes per block.
-inline size_t DTypeBlockBytes(DType t) {
+constexpr size_t DTypeBlockBytes(DType t) {
   switch (t) {
     case DType::kF32:
     case DType::kI32:
@@ -76,10 +78,10 @@ inline size_t DTypeBlockBytes(DType t) {
 }
 
 // Bytes per element of the plain types; 0 for block types (use RowBytes).
-inline size_t DTypeSize(DType t) { return IsQuantized(t) ? 0 : DTypeBlockBytes(t); }
+constexpr size_t DTypeSize(DType t) { return IsQuantized(t) ? 0 : DTypeBlockBytes(t); }
 
 // Bytes of n consecutive values; n must be a multiple of the block size.
-inline size_t RowBytes(DType t, int64_t n) {
+constexpr size_t RowBytes(DType t, int64_t n) {
   return static_cast<size_t>(n / DTypeBlockElems(t)) * DTypeBlockBytes(t);
 }
 

@@ -92,13 +92,13 @@ void DequantizeRow(DType dt, const void* src, int64_t n, float* y) {
     case DType::kQ5_0:
     case DType::kQ5_1: {  // Q4_0's nibbles with bit v of qh as bit 4 of value v; Q5_1 adds m
       const bool q51 = dt == DType::kQ5_1;
-      const int64_t bb = q51 ? 24 : 22;
+      const int64_t bb = static_cast<int64_t>(DTypeBlockBytes(dt));
       for (int64_t b = 0; b < n / 32; ++b, p += bb) {
         const float d = Half(p), m = q51 ? Half(p + 2) : 0.0f;
         const int off = q51 ? 0 : 16;
         uint32_t qh;
-        std::memcpy(&qh, p + (q51 ? 4 : 2), 4);
-        const uint8_t* qs = p + (q51 ? 8 : 6);
+        std::memcpy(&qh, p + Q5HighBitsAt(dt), 4);
+        const uint8_t* qs = p + Q5QuantsAt(dt);
         for (int i = 0; i < 16; ++i) {
           const int lo = static_cast<int>((qs[i] & 0xF) | (((qh >> i) & 1) << 4));
           const int hi = static_cast<int>((qs[i] >> 4) | (((qh >> (i + 16)) & 1) << 4));

@@ -17,6 +17,11 @@
 
 namespace shardserve {
 
+// Byte offsets inside a Q5_0 / Q5_1 block: the 32-bit qh follows the F16 scale (and Q5_1's F16
+// min), the 16 bytes of nibbles follow qh.
+constexpr int64_t Q5HighBitsAt(DType t) { return t == DType::kQ5_1 ? 4 : 2; }
+constexpr int64_t Q5QuantsAt(DType t) { return Q5HighBitsAt(t) + 4; }
+
 // n values (a multiple of the type's block) of `src` in format `dt` -> F32.
 void DequantizeRow(DType dt, const void* src, int64_t n, float* dst);
 

@@ -484,9 +484,9 @@ void Avx2Q5GemvRows(DType dt, const void* w, int64_t k, const Q8Block* xq, int64
       for (int64_t b = 0; b < nb; ++b) {
         const uint8_t* blk = row + b * bb;
         uint32_t qh;
-        std::memcpy(&qh, blk + (q51 ? 4 : 2), 4);
+        std::memcpy(&qh, blk + Q5HighBitsAt(dt), 4);
         const __m128i packed =
-            _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + (q51 ? 8 : 6)));
+            _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + Q5QuantsAt(dt)));
         // Values 0-15 from the low nibbles, 16-31 from the high ones: bit v of qh is value v's.
         __m256i q = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(packed, 4), low4),
                                      _mm_and_si128(packed, low4));
@@ -528,7 +528,7 @@ inline __m256i DotU8(__m256i w_unsigned, __m256i x) {
 template <DType T>
 float KRowDot(const uint8_t* row, const Q8Block* x, int64_t supers) {
   constexpr bool kQ5 = T == DType::kQ5_K;
-  constexpr int64_t bb = kQ5 ? 176 : 144;
+  constexpr int64_t bb = DTypeBlockBytes(T);
   const __m256i low4 = _mm256_set1_epi8(0x0F);
   const __m256i bit4 = _mm256_set1_epi8(0x10);
   __m256 acc = _mm256_setzero_ps();

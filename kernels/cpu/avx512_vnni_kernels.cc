@@ -123,18 +123,9 @@ void PackBlockPairs(const Q8Block* x, int64_t nb, PackedRow* p) {
   }
 }
 
-// Bytes of a block: its F16 scale, Q5_1's F16 min, Q5's 32-bit qh, then the quants.
-template <DType T>
-constexpr int64_t BlockBytes() {
-  return T == DType::kQ8_0 ? 34 : T == DType::kQ4_0 ? 18 : T == DType::kQ5_0 ? 22 : 24;
-}
-template <DType T>
-constexpr int64_t QuantsAt() {
-  return T == DType::kQ5_0 ? 6 : T == DType::kQ5_1 ? 8 : 2;
-}
-template <DType T>
-constexpr int64_t HighBitsAt() {
-  return T == DType::kQ5_0 ? 2 : 4;
+// Where a 32-value block's quants start: after the F16 scale, or after Q5's min and qh.
+constexpr int64_t QuantsAt(DType t) {
+  return t == DType::kQ5_0 || t == DType::kQ5_1 ? Q5QuantsAt(t) : 2;
 }
 
 // Unsigned weight bytes of blocks b and b+1 (at blk and blk + bb), in the packed order.
@@ -146,7 +137,7 @@ inline __m512i WeightPair(const uint8_t* blk) {
         _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 36)), 1);
     return _mm512_xor_si512(w, _mm512_set1_epi8(static_cast<char>(0x80)));
   } else {
-    constexpr int64_t bb = BlockBytes<T>(), qs = QuantsAt<T>();
+    constexpr int64_t bb = DTypeBlockBytes(T), qs = QuantsAt(T);
     const __m256i packed = _mm256_inserti128_si256(
         _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + qs))),
         _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + bb + qs)), 1);
@@ -159,7 +150,7 @@ inline __m512i WeightPair(const uint8_t* blk) {
     } else {
       // Byte order: values 0-15 of block b, of b+1, then values 16-31 of b, of b+1; bit v of a
       // block's qh belongs to its value v.
-      const uint64_t ha = U32At(blk + HighBitsAt<T>()), hb = U32At(blk + bb + HighBitsAt<T>());
+      const uint64_t ha = U32At(blk + Q5HighBitsAt(T)), hb = U32At(blk + bb + Q5HighBitsAt(T));
       const uint64_t bits =
           (ha & 0xFFFF) | (hb & 0xFFFF) << 16 | (ha >> 16) << 32 | (hb >> 16) << 48;
       return _mm512_mask_add_epi8(w, _cvtu64_mask64(bits), w, _mm512_set1_epi8(16));
@@ -177,12 +168,12 @@ inline float LastBlock(const uint8_t* blk, const Q8Block& x) {
                          _mm256_set1_epi8(static_cast<char>(0x80)));
     init = -128 * x.qsum;
   } else {
-    const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + QuantsAt<T>()));
+    const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + QuantsAt(T)));
     w = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(packed, 4), _mm_set1_epi8(0x0F)),
                          _mm_and_si128(packed, _mm_set1_epi8(0x0F)));
     init = T == DType::kQ4_0 ? -8 * x.qsum : T == DType::kQ5_0 ? -16 * x.qsum : 0;
     if constexpr (T != DType::kQ4_0) {
-      w = _mm256_mask_add_epi8(w, _cvtu32_mask32(U32At(blk + HighBitsAt<T>())), w,
+      w = _mm256_mask_add_epi8(w, _cvtu32_mask32(U32At(blk + Q5HighBitsAt(T))), w,
                                _mm256_set1_epi8(16));
     }
   }
@@ -203,7 +194,7 @@ template <DType T>
 void PairRow(const uint8_t* row, int64_t nb, const Q8Block* xq, int64_t xq_stride,
              const std::vector<PackedRow>& px, const float* bias, float* out, int64_t out_stride,
              int64_t j) {
-  constexpr int64_t bb = BlockBytes<T>();
+  constexpr int64_t bb = DTypeBlockBytes(T);
   const int64_t steps = nb / 2;
   const __m512i scale_index =
       T == DType::kQ8_0 ? _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0)
@@ -304,7 +295,7 @@ template <DType T>
 void KRow(const uint8_t* row, int64_t supers, const std::vector<Q4KPacked>& px, const float* bias,
           float* out, int64_t out_stride, int64_t j) {
   constexpr bool kQ5 = T == DType::kQ5_K;
-  constexpr int64_t bb = kQ5 ? 176 : 144, qs = kQ5 ? 48 : 16;
+  constexpr int64_t bb = DTypeBlockBytes(T), qs = kQ5 ? 48 : 16;
   // Lanes of step t: the first sub-block of the pair in lanes 0-7, the second in 8-15.
   const __m512i index[4] = {_mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0),
                             _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1),
@@ -542,13 +533,13 @@ void UnpackRow(DType dt, const uint8_t* row, int64_t k, int r, Panel* p) {
     case DType::kQ5_1: {
       const int64_t bb = DTypeBlockBytes(dt);
       const bool q5 = dt == DType::kQ5_0 || dt == DType::kQ5_1;
-      const int64_t qs = dt == DType::kQ5_0 ? 6 : dt == DType::kQ5_1 ? 8 : 2;
+      const int64_t qs = QuantsAt(dt);
       for (int64_t b = 0; b < k / 32; ++b) {
         const uint8_t* x = row + b * bb;
         ws[b * kPanel + r] = _cvtsh_ss(U16At(x));
         // Q5_1's min enters as Q4_K's does, subtracted: store its negative.
         if (dt == DType::kQ5_1) wm[b * kPanel + r] = -_cvtsh_ss(U16At(x + 2));
-        const uint32_t qh = q5 ? U32At(x + (dt == DType::kQ5_0 ? 2 : 4)) : 0;
+        const uint32_t qh = q5 ? U32At(x + Q5HighBitsAt(dt)) : 0;
         for (int e = 0; e < 32; ++e) {
           uint8_t q = dt == DType::kQ8_0 ? static_cast<uint8_t>(x[2 + e] ^ 0x80)
                                          : (e < 16 ? x[qs + e] & 0x0F : x[qs + e - 16] >> 4);
@@ -561,7 +552,7 @@ void UnpackRow(DType dt, const uint8_t* row, int64_t k, int r, Panel* p) {
     case DType::kQ4_K:
     case DType::kQ5_K: {
       const bool q5 = dt == DType::kQ5_K;
-      const int64_t bb = q5 ? 176 : 144;
+      const int64_t bb = static_cast<int64_t>(DTypeBlockBytes(dt));
       for (int64_t s = 0; s < k / 256; ++s) {
         const uint8_t* x = row + s * bb;
         const float d = _cvtsh_ss(U16At(x)), dmin = _cvtsh_ss(U16At(x + 2));

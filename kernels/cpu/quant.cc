@@ -56,8 +56,8 @@ float RefQuantDot(DType dt, const void* w_row, const Q8Block* x, int64_t k) {
     for (int64_t b = 0; b < k / 32; ++b) {
       const uint8_t* blk = p + b * bb;
       uint32_t qh;
-      std::memcpy(&qh, blk + (q51 ? 4 : 2), 4);
-      const uint8_t* qs = blk + (q51 ? 8 : 6);
+      std::memcpy(&qh, blk + Q5HighBitsAt(dt), 4);
+      const uint8_t* qs = blk + Q5QuantsAt(dt);
       int32_t acc = 0;
       for (int i = 0; i < 16; ++i) {
         const int lo = static_cast<int>((qs[i] & 0xF) | (((qh >> i) & 1) << 4));
