@@ -95,8 +95,8 @@ namespace {
 // Prefill: a GEMM blocked for the caches, as BLIS and OpenBLAS block theirs, for F32, F16 and
 // BF16 weights.
 //
-// - The activations are packed once per call into blocks of kMr rows laid out k-major
-//   (xp[block][c][kMr]), zero past n.
+// - The activations are packed once per call, before the threads split the weight rows, into
+//   blocks of kMr rows laid out k-major (xp[block][c][kMr]), zero past n.
 // - Weight rows go in panels of kNr = 48, kGroup panels at a time. For each kKc-long slice of
 //   k, each panel of the group is widened (16-bit weights) and transposed into wt[c][48]
 //   (48 KiB per panel).
@@ -144,12 +144,12 @@ inline void Transpose16(__m512 r[16]) {
   }
 }
 
-// All n activation rows into xp[block][c][kMr] (block b holds rows kMr b ..), zero past n.
+// Activation rows [r0, r1) into xp[block][c][kMr] (block b holds rows kMr b ..), zero past n.
 // Squares of 16 rows x 16 values go through registers; the ragged edges go one value at a time.
-void PackActivations(const GemvArgs& a, float* xp) {
+void PackActivations(const GemvArgs& a, int64_t r0, int64_t r1, float* xp) {
   static_assert(kMr == 8, "two blocks per 16-row square");
   const int64_t k = a.k, k16 = k & ~int64_t{15};
-  for (int64_t i0 = 0; i0 < a.n; i0 += 16) {
+  for (int64_t i0 = r0; i0 < r1; i0 += 16) {
     const int64_t valid = std::min<int64_t>(16, a.n - i0);
     float* lo = xp + i0 * k;  // block i0 / 8
     float* hi = lo + 8 * k;   // block i0 / 8 + 1 (absent when the n rows end first)
@@ -236,12 +236,10 @@ void Tile(const float* wt, const float* xp, int64_t kc, float* out, int64_t out_
 }
 
 template <DType T>
-void Gemm(const GemvArgs& a, int64_t j0, int64_t j1) {
+void Gemm(const GemvArgs& a, const float* xp, int64_t j0, int64_t j1) {
   const int64_t k = a.k;
   const int64_t blocks = (a.n + kMr - 1) / kMr;
-  thread_local std::vector<float> xp, wt;
-  xp.resize(static_cast<size_t>(blocks * kMr * k));
-  PackActivations(a, xp.data());
+  thread_local std::vector<float> wt;
   wt.resize(static_cast<size_t>(kGroup * kKc * kNr));
   // kGroup panels at a time share each activation slice, read once per group.
   for (int64_t g = j0; g < j1; g += kGroup * kNr) {
@@ -261,7 +259,7 @@ void Gemm(const GemvArgs& a, int64_t j0, int64_t j1) {
         PackWeights<T>(a, g + q * kNr, valid[q], c0, kc, wt.data() + q * kKc * kNr);
       }
       for (int64_t b = 0; b < blocks; ++b) {
-        const float* x = xp.data() + (b * k + c0) * kMr;
+        const float* x = xp + (b * k + c0) * kMr;
         const int rows = static_cast<int>(std::min<int64_t>(kMr, a.n - b * kMr));
         for (int q = 0; q < panels; ++q) {
           const int64_t p = g + q * kNr;
@@ -283,14 +281,20 @@ void Gemm(const GemvArgs& a, int64_t j0, int64_t j1) {
 
 }  // namespace
 
-void Avx512GemmRows(const GemvArgs& a, int64_t j0, int64_t j1) {
+int64_t Avx512GemmPackedFloats(const GemvArgs& a) { return (a.n + kMr - 1) / kMr * kMr * a.k; }
+
+void Avx512PackGemmActivations(const GemvArgs& a, int64_t i0, int64_t i1, float* xp) {
+  PackActivations(a, i0, i1, xp);
+}
+
+void Avx512GemmRows(const GemvArgs& a, const float* xp, int64_t j0, int64_t j1) {
   switch (a.wt) {
     case DType::kF32:
-      return Gemm<DType::kF32>(a, j0, j1);
+      return Gemm<DType::kF32>(a, xp, j0, j1);
     case DType::kF16:
-      return Gemm<DType::kF16>(a, j0, j1);
+      return Gemm<DType::kF16>(a, xp, j0, j1);
     case DType::kBF16:
-      return Gemm<DType::kBF16>(a, j0, j1);
+      return Gemm<DType::kBF16>(a, xp, j0, j1);
     default:
       return;
   }

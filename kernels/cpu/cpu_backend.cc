@@ -188,8 +188,17 @@ class CpuBackend : public Backend {
       return;
     }
     if (avx512_) {  // F32, F16, BF16 (quantized weights went to QuantMatMul)
+      // The activations are packed once, in parallel, then every thread reads them. A member,
+      // not thread_local: the worker threads read what the others packed.
+      std::vector<float>& xp = gemm_activations_;
+      xp.resize(static_cast<size_t>(cpu::Avx512GemmPackedFloats(args)));
       pool_.ParallelFor(
-          w.rows, 32, [&](int64_t j0, int64_t j1) { cpu::Avx512GemmRows(args, j0, j1); }, threads);
+          x.rows, 16,
+          [&](int64_t i0, int64_t i1) { cpu::Avx512PackGemmActivations(args, i0, i1, xp.data()); },
+          threads);
+      pool_.ParallelFor(
+          w.rows, 32, [&](int64_t j0, int64_t j1) { cpu::Avx512GemmRows(args, xp.data(), j0, j1); },
+          threads);
       return;
     }
     pool_.ParallelFor(
@@ -451,6 +460,7 @@ class CpuBackend : public Backend {
   const bool vnni512_;  // AVX-512 VNNI: every quantized product, decode GEMV and prefill GEMM
   const bool copy_weights_;
   std::vector<cpu::Q8Block> activation_blocks_;
+  std::vector<float> gemm_activations_;  // prefill activations laid out for Avx512GemmRows
 };
 
 }  // namespace

@@ -29,8 +29,13 @@ void RefGemvRows(const GemvArgs& a, int64_t j0, int64_t j1);
 void Avx2GemvRows(const GemvArgs& a, int64_t j0, int64_t j1);
 // The same for a.n == 1 and F32/F16/BF16 weights, with AVX-512 (check CpuHasAvx512() first).
 void Avx512GemvRows1(const GemvArgs& a, int64_t j0, int64_t j1);
-// Rows [j0, j1) for any a.n with F32 / F16 / BF16 weights (prefill), AVX-512.
-void Avx512GemmRows(const GemvArgs& a, int64_t j0, int64_t j1);
+// Rows [j0, j1) for any a.n with F32 / F16 / BF16 weights (prefill), AVX-512. `xp` holds the
+// activations as Avx512PackGemmActivations lays them out, packed once for all threads.
+void Avx512GemmRows(const GemvArgs& a, const float* xp, int64_t j0, int64_t j1);
+// Floats of that layout, and activation rows [i0, i1) of it (i0 a multiple of 16; i1 too, or
+// a.n), so the threads can split the packing.
+int64_t Avx512GemmPackedFloats(const GemvArgs& a);
+void Avx512PackGemmActivations(const GemvArgs& a, int64_t i0, int64_t i1, float* xp);
 bool CpuHasAvx512();
 
 // Converts rows [r0, r1) of a k-column weight matrix to F32 at dst (row r at dst + (r - r0) * k).
