@@ -2,6 +2,7 @@
 
 #include <grpcpp/support/server_interceptor.h>
 
+#include <atomic>
 #include <mutex>
 #include <vector>
 
@@ -36,9 +37,15 @@ void ProtobufLog(google::protobuf::LogLevel level, const char* file, int line,
   if (default_protobuf_log != nullptr) default_protobuf_log(level, file, line, message);
 }
 
+// gRPC may build an RPC's interceptor on one of its threads and destroy it on another; the
+// handoff happens inside gRPC, which ThreadSanitizer cannot see (Debian's gRPC is not
+// instrumented). The release store and acquire load on `built_` make that order visible.
 class UnparsableRequest : public grpc::experimental::Interceptor {
  public:
-  explicit UnparsableRequest(grpc::experimental::ServerRpcInfo* info) : info_(info) {}
+  explicit UnparsableRequest(grpc::experimental::ServerRpcInfo* info) : info_(info) {
+    built_.store(true, std::memory_order_release);
+  }
+  ~UnparsableRequest() override { (void)built_.load(std::memory_order_acquire); }
 
   void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
     using grpc::experimental::InterceptionHookPoints;
@@ -68,6 +75,7 @@ class UnparsableRequest : public grpc::experimental::Interceptor {
   grpc::experimental::ServerRpcInfo* info_;
   bool unparsable_ = false;
   std::string field_;
+  std::atomic<bool> built_{false};
 };
 
 class UnparsableRequestFactory : public grpc::experimental::ServerInterceptorFactoryInterface {
