@@ -7,8 +7,13 @@
 // setup); FILE to tests/structured/schemas.json (the 30 schemas the e2e test validates with
 // ajv). For each schema, a generation of up to N tokens (default 128) picks uniformly among the
 // allowed tokens (a worst case for the cache: a model repeats itself far more), with the
-// max_tokens budget on; every Mask() call is timed. Prints per-schema compile times, and the
-// p50/p90/p99/max mask time and cache hit rate over all calls.
+// max_tokens budget on; every Mask() call is timed. Each schema is generated three ways:
+//   walk   masks of new states by a walk of the whole vocabulary trie (no token table);
+//   cold   the same generation (same seed, same tokens) with a fresh token table, whose entries
+//          are built as they are met: a schema's first request;
+//   warm   another generation (another seed) on that table: a later request with the same
+//          schema, as the router shares a compiled grammar's table between requests.
+// Prints per-schema compile times and, per way, the p50/p90/p99/max mask time over all calls.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -80,10 +85,46 @@ int main(int argc, char** argv) {
   std::printf("vocabulary: %d tokens, trie built in %.1f ms\n", vocab->size(),
               Micros(Clock::now() - vocab_start) / 1000);
 
-  std::vector<double> masks, compiles;
-  int64_t hits = 0, misses = 0;
-  std::mt19937 rng(seed);
-  std::printf("%-20s %12s %8s %8s\n", "schema", "compile_us", "masks", "p50_us");
+  std::vector<double> compiles;
+  struct Way {
+    explicit Way(const char* n) : name(n) {}
+    const char* name;
+    std::vector<double> masks;
+    int64_t hits = 0, misses = 0;
+  };
+  Way ways[3] = {Way("walk"), Way("cold"), Way("warm")};
+  int64_t entries = 0;
+  std::vector<double> table_bytes;
+  // One generation: every Mask() timed; false (after saying why) when something is wrong.
+  auto generate = [&](const std::string& name, shardserve::grammar::Matcher& m, unsigned s,
+                      Way& way) {
+    std::mt19937 rng(s);
+    for (int used = 0; used < tokens && !m.Finished(); ++used) {
+      const auto t0 = Clock::now();
+      auto mask = m.Mask(tokens - used - 1);
+      way.masks.push_back(Micros(Clock::now() - t0));
+      if (!mask.ok()) {
+        std::fprintf(stderr, "%s: %s\n", name.c_str(),
+                     std::string(mask.status().message()).c_str());
+        return false;
+      }
+      std::vector<int32_t> allowed;
+      for (int32_t id = 0; id < vocab->size(); ++id) {
+        if (((*mask)[id >> 3] >> (id & 7)) & 1) allowed.push_back(id);
+      }
+      if (allowed.empty()) break;
+      if (!m.Accept(allowed[rng() % allowed.size()]).ok()) {
+        std::fprintf(stderr, "%s: an allowed token was refused\n", name.c_str());
+        return false;
+      }
+    }
+    way.hits += m.cache_hits();
+    way.misses += m.cache_misses();
+    return true;
+  };
+  std::printf("%-20s %12s %8s %8s %8s %8s\n", "schema", "compile_us", "walk_p50", "walk_max",
+              "cold_max", "warm_max");
+  unsigned schema_seed = seed;
   for (const auto& [name, schema] : schemas.items()) {
     // Compile: the best of 5 (the router caches compiled grammars by text).
     double best = 1e30;
@@ -105,38 +146,37 @@ int main(int argc, char** argv) {
       grammar = *g;
     }
     compiles.push_back(best);
-    shardserve::grammar::Matcher m(grammar, vocab);
-    std::vector<double> mine;
-    for (int used = 0; used < tokens && !m.Finished(); ++used) {
-      const auto t0 = Clock::now();
-      auto mask = m.Mask(tokens - used - 1);
-      mine.push_back(Micros(Clock::now() - t0));
-      if (!mask.ok()) {
-        std::fprintf(stderr, "%s: %s\n", name.c_str(),
-                     std::string(mask.status().message()).c_str());
-        return 1;
-      }
-      std::vector<int32_t> allowed;
-      for (int32_t id = 0; id < vocab->size(); ++id) {
-        if (((*mask)[id >> 3] >> (id & 7)) & 1) allowed.push_back(id);
-      }
-      if (allowed.empty()) break;
-      if (!m.Accept(allowed[rng() % allowed.size()]).ok()) {
-        std::fprintf(stderr, "%s: an allowed token was refused\n", name.c_str());
-        return 1;
-      }
-    }
-    hits += m.cache_hits();
-    misses += m.cache_misses();
-    std::printf("%-20s %12.0f %8zu %8.1f\n", name.c_str(), best, mine.size(), Quantile(mine, 0.5));
-    masks.insert(masks.end(), mine.begin(), mine.end());
+    const unsigned s = schema_seed++;
+    size_t first[3];
+    for (int w = 0; w < 3; ++w) first[w] = ways[w].masks.size();
+    shardserve::grammar::Matcher walk(grammar, vocab);
+    if (!generate(name, walk, s, ways[0])) return 1;
+    auto table = std::make_shared<shardserve::grammar::TokenTable>(grammar, vocab);
+    shardserve::grammar::Matcher cold(table);
+    if (!generate(name, cold, s, ways[1])) return 1;
+    shardserve::grammar::Matcher warm(table);
+    if (!generate(name, warm, s + 1000, ways[2])) return 1;
+    entries += table->entries_built();
+    table_bytes.push_back(static_cast<double>(table->bytes()));
+    auto max_of = [&](int w) {
+      return *std::max_element(ways[w].masks.begin() + first[w], ways[w].masks.end());
+    };
+    std::printf("%-20s %12.0f %8.1f %8.1f %8.1f %8.1f\n", name.c_str(), best,
+                Quantile({ways[0].masks.begin() + first[0], ways[0].masks.end()}, 0.5), max_of(0),
+                max_of(1), max_of(2));
   }
-  std::printf("\ncompile (30 schemas): median %.0f us, max %.0f us\n", Quantile(compiles, 0.5),
-              Quantile(compiles, 1.0));
-  std::printf(
-      "mask per token (%zu calls): p50 %.1f us, p90 %.1f us, p99 %.1f us, max %.1f us; "
-      "cache hits %.0f%%\n",
-      masks.size(), Quantile(masks, 0.5), Quantile(masks, 0.9), Quantile(masks, 0.99),
-      Quantile(masks, 1.0), 100.0 * hits / std::max<int64_t>(1, hits + misses));
+  std::printf("\ncompile (%zu schemas): median %.0f us, max %.0f us\n", compiles.size(),
+              Quantile(compiles, 0.5), Quantile(compiles, 1.0));
+  std::printf("token table entries built: %lld in all; table size median %.0f KiB, max %.0f KiB\n",
+              static_cast<long long>(entries), Quantile(table_bytes, 0.5) / 1024,
+              Quantile(table_bytes, 1.0) / 1024);
+  for (const Way& w : ways) {
+    std::printf(
+        "mask per token, %-4s (%zu calls): p50 %.1f us, p90 %.1f us, p99 %.1f us, max %.1f us; "
+        "state cache hits %.0f%%\n",
+        w.name, w.masks.size(), Quantile(w.masks, 0.5), Quantile(w.masks, 0.9),
+        Quantile(w.masks, 0.99), Quantile(w.masks, 1.0),
+        100.0 * w.hits / std::max<int64_t>(1, w.hits + w.misses));
+  }
   return 0;
 }

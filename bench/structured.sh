@@ -94,5 +94,5 @@ echo
 tok=$build/testdata/tokenizers/llama3
 if [ -d "$tok" ]; then
   echo "grammar_bench (Llama-3 tokenizer, 128k tokens):"
-  "$build/bin/grammar_bench" --tokenizer "$tok" --schemas "$root/tests/structured/schemas.json" | tail -2
+  "$build/bin/grammar_bench" --tokenizer "$tok" --schemas "$root/tests/structured/schemas.json" | tail -6
 fi

@@ -1,7 +1,8 @@
 // Fuzzes what a request may send the structured-output engine: the first byte picks a GBNF
 // grammar or a JSON Schema, the rest is its text. Anything must be refused with
 // INVALID_ARGUMENT or compile; a compiled grammar is then run for a few tokens over a byte
-// vocabulary, where every token the mask allows must be accepted.
+// vocabulary, where every token the mask allows must be accepted, and the masks a token table
+// gives must equal those of whole-vocabulary walks.
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -42,9 +43,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         std::make_shared<const g::Vocabulary>(bytes, std::vector<int32_t>{256}));
   }();
   g::Matcher m(*grammar, *vocab);
+  g::Matcher t(std::make_shared<g::TokenTable>(*grammar, *vocab));
   for (int step = 0; step < 8 && !m.Finished(); ++step) {
     auto mask = m.Mask(16 - step);
     if (!mask.ok()) return 0;  // too ambiguous: refused, not a crash
+    auto from_table = t.Mask(16 - step);
+    Check(!from_table.ok() || *from_table == *mask, "a token table's mask equals the walk's");
+    if (!from_table.ok()) return 0;
     int32_t pick = -1;
     for (int32_t id = 0; id < (*vocab)->size(); ++id) {
       if (((*mask)[id >> 3] >> (id & 7)) & 1) {
@@ -56,6 +61,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const absl::Status taken = m.Accept(pick);
     Check(taken.ok() || taken.code() == absl::StatusCode::kResourceExhausted,
           "a token the mask allows is accepted");
+    if (!taken.ok() || !t.Accept(pick).ok()) return 0;
   }
   return 0;
 }

@@ -18,7 +18,7 @@ std::shared_ptr<const grammar::Vocabulary> StructuredOutput::Vocabulary() {
   return vocab_;
 }
 
-absl::StatusOr<std::shared_ptr<const grammar::Grammar>> StructuredOutput::Compile(
+absl::StatusOr<std::shared_ptr<grammar::TokenTable>> StructuredOutput::Compile(
     const std::string& gbnf) {
   {
     absl::MutexLock lock(&mu_);
@@ -29,25 +29,26 @@ absl::StatusOr<std::shared_ptr<const grammar::Grammar>> StructuredOutput::Compil
   }
   // Compiled outside the lock: other requests' lookups do not wait for it.
   ASSIGN_OR_RETURN(std::shared_ptr<const grammar::Grammar> g, grammar::Grammar::Parse(gbnf));
+  auto table = std::make_shared<grammar::TokenTable>(std::move(g), Vocabulary());
   absl::MutexLock lock(&mu_);
-  if (!by_text_.contains(gbnf)) {
-    lru_.emplace_back(gbnf, g);
-    by_text_[gbnf] = std::prev(lru_.end());
-    if (lru_.size() > kCachedGrammars) {
-      by_text_.erase(lru_.front().first);
-      lru_.pop_front();
-    }
+  // Another request may have compiled the same text meanwhile: share its table.
+  if (auto it = by_text_.find(gbnf); it != by_text_.end()) return it->second->second;
+  lru_.emplace_back(gbnf, table);
+  by_text_[gbnf] = std::prev(lru_.end());
+  if (lru_.size() > kCachedGrammars) {
+    by_text_.erase(lru_.front().first);
+    lru_.pop_front();
   }
-  return g;
+  return table;
 }
 
 absl::StatusOr<std::shared_ptr<grammar::Matcher>> StructuredOutput::NewMatcherForGbnf(
     const std::string& gbnf, const std::string& field) {
-  auto g = Compile(gbnf);
-  if (!g.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat(field, ": ", g.status().message()));
+  auto table = Compile(gbnf);
+  if (!table.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(field, ": ", table.status().message()));
   }
-  return std::make_shared<grammar::Matcher>(*std::move(g), Vocabulary());
+  return std::make_shared<grammar::Matcher>(*std::move(table));
 }
 
 absl::StatusOr<std::shared_ptr<grammar::Matcher>> StructuredOutput::NewMatcher(

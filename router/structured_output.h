@@ -28,12 +28,14 @@ class Tokenizer;
 namespace grammar {
 class Grammar;
 class Matcher;
+class TokenTable;
 class Vocabulary;
 }  // namespace grammar
 
 class StructuredOutput {
  public:
-  // Compiled grammars kept for reuse, by their GBNF text.
+  // Compiled grammars kept for reuse, by their GBNF text, each with the token table its
+  // matchers fill and share.
   static constexpr size_t kCachedGrammars = 64;
   // Largest grammar or schema text a request may carry.
   static constexpr size_t kMaxSpecBytes = 256 << 10;
@@ -50,7 +52,7 @@ class StructuredOutput {
                                                                       const std::string& field);
 
  private:
-  absl::StatusOr<std::shared_ptr<const grammar::Grammar>> Compile(const std::string& gbnf);
+  absl::StatusOr<std::shared_ptr<grammar::TokenTable>> Compile(const std::string& gbnf);
   std::shared_ptr<const grammar::Vocabulary> Vocabulary();
 
   const Tokenizer* const tokenizer_;
@@ -58,8 +60,7 @@ class StructuredOutput {
   absl::Mutex mu_;
   std::shared_ptr<const grammar::Vocabulary> vocab_ ABSL_GUARDED_BY(mu_);
   // Least recently used first.
-  std::list<std::pair<std::string, std::shared_ptr<const grammar::Grammar>>> lru_
-      ABSL_GUARDED_BY(mu_);
+  std::list<std::pair<std::string, std::shared_ptr<grammar::TokenTable>>> lru_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, decltype(lru_)::iterator> by_text_ ABSL_GUARDED_BY(mu_);
 };
 

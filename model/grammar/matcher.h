@@ -10,6 +10,14 @@
 // so the positions a generation keeps returning to (inside a string, between digits) cost a
 // lookup.
 //
+// Context-independent tokens: most of what a stack accepts is decided by its top few positions
+// alone. A TokenTable, shared by every matcher of one grammar and vocabulary, holds for each
+// such top (the positions of a stack's kContextDepth topmost frames) the tokens it accepts
+// whatever lies below, and the few that reach below it (a string's closing quote followed by
+// more bytes), which are checked against the whole state. A new state's mask is then the union
+// of its stacks' entries plus those checks, instead of a walk of the whole vocabulary (the
+// approach of XGrammar's adaptive token masks). Each entry costs one walk, once per grammar.
+//
 // Budget: each stack knows the fewest bytes that would finish the output from it. Given how
 // many tokens may still follow, Mask() allows only tokens after which the output can still be
 // finished, counting one byte per token (a vocabulary with byte tokens can always do that), so
@@ -31,6 +39,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "model/grammar/grammar.h"
 
 namespace shardserve {
@@ -65,9 +74,11 @@ class Vocabulary {
     uint32_t children_end = 0;
     uint32_t tokens_begin = 0;  // into tokens(): the tokens whose bytes end here
     uint32_t tokens_end = 0;
+    uint32_t subtree_end = 0;  // tokens() of the nodes below: [tokens_end, subtree_end)
     uint8_t byte = 0;
   };
   const Node& node(uint32_t i) const { return nodes_[i]; }
+  // The tokens in the trie, in the order of their bytes; node(i) holds a range of them.
   int32_t node_token(uint32_t i) const { return node_tokens_[i]; }
 
  private:
@@ -79,6 +90,63 @@ class Vocabulary {
   std::vector<int32_t> node_tokens_;
   bool has_all_bytes_ = false;
   size_t max_length_ = 0;
+};
+
+class Matcher;
+
+// The context-independent tokens of a grammar's stack tops, filled as matchers meet them.
+// Thread-safe; share one per (grammar, vocabulary), as compiled grammars are shared.
+class TokenTable {
+ public:
+  // Frames of a stack that make its key: three hold a JSON string's character, its repetition
+  // and its closing quote, so that only tokens running past the quote depend on the context.
+  static constexpr int kContextDepth = 3;
+  // Bytes of entries kept per table; past it, new entries are computed but not kept.
+  static constexpr size_t kMaxBytes = 8 << 20;
+  // Key element for a stack that ends within kContextDepth frames (nothing lies below).
+  static constexpr uint32_t kRootMarker = ~0u;
+
+  struct Entry {
+    // Tokens accepted whatever lies below: a bitset of (vocabulary + 7) / 8 bytes when there
+    // are many, else their ids.
+    std::string accepted_bits;
+    std::vector<int32_t> accepted_ids;
+    // Tokens that reach below the key's frames, to check in context, in the vocabulary trie's
+    // order (so that checks share their prefixes).
+    std::vector<int32_t> uncertain;
+    // The fewest and most bytes an accepted token leaves to finish the key's frames (what lies
+    // below adds its own), and the accepted tokens that leave more than the fewest, with theirs:
+    // under a tight max_tokens budget, these are the ones it may drop.
+    uint32_t min_need = 0;
+    uint32_t max_need = 0;
+    std::vector<std::pair<int32_t, uint32_t>> needy;
+    bool overflow = false;  // the walk hit the matcher's bounds: callers walk in full
+  };
+
+  TokenTable(std::shared_ptr<const Grammar> grammar, std::shared_ptr<const Vocabulary> vocabulary);
+  ~TokenTable();
+
+  const std::shared_ptr<const Grammar>& grammar() const { return grammar_; }
+  const std::shared_ptr<const Vocabulary>& vocabulary() const { return vocab_; }
+  // The entry for the stack top `key` (positions, top first, then kRootMarker if the stack
+  // ends there), computed on first use.
+  std::shared_ptr<const Entry> Get(const std::vector<uint32_t>& key);
+  // Entries computed, and lookups answered by one already kept.
+  int64_t entries_built() const;
+  int64_t hits() const;
+  // Bytes of the entries kept.
+  size_t bytes() const;
+
+ private:
+  const std::shared_ptr<const Grammar> grammar_;
+  const std::shared_ptr<const Vocabulary> vocab_;
+  mutable absl::Mutex mu_;
+  std::unique_ptr<Matcher> scratch_ ABSL_GUARDED_BY(mu_);  // runs the walks
+  absl::flat_hash_map<std::vector<uint32_t>, std::shared_ptr<const Entry>> entries_
+      ABSL_GUARDED_BY(mu_);
+  size_t bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t built_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t hits_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 class Matcher {
@@ -97,6 +165,9 @@ class Matcher {
   // Memoized transitions per matcher before they are dropped.
   static constexpr size_t kMaxTransitions = 1 << 20;
 
+  // Masks of new states from `table`'s entries.
+  explicit Matcher(std::shared_ptr<TokenTable> table);
+  // Masks of new states by a walk of the whole vocabulary trie (no table).
   Matcher(std::shared_ptr<const Grammar> grammar, std::shared_ptr<const Vocabulary> vocabulary);
   Matcher(const Matcher&) = delete;
   Matcher& operator=(const Matcher&) = delete;
@@ -122,6 +193,7 @@ class Matcher {
   int64_t cache_misses() const { return cache_misses_; }
 
  private:
+  friend class TokenTable;
   struct Frame {
     uint32_t pos;
     uint32_t rest;  // fewest bytes to empty this stack
@@ -130,9 +202,11 @@ class Matcher {
   struct State {
     std::vector<const Frame*> frames;  // sorted, unique
     bool can_end = false;
+    bool popped = false;  // a path returned into context_ (TokenTable walks only)
     void Clear() {
       frames.clear();
       can_end = false;
+      popped = false;
     }
   };
   struct Cached {
@@ -149,11 +223,26 @@ class Matcher {
   // tokens that survive (with `budget` >= 0, only those that leave room to finish).
   void Walk(uint32_t node, int32_t state, int64_t budget, std::string* bits, int64_t* max_need);
   int32_t InternState(State&& s);
+  // This state's mask from the table's entries (OR of the stacks' accepted tokens, and their
+  // uncertain ones checked here). False when an entry could not be built: walk instead.
+  // With `budget` >= 0, only tokens that leave room to finish in that many.
+  bool MaskFromTable(int32_t state, int64_t budget, std::string* bits, int64_t* max_need);
+  // TokenTable's walk: the entry for the stack top `key`, on a matcher of its own.
+  std::shared_ptr<TokenTable::Entry> BuildEntry(const std::vector<uint32_t>& key);
+  // Sets the tokens below `node` that `state` accepts without leaving the key's frames, and
+  // records the ranges of trie tokens below a point where a path left them.
+  void LocalWalk(uint32_t node, int32_t state, std::string* accepted,
+                 std::vector<std::pair<uint32_t, uint32_t>>* below,
+                 std::vector<std::pair<int32_t, uint32_t>>* needs);
+  void ClearMemo();
   // The state after `byte`, or -1 when no stack survives it (memoized).
   int32_t Transition(int32_t state, uint8_t byte);
 
   std::shared_ptr<const Grammar> grammar_;
   std::shared_ptr<const Vocabulary> vocab_;
+  std::shared_ptr<TokenTable> table_;  // may be null
+  // Stands for what lies below a TokenTable key's frames: a path that pops it needs context.
+  const Frame context_{~0u, 0, nullptr};
   std::deque<Frame> frame_store_;
   absl::flat_hash_map<std::pair<uint32_t, const Frame*>, const Frame*> interned_;
   bool overflow_ = false;
@@ -170,6 +259,7 @@ class Matcher {
   struct StateInfo {
     std::vector<const Frame*> frames;
     bool can_end = false;
+    bool popped = false;
     uint32_t need = 0;            // fewest bytes to finish from here
     std::bitset<256> next_bytes;  // bytes some stack accepts
   };

@@ -138,14 +138,18 @@ TEST(GrammarParse, ErrorsNameTheProblemAndItsPlace) {
   EXPECT_THAT(twice.status().message(), HasSubstr("defined twice"));
 }
 
-// For random states of a grammar, a token is in the mask exactly when Accept takes it.
+// For random states of a grammar, a token is in the mask exactly when Accept takes it, with
+// masks from a token table shared by all the walks and from whole-vocabulary walks alike.
 void CheckMaskAgreesWithAccept(const std::string& gbnf, int walks, int steps) {
   auto g = MustParse(gbnf);
   ASSERT_NE(g, nullptr);
   auto vocab = TestVocab();
+  auto table = std::make_shared<TokenTable>(g, vocab);
   std::mt19937 rng(7);
   for (int w = 0; w < walks; ++w) {
-    Matcher m(g, vocab);
+    const bool use_table = w % 2 == 0;
+    SCOPED_TRACE(use_table ? "token table" : "trie walk");
+    Matcher m = use_table ? Matcher(table) : Matcher(g, vocab);
     std::vector<int32_t> history;
     for (int s = 0; s < steps && !m.Finished(); ++s) {
       auto mask = m.Mask(-1);
@@ -255,6 +259,12 @@ TEST(Matcher, TooAmbiguousGrammarsAreResourceExhausted) {
   for (int i = 0; i < 200 && status.ok(); ++i) status = w.Accept('a');
   EXPECT_EQ(status.code(), absl::StatusCode::kResourceExhausted) << status;
   EXPECT_EQ(w.Mask(-1).status().code(), absl::StatusCode::kResourceExhausted);
+  // The same through a token table: its walk hits the bounds too, and says so.
+  Matcher t(std::make_shared<TokenTable>(wide, TestVocab()));
+  status = absl::OkStatus();
+  for (int i = 0; i < 200 && status.ok(); ++i) status = t.Accept('a');
+  EXPECT_EQ(status.code(), absl::StatusCode::kResourceExhausted) << status;
+  EXPECT_EQ(t.Mask(-1).status().code(), absl::StatusCode::kResourceExhausted);
 }
 
 TEST(Matcher, CacheAnswersRepeatedStates) {

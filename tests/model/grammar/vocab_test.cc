@@ -37,7 +37,8 @@ const char kSchema[] = R"({
 
 // Random generations: every allowed token keeps the output valid, the mask holds only tokens
 // Accept takes (checked on a sample of tokens per step, all of them where `exhaustive`), and
-// outputs cut by the budget still parse.
+// outputs cut by the budget still parse. The masks come from a token table shared by the
+// walks, and each equals the one a whole-vocabulary walk gives.
 void RandomWalks(const Tokenizer& tok, bool exhaustive) {
   auto vocab = Vocabulary::FromTokenizer(tok);
   ASSERT_TRUE(vocab->has_all_bytes());
@@ -45,15 +46,25 @@ void RandomWalks(const Tokenizer& tok, bool exhaustive) {
   ASSERT_TRUE(gbnf.ok()) << gbnf.status();
   auto g = Grammar::Parse(*gbnf);
   ASSERT_TRUE(g.ok()) << g.status();
+  auto table = std::make_shared<TokenTable>(*g, vocab);
   std::mt19937 rng(5);
+  int64_t built_before = 0;
   for (int walk = 0; walk < 6; ++walk) {
     const int max_tokens = 34 + 12 * walk;  // the shortest output is 33 bytes
-    Matcher m(*g, vocab);
+    Matcher m(table);
+    Matcher walked(*g, vocab);
     std::vector<int32_t> history;
     std::vector<int32_t> ids;
     for (int used = 0; used < max_tokens && !m.Finished(); ++used) {
       auto mask = m.Mask(max_tokens - used - 1);
       ASSERT_TRUE(mask.ok()) << mask.status();
+      auto reference = walked.Mask(max_tokens - used - 1);
+      ASSERT_TRUE(reference.ok()) << reference.status();
+      for (int32_t id = 0; id < vocab->size(); ++id) {
+        ASSERT_EQ(Allowed(*mask, id), Allowed(*reference, id))
+            << "token " << id << " ('" << vocab->bytes(id) << "') at walk " << walk << ", token "
+            << used;
+      }
       std::vector<int32_t> allowed;
       for (int32_t id = 0; id < vocab->size(); ++id) {
         if (Allowed(*mask, id)) allowed.push_back(id);
@@ -73,6 +84,7 @@ void RandomWalks(const Tokenizer& tok, bool exhaustive) {
       }
       const int32_t id = allowed[rng() % allowed.size()];
       ASSERT_TRUE(m.Accept(id).ok()) << "allowed token " << id << " refused";
+      ASSERT_TRUE(walked.Accept(id).ok());
       history.push_back(id);
       if (!vocab->is_eos(id)) ids.push_back(id);
     }
@@ -82,7 +94,10 @@ void RandomWalks(const Tokenizer& tok, bool exhaustive) {
     auto v = nlohmann::json::parse(text, nullptr, false);
     ASSERT_FALSE(v.is_discarded()) << text;
     EXPECT_TRUE(v.contains("title") && v.contains("year") && v.contains("genres")) << text;
+    if (walk == 0) built_before = table->entries_built();
   }
+  // Later walks meet mostly the stack tops the first met: the table answers them.
+  EXPECT_GT(table->hits(), 2 * (table->entries_built() - built_before));
 }
 
 TEST(GrammarVocab, StoriesSentencePiece) {
