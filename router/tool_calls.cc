@@ -1,6 +1,8 @@
 #include "router/tool_calls.h"
 
+#include <optional>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -53,6 +55,50 @@ std::optional<v1::ToolCall> CallFromJson(const std::string& text, const char* ar
   return call;
 }
 
+constexpr char kDsCallsBegin[] = "<｜tool▁calls▁begin｜>";
+constexpr char kDsCallsEnd[] = "<｜tool▁calls▁end｜>";
+constexpr char kDsCallBegin[] = "<｜tool▁call▁begin｜>";
+constexpr char kDsCallEnd[] = "<｜tool▁call▁end｜>";
+constexpr char kDsSep[] = "<｜tool▁sep｜>";
+
+// DeepSeek-V3's calls after optional text; nullopt unless every call between the markers
+// parses (then the whole text is content).
+std::optional<ParsedOutput> ParseDeepSeekCalls(const std::string& text) {
+  const size_t begin = text.find(kDsCallsBegin);
+  if (begin == std::string::npos) return std::nullopt;
+  ParsedOutput out;
+  out.content = Trim(text.substr(0, begin));
+  size_t pos = begin + (sizeof(kDsCallsBegin) - 1);
+  while (true) {
+    while (pos < text.size() && (text[pos] == '\n' || text[pos] == ' ')) ++pos;
+    if (text.compare(pos, (sizeof(kDsCallBegin) - 1), kDsCallBegin) != 0) break;
+    const size_t sep = text.find(kDsSep, pos);
+    const size_t end = text.find(kDsCallEnd, pos);
+    if (sep == std::string::npos || end == std::string::npos || sep > end) return std::nullopt;
+    // NAME, then the arguments: a ```json fence around them, or none.
+    const std::string body =
+        text.substr(sep + (sizeof(kDsSep) - 1), end - sep - (sizeof(kDsSep) - 1));
+    const size_t nl = body.find('\n');
+    if (nl == std::string::npos) return std::nullopt;
+    absl::string_view args = absl::string_view(body).substr(nl + 1);
+    if (absl::ConsumePrefix(&args, "```json")) {
+      args = absl::StripTrailingAsciiWhitespace(args);
+      if (!absl::ConsumeSuffix(&args, "```")) return std::nullopt;
+    }
+    const auto parsed = ordered_json::parse(std::string(args), nullptr, false);
+    const std::string name = Trim(body.substr(0, nl));
+    if (!parsed.is_object() || name.empty()) return std::nullopt;
+    v1::ToolCall call;
+    call.set_id(NewToolCallId());
+    call.set_name(name);
+    call.set_arguments(parsed.dump());
+    out.calls.push_back(std::move(call));
+    pos = end + (sizeof(kDsCallEnd) - 1);
+  }
+  if (out.calls.empty()) return std::nullopt;
+  return out;
+}
+
 }  // namespace
 
 std::string NewToolCallId() {
@@ -88,6 +134,10 @@ absl::StatusOr<std::string> ToolCallGbnf(ToolCallFormat format,
       call = absl::StrCat(grammar::GbnfLiteral(absl::StrCat("<tool_call>\n{\"name\": ", name_json,
                                                             ", \"arguments\": ")),
                           " ", args, " ", grammar::GbnfLiteral("}\n</tool_call>"));
+    } else if (format == ToolCallFormat::kDeepSeekV3) {
+      call = absl::StrCat(grammar::GbnfLiteral(absl::StrCat(kDsCallBegin, "function", kDsSep,
+                                                            t.name(), "\n```json\n")),
+                          " ", args, " ", grammar::GbnfLiteral(absl::StrCat("\n```", kDsCallEnd)));
     } else {
       call = absl::StrCat(
           grammar::GbnfLiteral(absl::StrCat("{\"name\": ", name_json, ", \"parameters\": ")), " ",
@@ -101,6 +151,10 @@ absl::StatusOr<std::string> ToolCallGbnf(ToolCallFormat format,
   std::string root;
   if (format == ToolCallFormat::kHermes && only.empty()) {
     root = "root ::= tool-call ( \"\\n\" tool-call )*\n";
+  } else if (format == ToolCallFormat::kDeepSeekV3) {
+    root = absl::StrCat("root ::= ", grammar::GbnfLiteral(kDsCallsBegin), " tool-call ",
+                        only.empty() ? "( \"\\n\" tool-call )* " : "",
+                        grammar::GbnfLiteral(kDsCallsEnd), "\n");
   } else {
     root = "root ::= tool-call\n";
   }
@@ -118,6 +172,11 @@ ParsedOutput ParseToolCalls(ToolCallFormat format, const std::string& text) {
       }
     }
     out.content = t;
+    return out;
+  }
+  if (format == ToolCallFormat::kDeepSeekV3) {
+    if (auto parsed = ParseDeepSeekCalls(text); parsed.has_value()) return *std::move(parsed);
+    out.content = text;
     return out;
   }
   if (format != ToolCallFormat::kHermes) {

@@ -3,7 +3,11 @@
 // the chat templates render (model/tokenizer/chat_template.h, ToolCallFormat):
 //   Hermes (ChatML, Qwen2.5/Qwen3):  <tool_call>\n{"name": "f", "arguments": {...}}\n</tool_call>
 //                                    one or more, separated by "\n", after optional text;
-//   Llama-3.1 JSON:                  the whole answer is {"name": "f", "parameters": {...}}.
+//   Llama-3.1 JSON:                  the whole answer is {"name": "f", "parameters": {...}};
+//   DeepSeek-V3:                     <｜tool▁calls▁begin｜>, then one or more (after "\n")
+//                                    <｜tool▁call▁begin｜>function<｜tool▁sep｜>f\n```json\n{...}
+//                                    \n```<｜tool▁call▁end｜>, then <｜tool▁calls▁end｜>, after
+//                                    optional text.
 #ifndef SHARDSERVE_ROUTER_TOOL_CALLS_H_
 #define SHARDSERVE_ROUTER_TOOL_CALLS_H_
 

@@ -165,6 +165,8 @@ ToolCallFormat ChatTemplate::tool_call_format() const {
       return ToolCallFormat::kHermes;
     case ChatTemplateKind::kLlama3:
       return ToolCallFormat::kLlama3Json;
+    case ChatTemplateKind::kDeepSeekV3:
+      return ToolCallFormat::kDeepSeekV3;
     default:
       return ToolCallFormat::kNone;
   }
@@ -276,13 +278,72 @@ absl::StatusOr<std::string> ChatTemplate::Render(const std::vector<ChatMessage>&
       if (add_generation_prompt) out += "<|start_header_id|>assistant<|end_header_id|>\n\n";
       return out;
     }
+    case ToolCallFormat::kDeepSeekV3: {
+      // DeepSeek-V3's template for the conversation. Where it slips, this follows what it
+      // evidently means (as DeepSeek's later templates and vLLM's tool template do): every
+      // assistant turn of calls is closed with <｜tool▁calls▁end｜>, each run of tool results
+      // opens with <｜tool▁outputs▁begin｜> and closes with <｜tool▁outputs▁end｜>.
+      std::string system;
+      bool first_system = true;
+      for (const ChatMessage& m : messages) {
+        if (m.role != "system") continue;
+        if (!first_system) system += "\n\n";
+        system += m.content;
+        first_system = false;
+      }
+      absl::StrAppend(&out, bos_, system);
+      if (!tools.empty()) {
+        if (!system.empty()) out += "\n\n";
+        out += "## Tools\n\nYou can call these functions:\n";
+        for (const ChatTool& t : tools) absl::StrAppend(&out, "\n", ToolJson(t).dump());
+        out +=
+            "\n\nTo call functions, write <｜tool▁calls▁begin｜>, then each call as "
+            "<｜tool▁call▁begin｜>function<｜tool▁sep｜>NAME\n```json\nARGUMENTS\n```"
+            "<｜tool▁call▁end｜> (one per line), then <｜tool▁calls▁end｜>.";
+      }
+      bool in_results = false;
+      for (const ChatMessage& m : messages) {
+        if (m.role == "tool") {
+          absl::StrAppend(&out, in_results ? "\n" : "<｜tool▁outputs▁begin｜>",
+                          "<｜tool▁output▁begin｜>", m.content, "<｜tool▁output▁end｜>");
+          in_results = true;
+          continue;
+        }
+        if (in_results) out += "<｜tool▁outputs▁end｜>";
+        const bool after_results = in_results;
+        in_results = false;
+        if (m.role == "user") {
+          absl::StrAppend(&out, "<｜User｜>", m.content);
+        } else if (m.role == "assistant") {
+          // After results the answer follows them directly, as in the published template.
+          if (!after_results) out += "<｜Assistant｜>";
+          out += m.content;
+          if (!m.tool_calls.empty()) {
+            out += "<｜tool▁calls▁begin｜>";
+            for (size_t k = 0; k < m.tool_calls.size(); ++k) {
+              absl::StrAppend(&out, k == 0 ? "" : "\n",
+                              "<｜tool▁call▁begin｜>function<｜tool▁sep｜>", m.tool_calls[k].name,
+                              "\n```json\n", m.tool_calls[k].arguments, "\n```<｜tool▁call▁end｜>");
+            }
+            out += "<｜tool▁calls▁end｜>";
+          }
+          out += "<｜end▁of▁sentence｜>";
+        }
+      }
+      if (in_results) {
+        out += "<｜tool▁outputs▁end｜>";  // the answer follows the results directly
+      } else if (add_generation_prompt) {
+        out += "<｜Assistant｜>";
+      }
+      return out;
+    }
     case ToolCallFormat::kNone:
       break;
   }
   return absl::InvalidArgumentError(
       absl::StrCat("tools: the ", ChatTemplateName(kind_),
-                   " chat template renders no tools (tool calls are served with the chatml/qwen2 "
-                   "and llama3 templates)"));
+                   " chat template renders no tools (tool calls are served with the chatml/qwen2, "
+                   "llama3 and deepseek-v3 templates)"));
 }
 
 absl::StatusOr<std::string> ChatTemplate::Render(const std::vector<ChatMessage>& messages,

@@ -44,6 +44,9 @@ enum class ToolCallFormat {
   kNone,    // the template renders no tools
   kHermes,  // ChatML (Qwen2.5, Qwen3): <tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>
   kLlama3Json,  // Llama-3.1+: the whole answer is {"name": ..., "parameters": {...}}
+  // DeepSeek-V3: <｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>NAME
+  // ```json\n{...}\n```<｜tool▁call▁end｜> (more calls after "\n") <｜tool▁calls▁end｜>
+  kDeepSeekV3,
 };
 
 enum class ChatTemplateKind {
@@ -82,8 +85,10 @@ class ChatTemplate {
   absl::StatusOr<std::string> Render(const std::vector<ChatMessage>& messages,
                                      bool add_generation_prompt) const;
   // With tools (and tool calls and results in `messages`), as the family's published template
-  // renders them: Qwen2.5's (ChatML) and Llama-3.1's JSON tool calling (tools in the first
-  // user message). INVALID_ARGUMENT for a family whose template renders no tools.
+  // renders them: Qwen2.5's (ChatML), Llama-3.1's JSON tool calling (tools in the first user
+  // message) and DeepSeek-V3's (calls and results as its template writes them; the tools, which
+  // that template leaves out, listed after the system prompt). INVALID_ARGUMENT for a family
+  // whose template renders no tools.
   absl::StatusOr<std::string> Render(const std::vector<ChatMessage>& messages,
                                      const std::vector<ChatTool>& tools,
                                      bool add_generation_prompt) const;

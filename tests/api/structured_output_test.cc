@@ -190,7 +190,7 @@ TEST_P(ToolCalls, RoundTripWithTheOpenAiClient) {
   EXPECT_EQ(got["passed"], got["runs"]) << got["failures"].dump(1);
 }
 
-INSTANTIATE_TEST_SUITE_P(Templates, ToolCalls, ::testing::Values("qwen2", "llama3"));
+INSTANTIATE_TEST_SUITE_P(Templates, ToolCalls, ::testing::Values("qwen2", "llama3", "deepseek-v3"));
 
 class StructuredRandom : public ::testing::Test {
  protected:

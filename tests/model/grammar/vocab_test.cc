@@ -137,5 +137,25 @@ TEST(GrammarVocab, Llama3ByteLevel) {
   RandomWalks(*tok, /*exhaustive=*/false);
 }
 
+// DeepSeek-V3's tool-call markers are added tokens that are not special: a grammar that writes
+// them may take each as its one token, which decodes to the marker's text.
+TEST(GrammarVocab, DeepSeekV3MarkersAreSingleTokens) {
+  auto tok = Load(std::string(SHARDSERVE_BINARY_DIR) + "/testdata/tokenizers/deepseek_v3");
+  ASSERT_NE(tok, nullptr);
+  const std::string marker = "<｜tool▁calls▁begin｜>";
+  const std::vector<int32_t> ids = tok->Encode(marker, /*add_bos=*/false);
+  ASSERT_EQ(ids.size(), 1u);
+  auto vocab = Vocabulary::FromTokenizer(*tok);
+  auto g = Grammar::Parse("root ::= \"<｜tool▁calls▁begin｜>\" [a-z]+");
+  ASSERT_TRUE(g.ok()) << g.status();
+  Matcher m(std::make_shared<TokenTable>(*g, vocab));
+  auto mask = m.Mask(-1);
+  ASSERT_TRUE(mask.ok()) << mask.status();
+  EXPECT_TRUE(Allowed(*mask, ids[0]));
+  ASSERT_TRUE(m.Accept(ids[0]).ok());
+  EXPECT_FALSE(m.CanEnd());
+  EXPECT_EQ(tok->Decode({ids[0]}), marker);
+}
+
 }  // namespace
 }  // namespace shardserve::grammar

@@ -1,6 +1,7 @@
 // Chat templates: literal renderings derived from each family's published Jinja template.
 #include "model/tokenizer/chat_template.h"
 
+#include "absl/strings/match.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "model/tokenizer/tokenizer.h"
@@ -210,6 +211,48 @@ TEST(ChatTemplateTest, Llama3ToolsFollowLlama31Template) {
       "\"name\": \"get_weather\", \"parameters\": {\"city\": \"Oslo\"}}<|eot_id|><|start_"
       "header_id|>ipython<|end_header_id|>\n\n\"cold\"<|eot_id|><|start_header_id|>assistant<"
       "|end_header_id|>\n\n");
+}
+
+// DeepSeek-V3: the tools after the system prompt, calls and results between the template's
+// markers; after results the answer follows them with no <｜Assistant｜>.
+TEST(ChatTemplateTest, DeepSeekV3ToolsFollowItsTemplate) {
+  ChatTemplate t(ChatTemplateKind::kDeepSeekV3, "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>");
+  EXPECT_EQ(t.tool_call_format(), ToolCallFormat::kDeepSeekV3);
+  const std::vector<ChatTool> tools = {{"get_weather", "D", R"({"type":"object"})"}};
+  std::vector<ChatMessage> m = {{"system", "S"}, {"user", "Weather?"}};
+  ChatMessage call{"assistant", ""};
+  call.tool_calls.push_back({"get_weather", R"({"city":"Oslo"})"});
+  call.tool_calls.push_back({"get_weather", R"({"city":"Rome"})"});
+  m.push_back(call);
+  m.push_back({"tool", "cold"});
+  m.push_back({"tool", "warm"});
+  auto s = t.Render(m, tools, true);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(
+      *s,
+      "<｜begin▁of▁sentence｜>S\n\n## Tools\n\nYou can call these functions:\n\n{\"type\":"
+      "\"function\",\"function\":{\"name\":\"get_weather\",\"description\":\"D\","
+      "\"parameters\":{\"type\":\"object\"}}}\n\nTo call functions, write "
+      "<｜tool▁calls▁begin｜>, then each call as <｜tool▁call▁begin｜>function<｜tool▁sep｜>"
+      "NAME\n```json\nARGUMENTS\n```<｜tool▁call▁end｜> (one per line), then "
+      "<｜tool▁calls▁end｜>.<｜User｜>Weather?<｜Assistant｜><｜tool▁calls▁begin｜><｜tool▁call▁"
+      "begin｜>function<｜tool▁sep｜>get_weather\n```json\n{\"city\":\"Oslo\"}\n```<｜tool▁"
+      "call▁end｜>\n<｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n```json\n{\"city\""
+      ":\"Rome\"}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜><｜end▁of▁sentence｜><｜tool▁"
+      "outputs▁begin｜><｜tool▁output▁begin｜>cold<｜tool▁output▁end｜>\n<｜tool▁output▁begin"
+      "｜>warm<｜tool▁output▁end｜><｜tool▁outputs▁end｜>");
+  // The answer after the results, then a new question: the generation prompt is back.
+  m.push_back({"assistant", "Cold in Oslo."});
+  m.push_back({"user", "Thanks"});
+  s = t.Render(m, tools, true);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_TRUE(absl::EndsWith(*s,
+                             "<｜tool▁output▁end｜><｜tool▁outputs▁end｜>Cold in Oslo.<｜end▁of▁"
+                             "sentence｜><｜User｜>Thanks<｜Assistant｜>"))
+      << *s;
+  // R1 serves no tools.
+  ChatTemplate r1(ChatTemplateKind::kDeepSeekR1, "", "");
+  EXPECT_FALSE(r1.Render({{"user", "x"}}, tools, true).ok());
 }
 
 TEST(ChatTemplateTest, ToolsWithATemplateThatHasNoneAreRefused) {
