@@ -20,6 +20,12 @@ absl::Status Invalid(const std::string& param, const std::string& what) {
   return absl::InvalidArgumentError(absl::StrCat(param, ": ", what));
 }
 
+// Whether object `o` has `key` set to the string `want` (json::value would throw on another type).
+bool FieldIs(const json& o, const char* key, const char* want) {
+  auto it = o.find(key);
+  return it != o.end() && it->is_string() && it->get_ref<const std::string&>() == want;
+}
+
 // Reads an optional number field; INVALID_ARGUMENT when present with another type.
 absl::StatusOr<std::optional<double>> Number(const json& body, const char* key) {
   auto it = body.find(key);
@@ -116,7 +122,7 @@ absl::Status ParseMessages(const json& body, v1::GenerateRequest* out) {
       // Content parts: only text parts can reach a text model.
       std::string text;
       for (const json& part : *content) {
-        if (!part.is_object() || part.value("type", "") != "text" || !part.contains("text") ||
+        if (!part.is_object() || !FieldIs(part, "type", "text") || !part.contains("text") ||
             !part["text"].is_string()) {
           return Invalid(where + ".content", "only text parts are supported");
         }
@@ -264,7 +270,7 @@ absl::Status ParseTools(const json& body, const std::string& body_text, OpenAiEn
     for (size_t i = 0; i < tools->size(); ++i) {
       const json& t = (*tools)[i];
       const std::string at = absl::StrCat("tools[", i, "]");
-      if (!t.is_object() || t.value("type", "") != "function" || !t.contains("function") ||
+      if (!t.is_object() || !FieldIs(t, "type", "function") || !t.contains("function") ||
           !t["function"].is_object()) {
         return Invalid(at, "must be {\"type\": \"function\", \"function\": {...}}");
       }
