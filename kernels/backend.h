@@ -38,6 +38,9 @@ struct Tensor {
   int64_t rows = 0;
   int64_t cols = 0;
   int64_t stride = 0;  // elements between row starts; == cols when contiguous
+  // The same matrix in a layout the backend made for its matmul kernels (PackForMatMul), or
+  // null. A view of rows (Rows) has none.
+  const void* packed = nullptr;
 
   static Tensor Of(void* data, DType dtype, int64_t rows, int64_t cols) {
     return Tensor{data, dtype, rows, cols, cols};
@@ -112,6 +115,14 @@ class Backend {
   // view of the host memory (no copy) when `host` outlives the stage.
   virtual absl::StatusOr<std::unique_ptr<Buffer>> UploadWeights(const void* host, size_t bytes) = 0;
   virtual absl::Status Synchronize() = 0;
+  // Matmul weights `w` (a whole matrix, in host memory or this backend's) in a layout this
+  // backend's kernels read faster, e.g. rows interleaved for SIMD lanes, or null when it has none
+  // for w's type and shape. The caller keeps the buffer as long as it uses w and sets w.packed to
+  // its data; MatMul then reads only that.
+  virtual absl::StatusOr<std::unique_ptr<Buffer>> PackForMatMul(const Tensor& w) {
+    (void)w;
+    return std::unique_ptr<Buffer>();
+  }
 
   // Host <-> backend memory. `device` (and `dst`/`src` of CopyOnDevice) point into Buffers of
   // this backend; `host` is ordinary host memory. On the CPU backend these are memcpy / memset.

@@ -385,6 +385,10 @@ class DeepseekStage : public DecoderStageBase {
     const bool quant = quantize && quantize_ != DType::kF32;
     if (!edit && !(quant && cols % 32 == 0)) {
       Weight w;
+      if (quantize) {
+        ASSIGN_OR_RETURN(bool packed, PackFromHost(backend_, t.data, t.dtype, rows, cols, &w));
+        if (packed) return w;
+      }
       ASSIGN_OR_RETURN(w.buffer, backend_->UploadWeights(t.data, t.nbytes));
       w.t = Tensor::Of(w.buffer->data(), t.dtype, rows, cols);
       return w;
@@ -420,6 +424,7 @@ class DeepseekStage : public DecoderStageBase {
     ASSIGN_OR_RETURN(w.buffer, backend_->Allocate(host.size()));
     backend_->CopyToDevice(w.buffer->data(), host.data(), host.size());
     w.t = Tensor::Of(w.buffer->data(), dt, rows, cols);
+    if (quantize) RETURN_IF_ERROR(PackForMatMul(backend_, &w));
     return w;
   }
 

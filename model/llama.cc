@@ -177,7 +177,13 @@ class LlamaStage : public DecoderStageBase {
       ASSIGN_OR_RETURN(w.buffer, backend_->Allocate(host.size()));
       backend_->CopyToDevice(w.buffer->data(), host.data(), host.size());
       w.t = Tensor::Of(w.buffer->data(), quantize_, rows, cols);
+      RETURN_IF_ERROR(PackForMatMul(backend_, &w));
       return w;
+    }
+    // The embedding (quantize false) is looked up by rows, never multiplied.
+    if (quantize) {
+      ASSIGN_OR_RETURN(bool packed, PackFromHost(backend_, t.data, t.dtype, rows, cols, &w));
+      if (packed) return w;
     }
     ASSIGN_OR_RETURN(w.buffer, backend_->UploadWeights(t.data, t.nbytes));
     w.t = Tensor::Of(w.buffer->data(), t.dtype, rows, cols);

@@ -43,7 +43,28 @@ struct LogitsBuffer {
 struct StageWeight {
   std::unique_ptr<Buffer> buffer;
   Tensor t;
+  std::unique_ptr<Buffer> packed;  // t in the backend's matmul layout (t.packed), if it has one
 };
+
+// Gives a matmul weight the backend's own layout where it has one (Backend::PackForMatMul).
+inline absl::Status PackForMatMul(Backend* backend, StageWeight* w) {
+  ASSIGN_OR_RETURN(w->packed, backend->PackForMatMul(w->t));
+  if (w->packed != nullptr) w->t.packed = w->packed->data();
+  return absl::OkStatus();
+}
+
+// A matmul weight packed straight from `host` (the weight file's mapping, which outlives the
+// stage) where the backend has its own layout for it: then true, and w is complete without an
+// upload (w.t views the host data, which the backend's kernels no longer read).
+inline absl::StatusOr<bool> PackFromHost(Backend* backend, const void* host, DType dtype,
+                                         int64_t rows, int64_t cols, StageWeight* w) {
+  const Tensor t = Tensor::Of(const_cast<void*>(host), dtype, rows, cols);
+  ASSIGN_OR_RETURN(w->packed, backend->PackForMatMul(t));
+  if (w->packed == nullptr) return false;
+  w->t = t;
+  w->t.packed = w->packed->data();
+  return true;
+}
 
 // What every decoder stage holds and answers the same way: its config, weights, backend, KV
 // spec, layer range and load-time quantization, the ModelStage accessors and the step check.

@@ -711,6 +711,96 @@ void Avx512VnniQuantGemmRows(DType dt, const void* w, int64_t k, const Q8Block* 
   }
 }
 
+// --- Repacked Q4_0: 16 interleaved rows per group (RepackQ4_0x16). ------------------------
+//
+// Per block, the group's four 64-byte vectors unpack with one AND (low nibbles) and one shift
+// and AND (high nibbles) into the same 4-values-by-16-rows layout the panel GEMM unpacks to at
+// run time; vpdpbusd then adds 4 values of 16 rows per activation row, M activation rows per
+// weight vector. Nothing is unpacked per call, so one activation row (decode) runs as fast as
+// the weight bytes stream in.
+namespace {
+
+template <int M>
+void Q4_0x16Tile(const uint8_t* group, int64_t nb, const Q8Block* xq, int64_t xq_stride, int64_t i0,
+                 const float* bias, float* out, int64_t out_stride, int64_t j) {
+  const __m512i low = _mm512_set1_epi8(0x0F);
+  __m512 acc[M];
+  for (auto& a : acc) a = _mm512_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* q = group + Q4_0x16QuantsAt(nb, b);
+    if constexpr (M == 1) Prefetch(q, 256);
+    __m512i lo[4], hi[4];
+    for (int c = 0; c < 4; ++c) {
+      const __m512i v = _mm512_loadu_si512(q + 64 * c);
+      lo[c] = _mm512_and_si512(v, low);
+      hi[c] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+    }
+    const __m512 ws = _mm512_cvtph_ps(
+        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(group + Q4_0x16ScalesAt(nb, b))));
+    for (int m = 0; m < M; ++m) {
+      const Q8Block& x = xq[(i0 + m) * xq_stride + b];
+      int32_t four[8];
+      std::memcpy(four, x.q, 32);
+      // Four chains of two (short chains keep several blocks in flight), the offset of 8 taken
+      // off through the first one's start.
+      __m512i d[4];
+      for (int c = 0; c < 4; ++c) {
+        d[c] = _mm512_dpbusd_epi32(c == 0 ? _mm512_set1_epi32(-8 * x.qsum) : _mm512_setzero_si512(),
+                                   lo[c], _mm512_set1_epi32(four[c]));
+        d[c] = _mm512_dpbusd_epi32(d[c], hi[c], _mm512_set1_epi32(four[4 + c]));
+      }
+      const __m512i dot =
+          _mm512_add_epi32(_mm512_add_epi32(d[0], d[1]), _mm512_add_epi32(d[2], d[3]));
+      acc[m] =
+          _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(ws, _mm512_set1_ps(x.d)), acc[m]);
+    }
+  }
+  const __m512 bv = bias != nullptr ? _mm512_loadu_ps(bias + j) : _mm512_setzero_ps();
+  for (int m = 0; m < M; ++m) {
+    _mm512_storeu_ps(out + (i0 + m) * out_stride + j, _mm512_add_ps(acc[m], bv));
+  }
+}
+
+}  // namespace
+
+void Avx512VnniQ4_0x16Rows(const uint8_t* packed, int64_t k, const Q8Block* xq, int64_t n,
+                           int64_t xq_stride, const float* bias, float* out, int64_t out_stride,
+                           int64_t j0, int64_t j1) {
+  const int64_t nb = k / 32;
+  const size_t group_bytes = Q4_0x16GroupBytes(k);
+  for (int64_t j = j0; j < j1; j += 16) {
+    const uint8_t* group = packed + (j / 16) * group_bytes;
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+      Q4_0x16Tile<8>(group, nb, xq, xq_stride, i, bias, out, out_stride, j);
+    switch (n - i) {
+      case 7:
+        Q4_0x16Tile<7>(group, nb, xq, xq_stride, i, bias, out, out_stride, j);
+        break;
+      case 6:
+        Q4_0x16Tile<6>(group, nb, xq, xq_stride, i, bias, out, out_stride, j);
+        break;
+      case 5:
+        Q4_0x16Tile<5>(group, nb, xq, xq_stride, i, bias, out, out_stride, j);
+        break;
+      case 4:
+        Q4_0x16Tile<4>(group, nb, xq, xq_stride, i, bias, out, out_stride, j);
+        break;
+      case 3:
+        Q4_0x16Tile<3>(group, nb, xq, xq_stride, i, bias, out, out_stride, j);
+        break;
+      case 2:
+        Q4_0x16Tile<2>(group, nb, xq, xq_stride, i, bias, out, out_stride, j);
+        break;
+      case 1:
+        Q4_0x16Tile<1>(group, nb, xq, xq_stride, i, bias, out, out_stride, j);
+        break;
+      default:
+        break;
+    }
+  }
+}
+
 bool CpuHasAvx512Vnni() {
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&

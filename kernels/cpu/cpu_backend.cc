@@ -13,6 +13,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
+#include "common/status.h"
 #include "common/thread_pool.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/kernels.h"
@@ -93,6 +94,24 @@ class CpuBackend : public Backend {
 
   bool SupportsOp(Op op, DType weight_dtype) const override { return weight_dtype != DType::kI32; }
 
+  // Q4_0 matrices with AVX-512 VNNI: rows interleaved 16 at a time (cpu::RepackQ4_0x16), read
+  // by decode and prefill alike; the file's layout is then never read again.
+  absl::StatusOr<std::unique_ptr<Buffer>> PackForMatMul(const Tensor& w) override {
+    if (!vnni512_ || w.dtype != DType::kQ4_0 || w.rows % 16 != 0 || w.cols % 32 != 0 ||
+        w.stride != w.cols) {
+      return std::unique_ptr<Buffer>();
+    }
+    const size_t group_bytes = cpu::Q4_0x16GroupBytes(w.cols);
+    ASSIGN_OR_RETURN(std::unique_ptr<Buffer> packed, Allocate(group_bytes * (w.rows / 16)));
+    const size_t row_bytes = RowBytes(DType::kQ4_0, w.cols);
+    const auto* src = static_cast<const uint8_t*>(w.data);
+    auto* dst = static_cast<uint8_t*>(packed->data());
+    pool_.ParallelFor(w.rows / 16, 1, [&](int64_t g0, int64_t g1) {
+      cpu::RepackQ4_0x16(src + g0 * 16 * row_bytes, (g1 - g0) * 16, w.cols, dst + g0 * group_bytes);
+    });
+    return packed;
+  }
+
   absl::StatusOr<std::unique_ptr<Buffer>> Allocate(size_t bytes) override {
     if (bytes >= (4u << 20)) {  // weights (quantized at load), KV pools: huge pages
       auto b = std::make_unique<HugePageBuffer>(bytes);
@@ -169,7 +188,8 @@ class CpuBackend : public Backend {
                        bias != nullptr ? bias->f32() : nullptr,
                        out.f32(),
                        out.stride,
-                       w.rows};
+                       w.rows,
+                       w.packed};
     const int threads = pool_.ThreadsFor(x.rows * w.rows * w.cols);
     if (IsQuantized(w.dtype)) return QuantMatMul(args, threads);
     if (!fast_) {
@@ -338,6 +358,18 @@ class CpuBackend : public Backend {
   // CPU has it). Prefill is an int8 GEMM with AVX-512 VNNI (QuantGemm), else widened weight
   // panels for sgemm.
   void QuantMatMul(const cpu::GemvArgs& a, int threads) {
+    if (a.packed != nullptr) {  // Q4_0 repacked at load: decode and prefill
+      const std::vector<cpu::Q8Block>& xq = QuantizeActivationRows(a, threads);
+      const auto* packed = static_cast<const uint8_t*>(a.packed);
+      pool_.ParallelFor(
+          a.rows, 16,
+          [&](int64_t j0, int64_t j1) {
+            cpu::Avx512VnniQ4_0x16Rows(packed, a.k, xq.data(), a.n, a.k / 32, a.bias, a.out,
+                                       a.out_stride, j0, j1);
+          },
+          threads);
+      return;
+    }
     const bool kquant = a.wt == DType::kQ4_K || a.wt == DType::kQ5_K || a.wt == DType::kQ6_K;
     const bool q5 = a.wt == DType::kQ5_0 || a.wt == DType::kQ5_1;
     const bool int_dot = a.wt == DType::kQ8_0 || a.wt == DType::kQ4_0 || ((kquant || q5) && fast_);

@@ -23,7 +23,8 @@ struct GemvArgs {
   const float* bias;  // may be null
   float* out;
   int64_t out_stride;
-  int64_t rows;  // rows of w
+  int64_t rows;                  // rows of w
+  const void* packed = nullptr;  // w repacked (Tensor::packed): Q4_0 in groups of 16 rows
 };
 void RefGemvRows(const GemvArgs& a, int64_t j0, int64_t j1);
 void Avx2GemvRows(const GemvArgs& a, int64_t j0, int64_t j1);

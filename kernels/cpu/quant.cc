@@ -15,6 +15,25 @@ inline float Half(const uint8_t* p) {
 
 }  // namespace
 
+void RepackQ4_0x16(const void* w, int64_t rows, int64_t k, uint8_t* out) {
+  const auto* src = static_cast<const uint8_t*>(w);
+  const int64_t nb = k / 32;
+  const size_t row_bytes = RowBytes(DType::kQ4_0, k);
+  const size_t group_bytes = Q4_0x16GroupBytes(k);
+  for (int64_t g = 0; g < rows / 16; ++g) {
+    uint8_t* group = out + g * group_bytes;
+    for (int r = 0; r < 16; ++r) {
+      const uint8_t* row = src + (g * 16 + r) * row_bytes;
+      for (int64_t b = 0; b < nb; ++b) {
+        const uint8_t* blk = row + b * 18;  // f16 d, then 16 bytes of nibbles
+        std::memcpy(group + Q4_0x16ScalesAt(nb, b) + r * 2, blk, 2);
+        uint8_t* quants = group + Q4_0x16QuantsAt(nb, b);
+        for (int c = 0; c < 4; ++c) std::memcpy(quants + c * 64 + r * 4, blk + 2 + 4 * c, 4);
+      }
+    }
+  }
+}
+
 void QuantizeActivations(const float* x, int64_t n, Q8Block* out) {
   for (int64_t b = 0; b < n / 32; ++b) {
     const float* v = x + 32 * b;

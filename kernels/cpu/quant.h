@@ -69,6 +69,32 @@ void Avx512VnniQuantGemmRows(DType dt, const void* w, int64_t k, const Q8Block* 
                              int64_t j0, int64_t j1);
 bool CpuHasAvx512Vnni();
 
+// Q4_0 weights repacked at load for the AVX-512 VNNI kernels (interleaved rows, as llama.cpp's
+// CPU "extra buffer" types): rows in groups of 16. A group is read as one stream: for each pair
+// of 32-value blocks, the pair's scales (16 F16 per block, 64 bytes), then each block's quants,
+// 4 x 64 bytes, where vector c has row r's quant bytes 4c..4c+3 in lane r (low nibbles: the
+// block's values 4c..4c+3, high nibbles 16+4c..19+4c); an odd last block stands alone (32 bytes
+// of scales, then its quants). Everything but that last block stays 64-byte aligned, and the
+// size is the file's.
+inline size_t Q4_0x16GroupBytes(int64_t k) { return static_cast<size_t>(k / 32) * 288; }
+// Where block b's scales and quants start within a group of nb blocks.
+inline size_t Q4_0x16ScalesAt(int64_t nb, int64_t b) {
+  (void)nb;
+  return static_cast<size_t>(b / 2) * 576 + (b % 2) * 32;
+}
+inline size_t Q4_0x16QuantsAt(int64_t nb, int64_t b) {
+  const int64_t in_unit = nb - (b - b % 2) >= 2 ? 2 : 1;
+  return static_cast<size_t>(b / 2) * 576 + in_unit * 32 + (b % 2) * 256;
+}
+// `rows` (a multiple of 16) Q4_0 rows of k values -> rows / 16 groups at `out`.
+void RepackQ4_0x16(const void* w, int64_t rows, int64_t k, uint8_t* out);
+// Rows [j0, j1) (multiples of 16) of out = x * w^T for repacked Q4_0 weights: n activation rows
+// as Q8 blocks, xq_stride blocks apart; bias may be null. Decode and prefill alike: 8 activation
+// rows share each unpacked weight vector.
+void Avx512VnniQ4_0x16Rows(const uint8_t* packed, int64_t k, const Q8Block* xq, int64_t n,
+                           int64_t xq_stride, const float* bias, float* out, int64_t out_stride,
+                           int64_t j0, int64_t j1);
+
 }  // namespace shardserve::cpu
 
 #endif  // SHARDSERVE_KERNELS_CPU_QUANT_H_

@@ -277,6 +277,44 @@ TEST(QuantTest, Avx512VnniEqualsReference) {
   }
 }
 
+// Q4_0 repacked into groups of 16 interleaved rows: the kernel equals the reference for 1 to 13
+// activation rows (the 8-row tile and every remainder), 3 groups split 1 + 2 as the thread pool
+// splits them, two widths, with a bias and without.
+TEST(QuantTest, RepackedQ4_0EqualsReference) {
+  if (!cpu::CpuHasAvx512Vnni()) GTEST_SKIP() << "no AVX-512 VNNI on this CPU";
+  const int64_t m = 48;
+  for (int64_t k : {int64_t{96}, int64_t{2048}}) {
+    const std::vector<float> w = Random(m * k, 21);
+    const size_t row_bytes = RowBytes(DType::kQ4_0, k);
+    std::vector<uint8_t> wq(row_bytes * m);
+    for (int64_t r = 0; r < m; ++r)
+      cpu::QuantizeRow(DType::kQ4_0, &w[r * k], k, &wq[row_bytes * r]);
+    std::vector<uint8_t> packed(cpu::Q4_0x16GroupBytes(k) * (m / 16));
+    ASSERT_EQ(packed.size(), wq.size());
+    cpu::RepackQ4_0x16(wq.data(), m, k, packed.data());
+    const int64_t n_max = 13;
+    const std::vector<float> x = Random(n_max * k, 22), bias = Random(m, 23);
+    std::vector<cpu::Q8Block> xq(n_max * k / 32);
+    for (int64_t i = 0; i < n_max; ++i) cpu::QuantizeActivations(&x[i * k], k, &xq[i * k / 32]);
+    for (int64_t n = 1; n <= n_max; ++n) {
+      for (const float* b : {bias.data(), static_cast<const float*>(nullptr)}) {
+        std::vector<float> out(n * m, -1.0f);
+        cpu::Avx512VnniQ4_0x16Rows(packed.data(), k, xq.data(), n, k / 32, b, out.data(), m, 0, 16);
+        cpu::Avx512VnniQ4_0x16Rows(packed.data(), k, xq.data(), n, k / 32, b, out.data(), m, 16, m);
+        for (int64_t i = 0; i < n; ++i) {
+          for (int64_t j = 0; j < m; ++j) {
+            const float ref =
+                cpu::RefQuantDot(DType::kQ4_0, &wq[row_bytes * j], &xq[i * k / 32], k) +
+                (b != nullptr ? b[j] : 0.0f);
+            ASSERT_NEAR(out[i * m + j], ref, 1e-4f * (1 + std::fabs(ref)))
+                << "k " << k << " row " << j << " x " << i << " of " << n;
+          }
+        }
+      }
+    }
+  }
+}
+
 // The AVX-512 VNNI panel GEMM (prefill) equals the reference for all seven formats: 9 and 13
 // activation rows (a full eight-row tile and a remainder), 37 weight rows (a partial panel),
 // ranges that start mid-panel, and a bias.
@@ -360,17 +398,31 @@ TEST_P(QuantMatMulTest, BackendTracksF32WithinFormatError) {
   f32->MatMul(Tensor::Of(const_cast<float*>(x.data()), DType::kF32, n, k),
               Tensor::Of(const_cast<float*>(w.data()), DType::kF32, m, k), nullptr,
               Tensor::Of(exact.data(), DType::kF32, n, m));
-  auto run = [&](const CpuBackendOptions& o, std::vector<float>* out) {
+  // With `pack`, the weights in the backend's own layout (PackForMatMul), as stages load them.
+  auto run = [&](const CpuBackendOptions& o, std::vector<float>* out, bool pack) {
     out->assign(n * m, 0.0f);
-    NewCpuBackend(o)->MatMul(Tensor::Of(const_cast<float*>(x.data()), DType::kF32, n, k),
-                             Tensor::Of(wq.data(), dt, m, k), nullptr,
-                             Tensor::Of(out->data(), DType::kF32, n, m));
+    auto backend = NewCpuBackend(o);
+    Tensor wt = Tensor::Of(wq.data(), dt, m, k);
+    std::unique_ptr<Buffer> packed;
+    if (pack) {
+      auto p = backend->PackForMatMul(wt);
+      ASSERT_TRUE(p.ok()) << p.status();
+      packed = *std::move(p);
+      // Q4_0 is repacked where the CPU has AVX-512 VNNI (and the backend may use it).
+      EXPECT_EQ(packed != nullptr,
+                dt == DType::kQ4_0 && o.avx512 && !o.reference && cpu::CpuHasAvx512Vnni());
+      if (packed != nullptr) wt.packed = packed->data();
+    }
+    backend->MatMul(Tensor::Of(const_cast<float*>(x.data()), DType::kF32, n, k), wt, nullptr,
+                    Tensor::Of(out->data(), DType::kF32, n, m));
   };
-  run({.threads = 2, .reference = true}, &ref);
-  // The fast paths this CPU has (AVX-512 VNNI where present) and the AVX2 path, forced.
-  for (bool avx512 : {true, false}) {
+  run({.threads = 2, .reference = true}, &ref, false);
+  // The fast paths this CPU has (AVX-512 VNNI where present, on the file's layout and on the
+  // backend's), and the AVX2 path, forced.
+  for (auto [avx512, pack] :
+       {std::pair{true, false}, std::pair{true, true}, std::pair{false, true}}) {
     std::vector<float> fast;
-    run({.threads = 2, .avx512 = avx512}, &fast);
+    run({.threads = 2, .avx512 = avx512}, &fast, pack);
     // Relative RMS error against F32: about 1% for Q8_0, about 12% for Q4_0 on normal weights.
     double err = 0, norm = 0, diff_paths = 0;
     for (int64_t i = 0; i < n * m; ++i) {
@@ -385,7 +437,8 @@ TEST_P(QuantMatMulTest, BackendTracksF32WithinFormatError) {
     // where prefill batches widen the weights instead of quantizing the activations (the AVX2
     // path at n >= 12).
     const bool widened = n >= 12 && !(avx512 && cpu::CpuHasAvx512Vnni());
-    EXPECT_LT(diff_paths, widened ? 0.5 : 1e-3) << DTypeName(dt) << " avx512 " << avx512;
+    EXPECT_LT(diff_paths, widened ? 0.5 : 1e-3)
+        << DTypeName(dt) << " avx512 " << avx512 << " packed " << pack;
   }
 }
 
