@@ -267,6 +267,34 @@ void WeightedValues(const AttentionArgs& a, float inv) {
 
 }  // namespace
 
+void Avx2SoftmaxRow(float* s, int64_t len, float scale) {
+  __m256 vmax = _mm256_set1_ps(-INFINITY);
+  int64_t i = 0;
+  for (; i + 8 <= len; i += 8) vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(s + i));
+  float lanes[8];
+  _mm256_storeu_ps(lanes, vmax);
+  float max_score = -INFINITY;
+  for (float v : lanes) max_score = std::max(max_score, v);
+  for (; i < len; ++i) max_score = std::max(max_score, s[i]);
+  const __m256 vs = _mm256_set1_ps(scale), vm = _mm256_set1_ps(scale * max_score);
+  __m256 vsum = _mm256_setzero_ps();
+  i = 0;
+  for (; i + 8 <= len; i += 8) {
+    const __m256 e = ExpNonPositive(_mm256_fmsub_ps(_mm256_loadu_ps(s + i), vs, vm));
+    _mm256_storeu_ps(s + i, e);
+    vsum = _mm256_add_ps(vsum, e);
+  }
+  float sum = HorizontalSum(vsum);
+  for (; i < len; ++i) {
+    s[i] = std::exp(scale * s[i] - scale * max_score);
+    sum += s[i];
+  }
+  const __m256 inv = _mm256_set1_ps(1.0f / sum);
+  i = 0;
+  for (; i + 8 <= len; i += 8) _mm256_storeu_ps(s + i, _mm256_mul_ps(_mm256_loadu_ps(s + i), inv));
+  for (; i < len; ++i) s[i] *= 1.0f / sum;
+}
+
 void Avx2AttentionHead(const AttentionArgs& a) {
   const int64_t hd = a.head_dim;
   const int64_t hd8 = hd & ~int64_t{7};

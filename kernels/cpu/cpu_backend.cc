@@ -24,6 +24,10 @@ namespace {
 
 // Batches of at least this many rows take the GEMM path.
 constexpr int64_t kGemmMinRows = 12;
+// Prompt chunks of this many rows or more attend in tiles of kAttentionTile rows through the
+// blocked GEMM (AVX-512); shorter ones, and decode rows, one row at a time.
+constexpr int64_t kTiledAttentionRows = 16;
+constexpr int64_t kAttentionTile = 64;
 // Weight rows widened to F32 per sgemm call on the GEMM path.
 constexpr int64_t kPanelRows = 512;
 
@@ -269,27 +273,42 @@ class CpuBackend : public Backend {
         std::memcpy(cache.v + slot * kv_width, v.row(s.row_begin + t), kv_width * sizeof(float));
       }
     }
-    // 2. One work item per (token row, head).
+    // 2. One work item per (prompt chunk, head) for chunks of kTiledAttentionRows rows or more
+    // (with AVX-512), then one per (token row, head) for the rest.
+    std::vector<const AttentionSeq*> tiled;
     std::vector<std::pair<const AttentionSeq*, int64_t>> row_seq;  // row -> (seq, t)
     row_seq.reserve(q.rows);
-    int64_t max_len = 0;
+    int64_t max_len = 0, tiled_work = 0;
     for (const AttentionSeq& s : seqs) {
+      if (avx512_ && s.num_tokens >= kTiledAttentionRows) {
+        tiled.push_back(&s);
+        tiled_work += s.num_tokens * (s.start_pos + s.num_tokens);
+        continue;
+      }
       for (int64_t t = 0; t < s.num_tokens; ++t) row_seq.emplace_back(&s, t);
       max_len = std::max(max_len, s.start_pos + s.num_tokens);
     }
     const int64_t group = shape.num_heads / shape.num_kv_heads;
     const float scale = 1.0f / std::sqrt(static_cast<float>(shape.head_dim));
-    const int64_t items = static_cast<int64_t>(row_seq.size()) * shape.num_heads;
+    const int64_t tiled_items = static_cast<int64_t>(tiled.size()) * shape.num_heads;
+    const int64_t items = tiled_items + static_cast<int64_t>(row_seq.size()) * shape.num_heads;
     // Items go to the threads in turn, not in contiguous ranges: a prompt's later rows attend to
     // more positions, so contiguous ranges gave the last thread most of a prefill's work.
-    const int threads = static_cast<int>(
-        std::min<int64_t>({static_cast<int64_t>(pool_.size()),
-                           pool_.ThreadsFor(items * max_len * shape.head_dim), items}));
+    const int threads = static_cast<int>(std::min<int64_t>(
+        {static_cast<int64_t>(pool_.size()),
+         pool_.ThreadsFor((items * max_len + tiled_work * shape.num_heads) * shape.head_dim),
+         items}));
     auto work = [&](int thread) {
       std::vector<float> scores(max_len);
       std::vector<float> qs(shape.head_dim);
+      TiledAttentionScratch scratch;
       for (int64_t item = thread; item < items; item += threads) {
-        const int64_t idx = item / shape.num_heads;
+        if (item < tiled_items) {
+          TiledAttention(*tiled[item / shape.num_heads], item % shape.num_heads, q, shape, cache,
+                         out, &scratch);
+          continue;
+        }
+        const int64_t idx = (item - tiled_items) / shape.num_heads;
         const int64_t h = item % shape.num_heads;
         const auto [seq, t] = row_seq[idx];
         const int64_t row = seq->row_begin + t;
@@ -317,6 +336,67 @@ class CpuBackend : public Backend {
     pool_.Run([&](int thread, int) {
       if (thread < threads) work(thread);
     });
+  }
+
+  // Scratch of TiledAttention, per thread.
+  struct TiledAttentionScratch {
+    std::vector<float> k, vt, scores, xp;
+  };
+
+  // Causal attention of prompt chunk `s` for head h as two blocked GEMMs per tile of
+  // kAttentionTile query rows: scores = Q K^T over the keys the tile's last row sees, a softmax
+  // per row over the keys it may see (the rest zero), then scores x V. Keys and values are
+  // gathered from their pages once per tile (the values transposed, as the GEMM's weight rows).
+  void TiledAttention(const AttentionSeq& s, int64_t h, const Tensor& q,
+                      const AttentionShape& shape, KvLayer cache, Tensor out,
+                      TiledAttentionScratch* sc) {
+    const int64_t hd = shape.head_dim, kvw = shape.num_kv_heads * hd;
+    const int64_t g = h / (shape.num_heads / shape.num_kv_heads);
+    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+    auto slot = [&](int64_t pos) {
+      return static_cast<int64_t>(s.block_table[pos / shape.block_size]) * shape.block_size +
+             pos % shape.block_size;
+    };
+    const int64_t total = s.start_pos + s.num_tokens;
+    sc->k.resize(static_cast<size_t>(total * hd));
+    for (int64_t pos = 0; pos < total; ++pos) {
+      std::memcpy(&sc->k[pos * hd], cache.k + slot(pos) * kvw + g * hd, hd * sizeof(float));
+    }
+    for (int64_t i0 = 0; i0 < s.num_tokens; i0 += kAttentionTile) {
+      const int64_t rows = std::min(kAttentionTile, s.num_tokens - i0);
+      const int64_t keys = s.start_pos + i0 + rows;
+      sc->scores.resize(static_cast<size_t>(rows * keys));
+      const cpu::GemvArgs qk{q.row(s.row_begin + i0) + h * hd,
+                             rows,
+                             q.stride,
+                             sc->k.data(),
+                             DType::kF32,
+                             hd,
+                             nullptr,
+                             sc->scores.data(),
+                             keys,
+                             keys};
+      sc->xp.resize(static_cast<size_t>(cpu::Avx512GemmPackedFloats(qk)));
+      cpu::Avx512PackGemmActivations(qk, 0, rows, sc->xp.data());
+      cpu::Avx512GemmRows(qk, sc->xp.data(), 0, keys);
+      for (int64_t r = 0; r < rows; ++r) {
+        float* row = &sc->scores[r * keys];
+        const int64_t len = s.start_pos + i0 + r + 1;
+        cpu::Avx2SoftmaxRow(row, len, scale);
+        std::fill(row + len, row + keys, 0.0f);
+      }
+      sc->vt.resize(static_cast<size_t>(hd * keys));
+      for (int64_t pos = 0; pos < keys; ++pos) {
+        const float* v = cache.v + slot(pos) * kvw + g * hd;
+        for (int64_t d = 0; d < hd; ++d) sc->vt[d * keys + pos] = v[d];
+      }
+      const cpu::GemvArgs pv{sc->scores.data(), rows, keys,    sc->vt.data(),
+                             DType::kF32,       keys, nullptr, out.row(s.row_begin + i0) + h * hd,
+                             out.stride,        hd};
+      sc->xp.resize(static_cast<size_t>(cpu::Avx512GemmPackedFloats(pv)));
+      cpu::Avx512PackGemmActivations(pv, 0, rows, sc->xp.data());
+      cpu::Avx512GemmRows(pv, sc->xp.data(), 0, hd);
+    }
   }
 
   void SwiGlu(const Tensor& gate_up, Tensor out) override {

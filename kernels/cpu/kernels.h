@@ -61,6 +61,8 @@ struct AttentionArgs {
 };
 void RefAttentionHead(const AttentionArgs& a);
 void Avx2AttentionHead(const AttentionArgs& a);
+// s[0, len) = softmax(scale * s[0, len)) (AVX2).
+void Avx2SoftmaxRow(float* s, int64_t len, float scale);
 
 bool CpuHasAvx2Fma();
 

@@ -110,17 +110,20 @@ TEST(CpuBackendTest, StridedOutputLeavesOtherColumnsAlone) {
 }
 
 // Head sizes 24 (the generic path), 64 and 128 (outputs held in registers), blocks of 4 with
-// partly filled last blocks.
+// partly filled last blocks. The 70-row prompt chunk attends in tiles (two, the second of 6
+// rows) through the GEMM where the CPU has AVX-512.
 TEST(CpuBackendTest, PagedAttentionFastMatchesReference) {
   for (int64_t hd : {24, 64, 128}) {
     AttentionShape shape{
         .num_heads = 8, .num_kv_heads = 2, .head_dim = hd, .block_size = 4, .num_blocks = 32};
     const int64_t kvw = shape.num_kv_heads * shape.head_dim, qw = 8 * hd;
-    // Three sequences: a prefill chunk continuing at position 5, a decode at 17, a fresh prompt.
-    std::vector<std::vector<int32_t>> tables = {{3, 9, 1, 0}, {4, 5, 6, 7, 8}, {31, 30}};
+    // Four sequences: a prefill chunk continuing at position 5, a decode at 17, a fresh prompt,
+    // and a long chunk continuing at position 9.
+    std::vector<std::vector<int32_t>> tables = {{3, 9, 1, 0}, {4, 5, 6, 7, 8}, {31, 30}, {}};
+    for (int32_t b = 29; b >= 10; --b) tables[3].push_back(b);
     std::vector<AttentionSeq> seqs = {
-        {0, 6, 5, tables[0]}, {6, 1, 17, tables[1]}, {7, 5, 0, tables[2]}};
-    const int64_t rows = 12;
+        {0, 6, 5, tables[0]}, {6, 1, 17, tables[1]}, {7, 5, 0, tables[2]}, {12, 70, 9, tables[3]}};
+    const int64_t rows = 82;
     std::vector<float> q = Random(rows * qw, 6);
     std::vector<float> k = Random(rows * kvw, 7), v = Random(rows * kvw, 8);
     std::vector<float> out_fast(q.size()), out_ref(q.size());
