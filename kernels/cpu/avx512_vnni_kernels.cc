@@ -770,33 +770,14 @@ void Avx512VnniQ4_0x16Rows(const uint8_t* packed, int64_t k, const Q8Block* xq, 
   const size_t group_bytes = Q4_0x16GroupBytes(k);
   for (int64_t j = j0; j < j1; j += 16) {
     const uint8_t* group = packed + (j / 16) * group_bytes;
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8)
-      Q4_0x16Tile<8>(group, nb, xq, xq_stride, i, bias, out, out_stride, j);
-    switch (n - i) {
-      case 7:
-        Q4_0x16Tile<7>(group, nb, xq, xq_stride, i, bias, out, out_stride, j);
-        break;
-      case 6:
-        Q4_0x16Tile<6>(group, nb, xq, xq_stride, i, bias, out, out_stride, j);
-        break;
-      case 5:
-        Q4_0x16Tile<5>(group, nb, xq, xq_stride, i, bias, out, out_stride, j);
-        break;
-      case 4:
-        Q4_0x16Tile<4>(group, nb, xq, xq_stride, i, bias, out, out_stride, j);
-        break;
-      case 3:
-        Q4_0x16Tile<3>(group, nb, xq, xq_stride, i, bias, out, out_stride, j);
-        break;
-      case 2:
-        Q4_0x16Tile<2>(group, nb, xq, xq_stride, i, bias, out, out_stride, j);
-        break;
-      case 1:
-        Q4_0x16Tile<1>(group, nb, xq, xq_stride, i, bias, out, out_stride, j);
-        break;
-      default:
-        break;
+    // 8 activation rows at a time, then the rest in one tile.
+    using TileFn = void (*)(const uint8_t*, int64_t, const Q8Block*, int64_t, int64_t, const float*,
+                            float*, int64_t, int64_t);
+    static constexpr TileFn kTiles[9] = {nullptr,         &Q4_0x16Tile<1>, &Q4_0x16Tile<2>,
+                                         &Q4_0x16Tile<3>, &Q4_0x16Tile<4>, &Q4_0x16Tile<5>,
+                                         &Q4_0x16Tile<6>, &Q4_0x16Tile<7>, &Q4_0x16Tile<8>};
+    for (int64_t i = 0; i < n; i += 8) {
+      kTiles[std::min<int64_t>(8, n - i)](group, nb, xq, xq_stride, i, bias, out, out_stride, j);
     }
   }
 }

@@ -310,26 +310,32 @@ int32_t Matcher::Transition(int32_t state, uint8_t byte) {
   return next;
 }
 
-void Matcher::Walk(uint32_t node, int32_t state, int64_t budget, std::string* bits,
-                   int64_t* max_need) {
+template <typename F>
+void Matcher::ForEachChild(uint32_t node, int32_t state, F&& f) {
   const StateInfo& st = states_[state];  // a deque: stays put while states are added
   const Vocabulary::Node& n = vocab_->node(node);
   for (uint32_t c = n.children_begin; c < n.children_end && !overflow_; ++c) {
     const Vocabulary::Node& child = vocab_->node(c);
     if (!st.next_bytes.test(child.byte)) continue;
     const int32_t next = Transition(state, child.byte);
-    if (next < 0) continue;
-    const StateInfo& ns = states_[next];
-    if (child.tokens_begin != child.tokens_end && (budget < 0 || ns.need <= budget)) {
-      for (uint32_t t = child.tokens_begin; t < child.tokens_end; ++t) {
-        SetBit(bits, vocab_->node_token(t));
-      }
-      *max_need = std::max<int64_t>(*max_need, ns.need);
-    }
-    if (!ns.frames.empty() && child.children_begin != child.children_end) {
-      Walk(c, next, budget, bits, max_need);
-    }
+    if (next >= 0) f(c, child, next, states_[next]);
   }
+}
+
+void Matcher::Walk(uint32_t node, int32_t state, int64_t budget, std::string* bits,
+                   int64_t* max_need) {
+  ForEachChild(node, state,
+               [&](uint32_t c, const Vocabulary::Node& child, int32_t next, const StateInfo& ns) {
+                 if (child.tokens_begin != child.tokens_end && (budget < 0 || ns.need <= budget)) {
+                   for (uint32_t t = child.tokens_begin; t < child.tokens_end; ++t) {
+                     SetBit(bits, vocab_->node_token(t));
+                   }
+                   *max_need = std::max<int64_t>(*max_need, ns.need);
+                 }
+                 if (!ns.frames.empty() && child.children_begin != child.children_end) {
+                   Walk(c, next, budget, bits, max_need);
+                 }
+               });
 }
 
 void Matcher::AddEos(std::string* bits) const {
@@ -406,23 +412,18 @@ std::shared_ptr<TokenTable::Entry> Matcher::BuildEntry(const std::vector<uint32_
 void Matcher::LocalWalk(uint32_t node, int32_t state, std::string* accepted,
                         std::vector<std::pair<uint32_t, uint32_t>>* below,
                         std::vector<std::pair<int32_t, uint32_t>>* needs) {
-  const StateInfo& st = states_[state];
-  const Vocabulary::Node& n = vocab_->node(node);
-  for (uint32_t c = n.children_begin; c < n.children_end && !overflow_; ++c) {
-    const Vocabulary::Node& child = vocab_->node(c);
-    if (!st.next_bytes.test(child.byte)) continue;
-    const int32_t next = Transition(state, child.byte);
-    if (next < 0) continue;
-    const StateInfo& ns = states_[next];
-    for (uint32_t t = child.tokens_begin; t < child.tokens_end; ++t) {
-      SetBit(accepted, vocab_->node_token(t));
-      needs->emplace_back(vocab_->node_token(t), ns.need);
-    }
-    if (child.children_begin == child.children_end) continue;
-    // A path left the key's frames here: the longer tokens depend on what lies below.
-    if (ns.popped) below->emplace_back(child.tokens_end, child.subtree_end);
-    if (!ns.frames.empty()) LocalWalk(c, next, accepted, below, needs);
-  }
+  ForEachChild(node, state,
+               [&](uint32_t c, const Vocabulary::Node& child, int32_t next, const StateInfo& ns) {
+                 for (uint32_t t = child.tokens_begin; t < child.tokens_end; ++t) {
+                   SetBit(accepted, vocab_->node_token(t));
+                   needs->emplace_back(vocab_->node_token(t), ns.need);
+                 }
+                 if (child.children_begin == child.children_end) return;
+                 // A path left the key's frames here: the longer tokens depend on what lies
+                 // below.
+                 if (ns.popped) below->emplace_back(child.tokens_end, child.subtree_end);
+                 if (!ns.frames.empty()) LocalWalk(c, next, accepted, below, needs);
+               });
 }
 
 bool Matcher::MaskFromTable(int32_t state, int64_t budget, std::string* bits, int64_t* max_need) {

@@ -219,6 +219,10 @@ class Matcher {
   void Advance(const State& in, uint8_t byte, State* out);
   static void Normalize(State* s);
   void AddEos(std::string* bits) const;
+  // Calls f(c, child, next, states_[next]) for each child c of trie node `node` whose byte some
+  // stack of `state` takes (next: the state after it), until the bounds overflow.
+  template <typename F>
+  void ForEachChild(uint32_t node, int32_t state, F&& f);
   // Walks the trie below `node` from `state` (an index into states_), setting the bits of the
   // tokens that survive (with `budget` >= 0, only those that leave room to finish).
   void Walk(uint32_t node, int32_t state, int64_t budget, std::string* bits, int64_t* max_need);

@@ -61,6 +61,19 @@ std::string PyDumps(const nlohmann::ordered_json& v, int indent = 0) {
   return out;
 }
 
+// DeepSeek's system prompt: every system message, in order, joined by blank lines.
+std::string DeepSeekSystem(const std::vector<ChatMessage>& messages) {
+  std::string system;
+  bool first = true;
+  for (const ChatMessage& m : messages) {
+    if (m.role != "system") continue;
+    if (!first) system += "\n\n";
+    system += m.content;
+    first = false;
+  }
+  return system;
+}
+
 // The tool as the request gave it: {"type": "function", "function": {...}}.
 nlohmann::ordered_json ToolJson(const ChatTool& t) {
   nlohmann::ordered_json f;
@@ -283,14 +296,7 @@ absl::StatusOr<std::string> ChatTemplate::Render(const std::vector<ChatMessage>&
       // evidently means (as DeepSeek's later templates and vLLM's tool template do): every
       // assistant turn of calls is closed with <｜tool▁calls▁end｜>, each run of tool results
       // opens with <｜tool▁outputs▁begin｜> and closes with <｜tool▁outputs▁end｜>.
-      std::string system;
-      bool first_system = true;
-      for (const ChatMessage& m : messages) {
-        if (m.role != "system") continue;
-        if (!first_system) system += "\n\n";
-        system += m.content;
-        first_system = false;
-      }
+      const std::string system = DeepSeekSystem(messages);
       absl::StrAppend(&out, bos_, system);
       if (!tools.empty()) {
         if (!system.empty()) out += "\n\n";
@@ -377,16 +383,8 @@ absl::StatusOr<std::string> ChatTemplate::Render(const std::vector<ChatMessage>&
     case ChatTemplateKind::kDeepSeekV3:
     case ChatTemplateKind::kDeepSeekR1: {
       const bool r1 = kind_ == ChatTemplateKind::kDeepSeekR1;
-      std::string system;
-      bool first_system = true;
-      for (const ChatMessage& m : messages) {
-        if (m.role != "system") continue;
-        if (!first_system) system += "\n\n";
-        system += m.content;
-        first_system = false;
-      }
       out += bos_;
-      out += system;
+      out += DeepSeekSystem(messages);
       for (const ChatMessage& m : messages) {
         if (m.role == "user") {
           absl::StrAppend(&out, "<｜User｜>", m.content);
