@@ -99,10 +99,11 @@ class CpuBackend : public Backend {
   bool SupportsOp(Op op, DType weight_dtype) const override { return weight_dtype != DType::kI32; }
 
   // Q4_0 matrices with AVX-512 VNNI: rows interleaved 16 at a time (cpu::RepackQ4_0x16), read
-  // by decode and prefill alike; the file's layout is then never read again.
+  // by decode and prefill alike; the file's layout is then never read again. Not when weights
+  // are to be read from the file mapping in place (copy_weights false: no second copy).
   absl::StatusOr<std::unique_ptr<Buffer>> PackForMatMul(const Tensor& w) override {
-    if (!vnni512_ || w.dtype != DType::kQ4_0 || w.rows % 16 != 0 || w.cols % 32 != 0 ||
-        w.stride != w.cols) {
+    if (!vnni512_ || !copy_weights_ || w.dtype != DType::kQ4_0 || w.rows % 16 != 0 ||
+        w.cols % 32 != 0 || w.stride != w.cols) {
       return std::unique_ptr<Buffer>();
     }
     const size_t group_bytes = cpu::Q4_0x16GroupBytes(w.cols);
