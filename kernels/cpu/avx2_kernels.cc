@@ -233,6 +233,33 @@ inline __m256 ExpNonPositive(__m256 x) {
   return _mm256_andnot_ps(underflow, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
 }
 
+// s[0, len) = exp(scale * (s[i] - max over s)); returns their sum (the softmax before
+// normalising).
+float ExpFromMax(float* s, int64_t len, float scale) {
+  __m256 vmax = _mm256_set1_ps(-INFINITY);
+  int64_t i = 0;
+  for (; i + 8 <= len; i += 8) vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(s + i));
+  float lanes[8];
+  _mm256_storeu_ps(lanes, vmax);
+  float max_score = -INFINITY;
+  for (float v : lanes) max_score = std::max(max_score, v);
+  for (; i < len; ++i) max_score = std::max(max_score, s[i]);
+  const __m256 vs = _mm256_set1_ps(scale), vm = _mm256_set1_ps(scale * max_score);
+  __m256 vsum = _mm256_setzero_ps();
+  i = 0;
+  for (; i + 8 <= len; i += 8) {
+    const __m256 e = ExpNonPositive(_mm256_fmsub_ps(_mm256_loadu_ps(s + i), vs, vm));
+    _mm256_storeu_ps(s + i, e);
+    vsum = _mm256_add_ps(vsum, e);
+  }
+  float sum = HorizontalSum(vsum);
+  for (; i < len; ++i) {
+    s[i] = std::exp(scale * s[i] - scale * max_score);
+    sum += s[i];
+  }
+  return sum;
+}
+
 }  // namespace
 
 namespace {
@@ -268,29 +295,9 @@ void WeightedValues(const AttentionArgs& a, float inv) {
 }  // namespace
 
 void Avx2SoftmaxRow(float* s, int64_t len, float scale) {
-  __m256 vmax = _mm256_set1_ps(-INFINITY);
-  int64_t i = 0;
-  for (; i + 8 <= len; i += 8) vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(s + i));
-  float lanes[8];
-  _mm256_storeu_ps(lanes, vmax);
-  float max_score = -INFINITY;
-  for (float v : lanes) max_score = std::max(max_score, v);
-  for (; i < len; ++i) max_score = std::max(max_score, s[i]);
-  const __m256 vs = _mm256_set1_ps(scale), vm = _mm256_set1_ps(scale * max_score);
-  __m256 vsum = _mm256_setzero_ps();
-  i = 0;
-  for (; i + 8 <= len; i += 8) {
-    const __m256 e = ExpNonPositive(_mm256_fmsub_ps(_mm256_loadu_ps(s + i), vs, vm));
-    _mm256_storeu_ps(s + i, e);
-    vsum = _mm256_add_ps(vsum, e);
-  }
-  float sum = HorizontalSum(vsum);
-  for (; i < len; ++i) {
-    s[i] = std::exp(scale * s[i] - scale * max_score);
-    sum += s[i];
-  }
+  const float sum = ExpFromMax(s, len, scale);
   const __m256 inv = _mm256_set1_ps(1.0f / sum);
-  i = 0;
+  int64_t i = 0;
   for (; i + 8 <= len; i += 8) _mm256_storeu_ps(s + i, _mm256_mul_ps(_mm256_loadu_ps(s + i), inv));
   for (; i < len; ++i) s[i] *= 1.0f / sum;
 }
@@ -330,28 +337,8 @@ void Avx2AttentionHead(const AttentionArgs& a) {
     for (; i < n; ++i) a.scores[t0 + i] = Dot(a.q, first + i * a.kv_stride, hd);
   });
 
-  __m256 vmax = _mm256_set1_ps(-INFINITY);
-  int64_t i = 0;
-  for (; i + 8 <= a.len; i += 8) vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(a.scores + i));
-  float lanes[8];
-  _mm256_storeu_ps(lanes, vmax);
-  float max_score = lanes[0];
-  for (float v : lanes) max_score = std::max(max_score, v);
-  for (; i < a.len; ++i) max_score = std::max(max_score, a.scores[i]);
-
-  const __m256 vm = _mm256_set1_ps(max_score);
-  __m256 vsum = _mm256_setzero_ps();
-  i = 0;
-  for (; i + 8 <= a.len; i += 8) {
-    const __m256 e = ExpNonPositive(_mm256_sub_ps(_mm256_loadu_ps(a.scores + i), vm));
-    _mm256_storeu_ps(a.scores + i, e);
-    vsum = _mm256_add_ps(vsum, e);
-  }
-  float sum = HorizontalSum(vsum);
-  for (; i < a.len; ++i) {
-    a.scores[i] = std::exp(a.scores[i] - max_score);
-    sum += a.scores[i];
-  }
+  // The weights, normalised where the values are summed.
+  const float sum = ExpFromMax(a.scores, a.len, 1.0f);
 
   const float inv = 1.0f / sum;
   switch (hd) {  // the common head sizes keep the output in registers

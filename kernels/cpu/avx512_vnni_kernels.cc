@@ -736,7 +736,7 @@ void Q4_0x16Tile(const uint8_t* group, int64_t nb, const Q8Block* xq, int64_t xq
       hi[c] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
     }
     const __m512 ws = _mm512_cvtph_ps(
-        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(group + Q4_0x16ScalesAt(nb, b))));
+        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(group + Q4_0x16ScalesAt(b))));
     for (int m = 0; m < M; ++m) {
       const Q8Block& x = xq[(i0 + m) * xq_stride + b];
       int32_t four[8];

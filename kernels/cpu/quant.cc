@@ -26,7 +26,7 @@ void RepackQ4_0x16(const void* w, int64_t rows, int64_t k, uint8_t* out) {
       const uint8_t* row = src + (g * 16 + r) * row_bytes;
       for (int64_t b = 0; b < nb; ++b) {
         const uint8_t* blk = row + b * 18;  // f16 d, then 16 bytes of nibbles
-        std::memcpy(group + Q4_0x16ScalesAt(nb, b) + r * 2, blk, 2);
+        std::memcpy(group + Q4_0x16ScalesAt(b) + r * 2, blk, 2);
         uint8_t* quants = group + Q4_0x16QuantsAt(nb, b);
         for (int c = 0; c < 4; ++c) std::memcpy(quants + c * 64 + r * 4, blk + 2 + 4 * c, 4);
       }

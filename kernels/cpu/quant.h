@@ -77,11 +77,8 @@ bool CpuHasAvx512Vnni();
 // of scales, then its quants). Everything but that last block stays 64-byte aligned, and the
 // size is the file's.
 inline size_t Q4_0x16GroupBytes(int64_t k) { return static_cast<size_t>(k / 32) * 288; }
-// Where block b's scales and quants start within a group of nb blocks.
-inline size_t Q4_0x16ScalesAt(int64_t nb, int64_t b) {
-  (void)nb;
-  return static_cast<size_t>(b / 2) * 576 + (b % 2) * 32;
-}
+// Where block b's scales start within a group, and its quants within a group of nb blocks.
+inline size_t Q4_0x16ScalesAt(int64_t b) { return static_cast<size_t>(b / 2) * 576 + (b % 2) * 32; }
 inline size_t Q4_0x16QuantsAt(int64_t nb, int64_t b) {
   const int64_t in_unit = nb - (b - b % 2) >= 2 ? 2 : 1;
   return static_cast<size_t>(b / 2) * 576 + in_unit * 32 + (b % 2) * 256;

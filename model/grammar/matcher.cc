@@ -23,6 +23,8 @@ void SetBit(std::string* bits, int32_t id) {
   (*bits)[id >> 3] = static_cast<char>((*bits)[id >> 3] | (1 << (id & 7)));
 }
 
+bool TestBit(const std::string& bits, int32_t id) { return (bits[id >> 3] >> (id & 7)) & 1; }
+
 }  // namespace
 
 Vocabulary::Vocabulary(std::vector<std::string> token_bytes, std::vector<int32_t> eos_ids)
@@ -395,7 +397,7 @@ std::shared_ptr<TokenTable::Entry> Matcher::BuildEntry(const std::vector<uint32_
   for (auto [lo, hi] : below) {
     for (uint32_t k = std::max(lo, covered); k < hi; ++k) {
       const int32_t id = vocab_->node_token(k);
-      if (!((accepted[id >> 3] >> (id & 7)) & 1)) entry->uncertain.push_back(id);
+      if (!TestBit(accepted, id)) entry->uncertain.push_back(id);
     }
     covered = std::max(covered, hi);
   }
@@ -443,23 +445,23 @@ bool Matcher::MaskFromTable(int32_t state, int64_t budget, std::string* bits, in
     if (e->overflow) return false;
     // An accepted token leaves its own need in the key's frames plus what lies below.
     const uint32_t under = g != nullptr ? g->rest : 0;
+    // Sets the entry's accepted tokens in `dst`.
+    auto add_accepted = [&e](std::string* dst) {
+      if (!e->accepted_bits.empty()) {
+        for (size_t i = 0; i < dst->size(); ++i) (*dst)[i] |= e->accepted_bits[i];
+      } else {
+        for (int32_t id : e->accepted_ids) SetBit(dst, id);
+      }
+    };
     const bool has_accepted = !e->accepted_bits.empty() || !e->accepted_ids.empty();
     if (has_accepted && (budget < 0 || AddSat(e->min_need, under) <= budget)) {
       if (budget < 0 || AddSat(e->max_need, under) <= budget) {
-        if (!e->accepted_bits.empty()) {
-          for (size_t i = 0; i < bits->size(); ++i) (*bits)[i] |= e->accepted_bits[i];
-        } else {
-          for (int32_t id : e->accepted_ids) SetBit(bits, id);
-        }
+        add_accepted(bits);
         *max_need = std::max<int64_t>(*max_need, AddSat(e->max_need, under));
       } else {
         // The budget drops the needier tokens (fewer than the rest: all others need min_need).
         some.assign(bits->size(), '\0');
-        if (!e->accepted_bits.empty()) {
-          some = e->accepted_bits;
-        } else {
-          for (int32_t id : e->accepted_ids) SetBit(&some, id);
-        }
+        add_accepted(&some);
         for (auto [id, need] : e->needy) {
           if (AddSat(need, under) > budget) {
             some[id >> 3] = static_cast<char>(some[id >> 3] & ~(1 << (id & 7)));
@@ -478,7 +480,7 @@ bool Matcher::MaskFromTable(int32_t state, int64_t budget, std::string* bits, in
     const std::string* prev = nullptr;
     path.assign(1, state);
     for (int32_t id : e->uncertain) {
-      if ((*bits)[id >> 3] >> (id & 7) & 1) continue;
+      if (TestBit(*bits, id)) continue;
       const std::string& b = vocab_->bytes(id);
       size_t same = 0;
       if (prev != nullptr) {
