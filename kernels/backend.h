@@ -115,6 +115,11 @@ class Backend {
   // view of the host memory (no copy) when `host` outlives the stage.
   virtual absl::StatusOr<std::unique_ptr<Buffer>> UploadWeights(const void* host, size_t bytes) = 0;
   virtual absl::Status Synchronize() = 0;
+  // OK while the backend can compute. After a failure it cannot recover from (a sticky CUDA
+  // error such as an illegal address, a lost device), that failure: every later op fails the
+  // same way, and only a new process computes again. Cheap; never waits for queued work. Called
+  // between steps, by the issuing thread.
+  virtual absl::Status Health() { return absl::OkStatus(); }
   // Matmul weights `w` (a whole matrix, in host memory or this backend's) in a layout this
   // backend's kernels read faster, e.g. rows interleaved for SIMD lanes, or null when it has none
   // for w's type and shape. The caller keeps the buffer as long as it uses w and sets w.packed to

@@ -114,6 +114,11 @@ void ClusterMonitor::FillStage(const std::string& address, absl::Time now, v1::S
   stage->set_lease_owner(s.leased_by_caller() ? "this router"
                          : s.leased()         ? "another router"
                                               : "none");
+  if (!s.device_error().empty()) {
+    stage->set_healthy(false);
+    stage->set_health(absl::StrCat("device failed: ", s.device_error()));
+    return;
+  }
   if (!s.loaded()) {
     stage->set_healthy(false);
     stage->set_health("no shard");

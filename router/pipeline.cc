@@ -99,6 +99,7 @@ absl::Status Pipeline::Connect(ResultFn on_result, FailureFn on_failure) {
   const int n = static_cast<int>(stages_.size());
   unusable_stage_ = -1;
   unusable_is_leased_ = false;
+  unusable_why_.clear();
   std::vector<v1::DescribeResponse> described(n);
   for (int i = 0; i < n; ++i) {
     grpc::ClientContext context;
@@ -107,6 +108,7 @@ absl::Status Pipeline::Connect(ResultFn on_result, FailureFn on_failure) {
     grpc::Status s = stubs_[i]->Describe(&context, v1::DescribeRequest(), &info);
     if (!s.ok()) {
       unusable_stage_ = i;
+      unusable_why_ = "unreachable";
       return WorkerError(i, "is unreachable", s);
     }
   }
@@ -138,6 +140,11 @@ absl::Status Pipeline::Connect(ResultFn on_result, FailureFn on_failure) {
     if (s.error_code() == grpc::StatusCode::FAILED_PRECONDITION && unusable_stage_ < 0) {
       unusable_stage_ = i;
       unusable_is_leased_ = true;
+      unusable_why_ = "leased by another router";
+    } else if (s.error_code() == grpc::StatusCode::UNAVAILABLE && unusable_stage_ < 0) {
+      // Its device failed, or it is shutting down: a spare may take its place.
+      unusable_stage_ = i;
+      unusable_why_ = s.error_message();
     }
     if (!s.ok() && first_error.ok()) first_error = WorkerError(i, "cannot load its shard", s);
   }

@@ -72,11 +72,15 @@ class Pipeline {
 
   const std::vector<StageEndpoint>& stages() const { return stages_; }
 
-  // The stage whose worker the last Connect() could not reach (Describe failed) or found leased
-  // by another router; -1 otherwise.
+  // The stage whose worker the last Connect() could not reach (Describe failed), found leased
+  // by another router, or found unable to serve (LoadShard UNAVAILABLE: its device failed, or it
+  // is shutting down); -1 otherwise.
   int unusable_stage() const { return unusable_stage_; }
-  // Whether that worker is leased by another router (rather than unreachable).
+  // Whether that worker is leased by another router (rather than unreachable or failed).
   bool unusable_is_leased() const { return unusable_is_leased_; }
+  // Why that worker cannot serve: "unreachable", "leased by another router" or the worker's
+  // reason.
+  const std::string& unusable_why() const { return unusable_why_; }
   // Points stage `i` at another worker; only while not connected (Connect/Close's thread).
   void ReplaceStage(int i, const std::string& address);
 
@@ -108,6 +112,7 @@ class Pipeline {
   const PipelineOptions options_;
   int unusable_stage_ = -1;
   bool unusable_is_leased_ = false;
+  std::string unusable_why_;
   std::vector<std::unique_ptr<v1::WorkerService::Stub>> stubs_;
   std::vector<Stream> streams_;
   // Writes to the control streams and their Finish() never overlap (gRPC forbids it).

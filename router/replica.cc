@@ -118,8 +118,8 @@ Replica::ConnectResult Replica::ConnectPipeline(std::string* logged_error,
       const int i = pipeline_->unusable_stage();
       const bool leased = pipeline_->unusable_is_leased();
       LOG(WARNING) << "pipeline " << index_ << ": stage " << i << " (" << stages_[i].address
-                   << ") is " << (leased ? "leased by another router" : "unreachable")
-                   << "; worker " << *spare << " takes its place";
+                   << ") cannot serve (" << pipeline_->unusable_why() << "); worker " << *spare
+                   << " takes its place";
       // Not offered again for a while: a leased worker's router holds it, and an unreachable
       // one (still listed, or still in DNS) would be tried again at once.
       options_.registry->Release(stages_[i].address, leased ? absl::Seconds(30) : absl::Seconds(5));

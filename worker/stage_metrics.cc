@@ -67,6 +67,11 @@ std::string StageMetrics::Render(const v1::StatsResponse& stats) const {
              "LoadShard calls that failed (bad request, unreadable model, no room).", "counter");
     w.Sample("shardserve_worker_shard_load_failures_total", {}, load_failures_);
   }
+  w.Family("shardserve_worker_device_failed",
+           "1 once the device failed (a sticky CUDA error, a lost device): the worker is "
+           "NOT_SERVING until it restarts.",
+           "gauge");
+  w.Sample("shardserve_worker_device_failed", {}, stats.device_error().empty() ? 0 : 1);
   // The loaded shard's families carry the model's served name (vLLM's `model_name`) and its
   // layers; with no shard loaded there is only `shardserve_stage_loaded 0`.
   MetricLabels stage;

@@ -53,7 +53,13 @@ absl::StatusOr<std::unique_ptr<Worker>> Worker::Create(WorkerConfig config) {
   // A CUDA stage sends to and receives from CUDA stages on other GPUs over NCCL.
   if (c.backend == "cuda") options.nccl = NewNcclLinkFactory(c.device);
 #endif
-  w->service_ = std::make_unique<WorkerServiceImpl>(w->backend_.get(), std::move(options));
+  Backend* backend = w->backend_.get();
+  if (c.fault_device_after_steps >= 0) {
+    w->faulty_backend_ = NewFaultyBackend(backend, c.fault_device_after_steps);
+    backend = w->faulty_backend_.get();
+    options.device_faults = w->faulty_backend_.get();
+  }
+  w->service_ = std::make_unique<WorkerServiceImpl>(backend, std::move(options));
   return w;
 }
 

@@ -49,6 +49,7 @@ class Worker {
   WorkerConfig config_;
   std::shared_ptr<grpc::ServerCredentials> server_credentials_;
   std::unique_ptr<Backend> backend_;
+  std::unique_ptr<FaultyBackend> faulty_backend_;  // wraps backend_ (--fault-device-after-steps)
   std::unique_ptr<WorkerServiceImpl> service_;
   std::unique_ptr<grpc::Server> server_;
   MetricsServer metrics_;

@@ -51,6 +51,10 @@ void AddServingFlags(CLI::App& app, WorkerConfig* c) {
   app.add_option("--fault-fail-after-sends", c->fault_fail_after_sends,
                  "test hook: fail activation sends from this one on")
       ->check(CLI::Range(-1, 1 << 30));
+  app.add_option("--fault-device-after-steps", c->fault_device_after_steps,
+                 "test hook: the device fails (as after a sticky CUDA error) at this step, "
+                 "counting steps that carry sequences from 0")
+      ->check(CLI::Range(-1, 1 << 30));
 }
 
 void AddClusterFlags(CLI::App& app, WorkerConfig* c) {

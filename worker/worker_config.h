@@ -34,9 +34,11 @@ struct WorkerConfig {
   double drain_grace_s = 30;
   std::string router;     // announce to this router as a spare
   std::string advertise;  // the address announced ("" : --listen)
-  // Test hooks: faults on the link to the next stage.
+  // Test hooks: faults on the link to the next stage, and of the device.
   int fault_send_delay_ms = 0;
   int fault_fail_after_sends = -1;
+  // Test hook: the device fails at this step (-1: never).
+  int fault_device_after_steps = -1;
 
   // INVALID_ARGUMENT naming the flag for values CLI11's checks cannot see.
   absl::Status Validate() const;

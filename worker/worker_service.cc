@@ -173,8 +173,31 @@ void WorkerServiceImpl::SetHealth(grpc::HealthCheckServiceInterface* health) {
 
 void WorkerServiceImpl::UpdateHealth() {
   if (health_ == nullptr) return;
-  health_->SetServingStatus("", !draining_);
-  health_->SetServingStatus(kServiceName, shard_ != nullptr && !draining_);
+  const bool can_serve = !draining_ && device_error_.ok();
+  health_->SetServingStatus("", can_serve);
+  health_->SetServingStatus(kServiceName, shard_ != nullptr && can_serve);
+}
+
+absl::Status WorkerServiceImpl::CheckDevice() {
+  absl::Status fault = backend_->Health();
+  if (fault.ok()) return fault;
+  {
+    absl::MutexLock lock(&mu_);
+    if (device_error_.ok()) {
+      device_error_ = fault;
+      LOG(ERROR) << "the device failed: " << fault
+                 << "; this worker is NOT_SERVING (its pipelines fail over) until it restarts";
+      UpdateHealth();
+    }
+  }
+  return DeviceFailure();
+}
+
+absl::Status WorkerServiceImpl::DeviceFailure() const {
+  absl::MutexLock lock(&mu_);
+  if (device_error_.ok()) return device_error_;
+  return absl::UnavailableError(absl::StrCat("device failed: ", device_error_.message(),
+                                             " (the worker must restart to compute again)"));
 }
 
 std::shared_ptr<WorkerServiceImpl::Shard> WorkerServiceImpl::current() const {
@@ -347,6 +370,10 @@ grpc::Status WorkerServiceImpl::LoadShard(grpc::ServerContext* context,
     if (shutting_down_) {
       return grpc::Status(grpc::StatusCode::UNAVAILABLE, "worker is shutting down");
     }
+  }
+  if (absl::Status failed = DeviceFailure(); !failed.ok()) return ToGrpc(failed);
+  {
+    absl::MutexLock lock(&mu_);
     if (grpc::Status s = TakeLease(req->owner()); !s.ok()) return s;
   }
   auto checked = CheckLoadRequest(*req);
@@ -365,6 +392,7 @@ grpc::Status WorkerServiceImpl::LoadShard(grpc::ServerContext* context,
                             : LoadStage(model_path, spec, kv, backend_);
   if (!stage.ok()) {
     StageMetrics::Global().ObserveLoadFailure();
+    if (absl::Status failed = CheckDevice(); !failed.ok()) return ToGrpc(failed);
     return ToGrpc(Annotate(stage.status(), "loading shard"));
   }
   auto shard = std::make_shared<Shard>();
@@ -641,12 +669,19 @@ absl::StatusOr<v1::StepsResponse> WorkerServiceImpl::RunStep(const std::shared_p
       return absl::FailedPreconditionError(lease.error_message());
     }
   }
+  RETURN_IF_ERROR(DeviceFailure());
   if (shard == nullptr) return absl::FailedPreconditionError("no shard loaded");
   if (draining && plan.sequences_size() > 0) return absl::UnavailableError("worker is draining");
   const absl::Time step_start = absl::Now();
   absl::MutexLock backend_lock(&backend_mu_);
+  if (options_.device_faults != nullptr && plan.sequences_size() > 0) {
+    options_.device_faults->BeginStep();
+  }
   absl::StatusOr<v1::StepsResponse> result = shard->runtime->Execute(plan);
   StageMetrics::Global().ObserveStep(absl::Now() - step_start);
+  // A step that failed on the device fails as the device: the router moves the pipeline's
+  // sequences elsewhere.
+  if (!result.ok()) RETURN_IF_ERROR(CheckDevice());
   return result;
 }
 
@@ -722,6 +757,7 @@ grpc::Status WorkerServiceImpl::Stats(grpc::ServerContext* context, const v1::St
   {
     absl::MutexLock lock(&mu_);
     response->set_draining(draining_);
+    if (!device_error_.ok()) response->set_device_error(std::string(device_error_.message()));
     response->set_leased(!lease_owner_.empty());
     response->set_leased_by_caller(request != nullptr && !request->owner().empty() &&
                                    request->owner() == lease_owner_);

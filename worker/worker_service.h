@@ -19,6 +19,15 @@
 // Every RPC first checks the cluster credential (WorkerOptions::auth): strangers get
 // UNAUTHENTICATED or PERMISSION_DENIED and nothing else.
 //
+// Device faults: when the backend reports a failure it cannot recover from (Backend::Health: a
+// sticky CUDA error, a lost device) after a step or a load, the worker is done computing. Both
+// health entries turn NOT_SERVING (so a liveness probe restarts the process), the failed step
+// and every later one answer UNAVAILABLE "device failed: ..." (the router fails the pipeline over
+// and resumes its sequences elsewhere, as for a dead process), LoadShard is refused the same way
+// (the router puts a spare in its place), and Stats.device_error says why. Errors of a link to
+// another stage (a dead peer) only fail that pipeline: its links are made anew when it is
+// re-planned.
+//
 // Shutdown (SIGTERM): BeginShutdown drains for good -- health NOT_SERVING, steps with sequences
 // answered with UNAVAILABLE "worker is draining" (so the router moves them to another pipeline),
 // LoadShard refused -- and the process waits until no router holds a Steps stream open
@@ -42,6 +51,7 @@
 #include "model/sim_stage.h"
 #include "shardserve/v1/worker.grpc.pb.h"
 #include "worker/activation_link.h"
+#include "worker/device_faults.h"
 #include "worker/link_factory.h"
 #include "worker/stage_runtime.h"
 
@@ -60,6 +70,9 @@ struct WorkerOptions {
   std::string model_root;
   // Set: this worker offers NCCL links (a CUDA backend in a build with NCCL).
   std::shared_ptr<LinkFactory> nccl;
+  // Test hook: the service's backend, when it is this fault injector (--fault-device-after-steps);
+  // the service counts its steps on it. Not owned.
+  FaultyBackend* device_faults = nullptr;
   // Set: a simulated device (--backend sim). Shards are SimStages that take the profile's time
   // and need only the model's config.json; KV is bounded by the profile's memory.
   std::optional<SimOptions> sim;
@@ -150,6 +163,11 @@ class WorkerServiceImpl final : public v1::WorkerService::Service {
   // Drops the current shard's sequences for `reason` ("expired", "stream_closed").
   void ReleaseSequences(const std::shared_ptr<Shard>& shard, const std::string& reason);
   void UpdateHealth() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Asks the backend whether it can still compute (after a step or load failed, under
+  // backend_mu_); on a device fault turns the worker NOT_SERVING for good. The fault, or OK.
+  absl::Status CheckDevice() ABSL_EXCLUSIVE_LOCKS_REQUIRED(backend_mu_) ABSL_LOCKS_EXCLUDED(mu_);
+  // UNAVAILABLE "device failed: ..." once the device has failed; else OK.
+  absl::Status DeviceFailure() const ABSL_LOCKS_EXCLUDED(mu_);
 
   Backend* const backend_;
   const WorkerOptions options_;
@@ -163,6 +181,7 @@ class WorkerServiceImpl final : public v1::WorkerService::Service {
   std::shared_ptr<Shard> shard_ ABSL_GUARDED_BY(mu_);
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Status device_error_ ABSL_GUARDED_BY(mu_);  // the device's fault; sticky
   int open_step_streams_ ABSL_GUARDED_BY(mu_) = 0;
   std::string lease_owner_ ABSL_GUARDED_BY(mu_);
   absl::Time lease_until_ ABSL_GUARDED_BY(mu_);

@@ -199,6 +199,16 @@ class CudaBackend final : public Backend {
     return error_;
   }
 
+  // The first failure, or a sticky error the device reports now (an asynchronous fault of a
+  // queued kernel or NCCL transfer shows on any call): cudaStreamQuery does not wait.
+  absl::Status Health() override {
+    if (Ready()) {
+      const cudaError_t e = cudaStreamQuery(s());
+      if (e != cudaSuccess && e != cudaErrorNotReady) Fail(CudaStatus(e, "device health"));
+    }
+    return error_;
+  }
+
   void CopyToDevice(void* device, const void* host, size_t bytes) override {
     if (!Ready() || bytes == 0) return;
     Fail(CudaStatus(cudaMemcpyAsync(device, host, bytes, cudaMemcpyHostToDevice, s()),

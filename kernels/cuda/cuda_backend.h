@@ -3,10 +3,10 @@
 // Buffers from Allocate() / UploadWeights() are device memory (cudaMalloc); their data() is a
 // device pointer that only this backend's ops and Copy* calls may touch. All work is queued on
 // one non-blocking stream owned by the backend, in issue order; ops return before the device
-// finishes, and the first failure is kept and reported by Synchronize() / CopyToHost() (every
-// later op is skipped). Index arrays passed as host spans are copied to the device by the op,
-// only when their contents differ from the previous call's (every layer of a step passes the
-// same positions and block tables).
+// finishes, and the first failure is kept and reported by Synchronize() / CopyToHost() /
+// Health() (every later op is skipped). Index arrays passed as host spans are copied to the
+// device by the op, only when their contents differ from the previous call's (every layer of a
+// step passes the same positions and block tables).
 //
 // MatMul: cuBLASLt for F16 / BF16 / F32 weights. Activations are F32 in this interface; for
 // 16-bit weights they are rounded to the weight's dtype on the fly and multiplied on tensor

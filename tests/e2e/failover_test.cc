@@ -14,6 +14,7 @@
 #include <random>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -234,6 +235,62 @@ TEST(Failover, ConstrainedStreamsResumeExactly) {
   EXPECT_EQ(Metric(http, "shardserve_failovers_total{pipeline=\"0\"}"), 1);
   EXPECT_GT(Metric(http, "shardserve_sequences_resumed_total{pipeline=\"1\"}"), 0)
       << "no stream was on the killed pipeline";
+}
+
+// A device fault on stage 0 of pipeline 0 (a sticky CUDA error, injected with
+// --fault-device-after-steps; the CUDA backend reports a real one the same way): the worker stays
+// up but stops serving, says why in its Stats and in the router's cluster view, the streams on
+// its pipeline finish on the other replica with exactly the no-fault output, and an announced
+// spare takes its stage.
+TEST(Failover, DeviceFaultFailsThePipelineOverAndTheWorkerStopsServing) {
+  const std::vector<Reference> refs = References();
+  const int http = FreePort();
+  Cluster cluster({.model = Stories260K(),
+                   .stages = 2,
+                   .replicas = 2,
+                   .worker0_args = {"--fault-device-after-steps", "40"},
+                   .router_args = {"--http-listen", absl::StrCat("127.0.0.1:", http)}});
+  ASSERT_TRUE(cluster.WaitServing(absl::Seconds(60)).ok());
+  // A spare announced to the router takes the failed worker's place.
+  const std::string spare_address = absl::StrCat("127.0.0.1:", FreePort());
+  Process spare({BinPath("shardserve-worker"), "--listen", spare_address, "--threads", "1",
+                 "--router", cluster.router_address()},
+                absl::StrCat(SHARDSERVE_TEST_LOGS, "/device-fault-spare.log"));
+  auto info = [&] {
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+    v1::GetModelInfoResponse r;
+    EXPECT_TRUE(cluster.Stub()->GetModelInfo(&context, v1::GetModelInfoRequest(), &r).ok());
+    return r;
+  };
+  ASSERT_TRUE(WaitUntil([&] { return info().spare_workers_size() == 1; }, absl::Seconds(10),
+                        absl::Milliseconds(25)));
+  JobRun run(cluster, /*copies=*/2);
+  run.Finish(refs);
+  EXPECT_EQ(Metric(http, "shardserve_failovers_total{pipeline=\"0\"}"), 1);
+  EXPECT_GT(Metric(http, "shardserve_sequences_resumed_total{pipeline=\"1\"}"), 0)
+      << "no stream was on the failed pipeline";
+  EXPECT_TRUE(cluster.worker(0).alive());
+  auto stats = WorkerStats(cluster.worker_addresses()[0]);
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  EXPECT_TRUE(absl::StrContains(stats->device_error(), "injected device fault"))
+      << stats->device_error();
+  EXPECT_TRUE(WaitUntil(
+      [&] {
+        return absl::StrContains(HttpGet(http, "/v1/cluster").body,
+                                 "device failed: injected device fault");
+      },
+      absl::Seconds(30), absl::Milliseconds(100)))
+      << HttpGet(http, "/v1/cluster").body;
+  // LoadShard on the failed worker is refused, so the spare now holds its stage.
+  EXPECT_TRUE(WaitUntil(
+      [&] {
+        const v1::GetModelInfoResponse r = info();
+        return r.pipelines_size() == 2 && r.pipelines(0).stages_size() == 2 &&
+               r.pipelines(0).stages(0).worker_address() == spare_address;
+      },
+      absl::Seconds(30), absl::Milliseconds(100)));
+  EXPECT_EQ(info().spare_workers_size(), 0);
 }
 
 TEST(Failover, ReplacementWorkerTakesOverTheStage) {
