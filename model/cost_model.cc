@@ -213,6 +213,33 @@ double StageKvBytesPerToken(const ModelConfig& c, int64_t begin, int64_t end,
          profile.kv_bytes_per_value;
 }
 
+double StageWorkspaceBytes(const ModelConfig& c, bool last_stage, int64_t max_step_tokens,
+                           int64_t max_sampled_rows) {
+  // Library workspaces (cuBLASLt), cached plans and index arrays: a fixed allowance.
+  constexpr double kFixedBytes = 256.0 * (1 << 20);
+  const double attention = static_cast<double>(c.num_heads * c.head_dim);
+  const double kv = static_cast<double>(c.num_kv_heads * c.head_dim);
+  const double hidden = static_cast<double>(c.hidden_size);
+  // x, h, q, attn, k, v, gate_up and act (model/llama.cc), per token of a step.
+  const double per_token = hidden + std::max(hidden, attention) + 2 * attention + 2 * kv +
+                           3 * static_cast<double>(c.intermediate_size);
+  double values = static_cast<double>(max_step_tokens) * per_token;
+  if (last_stage) {
+    const int64_t rows = std::min(max_sampled_rows, max_step_tokens);
+    values += static_cast<double>(rows) * (hidden + static_cast<double>(c.vocab_size));
+  }
+  return values * sizeof(float) + kFixedBytes;
+}
+
+int64_t KvBlocksThatFit(const ModelConfig& c, int64_t begin, int64_t end, double free_bytes,
+                        double reserve_bytes, int64_t block_size, const DeviceProfile& precision) {
+  const double left = free_bytes - StageWeightBytesAt(c, begin, end, precision) - reserve_bytes;
+  const double per_block =
+      StageKvBytesPerToken(c, begin, end, precision) * static_cast<double>(block_size);
+  if (left <= 0 || per_block <= 0) return 0;
+  return static_cast<int64_t>(std::min(left / per_block, 9e18));
+}
+
 StepCost StageStepCost(const ModelConfig& c, int64_t begin, int64_t end,
                        absl::Span<const SeqLoad> batch, const DeviceProfile& p) {
   StepCost cost;

@@ -101,6 +101,18 @@ double StageWeightBytesAt(const ModelConfig& config, int64_t begin, int64_t end,
 double StageKvBytesPerToken(const ModelConfig& config, int64_t begin, int64_t end,
                             const DeviceProfile& profile);
 
+// Device memory a stage needs beside its weights and KV pages for steps of up to
+// `max_step_tokens` tokens, sampling up to `max_sampled_rows` of them on the last stage (logits):
+// the F32 activation buffers of every op, plus a fixed allowance for library workspaces and
+// plans. What KV sizing leaves free on a GPU.
+double StageWorkspaceBytes(const ModelConfig& config, bool last_stage, int64_t max_step_tokens,
+                           int64_t max_sampled_rows);
+
+// KV blocks of `block_size` tokens that fit in `free_bytes` after the stage's weights and
+// `reserve_bytes`, at the profile's weight and KV precision; 0 when nothing is left.
+int64_t KvBlocksThatFit(const ModelConfig& config, int64_t begin, int64_t end, double free_bytes,
+                        double reserve_bytes, int64_t block_size, const DeviceProfile& precision);
+
 // Expected distinct experts `tokens` tokens pick when each picks `per_token` of `experts`
 // uniformly: experts x (1 - (1 - per_token / experts)^tokens).
 double ExpectedDistinctExperts(int64_t experts, int64_t per_token, int64_t tokens);

@@ -7,6 +7,8 @@
 #include <algorithm>
 #include <chrono>
 #include <filesystem>
+#include <future>
+#include <limits>
 #include <random>
 
 #include "absl/strings/str_cat.h"
@@ -18,6 +20,7 @@
 #include "common/listen.h"
 #include "common/logging.h"
 #include "common/status.h"
+#include "common/wire.h"
 #include "router/discovery.h"
 #include "router/routing.h"
 
@@ -87,8 +90,7 @@ absl::Status Router::FindWorkers() {
   }
 }
 
-// The cost model a worker reports in Describe.
-absl::StatusOr<Router::WorkerCost> Router::DescribeCost(const std::string& worker) const {
+absl::StatusOr<v1::DescribeResponse> Router::DescribeWorker(const std::string& worker) const {
   auto stub = v1::WorkerService::NewStub(NewClusterChannel(worker));
   grpc::ClientContext context;
   AttachClusterCredential(&context);
@@ -96,6 +98,12 @@ absl::StatusOr<Router::WorkerCost> Router::DescribeCost(const std::string& worke
   v1::DescribeResponse info;
   grpc::Status s = stub->Describe(&context, v1::DescribeRequest(), &info);
   if (!s.ok()) return absl::UnavailableError(absl::StrCat(worker, ": ", s.error_message()));
+  return info;
+}
+
+// The cost model a worker reports in Describe.
+absl::StatusOr<Router::WorkerCost> Router::DescribeCost(const std::string& worker) const {
+  ASSIGN_OR_RETURN(const v1::DescribeResponse info, DescribeWorker(worker));
   const v1::DeviceCost& c = info.cost();
   if (!(c.memory_bandwidth() > 0 && c.flops() > 0 && c.link_bandwidth() > 0)) {
     return absl::NotFoundError(absl::StrCat(worker, " reports no cost model"));
@@ -119,30 +127,65 @@ absl::StatusOr<Router::WorkerCost> Router::DescribeCost(const std::string& worke
   return WorkerCost{p, info.device() == v1::DEVICE_KIND_SIM};
 }
 
-// With --kv-blocks 0 on simulated devices: the KV blocks every stage's memory holds after its
-// weights, as on a real accelerator. INVALID_ARGUMENT when that is less than one full context.
-absl::Status Router::CapKvToDeviceMemory(const DeviceProfile& device, int64_t blocks_per_context) {
+// With --kv-blocks 0: the KV blocks every pipeline worker's device holds after its stage's
+// weights, from its Describe. A simulated device's memory caps the default (as on a real
+// accelerator); a GPU's free memory under its --gpu-memory-fraction, less the stage's
+// workspace, is what the pool gets (vLLM's gpu_memory_utilization). CPU workers keep the
+// default. INVALID_ARGUMENT naming the worker when a device cannot hold one full context.
+absl::Status Router::SizeKvForDevices(int64_t blocks_per_context) {
   RouterConfig& c = config_;
-  int64_t cap = c.kv_blocks;
-  for (const LayerRange& r : ranges_) {
-    const double free =
-        device.memory_bytes - StageWeightBytesAt(model_config_, r.begin, r.end, device);
-    const double per_block =
-        StageKvBytesPerToken(model_config_, r.begin, r.end, device) * c.kv_block_size;
-    const int64_t fits = free <= 0 ? 0 : static_cast<int64_t>(free / per_block);
-    if (fits < blocks_per_context) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("layers ", LayerRangeText(r.begin, r.end), " leave room for ", fits,
-                       " KV blocks on the simulated ", device.name, "; one full context needs ",
-                       blocks_per_context, ": use more --stages or a device with more memory"));
+  const int n = std::min<int>(static_cast<int>(workers_.size()), c.stages * c.replicas);
+  std::vector<std::future<absl::StatusOr<v1::DescribeResponse>>> described;
+  for (int i = 0; i < n; ++i) {
+    described.push_back(
+        std::async(std::launch::async, [this, i] { return DescribeWorker(workers_[i]); }));
+  }
+  int64_t fits_all = std::numeric_limits<int64_t>::max();
+  bool gpu = false, sim = false;
+  for (int i = 0; i < n; ++i) {
+    absl::StatusOr<v1::DescribeResponse> d = described[i].get();
+    // An unreachable worker is reported when its pipeline connects.
+    if (!d.ok()) continue;
+    const v1::DeviceKind kind = d->device();
+    if (kind != v1::DEVICE_KIND_SIM && kind != v1::DEVICE_KIND_CUDA) continue;
+    const LayerRange& r = ranges_[i % c.stages];
+    DeviceProfile precision;
+    double reserve = 0;
+    if (kind == v1::DEVICE_KIND_SIM) {
+      sim = true;
+      precision.weight_bytes_per_param = d->cost().weight_bytes_per_param();
+      precision.kv_bytes_per_value = d->cost().kv_bytes_per_value();
+    } else {
+      gpu = true;
+      // Weights are uploaded as stored; KV pages are F32.
+      precision.weight_bytes_per_param = static_cast<double>(DTypeSize(model_config_.dtype));
+      precision.kv_bytes_per_value = sizeof(float);
+      reserve = StageWorkspaceBytes(model_config_, r.end == model_config_.num_layers,
+                                    c.max_batch_tokens, c.max_seqs);
     }
-    cap = std::min(cap, fits);
+    const double free = static_cast<double>(d->free_memory_bytes());
+    const int64_t fits =
+        KvBlocksThatFit(model_config_, r.begin, r.end, free, reserve, c.kv_block_size, precision);
+    if (fits < blocks_per_context) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "layers ", LayerRangeText(r.begin, r.end), " on ", workers_[i], " (", d->device_name(),
+          ", ", absl::StrFormat("%.2f", free / (1 << 30)), " GiB free) leave room for ", fits,
+          " KV blocks after ",
+          absl::StrFormat("%.2f",
+                          StageWeightBytesAt(model_config_, r.begin, r.end, precision) / (1 << 30)),
+          " GiB of weights",
+          reserve > 0 ? absl::StrFormat(" and %.2f GiB of workspace", reserve / (1 << 30)) : "",
+          "; one full context needs ", blocks_per_context, ": use more --stages",
+          gpu ? ", a larger --gpu-memory-fraction" : "", " or a device with more memory"));
+    }
+    fits_all = std::min(fits_all, fits);
   }
-  if (cap < c.kv_blocks) {
-    LOG(INFO) << "KV blocks per pipeline capped at " << cap << " by the simulated " << device.name
-              << "'s memory";
-  }
-  c.kv_blocks = cap;
+  if (!gpu && !sim) return absl::OkStatus();
+  const int64_t blocks =
+      std::min<int64_t>(kMaxKvBlocks, gpu && !sim ? fits_all : std::min(c.kv_blocks, fits_all));
+  LOG(INFO) << "KV blocks per pipeline: " << blocks << " (" << blocks * c.kv_block_size
+            << " tokens), sized by the " << (gpu ? "GPUs'" : "simulated devices'") << " memory";
+  c.kv_blocks = blocks;
   return absl::OkStatus();
 }
 
@@ -184,9 +227,7 @@ absl::Status Router::PlanLayout() {
   const int64_t blocks_per_context = (context + c.kv_block_size - 1) / c.kv_block_size;
   if (c.kv_blocks == 0) {
     c.kv_blocks = DefaultKvBlocks(model_config_, ranges_, c.kv_block_size, c.max_seqs);
-    if (cost.ok() && cost->simulated) {
-      RETURN_IF_ERROR(CapKvToDeviceMemory(cost->profile, blocks_per_context));
-    }
+    RETURN_IF_ERROR(SizeKvForDevices(blocks_per_context));
   }
   if (c.kv_blocks < blocks_per_context) {
     return absl::InvalidArgumentError(absl::StrCat("--kv-blocks ", c.kv_blocks,

@@ -68,7 +68,8 @@ class Router {
     bool simulated = false;
   };
   absl::StatusOr<WorkerCost> DescribeCost(const std::string& worker) const;
-  absl::Status CapKvToDeviceMemory(const DeviceProfile& device, int64_t blocks_per_context);
+  absl::StatusOr<v1::DescribeResponse> DescribeWorker(const std::string& worker) const;
+  absl::Status SizeKvForDevices(int64_t blocks_per_context);
   absl::Status ChooseTemplates();
   void BuildReplicas();
   absl::Status StartHttp();

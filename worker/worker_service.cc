@@ -331,16 +331,21 @@ absl::StatusOr<std::pair<std::string, ModelConfig>> WorkerServiceImpl::CheckLoad
   }
   // A simulated stage bounds weights and KV by its profile's memory when it loads.
   if (options_.sim) return std::make_pair(std::move(model_path), std::move(config));
-  // The KV pool is allocated (and touched) at load: bound it by this machine's memory first.
+  // The KV pool is allocated (and touched) at load: bound it by the memory it goes to first (a
+  // GPU's free memory under its fraction, or this machine's).
   const double kv_bytes = static_cast<double>(KvCacheValuesPerToken(config)) * sizeof(float) *
                           req.kv_block_size() * req.kv_num_blocks() *
                           (req.layer_end() - req.layer_begin());
-  const double available = static_cast<double>(AvailableMemoryBytes());
-  if (kv_bytes > 0.9 * available) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "kv_num_blocks: ", req.kv_num_blocks(), " blocks of ", req.kv_block_size(), " tokens need ",
-        absl::StrFormat("%.2f", kv_bytes / (1 << 30)), " GiB of KV cache; this worker has ",
-        absl::StrFormat("%.2f", available / (1 << 30)), " GiB available"));
+  const DeviceInfo device = backend_->device_info();
+  const bool on_device = device.total_bytes > 0;
+  const double available =
+      on_device ? static_cast<double>(device.free_bytes) : 0.9 * AvailableMemoryBytes();
+  if (kv_bytes > available) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("kv_num_blocks: ", req.kv_num_blocks(), " blocks of ", req.kv_block_size(),
+                     " tokens need ", absl::StrFormat("%.2f", kv_bytes / (1 << 30)),
+                     " GiB of KV cache; ", on_device ? backend_->name() : "this worker", " has ",
+                     absl::StrFormat("%.2f", available / (1 << 30)), " GiB available"));
   }
   return std::make_pair(std::move(model_path), std::move(config));
 }

@@ -157,10 +157,18 @@ class CudaBackend final : public Backend {
   }
 
   absl::string_view name() const override { return name_; }
+  // Free: what the memory fraction still allows, or less when the device itself has less (other
+  // processes on the same GPU).
   DeviceInfo device_info() const override {
+    int64_t free = std::max<int64_t>(0, FreeBytes());
+    size_t device_free = 0, device_total = 0;
+    if (cudaSetDevice(info_.device) == cudaSuccess &&
+        cudaMemGetInfo(&device_free, &device_total) == cudaSuccess) {
+      free = std::min(free, static_cast<int64_t>(device_free));
+    }
     return DeviceInfo{.uuid = info_.uuid,
                       .total_bytes = static_cast<uint64_t>(budget_->limit),
-                      .free_bytes = static_cast<uint64_t>(std::max<int64_t>(0, FreeBytes()))};
+                      .free_bytes = static_cast<uint64_t>(free)};
   }
 
   bool SupportsOp(Op op, DType weight_dtype) const override {

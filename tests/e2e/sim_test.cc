@@ -3,8 +3,11 @@
 // take the cost model's time (busy seconds), Describe reports the device's profile, and a killed
 // sim worker's streams finish on the other replica with exactly the no-fault tokens.
 #include <atomic>
+#include <fstream>
+#include <sstream>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -73,6 +76,24 @@ TEST(Sim, DescribeReportsTheProfileAndStepsTakeItsTime) {
     EXPECT_GT(stats->busy_seconds(), 60 * min_step) << w;
     EXPECT_LT(stats->busy_seconds(), wall) << w;
   }
+}
+
+// KV is sized from each stage's Describe (free memory after its weights), as for a GPU: a device
+// whose memory the stage's weights already fill stops the router before anything loads, with an
+// error naming the layers, the worker and what to change.
+TEST(Sim, ADeviceTooSmallForItsStageStopsTheRouterNamingIt) {
+  const std::string profile = absl::StrCat(SHARDSERVE_TEST_LOGS, "/sim-30gib.json");
+  std::ofstream(profile) << R"({"base": "h100", "name": "h100-30g", "memory_gib": 30})";
+  // Llama-3-70B in BF16 is 141 GB: a quarter of it does not fit in 30 GiB.
+  Cluster cluster({.model = ShapeOnlyModel("llama3-70b"),
+                   .stages = 4,
+                   .worker_args = {"--backend", "sim", "--sim-profile", profile}});
+  EXPECT_NE(cluster.router().Wait(absl::Seconds(60)), 0);
+  std::stringstream log;
+  log << std::ifstream(cluster.router_log()).rdbuf();
+  EXPECT_TRUE(absl::StrContains(log.str(), "leave room for 0 KV blocks")) << log.str();
+  EXPECT_TRUE(absl::StrContains(log.str(), cluster.worker_addresses()[0])) << log.str();
+  EXPECT_TRUE(absl::StrContains(log.str(), "use more --stages")) << log.str();
 }
 
 TEST(Sim, KilledSimWorkersStreamsFinishWithTheNoFaultTokens) {

@@ -97,6 +97,41 @@ TEST(CostModel, HeadAndSamplingCountOnlyOnTheLastStage) {
   EXPECT_GT(last.seconds, middle.seconds + 4 * c.vocab_size * cpu.sample_s_per_logit * 0.99);
 }
 
+// KV sizing on a GPU (router/router.cc, SizeKvForDevices): the pages get what the weights and the
+// step workspace leave of the free memory. Llama-3-70B: hidden 8192, 64 heads of 128, 8 KV
+// heads, intermediate 28672, vocabulary 128256.
+TEST(CostModel, KvBlocksGetWhatWeightsAndWorkspaceLeave) {
+  const ModelConfig c = Shape("llama3-70b");
+  // x, h, q, attn: 4 x 8192; k, v: 2 x 1024; gate_up, act: 3 x 28672 -> 120,832 F32 values
+  // per token, and 256 MiB for library workspaces.
+  EXPECT_DOUBLE_EQ(StageWorkspaceBytes(c, false, 8192, 256),
+                   8192.0 * 120832 * 4 + 256.0 * (1 << 20));
+  // The last stage adds the logits and normed rows of the sampled rows (at most the step's).
+  EXPECT_DOUBLE_EQ(
+      StageWorkspaceBytes(c, true, 8192, 256) - StageWorkspaceBytes(c, false, 8192, 256),
+      256.0 * (8192 + 128256) * 4);
+  EXPECT_DOUBLE_EQ(StageWorkspaceBytes(c, true, 16, 256) - StageWorkspaceBytes(c, false, 16, 256),
+                   16.0 * (8192 + 128256) * 4);
+
+  DeviceProfile precision;  // BF16 weights, F32 pages
+  precision.weight_bytes_per_param = 2;
+  precision.kv_bytes_per_value = 4;
+  // Layers 20-40: 20 x 2 x 8 x 128 values per token, F32, 16 tokens a block.
+  const double per_block = 20.0 * 2048 * 4 * 16;
+  double params = 0;
+  for (int l = 20; l < 40; ++l) params += LayerParameterCount(c, l);
+  const double weights = 2 * params;
+  const double free = 80.0 * (1 << 30), reserve = 4.0 * (1 << 30);
+  EXPECT_EQ(KvBlocksThatFit(c, 20, 40, free, reserve, 16, precision),
+            static_cast<int64_t>((free - weights - reserve) / per_block));
+  // A tighter budget leaves exactly the blocks that fit, and none once the weights fill it.
+  EXPECT_EQ(
+      KvBlocksThatFit(c, 20, 40, weights + reserve + 10 * per_block + 1, reserve, 16, precision),
+      10);
+  EXPECT_EQ(KvBlocksThatFit(c, 20, 40, weights + reserve - 1, reserve, 16, precision), 0);
+  EXPECT_EQ(KvBlocksThatFit(c, 20, 40, weights / 2, 0, 16, precision), 0);
+}
+
 TEST(CostModel, MoeLayersReadOnlyTheExpertsTheirTokensPick) {
   EXPECT_DOUBLE_EQ(ExpectedDistinctExperts(256, 8, 1), 8);
   EXPECT_NEAR(ExpectedDistinctExperts(256, 8, 10000), 256, 1e-6);
