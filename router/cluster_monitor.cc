@@ -186,10 +186,10 @@ void ClusterMonitor::Diff(absl::Time now, const v1::GetClusterStatusResponse& cu
     }
     if (was != nullptr && p.failovers() > was->failovers()) {
       AddEvent(now, "failover", pi, -1,
-               absl::StrCat(
-                   "pipeline ", pi, " failed over (", p.failovers() - was->failovers(), " time",
-                   p.failovers() - was->failovers() == 1 ? "" : "s",
-                   "); its sequences moved to other pipelines or wait for it: ", p.last_error()));
+               absl::StrCat("pipeline ", pi, " failed over (", p.failovers() - was->failovers(),
+                            " time", p.failovers() - was->failovers() == 1 ? "" : "s",
+                            "); its sequences moved to other pipelines or wait for it: ",
+                            p.last_failover()));
     }
     if (was != nullptr && p.preemptions() > was->preemptions()) {
       AddEvent(now, "preemption", pi, -1,
@@ -246,6 +246,7 @@ void ClusterMonitor::Poll() {
     p->set_index(r->index());
     p->set_ready(r->ready());
     if (!r->ready()) p->set_last_error(r->last_error());
+    p->set_last_failover(r->last_failover());
     p->set_running(Clamp32(g.running));
     p->set_waiting(Clamp32(g.waiting));
     p->set_kv_blocks_used(Clamp32(g.kv_blocks_used));

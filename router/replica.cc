@@ -104,6 +104,11 @@ std::string Replica::last_error() const {
   return last_error_;
 }
 
+std::string Replica::last_failover() const {
+  absl::MutexLock lock(&mu_);
+  return last_failover_;
+}
+
 Replica::ConnectResult Replica::ConnectPipeline(std::string* logged_error,
                                                 absl::Duration* retry_wait) {
   RetryParked();
@@ -159,6 +164,7 @@ void Replica::FailOverAndUnlock() {
   LOG(WARNING) << "pipeline " << index_ << " failed: " << failure_.message();
   std::vector<Handoff> orphans = TakeAllLocked(failure_);
   last_error_ = std::string(failure_.message());
+  last_failover_ = last_error_;
   ready_ = false;
   ++failures_;
   ++failures_by_code_[absl::StatusCodeToString(failure_.code())];

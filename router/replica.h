@@ -119,6 +119,8 @@ class Replica {
   int64_t load() const { return load_; }
   // Why the replica is not ready, when it is not.
   std::string last_error() const;
+  // Why the pipeline last failed over; empty before any failover.
+  std::string last_failover() const;
   // The stages' current workers (a spare may have replaced one).
   std::vector<StageEndpoint> stages() const;
 
@@ -190,6 +192,7 @@ class Replica {
   bool wake_ ABSL_GUARDED_BY(mu_) = false;
   absl::Status failure_ ABSL_GUARDED_BY(mu_);
   std::string last_error_ ABSL_GUARDED_BY(mu_) = "connecting";
+  std::string last_failover_ ABSL_GUARDED_BY(mu_);
   BlockAllocator allocator_ ABSL_GUARDED_BY(mu_);
   Scheduler scheduler_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, Client> clients_ ABSL_GUARDED_BY(mu_);

@@ -251,7 +251,30 @@ TEST(Failover, DeviceFaultFailsThePipelineOverAndTheWorkerStopsServing) {
                    .worker0_args = {"--fault-device-after-steps", "40"},
                    .router_args = {"--http-listen", absl::StrCat("127.0.0.1:", http)}});
   ASSERT_TRUE(cluster.WaitServing(absl::Seconds(60)).ok());
-  // A spare announced to the router takes the failed worker's place.
+  JobRun run(cluster, /*copies=*/2);
+  run.Finish(refs);
+  EXPECT_EQ(Metric(http, "shardserve_failovers_total{pipeline=\"0\"}"), 1);
+  EXPECT_GT(Metric(http, "shardserve_sequences_resumed_total{pipeline=\"1\"}"), 0)
+      << "no stream was on the failed pipeline";
+  EXPECT_TRUE(cluster.worker(0).alive());
+  auto stats = WorkerStats(cluster.worker_addresses()[0]);
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  EXPECT_TRUE(absl::StrContains(stats->device_error(), "injected device fault"))
+      << stats->device_error();
+  // The router's cluster view shows the stage and the failover with the fault.
+  std::string view;
+  EXPECT_TRUE(WaitUntil(
+      [&] {
+        view = HttpGet(http, "/v1/cluster").body;
+        return absl::StrContains(view, "\"health\":\"device failed: injected device fault");
+      },
+      absl::Seconds(30), absl::Milliseconds(100)))
+      << view;
+  EXPECT_TRUE(absl::StrContains(view, "wait for it: worker")) << view;
+  EXPECT_TRUE(absl::StrContains(view, "device failed: injected device fault at step 40")) << view;
+
+  // LoadShard on the failed worker is refused, so a spare announced to the router takes its
+  // stage.
   const std::string spare_address = absl::StrCat("127.0.0.1:", FreePort());
   Process spare({BinPath("shardserve-worker"), "--listen", spare_address, "--threads", "1",
                  "--router", cluster.router_address()},
@@ -263,26 +286,6 @@ TEST(Failover, DeviceFaultFailsThePipelineOverAndTheWorkerStopsServing) {
     EXPECT_TRUE(cluster.Stub()->GetModelInfo(&context, v1::GetModelInfoRequest(), &r).ok());
     return r;
   };
-  ASSERT_TRUE(WaitUntil([&] { return info().spare_workers_size() == 1; }, absl::Seconds(10),
-                        absl::Milliseconds(25)));
-  JobRun run(cluster, /*copies=*/2);
-  run.Finish(refs);
-  EXPECT_EQ(Metric(http, "shardserve_failovers_total{pipeline=\"0\"}"), 1);
-  EXPECT_GT(Metric(http, "shardserve_sequences_resumed_total{pipeline=\"1\"}"), 0)
-      << "no stream was on the failed pipeline";
-  EXPECT_TRUE(cluster.worker(0).alive());
-  auto stats = WorkerStats(cluster.worker_addresses()[0]);
-  ASSERT_TRUE(stats.ok()) << stats.status();
-  EXPECT_TRUE(absl::StrContains(stats->device_error(), "injected device fault"))
-      << stats->device_error();
-  EXPECT_TRUE(WaitUntil(
-      [&] {
-        return absl::StrContains(HttpGet(http, "/v1/cluster").body,
-                                 "device failed: injected device fault");
-      },
-      absl::Seconds(30), absl::Milliseconds(100)))
-      << HttpGet(http, "/v1/cluster").body;
-  // LoadShard on the failed worker is refused, so the spare now holds its stage.
   EXPECT_TRUE(WaitUntil(
       [&] {
         const v1::GetModelInfoResponse r = info();
@@ -291,6 +294,11 @@ TEST(Failover, DeviceFaultFailsThePipelineOverAndTheWorkerStopsServing) {
       },
       absl::Seconds(30), absl::Milliseconds(100)));
   EXPECT_EQ(info().spare_workers_size(), 0);
+  auto again =
+      RunCompletion(cluster.router_address(), TextRequest(kJobs[0].prompt, kMaxTokens, 0, 0),
+                    absl::Seconds(60), nullptr);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->ids, refs[0].ids);
 }
 
 TEST(Failover, ReplacementWorkerTakesOverTheStage) {
