@@ -52,14 +52,22 @@ struct SequenceStep {
   int64_t start_pos = 0;             // position of tokens[0]
   std::vector<int32_t> block_table;  // covers positions [0, start_pos + tokens.size())
   bool compute_logits = false;       // last stage: logits for this sequence's last token
+  // Last stage: the caller samples this sequence where the logits are (on the device), so they
+  // need not be copied to the host. The copy is skipped when every sequence with compute_logits
+  // sets it.
+  bool keep_logits = false;
 };
 
 struct StepOutput {
   // Non-last stage: hidden states [total_tokens, hidden_size], rows in batch order.
-  // Last stage: logits [number of sequences with compute_logits, vocab_size], in batch order.
+  // Last stage: logits [number of sequences with compute_logits, vocab_size], in batch order;
+  // empty when every such sequence set keep_logits (then only `logits` holds them).
   std::vector<float> data;
   int64_t rows = 0;
   int64_t cols = 0;
+  // Last stage: the same logits in the backend's memory, valid until the next Forward (null for
+  // stages that pick their own tokens).
+  Tensor logits;
   // Last stage of a stage that picks its tokens itself (simulated stages): one token per
   // sequence with compute_logits, in batch order, and no logits; the runtime returns them as
   // sampled.

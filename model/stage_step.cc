@@ -1,9 +1,8 @@
 #include "model/stage_step.h"
 
-#include "absl/strings/str_cat.h"
-
 #include <algorithm>
 
+#include "absl/strings/str_cat.h"
 #include "common/layers.h"
 #include "common/status.h"
 
@@ -107,6 +106,11 @@ absl::StatusOr<StepOutput> StageOutput(Backend* backend, const ModelConfig& conf
   }
   Tensor l = Tensor::Of(logits.buffer->data(), DType::kF32, out.rows, out.cols);
   backend->MatMul(h, lm_head, nullptr, l);
+  out.logits = l;
+  const bool keep = std::all_of(batch.begin(), batch.end(), [](const SequenceStep& s) {
+    return !s.compute_logits || s.keep_logits;
+  });
+  if (keep) return out;
   out.data.resize(static_cast<size_t>(out.rows * out.cols));
   RETURN_IF_ERROR(backend->CopyToHost(out.data.data(), l.data, out.data.size() * sizeof(float)));
   return out;

@@ -260,12 +260,19 @@ absl::StatusOr<v1::StepsResponse> StageRuntime::Execute(const v1::StepPlan& plan
 std::vector<SequenceStep> StageRuntime::ToBatch(const v1::StepPlan& plan, int64_t* total_tokens) {
   std::vector<SequenceStep> batch;
   batch.reserve(plan.sequences_size());
+  // The sampler takes the whole step, or the host does: masks and top logprobs need the logits.
+  const bool in_place =
+      sampler_ != nullptr && is_last() &&
+      std::none_of(plan.sequences().begin(), plan.sequences().end(), [](const v1::SequencePlan& s) {
+        return s.sample() && (!s.allowed_tokens().empty() || s.sampling().top_logprobs() > 0);
+      });
   for (const v1::SequencePlan& s : plan.sequences()) {
     SequenceStep step;
     step.tokens.assign(s.tokens().begin(), s.tokens().end());
     step.start_pos = s.start_pos();
     step.block_table.assign(s.block_table().begin(), s.block_table().end());
     step.compute_logits = s.sample() && is_last();
+    step.keep_logits = step.compute_logits && in_place;
     *total_tokens += s.tokens_size();
     batch.push_back(std::move(step));
   }
@@ -314,6 +321,7 @@ absl::Status StageRuntime::SampleLocked(const v1::StepPlan& plan, const StepOutp
   int64_t row = 0;
   const int64_t vocab = stage_->config().vocab_size;
   if (!out.tokens.empty()) return TakeChosenTokens(plan, out, response);
+  if (out.rows > 0 && out.data.empty()) return SampleInPlaceLocked(plan, out, response);
   for (const v1::SequencePlan& s : plan.sequences()) {
     if (!s.sample()) continue;
     if (row >= out.rows || out.cols != vocab) {
@@ -346,6 +354,72 @@ absl::Status StageRuntime::SampleLocked(const v1::StepPlan& plan, const StepOutp
     }
   }
   return absl::OkStatus();
+}
+
+absl::Status StageRuntime::SampleInPlaceLocked(const v1::StepPlan& plan, const StepOutput& out,
+                                               v1::StepsResponse* response) {
+  if (sampler_ == nullptr || out.logits.data == nullptr) {
+    return absl::InternalError("the stage kept its logits but there is no sampler");
+  }
+  static const std::vector<int32_t> kNoHistory;
+  std::vector<SamplingParams> params;
+  std::vector<int64_t> positions;
+  std::vector<absl::Span<const int32_t>> histories;
+  std::vector<uint64_t> ids;
+  for (const v1::SequencePlan& s : plan.sequences()) {
+    if (!s.sample()) continue;
+    auto known = sequences_.find(s.sequence_id());
+    params.push_back(ToParams(s.sampling()));
+    positions.push_back(SamplePosition(s.start_pos() + s.tokens_size()));
+    histories.push_back(known == sequences_.end() ? kNoHistory : known->second.history);
+    ids.push_back(s.sequence_id());
+  }
+  if (static_cast<int64_t>(ids.size()) != out.rows || out.logits.rows != out.rows) {
+    return absl::InternalError("stage returned fewer logits rows than sequences to sample");
+  }
+  ASSIGN_OR_RETURN(std::vector<SampleResult> sampled,
+                   sampler_(out.logits, params, positions, histories));
+  if (sampled.size() != ids.size()) {
+    return absl::InternalError("the sampler returned fewer tokens than rows");
+  }
+  const int64_t vocab = stage_->config().vocab_size;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (sampled[i].token < 0 || sampled[i].token >= vocab) {
+      return absl::InternalError(
+          absl::StrCat("the sampler picked token ", sampled[i].token, " of ", vocab));
+    }
+    v1::SampledToken* tok = response->add_tokens();
+    tok->set_sequence_id(ids[i]);
+    tok->set_token_id(sampled[i].token);
+    tok->set_logprob(sampled[i].logprob);
+  }
+  ++steps_sampled_in_place_;
+  return absl::OkStatus();
+}
+
+LogitsSampler NewHostMemorySampler() {
+  return
+      [](const Tensor& logits, absl::Span<const SamplingParams> params,
+         absl::Span<const int64_t> positions, absl::Span<const absl::Span<const int32_t>> histories)
+          -> absl::StatusOr<std::vector<SampleResult>> {
+        std::vector<SampleResult> out;
+        out.reserve(params.size());
+        for (size_t i = 0; i < params.size(); ++i) {
+          absl::Span<const float> row(logits.row(static_cast<int64_t>(i)), logits.cols);
+          out.push_back(Sample(row, params[i], positions[i], histories[i]));
+        }
+        return out;
+      };
+}
+
+void StageRuntime::SetSampler(LogitsSampler sampler) {
+  absl::MutexLock lock(&mu_);
+  sampler_ = std::move(sampler);
+}
+
+uint64_t StageRuntime::steps_sampled_in_place() const {
+  absl::MutexLock lock(&mu_);
+  return steps_sampled_in_place_;
 }
 
 namespace {

@@ -8,6 +8,12 @@
 // history (for repetition penalties). A new sequence may start past position 0 when the router
 // gives it shared prefix-cache blocks; it then names the tokens at those positions.
 //
+// Sampling where the logits are: with a LogitsSampler (SetSampler), the last stage samples a
+// step's tokens in the backend's memory (on a GPU: kernels/cuda, SampleOnDevice) and only token
+// ids and their logprobs leave it. A step with a constrained sequence (allowed_tokens) or one
+// asking for top_logprobs copies its logits to the host and samples there instead. Both follow
+// the same (seed, position) rule, so the tokens are the same either way.
+//
 // With async_sends, a non-last stage hands each step's activations to its own sender thread and
 // returns as soon as its compute is done, so the next micro-batch's compute overlaps the
 // previous one's transfer. At most one send is in flight: the next Execute() waits for it, and
@@ -32,6 +38,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "common/wire.h"
+#include "kernels/sampling.h"
 #include "model/stage.h"
 #include "shardserve/v1/worker.pb.h"
 #include "worker/activation_link.h"
@@ -49,6 +56,13 @@ struct StageStats {
   // compute time), canaries included.
   double busy_seconds = 0;
 };
+
+// Samples every row of `logits` ([rows, vocab] F32 in the stage backend's memory) where it
+// lies: row i with params[i], at positions[i], with histories[i] for the penalties, by the rules
+// of model/sampler.h.
+using LogitsSampler = std::function<absl::StatusOr<std::vector<SampleResult>>(
+    const Tensor& logits, absl::Span<const SamplingParams> params,
+    absl::Span<const int64_t> positions, absl::Span<const absl::Span<const int32_t>> histories)>;
 
 class StageRuntime {
  public:
@@ -69,6 +83,12 @@ class StageRuntime {
   // Where failed async sends are reported (nullptr: nowhere). Runs on the sender thread; once
   // this returns, the previous handler is not running and will not run again.
   void SetSendErrorHandler(SendErrorFn handler);
+
+  // Last stage: sample where the logits are (see above); null: copy them to the host. Call
+  // before the first Execute.
+  void SetSampler(LogitsSampler sampler);
+  // Steps whose tokens the sampler picked where the logits lay (not copied to the host).
+  uint64_t steps_sampled_in_place() const;
 
   // Runs one plan. On the last stage the response carries one SampledToken per sequence with
   // `sample` set; other stages return an empty response. Validation failures are
@@ -109,6 +129,9 @@ class StageRuntime {
   // Last stage: one sampled token per sequence with `sample`, with its penalties' history.
   absl::Status SampleLocked(const v1::StepPlan& plan, const StepOutput& out,
                             v1::StepsResponse* response) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Last stage, logits left in the backend's memory: the sampler's tokens.
+  absl::Status SampleInPlaceLocked(const v1::StepPlan& plan, const StepOutput& out,
+                                   v1::StepsResponse* response) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Last stage of a stage that picks its own tokens (simulated): returns them as sampled.
   absl::Status TakeChosenTokens(const v1::StepPlan& plan, const StepOutput& out,
                                 v1::StepsResponse* response) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -138,7 +161,13 @@ class StageRuntime {
   uint64_t tokens_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t prefix_cached_tokens_ ABSL_GUARDED_BY(mu_) = 0;
   double busy_seconds_ ABSL_GUARDED_BY(mu_) = 0;
+  LogitsSampler sampler_ ABSL_GUARDED_BY(mu_);
+  uint64_t steps_sampled_in_place_ ABSL_GUARDED_BY(mu_) = 0;
 };
+
+// A LogitsSampler for backends whose buffers are host memory (the CPU backend): each row is
+// sampled where it lies, without a copy.
+LogitsSampler NewHostMemorySampler();
 
 // The position argument the sampler gets for a chunk ending at `end_pos` (exclusive): shared by
 // every path that samples, so that a pipeline and the single-process reference agree.

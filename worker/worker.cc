@@ -17,6 +17,9 @@
 #if defined(SHARDSERVE_HAS_NCCL)
 #include "worker/nccl_link.h"
 #endif
+#if defined(SHARDSERVE_HAS_CUDA)
+#include "kernels/cuda/cuda_backend.h"
+#endif
 
 namespace shardserve {
 
@@ -53,6 +56,18 @@ absl::StatusOr<std::unique_ptr<Worker>> Worker::Create(WorkerConfig config) {
   // A CUDA stage sends to and receives from CUDA stages on other GPUs over NCCL.
   if (c.backend == "cuda") options.nccl = NewNcclLinkFactory(c.device);
 #endif
+    // The last stage samples where its logits are: on the GPU, or in place in host memory.
+#if defined(SHARDSERVE_HAS_CUDA)
+  if (c.backend == "cuda") {
+    Backend* gpu = w->backend_.get();
+    options.sampler = [gpu](const Tensor& logits, absl::Span<const SamplingParams> params,
+                            absl::Span<const int64_t> positions,
+                            absl::Span<const absl::Span<const int32_t>> histories) {
+      return SampleOnDevice(*gpu, logits, params, positions, histories);
+    };
+  }
+#endif
+  if (c.backend == "cpu") options.sampler = NewHostMemorySampler();
   Backend* backend = w->backend_.get();
   if (c.fault_device_after_steps >= 0) {
     w->faulty_backend_ = NewFaultyBackend(backend, c.fault_device_after_steps);

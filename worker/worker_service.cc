@@ -410,6 +410,7 @@ grpc::Status WorkerServiceImpl::LoadShard(grpc::ServerContext* context,
   response->set_vocab_size(config.vocab_size);
   shard->runtime = std::make_unique<StageRuntime>(std::move(*stage), req->max_step_tokens(),
                                                   /*async_sends=*/true);
+  if (!options_.sim && options_.sampler != nullptr) shard->runtime->SetSampler(options_.sampler);
   shard->inbox = NewLocalLink("previous stage", options_.recv_timeout);
   shard->runtime->SetLinks(shard->inbox.get(), nullptr);
   response->set_load_seconds(

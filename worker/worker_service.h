@@ -70,6 +70,9 @@ struct WorkerOptions {
   std::string model_root;
   // Set: this worker offers NCCL links (a CUDA backend in a build with NCCL).
   std::shared_ptr<LinkFactory> nccl;
+  // Last stages sample where their logits are with this (the backend's own sampler); null: on
+  // the host after a copy. Not used by simulated stages.
+  LogitsSampler sampler;
   // Test hook: the service's backend, when it is this fault injector (--fault-device-after-steps);
   // the service counts its steps on it. Not owned.
   FaultyBackend* device_faults = nullptr;

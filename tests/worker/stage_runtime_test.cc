@@ -70,6 +70,63 @@ TEST_F(StageRuntimeTest, TwoStagesOverALocalLinkMatchOneStage) {
   EXPECT_EQ(first->Stats().live_sequences, 0);
 }
 
+// Sampling where the logits are (the path a GPU stage takes with SampleOnDevice; here the CPU
+// backend's in-place sampler) picks exactly the host path's tokens and logprobs, seeded and
+// penalised over 40 steps; steps that need the logits on the host (a mask, top logprobs) still
+// go there.
+TEST_F(StageRuntimeTest, SamplingInPlaceMatchesTheHostPath) {
+  auto host = Load(backend_.get(), 0, 5);
+  auto in_place = Load(backend_.get(), 0, 5);
+  int sampler_rows = 0;
+  LogitsSampler sampler = NewHostMemorySampler();
+  in_place->SetSampler([&](const Tensor& logits, absl::Span<const SamplingParams> params,
+                           absl::Span<const int64_t> positions,
+                           absl::Span<const absl::Span<const int32_t>> histories) {
+    sampler_rows += static_cast<int>(logits.rows);
+    return sampler(logits, params, positions, histories);
+  });
+  auto sampled = [](v1::StepPlan p) {
+    v1::StepsResponse r;
+    v1::StepSampling* s = p.mutable_sequences(0)->mutable_sampling();
+    s->set_temperature(0.9f);
+    s->set_top_k(40);
+    s->set_seed(1234);
+    s->set_repetition_penalty(1.3f);
+    s->set_frequency_penalty(0.2f);
+    return p;
+  };
+  std::vector<int32_t> prompt = {1, 403, 407, 261, 378};
+  auto a = host->Execute(sampled(Plan(1, prompt, 0, true)));
+  auto b = in_place->Execute(sampled(Plan(1, prompt, 0, true)));
+  ASSERT_TRUE(a.ok()) << a.status();
+  ASSERT_TRUE(b.ok()) << b.status();
+  int pos = static_cast<int>(prompt.size());
+  for (int step = 2; step < 42; ++step) {
+    ASSERT_EQ(a->tokens_size(), 1);
+    ASSERT_EQ(b->tokens_size(), 1);
+    ASSERT_EQ(a->tokens(0).token_id(), b->tokens(0).token_id()) << "step " << step;
+    EXPECT_FLOAT_EQ(a->tokens(0).logprob(), b->tokens(0).logprob()) << "step " << step;
+    const int32_t next = a->tokens(0).token_id();
+    a = host->Execute(sampled(Plan(step, {next}, pos, true)));
+    b = in_place->Execute(sampled(Plan(step, {next}, pos, true)));
+    ASSERT_TRUE(a.ok()) << a.status();
+    ASSERT_TRUE(b.ok()) << b.status();
+    ++pos;
+  }
+  EXPECT_EQ(sampler_rows, 41);
+  EXPECT_EQ(in_place->steps_sampled_in_place(), 41u);
+  EXPECT_EQ(host->steps_sampled_in_place(), 0u);
+  // Top logprobs need every logit: the host samples, and answers them.
+  v1::StepPlan top = Plan(50, {a->tokens(0).token_id()}, pos, true);
+  top.mutable_sequences(0)->mutable_sampling()->set_top_logprobs(3);
+  auto c = in_place->Execute(top);
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_EQ(c->tokens_size(), 1);
+  EXPECT_EQ(c->tokens(0).top_size(), 3);
+  EXPECT_EQ(in_place->steps_sampled_in_place(), 41u);
+  EXPECT_EQ(sampler_rows, 41);
+}
+
 TEST_F(StageRuntimeTest, RejectsBadPlans) {
   auto whole = Load(backend_.get(), 0, 5);
   v1::StepPlan p = Plan(1, {1, 2}, 0, true);
