@@ -1,8 +1,9 @@
 // Prefill GEMM on F32 or 16-bit weights (a prompt of n rows times one weight matrix:
 // out = X W^T) through the CPU backend, its rows split across --threads: the AVX-512 GEMM where
 // the CPU has AVX-512, and the AVX2 path (16-bit panels widened to F32, then OpenBLAS sgemm) for
-// comparison. The
-// default shape is TinyLlama's MLP up projection at the 562-token prompt of bench/vs_llamacpp.sh.
+// comparison; for BF16 weights also the AVX512-BF16 dot-product GEMM (activations rounded to
+// BF16) where the CPU has it. The default shape is TinyLlama's MLP up projection at the
+// 562-token prompt of bench/vs_llamacpp.sh.
 // Prints the median time and GFLOP/s of each path, interleaved within each round.
 //
 //   f16_gemm [--n 562] [--rows 5632] [--k 2048] [--threads 2] [--reps 5] [--dtype f32|f16|bf16]
@@ -99,9 +100,13 @@ int main(int argc, char** argv) {
               shardserve::Tensor::Of(ws[turn++ % copies].data(), *dt, rows, k), nullptr,
               shardserve::Tensor::Of(out.data(), DType::kF32, n, rows));
   };
-  auto gemm = shardserve::NewCpuBackend({.threads = threads});
+  auto gemm = shardserve::NewCpuBackend({.threads = threads, .avx512_bf16 = false});
+  auto bf16_dot = shardserve::NewCpuBackend({.threads = threads});
   auto sgemm = shardserve::NewCpuBackend({.threads = threads, .avx512 = false});
   if (cpu::CpuHasAvx512()) paths.push_back({"avx512-gemm", [&] { run(gemm.get()); }});
+  if (*dt == DType::kBF16 && cpu::CpuHasAvx512() && cpu::CpuHasAvx512Bf16()) {
+    paths.push_back({"avx512-bf16-dot", [&] { run(bf16_dot.get()); }});
+  }
   paths.push_back({"widen+sgemm", [&] { run(sgemm.get()); }});
   for (int r = 0; r < reps + 1; ++r) {  // the first round warms up
     for (Path& p : paths) {

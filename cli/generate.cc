@@ -62,6 +62,7 @@ struct GenerateFlags {
   SamplingParams sampling{.temperature = 0.8f};
   int threads = 0;
   bool json = false, ignore_eos = false, no_bos = false, mmap_weights = false;
+  bool f32_activations = false;
   bool seed_given = false;
   std::string backend = "cpu";
   int device = 0;
@@ -93,6 +94,9 @@ void AddGenerateFlags(CLI::App& app, GenerateFlags* f) {
       ->capture_default_str();
   app.add_flag("--mmap-weights", f->mmap_weights,
                "compute from the file mapping in place (less memory, slower decode)");
+  app.add_flag("--f32-activations", f->f32_activations,
+               "CPU: multiply BF16 weights with F32 activations in prefill, not the faster "
+               "AVX512-BF16 dot products that round activations to BF16 as GPUs do");
 }
 
 absl::Status ValidateGenerateFlags(const GenerateFlags& f) {
@@ -125,6 +129,7 @@ absl::StatusOr<std::unique_ptr<ModelStage>> LoadWholeModel(const GenerateFlags& 
   BackendOptions backend_options;
   backend_options.cpu.threads = f.threads;
   backend_options.cpu.copy_weights = !f.mmap_weights;
+  backend_options.cpu.avx512_bf16 = !f.f32_activations;
   backend_options.device = f.device;
   ASSIGN_OR_RETURN(*backend, NewBackend(f.backend, backend_options));
   const bool tty = isatty(STDERR_FILENO);

@@ -164,6 +164,10 @@ struct CpuBackendOptions {
   int threads = 0;         // 0: all online CPUs
   bool reference = false;  // plain scalar kernels only (the reference path)
   bool avx512 = true;      // use AVX-512 kernels where the CPU has them (else AVX2 only)
+  // BF16 weights through AVX512-BF16 dot products where the CPU has them (prefill GEMM and
+  // decode GEMV): activations rounded to BF16 (as on a GPU, and in llama.cpp), twice the
+  // multiply-adds per instruction and no widening; false keeps activations F32.
+  bool avx512_bf16 = true;
   // Copy large weight matrices into huge-page memory instead of reading the file mapping in
   // place: faster decode, at the cost of load time and a second copy while the page cache
   // holds the file.

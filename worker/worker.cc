@@ -33,6 +33,7 @@ absl::StatusOr<std::unique_ptr<Worker>> Worker::Create(WorkerConfig config) {
   w->server_credentials_ = credentials.server;
   BackendOptions backend_options;
   backend_options.cpu.threads = c.threads;
+  backend_options.cpu.avx512_bf16 = !c.f32_activations;
   backend_options.device = c.device;
   backend_options.memory_fraction = c.gpu_memory_fraction;
   WorkerOptions options;

@@ -42,6 +42,9 @@ void AddServingFlags(CLI::App& app, WorkerConfig* c) {
       ->check(CLI::Range(0.05, 1.0))
       ->capture_default_str();
   app.add_option("--threads", c->threads, "compute threads")->check(CLI::Range(1, 1024));
+  app.add_flag("--f32-activations", c->f32_activations,
+               "CPU: multiply BF16 weights with F32 activations, not the faster AVX512-BF16 dot "
+               "products that round activations to BF16 as GPUs do");
   app.add_option("--recv-timeout-s", c->recv_timeout_s,
                  "how long a stage waits for the previous stage's activations")
       ->check(CLI::Range(1, 3600));

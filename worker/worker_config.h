@@ -28,6 +28,7 @@ struct WorkerConfig {
   uint64_t sim_seed = 0;
   int device = 0;
   double gpu_memory_fraction = 0.9;
+  bool f32_activations = false;  // CPU: no AVX512-BF16 dot products for BF16 weights
   int threads = 1;
   int recv_timeout_s = 30;
   double lease_ttl_s = 10;

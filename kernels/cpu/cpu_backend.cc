@@ -85,6 +85,7 @@ class CpuBackend : public Backend {
       : pool_(o.threads),
         fast_(!o.reference && cpu::CpuHasAvx2Fma()),
         avx512_(fast_ && o.avx512 && cpu::CpuHasAvx512()),
+        bf16_dot_(avx512_ && o.avx512_bf16 && cpu::CpuHasAvx512Bf16()),
         vnni_(avx512_ && cpu::CpuHasAvxVnni()),
         vnni512_(avx512_ && cpu::CpuHasAvx512Vnni()),
         copy_weights_(o.copy_weights) {
@@ -202,6 +203,12 @@ class CpuBackend : public Backend {
           w.rows, 4, [&](int64_t j0, int64_t j1) { cpu::RefGemvRows(args, j0, j1); }, threads);
       return;
     }
+    if (x.rows == 1 && bf16_dot_ && w.dtype == DType::kBF16) {
+      pool_.ParallelFor(
+          w.rows, 8, [&](int64_t j0, int64_t j1) { cpu::Avx512Bf16GemvRows1(args, j0, j1); },
+          threads);
+      return;
+    }
     if (x.rows == 1 && avx512_) {
       pool_.ParallelFor(
           w.rows, 8, [&](int64_t j0, int64_t j1) { cpu::Avx512GemvRows1(args, j0, j1); }, threads);
@@ -210,6 +217,21 @@ class CpuBackend : public Backend {
     if (x.rows < kGemmMinRows) {
       pool_.ParallelFor(
           w.rows, 4, [&](int64_t j0, int64_t j1) { cpu::Avx2GemvRows(args, j0, j1); }, threads);
+      return;
+    }
+    if (bf16_dot_ && w.dtype == DType::kBF16) {
+      std::vector<uint32_t>& xp = gemm_bf16_activations_;
+      xp.resize(static_cast<size_t>(cpu::Avx512Bf16GemmPackedWords(args)));
+      pool_.ParallelFor(
+          x.rows, 16,
+          [&](int64_t i0, int64_t i1) {
+            cpu::Avx512Bf16PackGemmActivations(args, i0, i1, xp.data());
+          },
+          threads);
+      pool_.ParallelFor(
+          w.rows, 32,
+          [&](int64_t j0, int64_t j1) { cpu::Avx512Bf16GemmRows(args, xp.data(), j0, j1); },
+          threads);
       return;
     }
     if (avx512_) {  // F32, F16, BF16 (quantized weights went to QuantMatMul)
@@ -569,11 +591,13 @@ class CpuBackend : public Backend {
   ThreadPool pool_;
   const bool fast_;
   const bool avx512_;
-  const bool vnni_;     // AVX-VNNI integer dot products (with the other wide-vector paths)
-  const bool vnni512_;  // AVX-512 VNNI: every quantized product, decode GEMV and prefill GEMM
+  const bool bf16_dot_;  // BF16 weights' prefill on AVX512-BF16
+  const bool vnni_;      // AVX-VNNI integer dot products (with the other wide-vector paths)
+  const bool vnni512_;   // AVX-512 VNNI: every quantized product, decode GEMV and prefill GEMM
   const bool copy_weights_;
   std::vector<cpu::Q8Block> activation_blocks_;
-  std::vector<float> gemm_activations_;  // prefill activations laid out for Avx512GemmRows
+  std::vector<float> gemm_activations_;          // prefill activations laid out for Avx512GemmRows
+  std::vector<uint32_t> gemm_bf16_activations_;  // the same as BF16 pairs, for Avx512Bf16GemmRows
 };
 
 }  // namespace

@@ -38,6 +38,15 @@ void Avx512GemmRows(const GemvArgs& a, const float* xp, int64_t j0, int64_t j1);
 int64_t Avx512GemmPackedFloats(const GemvArgs& a);
 void Avx512PackGemmActivations(const GemvArgs& a, int64_t i0, int64_t i1, float* xp);
 bool CpuHasAvx512();
+// The same GEMM for BF16 weights with AVX512-BF16 dot products: activations rounded to BF16 and
+// packed as pairs (Avx512Bf16PackGemmActivations, same row-range rule), F32 accumulation. Check
+// CpuHasAvx512Bf16() first.
+void Avx512Bf16GemmRows(const GemvArgs& a, const uint32_t* xp, int64_t j0, int64_t j1);
+// The a.n == 1 GEMV for BF16 weights on AVX512-BF16, the activation row rounded to BF16.
+void Avx512Bf16GemvRows1(const GemvArgs& a, int64_t j0, int64_t j1);
+int64_t Avx512Bf16GemmPackedWords(const GemvArgs& a);
+void Avx512Bf16PackGemmActivations(const GemvArgs& a, int64_t i0, int64_t i1, uint32_t* xp);
+bool CpuHasAvx512Bf16();
 
 // Converts rows [r0, r1) of a k-column weight matrix to F32 at dst (row r at dst + (r - r0) * k).
 void RefConvertRows(const void* w, DType wt, int64_t k, int64_t r0, int64_t r1, float* dst);

@@ -5,6 +5,7 @@
 
 #include "gtest/gtest.h"
 #include "kernels/backend.h"
+#include "kernels/cpu/kernels.h"
 
 namespace shardserve {
 namespace {
@@ -39,7 +40,8 @@ class MatMulTest : public ::testing::TestWithParam<MatMulCase> {};
 
 TEST_P(MatMulTest, FastMatchesReference) {
   const MatMulCase c = GetParam();
-  auto fast = NewCpuBackend({.threads = 2});
+  // F32 activations throughout (the BF16 dot-product path is tested below).
+  auto fast = NewCpuBackend({.threads = 2, .avx512_bf16 = false});
   auto ref = NewCpuBackend({.threads = 2, .reference = true});
   ASSERT_NE(fast->name(), ref->name());
   std::vector<float> x = Random(c.n * c.k, 1);
@@ -75,6 +77,46 @@ INSTANTIATE_TEST_SUITE_P(
         // 16-row square holding 11 rows.
         MatMulCase{DType::kF16, 27, 117, 600, true}, MatMulCase{DType::kBF16, 20, 40, 272, false},
         MatMulCase{DType::kF16, 12, 16, 16, false}, MatMulCase{DType::kF32, 29, 100, 520, true}));
+
+// BF16 weights on AVX512-BF16 (prefill GEMM, decode GEMV): the activations are rounded to BF16 and
+// every product is exact in F32, so the result is the reference's on the rounded activations up to
+// the order of the F32 sums. Shapes with an odd k, k past one slice, panels of 1 to 3 vectors, rows
+// past the last full tile, a bias, and activation rows a stride apart.
+TEST(CpuBackendTest, Bf16DotProductsAreTheReferenceOnRoundedActivations) {
+  if (!cpu::CpuHasAvx512() || !cpu::CpuHasAvx512Bf16()) GTEST_SKIP() << "no AVX512-BF16";
+  auto fast = NewCpuBackend({.threads = 2});
+  auto ref = NewCpuBackend({.threads = 2, .reference = true});
+  struct Shape {
+    int64_t n, m, k;
+    bool bias;
+  };
+  for (const Shape& c :
+       {Shape{12, 48, 32, false}, Shape{13, 70, 101, true}, Shape{27, 117, 600, true},
+        Shape{40, 130, 257, false}, Shape{19, 99, 37, true}, Shape{64, 300, 128, false},
+        // Decode (one row, the GEMV): odd k, a masked tail of pairs.
+        Shape{1, 35, 72, true}, Shape{1, 17, 13, false}, Shape{1, 300, 1000, true}}) {
+    SCOPED_TRACE(testing::Message() << c.n << " x " << c.m << " x " << c.k);
+    const int64_t stride = c.k + 3;
+    std::vector<float> x = Random(c.n * stride, 11);
+    std::vector<float> rounded(x.size());
+    for (size_t i = 0; i < x.size(); ++i) rounded[i] = Bf16ToF32(F32ToBf16(x[i]));
+    std::vector<uint16_t> w = ToHalf(Random(c.m * c.k, 12, 0.05f), DType::kBF16);
+    std::vector<float> bias = Random(c.m, 13);
+    Tensor wt = Tensor::Of(w.data(), DType::kBF16, c.m, c.k);
+    Tensor bt = Tensor::Of(bias.data(), DType::kF32, 1, c.m);
+    const Tensor* b = c.bias ? &bt : nullptr;
+    std::vector<float> got(c.n * c.m, NAN), want(c.n * c.m, NAN), f32(c.n * c.m, NAN);
+    fast->MatMul(Tensor{x.data(), DType::kF32, c.n, c.k, stride}, wt, b,
+                 Tensor::Of(got.data(), DType::kF32, c.n, c.m));
+    ref->MatMul(Tensor{rounded.data(), DType::kF32, c.n, c.k, stride}, wt, b,
+                Tensor::Of(want.data(), DType::kF32, c.n, c.m));
+    ref->MatMul(Tensor{x.data(), DType::kF32, c.n, c.k, stride}, wt, b,
+                Tensor::Of(f32.data(), DType::kF32, c.n, c.m));
+    EXPECT_LE(MaxAbsDiff(got, want), 4e-6f * std::sqrt(static_cast<float>(c.k)) * 4.0f);
+    // Against unrounded activations it differs by what rounding them costs, no more.
+    EXPECT_LE(MaxAbsDiff(got, f32), 0.01f * std::sqrt(static_cast<float>(c.k)) * 0.05f);
+  }
+}
 
 // Prefill reads activation rows a stride apart (a view of a wider buffer).
 TEST(CpuBackendTest, PrefillTilesReadStridedRows) {
