@@ -2,12 +2,15 @@
 
 #include <algorithm>
 #include <limits>
+#include <map>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "common/layers.h"
+#include "common/wire.h"
 
 namespace shardserve {
 
@@ -153,6 +156,46 @@ int64_t DefaultKvBlocks(const ModelConfig& config, const std::vector<LayerRange>
       KvCacheValuesPerToken(config) * static_cast<int64_t>(sizeof(float)) * kv_block_size * widest;
   const int64_t cap = kMaxDefaultKvBytesPerStage / std::max<int64_t>(1, bytes_per_block);
   return std::max(blocks_per_context, std::min(max_seqs * blocks_per_context, cap));
+}
+
+absl::StatusOr<int64_t> KvBlocksForDevices(const ModelConfig& config,
+                                           const std::vector<LayerRange>& ranges,
+                                           const std::vector<KvDevice>& devices,
+                                           int64_t default_blocks, const KvSizing& sizing) {
+  std::map<std::string, int> per_gpu;
+  for (const KvDevice& d : devices) {
+    if (d.gpu) ++per_gpu[d.gpu_id];
+  }
+  int64_t fits_all = std::numeric_limits<int64_t>::max();
+  bool gpu = false, sim = false;
+  for (const KvDevice& d : devices) {
+    const LayerRange& r = ranges[d.stage];
+    const bool last = r.end == config.num_layers;
+    const double reserve =
+        d.gpu ? StageWorkspaceBytes(config, last, sizing.max_step_tokens, sizing.max_seqs) : 0;
+    const double free = d.gpu ? d.free_bytes / per_gpu[d.gpu_id] : d.free_bytes;
+    (d.gpu ? gpu : sim) = true;
+    const int64_t fits =
+        KvBlocksThatFit(config, r.begin, r.end, free, reserve, sizing.block_size, d.precision);
+    if (fits < sizing.blocks_per_context) {
+      const double weights = StageWeightBytesAt(config, r.begin, r.end, d.precision);
+      return absl::InvalidArgumentError(absl::StrCat(
+          "layers ", LayerRangeText(r.begin, r.end), " on ", d.worker, " (", d.name, ", ",
+          absl::StrFormat("%.2f", free / (1 << 30)), " GiB free",
+          d.gpu && per_gpu[d.gpu_id] > 1
+              ? absl::StrCat(" as its share of a GPU ", per_gpu[d.gpu_id], " workers use")
+              : "",
+          ") leave room for ", fits, " KV blocks after ",
+          absl::StrFormat("%.2f", weights / (1 << 30)), " GiB of weights",
+          reserve > 0 ? absl::StrFormat(" and %.2f GiB of workspace", reserve / (1 << 30)) : "",
+          "; one full context needs ", sizing.blocks_per_context, ": use more --stages",
+          d.gpu ? ", a larger --gpu-memory-fraction" : "", " or a device with more memory"));
+    }
+    fits_all = std::min(fits_all, fits);
+  }
+  if (!gpu && !sim) return default_blocks;
+  return std::min<int64_t>(kMaxKvBlocks,
+                           gpu && !sim ? fits_all : std::min(default_blocks, fits_all));
 }
 
 std::string FormatLayerRanges(const std::vector<LayerRange>& ranges) {

@@ -69,6 +69,35 @@ inline constexpr int64_t kMaxDefaultKvBytesPerStage = int64_t{1} << 30;
 int64_t DefaultKvBlocks(const ModelConfig& config, const std::vector<LayerRange>& ranges,
                         int64_t kv_block_size, int64_t max_seqs);
 
+// A pipeline worker's device, from its Describe, for KV sizing.
+struct KvDevice {
+  int stage = 0;            // index into the layer ranges
+  std::string worker;       // its address, for errors
+  std::string name;         // the device's name, for errors
+  bool gpu = false;         // a GPU (the pool fills it) or a simulated device (it caps the pool)
+  std::string gpu_id;       // host and GPU UUID: workers on one GPU share its memory
+  double free_bytes = 0;    // what the worker may still allocate
+  DeviceProfile precision;  // weight_bytes_per_param and kv_bytes_per_value
+};
+
+struct KvSizing {
+  int64_t block_size = 16;
+  int64_t blocks_per_context = 0;  // the fewest blocks a device must hold
+  int64_t max_step_tokens = 0;     // for a GPU stage's workspace
+  int64_t max_seqs = 0;
+};
+
+// KV blocks per pipeline with --kv-blocks 0, given the default (`default_blocks`): the smallest
+// number of blocks every device holds after its stage's weights (and, on a GPU, its step
+// workspace, StageWorkspaceBytes). GPUs fill their memory (as vLLM's gpu_memory_utilization);
+// simulated devices only cap the default; with neither the default stands. Workers on one GPU
+// split its free memory evenly. INVALID_ARGUMENT naming the layers, the worker, the GiB free and
+// what to change when a device cannot hold one full context.
+absl::StatusOr<int64_t> KvBlocksForDevices(const ModelConfig& config,
+                                           const std::vector<LayerRange>& ranges,
+                                           const std::vector<KvDevice>& devices,
+                                           int64_t default_blocks, const KvSizing& sizing);
+
 // "0-2,3-4": the inverse of ParseLayerRanges.
 std::string FormatLayerRanges(const std::vector<LayerRange>& ranges);
 

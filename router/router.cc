@@ -8,7 +8,6 @@
 #include <chrono>
 #include <filesystem>
 #include <future>
-#include <limits>
 #include <random>
 
 #include "absl/strings/str_cat.h"
@@ -20,7 +19,6 @@
 #include "common/listen.h"
 #include "common/logging.h"
 #include "common/status.h"
-#include "common/wire.h"
 #include "router/discovery.h"
 #include "router/routing.h"
 
@@ -140,49 +138,38 @@ absl::Status Router::SizeKvForDevices(int64_t blocks_per_context) {
     described.push_back(
         std::async(std::launch::async, [this, i] { return DescribeWorker(workers_[i]); }));
   }
-  int64_t fits_all = std::numeric_limits<int64_t>::max();
-  bool gpu = false, sim = false;
+  std::vector<KvDevice> devices;
+  bool gpu = false;
   for (int i = 0; i < n; ++i) {
-    absl::StatusOr<v1::DescribeResponse> d = described[i].get();
+    const absl::StatusOr<v1::DescribeResponse> d = described[i].get();
     // An unreachable worker is reported when its pipeline connects.
     if (!d.ok()) continue;
-    const v1::DeviceKind kind = d->device();
-    if (kind != v1::DEVICE_KIND_SIM && kind != v1::DEVICE_KIND_CUDA) continue;
-    const LayerRange& r = ranges_[i % c.stages];
-    DeviceProfile precision;
-    double reserve = 0;
-    if (kind == v1::DEVICE_KIND_SIM) {
-      sim = true;
-      precision.weight_bytes_per_param = d->cost().weight_bytes_per_param();
-      precision.kv_bytes_per_value = d->cost().kv_bytes_per_value();
-    } else {
-      gpu = true;
+    if (d->device() != v1::DEVICE_KIND_SIM && d->device() != v1::DEVICE_KIND_CUDA) continue;
+    KvDevice k;
+    k.stage = i % c.stages;
+    k.worker = workers_[i];
+    k.name = d->device_name();
+    k.gpu = d->device() == v1::DEVICE_KIND_CUDA;
+    k.gpu_id = absl::StrCat(d->host_id(), "/", d->device_uuid());
+    k.free_bytes = static_cast<double>(d->free_memory_bytes());
+    if (k.gpu) {
       // Weights are uploaded as stored; KV pages are F32.
-      precision.weight_bytes_per_param = static_cast<double>(DTypeSize(model_config_.dtype));
-      precision.kv_bytes_per_value = sizeof(float);
-      reserve = StageWorkspaceBytes(model_config_, r.end == model_config_.num_layers,
-                                    c.max_batch_tokens, c.max_seqs);
+      k.precision.weight_bytes_per_param = static_cast<double>(DTypeSize(model_config_.dtype));
+      k.precision.kv_bytes_per_value = sizeof(float);
+    } else {
+      k.precision.weight_bytes_per_param = d->cost().weight_bytes_per_param();
+      k.precision.kv_bytes_per_value = d->cost().kv_bytes_per_value();
     }
-    const double free = static_cast<double>(d->free_memory_bytes());
-    const int64_t fits =
-        KvBlocksThatFit(model_config_, r.begin, r.end, free, reserve, c.kv_block_size, precision);
-    if (fits < blocks_per_context) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "layers ", LayerRangeText(r.begin, r.end), " on ", workers_[i], " (", d->device_name(),
-          ", ", absl::StrFormat("%.2f", free / (1 << 30)), " GiB free) leave room for ", fits,
-          " KV blocks after ",
-          absl::StrFormat("%.2f",
-                          StageWeightBytesAt(model_config_, r.begin, r.end, precision) / (1 << 30)),
-          " GiB of weights",
-          reserve > 0 ? absl::StrFormat(" and %.2f GiB of workspace", reserve / (1 << 30)) : "",
-          "; one full context needs ", blocks_per_context, ": use more --stages",
-          gpu ? ", a larger --gpu-memory-fraction" : "", " or a device with more memory"));
-    }
-    fits_all = std::min(fits_all, fits);
+    gpu = gpu || k.gpu;
+    devices.push_back(std::move(k));
   }
-  if (!gpu && !sim) return absl::OkStatus();
-  const int64_t blocks =
-      std::min<int64_t>(kMaxKvBlocks, gpu && !sim ? fits_all : std::min(c.kv_blocks, fits_all));
+  if (devices.empty()) return absl::OkStatus();
+  ASSIGN_OR_RETURN(const int64_t blocks,
+                   KvBlocksForDevices(model_config_, ranges_, devices, c.kv_blocks,
+                                      {.block_size = c.kv_block_size,
+                                       .blocks_per_context = blocks_per_context,
+                                       .max_step_tokens = c.max_batch_tokens,
+                                       .max_seqs = c.max_seqs}));
   LOG(INFO) << "KV blocks per pipeline: " << blocks << " (" << blocks * c.kv_block_size
             << " tokens), sized by the " << (gpu ? "GPUs'" : "simulated devices'") << " memory";
   c.kv_blocks = blocks;

@@ -189,6 +189,71 @@ TEST(Placement, DefaultKvBlocksSizeMlaByItsLatentCache) {
             (int64_t{1} << 30) / (2 * 8 * 128 * 4 * block * 32));
 }
 
+// KV sizing from the workers' Describe: GPUs fill what their weights and workspace leave
+// (workers on one GPU split it), simulated devices only cap the default, and a device that
+// cannot hold one context is an error naming it.
+TEST(Placement, KvBlocksForDevicesFillGpusAndCapSimulatedDevices) {
+  ModelConfig c = *SynthConfigByName("llama3-70b");
+  c.max_position_embeddings = 8192;
+  c.dtype = DType::kBF16;
+  const std::vector<LayerRange> ranges = {{0, 40}, {40, 80}};
+  const KvSizing sizing{
+      .block_size = 16, .blocks_per_context = 512, .max_step_tokens = 2048, .max_seqs = 64};
+  DeviceProfile bf16;  // weights 2 bytes, pages F32
+  bf16.weight_bytes_per_param = 2;
+  bf16.kv_bytes_per_value = 4;
+  auto gpu = [&](int stage, const std::string& id, double gib) {
+    return KvDevice{.stage = stage,
+                    .worker = absl::StrCat("w", stage, id),
+                    .name = "cuda:0 (H200)",
+                    .gpu = true,
+                    .gpu_id = id,
+                    .free_bytes = gib * (1 << 30),
+                    .precision = bf16};
+  };
+  // What stage s holds on `gib` free: the weights and the workspace off, then whole blocks of
+  // 40 layers x 2048 F32 values x 16 tokens.
+  auto fits = [&](int s, double gib) {
+    const LayerRange& r = ranges[s];
+    const double left = gib * (1 << 30) - StageWeightBytesAt(c, r.begin, r.end, bf16) -
+                        StageWorkspaceBytes(c, r.end == 80, 2048, 64);
+    return static_cast<int64_t>(left / (40.0 * 2048 * 4 * 16));
+  };
+  // Two H200s (about 127 GiB free each): the smaller room of the two stages, not the default.
+  auto blocks = KvBlocksForDevices(c, ranges, {gpu(0, "a", 127), gpu(1, "b", 127)}, 1000, sizing);
+  ASSERT_TRUE(blocks.ok()) << blocks.status();
+  EXPECT_EQ(*blocks, std::min(fits(0, 127), fits(1, 127)));
+  EXPECT_GT(*blocks, 1000);
+  // Both stages' workers on one GPU share it: each has half.
+  blocks = KvBlocksForDevices(c, ranges, {gpu(0, "a", 254), gpu(1, "a", 254)}, 1000, sizing);
+  ASSERT_TRUE(blocks.ok()) << blocks.status();
+  EXPECT_EQ(*blocks, std::min(fits(0, 127), fits(1, 127)));
+  // A simulated device caps the default and never raises it.
+  KvDevice sim = gpu(0, "s", 127);
+  sim.gpu = false;
+  sim.name = "sim h200";
+  blocks = KvBlocksForDevices(c, ranges, {sim}, 1000, sizing);
+  ASSERT_TRUE(blocks.ok()) << blocks.status();
+  EXPECT_EQ(*blocks, 1000);
+  sim.free_bytes = StageWeightBytesAt(c, 0, 40, bf16) + 600.0 * 40 * 2048 * 4 * 16;
+  blocks = KvBlocksForDevices(c, ranges, {sim}, 1000, sizing);
+  ASSERT_TRUE(blocks.ok()) << blocks.status();
+  EXPECT_EQ(*blocks, 600);
+  // CPU workers only: the default stands.
+  blocks = KvBlocksForDevices(c, ranges, {}, 1000, sizing);
+  ASSERT_TRUE(blocks.ok());
+  EXPECT_EQ(*blocks, 1000);
+  // 68 GiB cannot hold 40 layers of the 70B model in BF16 with the embedding (65.7 GiB), the
+  // workspace (1.2 GiB) and a context of F32 pages (2.5 GiB).
+  blocks = KvBlocksForDevices(c, ranges, {gpu(0, "a", 68), gpu(1, "b", 127)}, 1000, sizing);
+  ASSERT_FALSE(blocks.ok());
+  EXPECT_EQ(blocks.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(blocks.status().message().find("layers 0-39 on w0a (cuda:0 (H200), 68.00 GiB free)"),
+            std::string::npos)
+      << blocks.status();
+  EXPECT_NE(blocks.status().message().find("--gpu-memory-fraction"), std::string::npos);
+}
+
 class Validation : public ::testing::Test {
  protected:
   ModelLimits limits_{"stories260K", 512, 512};
