@@ -21,17 +21,13 @@
 #include <cstring>
 #include <vector>
 
-#include "kernels/cpu/avx512_transpose.h"
+#include "kernels/cpu/avx512_gemm.h"
 #include "kernels/cpu/kernels.h"
 
 namespace shardserve::cpu {
 namespace {
 
-constexpr int kNv = 3;         // vectors of wt per panel
-constexpr int kNr = 16 * kNv;  // weight rows per panel
-constexpr int kMr = 8;         // activation rows per tile
 constexpr int64_t kKcp = 128;  // pairs of k per slice (256 values)
-constexpr int kGroup = 4;      // panels that share each activation slice
 
 int64_t Pairs(int64_t k) { return (k + 1) / 2; }
 
@@ -100,17 +96,7 @@ template <int NV>
 void Tile(const uint32_t* wt, const uint32_t* xp, int64_t kcp, float* out, int64_t out_stride,
           int rows, const __mmask16 keep[kNv], bool first, const float* bias) {
   __m512 acc[kMr][NV];
-  for (int m = 0; m < kMr; ++m) {
-    for (int v = 0; v < NV; ++v) {
-      if (first) {
-        acc[m][v] =
-            bias != nullptr ? _mm512_maskz_loadu_ps(keep[v], bias + 16 * v) : _mm512_setzero_ps();
-      } else {
-        acc[m][v] = m < rows ? _mm512_maskz_loadu_ps(keep[v], out + m * out_stride + 16 * v)
-                             : _mm512_setzero_ps();
-      }
-    }
-  }
+  LoadTile<NV>(acc, out, out_stride, rows, keep, first, bias);
   for (int64_t c = 0; c < kcp; ++c) {
     __m512bh w[NV];
     for (int v = 0; v < NV; ++v) {
@@ -122,10 +108,7 @@ void Tile(const uint32_t* wt, const uint32_t* xp, int64_t kcp, float* out, int64
       for (int v = 0; v < NV; ++v) acc[m][v] = _mm512_dpbf16_ps(acc[m][v], x, w[v]);
     }
   }
-  for (int m = 0; m < rows; ++m) {
-    for (int v = 0; v < NV; ++v)
-      _mm512_mask_storeu_ps(out + m * out_stride + 16 * v, keep[v], acc[m][v]);
-  }
+  StoreTile<NV>(acc, out, out_stride, rows, keep);
 }
 
 }  // namespace
@@ -189,45 +172,15 @@ void Avx512Bf16PackGemmActivations(const GemvArgs& a, int64_t i0, int64_t i1, ui
 }
 
 void Avx512Bf16GemmRows(const GemvArgs& a, const uint32_t* xp, int64_t j0, int64_t j1) {
-  const int64_t kp = Pairs(a.k);
-  const int64_t blocks = (a.n + kMr - 1) / kMr;
-  thread_local std::vector<uint32_t> wt;
-  wt.resize(static_cast<size_t>(kGroup * kKcp * kNr));
-  for (int64_t g = j0; g < j1; g += kGroup * kNr) {
-    const int panels = static_cast<int>(std::min<int64_t>(kGroup, (j1 - g + kNr - 1) / kNr));
-    int valid[kGroup];
-    __mmask16 keep[kGroup][kNv];
-    for (int q = 0; q < panels; ++q) {
-      valid[q] = static_cast<int>(std::min<int64_t>(kNr, j1 - g - q * kNr));
-      for (int v = 0; v < kNv; ++v) {
-        const int bits = std::clamp(valid[q] - 16 * v, 0, 16);
-        keep[q][v] = static_cast<__mmask16>((1u << bits) - 1);
-      }
-    }
-    for (int64_t cp0 = 0; cp0 < kp; cp0 += kKcp) {
-      const int64_t kcp = std::min(kKcp, kp - cp0);
-      for (int q = 0; q < panels; ++q) {
-        PackWeights(a, g + q * kNr, valid[q], cp0, kcp, wt.data() + q * kKcp * kNr);
-      }
-      for (int64_t b = 0; b < blocks; ++b) {
-        const uint32_t* x = xp + (b * kp + cp0) * kMr;
-        const int rows = static_cast<int>(std::min<int64_t>(kMr, a.n - b * kMr));
-        for (int q = 0; q < panels; ++q) {
-          const int64_t p = g + q * kNr;
-          const uint32_t* w = wt.data() + q * kKcp * kNr;
-          float* out = a.out + b * kMr * a.out_stride + p;
-          const float* bias = a.bias != nullptr ? a.bias + p : nullptr;
-          if (valid[q] > 32) {
-            Tile<3>(w, x, kcp, out, a.out_stride, rows, keep[q], cp0 == 0, bias);
-          } else if (valid[q] > 16) {
-            Tile<2>(w, x, kcp, out, a.out_stride, rows, keep[q], cp0 == 0, bias);
-          } else {
-            Tile<1>(w, x, kcp, out, a.out_stride, rows, keep[q], cp0 == 0, bias);
-          }
-        }
-      }
-    }
-  }
+  BlockedGemm<uint32_t>(
+      a, xp, Pairs(a.k), kKcp, j0, j1,
+      [&a](int64_t p, int valid, int64_t cp0, int64_t kcp, uint32_t* wt) {
+        PackWeights(a, p, valid, cp0, kcp, wt);
+      },
+      [&a](auto nv, const uint32_t* wt, const uint32_t* x, int64_t kcp, float* out, int rows,
+           const __mmask16* keep, bool first, const float* bias) {
+        Tile<decltype(nv)::value>(wt, x, kcp, out, a.out_stride, rows, keep, first, bias);
+      });
 }
 
 bool CpuHasAvx512Bf16() {

@@ -14,7 +14,7 @@
 #include <algorithm>
 #include <vector>
 
-#include "kernels/cpu/avx512_transpose.h"
+#include "kernels/cpu/avx512_gemm.h"
 #include "kernels/cpu/kernels.h"
 
 namespace shardserve::cpu {
@@ -110,11 +110,7 @@ namespace {
 // was tuned on, it runs at about 100 GFLOP/s (bench/f16_gemm) where register-only FMAs reach 115;
 // the row-dot tiles it replaced ran at 67. The shape was chosen from 8 x 3, 6 x 4, 12 x 2
 // tiles and slices of 96 to 512.
-constexpr int kNv = 3;         // vectors of wt per panel (Tile<3>)
-constexpr int kNr = 16 * kNv;  // weight rows per panel
-constexpr int kMr = 8;         // activation rows per tile
-constexpr int64_t kKc = 256;   // values of k per slice
-constexpr int kGroup = 4;      // panels that share each activation slice
+constexpr int64_t kKc = 256;  // values of k per slice
 
 // Activation rows [r0, r1) into xp[block][c][kMr] (block b holds rows kMr b ..), zero past n.
 // Squares of 16 rows x 16 values go through registers; the ragged edges go one value at a time.
@@ -182,17 +178,7 @@ template <int NV>
 void Tile(const float* wt, const float* xp, int64_t kc, float* out, int64_t out_stride, int rows,
           const __mmask16 keep[kNv], bool first, const float* bias) {
   __m512 acc[kMr][NV];
-  for (int m = 0; m < kMr; ++m) {
-    for (int v = 0; v < NV; ++v) {
-      if (first) {
-        acc[m][v] =
-            bias != nullptr ? _mm512_maskz_loadu_ps(keep[v], bias + 16 * v) : _mm512_setzero_ps();
-      } else {
-        acc[m][v] = m < rows ? _mm512_maskz_loadu_ps(keep[v], out + m * out_stride + 16 * v)
-                             : _mm512_setzero_ps();
-      }
-    }
-  }
+  LoadTile<NV>(acc, out, out_stride, rows, keep, first, bias);
   for (int64_t c = 0; c < kc; ++c) {
     __m512 w[NV];
     for (int v = 0; v < NV; ++v) w[v] = _mm512_loadu_ps(wt + c * kNr + 16 * v);
@@ -201,54 +187,20 @@ void Tile(const float* wt, const float* xp, int64_t kc, float* out, int64_t out_
       for (int v = 0; v < NV; ++v) acc[m][v] = _mm512_fmadd_ps(w[v], x, acc[m][v]);
     }
   }
-  for (int m = 0; m < rows; ++m) {
-    for (int v = 0; v < NV; ++v)
-      _mm512_mask_storeu_ps(out + m * out_stride + 16 * v, keep[v], acc[m][v]);
-  }
+  StoreTile<NV>(acc, out, out_stride, rows, keep);
 }
 
 template <DType T>
 void Gemm(const GemvArgs& a, const float* xp, int64_t j0, int64_t j1) {
-  const int64_t k = a.k;
-  const int64_t blocks = (a.n + kMr - 1) / kMr;
-  thread_local std::vector<float> wt;
-  wt.resize(static_cast<size_t>(kGroup * kKc * kNr));
-  // kGroup panels at a time share each activation slice, read once per group.
-  for (int64_t g = j0; g < j1; g += kGroup * kNr) {
-    const int panels = static_cast<int>(std::min<int64_t>(kGroup, (j1 - g + kNr - 1) / kNr));
-    int valid[kGroup];
-    __mmask16 keep[kGroup][kNv];
-    for (int q = 0; q < panels; ++q) {
-      valid[q] = static_cast<int>(std::min<int64_t>(kNr, j1 - g - q * kNr));
-      for (int v = 0; v < kNv; ++v) {
-        const int bits = std::clamp(valid[q] - 16 * v, 0, 16);
-        keep[q][v] = static_cast<__mmask16>((1u << bits) - 1);
-      }
-    }
-    for (int64_t c0 = 0; c0 < k; c0 += kKc) {
-      const int64_t kc = std::min(kKc, k - c0);
-      for (int q = 0; q < panels; ++q) {
-        PackWeights<T>(a, g + q * kNr, valid[q], c0, kc, wt.data() + q * kKc * kNr);
-      }
-      for (int64_t b = 0; b < blocks; ++b) {
-        const float* x = xp + (b * k + c0) * kMr;
-        const int rows = static_cast<int>(std::min<int64_t>(kMr, a.n - b * kMr));
-        for (int q = 0; q < panels; ++q) {
-          const int64_t p = g + q * kNr;
-          const float* w = wt.data() + q * kKc * kNr;
-          float* out = a.out + b * kMr * a.out_stride + p;
-          const float* bias = a.bias != nullptr ? a.bias + p : nullptr;
-          if (valid[q] > 32) {
-            Tile<3>(w, x, kc, out, a.out_stride, rows, keep[q], c0 == 0, bias);
-          } else if (valid[q] > 16) {
-            Tile<2>(w, x, kc, out, a.out_stride, rows, keep[q], c0 == 0, bias);
-          } else {
-            Tile<1>(w, x, kc, out, a.out_stride, rows, keep[q], c0 == 0, bias);
-          }
-        }
-      }
-    }
-  }
+  BlockedGemm<float>(
+      a, xp, a.k, kKc, j0, j1,
+      [&a](int64_t p, int valid, int64_t c0, int64_t kc, float* wt) {
+        PackWeights<T>(a, p, valid, c0, kc, wt);
+      },
+      [&a](auto nv, const float* wt, const float* x, int64_t kc, float* out, int rows,
+           const __mmask16* keep, bool first, const float* bias) {
+        Tile<decltype(nv)::value>(wt, x, kc, out, a.out_stride, rows, keep, first, bias);
+      });
 }
 
 }  // namespace

@@ -173,6 +173,21 @@ class JobRun {
   std::vector<std::thread> threads_;
 };
 
+// A worker on `address` that announces itself to the cluster's router as a spare.
+Process StartSpare(const Cluster& cluster, const std::string& address, const std::string& log) {
+  return Process({BinPath("shardserve-worker"), "--listen", address, "--threads", "1", "--router",
+                  cluster.router_address()},
+                 absl::StrCat(SHARDSERVE_TEST_LOGS, "/", log));
+}
+
+v1::GetModelInfoResponse ModelInfo(const Cluster& cluster) {
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+  v1::GetModelInfoResponse r;
+  EXPECT_TRUE(cluster.Stub()->GetModelInfo(&context, v1::GetModelInfoRequest(), &r).ok());
+  return r;
+}
+
 TEST(Failover, KilledWorkersStreamsContinueOnTheOtherReplica) {
   const std::vector<Reference> refs = References();
   const int http = FreePort();
@@ -276,16 +291,8 @@ TEST(Failover, DeviceFaultFailsThePipelineOverAndTheWorkerStopsServing) {
   // LoadShard on the failed worker is refused, so a spare announced to the router takes its
   // stage.
   const std::string spare_address = absl::StrCat("127.0.0.1:", FreePort());
-  Process spare({BinPath("shardserve-worker"), "--listen", spare_address, "--threads", "1",
-                 "--router", cluster.router_address()},
-                absl::StrCat(SHARDSERVE_TEST_LOGS, "/device-fault-spare.log"));
-  auto info = [&] {
-    grpc::ClientContext context;
-    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
-    v1::GetModelInfoResponse r;
-    EXPECT_TRUE(cluster.Stub()->GetModelInfo(&context, v1::GetModelInfoRequest(), &r).ok());
-    return r;
-  };
+  Process spare = StartSpare(cluster, spare_address, "device-fault-spare.log");
+  auto info = [&] { return ModelInfo(cluster); };
   EXPECT_TRUE(WaitUntil(
       [&] {
         const v1::GetModelInfoResponse r = info();
@@ -331,16 +338,8 @@ TEST(Failover, AnnouncedSpareWorkerReplacesADeadStage) {
                    .router_args = {"--http-listen", absl::StrCat("127.0.0.1:", http)}});
   ASSERT_TRUE(cluster.WaitServing(absl::Seconds(60)).ok());
   const std::string spare_address = absl::StrCat("127.0.0.1:", FreePort());
-  Process spare({BinPath("shardserve-worker"), "--listen", spare_address, "--threads", "1",
-                 "--router", cluster.router_address()},
-                absl::StrCat(SHARDSERVE_TEST_LOGS, "/spare-worker.log"));
-  auto info = [&] {
-    grpc::ClientContext context;
-    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
-    v1::GetModelInfoResponse r;
-    EXPECT_TRUE(cluster.Stub()->GetModelInfo(&context, v1::GetModelInfoRequest(), &r).ok());
-    return r;
-  };
+  Process spare = StartSpare(cluster, spare_address, "spare-worker.log");
+  auto info = [&] { return ModelInfo(cluster); };
   WaitUntil([&] { return info().spare_workers_size() > 0; }, absl::Seconds(5),
             absl::Milliseconds(25));
   ASSERT_EQ(info().spare_workers_size(), 1);

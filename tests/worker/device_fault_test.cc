@@ -15,13 +15,13 @@
 #include "gtest/gtest.h"
 #include "kernels/backend.h"
 #include "shardserve/v1/worker.grpc.pb.h"
+#include "tests/worker/in_process_worker.h"
 #include "worker/device_faults.h"
 #include "worker/worker_service.h"
 
 namespace shardserve {
 namespace {
 
-constexpr char kModel[] = "../shared/models/stories260K";  // 5 layers
 constexpr char kOwner[] = "router-a";
 constexpr char kService[] = "shardserve.v1.WorkerService";
 
@@ -60,49 +60,21 @@ struct Worker {
       b = faulty.get();
       options.device_faults = faulty.get();
     }
-    service = std::make_unique<WorkerServiceImpl>(b, options);
-    service->SetHealth(&health);
-    grpc::ServerBuilder builder;
-    builder.RegisterService(service.get());
-    server = builder.BuildAndStart();
-    stub = v1::WorkerService::NewStub(server->InProcessChannel(grpc::ChannelArguments()));
+    worker = std::make_unique<testing_worker::InProcessWorker>(b, options, &health);
   }
-  ~Worker() { server->Shutdown(); }
-
-  grpc::Status Load() {
-    v1::LoadShardRequest q;
-    q.set_model_path(kModel);
-    q.set_layer_begin(0);
-    q.set_layer_end(5);
-    q.set_is_first(true);
-    q.set_is_last(true);
-    q.set_kv_block_size(16);
-    q.set_kv_num_blocks(16);
-    q.set_max_step_tokens(64);
-    q.set_owner(kOwner);
-    grpc::ClientContext c;
-    v1::LoadShardResponse r;
-    return stub->LoadShard(&c, q, &r);
-  }
-  v1::StatsResponse Stats() {
-    grpc::ClientContext c;
-    v1::StatsResponse r;
-    EXPECT_TRUE(stub->Stats(&c, {}, &r).ok());
-    return r;
-  }
+  grpc::Status Load() { return worker->LoadStories(0, 5, kOwner); }
+  v1::StatsResponse Stats() { return worker->Stats(); }
 
   RecordedHealth health;
   std::unique_ptr<Backend> backend;
   std::unique_ptr<FaultyBackend> faulty;
-  std::unique_ptr<WorkerServiceImpl> service;
-  std::unique_ptr<grpc::Server> server;
-  std::unique_ptr<v1::WorkerService::Stub> stub;
+  std::unique_ptr<testing_worker::InProcessWorker> worker;
 };
 
 // A Steps stream of the whole model: each Run sends one plan and reads its answer.
 class Steps {
  public:
-  explicit Steps(Worker& w) : stream_(w.stub->Steps(&context_)) {}
+  explicit Steps(Worker& w) : stream_(w.worker->stub().Steps(&context_)) {}
   ~Steps() {
     stream_->WritesDone();
     context_.TryCancel();

@@ -14,13 +14,13 @@
 #include "gtest/gtest.h"
 #include "kernels/backend.h"
 #include "shardserve/v1/worker.grpc.pb.h"
+#include "tests/worker/in_process_worker.h"
 #include "worker/link_factory.h"
 #include "worker/worker_service.h"
 
 namespace shardserve {
 namespace {
 
-constexpr char kModel[] = "../shared/models/stories260K";  // 5 layers
 constexpr char kOwner[] = "router-a";
 
 // Pairs a receiver and a sender by id in this process: the receiver's end is a mailbox, the
@@ -98,28 +98,10 @@ struct Worker {
     WorkerOptions options;
     options.recv_timeout = absl::Seconds(5);
     options.nccl = std::move(nccl);
-    service = std::make_unique<WorkerServiceImpl>(backend.get(), options);
-    grpc::ServerBuilder builder;
-    builder.RegisterService(service.get());
-    server = builder.BuildAndStart();
-    stub = v1::WorkerService::NewStub(server->InProcessChannel(grpc::ChannelArguments()));
+    worker = std::make_unique<testing_worker::InProcessWorker>(backend.get(), options);
+    stub = &worker->stub();
   }
-  ~Worker() { server->Shutdown(); }
-  grpc::Status Load(int begin, int end) {
-    v1::LoadShardRequest q;
-    q.set_model_path(kModel);
-    q.set_layer_begin(begin);
-    q.set_layer_end(end);
-    q.set_is_first(begin == 0);
-    q.set_is_last(end == 5);
-    q.set_kv_block_size(16);
-    q.set_kv_num_blocks(16);
-    q.set_max_step_tokens(64);
-    q.set_owner(kOwner);
-    grpc::ClientContext c;
-    v1::LoadShardResponse r;
-    return stub->LoadShard(&c, q, &r);
-  }
+  grpc::Status Load(int begin, int end) { return worker->LoadStories(begin, end, kOwner); }
   absl::StatusOr<std::string> Prepare(v1::LinkKind kind, uint32_t version = kLinkVersion) {
     v1::PrepareLinkRequest q;
     q.set_owner(kOwner);
@@ -146,16 +128,10 @@ struct Worker {
     v1::ConnectNextResponse r;
     return stub->ConnectNext(&c, q, &r);
   }
-  v1::StatsResponse Stats() {
-    grpc::ClientContext c;
-    v1::StatsResponse r;
-    EXPECT_TRUE(stub->Stats(&c, {}, &r).ok());
-    return r;
-  }
+  v1::StatsResponse Stats() { return worker->Stats(); }
   std::unique_ptr<Backend> backend;
-  std::unique_ptr<WorkerServiceImpl> service;
-  std::unique_ptr<grpc::Server> server;
-  std::unique_ptr<v1::WorkerService::Stub> stub;
+  std::unique_ptr<testing_worker::InProcessWorker> worker;
+  v1::WorkerService::Stub* stub;
 };
 
 TEST(LinkSetup, DescribeOffersTheLinksTheWorkerHas) {
