@@ -88,20 +88,32 @@ absl::Status Router::FindWorkers() {
   }
 }
 
-absl::StatusOr<v1::DescribeResponse> Router::DescribeWorker(const std::string& worker) const {
-  auto stub = v1::WorkerService::NewStub(NewClusterChannel(worker));
-  grpc::ClientContext context;
-  AttachClusterCredential(&context);
-  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-  v1::DescribeResponse info;
-  grpc::Status s = stub->Describe(&context, v1::DescribeRequest(), &info);
-  if (!s.ok()) return absl::UnavailableError(absl::StrCat(worker, ": ", s.error_message()));
-  return info;
+// The Describe of every worker the pipelines start with (not the spares), asked in parallel.
+std::vector<absl::StatusOr<v1::DescribeResponse>> Router::DescribePipelineWorkers() const {
+  const int n = std::min<int>(static_cast<int>(workers_.size()), config_.stages * config_.replicas);
+  std::vector<std::future<absl::StatusOr<v1::DescribeResponse>>> pending;
+  for (int i = 0; i < n; ++i) {
+    pending.push_back(
+        std::async(std::launch::async, [this, i]() -> absl::StatusOr<v1::DescribeResponse> {
+          const std::string& worker = workers_[i];
+          auto stub = v1::WorkerService::NewStub(NewClusterChannel(worker));
+          grpc::ClientContext context;
+          AttachClusterCredential(&context);
+          context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+          v1::DescribeResponse info;
+          grpc::Status s = stub->Describe(&context, v1::DescribeRequest(), &info);
+          if (!s.ok()) return absl::UnavailableError(absl::StrCat(worker, ": ", s.error_message()));
+          return info;
+        }));
+  }
+  std::vector<absl::StatusOr<v1::DescribeResponse>> described;
+  for (auto& p : pending) described.push_back(p.get());
+  return described;
 }
 
-// The cost model a worker reports in Describe.
-absl::StatusOr<Router::WorkerCost> Router::DescribeCost(const std::string& worker) const {
-  ASSIGN_OR_RETURN(const v1::DescribeResponse info, DescribeWorker(worker));
+// The cost model `worker` reports in its Describe.
+absl::StatusOr<DeviceProfile> Router::CostOf(const std::string& worker,
+                                             const v1::DescribeResponse& info) {
   const v1::DeviceCost& c = info.cost();
   if (!(c.memory_bandwidth() > 0 && c.flops() > 0 && c.link_bandwidth() > 0)) {
     return absl::NotFoundError(absl::StrCat(worker, " reports no cost model"));
@@ -122,7 +134,7 @@ absl::StatusOr<Router::WorkerCost> Router::DescribeCost(const std::string& worke
   p.weight_bytes_per_param = c.weight_bytes_per_param();
   p.kv_bytes_per_value = c.kv_bytes_per_value();
   p.activation_bytes_per_value = c.activation_bytes_per_value();
-  return WorkerCost{p, info.device() == v1::DEVICE_KIND_SIM};
+  return p;
 }
 
 // With --kv-blocks 0: the KV blocks every pipeline worker's device holds after its stage's
@@ -130,18 +142,14 @@ absl::StatusOr<Router::WorkerCost> Router::DescribeCost(const std::string& worke
 // accelerator); a GPU's free memory under its --gpu-memory-fraction, less the stage's
 // workspace, is what the pool gets (vLLM's gpu_memory_utilization). CPU workers keep the
 // default. INVALID_ARGUMENT naming the worker when a device cannot hold one full context.
-absl::Status Router::SizeKvForDevices(int64_t blocks_per_context) {
+absl::Status Router::SizeKvForDevices(
+    const std::vector<absl::StatusOr<v1::DescribeResponse>>& described,
+    int64_t blocks_per_context) {
   RouterConfig& c = config_;
-  const int n = std::min<int>(static_cast<int>(workers_.size()), c.stages * c.replicas);
-  std::vector<std::future<absl::StatusOr<v1::DescribeResponse>>> described;
-  for (int i = 0; i < n; ++i) {
-    described.push_back(
-        std::async(std::launch::async, [this, i] { return DescribeWorker(workers_[i]); }));
-  }
   std::vector<KvDevice> devices;
   bool gpu = false;
-  for (int i = 0; i < n; ++i) {
-    const absl::StatusOr<v1::DescribeResponse> d = described[i].get();
+  for (size_t i = 0; i < described.size(); ++i) {
+    const absl::StatusOr<v1::DescribeResponse>& d = described[i];
     // An unreachable worker is reported when its pipeline connects.
     if (!d.ok()) continue;
     if (d->device() != v1::DEVICE_KIND_SIM && d->device() != v1::DEVICE_KIND_CUDA) continue;
@@ -194,16 +202,18 @@ absl::Status Router::PlanLayout() {
         absl::StrCat("--workers lists ", workers_.size(), " addresses; ", c.stages, " stages x ",
                      c.replicas, " replicas need ", c.stages * c.replicas));
   }
+  const std::vector<absl::StatusOr<v1::DescribeResponse>> described = DescribePipelineWorkers();
   // Balance by the first worker's cost model (a simulated device's profile, or cpu-here) for a
   // decode micro-batch of the pipeline's share of --max-seqs; by bytes when it cannot say.
-  auto cost = DescribeCost(workers_[0]);
+  const absl::StatusOr<DeviceProfile> cost =
+      described[0].ok() ? CostOf(workers_[0], *described[0]) : described[0].status();
   if (ranges_.empty()) {
     if (cost.ok()) {
       const int64_t seqs = std::max<int64_t>(1, std::min<int64_t>(c.max_seqs, 64) / c.stages);
       const int64_t context = std::min<int64_t>(512, model_config_.max_position_embeddings);
-      const PlacementWeights weights = CostWeights(model_config_, cost->profile, seqs, context);
+      const PlacementWeights weights = CostWeights(model_config_, *cost, seqs, context);
       ASSIGN_OR_RETURN(ranges_, BalancedPlacement(model_config_, c.stages, {}, &weights));
-      LOG(INFO) << "placement by the " << cost->profile.name << " cost model: layers "
+      LOG(INFO) << "placement by the " << cost->name << " cost model: layers "
                 << FormatLayerRanges(ranges_);
     } else {
       LOG(INFO) << "placement by weight bytes (" << cost.status().message() << ")";
@@ -214,7 +224,7 @@ absl::Status Router::PlanLayout() {
   const int64_t blocks_per_context = (context + c.kv_block_size - 1) / c.kv_block_size;
   if (c.kv_blocks == 0) {
     c.kv_blocks = DefaultKvBlocks(model_config_, ranges_, c.kv_block_size, c.max_seqs);
-    RETURN_IF_ERROR(SizeKvForDevices(blocks_per_context));
+    RETURN_IF_ERROR(SizeKvForDevices(described, blocks_per_context));
   }
   if (c.kv_blocks < blocks_per_context) {
     return absl::InvalidArgumentError(absl::StrCat("--kv-blocks ", c.kv_blocks,

@@ -63,13 +63,11 @@ class Router {
 
   absl::Status FindWorkers();
   absl::Status PlanLayout();
-  struct WorkerCost {
-    DeviceProfile profile;
-    bool simulated = false;
-  };
-  absl::StatusOr<WorkerCost> DescribeCost(const std::string& worker) const;
-  absl::StatusOr<v1::DescribeResponse> DescribeWorker(const std::string& worker) const;
-  absl::Status SizeKvForDevices(int64_t blocks_per_context);
+  std::vector<absl::StatusOr<v1::DescribeResponse>> DescribePipelineWorkers() const;
+  static absl::StatusOr<DeviceProfile> CostOf(const std::string& worker,
+                                              const v1::DescribeResponse& info);
+  absl::Status SizeKvForDevices(const std::vector<absl::StatusOr<v1::DescribeResponse>>& described,
+                                int64_t blocks_per_context);
   absl::Status ChooseTemplates();
   void BuildReplicas();
   absl::Status StartHttp();

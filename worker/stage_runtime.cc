@@ -316,6 +316,12 @@ void StageRuntime::RecordLocked(const v1::StepPlan& plan, int64_t total_tokens) 
   tokens_ += total_tokens;
 }
 
+const std::vector<int32_t>& StageRuntime::HistoryLocked(uint64_t id) const {
+  static const std::vector<int32_t> kNoHistory;
+  auto known = sequences_.find(id);
+  return known == sequences_.end() ? kNoHistory : known->second.history;
+}
+
 absl::Status StageRuntime::SampleLocked(const v1::StepPlan& plan, const StepOutput& out,
                                         v1::StepsResponse* response) {
   int64_t row = 0;
@@ -329,8 +335,6 @@ absl::Status StageRuntime::SampleLocked(const v1::StepPlan& plan, const StepOutp
     }
     absl::Span<const float> logits(out.data.data() + row * vocab, vocab);
     ++row;
-    static const std::vector<int32_t> kNoHistory;
-    auto known = sequences_.find(s.sequence_id());
     std::vector<float> masked;
     absl::Span<const float> sample_from = logits;
     if (!s.allowed_tokens().empty()) {
@@ -340,7 +344,7 @@ absl::Status StageRuntime::SampleLocked(const v1::StepPlan& plan, const StepOutp
     }
     SampleResult r =
         Sample(sample_from, ToParams(s.sampling()), SamplePosition(s.start_pos() + s.tokens_size()),
-               known == sequences_.end() ? kNoHistory : known->second.history);
+               HistoryLocked(s.sequence_id()));
     v1::SampledToken* tok = response->add_tokens();
     tok->set_sequence_id(s.sequence_id());
     tok->set_token_id(r.token);
@@ -361,17 +365,15 @@ absl::Status StageRuntime::SampleInPlaceLocked(const v1::StepPlan& plan, const S
   if (sampler_ == nullptr || out.logits.data == nullptr) {
     return absl::InternalError("the stage kept its logits but there is no sampler");
   }
-  static const std::vector<int32_t> kNoHistory;
   std::vector<SamplingParams> params;
   std::vector<int64_t> positions;
   std::vector<absl::Span<const int32_t>> histories;
   std::vector<uint64_t> ids;
   for (const v1::SequencePlan& s : plan.sequences()) {
     if (!s.sample()) continue;
-    auto known = sequences_.find(s.sequence_id());
     params.push_back(ToParams(s.sampling()));
     positions.push_back(SamplePosition(s.start_pos() + s.tokens_size()));
-    histories.push_back(known == sequences_.end() ? kNoHistory : known->second.history);
+    histories.push_back(HistoryLocked(s.sequence_id()));
     ids.push_back(s.sequence_id());
   }
   if (static_cast<int64_t>(ids.size()) != out.rows || out.logits.rows != out.rows) {

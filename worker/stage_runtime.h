@@ -126,6 +126,8 @@ class StageRuntime {
   // Counts the plan's tokens and the blocks its sequences now hold (not for canaries).
   void RecordLocked(const v1::StepPlan& plan, int64_t total_tokens)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Last stage: the tokens sequence `id` has seen (its penalties' history); empty when unknown.
+  const std::vector<int32_t>& HistoryLocked(uint64_t id) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Last stage: one sampled token per sequence with `sample`, with its penalties' history.
   absl::Status SampleLocked(const v1::StepPlan& plan, const StepOutput& out,
                             v1::StepsResponse* response) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -219,37 +219,40 @@ class CpuBackend : public Backend {
           w.rows, 4, [&](int64_t j0, int64_t j1) { cpu::Avx2GemvRows(args, j0, j1); }, threads);
       return;
     }
+    // The blocked AVX-512 GEMMs: the activations are packed once, in parallel, then every thread
+    // reads them (members, not thread_local: the worker threads read what the others packed).
     if (bf16_dot_ && w.dtype == DType::kBF16) {
-      std::vector<uint32_t>& xp = gemm_bf16_activations_;
-      xp.resize(static_cast<size_t>(cpu::Avx512Bf16GemmPackedWords(args)));
-      pool_.ParallelFor(
-          x.rows, 16,
-          [&](int64_t i0, int64_t i1) {
-            cpu::Avx512Bf16PackGemmActivations(args, i0, i1, xp.data());
-          },
-          threads);
-      pool_.ParallelFor(
-          w.rows, 32,
-          [&](int64_t j0, int64_t j1) { cpu::Avx512Bf16GemmRows(args, xp.data(), j0, j1); },
-          threads);
-      return;
+      return PackedGemm(args, threads, cpu::Avx512Bf16GemmPackedWords(args),
+                        &gemm_bf16_activations_, cpu::Avx512Bf16PackGemmActivations,
+                        cpu::Avx512Bf16GemmRows);
     }
     if (avx512_) {  // F32, F16, BF16 (quantized weights went to QuantMatMul)
-      // The activations are packed once, in parallel, then every thread reads them. A member,
-      // not thread_local: the worker threads read what the others packed.
-      std::vector<float>& xp = gemm_activations_;
-      xp.resize(static_cast<size_t>(cpu::Avx512GemmPackedFloats(args)));
-      pool_.ParallelFor(
-          x.rows, 16,
-          [&](int64_t i0, int64_t i1) { cpu::Avx512PackGemmActivations(args, i0, i1, xp.data()); },
-          threads);
-      pool_.ParallelFor(
-          w.rows, 32, [&](int64_t j0, int64_t j1) { cpu::Avx512GemmRows(args, xp.data(), j0, j1); },
-          threads);
-      return;
+      return PackedGemm(args, threads, cpu::Avx512GemmPackedFloats(args), &gemm_activations_,
+                        cpu::Avx512PackGemmActivations, cpu::Avx512GemmRows);
     }
     pool_.ParallelFor(
         w.rows, 16, [&](int64_t j0, int64_t j1) { GemmPanel(args, j0, j1); }, threads);
+  }
+
+  // One blocked GEMM over the pool: `pack` lays the activations out into *xp (`size` elements),
+  // split by rows across the threads, then `rows` splits the weight rows.
+  template <typename E>
+  void PackedGemm(const cpu::GemvArgs& args, int threads, int64_t size, std::vector<E>* xp,
+                  void (*pack)(const cpu::GemvArgs&, int64_t, int64_t, E*),
+                  void (*rows)(const cpu::GemvArgs&, const E*, int64_t, int64_t)) {
+    xp->resize(static_cast<size_t>(size));
+    E* data = xp->data();
+    pool_.ParallelFor(
+        args.n, 16, [&](int64_t i0, int64_t i1) { pack(args, i0, i1, data); }, threads);
+    pool_.ParallelFor(
+        args.rows, 32, [&](int64_t j0, int64_t j1) { rows(args, data, j0, j1); }, threads);
+  }
+
+  // The blocked F32 GEMM on the calling thread (attention tiles), activations packed into *xp.
+  static void GemmOnThisThread(const cpu::GemvArgs& args, std::vector<float>* xp) {
+    xp->resize(static_cast<size_t>(cpu::Avx512GemmPackedFloats(args)));
+    cpu::Avx512PackGemmActivations(args, 0, args.n, xp->data());
+    cpu::Avx512GemmRows(args, xp->data(), 0, args.rows);
   }
 
   void Rope(Tensor x, int64_t head_dim, absl::Span<const int32_t> positions,
@@ -399,9 +402,7 @@ class CpuBackend : public Backend {
                              sc->scores.data(),
                              keys,
                              keys};
-      sc->xp.resize(static_cast<size_t>(cpu::Avx512GemmPackedFloats(qk)));
-      cpu::Avx512PackGemmActivations(qk, 0, rows, sc->xp.data());
-      cpu::Avx512GemmRows(qk, sc->xp.data(), 0, keys);
+      GemmOnThisThread(qk, &sc->xp);
       for (int64_t r = 0; r < rows; ++r) {
         float* row = &sc->scores[r * keys];
         const int64_t len = s.start_pos + i0 + r + 1;
@@ -416,9 +417,7 @@ class CpuBackend : public Backend {
       const cpu::GemvArgs pv{sc->scores.data(), rows, keys,    sc->vt.data(),
                              DType::kF32,       keys, nullptr, out.row(s.row_begin + i0) + h * hd,
                              out.stride,        hd};
-      sc->xp.resize(static_cast<size_t>(cpu::Avx512GemmPackedFloats(pv)));
-      cpu::Avx512PackGemmActivations(pv, 0, rows, sc->xp.data());
-      cpu::Avx512GemmRows(pv, sc->xp.data(), 0, hd);
+      GemmOnThisThread(pv, &sc->xp);
     }
   }
 
@@ -591,7 +590,7 @@ class CpuBackend : public Backend {
   ThreadPool pool_;
   const bool fast_;
   const bool avx512_;
-  const bool bf16_dot_;  // BF16 weights' prefill on AVX512-BF16
+  const bool bf16_dot_;  // BF16 weights on AVX512-BF16 (decode GEMV and prefill GEMM)
   const bool vnni_;      // AVX-VNNI integer dot products (with the other wide-vector paths)
   const bool vnni512_;   // AVX-512 VNNI: every quantized product, decode GEMV and prefill GEMM
   const bool copy_weights_;
