@@ -57,8 +57,8 @@ absl::StatusOr<std::unique_ptr<Worker>> Worker::Create(WorkerConfig config) {
   // A CUDA stage sends to and receives from CUDA stages on other GPUs over NCCL.
   if (c.backend == "cuda") options.nccl = NewNcclLinkFactory(c.device);
 #endif
-    // The last stage samples where its logits are: on the GPU, or in place in host memory.
 #if defined(SHARDSERVE_HAS_CUDA)
+  // The last stage samples where its logits are: on the GPU, or in place in host memory.
   if (c.backend == "cuda") {
     Backend* gpu = w->backend_.get();
     options.sampler = [gpu](const Tensor& logits, absl::Span<const SamplingParams> params,
