@@ -181,20 +181,17 @@ void WorkerServiceImpl::UpdateHealth() {
 absl::Status WorkerServiceImpl::CheckDevice() {
   absl::Status fault = backend_->Health();
   if (fault.ok()) return fault;
-  {
-    absl::MutexLock lock(&mu_);
-    if (device_error_.ok()) {
-      device_error_ = fault;
-      LOG(ERROR) << "the device failed: " << fault
-                 << "; this worker is NOT_SERVING (its pipelines fail over) until it restarts";
-      UpdateHealth();
-    }
+  absl::MutexLock lock(&mu_);
+  if (device_error_.ok()) {
+    device_error_ = fault;
+    LOG(ERROR) << "the device failed: " << fault
+               << "; this worker is NOT_SERVING (its pipelines fail over) until it restarts";
+    UpdateHealth();
   }
-  return DeviceFailure();
+  return DeviceFailureLocked();
 }
 
-absl::Status WorkerServiceImpl::DeviceFailure() const {
-  absl::MutexLock lock(&mu_);
+absl::Status WorkerServiceImpl::DeviceFailureLocked() const {
   if (device_error_.ok()) return device_error_;
   return absl::UnavailableError(absl::StrCat("device failed: ", device_error_.message(),
                                              " (the worker must restart to compute again)"));
@@ -375,10 +372,7 @@ grpc::Status WorkerServiceImpl::LoadShard(grpc::ServerContext* context,
     if (shutting_down_) {
       return grpc::Status(grpc::StatusCode::UNAVAILABLE, "worker is shutting down");
     }
-  }
-  if (absl::Status failed = DeviceFailure(); !failed.ok()) return ToGrpc(failed);
-  {
-    absl::MutexLock lock(&mu_);
+    if (absl::Status failed = DeviceFailureLocked(); !failed.ok()) return ToGrpc(failed);
     if (grpc::Status s = TakeLease(req->owner()); !s.ok()) return s;
   }
   auto checked = CheckLoadRequest(*req);
@@ -674,8 +668,8 @@ absl::StatusOr<v1::StepsResponse> WorkerServiceImpl::RunStep(const std::shared_p
     if (grpc::Status lease = TakeLease(owner); !lease.ok()) {
       return absl::FailedPreconditionError(lease.error_message());
     }
+    RETURN_IF_ERROR(DeviceFailureLocked());
   }
-  RETURN_IF_ERROR(DeviceFailure());
   if (shard == nullptr) return absl::FailedPreconditionError("no shard loaded");
   if (draining && plan.sequences_size() > 0) return absl::UnavailableError("worker is draining");
   const absl::Time step_start = absl::Now();

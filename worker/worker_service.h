@@ -170,7 +170,7 @@ class WorkerServiceImpl final : public v1::WorkerService::Service {
   // backend_mu_); on a device fault turns the worker NOT_SERVING for good. The fault, or OK.
   absl::Status CheckDevice() ABSL_EXCLUSIVE_LOCKS_REQUIRED(backend_mu_) ABSL_LOCKS_EXCLUDED(mu_);
   // UNAVAILABLE "device failed: ..." once the device has failed; else OK.
-  absl::Status DeviceFailure() const ABSL_LOCKS_EXCLUDED(mu_);
+  absl::Status DeviceFailureLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   Backend* const backend_;
   const WorkerOptions options_;
