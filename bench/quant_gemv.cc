@@ -1,10 +1,10 @@
 // Decode GEMV on quantized weights (one token: out = W x), single-threaded, each kernel path the
 // CPU has, interleaved within each round: the AVX2 kernels, AVX-VNNI (Q8_0 / Q4_0) and AVX-512
-// VNNI (for Q4_0 also on weights repacked into 16 interleaved rows, `avx512-vnni-x16`). Activations
-// are quantized to Q8 blocks once per GEMV, as the backend does. Weights are random blocks; the
-// default 45056 x 2048 matrix (eight of TinyLlama's MLP projections) is larger than the caches of
-// the machines this runs on (32 MiB L3 and less). Prints the median time per GEMV and the weight
-// bytes read per second; compare the latter with `membw --threads 1`.
+// VNNI (for Q4_0, Q4_K and Q6_K also on weights repacked into 16 interleaved rows,
+// `avx512-vnni-x16`). Activations are quantized to Q8 blocks once per GEMV, as the backend does.
+// Weights are random blocks; the default 45056 x 2048 matrix (eight of TinyLlama's MLP projections)
+// is larger than the caches of the machines this runs on (32 MiB L3 and less). Prints the median
+// time per GEMV and the weight bytes read per second; compare the latter with `membw --threads 1`.
 //
 //   quant_gemv [--rows 45056] [--k 2048] [--reps 9] [--dtype
 //   q8_0|q4_0|q5_0|q5_1|q4_k|q5_k|q6_k|all]
@@ -130,6 +130,16 @@ int main(int argc, char** argv) {
       paths.push_back({"avx512-vnni-x16", [&] {
                          cpu::Avx512VnniQ4_0x16Rows(repacked.data(), k, xq.data(), 1, k / 32,
                                                     nullptr, out.data(), rows, 0, rows);
+                       }});
+    }
+    if ((dt == DType::kQ4_K || dt == DType::kQ6_K) && cpu::CpuHasAvx512Vnni() && rows % 16 == 0) {
+      repacked.resize(w.size());
+      const bool q4k = dt == DType::kQ4_K;
+      (q4k ? cpu::RepackQ4_Kx16 : cpu::RepackQ6_Kx16)(w.data(), rows, k, repacked.data());
+      paths.push_back({"avx512-vnni-x16", [&, q4k] {
+                         (q4k ? cpu::Avx512VnniQ4_Kx16Rows : cpu::Avx512VnniQ6_Kx16Rows)(
+                             repacked.data(), k, xq.data(), 1, k / 32, nullptr, out.data(), rows, 0,
+                             rows);
                        }});
     }
     if (cpu::CpuHasAvx512Vnni()) {

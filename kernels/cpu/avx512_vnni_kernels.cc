@@ -782,6 +782,283 @@ void Avx512VnniQ4_0x16Rows(const uint8_t* packed, int64_t k, const Q8Block* xq, 
   }
 }
 
+// --- Repacked Q4_K: 16 interleaved rows per group (RepackQ4_Kx16). ------------------------
+//
+// Per super-block, the 16 rows' 6-bit scales and mins are decoded from three vectors with lane
+// shifts (as get_scale_min_k4 does for one row), times d and dmin. Then each 32-value sub-block
+// is 8 weight vectors (4 values x 16 rows) against 8 broadcast groups of 4 activation bytes, so
+// its integer sums come out per row, and the sub-block's scale and min apply in F32.
+namespace {
+
+// Sub-block j's scale (mins false) or min of each row, as int32 lanes.
+inline __m512i Q4KScaleOrMin(__m512i a, __m512i b, __m512i c, int j, bool mins) {
+  const __m512i six = _mm512_set1_epi32(0x3F);
+  const __m512i four = _mm512_set1_epi32(0x0F);
+  const __m512i lo = mins ? b : a;
+  if (j < 4) return _mm512_and_si512(_mm512_srli_epi32(lo, 8 * j), six);
+  const int e = 8 * (j - 4);
+  const __m512i nib = _mm512_and_si512(_mm512_srli_epi32(c, e + (mins ? 4 : 0)), four);
+  const __m512i top = _mm512_and_si512(_mm512_srli_epi32(lo, e + 6), _mm512_set1_epi32(3));
+  return _mm512_or_si512(nib, _mm512_slli_epi32(top, 4));
+}
+
+template <int M>
+void Q4_Kx16Tile(const uint8_t* group, int64_t supers, const Q8Block* xq, int64_t xq_stride,
+                 int64_t i0, const float* bias, float* out, int64_t out_stride, int64_t j) {
+  const __m512i low = _mm512_set1_epi8(0x0F);
+  __m512 acc[M];
+  for (auto& a : acc) a = _mm512_setzero_ps();
+  for (int64_t s = 0; s < supers; ++s) {
+    const uint8_t* sb = group + s * 2304;
+    const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sb)));
+    const __m512 dmin =
+        _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sb + 32)));
+    const __m512i sa = _mm512_loadu_si512(sb + 64);
+    const __m512i sbv = _mm512_loadu_si512(sb + 128);
+    const __m512i sc = _mm512_loadu_si512(sb + 192);
+    if constexpr (M == 1) {
+      // Decode: each pair of sub-blocks is loaded once, its low and high nibbles taken apart.
+      const Q8Block* x = xq + i0 * xq_stride + 8 * s;
+      for (int c = 0; c < 4; ++c) {
+        const uint8_t* q = sb + 256 + c * 512;
+        Prefetch(q, 512);
+        const Q8Block& x0 = x[2 * c];
+        const Q8Block& x1 = x[2 * c + 1];
+        int32_t f0[8], f1[8];
+        std::memcpy(f0, x0.q, 32);
+        std::memcpy(f1, x1.q, 32);
+        __m512i p0 = _mm512_setzero_si512(), p1 = p0, p2 = p0, p3 = p0;
+        for (int v = 0; v < 8; v += 2) {
+          const __m512i r0 = _mm512_loadu_si512(q + 64 * v);
+          const __m512i r1 = _mm512_loadu_si512(q + 64 * v + 64);
+          p0 = _mm512_dpbusd_epi32(p0, _mm512_and_si512(r0, low), _mm512_set1_epi32(f0[v]));
+          p1 = _mm512_dpbusd_epi32(p1, _mm512_and_si512(r1, low), _mm512_set1_epi32(f0[v + 1]));
+          p2 = _mm512_dpbusd_epi32(p2, _mm512_and_si512(_mm512_srli_epi16(r0, 4), low),
+                                   _mm512_set1_epi32(f1[v]));
+          p3 = _mm512_dpbusd_epi32(p3, _mm512_and_si512(_mm512_srli_epi16(r1, 4), low),
+                                   _mm512_set1_epi32(f1[v + 1]));
+        }
+        const __m512 s0 =
+            _mm512_mul_ps(d, _mm512_cvtepi32_ps(Q4KScaleOrMin(sa, sbv, sc, 2 * c, false)));
+        const __m512 s1 =
+            _mm512_mul_ps(d, _mm512_cvtepi32_ps(Q4KScaleOrMin(sa, sbv, sc, 2 * c + 1, false)));
+        const __m512 m0 =
+            _mm512_mul_ps(dmin, _mm512_cvtepi32_ps(Q4KScaleOrMin(sa, sbv, sc, 2 * c, true)));
+        const __m512 m1 =
+            _mm512_mul_ps(dmin, _mm512_cvtepi32_ps(Q4KScaleOrMin(sa, sbv, sc, 2 * c + 1, true)));
+        acc[0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(p0, p1)),
+                                 _mm512_mul_ps(s0, _mm512_set1_ps(x0.d)), acc[0]);
+        acc[0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(p2, p3)),
+                                 _mm512_mul_ps(s1, _mm512_set1_ps(x1.d)), acc[0]);
+        acc[0] = _mm512_fnmadd_ps(m0, _mm512_set1_ps(x0.d * static_cast<float>(x0.qsum)), acc[0]);
+        acc[0] = _mm512_fnmadd_ps(m1, _mm512_set1_ps(x1.d * static_cast<float>(x1.qsum)), acc[0]);
+      }
+      continue;
+    }
+    for (int j = 0; j < 8; ++j) {
+      const uint8_t* q = sb + 256 + (j / 2) * 512;
+      if constexpr (M == 1) {
+        if (j % 2 == 0) Prefetch(q, 512);
+      }
+      __m512i w[8];
+      for (int v = 0; v < 8; ++v) {
+        const __m512i raw = _mm512_loadu_si512(q + 64 * v);
+        w[v] = _mm512_and_si512(j % 2 == 0 ? raw : _mm512_srli_epi16(raw, 4), low);
+      }
+      const __m512 scale =
+          _mm512_mul_ps(d, _mm512_cvtepi32_ps(Q4KScaleOrMin(sa, sbv, sc, j, false)));
+      const __m512 min =
+          _mm512_mul_ps(dmin, _mm512_cvtepi32_ps(Q4KScaleOrMin(sa, sbv, sc, j, true)));
+      for (int m = 0; m < M; ++m) {
+        const Q8Block& x = xq[(i0 + m) * xq_stride + 8 * s + j];
+        int32_t four[8];
+        std::memcpy(four, x.q, 32);
+        __m512i p[4];
+        for (int c = 0; c < 4; ++c) {
+          p[c] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[c], _mm512_set1_epi32(four[c]));
+          p[c] = _mm512_dpbusd_epi32(p[c], w[4 + c], _mm512_set1_epi32(four[4 + c]));
+        }
+        const __m512i dot =
+            _mm512_add_epi32(_mm512_add_epi32(p[0], p[1]), _mm512_add_epi32(p[2], p[3]));
+        acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(scale, _mm512_set1_ps(x.d)),
+                                 acc[m]);
+        acc[m] = _mm512_fnmadd_ps(min, _mm512_set1_ps(x.d * static_cast<float>(x.qsum)), acc[m]);
+      }
+    }
+  }
+  const __m512 bv = bias != nullptr ? _mm512_loadu_ps(bias + j) : _mm512_setzero_ps();
+  for (int m = 0; m < M; ++m) {
+    _mm512_storeu_ps(out + (i0 + m) * out_stride + j, _mm512_add_ps(acc[m], bv));
+  }
+}
+
+}  // namespace
+
+void Avx512VnniQ4_Kx16Rows(const uint8_t* packed, int64_t k, const Q8Block* xq, int64_t n,
+                           int64_t xq_stride, const float* bias, float* out, int64_t out_stride,
+                           int64_t j0, int64_t j1) {
+  const int64_t supers = k / 256;
+  const size_t group_bytes = Q4_Kx16GroupBytes(k);
+  for (int64_t j = j0; j < j1; j += 16) {
+    const uint8_t* group = packed + (j / 16) * group_bytes;
+    using TileFn = void (*)(const uint8_t*, int64_t, const Q8Block*, int64_t, int64_t, const float*,
+                            float*, int64_t, int64_t);
+    static constexpr TileFn kTiles[9] = {nullptr,         &Q4_Kx16Tile<1>, &Q4_Kx16Tile<2>,
+                                         &Q4_Kx16Tile<3>, &Q4_Kx16Tile<4>, &Q4_Kx16Tile<5>,
+                                         &Q4_Kx16Tile<6>, &Q4_Kx16Tile<7>, &Q4_Kx16Tile<8>};
+    for (int64_t i = 0; i < n; i += 8) {
+      kTiles[std::min<int64_t>(8, n - i)](group, supers, xq, xq_stride, i, bias, out, out_stride,
+                                          j);
+    }
+  }
+}
+
+// --- Repacked Q6_K: 16 interleaved rows per group (RepackQ6_Kx16). ------------------------
+//
+// Activation block b = 4n + qq of a super-block (half n, quarter qq) meets, for each 4-value
+// step v, the weight vector built from step (n, v)'s first ql vector (qq = 0, 2) or its second
+// (qq = 1, 3), low nibbles for qq < 2 and high ones above, and its qh vector (bits 2qq, 2qq + 1
+// as bits 4 and 5). Values are used
+// unsigned (0..63); the offset of 32 enters through each 16-value group's starting sum, -32 x
+// the group's activations' sum, from `hsum`.
+namespace {
+
+// The 6-bit weights of quarter qq from ql vector a (qq = 0, 1) or its high nibbles (qq = 2, 3)
+// and qh vector h.
+template <int QQ>
+inline __m512i Q6KWeights(__m512i a, __m512i h) {
+  const __m512i low = _mm512_set1_epi8(0x0F);
+  const __m512i top = _mm512_set1_epi8(0x30);
+  const __m512i nib =
+      QQ < 2 ? _mm512_and_si512(a, low) : _mm512_and_si512(_mm512_srli_epi16(a, 4), low);
+  const __m512i hi = QQ == 0   ? _mm512_slli_epi16(h, 4)
+                     : QQ == 1 ? _mm512_slli_epi16(h, 2)
+                     : QQ == 2 ? h
+                               : _mm512_srli_epi16(h, 2);
+  return _mm512_ternarylogic_epi32(nib, hi, top, 0xF8);  // nib | (hi & top)
+}
+
+// d x scale of 16-value group g of each row, from the four scale vectors.
+inline __m512 Q6KGroupScale(const __m512i* sv, __m512 d, int g) {
+  const __m512i byte = _mm512_srai_epi32(_mm512_slli_epi32(sv[g / 4], 24 - 8 * (g % 4)), 24);
+  return _mm512_mul_ps(d, _mm512_cvtepi32_ps(byte));
+}
+
+// Per-call scratch: the 16-value activation sums of every row.
+thread_local std::vector<int32_t> q6k_hsum;
+
+template <int M>
+void Q6_Kx16Tile(const uint8_t* group, int64_t supers, const Q8Block* xq, int64_t xq_stride,
+                 const int32_t* hsum, int64_t hsum_stride, int64_t i0, const float* bias,
+                 float* out, int64_t out_stride, int64_t j) {
+  __m512 acc[M];
+  for (auto& a : acc) a = _mm512_setzero_ps();
+  for (int64_t s = 0; s < supers; ++s) {
+    const uint8_t* sb = group + s * 3360;
+    __m512i sv[4];
+    for (int u = 0; u < 4; ++u) sv[u] = _mm512_loadu_si512(sb + 32 + 64 * u);
+    const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sb)));
+    for (int n = 0; n < 2; ++n) {
+      const uint8_t* steps = sb + 288 + 1536 * n;  // (ql, ql + 32, qh) for v = 0..7
+      if constexpr (M == 1) {
+        // Decode: each ql and qh vector is loaded once and feeds all four quarters.
+        Prefetch(steps, 1536);
+        const Q8Block* x = xq + i0 * xq_stride + 8 * s + 4 * n;
+        const int32_t* hs = hsum + i0 * hsum_stride + 16 * s + 8 * n;
+        __m512i p[8];  // quarter qq, values 0-15 (2qq) or 16-31 (2qq + 1)
+#pragma GCC unroll 8
+        for (int g = 0; g < 8; ++g) p[g] = _mm512_set1_epi32(-32 * hs[g]);
+        int32_t f[4][8];
+        for (int qq = 0; qq < 4; ++qq) std::memcpy(f[qq], x[qq].q, 32);
+#pragma GCC unroll 8
+        for (int v = 0; v < 8; ++v) {
+          const __m512i a = _mm512_loadu_si512(steps + 192 * v);
+          const __m512i b = _mm512_loadu_si512(steps + 192 * v + 64);
+          const __m512i h = _mm512_loadu_si512(steps + 192 * v + 128);
+          const int half = v / 4;
+          p[half] = _mm512_dpbusd_epi32(p[half], Q6KWeights<0>(a, h), _mm512_set1_epi32(f[0][v]));
+          p[2 + half] =
+              _mm512_dpbusd_epi32(p[2 + half], Q6KWeights<1>(b, h), _mm512_set1_epi32(f[1][v]));
+          p[4 + half] =
+              _mm512_dpbusd_epi32(p[4 + half], Q6KWeights<2>(a, h), _mm512_set1_epi32(f[2][v]));
+          p[6 + half] =
+              _mm512_dpbusd_epi32(p[6 + half], Q6KWeights<3>(b, h), _mm512_set1_epi32(f[3][v]));
+        }
+#pragma GCC unroll 8
+        for (int g = 0; g < 8; ++g) {
+          acc[0] = _mm512_fmadd_ps(
+              _mm512_cvtepi32_ps(p[g]),
+              _mm512_mul_ps(Q6KGroupScale(sv, d, 8 * n + g), _mm512_set1_ps(x[g / 2].d)), acc[0]);
+        }
+        continue;
+      }
+      for (int qq = 0; qq < 4; ++qq) {
+        const __m512 s0 = Q6KGroupScale(sv, d, 8 * n + 2 * qq);
+        const __m512 s1 = Q6KGroupScale(sv, d, 8 * n + 2 * qq + 1);
+        __m512i w[8];
+        for (int v = 0; v < 8; ++v) {
+          const __m512i a = _mm512_loadu_si512(steps + 192 * v + 64 * (qq % 2));
+          const __m512i h = _mm512_loadu_si512(steps + 192 * v + 128);
+          w[v] = qq == 0   ? Q6KWeights<0>(a, h)
+                 : qq == 1 ? Q6KWeights<1>(a, h)
+                 : qq == 2 ? Q6KWeights<2>(a, h)
+                           : Q6KWeights<3>(a, h);
+        }
+        for (int m = 0; m < M; ++m) {
+          const Q8Block& x = xq[(i0 + m) * xq_stride + 8 * s + 4 * n + qq];
+          const int32_t* hs = hsum + (i0 + m) * hsum_stride + 16 * s + 8 * n + 2 * qq;
+          int32_t f[8];
+          std::memcpy(f, x.q, 32);
+          __m512i p0 = _mm512_set1_epi32(-32 * hs[0]), p1 = _mm512_set1_epi32(-32 * hs[1]);
+          for (int v = 0; v < 4; ++v) {
+            p0 = _mm512_dpbusd_epi32(p0, w[v], _mm512_set1_epi32(f[v]));
+            p1 = _mm512_dpbusd_epi32(p1, w[4 + v], _mm512_set1_epi32(f[4 + v]));
+          }
+          const __m512 xd = _mm512_set1_ps(x.d);
+          acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p0), _mm512_mul_ps(s0, xd), acc[m]);
+          acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p1), _mm512_mul_ps(s1, xd), acc[m]);
+        }
+      }
+    }
+  }
+  const __m512 bv = bias != nullptr ? _mm512_loadu_ps(bias + j) : _mm512_setzero_ps();
+  for (int m = 0; m < M; ++m) {
+    _mm512_storeu_ps(out + (i0 + m) * out_stride + j, _mm512_add_ps(acc[m], bv));
+  }
+}
+
+}  // namespace
+
+void Avx512VnniQ6_Kx16Rows(const uint8_t* packed, int64_t k, const Q8Block* xq, int64_t n,
+                           int64_t xq_stride, const float* bias, float* out, int64_t out_stride,
+                           int64_t j0, int64_t j1) {
+  const int64_t supers = k / 256;
+  const int64_t groups = k / 16;
+  std::vector<int32_t>& hsum = q6k_hsum;
+  hsum.resize(static_cast<size_t>(n * groups));
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t g = 0; g < groups; ++g) {
+      const int8_t* q = xq[i * xq_stride + g / 2].q + 16 * (g % 2);
+      int32_t sum = 0;
+      for (int e = 0; e < 16; ++e) sum += q[e];
+      hsum[i * groups + g] = sum;
+    }
+  }
+  const size_t group_bytes = Q6_Kx16GroupBytes(k);
+  for (int64_t j = j0; j < j1; j += 16) {
+    const uint8_t* group = packed + (j / 16) * group_bytes;
+    using TileFn = void (*)(const uint8_t*, int64_t, const Q8Block*, int64_t, const int32_t*,
+                            int64_t, int64_t, const float*, float*, int64_t, int64_t);
+    static constexpr TileFn kTiles[9] = {nullptr,         &Q6_Kx16Tile<1>, &Q6_Kx16Tile<2>,
+                                         &Q6_Kx16Tile<3>, &Q6_Kx16Tile<4>, &Q6_Kx16Tile<5>,
+                                         &Q6_Kx16Tile<6>, &Q6_Kx16Tile<7>, &Q6_Kx16Tile<8>};
+    for (int64_t i = 0; i < n; i += 8) {
+      kTiles[std::min<int64_t>(8, n - i)](group, supers, xq, xq_stride, hsum.data(), groups, i,
+                                          bias, out, out_stride, j);
+    }
+  }
+}
+
 bool CpuHasAvx512Vnni() {
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&

@@ -79,6 +79,30 @@ class HostView : public Buffer {
   size_t size_;
 };
 
+// The weight formats the AVX-512 VNNI kernels read repacked into groups of 16 interleaved rows
+// (kernels/cpu/quant.h): a group's bytes for k values, the repacker, and the kernel.
+struct Repacked {
+  size_t (*group_bytes)(int64_t k);
+  void (*repack)(const void* w, int64_t rows, int64_t k, uint8_t* out);
+  void (*rows)(const uint8_t* packed, int64_t k, const cpu::Q8Block* xq, int64_t n,
+               int64_t xq_stride, const float* bias, float* out, int64_t out_stride, int64_t j0,
+               int64_t j1);
+};
+
+// The repacked form of `dt` for rows of k values, or null when there is none.
+const Repacked* RepackedFormat(DType dt, int64_t k) {
+  static constexpr Repacked kQ4_0{cpu::Q4_0x16GroupBytes, cpu::RepackQ4_0x16,
+                                  cpu::Avx512VnniQ4_0x16Rows};
+  static constexpr Repacked kQ4_K{cpu::Q4_Kx16GroupBytes, cpu::RepackQ4_Kx16,
+                                  cpu::Avx512VnniQ4_Kx16Rows};
+  static constexpr Repacked kQ6_K{cpu::Q6_Kx16GroupBytes, cpu::RepackQ6_Kx16,
+                                  cpu::Avx512VnniQ6_Kx16Rows};
+  if (dt == DType::kQ4_0 && k % 32 == 0) return &kQ4_0;
+  if (dt == DType::kQ4_K && k % 256 == 0) return &kQ4_K;
+  if (dt == DType::kQ6_K && k % 256 == 0) return &kQ6_K;
+  return nullptr;
+}
+
 class CpuBackend : public Backend {
  public:
   explicit CpuBackend(const CpuBackendOptions& o)
@@ -99,21 +123,22 @@ class CpuBackend : public Backend {
 
   bool SupportsOp(Op op, DType weight_dtype) const override { return weight_dtype != DType::kI32; }
 
-  // Q4_0 matrices with AVX-512 VNNI: rows interleaved 16 at a time (cpu::RepackQ4_0x16), read
-  // by decode and prefill alike; the file's layout is then never read again. Not when weights
-  // are to be read from the file mapping in place (copy_weights false: no second copy).
+  // Q4_0, Q4_K and Q6_K matrices with AVX-512 VNNI: rows interleaved 16 at a time
+  // (RepackedFormat), read by decode and prefill alike; the file's layout is then never read
+  // again. Not when weights are to be read from the file mapping in place (copy_weights false:
+  // no second copy).
   absl::StatusOr<std::unique_ptr<Buffer>> PackForMatMul(const Tensor& w) override {
-    if (!vnni512_ || !copy_weights_ || w.dtype != DType::kQ4_0 || w.rows % 16 != 0 ||
-        w.cols % 32 != 0 || w.stride != w.cols) {
+    const Repacked* f = RepackedFormat(w.dtype, w.cols);
+    if (!vnni512_ || !copy_weights_ || f == nullptr || w.rows % 16 != 0 || w.stride != w.cols) {
       return std::unique_ptr<Buffer>();
     }
-    const size_t group_bytes = cpu::Q4_0x16GroupBytes(w.cols);
+    const size_t group_bytes = f->group_bytes(w.cols);
     ASSIGN_OR_RETURN(std::unique_ptr<Buffer> packed, Allocate(group_bytes * (w.rows / 16)));
-    const size_t row_bytes = RowBytes(DType::kQ4_0, w.cols);
+    const size_t row_bytes = RowBytes(w.dtype, w.cols);
     const auto* src = static_cast<const uint8_t*>(w.data);
     auto* dst = static_cast<uint8_t*>(packed->data());
     pool_.ParallelFor(w.rows / 16, 1, [&](int64_t g0, int64_t g1) {
-      cpu::RepackQ4_0x16(src + g0 * 16 * row_bytes, (g1 - g0) * 16, w.cols, dst + g0 * group_bytes);
+      f->repack(src + g0 * 16 * row_bytes, (g1 - g0) * 16, w.cols, dst + g0 * group_bytes);
     });
     return packed;
   }
@@ -460,14 +485,14 @@ class CpuBackend : public Backend {
   // CPU has it). Prefill is an int8 GEMM with AVX-512 VNNI (QuantGemm), else widened weight
   // panels for sgemm.
   void QuantMatMul(const cpu::GemvArgs& a, int threads) {
-    if (a.packed != nullptr) {  // Q4_0 repacked at load: decode and prefill
+    if (a.packed != nullptr) {  // repacked at load (PackForMatMul): decode and prefill
       const std::vector<cpu::Q8Block>& xq = QuantizeActivationRows(a, threads);
       const auto* packed = static_cast<const uint8_t*>(a.packed);
+      const auto rows = RepackedFormat(a.wt, a.k)->rows;
       pool_.ParallelFor(
           a.rows, 16,
           [&](int64_t j0, int64_t j1) {
-            cpu::Avx512VnniQ4_0x16Rows(packed, a.k, xq.data(), a.n, a.k / 32, a.bias, a.out,
-                                       a.out_stride, j0, j1);
+            rows(packed, a.k, xq.data(), a.n, a.k / 32, a.bias, a.out, a.out_stride, j0, j1);
           },
           threads);
       return;

@@ -34,6 +34,52 @@ void RepackQ4_0x16(const void* w, int64_t rows, int64_t k, uint8_t* out) {
   }
 }
 
+void RepackQ4_Kx16(const void* w, int64_t rows, int64_t k, uint8_t* out) {
+  const auto* src = static_cast<const uint8_t*>(w);
+  const int64_t supers = k / 256;
+  const size_t row_bytes = RowBytes(DType::kQ4_K, k);
+  const size_t group_bytes = Q4_Kx16GroupBytes(k);
+  for (int64_t g = 0; g < rows / 16; ++g) {
+    for (int r = 0; r < 16; ++r) {
+      const uint8_t* row = src + (g * 16 + r) * row_bytes;
+      for (int64_t s = 0; s < supers; ++s) {
+        const uint8_t* blk = row + s * 144;  // f16 d, f16 dmin, 12 scale bytes, 128 quant bytes
+        uint8_t* dst = out + g * group_bytes + s * 2304;
+        std::memcpy(dst + r * 2, blk, 2);
+        std::memcpy(dst + 32 + r * 2, blk + 2, 2);
+        for (int v = 0; v < 3; ++v) std::memcpy(dst + 64 + 64 * v + r * 4, blk + 4 + 4 * v, 4);
+        for (int v = 0; v < 32; ++v) std::memcpy(dst + 256 + 64 * v + r * 4, blk + 16 + 4 * v, 4);
+      }
+    }
+  }
+}
+
+void RepackQ6_Kx16(const void* w, int64_t rows, int64_t k, uint8_t* out) {
+  const auto* src = static_cast<const uint8_t*>(w);
+  const int64_t supers = k / 256;
+  const size_t row_bytes = RowBytes(DType::kQ6_K, k);
+  const size_t group_bytes = Q6_Kx16GroupBytes(k);
+  for (int64_t g = 0; g < rows / 16; ++g) {
+    for (int r = 0; r < 16; ++r) {
+      const uint8_t* row = src + (g * 16 + r) * row_bytes;
+      for (int64_t s = 0; s < supers; ++s) {
+        const uint8_t* blk = row + s * 210;  // ql[128], qh[64], int8 scales[16], f16 d
+        uint8_t* dst = out + g * group_bytes + s * 3360;
+        std::memcpy(dst + r * 2, blk + 208, 2);
+        for (int u = 0; u < 4; ++u) std::memcpy(dst + 32 + 64 * u + r * 4, blk + 192 + 4 * u, 4);
+        for (int n = 0; n < 2; ++n) {
+          for (int v = 0; v < 8; ++v) {
+            uint8_t* step = dst + 288 + 1536 * n + 192 * v + r * 4;
+            std::memcpy(step, blk + 64 * n + 4 * v, 4);
+            std::memcpy(step + 64, blk + 64 * n + 32 + 4 * v, 4);
+            std::memcpy(step + 128, blk + 128 + 32 * n + 4 * v, 4);
+          }
+        }
+      }
+    }
+  }
+}
+
 void QuantizeActivations(const float* x, int64_t n, Q8Block* out) {
   for (int64_t b = 0; b < n / 32; ++b) {
     const float* v = x + 32 * b;

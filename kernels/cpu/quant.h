@@ -92,6 +92,34 @@ void Avx512VnniQ4_0x16Rows(const uint8_t* packed, int64_t k, const Q8Block* xq, 
                            int64_t xq_stride, const float* bias, float* out, int64_t out_stride,
                            int64_t j0, int64_t j1);
 
+// Q4_K weights repacked at load the same way: rows in groups of 16, each super-block of 256
+// values 2304 bytes, the file's size: the 16 rows' d (F16, 32 bytes) and dmin (32 bytes), their
+// 12 scale bytes as three 64-byte vectors (vector v has row r's bytes 4v..4v+3 in lane r), then
+// the quants as 32 vectors, vector 8c + v holding row r's quant bytes 32c + 4v..32c + 4v + 3 in
+// lane r (low nibbles: values 4v..4v+3 of sub-block 2c; high nibbles: the same of sub-block 2c+1).
+inline size_t Q4_Kx16GroupBytes(int64_t k) { return static_cast<size_t>(k / 256) * 2304; }
+// `rows` (a multiple of 16) Q4_K rows of k values (k % 256 == 0) -> rows / 16 groups at `out`.
+void RepackQ4_Kx16(const void* w, int64_t rows, int64_t k, uint8_t* out);
+// Rows [j0, j1) (multiples of 16) of out = x * w^T for repacked Q4_K weights, as
+// Avx512VnniQ4_0x16Rows.
+void Avx512VnniQ4_Kx16Rows(const uint8_t* packed, int64_t k, const Q8Block* xq, int64_t n,
+                           int64_t xq_stride, const float* bias, float* out, int64_t out_stride,
+                           int64_t j0, int64_t j1);
+
+// Q6_K weights repacked at load the same way: rows in groups of 16, each super-block of 256
+// values 3360 bytes, the file's size, in the order the kernel reads them: the 16 rows' d (16
+// F16), their 16 int8 scales as 4 vectors (vector u has row r's scales 4u..4u+3 in lane r), then
+// for each half n of the super-block and step v = 0..7, three vectors holding row r's
+// ql[64n + 4v..], ql[64n + 32 + 4v..] and qh[32n + 4v..] (4 bytes each) in lane r.
+inline size_t Q6_Kx16GroupBytes(int64_t k) { return static_cast<size_t>(k / 256) * 3360; }
+// `rows` (a multiple of 16) Q6_K rows of k values (k % 256 == 0) -> rows / 16 groups at `out`.
+void RepackQ6_Kx16(const void* w, int64_t rows, int64_t k, uint8_t* out);
+// Rows [j0, j1) (multiples of 16) of out = x * w^T for repacked Q6_K weights, as
+// Avx512VnniQ4_0x16Rows.
+void Avx512VnniQ6_Kx16Rows(const uint8_t* packed, int64_t k, const Q8Block* xq, int64_t n,
+                           int64_t xq_stride, const float* bias, float* out, int64_t out_stride,
+                           int64_t j0, int64_t j1);
+
 }  // namespace shardserve::cpu
 
 #endif  // SHARDSERVE_KERNELS_CPU_QUANT_H_

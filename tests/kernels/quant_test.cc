@@ -277,37 +277,53 @@ TEST(QuantTest, Avx512VnniEqualsReference) {
   }
 }
 
-// Q4_0 repacked into groups of 16 interleaved rows: the kernel equals the reference for 1 to 13
-// activation rows (the 8-row tile and every remainder), 3 groups split 1 + 2 as the thread pool
-// splits them, two widths, with a bias and without.
-TEST(QuantTest, RepackedQ4_0EqualsReference) {
+// Q4_0, Q4_K and Q6_K repacked into groups of 16 interleaved rows: the kernels equal the
+// reference for 1 to 13 activation rows (the 8-row tile and every remainder), 3 groups split
+// 1 + 2 as the thread pool splits them, two widths, with a bias and without. K-quant rows are
+// random bytes, so every bit of the packed scales, mins and high bits is exercised.
+TEST(QuantTest, RepackedRowsEqualReference) {
   if (!cpu::CpuHasAvx512Vnni()) GTEST_SKIP() << "no AVX-512 VNNI on this CPU";
   const int64_t m = 48;
-  for (int64_t k : {int64_t{96}, int64_t{2048}}) {
-    const std::vector<float> w = Random(m * k, 21);
-    const size_t row_bytes = RowBytes(DType::kQ4_0, k);
-    std::vector<uint8_t> wq(row_bytes * m);
-    for (int64_t r = 0; r < m; ++r)
-      cpu::QuantizeRow(DType::kQ4_0, &w[r * k], k, &wq[row_bytes * r]);
-    std::vector<uint8_t> packed(cpu::Q4_0x16GroupBytes(k) * (m / 16));
-    ASSERT_EQ(packed.size(), wq.size());
-    cpu::RepackQ4_0x16(wq.data(), m, k, packed.data());
-    const int64_t n_max = 13;
-    const std::vector<float> x = Random(n_max * k, 22), bias = Random(m, 23);
-    std::vector<cpu::Q8Block> xq(n_max * k / 32);
-    for (int64_t i = 0; i < n_max; ++i) cpu::QuantizeActivations(&x[i * k], k, &xq[i * k / 32]);
-    for (int64_t n = 1; n <= n_max; ++n) {
-      for (const float* b : {bias.data(), static_cast<const float*>(nullptr)}) {
-        std::vector<float> out(n * m, -1.0f);
-        cpu::Avx512VnniQ4_0x16Rows(packed.data(), k, xq.data(), n, k / 32, b, out.data(), m, 0, 16);
-        cpu::Avx512VnniQ4_0x16Rows(packed.data(), k, xq.data(), n, k / 32, b, out.data(), m, 16, m);
-        for (int64_t i = 0; i < n; ++i) {
-          for (int64_t j = 0; j < m; ++j) {
-            const float ref =
-                cpu::RefQuantDot(DType::kQ4_0, &wq[row_bytes * j], &xq[i * k / 32], k) +
-                (b != nullptr ? b[j] : 0.0f);
-            ASSERT_NEAR(out[i * m + j], ref, 1e-4f * (1 + std::fabs(ref)))
-                << "k " << k << " row " << j << " x " << i << " of " << n;
+  for (DType dt : {DType::kQ4_0, DType::kQ4_K, DType::kQ6_K}) {
+    const bool kq = dt != DType::kQ4_0;
+    for (int64_t k : kq ? std::vector<int64_t>{256, 2048} : std::vector<int64_t>{96, 2048}) {
+      const size_t row_bytes = RowBytes(dt, k);
+      std::vector<uint8_t> wq;
+      if (kq) {
+        wq = RandomKQuantRows(dt, m, k, 31);
+      } else {
+        const std::vector<float> w = Random(m * k, 21);
+        wq.resize(row_bytes * m);
+        for (int64_t r = 0; r < m; ++r) cpu::QuantizeRow(dt, &w[r * k], k, &wq[row_bytes * r]);
+      }
+      const size_t group_bytes = dt == DType::kQ4_0   ? cpu::Q4_0x16GroupBytes(k)
+                                 : dt == DType::kQ4_K ? cpu::Q4_Kx16GroupBytes(k)
+                                                      : cpu::Q6_Kx16GroupBytes(k);
+      std::vector<uint8_t> packed(group_bytes * (m / 16));
+      ASSERT_EQ(packed.size(), wq.size());
+      const auto repack = dt == DType::kQ4_0   ? &cpu::RepackQ4_0x16
+                          : dt == DType::kQ4_K ? &cpu::RepackQ4_Kx16
+                                               : &cpu::RepackQ6_Kx16;
+      repack(wq.data(), m, k, packed.data());
+      const auto rows = dt == DType::kQ4_0   ? &cpu::Avx512VnniQ4_0x16Rows
+                        : dt == DType::kQ4_K ? &cpu::Avx512VnniQ4_Kx16Rows
+                                             : &cpu::Avx512VnniQ6_Kx16Rows;
+      const int64_t n_max = 13;
+      const std::vector<float> x = Random(n_max * k, 22), bias = Random(m, 23);
+      std::vector<cpu::Q8Block> xq(n_max * k / 32);
+      for (int64_t i = 0; i < n_max; ++i) cpu::QuantizeActivations(&x[i * k], k, &xq[i * k / 32]);
+      for (int64_t n = 1; n <= n_max; ++n) {
+        for (const float* b : {bias.data(), static_cast<const float*>(nullptr)}) {
+          std::vector<float> out(n * m, -1.0f);
+          rows(packed.data(), k, xq.data(), n, k / 32, b, out.data(), m, 0, 16);
+          rows(packed.data(), k, xq.data(), n, k / 32, b, out.data(), m, 16, m);
+          for (int64_t i = 0; i < n; ++i) {
+            for (int64_t j = 0; j < m; ++j) {
+              const float ref = cpu::RefQuantDot(dt, &wq[row_bytes * j], &xq[i * k / 32], k) +
+                                (b != nullptr ? b[j] : 0.0f);
+              ASSERT_NEAR(out[i * m + j], ref, 1e-4f * (1 + std::fabs(ref)))
+                  << DTypeName(dt) << " k " << k << " row " << j << " x " << i << " of " << n;
+            }
           }
         }
       }
@@ -385,6 +401,47 @@ TEST(QuantTest, KQuantDecodeTracksTheDecodedWeights) {
   }
 }
 
+// Q4_K and Q6_K matrices are repacked at load where the CPU has AVX-512 VNNI: the backend's
+// MatMul on the repacked weights equals its MatMul on the file's layout, and both track the
+// decoded weights in F32, for decode (1, 3 rows) and prefill (20 rows, the int8 GEMM's size).
+TEST(QuantTest, RepackedKQuantMatMulEqualsTheFileLayout) {
+  if (!cpu::CpuHasAvx512Vnni()) GTEST_SKIP() << "no AVX-512 VNNI on this CPU";
+  for (DType dt : {DType::kQ4_K, DType::kQ6_K}) {
+    const int64_t k = 512, m = 96;
+    const std::vector<uint8_t> wq = RandomKQuantRows(dt, m, k, 41);
+    std::vector<float> w(m * k);
+    for (int64_t r = 0; r < m; ++r) cpu::DequantizeRow(dt, &wq[RowBytes(dt, k) * r], k, &w[r * k]);
+    auto backend = NewCpuBackend({.threads = 2});
+    Tensor file = Tensor::Of(const_cast<uint8_t*>(wq.data()), dt, m, k);
+    auto packed = backend->PackForMatMul(file);
+    ASSERT_TRUE(packed.ok()) << packed.status();
+    ASSERT_NE(*packed, nullptr) << DTypeName(dt);
+    Tensor repacked = file;
+    repacked.packed = (*packed)->data();
+    for (int64_t n : {int64_t{1}, int64_t{3}, int64_t{20}}) {
+      const std::vector<float> x = Random(n * k, 42);
+      std::vector<float> exact(n * m), from_file(n * m), from_packed(n * m);
+      const Tensor xt = Tensor::Of(const_cast<float*>(x.data()), DType::kF32, n, k);
+      backend->MatMul(xt, Tensor::Of(w.data(), DType::kF32, m, k), nullptr,
+                      Tensor::Of(exact.data(), DType::kF32, n, m));
+      backend->MatMul(xt, file, nullptr, Tensor::Of(from_file.data(), DType::kF32, n, m));
+      backend->MatMul(xt, repacked, nullptr, Tensor::Of(from_packed.data(), DType::kF32, n, m));
+      double err = 0, norm = 0, scale = 0;
+      for (int64_t i = 0; i < n * m; ++i) {
+        err += (from_packed[i] - exact[i]) * (from_packed[i] - exact[i]);
+        norm += exact[i] * exact[i];
+        scale = std::max<double>(scale, std::fabs(exact[i]));
+      }
+      // The activations' int8 rounding is the only error against F32 (about 1%).
+      EXPECT_LT(std::sqrt(err / norm), 0.02) << DTypeName(dt) << " n " << n;
+      for (int64_t i = 0; i < n * m; ++i) {
+        ASSERT_NEAR(from_packed[i], from_file[i], 1e-5 * scale)
+            << DTypeName(dt) << " n " << n << " at " << i;
+      }
+    }
+  }
+}
+
 class QuantMatMulTest : public ::testing::TestWithParam<std::tuple<DType, int64_t>> {};
 
 TEST_P(QuantMatMulTest, BackendTracksF32WithinFormatError) {
@@ -409,7 +466,7 @@ TEST_P(QuantMatMulTest, BackendTracksF32WithinFormatError) {
       ASSERT_TRUE(p.ok()) << p.status();
       packed = *std::move(p);
       // Q4_0 is repacked where the CPU has AVX-512 VNNI (and the backend may use it and copy
-      // weights).
+      // weights); Q8_0 never is.
       EXPECT_EQ(packed != nullptr, dt == DType::kQ4_0 && o.avx512 && !o.reference &&
                                        o.copy_weights && cpu::CpuHasAvx512Vnni());
       if (packed != nullptr) wt.packed = packed->data();
