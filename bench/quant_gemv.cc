@@ -1,6 +1,6 @@
 // Decode GEMV on quantized weights (one token: out = W x), single-threaded, each kernel path the
 // CPU has, interleaved within each round: the AVX2 kernels, AVX-VNNI (Q8_0 / Q4_0) and AVX-512
-// VNNI (for Q4_0, Q4_K and Q6_K also on weights repacked into 16 interleaved rows,
+// VNNI (for Q4_0, IQ4_NL, Q4_K and Q6_K also on weights repacked into 16 interleaved rows,
 // `avx512-vnni-x16`). Activations are quantized to Q8 blocks once per GEMV, as the backend does.
 // Weights are random blocks; the default 45056 x 2048 matrix (eight of TinyLlama's MLP projections)
 // is larger than the caches of the machines this runs on (32 MiB L3 and less). Prints the median
@@ -44,6 +44,7 @@ std::vector<uint8_t> RandomRows(DType dt, int64_t rows, int64_t k) {
       case DType::kQ8_0:
       case DType::kQ4_0:
       case DType::kQ5_0:
+      case DType::kIQ4_NL:
         std::memcpy(&w[off], &d, 2);
         break;
       default:
@@ -91,8 +92,8 @@ int main(int argc, char** argv) {
   for (float& v : x) v = normal(rng);
   std::vector<Q8Block> xq(k / 32);
   std::vector<float> out(rows);
-  for (DType dt : {DType::kQ8_0, DType::kQ4_0, DType::kQ5_0, DType::kQ5_1, DType::kQ4_K,
-                   DType::kQ5_K, DType::kQ6_K}) {
+  for (DType dt : {DType::kQ8_0, DType::kQ4_0, DType::kQ5_0, DType::kQ5_1, DType::kIQ4_NL,
+                   DType::kQ4_K, DType::kQ5_K, DType::kQ6_K}) {
     std::string name(shardserve::DTypeName(dt));
     std::transform(name.begin(), name.end(), name.begin(), ::tolower);
     if (which != "all" && which != name) continue;
@@ -123,22 +124,27 @@ int main(int argc, char** argv) {
                                                  rows);
                        }});
     }
-    std::vector<uint8_t> repacked;
-    if (dt == DType::kQ4_0 && cpu::CpuHasAvx512Vnni() && rows % 16 == 0) {
-      repacked.resize(w.size());
-      cpu::RepackQ4_0x16(w.data(), rows, k, repacked.data());
-      paths.push_back({"avx512-vnni-x16", [&] {
-                         cpu::Avx512VnniQ4_0x16Rows(repacked.data(), k, xq.data(), 1, k / 32,
-                                                    nullptr, out.data(), rows, 0, rows);
-                       }});
+    // The formats repacked at load into 16 interleaved rows (IQ4_NL in Q4_0's layout).
+    using RowsFn = void (*)(const uint8_t*, int64_t, const cpu::Q8Block*, int64_t, int64_t,
+                            const float*, float*, int64_t, int64_t, int64_t);
+    void (*repack)(const void*, int64_t, int64_t, uint8_t*) = nullptr;
+    RowsFn x16 = nullptr;
+    if (dt == DType::kQ4_0 || dt == DType::kIQ4_NL) {
+      repack = cpu::RepackQ4_0x16;
+      x16 = dt == DType::kQ4_0 ? cpu::Avx512VnniQ4_0x16Rows : cpu::Avx512VnniIQ4_NLx16Rows;
+    } else if (dt == DType::kQ4_K) {
+      repack = cpu::RepackQ4_Kx16;
+      x16 = cpu::Avx512VnniQ4_Kx16Rows;
+    } else if (dt == DType::kQ6_K) {
+      repack = cpu::RepackQ6_Kx16;
+      x16 = cpu::Avx512VnniQ6_Kx16Rows;
     }
-    if ((dt == DType::kQ4_K || dt == DType::kQ6_K) && cpu::CpuHasAvx512Vnni() && rows % 16 == 0) {
+    std::vector<uint8_t> repacked;
+    if (x16 != nullptr && cpu::CpuHasAvx512Vnni() && rows % 16 == 0) {
       repacked.resize(w.size());
-      const bool q4k = dt == DType::kQ4_K;
-      (q4k ? cpu::RepackQ4_Kx16 : cpu::RepackQ6_Kx16)(w.data(), rows, k, repacked.data());
-      paths.push_back({"avx512-vnni-x16", [&, q4k] {
-                         (q4k ? cpu::Avx512VnniQ4_Kx16Rows : cpu::Avx512VnniQ6_Kx16Rows)(
-                             repacked.data(), k, xq.data(), 1, k / 32, nullptr, out.data(), rows, 0,
+      repack(w.data(), rows, k, repacked.data());
+      paths.push_back({"avx512-vnni-x16", [&, x16] {
+                         x16(repacked.data(), k, xq.data(), 1, k / 32, nullptr, out.data(), rows, 0,
                              rows);
                        }});
     }

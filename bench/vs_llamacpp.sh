@@ -11,8 +11,8 @@
 #
 # --make-models writes the standard set into DIR (kept between runs) and benchmarks it: the
 # TinyLlama-1.1B shape from `shardserve synth` as F16 (`shardserve export-gguf`), then Q8_0, Q4_0,
-# Q4_K_M, Q5_K_M and Q6_K made from it by llama.cpp's own `llama-quantize`, and the 110M shape as
-# F32.
+# Q4_K_M, Q5_K_M, Q6_K and IQ4_NL made from it by llama.cpp's own `llama-quantize`, and the 110M
+# shape as F32.
 #
 # llama-bench and llama-quantize come from a llama.cpp source tree built by hand, e.g.
 #   cmake -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF
@@ -60,7 +60,7 @@ if [ -n "$make_models" ]; then
     [ -f "$m/tinyllama/config.json" ] || "$bin" synth --like tinyllama-1.1b --dtype f16 --out "$m/tinyllama" >&2
     "$bin" export-gguf --model "$m/tinyllama" --out "$m/tinyllama-f16.gguf" --dtype f16 >&2
   fi
-  for q in Q8_0 Q4_0 Q4_K_M Q5_K_M Q6_K; do
+  for q in Q8_0 Q4_0 Q4_K_M Q5_K_M Q6_K IQ4_NL; do
     f=$m/tinyllama-$(echo "$q" | tr 'A-Z' 'a-z').gguf
     [ -f "$f" ] || "$llama_quantize" "$m/tinyllama-f16.gguf" "$f" "$q" "$threads" >"$f.log" 2>&1 ||
       { echo "error: llama-quantize $q failed (log: $f.log)" >&2; exit 1; }
@@ -71,7 +71,7 @@ if [ -n "$make_models" ]; then
   fi
   models+=("$m/tinyllama-f16.gguf" "$m/tinyllama-q8_0.gguf" "$m/tinyllama-q4_0.gguf"
            "$m/tinyllama-q4_k_m.gguf" "$m/tinyllama-q5_k_m.gguf" "$m/tinyllama-q6_k.gguf"
-           "$m/llama-110m-f32.gguf")
+           "$m/tinyllama-iq4_nl.gguf" "$m/llama-110m-f32.gguf")
 fi
 [ ${#models[@]} -gt 0 ] || { echo "error: no MODEL.gguf given" >&2; exit 2; }
 for f in "${models[@]}"; do

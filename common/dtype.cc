@@ -14,6 +14,7 @@ std::optional<DType> ParseDType(absl::string_view name) {
   if (name == "Q4_K" || name == "q4_k") return DType::kQ4_K;
   if (name == "Q5_0" || name == "q5_0") return DType::kQ5_0;
   if (name == "Q5_1" || name == "q5_1") return DType::kQ5_1;
+  if (name == "IQ4_NL" || name == "iq4_nl") return DType::kIQ4_NL;
   if (name == "Q5_K" || name == "q5_k") return DType::kQ5_K;
   if (name == "Q6_K" || name == "q6_k") return DType::kQ6_K;
   return std::nullopt;

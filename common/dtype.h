@@ -13,8 +13,8 @@
 
 namespace shardserve {
 
-// Q8_0, Q4_0, Q5_0, Q5_1, Q4_K, Q5_K and Q6_K are llama.cpp's block formats, byte for byte: a row
-// of n values is n / DTypeBlockElems() blocks of DTypeBlockBytes() bytes.
+// Q8_0, Q4_0, Q5_0, Q5_1, IQ4_NL, Q4_K, Q5_K and Q6_K are llama.cpp's block formats, byte for
+// byte: a row of n values is n / DTypeBlockElems() blocks of DTypeBlockBytes() bytes.
 enum class DType : uint8_t {
   kF32 = 0,
   kF16 = 1,
@@ -27,6 +27,7 @@ enum class DType : uint8_t {
   kQ5_K = 8,
   kQ5_0 = 9,
   kQ5_1 = 10,
+  kIQ4_NL = 11,
 };
 
 constexpr bool IsQuantized(DType t) {
@@ -40,6 +41,7 @@ constexpr int64_t DTypeBlockElems(DType t) {
     case DType::kQ4_0:
     case DType::kQ5_0:
     case DType::kQ5_1:
+    case DType::kIQ4_NL:
       return 32;
     case DType::kQ4_K:
     case DType::kQ5_K:
@@ -62,6 +64,7 @@ constexpr size_t DTypeBlockBytes(DType t) {
     case DType::kQ8_0:
       return 34;
     case DType::kQ4_0:
+    case DType::kIQ4_NL:
       return 18;
     case DType::kQ5_0:
       return 22;
@@ -107,6 +110,8 @@ inline absl::string_view DTypeName(DType t) {
       return "Q5_0";
     case DType::kQ5_1:
       return "Q5_1";
+    case DType::kIQ4_NL:
+      return "IQ4_NL";
     case DType::kQ6_K:
       return "Q6_K";
   }

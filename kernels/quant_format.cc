@@ -89,6 +89,15 @@ void DequantizeRow(DType dt, const void* src, int64_t n, float* y) {
         }
       }
       return;
+    case DType::kIQ4_NL:
+      for (int64_t b = 0; b < n / 32; ++b, p += 18) {
+        const float d = Half(p);
+        for (int i = 0; i < 16; ++i) {
+          y[32 * b + i] = d * kIq4NlValues[p[2 + i] & 0xF];
+          y[32 * b + i + 16] = d * kIq4NlValues[p[2 + i] >> 4];
+        }
+      }
+      return;
     case DType::kQ5_0:
     case DType::kQ5_1: {  // Q4_0's nibbles with bit v of qh as bit 4 of value v; Q5_1 adds m
       const bool q51 = dt == DType::kQ5_1;

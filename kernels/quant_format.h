@@ -6,8 +6,9 @@
 // Block layouts are byte-compatible with GGUF files: Q8_0 {f16 d; i8 q[32]}, Q4_0 {f16 d;
 // u8 q[16]} (low nibbles hold values 0-15 of the block, high nibbles 16-31, both offset by 8),
 // Q5_0 {f16 d; u32 qh; u8 q[16]} (Q4_0's nibbles with bit v of qh as bit 4 of value v, offset by
-// 16), Q5_1 {f16 d; f16 m; u32 qh; u8 q[16]} (the same bits unsigned, value = d q + m), and
-// Q4_K, Q5_K and Q6_K as in ggml's k-quants (256 values per super-block).
+// 16), Q5_1 {f16 d; f16 m; u32 qh; u8 q[16]} (the same bits unsigned, value = d q + m), IQ4_NL
+// {f16 d; u8 q[16]} (Q4_0's nibbles, each an index into the non-linear kIq4NlValues), and Q4_K,
+// Q5_K and Q6_K as in ggml's k-quants (256 values per super-block).
 #ifndef SHARDSERVE_KERNELS_QUANT_FORMAT_H_
 #define SHARDSERVE_KERNELS_QUANT_FORMAT_H_
 
@@ -21,6 +22,11 @@ namespace shardserve {
 // min), the 16 bytes of nibbles follow qh.
 constexpr int64_t Q5HighBitsAt(DType t) { return t == DType::kQ5_1 ? 4 : 2; }
 constexpr int64_t Q5QuantsAt(DType t) { return Q5HighBitsAt(t) + 4; }
+
+// IQ4_NL's 16 levels (value = d x level), as ggml defines them: denser near zero, where weights
+// cluster.
+inline constexpr int8_t kIq4NlValues[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
+                                            1,    13,   25,  38,  53,  69,  89,  113};
 
 // n values (a multiple of the type's block) of `src` in format `dt` -> F32.
 void DequantizeRow(DType dt, const void* src, int64_t n, float* dst);

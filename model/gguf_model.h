@@ -4,7 +4,7 @@
 // Architectures `llama` and `qwen2`. llama.cpp stores Llama's q/k projection rows in Meta's
 // interleaved RoPE order; they are permuted back to the rotate_half order on load, so a GGUF
 // model computes exactly what the same safetensors model does. Tensor types F32, F16, BF16,
-// Q8_0, Q4_0, Q5_0, Q5_1, Q4_K, Q5_K and Q6_K; other types are refused by name.
+// Q8_0, Q4_0, Q5_0, Q5_1, IQ4_NL, Q4_K, Q5_K and Q6_K; other types are refused by name.
 #ifndef SHARDSERVE_MODEL_GGUF_MODEL_H_
 #define SHARDSERVE_MODEL_GGUF_MODEL_H_
 

@@ -375,8 +375,8 @@ bool CpuHasAvx2Fma() {
 
 }  // namespace shardserve::cpu
 
-// Quantized weights (Q8_0 / Q4_0) against Q8 activation blocks: integer dot products per block
-// (sign trick + maddubs, as llama.cpp does), four weight rows at a time.
+// Quantized weights (Q8_0 / Q4_0 / IQ4_NL) against Q8 activation blocks: integer dot products per
+// block (sign trick + maddubs, as llama.cpp does), four weight rows at a time.
 namespace shardserve::cpu {
 namespace {
 
@@ -386,6 +386,10 @@ inline __m256i LoadQuantBlock(DType dt, const uint8_t* block) {
   const __m128i mask = _mm_set1_epi8(0x0F);
   const __m128i lo = _mm_and_si128(packed, mask);
   const __m128i hi = _mm_and_si128(_mm_srli_epi16(packed, 4), mask);
+  if (dt == DType::kIQ4_NL) {  // the nibbles index the format's signed levels
+    const __m128i levels = _mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4NlValues));
+    return _mm256_set_m128i(_mm_shuffle_epi8(levels, hi), _mm_shuffle_epi8(levels, lo));
+  }
   return _mm256_sub_epi8(_mm256_set_m128i(hi, lo), _mm256_set1_epi8(8));
 }
 

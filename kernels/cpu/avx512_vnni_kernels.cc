@@ -57,6 +57,14 @@ inline __m128 TwoHalves(const uint8_t* a, const uint8_t* b) {
   return _mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(U16At(a) | (uint32_t{U16At(b)} << 16))));
 }
 
+// IQ4_NL's levels plus 128 (unsigned bytes for vpdpbusd, the offset taken off as Q8_0's is), in
+// every 128-bit lane, for vpshufb on the nibbles.
+inline __m512i Iq4NlLevels() {
+  alignas(16) uint8_t lut[16];
+  for (int i = 0; i < 16; ++i) lut[i] = static_cast<uint8_t>(kIq4NlValues[i] + 128);
+  return _mm512_broadcast_i32x4(_mm_load_si128(reinterpret_cast<const __m128i*>(lut)));
+}
+
 // Vector registers as vector elements (std::vector<I512> drops the type's attributes).
 struct I512 {
   __m512i v;
@@ -113,7 +121,10 @@ void PackBlockPairs(const Q8Block* x, int64_t nb, PackedRow* p) {
       Put16(q + 32, a.q + 16);
       Put16(q + 48, b.q + 16);
       for (int l = 0; l < 16; ++l) sc[l] = (l / 4) % 2 == 0 ? a.d : b.d;
-      const int32_t offset = T == DType::kQ4_0 ? 8 : T == DType::kQ5_0 ? 16 : 0;
+      const int32_t offset = T == DType::kQ4_0     ? 8
+                             : T == DType::kQ5_0   ? 16
+                             : T == DType::kIQ4_NL ? 128
+                                                   : 0;
       in[0] = -offset * a.qsum;
       in[4] = -offset * b.qsum;
     }
@@ -147,6 +158,8 @@ inline __m512i WeightPair(const uint8_t* blk) {
     const __m512i w = _mm512_and_si512(_mm512_srlv_epi16(both, shift), _mm512_set1_epi8(0x0F));
     if constexpr (T == DType::kQ4_0) {
       return w;
+    } else if constexpr (T == DType::kIQ4_NL) {
+      return _mm512_shuffle_epi8(Iq4NlLevels(), w);
     } else {
       // Byte order: values 0-15 of block b, of b+1, then values 16-31 of b, of b+1; bit v of a
       // block's qh belongs to its value v.
@@ -171,8 +184,13 @@ inline float LastBlock(const uint8_t* blk, const Q8Block& x) {
     const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + QuantsAt(T)));
     w = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(packed, 4), _mm_set1_epi8(0x0F)),
                          _mm_and_si128(packed, _mm_set1_epi8(0x0F)));
-    init = T == DType::kQ4_0 ? -8 * x.qsum : T == DType::kQ5_0 ? -16 * x.qsum : 0;
-    if constexpr (T != DType::kQ4_0) {
+    init = T == DType::kQ4_0     ? -8 * x.qsum
+           : T == DType::kQ5_0   ? -16 * x.qsum
+           : T == DType::kIQ4_NL ? -128 * x.qsum
+                                 : 0;
+    if constexpr (T == DType::kIQ4_NL) {
+      w = _mm256_shuffle_epi8(_mm512_castsi512_si256(Iq4NlLevels()), w);
+    } else if constexpr (T != DType::kQ4_0) {
       w = _mm256_mask_add_epi8(w, _cvtu32_mask32(U32At(blk + Q5HighBitsAt(T))), w,
                                _mm256_set1_epi8(16));
     }
@@ -474,6 +492,9 @@ void Avx512VnniQuantGemvRows(DType dt, const void* w, int64_t k, const Q8Block* 
     case DType::kQ5_1:
       BlockPairGemv<DType::kQ5_1>(base, k, xq, n, xq_stride, bias, out, out_stride, j0, j1);
       return;
+    case DType::kIQ4_NL:
+      BlockPairGemv<DType::kIQ4_NL>(base, k, xq, n, xq_stride, bias, out, out_stride, j0, j1);
+      return;
     case DType::kQ4_K:
       KQuantGemv<Q4KPacked, PackQ4K, KRow<DType::kQ4_K>>(
           packed_q4k, RowBytes(dt, k), base, k, xq, n, xq_stride, bias, out, out_stride, j0, j1);
@@ -513,6 +534,22 @@ struct Panel {
 thread_local Panel panel;
 thread_local std::vector<int32_t> group_sums;  // Q6_K: per activation row, per 16 values
 
+// The sums of every 16 activation values of n rows (k / 16 per row), for Q6_K's offset of 32 per
+// 16-value group; in this thread's scratch.
+const int32_t* SumsOf16(const Q8Block* xq, int64_t n, int64_t xq_stride, int64_t k) {
+  const int64_t groups = k / 16;
+  group_sums.resize(static_cast<size_t>(n * groups));
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t g = 0; g < groups; ++g) {
+      const int8_t* q = xq[i * xq_stride + g / 2].q + (g % 2) * 16;
+      int32_t sum = 0;
+      for (int e = 0; e < 16; ++e) sum += q[e];
+      group_sums[i * groups + g] = sum;
+    }
+  }
+  return group_sums.data();
+}
+
 // Block size (values per scale) of the unpacked panel.
 constexpr int64_t PanelBlock(DType dt) { return dt == DType::kQ6_K ? 16 : 32; }
 
@@ -530,7 +567,8 @@ void UnpackRow(DType dt, const uint8_t* row, int64_t k, int r, Panel* p) {
     case DType::kQ8_0:
     case DType::kQ4_0:
     case DType::kQ5_0:
-    case DType::kQ5_1: {
+    case DType::kQ5_1:
+    case DType::kIQ4_NL: {
       const int64_t bb = DTypeBlockBytes(dt);
       const bool q5 = dt == DType::kQ5_0 || dt == DType::kQ5_1;
       const int64_t qs = QuantsAt(dt);
@@ -544,6 +582,7 @@ void UnpackRow(DType dt, const uint8_t* row, int64_t k, int r, Panel* p) {
           uint8_t q = dt == DType::kQ8_0 ? static_cast<uint8_t>(x[2 + e] ^ 0x80)
                                          : (e < 16 ? x[qs + e] & 0x0F : x[qs + e - 16] >> 4);
           if (q5) q = static_cast<uint8_t>(q | ((qh >> e) & 1) << 4);
+          if (dt == DType::kIQ4_NL) q = static_cast<uint8_t>(kIq4NlValues[q] + 128);
           put(b * 32 + e, q);
         }
       }
@@ -609,7 +648,7 @@ void PanelTile(const Panel& p, int64_t k, const Q8Block* xq, int64_t xq_stride, 
     for (int m = 0; m < M; ++m) {
       const Q8Block& x = xq[(i0 + m) * xq_stride + xb];
       int32_t init = 0;
-      if constexpr (T == DType::kQ8_0) init = -128 * x.qsum;
+      if constexpr (T == DType::kQ8_0 || T == DType::kIQ4_NL) init = -128 * x.qsum;
       if constexpr (T == DType::kQ4_0) init = -8 * x.qsum;
       if constexpr (T == DType::kQ5_0) init = -16 * x.qsum;
       if constexpr (T == DType::kQ6_K) init = -32 * sums16[(i0 + m) * (k / 16) + b];
@@ -655,18 +694,7 @@ void PanelGemm(const uint8_t* base, int64_t k, const Q8Block* xq, int64_t n, int
   constexpr bool mins = T == DType::kQ4_K || T == DType::kQ5_K || T == DType::kQ5_1;
   p.wm.assign(mins ? blocks : 0, F512{_mm512_setzero_ps()});
   const int32_t* sums16 = nullptr;
-  if constexpr (T == DType::kQ6_K) {
-    group_sums.resize(n * (k / 16));
-    for (int64_t i = 0; i < n; ++i) {
-      for (int64_t g = 0; g < k / 16; ++g) {
-        const int8_t* q = xq[i * xq_stride + g / 2].q + (g % 2) * 16;
-        int32_t s = 0;
-        for (int e = 0; e < 16; ++e) s += q[e];
-        group_sums[i * (k / 16) + g] = s;
-      }
-    }
-    sums16 = group_sums.data();
-  }
+  if constexpr (T == DType::kQ6_K) sums16 = SumsOf16(xq, n, xq_stride, k);
   for (int64_t j = j0; j < j1; j += kPanel) {
     const int valid = static_cast<int>(std::min<int64_t>(kPanel, j1 - j));
     if (valid < kPanel) {  // a partial panel: the missing rows read as zero weights
@@ -700,6 +728,8 @@ void Avx512VnniQuantGemmRows(DType dt, const void* w, int64_t k, const Q8Block* 
       return PanelGemm<DType::kQ5_0>(base, k, xq, n, xq_stride, bias, out, out_stride, j0, j1);
     case DType::kQ5_1:
       return PanelGemm<DType::kQ5_1>(base, k, xq, n, xq_stride, bias, out, out_stride, j0, j1);
+    case DType::kIQ4_NL:
+      return PanelGemm<DType::kIQ4_NL>(base, k, xq, n, xq_stride, bias, out, out_stride, j0, j1);
     case DType::kQ4_K:
       return PanelGemm<DType::kQ4_K>(base, k, xq, n, xq_stride, bias, out, out_stride, j0, j1);
     case DType::kQ5_K:
@@ -720,10 +750,13 @@ void Avx512VnniQuantGemmRows(DType dt, const void* w, int64_t k, const Q8Block* 
 // the weight bytes stream in.
 namespace {
 
-template <int M>
+// kNl: IQ4_NL, whose nibbles index its levels (plus 128) instead of standing for 0..15.
+template <int M, bool kNl>
 void Q4_0x16Tile(const uint8_t* group, int64_t nb, const Q8Block* xq, int64_t xq_stride, int64_t i0,
                  const float* bias, float* out, int64_t out_stride, int64_t j) {
   const __m512i low = _mm512_set1_epi8(0x0F);
+  const __m512i levels = kNl ? Iq4NlLevels() : low;
+  constexpr int32_t kOffset = kNl ? 128 : 8;
   __m512 acc[M];
   for (auto& a : acc) a = _mm512_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
@@ -734,6 +767,10 @@ void Q4_0x16Tile(const uint8_t* group, int64_t nb, const Q8Block* xq, int64_t xq
       const __m512i v = _mm512_loadu_si512(q + 64 * c);
       lo[c] = _mm512_and_si512(v, low);
       hi[c] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+      if constexpr (kNl) {
+        lo[c] = _mm512_shuffle_epi8(levels, lo[c]);
+        hi[c] = _mm512_shuffle_epi8(levels, hi[c]);
+      }
     }
     const __m512 ws = _mm512_cvtph_ps(
         _mm256_loadu_si256(reinterpret_cast<const __m256i*>(group + Q4_0x16ScalesAt(b))));
@@ -741,12 +778,13 @@ void Q4_0x16Tile(const uint8_t* group, int64_t nb, const Q8Block* xq, int64_t xq
       const Q8Block& x = xq[(i0 + m) * xq_stride + b];
       int32_t four[8];
       std::memcpy(four, x.q, 32);
-      // Four chains of two (short chains keep several blocks in flight), the offset of 8 taken
-      // off through the first one's start.
+      // Four chains of two (short chains keep several blocks in flight), the offset taken off
+      // through the first one's start.
       __m512i d[4];
       for (int c = 0; c < 4; ++c) {
-        d[c] = _mm512_dpbusd_epi32(c == 0 ? _mm512_set1_epi32(-8 * x.qsum) : _mm512_setzero_si512(),
-                                   lo[c], _mm512_set1_epi32(four[c]));
+        d[c] = _mm512_dpbusd_epi32(
+            c == 0 ? _mm512_set1_epi32(-kOffset * x.qsum) : _mm512_setzero_si512(), lo[c],
+            _mm512_set1_epi32(four[c]));
         d[c] = _mm512_dpbusd_epi32(d[c], hi[c], _mm512_set1_epi32(four[4 + c]));
       }
       const __m512i dot =
@@ -761,11 +799,9 @@ void Q4_0x16Tile(const uint8_t* group, int64_t nb, const Q8Block* xq, int64_t xq
   }
 }
 
-}  // namespace
-
-void Avx512VnniQ4_0x16Rows(const uint8_t* packed, int64_t k, const Q8Block* xq, int64_t n,
-                           int64_t xq_stride, const float* bias, float* out, int64_t out_stride,
-                           int64_t j0, int64_t j1) {
+template <bool kNl>
+void Q4x16Rows(const uint8_t* packed, int64_t k, const Q8Block* xq, int64_t n, int64_t xq_stride,
+               const float* bias, float* out, int64_t out_stride, int64_t j0, int64_t j1) {
   const int64_t nb = k / 32;
   const size_t group_bytes = Q4_0x16GroupBytes(k);
   for (int64_t j = j0; j < j1; j += 16) {
@@ -773,13 +809,33 @@ void Avx512VnniQ4_0x16Rows(const uint8_t* packed, int64_t k, const Q8Block* xq, 
     // 8 activation rows at a time, then the rest in one tile.
     using TileFn = void (*)(const uint8_t*, int64_t, const Q8Block*, int64_t, int64_t, const float*,
                             float*, int64_t, int64_t);
-    static constexpr TileFn kTiles[9] = {nullptr,         &Q4_0x16Tile<1>, &Q4_0x16Tile<2>,
-                                         &Q4_0x16Tile<3>, &Q4_0x16Tile<4>, &Q4_0x16Tile<5>,
-                                         &Q4_0x16Tile<6>, &Q4_0x16Tile<7>, &Q4_0x16Tile<8>};
+    static constexpr TileFn kTiles[9] = {nullptr,
+                                         &Q4_0x16Tile<1, kNl>,
+                                         &Q4_0x16Tile<2, kNl>,
+                                         &Q4_0x16Tile<3, kNl>,
+                                         &Q4_0x16Tile<4, kNl>,
+                                         &Q4_0x16Tile<5, kNl>,
+                                         &Q4_0x16Tile<6, kNl>,
+                                         &Q4_0x16Tile<7, kNl>,
+                                         &Q4_0x16Tile<8, kNl>};
     for (int64_t i = 0; i < n; i += 8) {
       kTiles[std::min<int64_t>(8, n - i)](group, nb, xq, xq_stride, i, bias, out, out_stride, j);
     }
   }
+}
+
+}  // namespace
+
+void Avx512VnniQ4_0x16Rows(const uint8_t* packed, int64_t k, const Q8Block* xq, int64_t n,
+                           int64_t xq_stride, const float* bias, float* out, int64_t out_stride,
+                           int64_t j0, int64_t j1) {
+  Q4x16Rows<false>(packed, k, xq, n, xq_stride, bias, out, out_stride, j0, j1);
+}
+
+void Avx512VnniIQ4_NLx16Rows(const uint8_t* packed, int64_t k, const Q8Block* xq, int64_t n,
+                             int64_t xq_stride, const float* bias, float* out, int64_t out_stride,
+                             int64_t j0, int64_t j1) {
+  Q4x16Rows<true>(packed, k, xq, n, xq_stride, bias, out, out_stride, j0, j1);
 }
 
 // --- Repacked Q4_K: 16 interleaved rows per group (RepackQ4_Kx16). ------------------------
@@ -944,9 +1000,6 @@ inline __m512 Q6KGroupScale(const __m512i* sv, __m512 d, int g) {
   return _mm512_mul_ps(d, _mm512_cvtepi32_ps(byte));
 }
 
-// Per-call scratch: the 16-value activation sums of every row.
-thread_local std::vector<int32_t> q6k_hsum;
-
 template <int M>
 void Q6_Kx16Tile(const uint8_t* group, int64_t supers, const Q8Block* xq, int64_t xq_stride,
                  const int32_t* hsum, int64_t hsum_stride, int64_t i0, const float* bias,
@@ -1034,16 +1087,7 @@ void Avx512VnniQ6_Kx16Rows(const uint8_t* packed, int64_t k, const Q8Block* xq, 
                            int64_t j0, int64_t j1) {
   const int64_t supers = k / 256;
   const int64_t groups = k / 16;
-  std::vector<int32_t>& hsum = q6k_hsum;
-  hsum.resize(static_cast<size_t>(n * groups));
-  for (int64_t i = 0; i < n; ++i) {
-    for (int64_t g = 0; g < groups; ++g) {
-      const int8_t* q = xq[i * xq_stride + g / 2].q + 16 * (g % 2);
-      int32_t sum = 0;
-      for (int e = 0; e < 16; ++e) sum += q[e];
-      hsum[i * groups + g] = sum;
-    }
-  }
+  const int32_t* hsum = SumsOf16(xq, n, xq_stride, k);
   const size_t group_bytes = Q6_Kx16GroupBytes(k);
   for (int64_t j = j0; j < j1; j += 16) {
     const uint8_t* group = packed + (j / 16) * group_bytes;
@@ -1053,8 +1097,8 @@ void Avx512VnniQ6_Kx16Rows(const uint8_t* packed, int64_t k, const Q8Block* xq, 
                                          &Q6_Kx16Tile<3>, &Q6_Kx16Tile<4>, &Q6_Kx16Tile<5>,
                                          &Q6_Kx16Tile<6>, &Q6_Kx16Tile<7>, &Q6_Kx16Tile<8>};
     for (int64_t i = 0; i < n; i += 8) {
-      kTiles[std::min<int64_t>(8, n - i)](group, supers, xq, xq_stride, hsum.data(), groups, i,
-                                          bias, out, out_stride, j);
+      kTiles[std::min<int64_t>(8, n - i)](group, supers, xq, xq_stride, hsum, groups, i, bias, out,
+                                          out_stride, j);
     }
   }
 }

@@ -93,11 +93,14 @@ struct Repacked {
 const Repacked* RepackedFormat(DType dt, int64_t k) {
   static constexpr Repacked kQ4_0{cpu::Q4_0x16GroupBytes, cpu::RepackQ4_0x16,
                                   cpu::Avx512VnniQ4_0x16Rows};
+  static constexpr Repacked kIQ4_NL{cpu::Q4_0x16GroupBytes, cpu::RepackQ4_0x16,
+                                    cpu::Avx512VnniIQ4_NLx16Rows};
   static constexpr Repacked kQ4_K{cpu::Q4_Kx16GroupBytes, cpu::RepackQ4_Kx16,
                                   cpu::Avx512VnniQ4_Kx16Rows};
   static constexpr Repacked kQ6_K{cpu::Q6_Kx16GroupBytes, cpu::RepackQ6_Kx16,
                                   cpu::Avx512VnniQ6_Kx16Rows};
   if (dt == DType::kQ4_0 && k % 32 == 0) return &kQ4_0;
+  if (dt == DType::kIQ4_NL && k % 32 == 0) return &kIQ4_NL;
   if (dt == DType::kQ4_K && k % 256 == 0) return &kQ4_K;
   if (dt == DType::kQ6_K && k % 256 == 0) return &kQ6_K;
   return nullptr;
@@ -123,7 +126,7 @@ class CpuBackend : public Backend {
 
   bool SupportsOp(Op op, DType weight_dtype) const override { return weight_dtype != DType::kI32; }
 
-  // Q4_0, Q4_K and Q6_K matrices with AVX-512 VNNI: rows interleaved 16 at a time
+  // Q4_0, IQ4_NL, Q4_K and Q6_K matrices with AVX-512 VNNI: rows interleaved 16 at a time
   // (RepackedFormat), read by decode and prefill alike; the file's layout is then never read
   // again. Not when weights are to be read from the file mapping in place (copy_weights false:
   // no second copy).
@@ -480,9 +483,9 @@ class CpuBackend : public Backend {
     }
   }
 
-  // Decode: activations quantized to Q8 blocks, integer block dot products (Q8_0 / Q4_0
-  // everywhere, Q5_0 / Q5_1 and the K-quants with AVX2; all of them with AVX-512 VNNI where the
-  // CPU has it). Prefill is an int8 GEMM with AVX-512 VNNI (QuantGemm), else widened weight
+  // Decode: activations quantized to Q8 blocks, integer block dot products (Q8_0 / Q4_0 /
+  // IQ4_NL everywhere, Q5_0 / Q5_1 and the K-quants with AVX2; all of them with AVX-512 VNNI where
+  // the CPU has it). Prefill is an int8 GEMM with AVX-512 VNNI (QuantGemm), else widened weight
   // panels for sgemm.
   void QuantMatMul(const cpu::GemvArgs& a, int threads) {
     if (a.packed != nullptr) {  // repacked at load (PackForMatMul): decode and prefill
@@ -499,7 +502,8 @@ class CpuBackend : public Backend {
     }
     const bool kquant = a.wt == DType::kQ4_K || a.wt == DType::kQ5_K || a.wt == DType::kQ6_K;
     const bool q5 = a.wt == DType::kQ5_0 || a.wt == DType::kQ5_1;
-    const bool int_dot = a.wt == DType::kQ8_0 || a.wt == DType::kQ4_0 || ((kquant || q5) && fast_);
+    const bool int_dot = a.wt == DType::kQ8_0 || a.wt == DType::kQ4_0 || a.wt == DType::kIQ4_NL ||
+                         ((kquant || q5) && fast_);
     if (vnni512_ && a.n >= kGemmMinRows) return QuantGemm(a, threads);
     if (!int_dot || (fast_ && a.n >= kGemmMinRows)) {
       pool_.ParallelFor(
@@ -527,7 +531,7 @@ class CpuBackend : public Backend {
                                 j1);
             return;
           }
-          if (vnni_ && a.n == 1) {
+          if (vnni_ && a.n == 1 && (a.wt == DType::kQ8_0 || a.wt == DType::kQ4_0)) {
             cpu::VnniQuantGemvRows1(a.wt, a.w, a.k, xq.data(), a.bias, a.out, j0, j1);
             return;
           }

@@ -141,6 +141,12 @@ float RefQuantDot(DType dt, const void* w_row, const Q8Block* x, int64_t k) {
     if (dt == DType::kQ8_0) {
       dw = Half(p + 34 * b);
       for (int i = 0; i < 32; ++i) acc += static_cast<int8_t>(p[34 * b + 2 + i]) * x[b].q[i];
+    } else if (dt == DType::kIQ4_NL) {
+      dw = Half(p + 18 * b);
+      for (int i = 0; i < 16; ++i) {
+        acc += kIq4NlValues[p[18 * b + 2 + i] & 0xF] * x[b].q[i];
+        acc += kIq4NlValues[p[18 * b + 2 + i] >> 4] * x[b].q[i + 16];
+      }
     } else {
       dw = Half(p + 18 * b);
       for (int i = 0; i < 16; ++i) {

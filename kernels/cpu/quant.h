@@ -92,6 +92,11 @@ void Avx512VnniQ4_0x16Rows(const uint8_t* packed, int64_t k, const Q8Block* xq, 
                            int64_t xq_stride, const float* bias, float* out, int64_t out_stride,
                            int64_t j0, int64_t j1);
 
+// IQ4_NL weights repacked as Q4_0's (RepackQ4_0x16: the same block layout), for this kernel.
+void Avx512VnniIQ4_NLx16Rows(const uint8_t* packed, int64_t k, const Q8Block* xq, int64_t n,
+                             int64_t xq_stride, const float* bias, float* out, int64_t out_stride,
+                             int64_t j0, int64_t j1);
+
 // Q4_K weights repacked at load the same way: rows in groups of 16, each super-block of 256
 // values 2304 bytes, the file's size: the 16 rows' d (F16, 32 bytes) and dmin (32 bytes), their
 // 12 scale bytes as three 64-byte vectors (vector v has row r's bytes 4v..4v+3 in lane r), then

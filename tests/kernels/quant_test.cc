@@ -20,6 +20,29 @@ std::vector<float> Random(size_t n, uint32_t seed) {
   return v;
 }
 
+// Rows of random bytes (every byte pattern is a valid block) with finite scales: the K-quants,
+// Q5_0, Q5_1 and IQ4_NL.
+std::vector<uint8_t> RandomKQuantRows(DType dt, int64_t rows, int64_t k, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int> byte(0, 255);
+  const size_t block = DTypeBlockBytes(dt);
+  std::vector<uint8_t> w(RowBytes(dt, k) * rows);
+  for (uint8_t& b : w) b = static_cast<uint8_t>(byte(rng));
+  std::uniform_real_distribution<float> scale(0.001f, 0.05f);
+  for (size_t off = 0; off < w.size(); off += block) {
+    const uint16_t d = F32ToF16(scale(rng)), dmin = F32ToF16(scale(rng));
+    if (dt == DType::kQ4_K || dt == DType::kQ5_K || dt == DType::kQ5_1) {
+      std::memcpy(&w[off], &d, 2);
+      std::memcpy(&w[off + 2], &dmin, 2);
+    } else if (dt == DType::kQ5_0 || dt == DType::kIQ4_NL) {
+      std::memcpy(&w[off], &d, 2);
+    } else {
+      std::memcpy(&w[off + 208], &d, 2);
+    }
+  }
+  return w;
+}
+
 TEST(QuantTest, Q8AndQ4RoundTripWithinHalfAStep) {
   const std::vector<float> x = Random(256, 1);
   for (DType dt : {DType::kQ8_0, DType::kQ4_0}) {
@@ -53,6 +76,22 @@ TEST(QuantTest, Q4_0LayoutMatchesGgml) {
   EXPECT_EQ(y[15], 0.5f * (15 - 8));
   EXPECT_EQ(y[16], 0.5f * (15 - 8));
   EXPECT_EQ(y[31], 0.5f * (0 - 8));
+}
+
+TEST(QuantTest, Iq4NlLayoutMatchesGgml) {
+  // One block: d = 0.5; the nibbles are Q4_0's (value i low, value i + 16 high), each an index
+  // into ggml's kvalues_iq4nl.
+  static constexpr int kLevels[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
+                                      1,    13,   25,  38,  53,  69,  89,  113};
+  std::vector<uint8_t> block(18);
+  const uint16_t d = F32ToF16(0.5f);
+  std::memcpy(block.data(), &d, 2);
+  for (int i = 0; i < 16; ++i) block[2 + i] = static_cast<uint8_t>(i | ((15 - i) << 4));
+  std::vector<float> y(32);
+  cpu::DequantizeRow(DType::kIQ4_NL, block.data(), 32, y.data());
+  for (int v = 0; v < 32; ++v) {
+    EXPECT_EQ(y[v], 0.5f * static_cast<float>(kLevels[v < 16 ? v : 31 - v])) << v;
+  }
 }
 
 TEST(QuantTest, Q5BlocksDecode) {
@@ -126,52 +165,32 @@ TEST(QuantTest, KQuantBlocksDecode) {
 }
 
 TEST(QuantTest, IntegerDotFastEqualsReference) {
-  for (DType dt : {DType::kQ8_0, DType::kQ4_0}) {
+  for (DType dt : {DType::kQ8_0, DType::kQ4_0, DType::kIQ4_NL}) {
     const int64_t k = 320, m = 13, n = 3;
     const std::vector<float> w = Random(m * k, 2), x = Random(n * k, 3);
     std::vector<uint8_t> wq(RowBytes(dt, k) * m);
-    for (int64_t r = 0; r < m; ++r) cpu::QuantizeRow(dt, &w[r * k], k, &wq[RowBytes(dt, k) * r]);
+    if (dt == DType::kIQ4_NL) {
+      wq = RandomKQuantRows(dt, m, k, 2);
+    } else {
+      for (int64_t r = 0; r < m; ++r) cpu::QuantizeRow(dt, &w[r * k], k, &wq[RowBytes(dt, k) * r]);
+    }
     std::vector<cpu::Q8Block> xq(n * k / 32);
     for (int64_t i = 0; i < n; ++i) cpu::QuantizeActivations(&x[i * k], k, &xq[i * k / 32]);
     std::vector<float> out(n * m);
     cpu::Avx2QuantGemvRows(dt, wq.data(), k, xq.data(), n, k / 32, nullptr, out.data(), m, 0, m);
     std::vector<float> vnni(m);
-    if (cpu::CpuHasAvxVnni()) {
-      cpu::VnniQuantGemvRows1(dt, wq.data(), k, xq.data(), nullptr, vnni.data(), 0, m);
-    }
+    const bool vnni256 = cpu::CpuHasAvxVnni() && dt != DType::kIQ4_NL;  // Q8_0 / Q4_0 only
+    if (vnni256) cpu::VnniQuantGemvRows1(dt, wq.data(), k, xq.data(), nullptr, vnni.data(), 0, m);
     for (int64_t i = 0; i < n; ++i) {
       for (int64_t j = 0; j < m; ++j) {
         const float ref = cpu::RefQuantDot(dt, &wq[RowBytes(dt, k) * j], &xq[i * k / 32], k);
         EXPECT_NEAR(out[i * m + j], ref, 1e-4f * (1 + std::fabs(ref))) << DTypeName(dt);
-        if (i == 0 && cpu::CpuHasAvxVnni()) {
+        if (i == 0 && vnni256) {
           EXPECT_NEAR(vnni[j], ref, 1e-4f * (1 + std::fabs(ref))) << DTypeName(dt) << " vnni";
         }
       }
     }
   }
-}
-
-// Rows of random bytes (every byte pattern is a valid block) with finite scales: the K-quants,
-// Q5_0 and Q5_1.
-std::vector<uint8_t> RandomKQuantRows(DType dt, int64_t rows, int64_t k, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_int_distribution<int> byte(0, 255);
-  const size_t block = DTypeBlockBytes(dt);
-  std::vector<uint8_t> w(RowBytes(dt, k) * rows);
-  for (uint8_t& b : w) b = static_cast<uint8_t>(byte(rng));
-  std::uniform_real_distribution<float> scale(0.001f, 0.05f);
-  for (size_t off = 0; off < w.size(); off += block) {
-    const uint16_t d = F32ToF16(scale(rng)), dmin = F32ToF16(scale(rng));
-    if (dt == DType::kQ4_K || dt == DType::kQ5_K || dt == DType::kQ5_1) {
-      std::memcpy(&w[off], &d, 2);
-      std::memcpy(&w[off + 2], &dmin, 2);
-    } else if (dt == DType::kQ5_0) {
-      std::memcpy(&w[off], &d, 2);
-    } else {
-      std::memcpy(&w[off + 208], &d, 2);
-    }
-  }
-  return w;
 }
 
 // The AVX2 K-quant kernels (sub-block integer dots) equal the reference (decoded weights against
@@ -238,10 +257,11 @@ TEST(QuantTest, Q5IntegerDotEqualsReference) {
 // four-row groups, a bias, and 1 to 3 activation rows. Skipped where the CPU lacks AVX-512 VNNI.
 TEST(QuantTest, Avx512VnniEqualsReference) {
   if (!cpu::CpuHasAvx512Vnni()) GTEST_SKIP() << "no AVX-512 VNNI on this CPU";
-  for (DType dt : {DType::kQ8_0, DType::kQ4_0, DType::kQ5_0, DType::kQ5_1, DType::kQ4_K,
-                   DType::kQ5_K, DType::kQ6_K}) {
+  for (DType dt : {DType::kQ8_0, DType::kQ4_0, DType::kQ5_0, DType::kQ5_1, DType::kIQ4_NL,
+                   DType::kQ4_K, DType::kQ5_K, DType::kQ6_K}) {
     const bool kq = dt == DType::kQ4_K || dt == DType::kQ5_K || dt == DType::kQ6_K;
-    const bool random_bytes = kq || dt == DType::kQ5_0 || dt == DType::kQ5_1;
+    const bool random_bytes =
+        kq || dt == DType::kQ5_0 || dt == DType::kQ5_1 || dt == DType::kIQ4_NL;
     for (int64_t k : kq ? std::vector<int64_t>{256, 768} : std::vector<int64_t>{320, 352}) {
       const int64_t m = 13, n = 3;
       std::vector<uint8_t> wq;
@@ -277,37 +297,47 @@ TEST(QuantTest, Avx512VnniEqualsReference) {
   }
 }
 
-// Q4_0, Q4_K and Q6_K repacked into groups of 16 interleaved rows: the kernels equal the
+// Q4_0, IQ4_NL, Q4_K and Q6_K repacked into groups of 16 interleaved rows: the kernels equal the
 // reference for 1 to 13 activation rows (the 8-row tile and every remainder), 3 groups split
 // 1 + 2 as the thread pool splits them, two widths, with a bias and without. K-quant rows are
 // random bytes, so every bit of the packed scales, mins and high bits is exercised.
 TEST(QuantTest, RepackedRowsEqualReference) {
   if (!cpu::CpuHasAvx512Vnni()) GTEST_SKIP() << "no AVX-512 VNNI on this CPU";
   const int64_t m = 48;
-  for (DType dt : {DType::kQ4_0, DType::kQ4_K, DType::kQ6_K}) {
-    const bool kq = dt != DType::kQ4_0;
+  struct Format {
+    DType dt;
+    size_t (*group_bytes)(int64_t k);
+    void (*repack)(const void* w, int64_t rows, int64_t k, uint8_t* out);
+    void (*rows)(const uint8_t* packed, int64_t k, const cpu::Q8Block* xq, int64_t n,
+                 int64_t xq_stride, const float* bias, float* out, int64_t out_stride, int64_t j0,
+                 int64_t j1);
+  };
+  for (const Format& f : {
+           Format{DType::kQ4_0, cpu::Q4_0x16GroupBytes, cpu::RepackQ4_0x16,
+                  cpu::Avx512VnniQ4_0x16Rows},
+           Format{DType::kIQ4_NL, cpu::Q4_0x16GroupBytes, cpu::RepackQ4_0x16,
+                  cpu::Avx512VnniIQ4_NLx16Rows},
+           Format{DType::kQ4_K, cpu::Q4_Kx16GroupBytes, cpu::RepackQ4_Kx16,
+                  cpu::Avx512VnniQ4_Kx16Rows},
+           Format{DType::kQ6_K, cpu::Q6_Kx16GroupBytes, cpu::RepackQ6_Kx16,
+                  cpu::Avx512VnniQ6_Kx16Rows},
+       }) {
+    const DType dt = f.dt;
+    const bool kq = dt == DType::kQ4_K || dt == DType::kQ6_K;
     for (int64_t k : kq ? std::vector<int64_t>{256, 2048} : std::vector<int64_t>{96, 2048}) {
       const size_t row_bytes = RowBytes(dt, k);
       std::vector<uint8_t> wq;
-      if (kq) {
+      if (dt != DType::kQ4_0) {
         wq = RandomKQuantRows(dt, m, k, 31);
       } else {
         const std::vector<float> w = Random(m * k, 21);
         wq.resize(row_bytes * m);
         for (int64_t r = 0; r < m; ++r) cpu::QuantizeRow(dt, &w[r * k], k, &wq[row_bytes * r]);
       }
-      const size_t group_bytes = dt == DType::kQ4_0   ? cpu::Q4_0x16GroupBytes(k)
-                                 : dt == DType::kQ4_K ? cpu::Q4_Kx16GroupBytes(k)
-                                                      : cpu::Q6_Kx16GroupBytes(k);
-      std::vector<uint8_t> packed(group_bytes * (m / 16));
+      std::vector<uint8_t> packed(f.group_bytes(k) * (m / 16));
       ASSERT_EQ(packed.size(), wq.size());
-      const auto repack = dt == DType::kQ4_0   ? &cpu::RepackQ4_0x16
-                          : dt == DType::kQ4_K ? &cpu::RepackQ4_Kx16
-                                               : &cpu::RepackQ6_Kx16;
-      repack(wq.data(), m, k, packed.data());
-      const auto rows = dt == DType::kQ4_0   ? &cpu::Avx512VnniQ4_0x16Rows
-                        : dt == DType::kQ4_K ? &cpu::Avx512VnniQ4_Kx16Rows
-                                             : &cpu::Avx512VnniQ6_Kx16Rows;
+      f.repack(wq.data(), m, k, packed.data());
+      const auto rows = f.rows;
       const int64_t n_max = 13;
       const std::vector<float> x = Random(n_max * k, 22), bias = Random(m, 23);
       std::vector<cpu::Q8Block> xq(n_max * k / 32);
@@ -336,10 +366,11 @@ TEST(QuantTest, RepackedRowsEqualReference) {
 // ranges that start mid-panel, and a bias.
 TEST(QuantTest, Avx512VnniGemmEqualsReference) {
   if (!cpu::CpuHasAvx512Vnni()) GTEST_SKIP() << "no AVX-512 VNNI on this CPU";
-  for (DType dt : {DType::kQ8_0, DType::kQ4_0, DType::kQ5_0, DType::kQ5_1, DType::kQ4_K,
-                   DType::kQ5_K, DType::kQ6_K}) {
+  for (DType dt : {DType::kQ8_0, DType::kQ4_0, DType::kQ5_0, DType::kQ5_1, DType::kIQ4_NL,
+                   DType::kQ4_K, DType::kQ5_K, DType::kQ6_K}) {
     const bool kq = dt == DType::kQ4_K || dt == DType::kQ5_K || dt == DType::kQ6_K;
-    const bool random_bytes = kq || dt == DType::kQ5_0 || dt == DType::kQ5_1;
+    const bool random_bytes =
+        kq || dt == DType::kQ5_0 || dt == DType::kQ5_1 || dt == DType::kIQ4_NL;
     for (int64_t k : kq ? std::vector<int64_t>{256, 768} : std::vector<int64_t>{96, 352}) {
       const int64_t m = 37;
       std::vector<uint8_t> wq;
@@ -375,7 +406,8 @@ TEST(QuantTest, Avx512VnniGemmEqualsReference) {
 }
 
 TEST(QuantTest, KQuantDecodeTracksTheDecodedWeights) {
-  for (DType dt : {DType::kQ4_K, DType::kQ5_K, DType::kQ6_K, DType::kQ5_0, DType::kQ5_1}) {
+  for (DType dt :
+       {DType::kQ4_K, DType::kQ5_K, DType::kQ6_K, DType::kQ5_0, DType::kQ5_1, DType::kIQ4_NL}) {
     for (int64_t n : {int64_t{1}, int64_t{3}}) {
       const int64_t k = 512, m = 70;
       const std::vector<uint8_t> wq = RandomKQuantRows(dt, m, k, 11);
@@ -401,12 +433,12 @@ TEST(QuantTest, KQuantDecodeTracksTheDecodedWeights) {
   }
 }
 
-// Q4_K and Q6_K matrices are repacked at load where the CPU has AVX-512 VNNI: the backend's
+// IQ4_NL, Q4_K and Q6_K matrices are repacked at load where the CPU has AVX-512 VNNI: the backend's
 // MatMul on the repacked weights equals its MatMul on the file's layout, and both track the
 // decoded weights in F32, for decode (1, 3 rows) and prefill (20 rows, the int8 GEMM's size).
-TEST(QuantTest, RepackedKQuantMatMulEqualsTheFileLayout) {
+TEST(QuantTest, RepackedMatMulEqualsTheFileLayout) {
   if (!cpu::CpuHasAvx512Vnni()) GTEST_SKIP() << "no AVX-512 VNNI on this CPU";
-  for (DType dt : {DType::kQ4_K, DType::kQ6_K}) {
+  for (DType dt : {DType::kIQ4_NL, DType::kQ4_K, DType::kQ6_K}) {
     const int64_t k = 512, m = 96;
     const std::vector<uint8_t> wq = RandomKQuantRows(dt, m, k, 41);
     std::vector<float> w(m * k);

@@ -181,12 +181,12 @@ TEST(GgufLlamaCppTest, FilesFromLlamaQuantizeTrackF32) {
   };
   // Each format's error bound. The chain Q8_0, Q6_K, Q5_K_M, Q4_K_M, Q4_0 runs from most bits to
   // fewest and its errors must grow in that order (a misread fifth bit would put Q5_K below
-  // Q4_K); Q5_0 and Q5_1 must land between Q6_K and Q4_K_M.
+  // Q4_K); Q5_0 and Q5_1 must land between Q6_K and Q4_K_M, and IQ4_NL above Q6_K.
   double previous = 0, q6 = 0, q5 = 0;
   for (const Case& q :
        {Case{"Q8_0", 8, 0.03, true}, Case{"Q6_K", 14, 0.07, true}, Case{"Q5_K_M", 13, 0.12, true},
         Case{"Q5_0", 6, 0.12, false}, Case{"Q5_1", 7, 0.12, false}, Case{"Q4_K_M", 12, 0.2, true},
-        Case{"Q4_0", 2, 0.3, true}}) {
+        Case{"Q4_0", 2, 0.3, true}, Case{"IQ4_NL", 20, 0.3, false}}) {
     const std::string out = dir / absl::StrCat(q.type, ".gguf");
     const std::string cmd =
         absl::StrCat("'", quantize, "' '", f32, "' '", out, "' ", q.type, " > /dev/null 2>&1");
@@ -245,7 +245,7 @@ TEST_F(GgufModelTest, ExportedMetadataAndVocabularyMatchTheFolder) {
   }
 }
 
-// A tensor type this build does not read (IQ4_NL here) is refused at load, naming the tensor,
+// A tensor type this build does not read (Q4_1 here) is refused at load, naming the tensor,
 // the type and what the build does read.
 TEST_F(GgufModelTest, UnsupportedTensorTypesAreRefusedByName) {
   const std::string gguf = dir_ / "model.gguf";
@@ -260,9 +260,9 @@ TEST_F(GgufModelTest, UnsupportedTensorTypesAreRefusedByName) {
   const size_t type_at = at + name.size() + 4 + 16;
   uint32_t type;
   std::memcpy(&type, image.data() + type_at, 4);
-  ASSERT_EQ(type, 0u);         // F32 as written
-  const uint32_t iq4_nl = 20;  // a smaller block type, so the data still fits
-  std::memcpy(image.data() + type_at, &iq4_nl, 4);
+  ASSERT_EQ(type, 0u);      // F32 as written
+  const uint32_t q4_1 = 3;  // a smaller block type, so the data still fits
+  std::memcpy(image.data() + type_at, &q4_1, 4);
   std::ofstream(gguf, std::ios::binary | std::ios::trunc) << image;
   auto backend = NewCpuBackend({.threads = 1});
   auto stage = LoadStage(gguf, {}, {}, backend.get());
@@ -270,7 +270,7 @@ TEST_F(GgufModelTest, UnsupportedTensorTypesAreRefusedByName) {
   EXPECT_EQ(stage.status().code(), absl::StatusCode::kUnimplemented) << stage.status();
   const std::string message(stage.status().message());
   EXPECT_NE(message.find("blk.0.ffn_up.weight"), std::string::npos) << message;
-  EXPECT_NE(message.find("iq4_nl"), std::string::npos) << message;
+  EXPECT_NE(message.find("q4_1"), std::string::npos) << message;
   EXPECT_NE(message.find("Q5_K"), std::string::npos) << message;  // what this build reads
 }
 
