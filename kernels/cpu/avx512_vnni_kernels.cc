@@ -41,8 +41,11 @@ inline uint32_t U32At(const uint8_t* p) {
 // The weights are read one row after the other: one sequential stream per thread. On the AMD
 // EPYC (Zen 4) this was measured on, one core reads one stream at 28 GB/s and four interleaved
 // streams at 12 GB/s (`membw --threads 1 --streams 1|4`), which decides decode speed. The
-// K-quant and Q4_0 kernels also fetch this far ahead in software (bench/quant_gemv: Q4_K 15.5 ->
-// 22 GB/s on one thread); Q8_0, which reads most bytes per instruction, runs fastest without.
+// row-at-a-time K-quant kernels and the Q4_0 ones also fetch this far ahead in software
+// (bench/quant_gemv: Q4_K 15.5 -> 22 GB/s on one thread); Q8_0, which reads most bytes per
+// instruction, runs fastest without, and so do the repacked Q4_K and Q6_K kernels at 2 threads
+// (TinyLlama Q4_K_M decode 38.8 -> 41.8 tokens/s, Q6_K 32.1 -> 33.9, medians of 6 and 8
+// interleaved runs).
 constexpr int kPrefetch = 4096;
 
 // The cache lines of the `bytes` bytes kPrefetch ahead of p.
@@ -877,7 +880,6 @@ void Q4_Kx16Tile(const uint8_t* group, int64_t supers, const Q8Block* xq, int64_
       const Q8Block* x = xq + i0 * xq_stride + 8 * s;
       for (int c = 0; c < 4; ++c) {
         const uint8_t* q = sb + 256 + c * 512;
-        Prefetch(q, 512);
         const Q8Block& x0 = x[2 * c];
         const Q8Block& x1 = x[2 * c + 1];
         int32_t f0[8], f1[8];
@@ -1015,7 +1017,6 @@ void Q6_Kx16Tile(const uint8_t* group, int64_t supers, const Q8Block* xq, int64_
       const uint8_t* steps = sb + 288 + 1536 * n;  // (ql, ql + 32, qh) for v = 0..7
       if constexpr (M == 1) {
         // Decode: each ql and qh vector is loaded once and feeds all four quarters.
-        Prefetch(steps, 1536);
         const Q8Block* x = xq + i0 * xq_stride + 8 * s + 4 * n;
         const int32_t* hs = hsum + i0 * hsum_stride + 16 * s + 8 * n;
         __m512i p[8];  // quarter qq, values 0-15 (2qq) or 16-31 (2qq + 1)
