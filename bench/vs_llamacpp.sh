@@ -142,9 +142,9 @@ runs = [json.loads(l) for l in open(runs_path)]
 
 TYPES = {0: (1, 4), 1: (1, 2), 30: (1, 2), 2: (32, 18), 3: (32, 20), 6: (32, 22), 7: (32, 24),
          8: (32, 34), 10: (256, 84), 11: (256, 110), 12: (256, 144), 13: (256, 176),
-         14: (256, 210), 15: (256, 292)}
+         14: (256, 210), 15: (256, 292), 20: (32, 18), 23: (256, 136)}
 NAMES = {0: "F32", 1: "F16", 30: "BF16", 2: "Q4_0", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 12: "Q4_K",
-         13: "Q5_K", 14: "Q6_K",
+         13: "Q5_K", 14: "Q6_K", 20: "IQ4_NL", 23: "IQ4_XS",
          11: "Q3_K", 10: "Q2_K"}
 
 def tensors(path):
@@ -170,6 +170,9 @@ def tensors(path):
             name = rstr(); dims = [rd("q") for _ in range(rd("I"))]; t = rd("I"); rd("Q")
             n = 1
             for d in dims: n *= d
+            if t not in TYPES:
+                sys.exit(f"error: {path}: tensor {name} has GGML type {t}, which this report "
+                         "cannot size (add it to TYPES)")
             be, bb = TYPES[t]
             out.append((name, t, n // be * bb))
         return out
