@@ -744,6 +744,58 @@ void Avx512VnniQuantGemmRows(DType dt, const void* w, int64_t k, const Q8Block* 
   }
 }
 
+// --- Repacked formats: 16 interleaved rows per group. -----------------------------------------
+namespace {
+
+// Rows [j, j + 16) of activation rows [i0, i0 + M) of out: the tile's sums plus the bias.
+template <int M>
+inline void StoreTile(const __m512* acc, const float* bias, float* out, int64_t out_stride,
+                      int64_t i0, int64_t j) {
+  const __m512 bv = bias != nullptr ? _mm512_loadu_ps(bias + j) : _mm512_setzero_ps();
+  for (int m = 0; m < M; ++m) {
+    _mm512_storeu_ps(out + (i0 + m) * out_stride + j, _mm512_add_ps(acc[m], bv));
+  }
+}
+
+// Runs tile.template operator()<M>(group, i) over the 16-row groups of [j0, j1) (group_bytes
+// each) and, within each, activation rows 8 at a time, then the rest in one tile.
+template <typename Tile>
+void ForEachTile(const uint8_t* packed, size_t group_bytes, int64_t n, int64_t j0, int64_t j1,
+                 const Tile& tile) {
+  for (int64_t j = j0; j < j1; j += 16) {
+    const uint8_t* group = packed + (j / 16) * group_bytes;
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) tile.template operator()<8>(group, i, j);
+    switch (n - i) {
+      case 1:
+        tile.template operator()<1>(group, i, j);
+        break;
+      case 2:
+        tile.template operator()<2>(group, i, j);
+        break;
+      case 3:
+        tile.template operator()<3>(group, i, j);
+        break;
+      case 4:
+        tile.template operator()<4>(group, i, j);
+        break;
+      case 5:
+        tile.template operator()<5>(group, i, j);
+        break;
+      case 6:
+        tile.template operator()<6>(group, i, j);
+        break;
+      case 7:
+        tile.template operator()<7>(group, i, j);
+        break;
+      default:
+        break;
+    }
+  }
+}
+
+}  // namespace
+
 // --- Repacked Q4_0: 16 interleaved rows per group (RepackQ4_0x16). ------------------------
 //
 // Per block, the group's four 64-byte vectors unpack with one AND (low nibbles) and one shift
@@ -796,35 +848,17 @@ void Q4_0x16Tile(const uint8_t* group, int64_t nb, const Q8Block* xq, int64_t xq
           _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(ws, _mm512_set1_ps(x.d)), acc[m]);
     }
   }
-  const __m512 bv = bias != nullptr ? _mm512_loadu_ps(bias + j) : _mm512_setzero_ps();
-  for (int m = 0; m < M; ++m) {
-    _mm512_storeu_ps(out + (i0 + m) * out_stride + j, _mm512_add_ps(acc[m], bv));
-  }
+  StoreTile<M>(acc, bias, out, out_stride, i0, j);
 }
 
 template <bool kNl>
 void Q4x16Rows(const uint8_t* packed, int64_t k, const Q8Block* xq, int64_t n, int64_t xq_stride,
                const float* bias, float* out, int64_t out_stride, int64_t j0, int64_t j1) {
   const int64_t nb = k / 32;
-  const size_t group_bytes = Q4_0x16GroupBytes(k);
-  for (int64_t j = j0; j < j1; j += 16) {
-    const uint8_t* group = packed + (j / 16) * group_bytes;
-    // 8 activation rows at a time, then the rest in one tile.
-    using TileFn = void (*)(const uint8_t*, int64_t, const Q8Block*, int64_t, int64_t, const float*,
-                            float*, int64_t, int64_t);
-    static constexpr TileFn kTiles[9] = {nullptr,
-                                         &Q4_0x16Tile<1, kNl>,
-                                         &Q4_0x16Tile<2, kNl>,
-                                         &Q4_0x16Tile<3, kNl>,
-                                         &Q4_0x16Tile<4, kNl>,
-                                         &Q4_0x16Tile<5, kNl>,
-                                         &Q4_0x16Tile<6, kNl>,
-                                         &Q4_0x16Tile<7, kNl>,
-                                         &Q4_0x16Tile<8, kNl>};
-    for (int64_t i = 0; i < n; i += 8) {
-      kTiles[std::min<int64_t>(8, n - i)](group, nb, xq, xq_stride, i, bias, out, out_stride, j);
-    }
-  }
+  ForEachTile(packed, Q4_0x16GroupBytes(k), n, j0, j1,
+              [&]<int M>(const uint8_t* group, int64_t i, int64_t j) {
+                Q4_0x16Tile<M, kNl>(group, nb, xq, xq_stride, i, bias, out, out_stride, j);
+              });
 }
 
 }  // namespace
@@ -944,10 +978,7 @@ void Q4_Kx16Tile(const uint8_t* group, int64_t supers, const Q8Block* xq, int64_
       }
     }
   }
-  const __m512 bv = bias != nullptr ? _mm512_loadu_ps(bias + j) : _mm512_setzero_ps();
-  for (int m = 0; m < M; ++m) {
-    _mm512_storeu_ps(out + (i0 + m) * out_stride + j, _mm512_add_ps(acc[m], bv));
-  }
+  StoreTile<M>(acc, bias, out, out_stride, i0, j);
 }
 
 }  // namespace
@@ -956,19 +987,10 @@ void Avx512VnniQ4_Kx16Rows(const uint8_t* packed, int64_t k, const Q8Block* xq, 
                            int64_t xq_stride, const float* bias, float* out, int64_t out_stride,
                            int64_t j0, int64_t j1) {
   const int64_t supers = k / 256;
-  const size_t group_bytes = Q4_Kx16GroupBytes(k);
-  for (int64_t j = j0; j < j1; j += 16) {
-    const uint8_t* group = packed + (j / 16) * group_bytes;
-    using TileFn = void (*)(const uint8_t*, int64_t, const Q8Block*, int64_t, int64_t, const float*,
-                            float*, int64_t, int64_t);
-    static constexpr TileFn kTiles[9] = {nullptr,         &Q4_Kx16Tile<1>, &Q4_Kx16Tile<2>,
-                                         &Q4_Kx16Tile<3>, &Q4_Kx16Tile<4>, &Q4_Kx16Tile<5>,
-                                         &Q4_Kx16Tile<6>, &Q4_Kx16Tile<7>, &Q4_Kx16Tile<8>};
-    for (int64_t i = 0; i < n; i += 8) {
-      kTiles[std::min<int64_t>(8, n - i)](group, supers, xq, xq_stride, i, bias, out, out_stride,
-                                          j);
-    }
-  }
+  ForEachTile(packed, Q4_Kx16GroupBytes(k), n, j0, j1,
+              [&]<int M>(const uint8_t* group, int64_t i, int64_t j) {
+                Q4_Kx16Tile<M>(group, supers, xq, xq_stride, i, bias, out, out_stride, j);
+              });
 }
 
 // --- Repacked Q6_K: 16 interleaved rows per group (RepackQ6_Kx16). ------------------------
@@ -1075,10 +1097,7 @@ void Q6_Kx16Tile(const uint8_t* group, int64_t supers, const Q8Block* xq, int64_
       }
     }
   }
-  const __m512 bv = bias != nullptr ? _mm512_loadu_ps(bias + j) : _mm512_setzero_ps();
-  for (int m = 0; m < M; ++m) {
-    _mm512_storeu_ps(out + (i0 + m) * out_stride + j, _mm512_add_ps(acc[m], bv));
-  }
+  StoreTile<M>(acc, bias, out, out_stride, i0, j);
 }
 
 }  // namespace
@@ -1089,19 +1108,11 @@ void Avx512VnniQ6_Kx16Rows(const uint8_t* packed, int64_t k, const Q8Block* xq, 
   const int64_t supers = k / 256;
   const int64_t groups = k / 16;
   const int32_t* hsum = SumsOf16(xq, n, xq_stride, k);
-  const size_t group_bytes = Q6_Kx16GroupBytes(k);
-  for (int64_t j = j0; j < j1; j += 16) {
-    const uint8_t* group = packed + (j / 16) * group_bytes;
-    using TileFn = void (*)(const uint8_t*, int64_t, const Q8Block*, int64_t, const int32_t*,
-                            int64_t, int64_t, const float*, float*, int64_t, int64_t);
-    static constexpr TileFn kTiles[9] = {nullptr,         &Q6_Kx16Tile<1>, &Q6_Kx16Tile<2>,
-                                         &Q6_Kx16Tile<3>, &Q6_Kx16Tile<4>, &Q6_Kx16Tile<5>,
-                                         &Q6_Kx16Tile<6>, &Q6_Kx16Tile<7>, &Q6_Kx16Tile<8>};
-    for (int64_t i = 0; i < n; i += 8) {
-      kTiles[std::min<int64_t>(8, n - i)](group, supers, xq, xq_stride, hsum, groups, i, bias, out,
-                                          out_stride, j);
-    }
-  }
+  ForEachTile(packed, Q6_Kx16GroupBytes(k), n, j0, j1,
+              [&]<int M>(const uint8_t* group, int64_t i, int64_t j) {
+                Q6_Kx16Tile<M>(group, supers, xq, xq_stride, hsum, groups, i, bias, out, out_stride,
+                               j);
+              });
 }
 
 bool CpuHasAvx512Vnni() {

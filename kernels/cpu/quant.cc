@@ -13,71 +13,68 @@ inline float Half(const uint8_t* p) {
   return F16ToF32(h);
 }
 
+// Calls put(group, r, b, blk) for block b (of `block_values` values, block_bytes each in the
+// file) of row r of each group of 16 rows; `group` is where the group's repacked bytes start.
+template <typename Put>
+void RepackRows(const void* w, DType dt, int64_t rows, int64_t k, size_t group_bytes, uint8_t* out,
+                Put put) {
+  const auto* src = static_cast<const uint8_t*>(w);
+  const int64_t blocks = k / DTypeBlockElems(dt);
+  const size_t row_bytes = RowBytes(dt, k), block_bytes = DTypeBlockBytes(dt);
+  for (int64_t g = 0; g < rows / 16; ++g) {
+    for (int r = 0; r < 16; ++r) {
+      const uint8_t* row = src + (g * 16 + r) * row_bytes;
+      for (int64_t b = 0; b < blocks; ++b) put(out + g * group_bytes, r, b, row + b * block_bytes);
+    }
+  }
+}
+
 }  // namespace
 
 void RepackQ4_0x16(const void* w, int64_t rows, int64_t k, uint8_t* out) {
-  const auto* src = static_cast<const uint8_t*>(w);
   const int64_t nb = k / 32;
-  const size_t row_bytes = RowBytes(DType::kQ4_0, k);
-  const size_t group_bytes = Q4_0x16GroupBytes(k);
-  for (int64_t g = 0; g < rows / 16; ++g) {
-    uint8_t* group = out + g * group_bytes;
-    for (int r = 0; r < 16; ++r) {
-      const uint8_t* row = src + (g * 16 + r) * row_bytes;
-      for (int64_t b = 0; b < nb; ++b) {
-        const uint8_t* blk = row + b * 18;  // f16 d, then 16 bytes of nibbles
-        std::memcpy(group + Q4_0x16ScalesAt(b) + r * 2, blk, 2);
-        uint8_t* quants = group + Q4_0x16QuantsAt(nb, b);
-        for (int c = 0; c < 4; ++c) std::memcpy(quants + c * 64 + r * 4, blk + 2 + 4 * c, 4);
-      }
-    }
-  }
+  RepackRows(w, DType::kQ4_0, rows, k, Q4_0x16GroupBytes(k), out,
+             [&](uint8_t* group, int r, int64_t b, const uint8_t* blk) {
+               // blk: f16 d, then 16 bytes of nibbles
+               std::memcpy(group + Q4_0x16ScalesAt(b) + r * 2, blk, 2);
+               uint8_t* quants = group + Q4_0x16QuantsAt(nb, b);
+               for (int c = 0; c < 4; ++c) std::memcpy(quants + c * 64 + r * 4, blk + 2 + 4 * c, 4);
+             });
 }
 
 void RepackQ4_Kx16(const void* w, int64_t rows, int64_t k, uint8_t* out) {
-  const auto* src = static_cast<const uint8_t*>(w);
-  const int64_t supers = k / 256;
-  const size_t row_bytes = RowBytes(DType::kQ4_K, k);
-  const size_t group_bytes = Q4_Kx16GroupBytes(k);
-  for (int64_t g = 0; g < rows / 16; ++g) {
-    for (int r = 0; r < 16; ++r) {
-      const uint8_t* row = src + (g * 16 + r) * row_bytes;
-      for (int64_t s = 0; s < supers; ++s) {
-        const uint8_t* blk = row + s * 144;  // f16 d, f16 dmin, 12 scale bytes, 128 quant bytes
-        uint8_t* dst = out + g * group_bytes + s * 2304;
-        std::memcpy(dst + r * 2, blk, 2);
-        std::memcpy(dst + 32 + r * 2, blk + 2, 2);
-        for (int v = 0; v < 3; ++v) std::memcpy(dst + 64 + 64 * v + r * 4, blk + 4 + 4 * v, 4);
-        for (int v = 0; v < 32; ++v) std::memcpy(dst + 256 + 64 * v + r * 4, blk + 16 + 4 * v, 4);
-      }
-    }
-  }
+  RepackRows(w, DType::kQ4_K, rows, k, Q4_Kx16GroupBytes(k), out,
+             [](uint8_t* group, int r, int64_t s, const uint8_t* blk) {
+               // blk: f16 d, f16 dmin, 12 scale bytes, 128 quant bytes
+               uint8_t* dst = group + s * 2304;
+               std::memcpy(dst + r * 2, blk, 2);
+               std::memcpy(dst + 32 + r * 2, blk + 2, 2);
+               for (int v = 0; v < 3; ++v)
+                 std::memcpy(dst + 64 + 64 * v + r * 4, blk + 4 + 4 * v, 4);
+               for (int v = 0; v < 32; ++v) {
+                 std::memcpy(dst + 256 + 64 * v + r * 4, blk + 16 + 4 * v, 4);
+               }
+             });
 }
 
 void RepackQ6_Kx16(const void* w, int64_t rows, int64_t k, uint8_t* out) {
-  const auto* src = static_cast<const uint8_t*>(w);
-  const int64_t supers = k / 256;
-  const size_t row_bytes = RowBytes(DType::kQ6_K, k);
-  const size_t group_bytes = Q6_Kx16GroupBytes(k);
-  for (int64_t g = 0; g < rows / 16; ++g) {
-    for (int r = 0; r < 16; ++r) {
-      const uint8_t* row = src + (g * 16 + r) * row_bytes;
-      for (int64_t s = 0; s < supers; ++s) {
-        const uint8_t* blk = row + s * 210;  // ql[128], qh[64], int8 scales[16], f16 d
-        uint8_t* dst = out + g * group_bytes + s * 3360;
-        std::memcpy(dst + r * 2, blk + 208, 2);
-        for (int u = 0; u < 4; ++u) std::memcpy(dst + 32 + 64 * u + r * 4, blk + 192 + 4 * u, 4);
-        for (int n = 0; n < 2; ++n) {
-          for (int v = 0; v < 8; ++v) {
-            uint8_t* step = dst + 288 + 1536 * n + 192 * v + r * 4;
-            std::memcpy(step, blk + 64 * n + 4 * v, 4);
-            std::memcpy(step + 64, blk + 64 * n + 32 + 4 * v, 4);
-            std::memcpy(step + 128, blk + 128 + 32 * n + 4 * v, 4);
-          }
-        }
-      }
-    }
-  }
+  RepackRows(w, DType::kQ6_K, rows, k, Q6_Kx16GroupBytes(k), out,
+             [](uint8_t* group, int r, int64_t s, const uint8_t* blk) {
+               // blk: ql[128], qh[64], int8 scales[16], f16 d
+               uint8_t* dst = group + s * 3360;
+               std::memcpy(dst + r * 2, blk + 208, 2);
+               for (int u = 0; u < 4; ++u) {
+                 std::memcpy(dst + 32 + 64 * u + r * 4, blk + 192 + 4 * u, 4);
+               }
+               for (int n = 0; n < 2; ++n) {
+                 for (int v = 0; v < 8; ++v) {
+                   uint8_t* step = dst + 288 + 1536 * n + 192 * v + r * 4;
+                   std::memcpy(step, blk + 64 * n + 4 * v, 4);
+                   std::memcpy(step + 64, blk + 64 * n + 32 + 4 * v, 4);
+                   std::memcpy(step + 128, blk + 128 + 32 * n + 4 * v, 4);
+                 }
+               }
+             });
 }
 
 void QuantizeActivations(const float* x, int64_t n, Q8Block* out) {
