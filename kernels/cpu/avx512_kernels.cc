@@ -1,4 +1,5 @@
-// AVX-512 fast paths: single-row decode GEMV, and the prefill GEMM for F32 and 16-bit weights.
+// AVX-512 fast paths: decode GEMVs (one activation row, and 2 to 11), and the prefill GEMM for
+// F32 and 16-bit weights.
 // Compiled alone with -mavx512f -mavx512bw and called only when the CPU reports AVX-512
 // (CpuHasAvx512()); every other shape uses the AVX2 kernels. In the GEMV, sixteen lanes per
 // instruction halve the instruction count of the weight stream, which matters most for 16-bit
@@ -76,7 +77,88 @@ void Gemv1(const GemvArgs& a, int64_t j0, int64_t j1) {
   }
 }
 
+// N activation rows (2 to 11: a decode micro-batch) against R weight rows at a time (R = 2 from
+// 6 activation rows up, where one activation load per multiply-add would leave the loads the
+// limit; the two rows are adjacent, so the weights still stream as one region per thread), each
+// weight vector meeting all N rows. With fewer than 4 rows each keeps two accumulators, so at
+// least 4 chains of multiply-adds are in flight.
+template <DType T, int N, int R>
+void GemvNR(const GemvArgs& a, int64_t j) {
+  constexpr int kU = N < 4 ? 2 : 1;
+  const size_t es = DTypeSize(T);
+  const auto* w = static_cast<const uint8_t*>(a.w);
+  const int64_t k = a.k, step = 16 * kU, kstep = k / step * step, k16 = k & ~int64_t{15};
+  const void* rows[R];
+  for (int r = 0; r < R; ++r) rows[r] = w + (j + r) * k * es;
+  __m512 acc[R][N][kU];
+  for (auto& by_row : acc) {
+    for (auto& by_x : by_row) {
+      for (auto& v : by_x) v = _mm512_setzero_ps();
+    }
+  }
+  int64_t c = 0;
+  for (; c < kstep; c += step) {
+    for (int u = 0; u < kU; ++u) {
+      __m512 wv[R];
+      for (int r = 0; r < R; ++r) wv[r] = Load16<T>(rows[r], c + 16 * u);
+      for (int i = 0; i < N; ++i) {
+        const __m512 xv = _mm512_loadu_ps(a.x + i * a.x_stride + c + 16 * u);
+        for (int r = 0; r < R; ++r) acc[r][i][u] = _mm512_fmadd_ps(wv[r], xv, acc[r][i][u]);
+      }
+    }
+  }
+  for (; c < k16; c += 16) {
+    __m512 wv[R];
+    for (int r = 0; r < R; ++r) wv[r] = Load16<T>(rows[r], c);
+    for (int i = 0; i < N; ++i) {
+      const __m512 xv = _mm512_loadu_ps(a.x + i * a.x_stride + c);
+      for (int r = 0; r < R; ++r) acc[r][i][0] = _mm512_fmadd_ps(wv[r], xv, acc[r][i][0]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    const float bias = a.bias != nullptr ? a.bias[j + r] : 0.0f;
+    for (int i = 0; i < N; ++i) {
+      __m512 sum = acc[r][i][0];
+      if constexpr (kU == 2) sum = _mm512_add_ps(sum, acc[r][i][1]);
+      float v = _mm512_reduce_add_ps(sum);
+      for (int64_t e = c; e < k; ++e) v += Load1<T>(rows[r], e) * a.x[i * a.x_stride + e];
+      a.out[i * a.out_stride + j + r] = v + bias;
+    }
+  }
+}
+
+template <DType T, int N>
+void GemvN(const GemvArgs& a, int64_t j0, int64_t j1) {
+  int64_t j = j0;
+  if constexpr (N >= 6) {
+    for (; j + 2 <= j1; j += 2) GemvNR<T, N, 2>(a, j);
+  }
+  for (; j < j1; ++j) GemvNR<T, N, 1>(a, j);
+}
+
+template <DType T>
+void GemvSmallN(const GemvArgs& a, int64_t j0, int64_t j1) {
+  using Fn = void (*)(const GemvArgs&, int64_t, int64_t);
+  static constexpr Fn kByN[12] = {nullptr,      nullptr,      &GemvN<T, 2>,  &GemvN<T, 3>,
+                                  &GemvN<T, 4>, &GemvN<T, 5>, &GemvN<T, 6>,  &GemvN<T, 7>,
+                                  &GemvN<T, 8>, &GemvN<T, 9>, &GemvN<T, 10>, &GemvN<T, 11>};
+  kByN[a.n](a, j0, j1);
+}
+
 }  // namespace
+
+void Avx512GemvRowsSmallN(const GemvArgs& a, int64_t j0, int64_t j1) {
+  switch (a.wt) {
+    case DType::kF32:
+      return GemvSmallN<DType::kF32>(a, j0, j1);
+    case DType::kF16:
+      return GemvSmallN<DType::kF16>(a, j0, j1);
+    case DType::kBF16:
+      return GemvSmallN<DType::kBF16>(a, j0, j1);
+    default:
+      return;
+  }
+}
 
 void Avx512GemvRows1(const GemvArgs& a, int64_t j0, int64_t j1) {
   switch (a.wt) {

@@ -242,6 +242,12 @@ class CpuBackend : public Backend {
           w.rows, 8, [&](int64_t j0, int64_t j1) { cpu::Avx512GemvRows1(args, j0, j1); }, threads);
       return;
     }
+    if (x.rows < kGemmMinRows && avx512_) {
+      pool_.ParallelFor(
+          w.rows, 8, [&](int64_t j0, int64_t j1) { cpu::Avx512GemvRowsSmallN(args, j0, j1); },
+          threads);
+      return;
+    }
     if (x.rows < kGemmMinRows) {
       pool_.ParallelFor(
           w.rows, 4, [&](int64_t j0, int64_t j1) { cpu::Avx2GemvRows(args, j0, j1); }, threads);

@@ -30,6 +30,9 @@ void RefGemvRows(const GemvArgs& a, int64_t j0, int64_t j1);
 void Avx2GemvRows(const GemvArgs& a, int64_t j0, int64_t j1);
 // The same for a.n == 1 and F32/F16/BF16 weights, with AVX-512 (check CpuHasAvx512() first).
 void Avx512GemvRows1(const GemvArgs& a, int64_t j0, int64_t j1);
+// The same for 2 <= a.n <= 11 (a decode micro-batch): one weight row after the other, each
+// weight vector against all a.n activation rows.
+void Avx512GemvRowsSmallN(const GemvArgs& a, int64_t j0, int64_t j1);
 // Rows [j0, j1) for any a.n with F32 / F16 / BF16 weights (prefill), AVX-512. `xp` holds the
 // activations as Avx512PackGemmActivations lays them out, packed once for all threads.
 void Avx512GemmRows(const GemvArgs& a, const float* xp, int64_t j0, int64_t j1);

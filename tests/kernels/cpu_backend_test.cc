@@ -76,7 +76,12 @@ INSTANTIATE_TEST_SUITE_P(
         // ending with 1, 2 and 3 vectors of rows, a
         // 16-row square holding 11 rows.
         MatMulCase{DType::kF16, 27, 117, 600, true}, MatMulCase{DType::kBF16, 20, 40, 272, false},
-        MatMulCase{DType::kF16, 12, 16, 16, false}, MatMulCase{DType::kF32, 29, 100, 520, true}));
+        MatMulCase{DType::kF16, 12, 16, 16, false}, MatMulCase{DType::kF32, 29, 100, 520, true},
+        // Decode micro-batches of 2 to 11 rows (one weight row at a time against all of them):
+        // k below one vector, k past the two-vector steps of 2-3 rows, 4 and 11 rows.
+        MatMulCase{DType::kF32, 4, 21, 13, true}, MatMulCase{DType::kF32, 11, 50, 300, false},
+        MatMulCase{DType::kF16, 2, 40, 520, true}, MatMulCase{DType::kF16, 7, 33, 129, false},
+        MatMulCase{DType::kBF16, 3, 19, 280, true}, MatMulCase{DType::kBF16, 10, 64, 768, true}));
 
 // BF16 weights on AVX512-BF16 (prefill GEMM, decode GEMV): the activations are rounded to BF16 and
 // every product is exact in F32, so the result is the reference's on the rounded activations up to
@@ -118,27 +123,31 @@ TEST(CpuBackendTest, Bf16DotProductsAreTheReferenceOnRoundedActivations) {
   }
 }
 
-// Prefill reads activation rows a stride apart (a view of a wider buffer).
+// Prefill and decode micro-batches read activation rows a stride apart (a view of a wider
+// buffer).
 TEST(CpuBackendTest, PrefillTilesReadStridedRows) {
-  const int64_t n = 21, m = 50, k = 300, stride = 333;
-  std::vector<float> wide = Random(n * stride, 6), dense(n * k);
-  for (int64_t r = 0; r < n; ++r) {
-    for (int64_t c = 0; c < k; ++c) dense[r * k + c] = wide[r * stride + c];
+  for (const int64_t n : {int64_t{5}, int64_t{21}}) {
+    const int64_t m = 50, k = 300, stride = 333;
+    std::vector<float> wide = Random(n * stride, 6), dense(n * k);
+    for (int64_t r = 0; r < n; ++r) {
+      for (int64_t c = 0; c < k; ++c) dense[r * k + c] = wide[r * stride + c];
+    }
+    std::vector<uint16_t> w = ToHalf(Random(m * k, 7, 0.05f), DType::kF16);
+    auto fast = NewCpuBackend({.threads = 2});
+    std::vector<float> a(n * m), b(n * m);
+    fast->MatMul(Tensor{wide.data(), DType::kF32, n, k, stride},
+                 Tensor::Of(w.data(), DType::kF16, m, k), nullptr,
+                 Tensor::Of(a.data(), DType::kF32, n, m));
+    fast->MatMul(Tensor::Of(dense.data(), DType::kF32, n, k),
+                 Tensor::Of(w.data(), DType::kF16, m, k), nullptr,
+                 Tensor::Of(b.data(), DType::kF32, n, m));
+    EXPECT_EQ(a, b);
   }
-  std::vector<uint16_t> w = ToHalf(Random(m * k, 7, 0.05f), DType::kF16);
-  auto fast = NewCpuBackend({.threads = 2});
-  std::vector<float> a(n * m), b(n * m);
-  fast->MatMul(Tensor{wide.data(), DType::kF32, n, k, stride},
-               Tensor::Of(w.data(), DType::kF16, m, k), nullptr,
-               Tensor::Of(a.data(), DType::kF32, n, m));
-  fast->MatMul(Tensor::Of(dense.data(), DType::kF32, n, k), Tensor::Of(w.data(), DType::kF16, m, k),
-               nullptr, Tensor::Of(b.data(), DType::kF32, n, m));
-  EXPECT_EQ(a, b);
 }
 
 TEST(CpuBackendTest, StridedOutputLeavesOtherColumnsAlone) {
   auto fast = NewCpuBackend({.threads = 2});
-  for (int64_t n : {1, 20}) {
+  for (int64_t n : {1, 6, 20}) {
     std::vector<float> x = Random(n * 16, 4), w = Random(8 * 16, 5);
     std::vector<float> out(n * 16, 7.0f);
     Tensor half{out.data(), DType::kF32, n, 8, 16};
