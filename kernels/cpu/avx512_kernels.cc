@@ -13,6 +13,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/cpu/avx512_gemm.h"
@@ -145,32 +146,29 @@ void GemvSmallN(const GemvArgs& a, int64_t j0, int64_t j1) {
   kByN[a.n](a, j0, j1);
 }
 
-}  // namespace
-
-void Avx512GemvRowsSmallN(const GemvArgs& a, int64_t j0, int64_t j1) {
-  switch (a.wt) {
+// fn(std::integral_constant<DType, T>{}) for the weight type T of a GEMV (F32, F16 or BF16).
+template <typename Fn>
+void ForWeightType(DType t, Fn fn) {
+  switch (t) {
     case DType::kF32:
-      return GemvSmallN<DType::kF32>(a, j0, j1);
+      return fn(std::integral_constant<DType, DType::kF32>{});
     case DType::kF16:
-      return GemvSmallN<DType::kF16>(a, j0, j1);
+      return fn(std::integral_constant<DType, DType::kF16>{});
     case DType::kBF16:
-      return GemvSmallN<DType::kBF16>(a, j0, j1);
+      return fn(std::integral_constant<DType, DType::kBF16>{});
     default:
       return;
   }
 }
 
+}  // namespace
+
+void Avx512GemvRowsSmallN(const GemvArgs& a, int64_t j0, int64_t j1) {
+  ForWeightType(a.wt, [&](auto t) { GemvSmallN<decltype(t)::value>(a, j0, j1); });
+}
+
 void Avx512GemvRows1(const GemvArgs& a, int64_t j0, int64_t j1) {
-  switch (a.wt) {
-    case DType::kF32:
-      return Gemv1<DType::kF32>(a, j0, j1);
-    case DType::kF16:
-      return Gemv1<DType::kF16>(a, j0, j1);
-    case DType::kBF16:
-      return Gemv1<DType::kBF16>(a, j0, j1);
-    default:
-      return;
-  }
+  ForWeightType(a.wt, [&](auto t) { Gemv1<decltype(t)::value>(a, j0, j1); });
 }
 
 namespace {
