@@ -1,16 +1,16 @@
 // Quantized GEMV with 512-bit VNNI dot products (vpdpbusd on zmm: 64 unsigned x signed byte
-// products summed into 16 int32 lanes per instruction), for Q8_0, Q4_0, Q5_0, Q5_1, Q4_K, Q5_K and
-// Q6_K weights against Q8 activation blocks. Compiled alone with -mavx512f -mavx512bw -mavx512vl
-// -mavx512vnni and called only when the CPU reports them (CpuHasAvx512Vnni()); AMD Zen 4 and
-// Intel Xeon since Cascade Lake have them.
+// products summed into 16 int32 lanes per instruction), for Q8_0, Q4_0, Q5_0, Q5_1, IQ4_NL, Q4_K,
+// Q5_K and Q6_K weights against Q8 activation blocks. Compiled alone with -mavx512f -mavx512bw
+// -mavx512vl -mavx512vnni and called only when the CPU reports them (CpuHasAvx512Vnni()); AMD Zen 4
+// and Intel Xeon since Cascade Lake have them.
 //
 // Each call first lays the activations out in the order the weight bytes unpack to, so one
 // 64-byte weight vector meets one 64-byte activation vector: Q4_0 nibbles of two blocks, Q4_K
 // and Q5_K sub-blocks (0,2), (1,3), (4,6), (5,7) of a super-block, Q6_K in value order. Weights
-// are used unsigned (Q8_0 plus 128, Q4_0 and Q4_K nibbles 0..15, Q5_K 0..31, Q6_K 0..63), and
-// each format's offset enters through the accumulator's initial value (minus offset x the
-// activations' sum), so no sign juggling is needed. Scales are applied in F32 per 32-value block
-// (Q6_K: per 16 values), so results equal RefQuantDot's up to float rounding.
+// are used unsigned (Q8_0 and IQ4_NL's levels plus 128, Q4_0 and Q4_K nibbles 0..15, Q5_K 0..31,
+// Q6_K 0..63), and each format's offset enters through the accumulator's initial value (minus
+// offset x the activations' sum), so no sign juggling is needed. Scales are applied in F32 per
+// 32-value block (Q6_K: per 16 values), so results equal RefQuantDot's up to float rounding.
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"

@@ -250,9 +250,7 @@ TEST(QuantTest, Q5IntegerDotEqualsReference) {
   }
 }
 
-// The backend's K-quant decode (activations quantized to Q8 blocks, integer dots) tracks the F32
-// product of the decoded weights within the activations' quantization error.
-// The AVX-512 VNNI kernels equal the reference for all seven formats: odd and even block counts
+// The AVX-512 VNNI kernels equal the reference for all eight formats: odd and even block counts
 // (Q8_0 / Q4_0 rows of 11 and 10 blocks), several super-blocks, row ranges that split the
 // four-row groups, a bias, and 1 to 3 activation rows. Skipped where the CPU lacks AVX-512 VNNI.
 TEST(QuantTest, Avx512VnniEqualsReference) {
@@ -361,7 +359,7 @@ TEST(QuantTest, RepackedRowsEqualReference) {
   }
 }
 
-// The AVX-512 VNNI panel GEMM (prefill) equals the reference for all seven formats: 9 and 13
+// The AVX-512 VNNI panel GEMM (prefill) equals the reference for all eight formats: 9 and 13
 // activation rows (a full eight-row tile and a remainder), 37 weight rows (a partial panel),
 // ranges that start mid-panel, and a bias.
 TEST(QuantTest, Avx512VnniGemmEqualsReference) {
@@ -405,6 +403,8 @@ TEST(QuantTest, Avx512VnniGemmEqualsReference) {
   }
 }
 
+// The backend's K-quant, Q5 and IQ4_NL decode (activations quantized to Q8 blocks, integer
+// dots) tracks the F32 product of the decoded weights within the activations' quantization error.
 TEST(QuantTest, KQuantDecodeTracksTheDecodedWeights) {
   for (DType dt :
        {DType::kQ4_K, DType::kQ5_K, DType::kQ6_K, DType::kQ5_0, DType::kQ5_1, DType::kIQ4_NL}) {
