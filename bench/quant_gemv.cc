@@ -124,28 +124,15 @@ int main(int argc, char** argv) {
                                                  rows);
                        }});
     }
-    // The formats repacked at load into 16 interleaved rows (IQ4_NL in Q4_0's layout).
-    using RowsFn = void (*)(const uint8_t*, int64_t, const cpu::Q8Block*, int64_t, int64_t,
-                            const float*, float*, int64_t, int64_t, int64_t);
-    void (*repack)(const void*, int64_t, int64_t, uint8_t*) = nullptr;
-    RowsFn x16 = nullptr;
-    if (dt == DType::kQ4_0 || dt == DType::kIQ4_NL) {
-      repack = cpu::RepackQ4_0x16;
-      x16 = dt == DType::kQ4_0 ? cpu::Avx512VnniQ4_0x16Rows : cpu::Avx512VnniIQ4_NLx16Rows;
-    } else if (dt == DType::kQ4_K) {
-      repack = cpu::RepackQ4_Kx16;
-      x16 = cpu::Avx512VnniQ4_Kx16Rows;
-    } else if (dt == DType::kQ6_K) {
-      repack = cpu::RepackQ6_Kx16;
-      x16 = cpu::Avx512VnniQ6_Kx16Rows;
-    }
+    // The formats the backend repacks at load into 16 interleaved rows.
+    const cpu::Repacked* x16 = cpu::RepackedFormat(dt, k);
     std::vector<uint8_t> repacked;
     if (x16 != nullptr && cpu::CpuHasAvx512Vnni() && rows % 16 == 0) {
       repacked.resize(w.size());
-      repack(w.data(), rows, k, repacked.data());
+      x16->repack(w.data(), rows, k, repacked.data());
       paths.push_back({"avx512-vnni-x16", [&, x16] {
-                         x16(repacked.data(), k, xq.data(), 1, k / 32, nullptr, out.data(), rows, 0,
-                             rows);
+                         x16->rows(repacked.data(), k, xq.data(), 1, k / 32, nullptr, out.data(),
+                                   rows, 0, rows);
                        }});
     }
     if (cpu::CpuHasAvx512Vnni()) {

@@ -949,9 +949,6 @@ void Q4_Kx16Tile(const uint8_t* group, int64_t supers, const Q8Block* xq, int64_
     }
     for (int j = 0; j < 8; ++j) {
       const uint8_t* q = sb + 256 + (j / 2) * 512;
-      if constexpr (M == 1) {
-        if (j % 2 == 0) Prefetch(q, 512);
-      }
       __m512i w[8];
       for (int v = 0; v < 8; ++v) {
         const __m512i raw = _mm512_loadu_si512(q + 64 * v);
@@ -998,9 +995,8 @@ void Avx512VnniQ4_Kx16Rows(const uint8_t* packed, int64_t k, const Q8Block* xq, 
 // Activation block b = 4n + qq of a super-block (half n, quarter qq) meets, for each 4-value
 // step v, the weight vector built from step (n, v)'s first ql vector (qq = 0, 2) or its second
 // (qq = 1, 3), low nibbles for qq < 2 and high ones above, and its qh vector (bits 2qq, 2qq + 1
-// as bits 4 and 5). Values are used
-// unsigned (0..63); the offset of 32 enters through each 16-value group's starting sum, -32 x
-// the group's activations' sum, from `hsum`.
+// as bits 4 and 5). Values are used unsigned (0..63); the offset of 32 enters through each
+// 16-value group's starting sum, -32 x the group's activations' sum, from `hsum`.
 namespace {
 
 // The 6-bit weights of quarter qq from ql vector a (qq = 0, 1) or its high nibbles (qq = 2, 3)

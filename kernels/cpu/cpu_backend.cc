@@ -79,33 +79,6 @@ class HostView : public Buffer {
   size_t size_;
 };
 
-// The weight formats the AVX-512 VNNI kernels read repacked into groups of 16 interleaved rows
-// (kernels/cpu/quant.h): a group's bytes for k values, the repacker, and the kernel.
-struct Repacked {
-  size_t (*group_bytes)(int64_t k);
-  void (*repack)(const void* w, int64_t rows, int64_t k, uint8_t* out);
-  void (*rows)(const uint8_t* packed, int64_t k, const cpu::Q8Block* xq, int64_t n,
-               int64_t xq_stride, const float* bias, float* out, int64_t out_stride, int64_t j0,
-               int64_t j1);
-};
-
-// The repacked form of `dt` for rows of k values, or null when there is none.
-const Repacked* RepackedFormat(DType dt, int64_t k) {
-  static constexpr Repacked kQ4_0{cpu::Q4_0x16GroupBytes, cpu::RepackQ4_0x16,
-                                  cpu::Avx512VnniQ4_0x16Rows};
-  static constexpr Repacked kIQ4_NL{cpu::Q4_0x16GroupBytes, cpu::RepackQ4_0x16,
-                                    cpu::Avx512VnniIQ4_NLx16Rows};
-  static constexpr Repacked kQ4_K{cpu::Q4_Kx16GroupBytes, cpu::RepackQ4_Kx16,
-                                  cpu::Avx512VnniQ4_Kx16Rows};
-  static constexpr Repacked kQ6_K{cpu::Q6_Kx16GroupBytes, cpu::RepackQ6_Kx16,
-                                  cpu::Avx512VnniQ6_Kx16Rows};
-  if (dt == DType::kQ4_0 && k % 32 == 0) return &kQ4_0;
-  if (dt == DType::kIQ4_NL && k % 32 == 0) return &kIQ4_NL;
-  if (dt == DType::kQ4_K && k % 256 == 0) return &kQ4_K;
-  if (dt == DType::kQ6_K && k % 256 == 0) return &kQ6_K;
-  return nullptr;
-}
-
 class CpuBackend : public Backend {
  public:
   explicit CpuBackend(const CpuBackendOptions& o)
@@ -127,11 +100,11 @@ class CpuBackend : public Backend {
   bool SupportsOp(Op op, DType weight_dtype) const override { return weight_dtype != DType::kI32; }
 
   // Q4_0, IQ4_NL, Q4_K and Q6_K matrices with AVX-512 VNNI: rows interleaved 16 at a time
-  // (RepackedFormat), read by decode and prefill alike; the file's layout is then never read
+  // (cpu::RepackedFormat), read by decode and prefill alike; the file's layout is then never read
   // again. Not when weights are to be read from the file mapping in place (copy_weights false:
   // no second copy).
   absl::StatusOr<std::unique_ptr<Buffer>> PackForMatMul(const Tensor& w) override {
-    const Repacked* f = RepackedFormat(w.dtype, w.cols);
+    const cpu::Repacked* f = cpu::RepackedFormat(w.dtype, w.cols);
     if (!vnni512_ || !copy_weights_ || f == nullptr || w.rows % 16 != 0 || w.stride != w.cols) {
       return std::unique_ptr<Buffer>();
     }
@@ -497,7 +470,7 @@ class CpuBackend : public Backend {
     if (a.packed != nullptr) {  // repacked at load (PackForMatMul): decode and prefill
       const std::vector<cpu::Q8Block>& xq = QuantizeActivationRows(a, threads);
       const auto* packed = static_cast<const uint8_t*>(a.packed);
-      const auto rows = RepackedFormat(a.wt, a.k)->rows;
+      const auto rows = cpu::RepackedFormat(a.wt, a.k)->rows;
       pool_.ParallelFor(
           a.rows, 16,
           [&](int64_t j0, int64_t j1) {

@@ -13,8 +13,8 @@ inline float Half(const uint8_t* p) {
   return F16ToF32(h);
 }
 
-// Calls put(group, r, b, blk) for block b (of `block_values` values, block_bytes each in the
-// file) of row r of each group of 16 rows; `group` is where the group's repacked bytes start.
+// Calls put(group, r, b, blk) for block b (a block of `dt`, as the file holds it at blk) of row r
+// of each group of 16 rows; `group` is where the group's repacked bytes start.
 template <typename Put>
 void RepackRows(const void* w, DType dt, int64_t rows, int64_t k, size_t group_bytes, uint8_t* out,
                 Put put) {
@@ -75,6 +75,18 @@ void RepackQ6_Kx16(const void* w, int64_t rows, int64_t k, uint8_t* out) {
                  }
                }
              });
+}
+
+const Repacked* RepackedFormat(DType dt, int64_t k) {
+  static constexpr Repacked kQ4_0{Q4_0x16GroupBytes, RepackQ4_0x16, Avx512VnniQ4_0x16Rows};
+  static constexpr Repacked kIQ4_NL{Q4_0x16GroupBytes, RepackQ4_0x16, Avx512VnniIQ4_NLx16Rows};
+  static constexpr Repacked kQ4_K{Q4_Kx16GroupBytes, RepackQ4_Kx16, Avx512VnniQ4_Kx16Rows};
+  static constexpr Repacked kQ6_K{Q6_Kx16GroupBytes, RepackQ6_Kx16, Avx512VnniQ6_Kx16Rows};
+  if (dt == DType::kQ4_0 && k % 32 == 0) return &kQ4_0;
+  if (dt == DType::kIQ4_NL && k % 32 == 0) return &kIQ4_NL;
+  if (dt == DType::kQ4_K && k % 256 == 0) return &kQ4_K;
+  if (dt == DType::kQ6_K && k % 256 == 0) return &kQ6_K;
+  return nullptr;
 }
 
 void QuantizeActivations(const float* x, int64_t n, Q8Block* out) {
@@ -138,17 +150,13 @@ float RefQuantDot(DType dt, const void* w_row, const Q8Block* x, int64_t k) {
     if (dt == DType::kQ8_0) {
       dw = Half(p + 34 * b);
       for (int i = 0; i < 32; ++i) acc += static_cast<int8_t>(p[34 * b + 2 + i]) * x[b].q[i];
-    } else if (dt == DType::kIQ4_NL) {
+    } else {  // Q4_0 (nibble - 8) or IQ4_NL (the nibble's level)
+      const bool nl = dt == DType::kIQ4_NL;
+      auto value = [nl](int nibble) { return nl ? int{kIq4NlValues[nibble]} : nibble - 8; };
       dw = Half(p + 18 * b);
       for (int i = 0; i < 16; ++i) {
-        acc += kIq4NlValues[p[18 * b + 2 + i] & 0xF] * x[b].q[i];
-        acc += kIq4NlValues[p[18 * b + 2 + i] >> 4] * x[b].q[i + 16];
-      }
-    } else {
-      dw = Half(p + 18 * b);
-      for (int i = 0; i < 16; ++i) {
-        acc += ((p[18 * b + 2 + i] & 0xF) - 8) * x[b].q[i];
-        acc += ((p[18 * b + 2 + i] >> 4) - 8) * x[b].q[i + 16];
+        acc += value(p[18 * b + 2 + i] & 0xF) * x[b].q[i];
+        acc += value(p[18 * b + 2 + i] >> 4) * x[b].q[i + 16];
       }
     }
     sum += dw * x[b].d * static_cast<float>(acc);

@@ -125,6 +125,18 @@ void Avx512VnniQ6_Kx16Rows(const uint8_t* packed, int64_t k, const Q8Block* xq, 
                            int64_t xq_stride, const float* bias, float* out, int64_t out_stride,
                            int64_t j0, int64_t j1);
 
+// A weight format the AVX-512 VNNI kernels read repacked into groups of 16 interleaved rows: a
+// group's bytes for k values, the repacker, and the kernel.
+struct Repacked {
+  size_t (*group_bytes)(int64_t k);
+  void (*repack)(const void* w, int64_t rows, int64_t k, uint8_t* out);
+  void (*rows)(const uint8_t* packed, int64_t k, const Q8Block* xq, int64_t n, int64_t xq_stride,
+               const float* bias, float* out, int64_t out_stride, int64_t j0, int64_t j1);
+};
+// The repacked form of `dt` for rows of k values (Q4_0, IQ4_NL, Q4_K, Q6_K), or null when there
+// is none. Its kernel needs AVX-512 VNNI (CpuHasAvx512Vnni()).
+const Repacked* RepackedFormat(DType dt, int64_t k);
+
 }  // namespace shardserve::cpu
 
 #endif  // SHARDSERVE_KERNELS_CPU_QUANT_H_

@@ -302,25 +302,7 @@ TEST(QuantTest, Avx512VnniEqualsReference) {
 TEST(QuantTest, RepackedRowsEqualReference) {
   if (!cpu::CpuHasAvx512Vnni()) GTEST_SKIP() << "no AVX-512 VNNI on this CPU";
   const int64_t m = 48;
-  struct Format {
-    DType dt;
-    size_t (*group_bytes)(int64_t k);
-    void (*repack)(const void* w, int64_t rows, int64_t k, uint8_t* out);
-    void (*rows)(const uint8_t* packed, int64_t k, const cpu::Q8Block* xq, int64_t n,
-                 int64_t xq_stride, const float* bias, float* out, int64_t out_stride, int64_t j0,
-                 int64_t j1);
-  };
-  for (const Format& f : {
-           Format{DType::kQ4_0, cpu::Q4_0x16GroupBytes, cpu::RepackQ4_0x16,
-                  cpu::Avx512VnniQ4_0x16Rows},
-           Format{DType::kIQ4_NL, cpu::Q4_0x16GroupBytes, cpu::RepackQ4_0x16,
-                  cpu::Avx512VnniIQ4_NLx16Rows},
-           Format{DType::kQ4_K, cpu::Q4_Kx16GroupBytes, cpu::RepackQ4_Kx16,
-                  cpu::Avx512VnniQ4_Kx16Rows},
-           Format{DType::kQ6_K, cpu::Q6_Kx16GroupBytes, cpu::RepackQ6_Kx16,
-                  cpu::Avx512VnniQ6_Kx16Rows},
-       }) {
-    const DType dt = f.dt;
+  for (DType dt : {DType::kQ4_0, DType::kIQ4_NL, DType::kQ4_K, DType::kQ6_K}) {
     const bool kq = dt == DType::kQ4_K || dt == DType::kQ6_K;
     for (int64_t k : kq ? std::vector<int64_t>{256, 2048} : std::vector<int64_t>{96, 2048}) {
       const size_t row_bytes = RowBytes(dt, k);
@@ -332,10 +314,12 @@ TEST(QuantTest, RepackedRowsEqualReference) {
         wq.resize(row_bytes * m);
         for (int64_t r = 0; r < m; ++r) cpu::QuantizeRow(dt, &w[r * k], k, &wq[row_bytes * r]);
       }
-      std::vector<uint8_t> packed(f.group_bytes(k) * (m / 16));
+      const cpu::Repacked* f = cpu::RepackedFormat(dt, k);
+      ASSERT_NE(f, nullptr) << DTypeName(dt);
+      std::vector<uint8_t> packed(f->group_bytes(k) * (m / 16));
       ASSERT_EQ(packed.size(), wq.size());
-      f.repack(wq.data(), m, k, packed.data());
-      const auto rows = f.rows;
+      f->repack(wq.data(), m, k, packed.data());
+      const auto rows = f->rows;
       const int64_t n_max = 13;
       const std::vector<float> x = Random(n_max * k, 22), bias = Random(m, 23);
       std::vector<cpu::Q8Block> xq(n_max * k / 32);
