@@ -202,12 +202,15 @@ absl::Status Router::PlanLayout() {
         absl::StrCat("--workers lists ", workers_.size(), " addresses; ", c.stages, " stages x ",
                      c.replicas, " replicas need ", c.stages * c.replicas));
   }
-  const std::vector<absl::StatusOr<v1::DescribeResponse>> described = DescribePipelineWorkers();
-  // Balance by the first worker's cost model (a simulated device's profile, or cpu-here) for a
-  // decode micro-batch of the pipeline's share of --max-seqs; by bytes when it cannot say.
-  const absl::StatusOr<DeviceProfile> cost =
-      described[0].ok() ? CostOf(workers_[0], *described[0]) : described[0].status();
+  // The workers' Describe serves placement and KV sizing; neither needs it when both are given.
+  const std::vector<absl::StatusOr<v1::DescribeResponse>> described =
+      ranges_.empty() || c.kv_blocks == 0 ? DescribePipelineWorkers()
+                                          : std::vector<absl::StatusOr<v1::DescribeResponse>>();
   if (ranges_.empty()) {
+    // Balance by the first worker's cost model (a simulated device's profile, or cpu-here) for a
+    // decode micro-batch of the pipeline's share of --max-seqs; by bytes when it cannot say.
+    const absl::StatusOr<DeviceProfile> cost =
+        described[0].ok() ? CostOf(workers_[0], *described[0]) : described[0].status();
     if (cost.ok()) {
       const int64_t seqs = std::max<int64_t>(1, std::min<int64_t>(c.max_seqs, 64) / c.stages);
       const int64_t context = std::min<int64_t>(512, model_config_.max_position_embeddings);
