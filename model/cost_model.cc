@@ -1,12 +1,15 @@
 #include "model/cost_model.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <fstream>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "model/stage.h"
 #include "nlohmann/json.hpp"
 
 namespace shardserve {
@@ -31,24 +34,25 @@ DeviceProfile Gpu(std::string name, double mem_gib, double bw_gbps, double tflop
 }
 
 // Fitted by bench/stage_cost --fit (docs/SCALING.md) to this project's CPU stage with F32
-// weights and one thread per worker, on the synthetic llama-110m shape (decode of 1 to 32
-// sequences, prefill chunks of 64 to 512, both halves of a 2-stage split) on an AMD EPYC (AVX2)
-// core. A CPU core mostly runs memory and math one after the other (serial fraction 1); paged
-// K/V reads are gathered 16 positions at a time and run at a third of the weights' streaming
-// rate; attention's softmax costs per query-key pair beyond its FLOPs. Workers re-scale it to their
-// own core with a short measurement at load (WorkerServiceImpl::LoadShard).
+// weights and one thread per worker, on three shapes at once (the synthetic llama-110m, and the
+// same at twice and half its width: decode of 1 to 32 sequences, prefill chunks of 64 to 512,
+// both halves of a 2-stage split of each) on an AMD EPYC (Zen 4) core. One shape cannot tell the
+// FLOP rate from a per-token cost (both grow with the prompt); three widths can. A CPU core
+// mostly runs memory and math one after the other (serial fraction 1); paged K/V reads are
+// gathered 16 positions at a time and run at a third of the weights' streaming rate. Workers
+// re-scale it to their own core with a short measurement at load (CalibrateCpuProfile).
 DeviceProfile CpuHere() {
   DeviceProfile p;
   p.name = "cpu-here";
   p.memory_bytes = 16.0 * double(1 << 30);
-  p.memory_bandwidth = 27.7e9;
-  p.kv_bandwidth = 9.0e9;
-  p.flops = 93.6e9;
+  p.memory_bandwidth = 34.0e9;
+  p.kv_bandwidth = 9.55e9;
+  p.flops = 98.4e9;
   p.serial_fraction = 1;
   p.step_overhead_s = 0;
-  p.token_overhead_s = 0;
-  p.pair_overhead_s = 107e-9;
-  p.sample_s_per_logit = 10e-9;
+  p.token_overhead_s = 4.9e-6;
+  p.pair_overhead_s = 0;
+  p.sample_s_per_logit = 9.7e-9;
   p.link_bandwidth = 2.0e9;  // loopback gRPC
   p.link_latency_s = 150e-6;
   p.weight_bytes_per_param = 4;
@@ -293,6 +297,48 @@ double HopSeconds(const ModelConfig& c, int64_t tokens, const DeviceProfile& p) 
   return static_cast<double>(tokens) * static_cast<double>(c.hidden_size) *
              p.activation_bytes_per_value / p.link_bandwidth +
          p.link_latency_s;
+}
+
+DeviceProfile CalibrateCpuProfile(ModelStage& stage) {
+  DeviceProfile p = *BuiltinProfile("cpu-here");
+  const ModelConfig& c = stage.config();
+  const KvCacheSpec& kv = stage.kv_spec();
+  const int64_t room = std::min(kv.block_size * kv.num_blocks, c.max_position_embeddings);
+  std::vector<double> ratios;
+  for (int64_t tokens : {int64_t{1}, std::min<int64_t>(64, room)}) {
+    SequenceStep step;
+    step.tokens.assign(tokens, 0);
+    step.compute_logits = true;
+    for (int64_t b = 0; b * kv.block_size < tokens; ++b) step.block_table.push_back(b);
+    const bool first = stage.layer_begin() == 0;
+    std::vector<float> hidden(first ? 0 : tokens * stage.activation_width(), 0.0f);
+    std::vector<double> seconds;
+    for (int rep = 0; rep < 4; ++rep) {  // the first warms up
+      const auto start = std::chrono::steady_clock::now();
+      if (!stage.Forward({step}, hidden).ok()) return p;
+      const auto end = std::chrono::steady_clock::now();
+      if (rep > 0) seconds.push_back(std::chrono::duration<double>(end - start).count());
+    }
+    std::sort(seconds.begin(), seconds.end());
+    const double median = seconds[seconds.size() / 2];
+    const SeqLoad load{tokens, tokens, stage.layer_end() == c.num_layers};
+    const double predicted =
+        StageStepCost(c, stage.layer_begin(), stage.layer_end(), {load}, p).seconds;
+    if (predicted > 0) ratios.push_back(median / predicted);
+  }
+  if (ratios.empty()) return p;
+  double log_sum = 0;
+  for (double r : ratios) log_sum += std::log(r);
+  const double k = std::clamp(std::exp(log_sum / ratios.size()), 0.05, 20.0);
+  p.memory_bandwidth /= k;
+  p.kv_bandwidth /= k;
+  p.flops /= k;
+  p.pair_overhead_s *= k;
+  p.step_overhead_s *= k;
+  p.token_overhead_s *= k;
+  p.sample_s_per_logit *= k;
+  p.name = absl::StrFormat("cpu-here x %.2f (calibrated at load)", k);
+  return p;
 }
 
 }  // namespace shardserve

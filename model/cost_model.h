@@ -36,6 +36,8 @@
 
 namespace shardserve {
 
+class ModelStage;
+
 struct DeviceProfile {
   std::string name;
   double memory_bytes = 0;
@@ -112,6 +114,14 @@ double StageWorkspaceBytes(const ModelConfig& config, bool last_stage, int64_t m
 // `reserve_bytes`, at the profile's weight and KV precision; 0 when nothing is left.
 int64_t KvBlocksThatFit(const ModelConfig& config, int64_t begin, int64_t end, double free_bytes,
                         double reserve_bytes, int64_t block_size, const DeviceProfile& precision);
+
+// The cpu-here profile scaled to the core `stage` runs on: the loaded stage runs a one-token
+// decode step and a 64-token prefill chunk (a warm-up and three timed runs each, the median kept:
+// the fastest of a few runs on a shared host is faster than its steady state), and every time
+// parameter is scaled by the geometric mean of the two ratios of measured to predicted. About
+// eight decode steps' time. What a CPU worker reports in Describe after loading a shard, and what
+// placement uses.
+DeviceProfile CalibrateCpuProfile(ModelStage& stage);
 
 // Expected distinct experts `tokens` tokens pick when each picks `per_token` of `experts`
 // uniformly: experts x (1 - (1 - per_token / experts)^tokens).

@@ -94,48 +94,6 @@ double MeasureGflops() {
   return 2.0 * n * n * n * reps / seconds / 1e9;
 }
 
-// The cpu-here profile scaled to this core: the loaded stage runs a one-token decode step and a
-// prefill chunk (twice each, the faster kept), and every time parameter is scaled by the median
-// ratio of measured to predicted. About three decode steps' time at load.
-DeviceProfile CalibrateCpu(ModelStage& stage) {
-  DeviceProfile p = *BuiltinProfile("cpu-here");
-  const ModelConfig& c = stage.config();
-  const KvCacheSpec& kv = stage.kv_spec();
-  const int64_t room = std::min(kv.block_size * kv.num_blocks, c.max_position_embeddings);
-  std::vector<double> ratios;
-  for (int64_t tokens : {int64_t{1}, std::min<int64_t>(64, room)}) {
-    SequenceStep step;
-    step.tokens.assign(tokens, 0);
-    step.compute_logits = true;
-    for (int64_t b = 0; b * kv.block_size < tokens; ++b) step.block_table.push_back(b);
-    const bool first = stage.layer_begin() == 0;
-    std::vector<float> hidden(first ? 0 : tokens * stage.activation_width(), 0.0f);
-    double best = 1e30;
-    for (int rep = 0; rep < 2; ++rep) {
-      const auto start = std::chrono::steady_clock::now();
-      if (!stage.Forward({step}, hidden).ok()) return p;
-      best = std::min(
-          best, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
-    }
-    const SeqLoad load{tokens, tokens, stage.layer_end() == c.num_layers};
-    const double predicted =
-        StageStepCost(c, stage.layer_begin(), stage.layer_end(), {load}, p).seconds;
-    if (predicted > 0) ratios.push_back(best / predicted);
-  }
-  if (ratios.empty()) return p;
-  std::sort(ratios.begin(), ratios.end());
-  const double k = std::clamp(ratios[ratios.size() / 2], 0.05, 20.0);
-  p.memory_bandwidth /= k;
-  p.kv_bandwidth /= k;
-  p.flops /= k;
-  p.pair_overhead_s *= k;
-  p.step_overhead_s *= k;
-  p.token_overhead_s *= k;
-  p.sample_s_per_logit *= k;
-  p.name = absl::StrFormat("cpu-here x %.2f (calibrated at load)", k);
-  return p;
-}
-
 }  // namespace
 
 WorkerServiceImpl::WorkerServiceImpl(Backend* backend, WorkerOptions options)
@@ -397,7 +355,7 @@ grpc::Status WorkerServiceImpl::LoadShard(grpc::ServerContext* context,
   auto shard = std::make_shared<Shard>();
   shard->model_path = req->model_path();
   shard->model_name = req->model_name();
-  shard->cost = options_.sim ? options_.sim->profile : CalibrateCpu(**stage);
+  shard->cost = options_.sim ? options_.sim->profile : CalibrateCpuProfile(**stage);
   response->set_kv_bytes_per_token((*stage)->KvBytesPerToken());
   response->set_num_layers(config.num_layers);
   response->set_hidden_size(config.hidden_size);

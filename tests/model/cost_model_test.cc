@@ -4,13 +4,17 @@
 
 #include <unistd.h>
 
+#include <algorithm>
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <set>
 
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
+#include "kernels/backend.h"
 #include "model/sim_stage.h"
+#include "model/stage.h"
 #include "model/synth.h"
 
 namespace shardserve {
@@ -148,6 +152,41 @@ TEST(CostModel, MoeLayersReadOnlyTheExpertsTheirTokensPick) {
   EXPECT_LE(many.weight_bytes, all);
   // FLOPs follow the active experts only.
   EXPECT_LT(many.flops, 512 * 2.0 * 0.1 * LayerParameterCount(c, moe));
+}
+
+// What a CPU worker reports in Describe and placement weighs: cpu-here re-scaled by a short
+// measurement of the loaded stage. stories260K is far smaller than the shapes cpu-here was fitted
+// on, so its steps are dominated by costs the fit does not see and the scale is far from 1; the
+// calibrated profile must still predict a decode step of that stage within a factor of 2 (a scale
+// applied the wrong way round would miss by its square).
+TEST(CostModel, CpuCalibrationAtLoadPredictsTheLoadedStage) {
+  auto backend = NewCpuBackend({.threads = 1});
+  KvCacheSpec kv{.block_size = 16, .num_blocks = 32};
+  auto stage = LoadStage("../shared/models/stories260K", {}, kv, backend.get());
+  ASSERT_TRUE(stage.ok()) << stage.status();
+  const DeviceProfile p = CalibrateCpuProfile(**stage);
+  EXPECT_NE(p.name.find("calibrated at load"), std::string::npos) << p.name;
+  const DeviceProfile builtin = *BuiltinProfile("cpu-here");
+  const double k = builtin.memory_bandwidth / p.memory_bandwidth;
+  EXPECT_NEAR(p.flops * k, builtin.flops, 1e-6 * builtin.flops);  // one scale for every term
+  EXPECT_NEAR(p.token_overhead_s, builtin.token_overhead_s * k, 1e-12);
+  const ModelConfig& c = (*stage)->config();
+  SequenceStep step;
+  step.tokens = {5};
+  step.block_table = {0};
+  step.compute_logits = true;
+  std::vector<double> seconds;
+  for (int rep = 0; rep < 15; ++rep) {
+    const auto start = std::chrono::steady_clock::now();
+    ASSERT_TRUE((*stage)->Forward({&step, 1}, {}).ok());
+    seconds.push_back(
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  }
+  std::sort(seconds.begin(), seconds.end());
+  const double measured = seconds[seconds.size() / 2];
+  const double predicted = StageStepCost(c, 0, c.num_layers, {SeqLoad{1, 1, true}}, p).seconds;
+  EXPECT_GT(predicted, measured / 2) << "scale " << k;
+  EXPECT_LT(predicted, measured * 2) << "scale " << k;
 }
 
 TEST(CostModel, HopIsBytesOverBandwidthPlusLatency) {
