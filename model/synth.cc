@@ -170,28 +170,27 @@ constexpr size_t kChunk = 1 << 16;  // elements per independent random stream
 }  // namespace
 
 std::vector<std::string> SynthShapeNames() {
-  return {"llama-110m",
-          "tinyllama-1.1b",
-          "llama3-8b",
-          "qwen2-0.5b",
-          "mistral-7b",
-          "tiny-llama",
-          "tiny-llama-8l",
-          "tiny-qwen2",
-          "tiny-llama3",
-          "deepseek-v3-tiny",
-          "deepseek-v2-tiny",
-          "deepseek-v3-mid",
-          "deepseek-v2-lite-shape",
-          "llama3-70b",
-          "llama3-405b",
-          "qwen2-72b",
+  return {"llama-110m",       "llama-110m-wide", "llama-110m-narrow",
+          "tinyllama-1.1b",   "llama3-8b",       "qwen2-0.5b",
+          "mistral-7b",       "tiny-llama",      "tiny-llama-8l",
+          "tiny-qwen2",       "tiny-llama3",     "deepseek-v3-tiny",
+          "deepseek-v2-tiny", "deepseek-v3-mid", "deepseek-v2-lite-shape",
+          "llama3-70b",       "llama3-405b",     "qwen2-72b",
           "deepseek-v3"};
 }
 
 absl::StatusOr<ModelConfig> SynthConfigByName(const std::string& name) {
   if (name == "llama-110m") {
     ModelConfig c = Llama(768, 2048, 12, 12, 12, 32000, 1024);
+    c.tie_word_embeddings = true;
+    return c;
+  }
+  // llama-110m at twice and half its width (the same 64-wide heads): with it, bench/stage_cost
+  // fits the cpu-here profile on three widths, which tells the FLOP rate from per-token costs.
+  if (name == "llama-110m-wide" || name == "llama-110m-narrow") {
+    const bool wide = name == "llama-110m-wide";
+    ModelConfig c =
+        wide ? Llama(1536, 4096, 6, 24, 24, 32000, 1024) : Llama(384, 1024, 12, 6, 6, 32000, 1024);
     c.tie_word_embeddings = true;
     return c;
   }
