@@ -82,10 +82,13 @@ void Gemv1(const GemvArgs& a, int64_t j0, int64_t j1) {
 // 6 activation rows up, where one activation load per multiply-add would leave the loads the
 // limit; the two rows are adjacent, so the weights still stream as one region per thread), each
 // weight vector meeting all N rows. With fewer than 4 rows each keeps two accumulators, so at
-// least 4 chains of multiply-adds are in flight.
+// least 4 chains of multiply-adds are in flight. From 6 rows up the loop is slow enough per
+// weight byte that the hardware prefetcher fell behind (8-12 GB/s from memory against 40 from
+// L2): each weight row prefetches 8 KiB ahead (docs/BENCHMARKS.md); below 6 rows it did not help.
 template <DType T, int N, int R>
 void GemvNR(const GemvArgs& a, int64_t j) {
   constexpr int kU = N < 4 ? 2 : 1;
+  constexpr int kPrefetch = N >= 6 ? 8192 : 0;
   const size_t es = DTypeSize(T);
   const auto* w = static_cast<const uint8_t*>(a.w);
   const int64_t k = a.k, step = 16 * kU, kstep = k / step * step, k16 = k & ~int64_t{15};
@@ -101,7 +104,13 @@ void GemvNR(const GemvArgs& a, int64_t j) {
   for (; c < kstep; c += step) {
     for (int u = 0; u < kU; ++u) {
       __m512 wv[R];
-      for (int r = 0; r < R; ++r) wv[r] = Load16<T>(rows[r], c + 16 * u);
+      for (int r = 0; r < R; ++r) {
+        if constexpr (kPrefetch > 0) {
+          _mm_prefetch(static_cast<const char*>(rows[r]) + (c + 16 * u) * es + kPrefetch,
+                       _MM_HINT_T0);
+        }
+        wv[r] = Load16<T>(rows[r], c + 16 * u);
+      }
       for (int i = 0; i < N; ++i) {
         const __m512 xv = _mm512_loadu_ps(a.x + i * a.x_stride + c + 16 * u);
         for (int r = 0; r < R; ++r) acc[r][i][u] = _mm512_fmadd_ps(wv[r], xv, acc[r][i][u]);
