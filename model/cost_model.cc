@@ -36,7 +36,9 @@ DeviceProfile Gpu(std::string name, double mem_gib, double bw_gbps, double tflop
 // Fitted by bench/stage_cost --fit (docs/SCALING.md) to this project's CPU stage with F32
 // weights and one thread per worker, on three shapes at once (the synthetic llama-110m, and the
 // same at twice and half its width: decode of 1 to 32 sequences, prefill chunks of 64 to 512,
-// both halves of a 2-stage split of each) on an AMD EPYC (Zen 4) core. One shape cannot tell the
+// both halves of a 2-stage split of each) on an AMD EPYC (Zen 4) core; the mean of four fits in
+// one session, whose weight bandwidth alone moved from 27.9 to 34.1 GB/s with the shared host's
+// load. One shape cannot tell the
 // FLOP rate from a per-token cost (both grow with the prompt); three widths can. A CPU core
 // mostly runs memory and math one after the other (serial fraction 1); paged K/V reads are
 // gathered 16 positions at a time and run at a third of the weights' streaming rate. Workers
@@ -45,14 +47,14 @@ DeviceProfile CpuHere() {
   DeviceProfile p;
   p.name = "cpu-here";
   p.memory_bytes = 16.0 * double(1 << 30);
-  p.memory_bandwidth = 34.0e9;
-  p.kv_bandwidth = 9.55e9;
-  p.flops = 98.4e9;
+  p.memory_bandwidth = 31.3e9;
+  p.kv_bandwidth = 9.5e9;
+  p.flops = 98.0e9;
   p.serial_fraction = 1;
   p.step_overhead_s = 0;
-  p.token_overhead_s = 4.9e-6;
+  p.token_overhead_s = 5.2e-6;
   p.pair_overhead_s = 0;
-  p.sample_s_per_logit = 9.7e-9;
+  p.sample_s_per_logit = 9.75e-9;
   p.link_bandwidth = 2.0e9;  // loopback gRPC
   p.link_latency_s = 150e-6;
   p.weight_bytes_per_param = 4;
@@ -304,27 +306,49 @@ DeviceProfile CalibrateCpuProfile(ModelStage& stage) {
   const ModelConfig& c = stage.config();
   const KvCacheSpec& kv = stage.kv_spec();
   const int64_t room = std::min(kv.block_size * kv.num_blocks, c.max_position_embeddings);
-  std::vector<double> ratios;
-  for (int64_t tokens : {int64_t{1}, std::min<int64_t>(64, room)}) {
+  const bool first = stage.layer_begin() == 0, last = stage.layer_end() == c.num_layers;
+  // A one-token decode step at a 256-token context (the GEMV and paged attention) and a 64-token
+  // prefill chunk (the GEMM), both inside the range cpu-here was fitted on, alternated so that a
+  // burst of load on a shared host falls on both.
+  struct Probe {
     SequenceStep step;
-    step.tokens.assign(tokens, 0);
-    step.compute_logits = true;
-    for (int64_t b = 0; b * kv.block_size < tokens; ++b) step.block_table.push_back(b);
-    const bool first = stage.layer_begin() == 0;
-    std::vector<float> hidden(first ? 0 : tokens * stage.activation_width(), 0.0f);
+    std::vector<float> hidden;
     std::vector<double> seconds;
-    for (int rep = 0; rep < 4; ++rep) {  // the first warms up
+    double predicted = 0;
+  };
+  std::vector<Probe> probes;
+  const std::pair<int64_t, int64_t> shapes[] = {{1, std::min<int64_t>(256, room)},
+                                                {std::min<int64_t>(64, room), 0}};
+  for (auto [tokens, context] : shapes) {
+    context = std::max(context, tokens);
+    Probe probe;
+    probe.step.tokens.assign(tokens, 0);
+    probe.step.start_pos = context - tokens;
+    probe.step.compute_logits = true;
+    for (int64_t b = 0; b * kv.block_size < context; ++b) probe.step.block_table.push_back(b);
+    probe.hidden.assign(first ? 0 : tokens * stage.activation_width(), 0.0f);
+    const SeqLoad load{tokens, context, last};
+    probe.predicted = StageStepCost(c, stage.layer_begin(), stage.layer_end(), {load}, p).seconds;
+    probes.push_back(std::move(probe));
+  }
+  // A warm-up round, then at least 3 timed rounds and at most 7, stopping after 1 s.
+  const auto begin = std::chrono::steady_clock::now();
+  for (int round = 0; round < 8; ++round) {
+    for (Probe& probe : probes) {
       const auto start = std::chrono::steady_clock::now();
-      if (!stage.Forward({step}, hidden).ok()) return p;
+      if (!stage.Forward({probe.step}, probe.hidden).ok()) return p;
       const auto end = std::chrono::steady_clock::now();
-      if (rep > 0) seconds.push_back(std::chrono::duration<double>(end - start).count());
+      if (round > 0) probe.seconds.push_back(std::chrono::duration<double>(end - start).count());
     }
-    std::sort(seconds.begin(), seconds.end());
-    const double median = seconds[seconds.size() / 2];
-    const SeqLoad load{tokens, tokens, stage.layer_end() == c.num_layers};
-    const double predicted =
-        StageStepCost(c, stage.layer_begin(), stage.layer_end(), {load}, p).seconds;
-    if (predicted > 0) ratios.push_back(median / predicted);
+    const double spent =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
+    if (round >= 3 && spent > 1.0) break;
+  }
+  std::vector<double> ratios;
+  for (Probe& probe : probes) {
+    std::sort(probe.seconds.begin(), probe.seconds.end());
+    const double median = probe.seconds[probe.seconds.size() / 2];
+    if (probe.predicted > 0) ratios.push_back(median / probe.predicted);
   }
   if (ratios.empty()) return p;
   double log_sum = 0;

@@ -116,11 +116,12 @@ int64_t KvBlocksThatFit(const ModelConfig& config, int64_t begin, int64_t end, d
                         double reserve_bytes, int64_t block_size, const DeviceProfile& precision);
 
 // The cpu-here profile scaled to the core `stage` runs on: the loaded stage runs a one-token
-// decode step and a 64-token prefill chunk (a warm-up and three timed runs each, the median kept:
-// the fastest of a few runs on a shared host is faster than its steady state), and every time
-// parameter is scaled by the geometric mean of the two ratios of measured to predicted. About
-// eight decode steps' time. What a CPU worker reports in Describe after loading a shard, and what
-// placement uses.
+// decode step at a 256-token context and a 64-token prefill chunk (fewer where its KV pool or
+// context is smaller), alternated, a warm-up round and then 3 to 7 timed
+// rounds (stopping once 1 s is spent), and every time parameter is scaled by the geometric mean
+// of the two medians' ratios of measured to predicted. The median, not the fastest: on a shared
+// host the fastest of a few runs is faster than the steady state. What a CPU worker reports in
+// Describe after loading a shard, and what placement uses.
 DeviceProfile CalibrateCpuProfile(ModelStage& stage);
 
 // Expected distinct experts `tokens` tokens pick when each picks `per_token` of `experts`
