@@ -14,10 +14,10 @@
 // --range applies to the --model before it (default: all its layers). --calibrate also predicts
 // each stage with the profile a CPU worker reports after loading it (CalibrateCpuProfile, a short
 // measurement at load) and reports that profile's error beside the built-in one. --fit fits the
-// profile's bandwidths, FLOP/s, step, token, attention-pair and sampling costs (serial fraction 1)
-// by least squares on relative error over every model's points, and prints the fitted profile as
-// JSON; with one model shape the FLOP rate and the per-token cost are the same column, so fit on
-// two shapes.
+// profile's bandwidths, FLOP/s, step, token, attention-pair and sampling costs and its serial
+// fraction by least squares on relative error over every model's points, and prints the fitted
+// profile as JSON; with one model shape the FLOP rate and the per-token cost are the same column,
+// so fit on two or more widths (docs/SCALING.md uses three).
 #include <algorithm>
 #include <array>
 #include <chrono>
