@@ -64,14 +64,21 @@ TEST(QuantTest, Q8AndQ4RoundTripWithinHalfAStep) {
   }
 }
 
-TEST(QuantTest, Q4_0LayoutMatchesGgml) {
-  // One block: d = 0.5, low nibbles carry values 0..15, high nibbles values 16..31.
+// One block of Q4_0's layout (f16 d = 0.5, then 16 bytes whose low nibbles carry values 0..15
+// and high nibbles values 16..31) with nibble i for value i and 15 - i for value i + 16, decoded
+// as `dt`.
+std::vector<float> DecodeNibbleRamp(DType dt) {
   std::vector<uint8_t> block(18);
   const uint16_t d = F32ToF16(0.5f);
   std::memcpy(block.data(), &d, 2);
   for (int i = 0; i < 16; ++i) block[2 + i] = static_cast<uint8_t>(i | ((15 - i) << 4));
   std::vector<float> y(32);
-  cpu::DequantizeRow(DType::kQ4_0, block.data(), 32, y.data());
+  cpu::DequantizeRow(dt, block.data(), 32, y.data());
+  return y;
+}
+
+TEST(QuantTest, Q4_0LayoutMatchesGgml) {
+  const std::vector<float> y = DecodeNibbleRamp(DType::kQ4_0);
   EXPECT_EQ(y[0], 0.5f * (0 - 8));
   EXPECT_EQ(y[15], 0.5f * (15 - 8));
   EXPECT_EQ(y[16], 0.5f * (15 - 8));
@@ -79,16 +86,11 @@ TEST(QuantTest, Q4_0LayoutMatchesGgml) {
 }
 
 TEST(QuantTest, Iq4NlLayoutMatchesGgml) {
-  // One block: d = 0.5; the nibbles are Q4_0's (value i low, value i + 16 high), each an index
-  // into ggml's kvalues_iq4nl.
+  // The nibbles are Q4_0's (value i low, value i + 16 high), each an index into ggml's
+  // kvalues_iq4nl.
   static constexpr int kLevels[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
                                       1,    13,   25,  38,  53,  69,  89,  113};
-  std::vector<uint8_t> block(18);
-  const uint16_t d = F32ToF16(0.5f);
-  std::memcpy(block.data(), &d, 2);
-  for (int i = 0; i < 16; ++i) block[2 + i] = static_cast<uint8_t>(i | ((15 - i) << 4));
-  std::vector<float> y(32);
-  cpu::DequantizeRow(DType::kIQ4_NL, block.data(), 32, y.data());
+  const std::vector<float> y = DecodeNibbleRamp(DType::kIQ4_NL);
   for (int v = 0; v < 32; ++v) {
     EXPECT_EQ(y[v], 0.5f * static_cast<float>(kLevels[v < 16 ? v : 31 - v])) << v;
   }
