@@ -23,8 +23,8 @@ constexpr uint32_t kGgmlQ5_1 = 7;
 constexpr uint32_t kGgmlQ8_0 = 8;
 constexpr uint32_t kGgmlQ4_K = 12;
 constexpr uint32_t kGgmlQ5_K = 13;
-constexpr uint32_t kGgmlIQ4_NL = 20;
 constexpr uint32_t kGgmlQ6_K = 14;
+constexpr uint32_t kGgmlIQ4_NL = 20;
 
 class GgufWeights : public WeightSource {
  public:
@@ -85,8 +85,7 @@ class GgufWeights : public WeightSource {
             absl::StrCat(file_->path(), ": tensor '", g, "' has type ", ti ? ti->name : "unknown",
                          " (id ", info->ggml_type,
                          "); this build reads F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q5_1, IQ4_NL, "
-                         "Q4_K, Q5_K and Q6_K "
-                         "GGUF tensors"));
+                         "Q4_K, Q5_K and Q6_K GGUF tensors"));
       }
     }
     t.shape.assign(info->dims.rbegin(), info->dims.rend());  // GGUF lists the fastest dim first

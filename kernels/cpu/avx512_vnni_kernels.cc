@@ -902,7 +902,7 @@ void Q4_Kx16Tile(const uint8_t* group, int64_t supers, const Q8Block* xq, int64_
   __m512 acc[M];
   for (auto& a : acc) a = _mm512_setzero_ps();
   for (int64_t s = 0; s < supers; ++s) {
-    const uint8_t* sb = group + s * 2304;
+    const uint8_t* sb = group + s * kQ4_Kx16SuperBytes;
     const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sb)));
     const __m512 dmin =
         _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sb + 32)));
@@ -1027,7 +1027,7 @@ void Q6_Kx16Tile(const uint8_t* group, int64_t supers, const Q8Block* xq, int64_
   __m512 acc[M];
   for (auto& a : acc) a = _mm512_setzero_ps();
   for (int64_t s = 0; s < supers; ++s) {
-    const uint8_t* sb = group + s * 3360;
+    const uint8_t* sb = group + s * kQ6_Kx16SuperBytes;
     __m512i sv[4];
     for (int u = 0; u < 4; ++u) sv[u] = _mm512_loadu_si512(sb + 32 + 64 * u);
     const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sb)));

@@ -24,7 +24,7 @@ struct GemvArgs {
   float* out;
   int64_t out_stride;
   int64_t rows;                  // rows of w
-  const void* packed = nullptr;  // w repacked (Tensor::packed): Q4_0/Q4_K/Q6_K, 16-row groups
+  const void* packed = nullptr;  // w repacked (Tensor::packed): cpu::RepackedFormat
 };
 void RefGemvRows(const GemvArgs& a, int64_t j0, int64_t j1);
 void Avx2GemvRows(const GemvArgs& a, int64_t j0, int64_t j1);

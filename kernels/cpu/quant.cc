@@ -46,11 +46,12 @@ void RepackQ4_Kx16(const void* w, int64_t rows, int64_t k, uint8_t* out) {
   RepackRows(w, DType::kQ4_K, rows, k, Q4_Kx16GroupBytes(k), out,
              [](uint8_t* group, int r, int64_t s, const uint8_t* blk) {
                // blk: f16 d, f16 dmin, 12 scale bytes, 128 quant bytes
-               uint8_t* dst = group + s * 2304;
+               uint8_t* dst = group + s * kQ4_Kx16SuperBytes;
                std::memcpy(dst + r * 2, blk, 2);
                std::memcpy(dst + 32 + r * 2, blk + 2, 2);
-               for (int v = 0; v < 3; ++v)
+               for (int v = 0; v < 3; ++v) {
                  std::memcpy(dst + 64 + 64 * v + r * 4, blk + 4 + 4 * v, 4);
+               }
                for (int v = 0; v < 32; ++v) {
                  std::memcpy(dst + 256 + 64 * v + r * 4, blk + 16 + 4 * v, 4);
                }
@@ -61,7 +62,7 @@ void RepackQ6_Kx16(const void* w, int64_t rows, int64_t k, uint8_t* out) {
   RepackRows(w, DType::kQ6_K, rows, k, Q6_Kx16GroupBytes(k), out,
              [](uint8_t* group, int r, int64_t s, const uint8_t* blk) {
                // blk: ql[128], qh[64], int8 scales[16], f16 d
-               uint8_t* dst = group + s * 3360;
+               uint8_t* dst = group + s * kQ6_Kx16SuperBytes;
                std::memcpy(dst + r * 2, blk + 208, 2);
                for (int u = 0; u < 4; ++u) {
                  std::memcpy(dst + 32 + 64 * u + r * 4, blk + 192 + 4 * u, 4);

@@ -102,7 +102,10 @@ void Avx512VnniIQ4_NLx16Rows(const uint8_t* packed, int64_t k, const Q8Block* xq
 // 12 scale bytes as three 64-byte vectors (vector v has row r's bytes 4v..4v+3 in lane r), then
 // the quants as 32 vectors, vector 8c + v holding row r's quant bytes 32c + 4v..32c + 4v + 3 in
 // lane r (low nibbles: values 4v..4v+3 of sub-block 2c; high nibbles: the same of sub-block 2c+1).
-inline size_t Q4_Kx16GroupBytes(int64_t k) { return static_cast<size_t>(k / 256) * 2304; }
+inline constexpr size_t kQ4_Kx16SuperBytes = 16 * DTypeBlockBytes(DType::kQ4_K);  // 2304
+inline size_t Q4_Kx16GroupBytes(int64_t k) {
+  return static_cast<size_t>(k / 256) * kQ4_Kx16SuperBytes;
+}
 // `rows` (a multiple of 16) Q4_K rows of k values (k % 256 == 0) -> rows / 16 groups at `out`.
 void RepackQ4_Kx16(const void* w, int64_t rows, int64_t k, uint8_t* out);
 // Rows [j0, j1) (multiples of 16) of out = x * w^T for repacked Q4_K weights, as
@@ -116,7 +119,10 @@ void Avx512VnniQ4_Kx16Rows(const uint8_t* packed, int64_t k, const Q8Block* xq, 
 // F16), their 16 int8 scales as 4 vectors (vector u has row r's scales 4u..4u+3 in lane r), then
 // for each half n of the super-block and step v = 0..7, three vectors holding row r's
 // ql[64n + 4v..], ql[64n + 32 + 4v..] and qh[32n + 4v..] (4 bytes each) in lane r.
-inline size_t Q6_Kx16GroupBytes(int64_t k) { return static_cast<size_t>(k / 256) * 3360; }
+inline constexpr size_t kQ6_Kx16SuperBytes = 16 * DTypeBlockBytes(DType::kQ6_K);  // 3360
+inline size_t Q6_Kx16GroupBytes(int64_t k) {
+  return static_cast<size_t>(k / 256) * kQ6_Kx16SuperBytes;
+}
 // `rows` (a multiple of 16) Q6_K rows of k values (k % 256 == 0) -> rows / 16 groups at `out`.
 void RepackQ6_Kx16(const void* w, int64_t rows, int64_t k, uint8_t* out);
 // Rows [j0, j1) (multiples of 16) of out = x * w^T for repacked Q6_K weights, as
