@@ -38,11 +38,11 @@ DeviceProfile Gpu(std::string name, double mem_gib, double bw_gbps, double tflop
 // same at twice and half its width: decode of 1 to 32 sequences, prefill chunks of 64 to 512,
 // both halves of a 2-stage split of each) on an AMD EPYC (Zen 4) core; the mean of four fits in
 // one session, whose weight bandwidth alone moved from 27.9 to 34.1 GB/s with the shared host's
-// load. One shape cannot tell the
-// FLOP rate from a per-token cost (both grow with the prompt); three widths can. A CPU core
-// mostly runs memory and math one after the other (serial fraction 1); paged K/V reads are
-// gathered 16 positions at a time and run at a third of the weights' streaming rate. Workers
-// re-scale it to their own core with a short measurement at load (CalibrateCpuProfile).
+// load. One shape cannot tell the FLOP rate from a per-token cost (both grow with the prompt);
+// three widths can. A CPU core mostly runs memory and math one after the other (serial fraction
+// 1); paged K/V reads are gathered 16 positions at a time and run at a third of the weights'
+// streaming rate. Workers re-scale it to their own core with a short measurement at load
+// (CalibrateCpuProfile).
 DeviceProfile CpuHere() {
   DeviceProfile p;
   p.name = "cpu-here";
